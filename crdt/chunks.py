@@ -1,0 +1,201 @@
+"""Automerge binary formats that maia-node must read itself: change chunks and v1 sync messages.
+
+The Python binding applies sync messages but exposes neither the changes inside them nor a
+way to hash raw bytes, and verification must happen *before* a change is applied. So this
+module parses just enough of the documented formats: the change chunk header (hash, actor,
+seq, deps) and the v1 sync message envelope (heads, need, have, changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"\x85\x6f\x4a\x83"
+CHUNK_DOCUMENT = 0
+CHUNK_CHANGE = 1
+CHUNK_COMPRESSED = 2
+SYNC_V1 = 0x42
+SYNC_V2 = 0x43
+HASH_LEN = 32
+MAX_INFLATED = 64 << 20
+
+
+class ChunkError(ValueError):
+    """Bytes that are not a well-formed Automerge change or sync message."""
+
+
+def read_uleb(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ChunkError("truncated LEB128 integer")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ChunkError("LEB128 integer too long")
+
+
+def write_uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeInfo:
+    """What verification needs to know about one change chunk, read from its bytes."""
+
+    hash: bytes
+    actor: bytes
+    seq: int
+    deps: tuple[bytes, ...]
+    chunk: bytes
+
+
+def inflate_change(chunk: bytes) -> bytes:
+    """Return the uncompressed (type 1) change chunk body from ``chunk_type`` onward."""
+    if len(chunk) < 10 or chunk[:4] != MAGIC:
+        raise ChunkError("not an Automerge chunk (bad magic)")
+    ctype = chunk[8]
+    length, pos = read_uleb(chunk, 9)
+    if pos + length != len(chunk):
+        raise ChunkError("chunk length does not match its bytes")
+    if ctype == CHUNK_CHANGE:
+        return chunk[8:]
+    if ctype == CHUNK_COMPRESSED:
+        try:
+            inflater = zlib.decompressobj(-15)
+            body = inflater.decompress(chunk[pos:], MAX_INFLATED)
+        except zlib.error as exc:
+            raise ChunkError(f"compressed change does not inflate: {exc}") from exc
+        if inflater.unconsumed_tail:
+            raise ChunkError("compressed change inflates beyond the size limit")
+        return bytes([CHUNK_CHANGE]) + write_uleb(len(body)) + body
+    raise ChunkError(f"chunk type {ctype} is not a change")
+
+
+def parse_change(chunk: bytes) -> ChangeInfo:
+    """Hash a change chunk the way Automerge does and read its header fields."""
+    body = inflate_change(chunk)
+    digest = hashlib.sha256(body).digest()
+    if digest[:4] != chunk[4:8]:
+        raise ChunkError("change checksum does not match its bytes")
+    _, pos = read_uleb(body, 1)  # skip chunk type and length
+    ndeps, pos = read_uleb(body, pos)
+    if ndeps > 100_000:
+        raise ChunkError("implausible dependency count")
+    deps = []
+    for _ in range(ndeps):
+        dep = body[pos : pos + HASH_LEN]
+        if len(dep) != HASH_LEN:
+            raise ChunkError("truncated dependency hash")
+        deps.append(bytes(dep))
+        pos += HASH_LEN
+    alen, pos = read_uleb(body, pos)
+    actor = bytes(body[pos : pos + alen])
+    if len(actor) != alen:
+        raise ChunkError("truncated actor id")
+    pos += alen
+    seq, pos = read_uleb(body, pos)
+    return ChangeInfo(hash=digest, actor=actor, seq=seq, deps=tuple(deps), chunk=bytes(chunk))
+
+
+@dataclass(slots=True)
+class SyncMessageV1:
+    """The envelope of an Automerge v1 sync message; changes are raw chunks."""
+
+    heads: list[bytes]
+    need: list[bytes]
+    have: list[tuple[list[bytes], bytes]]
+    changes: list[bytes]
+
+    def encode(self) -> bytes:
+        out = bytearray([SYNC_V1])
+        _write_hashes(out, self.heads)
+        _write_hashes(out, self.need)
+        out += write_uleb(len(self.have))
+        for last_sync, bloom in self.have:
+            _write_hashes(out, last_sync)
+            out += write_uleb(len(bloom))
+            out += bloom
+        out += write_uleb(len(self.changes))
+        for change in self.changes:
+            out += write_uleb(len(change))
+            out += change
+        return bytes(out)
+
+
+def _write_hashes(out: bytearray, hashes: list[bytes]) -> None:
+    out += write_uleb(len(hashes))
+    for h in hashes:
+        out += h
+
+
+def _read_hashes(buf: bytes, pos: int) -> tuple[list[bytes], int]:
+    count, pos = read_uleb(buf, pos)
+    end = pos + HASH_LEN * count
+    if end > len(buf):
+        raise ChunkError("truncated hash list")
+    return [buf[pos + HASH_LEN * i : pos + HASH_LEN * (i + 1)] for i in range(count)], end
+
+
+def parse_sync_message(buf: bytes) -> tuple[SyncMessageV1, bytes]:
+    """Parse a v1 (or v2 envelope) sync message; return it and any trailing capability bytes.
+
+    A v2 message (type 0x43) may carry a whole document chunk instead of changes, which cannot
+    be verified change by change, so callers reject it; peers are steered to v1 by stripping
+    the capabilities that advertise v2 (see :func:`strip_capabilities`).
+    """
+    if not buf:
+        raise ChunkError("empty sync message")
+    if buf[0] not in (SYNC_V1, SYNC_V2):
+        raise ChunkError(f"unknown sync message type {buf[0]:#x}")
+    pos = 1
+    heads, pos = _read_hashes(buf, pos)
+    need, pos = _read_hashes(buf, pos)
+    nhave, pos = read_uleb(buf, pos)
+    have = []
+    for _ in range(nhave):
+        last_sync, pos = _read_hashes(buf, pos)
+        blen, pos = read_uleb(buf, pos)
+        bloom = buf[pos : pos + blen]
+        if len(bloom) != blen:
+            raise ChunkError("truncated bloom filter")
+        pos += blen
+        have.append((last_sync, bloom))
+    nchanges, pos = read_uleb(buf, pos)
+    changes = []
+    for _ in range(nchanges):
+        clen, pos = read_uleb(buf, pos)
+        change = buf[pos : pos + clen]
+        if len(change) != clen:
+            raise ChunkError("truncated change in sync message")
+        pos += clen
+        changes.append(change)
+    msg = SyncMessageV1(heads, need, have, changes)
+    if buf[0] == SYNC_V2:
+        raise ChunkError("v2 sync message (document chunks cannot be verified per change)")
+    return msg, buf[pos:]
+
+
+def strip_capabilities(buf: bytes) -> bytes:
+    """Drop the trailing capability list so the other side keeps speaking v1."""
+    _, rest = parse_sync_message(buf)
+    return buf[: len(buf) - len(rest)] if rest else buf
+
+
+def changes_message(changes: list[bytes]) -> bytes:
+    """A v1 sync message that only carries changes: how verified changes are applied."""
+    return SyncMessageV1([], [], [], changes).encode()

@@ -1,0 +1,129 @@
+"""The Identity layer's document: the mesh, the operator profile and the roster certificates.
+
+The roster's authority is the certificates themselves (see ``roster``); the document carries
+them so they travel and persist with everything else, and certificates found in it after a
+sync are fed back into the roster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
+
+from .documents import Repo
+from .keys import DeviceKey
+from .roster import Cert, mesh_id_for, new_genesis
+from .store import Store
+
+IDENTITY_DOC = "identity"
+PROFILE_FIELDS = ("display_name", "email", "timezone", "locale", "bio")
+
+
+class NoMeshError(Exception):
+    """This device has a key but belongs to no mesh yet."""
+
+
+def stored_mesh_id(store: Store) -> bytes | None:
+    return store.get_identity_value("mesh_id")
+
+
+def create_mesh(store: Store, key: DeviceKey, mesh_name: str, device_name: str) -> Repo:
+    """Found a new mesh with this device as its first member and write the first document."""
+    if stored_mesh_id(store) is not None:
+        raise ValueError("this device already belongs to a mesh")
+    genesis = new_genesis(key, mesh_name, device_name)
+
+    mesh_id = mesh_id_for(key.public_key, genesis.body["nonce"])
+    store.put_certs([(genesis.cert_id, genesis.encode())])
+    store.set_identity_value("mesh_id", mesh_id)
+    repo = Repo(store, key, mesh_id)
+
+    def first(tx: Transaction) -> None:
+        mesh = tx.put_object(ROOT, "mesh", ObjType.Map)
+        tx.put(mesh, "id", ScalarType.Str, mesh_id.hex())
+        tx.put(mesh, "name", ScalarType.Str, mesh_name)
+        tx.put(mesh, "founder", ScalarType.Str, key.device_id)
+        tx.put(mesh, "created_at", ScalarType.Str, genesis.body["at"])
+        tx.put_object(ROOT, "profile", ObjType.Map)
+        tx.put_object(ROOT, "preferences", ObjType.Map)
+        roster = tx.put_object(ROOT, "roster", ObjType.Map)
+        tx.put(roster, genesis.cert_id, ScalarType.Bytes, genesis.encode())
+
+    repo.change(IDENTITY_DOC, first)
+    return repo
+
+
+def open_repo(store: Store, key: DeviceKey) -> Repo:
+    mesh_id = stored_mesh_id(store)
+    if mesh_id is None:
+        raise NoMeshError("this device belongs to no mesh yet: run 'maia init --new-mesh' or pair")
+    repo = Repo(store, key, mesh_id)
+    import_roster_from_doc(repo)
+    return repo
+
+
+def _obj(doc: Any, name: str) -> bytes | None:
+    got = doc.get(ROOT, name)
+    return got[1] if got is not None and got[0] == ObjType.Map else None
+
+
+def get_profile(repo: Repo) -> dict[str, str]:
+    doc = repo.open(IDENTITY_DOC).doc
+    obj = _obj(doc, "profile")
+    if obj is None:
+        return {}
+    return {k: v for k, v in extract(doc, obj).items() if isinstance(v, str)}
+
+
+def update_profile(repo: Repo, changes: Mapping[str, str | None]) -> dict[str, str]:
+    """Set (or, with None, clear) profile fields in one signed change."""
+    unknown = set(changes) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown profile field(s): {', '.join(sorted(unknown))}")
+
+    def edit(tx: Transaction) -> None:
+        got = tx.get(ROOT, "profile")
+        obj = got[1] if got is not None else tx.put_object(ROOT, "profile", ObjType.Map)
+        for name, value in changes.items():
+            if value is None:
+                if tx.get(obj, name) is not None:
+                    tx.delete(obj, name)
+            else:
+                tx.put(obj, name, ScalarType.Str, value)
+
+    repo.change(IDENTITY_DOC, edit)
+    return get_profile(repo)
+
+
+def mesh_info(repo: Repo) -> dict[str, str]:
+    doc = repo.open(IDENTITY_DOC).doc
+    obj = _obj(doc, "mesh")
+    info = {k: v for k, v in extract(doc, obj).items()} if obj is not None else {}
+    info.setdefault("id", repo.mesh_id.hex())
+    return info
+
+
+def import_roster_from_doc(repo: Repo) -> int:
+    """Feed certificates found in the Identity document into the roster (they self-verify)."""
+    doc = repo.open(IDENTITY_DOC).doc
+    obj = _obj(doc, "roster")
+    if obj is None:
+        return 0
+    raws = [v for v in extract(doc, obj).values() if isinstance(v, bytes)]
+    return repo.add_certs(raws)
+
+
+def record_certs(repo: Repo, certs: list[Cert]) -> None:
+    """Write certificates into the Identity document so they persist and travel."""
+    repo.add_certs([c.encode() for c in certs])
+
+    def edit(tx: Transaction) -> None:
+        got = tx.get(ROOT, "roster")
+        obj = got[1] if got is not None else tx.put_object(ROOT, "roster", ObjType.Map)
+        for cert in certs:
+            if tx.get(obj, cert.cert_id) is None:
+                tx.put(obj, cert.cert_id, ScalarType.Bytes, cert.encode())
+
+    repo.change(IDENTITY_DOC, edit)

@@ -1,0 +1,280 @@
+"""The LMDB store, one environment per layer, so each can be backed up or wiped on its own.
+
+Identity and Memory environments hold documents: a compacted snapshot, the change chunks
+accepted since, the signed batch records (kept forever so signatures can be forwarded) and a
+hash -> batch index. The Runtime environment holds only what can be rebuilt. Every accepted
+write is one LMDB transaction, committed (fsync) before it is acknowledged (SPEC-001, SPEC-005).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+import msgpack
+
+from .batches import SignedBatch
+from .chunks import ChangeInfo
+
+log = logging.getLogger(__name__)
+
+LAYERS = ("identity", "memory", "runtime")
+DOC_LAYERS = ("identity", "memory")
+_MAP_SIZE = {"identity": 1 << 30, "memory": 64 << 30, "runtime": 8 << 30}
+_DOC_DBS = (b"meta", b"docs", b"snapshots", b"changes", b"index", b"batches", b"certs")
+_RUNTIME_DBS = (b"meta", b"kv", b"entries", b"events", b"peers")
+
+Migration = Callable[[lmdb.Environment, lmdb.Transaction], None]
+# MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.
+MIGRATIONS: dict[str, list[Migration]] = {layer: [] for layer in LAYERS}
+
+
+def format_version(layer: str) -> int:
+    return len(MIGRATIONS[layer]) + 1
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (user-facing: says what to do)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocMeta:
+    doc_id: str
+    heads: tuple[bytes, ...]
+    changes: int
+    pending: int
+
+    def encode(self) -> bytes:
+        return msgpack.packb([list(self.heads), self.changes, self.pending], use_bin_type=True)
+
+    @classmethod
+    def decode(cls, doc_id: str, raw: bytes) -> DocMeta:
+        heads, changes, pending = msgpack.unpackb(raw, raw=False)
+        return cls(doc_id, tuple(heads), changes, pending)
+
+
+def layer_of(doc_id: str) -> str:
+    return "identity" if doc_id == "identity" else "memory"
+
+
+def _key(doc_id: str, h: bytes = b"") -> bytes:
+    return doc_id.encode() + b"\x00" + h
+
+
+class Store:
+    """All persistent state of one node, by layer. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.envs: dict[str, lmdb.Environment] = {}
+        self.dbs: dict[str, dict[bytes, object]] = {}
+        for layer in LAYERS:
+            self._open_layer(layer)
+
+    # -- opening and migration -----------------------------------------------------------------
+    def _open_layer(self, layer: str) -> None:
+        path = self.data_dir / layer
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        names = _RUNTIME_DBS if layer == "runtime" else _DOC_DBS
+        try:
+            env = lmdb.open(
+                str(path), map_size=_MAP_SIZE[layer], max_dbs=len(names) + 2, subdir=True
+            )
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the {layer} store at {path}: {exc}") from exc
+        dbs = {name: env.open_db(name) for name in names}
+        self.envs[layer], self.dbs[layer] = env, dbs
+        self._migrate(layer, env, dbs[b"meta"])
+
+    def _migrate(self, layer: str, env: lmdb.Environment, meta: object) -> None:
+        target = format_version(layer)
+        with env.begin(write=True, db=meta) as txn:
+            raw = txn.get(b"format_version")
+            if raw is None:
+                txn.put(b"format_version", str(target).encode())
+                txn.put(b"layer", layer.encode())
+                return
+            current = int(raw)
+            if current > target:
+                raise StoreError(
+                    f"the {layer} store was written by a newer maia-node (format {current}, this "
+                    f"version reads up to {target}); upgrade maia-node to open it"
+                )
+            for step in range(current, target):
+                log.info("migrating %s store from format %d to %d", layer, step, step + 1)
+                MIGRATIONS[layer][step - 1](env, txn)
+            txn.put(b"format_version", str(target).encode())
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+
+    def layer_format(self, layer: str) -> int:
+        with self.envs[layer].begin(db=self.dbs[layer][b"meta"]) as txn:
+            return int(txn.get(b"format_version"))
+
+    def layer_size(self, layer: str) -> int:
+        info, stat = self.envs[layer].info(), self.envs[layer].stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    # -- documents -------------------------------------------------------------------------------
+    def _db(self, doc_id: str, name: bytes):
+        layer = layer_of(doc_id)
+        return self.envs[layer], self.dbs[layer][name]
+
+    def doc_ids(self, layer: str | None = None) -> list[str]:
+        out = []
+        for lay in (layer,) if layer else DOC_LAYERS:
+            env, db = self.envs[lay], self.dbs[lay][b"docs"]
+            with env.begin(db=db) as txn:
+                out.extend(k.decode() for k in txn.cursor().iternext(values=False))
+        return out
+
+    def doc_meta(self, doc_id: str) -> DocMeta | None:
+        env, db = self._db(doc_id, b"docs")
+        with env.begin(db=db) as txn:
+            raw = txn.get(doc_id.encode())
+        return DocMeta.decode(doc_id, raw) if raw else None
+
+    def load_doc(self, doc_id: str) -> tuple[bytes, list[bytes]]:
+        """The snapshot (or b"") and the change chunks accepted since, in acceptance order."""
+        env = self.envs[layer_of(doc_id)]
+        dbs = self.dbs[layer_of(doc_id)]
+        with env.begin() as txn:
+            snap = txn.get(doc_id.encode(), db=dbs[b"snapshots"]) or b""
+            prefix = _key(doc_id)
+            cur = txn.cursor(db=dbs[b"changes"])
+            chunks = []
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    chunks.append(bytes(v))
+        # Keys are (doc, seqno) so iteration order is acceptance order.
+        return bytes(snap), chunks
+
+    def known_hashes(self, doc_id: str, hashes: Sequence[bytes]) -> set[bytes]:
+        env, db = self._db(doc_id, b"index")
+        with env.begin(db=db) as txn:
+            return {h for h in hashes if txn.get(_key(doc_id, h)) is not None}
+
+    def batch_ids_for(self, doc_id: str, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
+        env, db = self._db(doc_id, b"index")
+        out = {}
+        with env.begin(db=db) as txn:
+            for h in hashes:
+                bid = txn.get(_key(doc_id, h))
+                if bid is not None:
+                    out[h] = bytes(bid)
+        return out
+
+    def batches(self, doc_id: str, batch_ids: Sequence[bytes]) -> list[bytes]:
+        env, db = self._db(doc_id, b"batches")
+        with env.begin(db=db) as txn:
+            return [bytes(txn.get(b)) for b in batch_ids if txn.get(b) is not None]
+
+    def commit_changes(
+        self,
+        doc_id: str,
+        changes: Sequence[ChangeInfo],
+        batches: Sequence[SignedBatch],
+        heads: Sequence[bytes],
+    ) -> DocMeta:
+        """Persist verified changes and their batches in ONE transaction (the durability point)."""
+        layer = layer_of(doc_id)
+        env, dbs = self.envs[layer], self.dbs[layer]
+        with env.begin(write=True) as txn:
+            raw = txn.get(doc_id.encode(), db=dbs[b"docs"])
+            meta = DocMeta.decode(doc_id, raw) if raw else DocMeta(doc_id, (), 0, 0)
+            for batch in batches:
+                txn.put(batch.batch_id, batch.encode(), db=dbs[b"batches"], overwrite=False)
+            by_hash = {h: b.batch_id for b in batches for h in b.hashes}
+            seqno = meta.changes
+            for change in changes:
+                ikey = _key(doc_id, change.hash)
+                if txn.get(ikey, db=dbs[b"index"]) is not None:
+                    continue  # already held: idempotent
+                txn.put(ikey, by_hash[change.hash], db=dbs[b"index"])
+                txn.put(
+                    _key(doc_id, seqno.to_bytes(8, "big")), change.chunk, db=dbs[b"changes"]
+                )
+                seqno += 1
+            new = DocMeta(doc_id, tuple(heads), seqno, meta.pending + (seqno - meta.changes))
+            txn.put(doc_id.encode(), new.encode(), db=dbs[b"docs"])
+        return new
+
+    def write_snapshot(self, doc_id: str, saved: bytes, upto: int, heads: Sequence[bytes]) -> None:
+        """Replace the change log up to change number ``upto`` by a compacted snapshot."""
+        layer = layer_of(doc_id)
+        env, dbs = self.envs[layer], self.dbs[layer]
+        with env.begin(write=True) as txn:
+            raw = txn.get(doc_id.encode(), db=dbs[b"docs"])
+            meta = DocMeta.decode(doc_id, raw) if raw else DocMeta(doc_id, (), 0, 0)
+            txn.put(doc_id.encode(), saved, db=dbs[b"snapshots"])
+            cur = txn.cursor(db=dbs[b"changes"])
+            prefix = _key(doc_id)
+            removed = 0
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if int.from_bytes(cur.key()[len(prefix) :], "big") >= upto:
+                        break
+                    if not cur.delete():
+                        break
+                    removed += 1
+            meta = DocMeta(doc_id, meta.heads, meta.changes, max(0, meta.pending - removed))
+            txn.put(doc_id.encode(), meta.encode(), db=dbs[b"docs"])
+
+    # -- roster certificates (identity layer) -----------------------------------------------------
+    def put_certs(self, certs: Sequence[tuple[str, bytes]]) -> int:
+        env, db = self.envs["identity"], self.dbs["identity"][b"certs"]
+        added = 0
+        with env.begin(write=True, db=db) as txn:
+            for cert_id, raw in certs:
+                added += bool(txn.put(cert_id.encode(), raw, overwrite=False))
+        return added
+
+    def certs(self) -> list[bytes]:
+        env, db = self.envs["identity"], self.dbs["identity"][b"certs"]
+        with env.begin(db=db) as txn:
+            return [bytes(v) for v in txn.cursor().iternext(keys=False)]
+
+    def get_identity_value(self, key: str) -> bytes | None:
+        env, db = self.envs["identity"], self.dbs["identity"][b"meta"]
+        with env.begin(db=db) as txn:
+            raw = txn.get(b"id:" + key.encode())
+        return bytes(raw) if raw is not None else None
+
+    def set_identity_value(self, key: str, value: bytes) -> None:
+        env, db = self.envs["identity"], self.dbs["identity"][b"meta"]
+        with env.begin(write=True, db=db) as txn:
+            txn.put(b"id:" + key.encode(), value)
+
+    # -- runtime key/value (rebuildable) --------------------------------------------------------
+    def runtime_db(self, name: str):
+        return self.envs["runtime"], self.dbs["runtime"][name.encode()]
+
+    def runtime_items(self, name: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        env, db = self.runtime_db(name)
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    return
+                yield bytes(k), bytes(v)
+
+
+def wipe_layer(data_dir: Path, layer: str) -> None:
+    """Delete one layer's environment (used for Runtime, which is rebuilt at start)."""
+    path = Path(data_dir) / layer
+    if path.is_dir():
+        for child in path.iterdir():
+            if child.is_file():
+                os.unlink(child)
+        path.rmdir()
