@@ -1,0 +1,452 @@
+"""The middleware chain every maia-node API request passes through.
+
+The order is the SPEC-003 process standard and lives in exactly one place,
+:data:`MIDDLEWARES` (aiohttp runs the first entry outermost):
+
+1. errors      - turns every failure below it into problem+json, leaks nothing;
+2. limits      - body size and handler time, before any work is spent;
+3. auth        - bearer credential -> ``request[PRINCIPAL_KEY]`` (public routes skip);
+4. rate limit  - per principal, or per remote address on public routes;
+5. validation  - JSON bounds and schemas -> ``request[BODY_KEY]`` / ``request[QUERY_KEY]``.
+
+Middlewares are plain functions and read their configuration from app keys,
+so the chain is inspectable by name and identical for every route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from jsonschema import Draft202012Validator
+
+from .auth import Authenticator
+from .problem import (
+    TYPE_MALFORMED_JSON,
+    TYPE_RATE_LIMITED,
+    TYPE_TIMEOUT,
+    TYPE_VALIDATION,
+    Problem,
+    problem_from_http_exception,
+)
+from .ratelimit import RateLimiter
+from .routes import Handler, route_spec
+
+log = logging.getLogger(__name__)
+
+# Per-request values the middlewares hand to handlers.  aiohttp 3.14 added
+# typed request keys (plain strings warn there); older releases only take
+# strings, so the same names are used either way.  Always use these constants.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+
+
+def _request_key(name: str, kind: Any) -> Any:
+    return _RequestKey(name, kind) if _RequestKey is not None else name
+
+
+PRINCIPAL_KEY = _request_key("principal", object)  # Principal | None (public route)
+BODY_KEY = _request_key("body", object)  # parsed, validated JSON body
+QUERY_KEY = _request_key("query", dict)  # validated, coerced query parameters
+_STARTED_KEY = _request_key("maia_response_started", bool)  # headers already sent
+
+MiB = 1024 * 1024
+KiB = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource bounds (OWASP API4), all on by default.
+
+    ``max_json_string`` counts UTF-8 bytes of any string, object keys included.
+    """
+
+    max_body_bytes: int = 1 * MiB
+    handler_timeout: float = 30.0
+    rate_per_second: float = 20.0
+    rate_burst: int = 60
+    rate_max_clients: int = 10_000
+    max_json_depth: int = 32
+    max_json_string: int = 256 * KiB
+    max_json_array: int = 10_000
+    max_reported_errors: int = 20
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_body_bytes",
+            "handler_timeout",
+            "rate_per_second",
+            "rate_burst",
+            "rate_max_clients",
+            "max_json_depth",
+            "max_json_string",
+            "max_json_array",
+            "max_reported_errors",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be positive")
+
+
+LIMITS_KEY: web.AppKey[Limits] = web.AppKey("maia_limits", Limits)
+AUTHENTICATORS_KEY: web.AppKey[tuple[Authenticator, ...]] = web.AppKey(
+    "maia_authenticators", tuple
+)
+RATE_LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("maia_rate_limiter", RateLimiter)
+
+
+# --- 1. errors --------------------------------------------------------------
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error as problem+json; log unexpected ones, tell the client nothing.
+
+    Once a streamed response or WebSocket has sent its headers, a second
+    response would corrupt the connection, so errors are then re-raised for
+    aiohttp to log and close it.
+    """
+    try:
+        return await handler(request)
+    except Problem as problem:
+        if request.get(_STARTED_KEY):
+            raise
+        if problem.status >= 500:
+            log.warning("%s %s -> %s", request.method, request.path, problem)
+        return problem.to_response(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.get(_STARTED_KEY):
+            raise  # redirects are not errors; see above for started responses
+        return problem_from_http_exception(exc).to_response(request)
+    except Exception:
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        if request.get(_STARTED_KEY):
+            raise
+        return Problem(500, detail="internal error; see the node log").to_response(request)
+
+
+# --- 2. limits --------------------------------------------------------------
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse oversized bodies up front and bound how long a request may take.
+
+    The declared Content-Length is checked here; bodies without one (chunked)
+    are bounded while being read by the app's ``client_max_size``.  The time
+    limit covers everything inside it, including reading the body, so a slow
+    sender cannot hold a handler open.
+    """
+    limits = request.app[LIMITS_KEY]
+    length = request.content_length
+    if length is not None and length > limits.max_body_bytes:
+        raise Problem(413, detail=f"request body exceeds {limits.max_body_bytes} bytes")
+    spec = route_spec(request)
+    if spec is not None and spec.streaming:
+        return await handler(request)
+    deadline = asyncio.timeout(limits.handler_timeout)
+    try:
+        async with deadline:
+            return await handler(request)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a timeout inside the handler is its own failure, not ours
+        log.warning(
+            "%s %s exceeded the %gs handler time limit",
+            request.method,
+            request.path,
+            limits.handler_timeout,
+        )
+        raise Problem(
+            503,
+            "Timed out",
+            f"the request did not complete within {limits.handler_timeout:g} s",
+            type=TYPE_TIMEOUT,
+        ) from None
+
+
+# --- 3. authentication ------------------------------------------------------
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a recognised credential unless the matched route is public.
+
+    Requests that matched no registered route (router 404/405) are private
+    too, so an unauthenticated client learns nothing about which paths exist.
+    """
+    spec = route_spec(request)
+    if spec is not None and spec.public:
+        request[PRINCIPAL_KEY] = None
+        return await handler(request)
+    principal = None
+    for authenticator in request.app[AUTHENTICATORS_KEY]:
+        principal = await authenticator.authenticate(request)
+        if principal is not None:
+            break
+    if principal is None:
+        presented = "Authorization" in request.headers
+        log.debug(
+            "rejected %s %s from %s: %s credential",
+            request.method,
+            request.path,
+            request.remote,
+            "invalid" if presented else "no",
+        )
+        challenge = 'Bearer realm="maia-node"' + (', error="invalid_token"' if presented else "")
+        raise Problem(
+            401,
+            detail="missing or invalid bearer token",
+            headers={"WWW-Authenticate": challenge},
+        )
+    request[PRINCIPAL_KEY] = principal
+    if spec is not None and principal.kind not in spec.principal_kinds:
+        raise Problem(403, detail=f"a {principal.kind} credential may not call this route")
+    return await handler(request)
+
+
+# --- 4. rate limit ----------------------------------------------------------
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token bucket per principal, or per remote address where nobody authenticated."""
+    principal = request.get(PRINCIPAL_KEY)
+    if principal is not None:
+        key = f"{principal.kind}:{principal.id}"
+    else:
+        key = f"addr:{request.remote or 'unknown'}"
+    limiter = request.app[RATE_LIMITER_KEY]
+    wait = limiter.acquire(key)
+    if wait > 0:
+        log.debug("rate limited %s %s for %s", request.method, request.path, key)
+        raise Problem(
+            429,
+            detail="rate limit exceeded; retry later",
+            type=TYPE_RATE_LIMITED,
+            headers={"Retry-After": limiter.retry_after(wait)},
+        )
+    return await handler(request)
+
+
+# --- 5. validation ----------------------------------------------------------
+
+
+@web.middleware
+async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Parse and check what the route declared, so handlers only see valid input."""
+    spec = route_spec(request)
+    if spec is not None:
+        limits = request.app[LIMITS_KEY]
+        if spec.query_validator is not None:
+            request[QUERY_KEY] = _validated_query(request, spec.query_validator, limits)
+        if spec.body_validator is not None:
+            request[BODY_KEY] = await _validated_body(request, spec.body_validator, limits)
+    return await handler(request)
+
+
+async def _validated_body(
+    request: web.Request, validator: Draft202012Validator, limits: Limits
+) -> Any:
+    if not _is_json_media_type(request.content_type):
+        raise Problem(415, detail="the request body must be application/json")
+    raw = await request.read()  # bounded by client_max_size -> 413
+    try:
+        # RFC 8259 §8.1: JSON exchanged between systems is UTF-8.
+        data = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except json.JSONDecodeError as exc:
+        raise _malformed(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise _malformed("the body is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise _malformed("the body nests too deeply to parse") from None
+    errors = list(itertools.islice(json_bound_errors(data, limits), limits.max_reported_errors))
+    if errors:
+        raise Problem(
+            400,
+            "Request body exceeds JSON bounds",
+            type=TYPE_VALIDATION,
+            errors=errors,
+        )
+    errors = _schema_errors(validator, data, limits)
+    if errors:
+        raise Problem(
+            400, "Request body failed validation", type=TYPE_VALIDATION, errors=errors
+        )
+    return data
+
+
+def _malformed(detail: str) -> Problem:
+    return Problem(400, "Malformed JSON", detail, type=TYPE_MALFORMED_JSON)
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python accepts them unless told not to.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError("number out of range")
+    return number
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def _schema_errors(
+    validator: Draft202012Validator, instance: Any, limits: Limits
+) -> list[dict[str, str]]:
+    found = itertools.islice(validator.iter_errors(instance), limits.max_reported_errors)
+    return [
+        {"path": json_pointer(err.absolute_path), "message": _clip(err.message)} for err in found
+    ]
+
+
+def _clip(message: str, limit: int = 200) -> str:
+    # Schema messages quote the offending value; keep echoes of input short.
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def json_pointer(parts: Iterable[Any]) -> str:
+    """RFC 6901 pointer for a path of keys and indexes ("" is the whole document)."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def json_bound_errors(value: Any, limits: Limits) -> Iterator[dict[str, str]]:
+    """Yield a {path, message} for each place ``value`` exceeds the JSON bounds.
+
+    Iterative, so a hostile document cannot exhaust the interpreter stack, and
+    it does not descend into a container that is already out of bounds.
+    """
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 1, ())]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, str):
+            if _utf8_len_exceeds(node, limits.max_json_string):
+                yield {
+                    "path": json_pointer(path),
+                    "message": f"string longer than {limits.max_json_string} bytes",
+                }
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > limits.max_json_depth:
+            yield {
+                "path": json_pointer(path),
+                "message": f"nesting deeper than {limits.max_json_depth} levels",
+            }
+            continue
+        if isinstance(node, list):
+            if len(node) > limits.max_json_array:
+                yield {
+                    "path": json_pointer(path),
+                    "message": f"array longer than {limits.max_json_array} items",
+                }
+                continue
+            stack.extend((item, depth + 1, (*path, i)) for i, item in enumerate(node))
+        else:
+            for key, item in node.items():
+                if _utf8_len_exceeds(key, limits.max_json_string):
+                    yield {
+                        "path": json_pointer(path),
+                        "message": f"object key longer than {limits.max_json_string} bytes",
+                    }
+                    continue
+                stack.append((item, depth + 1, (*path, key)))
+
+
+def _utf8_len_exceeds(text: str, limit: int) -> bool:
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:  # no UTF-8 character is longer than 4 bytes
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,18}")
+
+
+def _validated_query(
+    request: web.Request, validator: Draft202012Validator, limits: Limits
+) -> dict[str, Any]:
+    """Query parameters as a dict, strings coerced to the declared scalar types.
+
+    Only ``integer``, ``number`` and ``boolean`` properties are coerced; a
+    value that does not coerce stays a string and fails the schema. Repeated
+    parameters are refused rather than guessing which one was meant.
+    """
+    properties = validator.schema.get("properties", {})
+    params: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    for name in dict.fromkeys(request.query.keys()):
+        values = request.query.getall(name)
+        if len(values) > 1:
+            errors.append({"path": json_pointer([name]), "message": "parameter is repeated"})
+            continue
+        declared = properties.get(name)
+        kind = declared.get("type") if isinstance(declared, dict) else None
+        params[name] = _coerce(values[0], kind)
+    errors.extend(_schema_errors(validator, params, limits))
+    if errors:
+        raise Problem(
+            400,
+            "Query parameters failed validation",
+            type=TYPE_VALIDATION,
+            errors=errors[: limits.max_reported_errors],
+        )
+    return params
+
+
+def _coerce(value: str, declared: Any) -> Any:
+    types = declared if isinstance(declared, list) else [declared]
+    for kind in types:
+        if kind == "integer" and _INTEGER.fullmatch(value):
+            return int(value)
+        if kind == "number":
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                return number
+        if kind == "boolean" and value in ("true", "false"):
+            return value == "true"
+    return value
+
+
+# --- the chain --------------------------------------------------------------
+
+# SPEC-003: outermost first. Do not reorder; tests/test_api_errors.py pins it.
+MIDDLEWARES = (
+    errors_middleware,
+    limits_middleware,
+    auth_middleware,
+    rate_limit_middleware,
+    validation_middleware,
+)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare hook: headers every API response carries, errors included.
+
+    A signal rather than a middleware so streamed responses and WebSocket
+    upgrades get them too, right before their headers are sent.  It also
+    marks the request as answered so the errors middleware knows not to
+    start a second response.
+    """
+    request[_STARTED_KEY] = True
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Cache-Control", "no-store")

@@ -1,0 +1,175 @@
+"""What CLI commands act on: the running node's API, or the store itself when no node runs.
+
+Both backends offer the same operations with the same results, so each command is written
+once. The offline backend holds the data-dir lock for its lifetime: it can never write behind
+a running node's back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .client import NodeClient
+from .config import NodeConfig, Paths, parse_host_port
+
+
+class Backend(Protocol):
+    def status(self) -> dict[str, Any]: ...
+    def profile_get(self) -> dict[str, Any]: ...
+    def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]: ...
+    def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]: ...
+    def memory_show(self, entry_id: str) -> dict[str, Any]: ...
+    def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def memory_history(self, entry_id: str) -> list[dict[str, Any]]: ...
+    def peers(self) -> list[dict[str, Any]]: ...
+    def peer_add(self, address: str) -> None: ...
+    def peer_remove(self, address: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NotFound(Exception):
+    pass
+
+
+class ApiBackend:
+    def __init__(self, client: NodeClient) -> None:
+        self.c = client
+
+    def status(self) -> dict[str, Any]:
+        return self.c.request("GET", "/v1/status") | {"running": True}
+
+    def profile_get(self) -> dict[str, Any]:
+        return self.c.request("GET", "/v1/profile")
+
+    def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]:
+        return self.c.request("PATCH", "/v1/profile", changes)
+
+    def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]:
+        return self.c.request("POST", "/v1/memory", {"text": text, "kind": kind, "tags": tags})
+
+    def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        query = {("q" if k == "query" else k): v for k, v in filters.items() if v is not None}
+        return self.c.request("GET", "/v1/memory", query=query)["entries"]
+
+    def memory_show(self, entry_id: str) -> dict[str, Any]:
+        return self.c.request("GET", f"/v1/memory/{entry_id}")
+
+    def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return self.c.request("PATCH", f"/v1/memory/{entry_id}", changes)
+
+    def memory_history(self, entry_id: str) -> list[dict[str, Any]]:
+        return self.c.request("GET", f"/v1/memory/{entry_id}/history")["history"]
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self.c.request("GET", "/v1/peers")["peers"]
+
+    def peer_add(self, address: str) -> None:
+        self.c.request("POST", "/v1/peers", {"address": address})
+
+    def peer_remove(self, address: str) -> None:
+        from urllib.parse import quote
+
+        self.c.request("DELETE", f"/v1/peers/{quote(address, safe='')}")
+
+    def close(self) -> None:
+        pass
+
+
+class OfflineBackend:
+    """Acts on the store directly; only while no node runs (it takes the node's lock)."""
+
+    def __init__(self, paths: Paths) -> None:
+        from crdt.identity import open_repo
+        from crdt.keys import DeviceKey
+        from crdt.store import Store
+
+        from .memory import Memory
+        from .node import DataDirLock
+
+        self.paths = paths
+        self.lock = DataDirLock(paths.root)
+        self.lock.acquire()
+        try:
+            self.key = DeviceKey.load(paths.key)
+            self.store = Store(paths.root)
+            self.repo = open_repo(self.store, self.key)
+            self.memory = Memory(self.repo)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+            self.store = None
+        self.lock.release()
+
+    def status(self) -> dict[str, Any]:
+        from .node import node_status
+
+        cfg = NodeConfig.load(self.paths.config)
+        return node_status(self.store, self.repo, cfg, self.key) | {
+            "running": False,
+            "memory_entries": self.memory.count(),
+            "peers": [{"address": a, "connected": False} for a in cfg.static_peers],
+        }
+
+    def profile_get(self) -> dict[str, Any]:
+        from crdt.identity import get_profile
+
+        return get_profile(self.repo)
+
+    def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]:
+        from crdt.identity import update_profile
+
+        return update_profile(self.repo, changes)
+
+    def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]:
+        return self.memory.add(text, kind, tags)
+
+    def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
+
+    def memory_show(self, entry_id: str) -> dict[str, Any]:
+        from .memory import EntryNotFound
+
+        try:
+            return self.memory.get(entry_id)
+        except EntryNotFound:
+            raise NotFound(entry_id) from None
+
+    def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        from .memory import EntryNotFound
+
+        try:
+            return self.memory.update(entry_id, **changes)
+        except EntryNotFound:
+            raise NotFound(entry_id) from None
+
+    def memory_history(self, entry_id: str) -> list[dict[str, Any]]:
+        from .memory import EntryNotFound
+
+        try:
+            return self.memory.history(entry_id)
+        except EntryNotFound:
+            raise NotFound(entry_id) from None
+
+    def peers(self) -> list[dict[str, Any]]:
+        cfg = NodeConfig.load(self.paths.config)
+        return [{"address": a, "connected": False, "device_id": None} for a in cfg.static_peers]
+
+    def peer_add(self, address: str) -> None:
+        parse_host_port(address)
+        cfg = NodeConfig.load(self.paths.config)
+        if address not in cfg.static_peers:
+            cfg.static_peers.append(address)
+            cfg.save(self.paths.config)
+
+    def peer_remove(self, address: str) -> None:
+        cfg = NodeConfig.load(self.paths.config)
+        if address not in cfg.static_peers:
+            raise NotFound(address)
+        cfg.static_peers.remove(address)
+        cfg.save(self.paths.config)

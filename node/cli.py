@@ -1,0 +1,458 @@
+"""The ``maia`` command: set up a device, run its node, and work with its identity and memory.
+
+Commands talk to the running node over its local API; when no node runs they act on the store
+directly (holding the node's lock). Mistakes get one clear sentence and a non-zero exit, never
+a traceback. Heavy modules are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from .config import ENV_DATA_DIR, ConfigError, NodeConfig, Paths, resolve_data_dir
+
+log = logging.getLogger("maia")
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+class UserError(Exception):
+    """A mistake or a state the user can fix; shown as one sentence."""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _backend(paths: Paths):
+    from .backends import ApiBackend, OfflineBackend
+    from .client import NodeClient, NodeNotRunning
+
+    try:
+        return ApiBackend(NodeClient(paths))
+    except NodeNotRunning:
+        pass
+    from crdt.identity import NoMeshError
+    from crdt.keys import KeyFileError
+
+    from .node import DataDirBusy
+
+    try:
+        return OfflineBackend(paths)
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+    except NoMeshError as exc:
+        raise UserError(str(exc)) from None
+    except DataDirBusy:
+        raise UserError(
+            "a node holds this data dir but does not answer on its API; is it starting up?"
+        ) from None
+
+
+# -- init ---------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
+    from crdt.keys import DeviceKey
+
+    if paths.key.exists():
+        key = DeviceKey.load(paths.key)  # also checks its permissions
+        if args.new_mesh and not _has_mesh(paths):
+            _new_mesh(paths, key, args)
+            return 0
+        if args.exist_ok:
+            _say(f"This device is already set up (device id {key.device_id}).")
+            return 0
+        raise UserError(
+            f"a device key already exists at {paths.key} (device id {key.device_id}); "
+            "it was left untouched"
+        )
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = DeviceKey.generate()
+    key.save(paths.key)
+    cfg = NodeConfig.load(paths.config)
+    if args.name:
+        cfg.name = args.name
+    if args.port is not None:
+        cfg.port = args.port
+    cfg.save(paths.config)
+    _say(f"Created this device's key: {paths.key}")
+    _say(f"Device id: {key.device_id}")
+    if args.new_mesh:
+        _new_mesh(paths, key, args)
+    else:
+        _say("This device belongs to no mesh yet: run 'maia init --new-mesh' to start one.")
+    return 0
+
+
+def _has_mesh(paths: Paths) -> bool:
+    from crdt.identity import stored_mesh_id
+    from crdt.store import Store
+
+    store = Store(paths.root)
+    try:
+        return stored_mesh_id(store) is not None
+    finally:
+        store.close()
+
+
+def _new_mesh(paths: Paths, key, args: argparse.Namespace) -> None:
+    from crdt.identity import create_mesh
+    from crdt.store import Store
+
+    from .node import DataDirLock
+
+    cfg = NodeConfig.load(paths.config)
+    lock = DataDirLock(paths.root)
+    lock.acquire()
+    store = Store(paths.root)
+    try:
+        repo = create_mesh(store, key, args.mesh_name or f"{cfg.name} mesh", cfg.name)
+        _say(f"Started a new mesh {repo.mesh_id.hex()[:16]} with this device as its first member.")
+    finally:
+        store.close()
+        lock.release()
+
+
+# -- up -----------------------------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
+    import asyncio
+    import signal
+
+    from crdt.identity import NoMeshError
+    from crdt.keys import KeyFileError
+
+    from .node import DataDirBusy, Node
+
+    cfg = NodeConfig.load(paths.config)
+    if args.listen:
+        cfg.listen = args.listen
+    if args.port is not None:
+        cfg.port = args.port
+
+    async def run() -> None:
+        node = Node(paths.root, cfg)
+        await node.start()
+        _say(f"maia node {node.key.device_id} ({cfg.name}) on http://{node.host}:{node.port}")
+        _say("Press Ctrl-C to stop.")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+        await node.stop()
+        _say("Node stopped.")
+
+    try:
+        asyncio.run(run())
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+    except NoMeshError as exc:
+        raise UserError(str(exc)) from None
+    except DataDirBusy as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot listen on {cfg.listen}:{cfg.port}: {exc.strerror}") from None
+    return 0
+
+
+# -- status & profile ---------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
+    backend = _backend(paths)
+    try:
+        st = backend.status()
+    finally:
+        backend.close()
+    if args.json:
+        _json(st)
+        return 0
+    mesh = st.get("mesh") or {}
+    _say(f"Device     {st['device_id']}  ({st['name']})")
+    _say(f"Node       {'running on ' + st['listening'] if st.get('running') else 'not running'}")
+    _say(f"Mesh       {mesh.get('name', '-')}  ({str(mesh.get('id', ''))[:16]})")
+    _say(f"Members    {len(st.get('members', []))}")
+    _say(f"Memory     {st.get('memory_entries', 0)} entries")
+    for layer, info in st["layers"].items():
+        _say(f"Layer      {layer:<9} format {info['format_version']}  "
+             f"{info['size_bytes'] / 1024:.0f} KiB  {info['documents']} document(s)")
+    for p in st.get("peers", []):
+        state = "connected" if p.get("connected") else "not connected"
+        _say(f"Peer       {p.get('address') or '-'}  {p.get('device_id') or ''}  {state}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace, paths: Paths) -> int:
+    from crdt.identity import PROFILE_FIELDS
+
+    backend = _backend(paths)
+    try:
+        if args.profile_cmd == "set":
+            changes: dict[str, Any] = {}
+            for item in args.fields:
+                name, sep, value = item.partition("=")
+                if not sep or name not in PROFILE_FIELDS:
+                    raise UserError(
+                        f"'{item}' is not FIELD=VALUE with FIELD one of {', '.join(PROFILE_FIELDS)}"
+                    )
+                changes[name] = value or None
+            profile = backend.profile_set(changes)
+        else:
+            profile = backend.profile_get()
+    finally:
+        backend.close()
+    if args.json:
+        _json(profile)
+    elif not profile:
+        _say("The profile is empty. Set it with: maia profile set display_name=Ada")
+    else:
+        for k in sorted(profile):
+            _say(f"{k:<13} {profile[k]}")
+    return 0
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def _print_entry(e: dict[str, Any], full: bool = False) -> None:
+    tags = " ".join("#" + t for t in e.get("tags", []))
+    if full:
+        _say(f"{e['id']}  {e['kind']}  {e['created_at']}  by {e['author'][:15]}")
+        if tags:
+            _say(tags)
+        _say()
+        _say(e["text"])
+    else:
+        first = e["text"].splitlines()[0] if e["text"] else ""
+        _say(f"{e['id']}  {e['created_at'][:16]}  {first[:70]}" + (f"  {tags}" if tags else ""))
+
+
+def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
+    from .backends import NotFound
+    from .client import ApiError
+
+    backend = _backend(paths)
+    try:
+        sub = args.memory_cmd
+        if sub == "add":
+            text = args.text if args.text != "-" else sys.stdin.read()
+            entry = backend.memory_add(text, args.kind, args.tag or [])
+            if args.json:
+                _json(entry)
+            else:
+                _say(f"Added {entry['id']}")
+        elif sub in ("list", "search"):
+            filters = {
+                "kind": args.kind, "tag": args.tag, "author": args.author,
+                "since": args.since, "until": args.until, "limit": args.limit,
+                "query": " ".join(args.words) if sub == "search" else args.query,
+            }
+            entries = backend.memory_list(filters)
+            if args.json:
+                _json(entries)
+            elif not entries:
+                _say("No memory entries match.")
+            else:
+                for e in entries:
+                    _print_entry(e)
+        elif sub == "show":
+            e = backend.memory_show(args.id)
+            _json(e) if args.json else _print_entry(e, full=True)
+        elif sub == "edit":
+            changes: dict[str, Any] = {}
+            if args.text is not None:
+                changes["text"] = args.text
+            if args.add_tag:
+                changes["add_tags"] = args.add_tag
+            if args.remove_tag:
+                changes["remove_tags"] = args.remove_tag
+            if not changes:
+                raise UserError("say what to change: --text, --add-tag or --remove-tag")
+            e = backend.memory_edit(args.id, changes)
+            _json(e) if args.json else _say(f"Updated {e['id']}")
+        elif sub == "history":
+            rows = backend.memory_history(args.id)
+            if args.json:
+                _json(rows)
+            for r in [] if args.json else rows:
+                mark = "verified" if r["verified"] else "UNVERIFIED"
+                who = r["device_id"] or "?"
+                name = f" ({r['device_name']})" if r.get("device_name") else ""
+                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}")
+    except (NotFound, ApiError) as exc:
+        if isinstance(exc, ApiError) and exc.status != 404:
+            raise UserError(str(exc)) from None
+        raise UserError(f"no memory entry has the id '{getattr(args, 'id', '')}'") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        backend.close()
+    return 0
+
+
+# -- peers --------------------------------------------------------------------------------------
+def cmd_peer(args: argparse.Namespace, paths: Paths) -> int:
+    from .backends import NotFound
+    from .client import ApiError
+    from .config import parse_host_port
+
+    backend = _backend(paths)
+    try:
+        if args.peer_cmd == "add":
+            parse_host_port(args.address)
+            backend.peer_add(args.address)
+            _say(f"Added static peer {args.address}; the node dials it (and retries with backoff).")
+        elif args.peer_cmd == "remove":
+            backend.peer_remove(args.address)
+            _say(f"Removed static peer {args.address}.")
+    except (NotFound, ApiError) as exc:
+        raise UserError(f"{args.address} is not a static peer" if isinstance(exc, NotFound)
+                        else str(exc)) from None
+    finally:
+        backend.close()
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace, paths: Paths) -> int:
+    backend = _backend(paths)
+    try:
+        peers = backend.peers()
+    finally:
+        backend.close()
+    if args.json:
+        _json(peers)
+    elif not peers:
+        _say("No peers yet. Add one with: maia peer add HOST:PORT")
+    for p in [] if args.json else peers:
+        state = "connected" if p.get("connected") else "not connected"
+        err = f"  last error: {p['last_error']}" if p.get("last_error") else ""
+        _say(f"{p.get('address') or '-':<22} {p.get('device_id') or '(unknown device)'}  "
+             f"{state}{err}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="maia",
+        description="maia-node: sync your identity and memory across your own devices.",
+        epilog=f"The data dir is --data-dir, else ${ENV_DATA_DIR}, else ~/.local/share/maia.",
+    )
+    p.add_argument("--data-dir", help="where this node keeps its key, store and config")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default) or ERROR")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("init", help="create this device's key (and, with --new-mesh, a mesh)",
+                       description="Create this device's Ed25519 key and config. Never "
+                       "overwrites an existing key.")
+    s.add_argument("--new-mesh", action="store_true", help="start a new mesh with this device")
+    s.add_argument("--name", help="a name for this device (default: the host name)")
+    s.add_argument("--mesh-name", help="a name for the new mesh")
+    s.add_argument("--port", type=int, help="TCP port the node will listen on (default 7411)")
+    s.add_argument("--exist-ok", action="store_true",
+                   help="succeed without changes when the device is already set up")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("up", help="run the node in the foreground",
+                       description="Run the node until Ctrl-C or SIGTERM (clean shutdown).")
+    s.add_argument("--listen", help="address to bind (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    s.add_argument("--port", type=int, help="TCP port (default from config, 7411)")
+    s.set_defaults(func=cmd_up)
+
+    s = sub.add_parser("status", help="show the device, mesh, layers and peers")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("profile", help="read or change the owner's profile (Identity layer)")
+    psub = s.add_subparsers(dest="profile_cmd", required=True, metavar="get|set")
+    g = psub.add_parser("get", help="show the profile")
+    g.add_argument("--json", action="store_true")
+    st = psub.add_parser("set", help="set fields: FIELD=VALUE (an empty VALUE clears)")
+    st.add_argument("fields", nargs="+", metavar="FIELD=VALUE")
+    st.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_profile)
+
+    s = sub.add_parser("memory", help="notes, conversations, facts and skills")
+    msub = s.add_subparsers(dest="memory_cmd", required=True, metavar="SUBCOMMAND")
+    a = msub.add_parser("add", help="add an entry (TEXT, or - to read stdin)")
+    a.add_argument("text")
+    a.add_argument("--kind", default="note",
+                   choices=["note", "conversation", "fact", "skill", "journal"])
+    a.add_argument("--tag", action="append", help="a tag (repeatable)")
+    a.add_argument("--json", action="store_true")
+    for name, helptext in (("list", "list entries, newest first"),
+                           ("search", "entries containing every word")):
+        lst = msub.add_parser(name, help=helptext)
+        if name == "search":
+            lst.add_argument("words", nargs="+")
+        else:
+            lst.add_argument("--query", "-q", help="only entries containing these words")
+        lst.add_argument("--kind")
+        lst.add_argument("--tag")
+        lst.add_argument("--author", help="device id of the author")
+        lst.add_argument("--since", help="ISO date/time, inclusive")
+        lst.add_argument("--until", help="ISO date/time, exclusive")
+        lst.add_argument("--limit", type=int, default=50)
+        lst.add_argument("--json", action="store_true")
+    sh = msub.add_parser("show", help="show one entry")
+    sh.add_argument("id")
+    sh.add_argument("--json", action="store_true")
+    ed = msub.add_parser("edit", help="change an entry's text or tags")
+    ed.add_argument("id")
+    ed.add_argument("--text")
+    ed.add_argument("--add-tag", action="append")
+    ed.add_argument("--remove-tag", action="append")
+    ed.add_argument("--json", action="store_true")
+    hi = msub.add_parser("history", help="who changed an entry and when (signed, verified)")
+    hi.add_argument("id")
+    hi.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_memory)
+
+    s = sub.add_parser("peer", help="add or remove a static peer (HOST:PORT)")
+    psub = s.add_subparsers(dest="peer_cmd", required=True, metavar="add|remove")
+    for name in ("add", "remove"):
+        x = psub.add_parser(name, help=f"{name} a static peer")
+        x.add_argument("address", metavar="HOST:PORT")
+    s.set_defaults(func=cmd_peer)
+
+    s = sub.add_parser("peers", help="list peers and their connection state")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_peers)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    level = (args.log_level or ("INFO" if args.command == "up" else "WARNING")).upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    paths = Paths(resolve_data_dir(args.data_dir))
+    from crdt.keys import KeyFileError
+
+    try:
+        return args.func(args, paths)
+    except UserError as exc:
+        sys.stderr.write(f"maia: {exc}\n")
+        return EXIT_FAIL
+    except (KeyFileError, ConfigError) as exc:
+        sys.stderr.write(f"maia: {exc}\n")
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

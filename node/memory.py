@@ -1,0 +1,299 @@
+"""The Memory layer: notes, conversations, facts and skills as entries in sharded documents.
+
+An entry id names its shard (``note-202611-7Q2KX9A1BC`` lives in ``memory/note/2026-11/<b>``
+with the bucket taken from its first random character), so a lookup needs no index and no
+shard grows without bound. Listing and search use a Runtime index that is rebuilt from the
+documents whenever it is missing or stale (SPEC-001: deleting Runtime loses nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
+
+from crdt.documents import Repo
+from crdt.keys import device_id
+
+log = logging.getLogger(__name__)
+
+KINDS = ("note", "conversation", "fact", "skill", "journal")
+BUCKETS = 8
+ENTRY_ID_RE = re.compile(r"^([a-z]+)-(\d{4})(\d{2})-([A-Z2-7]{10})$")
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+MAX_TEXT = 256 * 1024
+
+
+class EntryNotFound(KeyError):
+    pass
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_entry_id(kind: str, when: datetime | None = None) -> str:
+    when = when or datetime.now(UTC)
+    rand = base64.b32encode(os.urandom(7)).decode()[:10]
+    return f"{kind}-{when:%Y%m}-{rand}"
+
+
+def shard_of(entry_id: str) -> str:
+    m = ENTRY_ID_RE.match(entry_id)
+    if not m or m.group(1) not in KINDS:
+        raise EntryNotFound(entry_id)
+    kind, year, month, rand = m.groups()
+    return f"memory/{kind}/{year}-{month}/{_B32.index(rand[0]) % BUCKETS}"
+
+
+def _entries_obj(doc: Any) -> bytes | None:
+    got = doc.get(ROOT, "entries")
+    return got[1] if got is not None else None
+
+
+def _actor_of(obj_id: bytes) -> bytes | None:
+    """The actor in an Automerge object id (``0x10, len, actor, idx, counter``)."""
+    if len(obj_id) >= 2 and obj_id[0] == 0x10:
+        n = obj_id[1]
+        return bytes(obj_id[2 : 2 + n])
+    return None
+
+
+class Memory:
+    """Memory entries of one node, over its document repository."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        self._dirty: set[str] = set()
+        env, self._index_db = repo.store.runtime_db("entries")
+        self._env = env
+        self._kv = repo.store.runtime_db("kv")[1]
+        repo.subscribe(self._on_change)
+        self._mark_stale()
+
+    # -- index upkeep ----------------------------------------------------------------------------
+    def _on_change(self, doc_id: str, local: bool) -> None:
+        if doc_id.startswith("memory/"):
+            self._dirty.add(doc_id)
+
+    def _indexed_heads(self, txn, doc_id: str) -> list[bytes] | None:
+        raw = txn.get(b"heads:" + doc_id.encode(), db=self._kv)
+        return msgpack.unpackb(raw) if raw else None
+
+    def _mark_stale(self) -> None:
+        with self._env.begin() as txn:
+            for doc_id in self.repo.store.doc_ids("memory"):
+                if sorted(self._indexed_heads(txn, doc_id) or []) != sorted(
+                    self.repo.heads(doc_id)
+                ):
+                    self._dirty.add(doc_id)
+        if self._dirty:
+            log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
+
+    def flush_index(self) -> int:
+        """Bring the Runtime index up to date with every changed shard; returns shards done."""
+        done = 0
+        while self._dirty:
+            doc_id = self._dirty.pop()
+            self._reindex(doc_id)
+            done += 1
+        return done
+
+    def _reindex(self, doc_id: str) -> None:
+        doc = self.repo.open(doc_id).doc
+        obj = _entries_obj(doc)
+        entries = extract(doc, obj) if obj is not None else {}
+        with self._env.begin(write=True) as txn:
+            # Entries are never removed from a shard, so upserting every row is a full refresh.
+            for entry_id, entry in entries.items():
+                txn.put(entry_id.encode(), _index_row(doc_id, entry_id, entry), db=self._index_db)
+            txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
+                    db=self._kv)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def add(self, text: str, kind: str = "note", tags: Iterable[str] = ()) -> dict[str, Any]:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if not text or len(text) > MAX_TEXT:
+            raise ValueError("text must be 1 to 262144 characters")
+        entry_id = new_entry_id(kind)
+        doc_id = shard_of(entry_id)
+        at = now_iso()
+        me = self.repo.key.device_id
+
+        def edit(tx: Transaction) -> None:
+            got = tx.get(ROOT, "entries")
+            entries = got[1] if got is not None else tx.put_object(ROOT, "entries", ObjType.Map)
+            e = tx.put_object(entries, entry_id, ObjType.Map)
+            tx.put(e, "text", ScalarType.Str, text)
+            tx.put(e, "kind", ScalarType.Str, kind)
+            tx.put(e, "created_at", ScalarType.Str, at)
+            tx.put(e, "author", ScalarType.Str, me)
+            t = tx.put_object(e, "tags", ObjType.Map)
+            for tag in tags:
+                tx.put(t, tag, ScalarType.Boolean, True)
+            log_list = tx.put_object(e, "log", ObjType.List)
+            rec = tx.insert_object(log_list, 0, ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, at)
+            tx.put(rec, "op", ScalarType.Str, "create")
+
+        self.repo.change(doc_id, edit)
+        self._reindex(doc_id)
+        self._dirty.discard(doc_id)
+        return self.get(entry_id)
+
+    def update(
+        self,
+        entry_id: str,
+        *,
+        text: str | None = None,
+        add_tags: Iterable[str] = (),
+        remove_tags: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        doc_id = shard_of(entry_id)
+        self.get(entry_id)  # raises EntryNotFound
+        add_tags, remove_tags = list(add_tags), list(remove_tags)
+        if text is not None and (not text or len(text) > MAX_TEXT):
+            raise ValueError("text must be 1 to 262144 characters")
+        ops = []
+        if text is not None:
+            ops.append("text")
+        if add_tags or remove_tags:
+            ops.append("tags")
+        if not ops:
+            raise ValueError("nothing to change")
+
+        def edit(tx: Transaction) -> None:
+            entries = tx.get(ROOT, "entries")[1]
+            e = tx.get(entries, entry_id)[1]
+            if text is not None:
+                tx.put(e, "text", ScalarType.Str, text)
+            tags = tx.get(e, "tags")[1]
+            for tag in add_tags:
+                tx.put(tags, tag, ScalarType.Boolean, True)
+            for tag in remove_tags:
+                if tx.get(tags, tag) is not None:
+                    tx.delete(tags, tag)
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "update " + "+".join(ops))
+
+        self.repo.change(doc_id, edit)
+        self._reindex(doc_id)
+        self._dirty.discard(doc_id)
+        return self.get(entry_id)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def get(self, entry_id: str) -> dict[str, Any]:
+        doc_id = shard_of(entry_id)
+        if self.repo.store.doc_meta(doc_id) is None and not self.repo.is_loaded(doc_id):
+            raise EntryNotFound(entry_id)
+        doc = self.repo.open(doc_id).doc
+        entries = _entries_obj(doc)
+        got = doc.get(entries, entry_id) if entries is not None else None
+        if got is None:
+            raise EntryNotFound(entry_id)
+        return _public(entry_id, extract(doc, got[1]))
+
+    def history(self, entry_id: str) -> list[dict[str, Any]]:
+        """Who changed the entry and when; the author is read from the signed operation."""
+        doc_id = shard_of(entry_id)
+        self.get(entry_id)
+        doc = self.repo.open(doc_id).doc
+        e = doc.get(_entries_obj(doc), entry_id)[1]
+        log_obj = doc.get(e, "log")[1]
+        roster = self.repo.roster
+        out = []
+        for i in range(doc.length(log_obj)):
+            _, rec_id = doc.get(log_obj, i)
+            rec = extract(doc, rec_id)
+            actor = _actor_of(rec_id)
+            status = (
+                "member" if actor in roster.members
+                else "revoked" if actor in roster.revoked else "unknown"
+            )
+            out.append({
+                "at": rec.get("at"),
+                "op": rec.get("op"),
+                "device_id": device_id(actor) if actor else None,
+                "device_name": roster.members.get(actor, "") if actor else "",
+                "verified": actor is not None and status != "unknown",
+                "signer_status": status,
+            })
+        out.sort(key=lambda r: r["at"] or "")
+        return out
+
+    def list(
+        self,
+        *,
+        kind: str | None = None,
+        tag: str | None = None,
+        author: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        self.flush_index()
+        needle = query.casefold() if query else None
+        words = needle.split() if needle else []
+        out = []
+        with self._env.begin(db=self._index_db) as txn:
+            for _, raw in txn.cursor():
+                row = msgpack.unpackb(raw, raw=False)
+                if kind and row["kind"] != kind:
+                    continue
+                if tag and tag not in row["tags"]:
+                    continue
+                if author and row["author"] != author:
+                    continue
+                if since and row["created_at"] < since:
+                    continue
+                if until and row["created_at"] >= until:
+                    continue
+                if words:
+                    hay = (row["text"] + " " + " ".join(row["tags"])).casefold()
+                    if not all(w in hay for w in words):
+                        continue
+                out.append(row)
+        out.sort(key=lambda r: r["created_at"], reverse=True)
+        return [
+            {k: v for k, v in r.items() if k != "doc"} for r in out[: max(1, limit)]
+        ]
+
+    def search(self, query: str, **filters: Any) -> list[dict[str, Any]]:
+        if not query.strip():
+            raise ValueError("search needs at least one word")
+        return self.list(query=query, **filters)
+
+    def count(self) -> int:
+        self.flush_index()
+        with self._env.begin(db=self._index_db) as txn:
+            return txn.stat(self._index_db)["entries"]
+
+
+def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
+    tags = e.get("tags") or {}
+    return {
+        "id": entry_id,
+        "text": e.get("text", ""),
+        "kind": e.get("kind", ""),
+        "tags": sorted(t for t, on in tags.items() if on),
+        "created_at": e.get("created_at", ""),
+        "author": e.get("author", ""),
+        "edits": len(e.get("log") or []),
+    }
+
+
+def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
+    row = _public(entry_id, e)
+    row["doc"] = doc_id
+    return msgpack.packb(row, use_bin_type=True)

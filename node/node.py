@@ -1,0 +1,221 @@
+"""The node process: one device's store, documents, HTTP API and peer connections, together.
+
+A node owns its data dir exclusively (an advisory lock), so a CLI command never writes the
+store behind a running node's back: it talks to the node over the API instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from crdt.identity import (
+    IDENTITY_DOC,
+    get_profile,
+    import_roster_from_doc,
+    mesh_info,
+    open_repo,
+    update_profile,
+)
+from crdt.keys import DeviceKey, device_id
+from crdt.store import LAYERS, Store
+
+from .api.app import build_app
+from .api.auth import load_or_create_token
+from .api.routes_memory import MEMORY_KEY, memory_routes
+from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
+from .config import NodeConfig, Paths
+from .memory import Memory
+from .peers import PeerManager
+
+log = logging.getLogger(__name__)
+
+UPKEEP_INTERVAL = 5.0
+IDLE_EVICT_SECONDS = 30.0
+
+
+class DataDirBusy(Exception):
+    """Another process (a running node) holds this data dir."""
+
+
+class DataDirLock:
+    """Exclusive advisory lock on ``<data>/node.lock``; released when the process dies."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "node.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirBusy(f"a maia node is already running on {self.path.parent}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Node:
+    """Everything one device runs. ``start``/``stop`` are idempotent and safe to interrupt."""
+
+    def __init__(self, data_dir: Path, config: NodeConfig | None = None) -> None:
+        self.paths = Paths(Path(data_dir))
+        self.config = config or NodeConfig.load(self.paths.config)
+        self.lock = DataDirLock(self.paths.root)
+        self.store: Store | None = None
+        self.started_at = 0.0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        self.lock.acquire()
+        try:
+            self.key = DeviceKey.load(self.paths.key)
+            self.store = Store(self.paths.root)
+            self.repo = open_repo(self.store, self.key)
+            self.memory = Memory(self.repo)
+            self.peers = PeerManager(self.repo)
+            self.repo.subscribe(self._on_change)
+            token = load_or_create_token(self.paths.token)
+            app = build_app(self, token=token, extra_tables=[memory_routes, peer_routes])
+            app[MEMORY_KEY] = self.memory
+            app[PEERS_KEY] = self.peers
+            app[PEER_CONFIG_KEY] = self._persist_peer
+            await self.peers.start()
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            host = host or self.config.listen
+            site = web.TCPSite(self._runner, host, self.config.port if port is None else port)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.host = host
+            self.started_at = time.time()
+            self._write_node_info()
+            for address in self.config.static_peers:
+                self.peers.add_static(address)
+            self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
+            log.info(
+                "node %s (%s) listening on http://%s:%d",
+                self.key.device_id, self.config.name, host, self.port,
+            )
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        if getattr(self, "peers", None) is not None:
+            await self.peers.stop()
+            self.peers = None  # type: ignore[assignment]
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.node_info.unlink()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.lock.release()
+
+    def _write_node_info(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "host": self.host,
+            "port": self.port,
+            "device_id": self.key.device_id,
+            "started_at": self.started_at,
+        }
+        path = self.paths.node_info
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh)
+        os.replace(tmp, path)
+
+    def _on_change(self, doc_id: str, local: bool) -> None:
+        if doc_id == IDENTITY_DOC and not local and import_roster_from_doc(self.repo):
+            log.info("roster updated from the identity document")
+
+    async def _upkeep(self) -> None:
+        """Background care: compact grown change logs, index, and unload idle documents."""
+        while True:
+            await asyncio.sleep(UPKEEP_INTERVAL)
+            try:
+                for doc_id in self.repo.store.doc_ids():
+                    if self.repo.compact(doc_id):
+                        log.info("compacted %s", doc_id)
+                    await asyncio.sleep(0)
+                self.memory.flush_index()
+                self.repo.evict_idle(IDLE_EVICT_SECONDS)
+            except Exception:
+                log.exception("upkeep failed; will retry")
+
+    def _persist_peer(self, address: str, add: bool) -> None:
+        cfg = NodeConfig.load(self.paths.config)
+        if add and address not in cfg.static_peers:
+            cfg.static_peers.append(address)
+        elif not add and address in cfg.static_peers:
+            cfg.static_peers.remove(address)
+        cfg.save(self.paths.config)
+
+    # -- services for the API (node/api/services.py) ---------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        return node_status(self.store, self.repo, self.config, self.key) | {
+            "listening": f"{self.host}:{self.port}",
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "peers": self.peers.status(),
+            "memory_entries": self.memory.count(),
+        }
+
+    async def get_profile(self) -> dict[str, Any]:
+        return get_profile(self.repo)
+
+    async def update_profile(self, changes: dict[str, Any]) -> dict[str, Any]:
+        return update_profile(self.repo, changes)
+
+
+def node_status(store: Store, repo: Any, config: NodeConfig, key: DeviceKey) -> dict[str, Any]:
+    """Status readable with or without a running node (the CLI uses it offline too)."""
+    docs = store.doc_ids()
+    layers = {}
+    for layer in LAYERS:
+        layers[layer] = {
+            "format_version": store.layer_format(layer),
+            "size_bytes": store.layer_size(layer),
+            "documents": sum(1 for d in docs if (d == "identity") == (layer == "identity"))
+            if layer != "runtime" else 0,
+        }
+    mesh = mesh_info(repo) if repo is not None else None
+    members = (
+        [{"device_id": device_id(k), "name": n} for k, n in repo.roster.members.items()]
+        if repo is not None else []
+    )
+    return {
+        "device_id": key.device_id,
+        "name": config.name,
+        "mesh": mesh,
+        "members": members,
+        "layers": layers,
+    }

@@ -1,0 +1,380 @@
+"""The connection manager: one authenticated channel per peer, fed by static peers and discovery.
+
+Static addresses (``maia peer add``) and, later, mDNS candidates go through the same path:
+dial with backoff, handshake, roster check, then per-document sync and live push. A peer
+that keeps sending rejected messages or floods is disconnected and backed off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from crdt.documents import Repo
+from crdt.keys import device_id
+from crdt.sync import PeerSync
+from crdt.verify import Rejected
+
+from .transport import ChannelClosed, SecureChannel, TransportError, accept, connect
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+MAX_REJECTS = 8
+REJECT_WINDOW = 10.0
+FRAME_RATE = 500.0
+FRAME_BURST = 2000.0
+
+
+def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_MAX):
+    """Exponential backoff with full jitter on the upper half, so peers do not dial in step."""
+    delay = start
+    while True:
+        yield delay / 2 + random.random() * delay / 2
+        delay = min(cap, delay * 2)
+
+
+@dataclass
+class PeerState:
+    """What the node knows about one peer (runtime only)."""
+
+    key: bytes
+    address: str = ""
+    connected_since: float | None = None
+    last_seen: float | None = None
+    accepted: int = 0
+    rejected: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device_id": device_id(self.key),
+            "address": self.address,
+            "connected": self.connected_since is not None,
+            "connected_since": self.connected_since,
+            "last_seen": self.last_seen,
+            "changes_accepted": self.accepted,
+            "messages_rejected": self.rejected,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class StaticPeer:
+    address: str
+    task: asyncio.Task | None = None
+    last_error: str = ""
+    peer_key: bytes | None = None
+    attempts: int = 0
+
+
+class _FrameBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.at = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class PeerConnection:
+    """One live, authenticated channel to one peer, and its sync loop."""
+
+    def __init__(
+        self, manager: PeerManager, channel: SecureChannel, *, initiator: bool, address: str
+    ) -> None:
+        self.manager = manager
+        self.channel = channel
+        self.initiator = initiator
+        self.address = address
+        self.peer_key = channel.peer_key
+        self.sync = PeerSync(manager.repo, channel.peer_key)
+        self._dirty: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self._rejects: list[float] = []
+        self._bucket = _FrameBucket(manager.frame_rate, manager.frame_burst)
+        self.closed = asyncio.Event()
+
+    @property
+    def initiator_key(self) -> bytes:
+        return self.manager.repo.key.public_key if self.initiator else self.peer_key
+
+    def mark_dirty(self, doc_id: str) -> None:
+        self._dirty[doc_id] = None
+        self._wake.set()
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop(), name=f"send-{self.channel.peer_device_id}")
+        try:
+            await self.channel.send(self.sync.summary_frame())
+            async for frame in self.channel:
+                self.manager.touch(self.peer_key)
+                if not self._bucket.take():
+                    log.warning("peer %s floods; disconnecting", self.channel.peer_device_id)
+                    await self._error("flood", "too many messages per second")
+                    return
+                if not await self._handle(frame):
+                    return
+        except ChannelClosed:
+            pass
+        except TransportError as exc:
+            log.info("channel to %s failed: %s", self.channel.peer_device_id, exc)
+            self.manager.note_error(self.peer_key, str(exc))
+        finally:
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+            await self.channel.close()
+            self.closed.set()
+
+    async def _handle(self, frame: Any) -> bool:
+        kind = frame.get("t") if isinstance(frame, dict) else None
+        if kind == "summary":
+            try:
+                for doc_id in self.sync.docs_to_sync(frame):
+                    self.mark_dirty(doc_id)
+            except Rejected as exc:
+                return await self._rejected(None, exc)
+        elif kind == "sync":
+            doc_id = frame.get("doc")
+            try:
+                n = self.sync.receive(frame)
+            except Rejected as exc:
+                return await self._rejected(doc_id if isinstance(doc_id, str) else None, exc)
+            self.manager.note_accepted(self.peer_key, n)
+            if frame.get("final", True):
+                self.mark_dirty(doc_id)  # answer: the protocol needs our side's next message
+        elif kind == "reject":
+            doc_id = frame.get("doc")
+            log.warning(
+                "peer %s rejected our message for %s: %s %s",
+                self.channel.peer_device_id, doc_id, frame.get("code"), frame.get("detail"),
+            )
+            if isinstance(doc_id, str):
+                self.sync.reset(doc_id)
+        elif kind == "error":
+            log.warning(
+                "peer %s closed the session: %s %s",
+                self.channel.peer_device_id, frame.get("code"), frame.get("detail"),
+            )
+            self.manager.note_error(self.peer_key, f"{frame.get('code')}: {frame.get('detail')}")
+            return False
+        else:
+            return await self._rejected(None, Rejected("malformed", f"unknown frame {kind!r}"))
+        return True
+
+    async def _rejected(self, doc_id: str | None, exc: Rejected) -> bool:
+        log.warning(
+            "rejected a message from %s for %s: %s", self.channel.peer_device_id, doc_id, exc
+        )
+        self.manager.note_rejected(self.peer_key, f"{exc.code}: {exc.detail}")
+        now = time.monotonic()
+        self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW] + [now]
+        with contextlib.suppress(TransportError):
+            await self.channel.send(
+                {"t": "reject", "doc": doc_id, "code": exc.code, "detail": exc.detail}
+            )
+        if len(self._rejects) >= MAX_REJECTS:
+            await self._error("too_many_rejections", "too many rejected messages")
+            return False
+        return True
+
+    async def _error(self, code: str, detail: str) -> None:
+        self.manager.note_error(self.peer_key, f"{code}: {detail}")
+        with contextlib.suppress(TransportError):
+            await self.channel.send({"t": "error", "code": code, "detail": detail})
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                doc_id = next(iter(self._dirty))
+                del self._dirty[doc_id]
+                for frame in self.sync.generate(doc_id):
+                    await self.channel.send(frame)  # awaits: backpressure from the socket
+
+
+class PeerManager:
+    """Every peer connection of this node, incoming and outgoing."""
+
+    def __init__(
+        self,
+        repo: Repo,
+        *,
+        frame_rate: float = FRAME_RATE,
+        frame_burst: float = FRAME_BURST,
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        self.repo = repo
+        self.frame_rate = frame_rate
+        self.frame_burst = frame_burst
+        self.handshake_timeout = handshake_timeout
+        self.connections: dict[bytes, PeerConnection] = {}
+        self.peers: dict[bytes, PeerState] = {}
+        self.static: dict[str, StaticPeer] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closing = False
+        self.on_connected: list[Callable[[bytes], None]] = []
+        repo.subscribe(self._on_change)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def _peer(self, key: bytes) -> PeerState:
+        state = self.peers.get(key)
+        if state is None:
+            state = self.peers[key] = PeerState(key)
+        return state
+
+    def touch(self, key: bytes) -> None:
+        self._peer(key).last_seen = time.time()
+
+    def note_accepted(self, key: bytes, n: int) -> None:
+        self._peer(key).accepted += n
+
+    def note_rejected(self, key: bytes, why: str) -> None:
+        state = self._peer(key)
+        state.rejected += 1
+        state.last_error = why
+
+    def note_error(self, key: bytes, why: str) -> None:
+        self._peer(key).last_error = why
+
+    def _on_change(self, doc_id: str, local: bool) -> None:
+        for conn in self.connections.values():
+            conn.mark_dirty(doc_id)
+
+    def certs(self) -> list[bytes]:
+        return [c.encode() for c in self.repo.roster.certs.values()]
+
+    def status(self) -> list[dict[str, Any]]:
+        out = [p.as_dict() for p in self.peers.values()]
+        known = {p.address for p in self.peers.values()}
+        for sp in self.static.values():
+            if sp.address not in known:
+                out.append({"address": sp.address, "connected": False,
+                            "last_error": sp.last_error, "device_id": None})
+        return out
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        self._closing = True
+        self.repo.unsubscribe(self._on_change)
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in list(self.connections.values()):
+            await conn.channel.close(1001, "node stopping")
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- static peers ----------------------------------------------------------------------------
+    def add_static(self, address: str) -> None:
+        if address in self.static:
+            return
+        sp = StaticPeer(address)
+        self.static[address] = sp
+        sp.task = self._spawn(self._dial_loop(sp), f"dial-{address}")
+
+    def remove_static(self, address: str) -> None:
+        sp = self.static.pop(address, None)
+        if sp and sp.task:
+            sp.task.cancel()
+
+    async def _dial_loop(self, sp: StaticPeer) -> None:
+        delays = backoff_delays()
+        while not self._closing:
+            sp.attempts += 1
+            try:
+                channel = await connect(
+                    self._session, f"http://{sp.address}/v1/peer", key=self.repo.key,
+                    mesh_id=self.repo.mesh_id, certs=self.certs(),
+                    timeout=self.handshake_timeout,
+                )
+            except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
+                sp.last_error = str(exc) or type(exc).__name__
+                log.debug("dial %s failed: %s", sp.address, sp.last_error)
+            else:
+                sp.peer_key = channel.peer_key
+                delays = backoff_delays()
+                await self._serve(channel, initiator=True, address=sp.address)
+                sp.last_error = self._peer(channel.peer_key).last_error
+            await asyncio.sleep(next(delays))
+
+    # -- incoming --------------------------------------------------------------------------------
+    async def handle_incoming(self, request: web.Request) -> web.StreamResponse:
+        try:
+            ws, channel = await accept(
+                request, key=self.repo.key, mesh_id=self.repo.mesh_id, certs=self.certs(),
+                timeout=self.handshake_timeout,
+            )
+        except TransportError as exc:
+            log.info("incoming peer from %s failed the handshake: %s", request.remote, exc)
+            response = getattr(exc, "response", None)
+            if response is None:
+                raise
+            return response
+        await self._serve(channel, initiator=False, address=request.remote or "")
+        return ws
+
+    # -- one session ------------------------------------------------------------------------------
+    async def _serve(self, channel: SecureChannel, *, initiator: bool, address: str) -> None:
+        key = channel.peer_key
+        self.repo.add_certs(channel.peer_certs)
+        if not self.repo.roster.is_member(key):
+            code = "revoked" if key in self.repo.roster.revoked else "not_member"
+            log.warning("refusing %s: %s", channel.peer_device_id, code)
+            self.note_error(key, code)
+            with contextlib.suppress(TransportError):
+                await channel.send({"t": "error", "code": code, "detail": "not in this mesh"})
+            await channel.close(4003, code)
+            return
+        conn = PeerConnection(self, channel, initiator=initiator, address=address)
+        existing = self.connections.get(key)
+        if existing is not None:
+            keep_new = conn.initiator_key == existing.initiator_key or (
+                conn.initiator_key == min(conn.initiator_key, existing.initiator_key)
+            )
+            if not keep_new:
+                await channel.close(4009, "duplicate connection")
+                return
+            await existing.channel.close(4009, "replaced by a newer connection")
+        self.connections[key] = conn
+        state = self._peer(key)
+        state.address, state.connected_since, state.last_seen = address, time.time(), time.time()
+        log.info("peer %s connected (%s)", channel.peer_device_id, address)
+        for callback in self.on_connected:
+            callback(key)
+        try:
+            await conn.run()
+        finally:
+            if self.connections.get(key) is conn:
+                del self.connections[key]
+                state.connected_since = None
+            log.info("peer %s disconnected", channel.peer_device_id)
