@@ -7,14 +7,16 @@ sync are fed back into the roster.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
+import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
 from .documents import Repo
 from .keys import DeviceKey
-from .roster import Cert, mesh_id_for, new_genesis
+from .roster import Cert, Roster, decode_cert, mesh_id_for, new_endorsement, new_genesis
 from .store import Store
 
 IDENTITY_DOC = "identity"
@@ -127,3 +129,72 @@ def record_certs(repo: Repo, certs: list[Cert]) -> None:
                 tx.put(obj, cert.cert_id, ScalarType.Bytes, cert.encode())
 
     repo.change(IDENTITY_DOC, edit)
+
+
+# -- manual enrolment (until pairing with a short authentication string lands) ------------------
+KEY_PREFIX = "maia-key:"
+INVITE_PREFIX = "maia-invite:"
+
+
+def join_request(key: DeviceKey) -> str:
+    """What a new device shows so a member can enrol it: its public key, nothing secret."""
+    return KEY_PREFIX + base64.urlsafe_b64encode(key.public_key).decode().rstrip("=")
+
+
+def parse_join_request(text: str) -> bytes:
+    text = text.strip()
+    if not text.startswith(KEY_PREFIX):
+        raise ValueError(f"a join request starts with '{KEY_PREFIX}'")
+    body = text[len(KEY_PREFIX):]
+    try:
+        pub = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except ValueError as exc:
+        raise ValueError("the join request is damaged") from exc
+    if len(pub) != 32:
+        raise ValueError("the join request is damaged (wrong key length)")
+    return pub
+
+
+def enrol_device(repo: Repo, subject: bytes, name: str) -> str:
+    """Endorse ``subject`` as a member (signed by this device) and return its invitation."""
+    if not repo.roster.is_member(repo.key.public_key):
+        raise ValueError("only a member of the mesh can add devices")
+    if subject in repo.roster.revoked:
+        raise ValueError("that device was revoked; a revoked device cannot come back")
+    cert = new_endorsement(repo.key, repo.mesh_id, subject, name)
+    record_certs(repo, [cert])
+    blob = msgpack.packb(
+        [1, repo.mesh_id, [c.encode() for c in repo.roster.certs.values()]], use_bin_type=True
+    )
+    return INVITE_PREFIX + base64.urlsafe_b64encode(blob).decode().rstrip("=")
+
+
+def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
+    """Join the mesh an invitation names, if it really admits this device."""
+    text = text.strip()
+    if not text.startswith(INVITE_PREFIX):
+        raise ValueError(f"an invitation starts with '{INVITE_PREFIX}'")
+    body = text[len(INVITE_PREFIX):]
+    try:
+        version, mesh_id, certs = msgpack.unpackb(
+            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)), raw=False
+        )
+    except Exception as exc:
+        raise ValueError("the invitation is damaged") from exc
+    if version != 1 or not isinstance(mesh_id, bytes) or len(mesh_id) != 32:
+        raise ValueError("the invitation is of an unknown kind")
+    existing = stored_mesh_id(store)
+    if existing is not None and existing != mesh_id:
+        raise ValueError("this device already belongs to another mesh")
+    decoded = []
+    for raw in certs:
+        try:
+            decoded.append(decode_cert(raw))
+        except Exception:
+            continue
+    roster = Roster.build(mesh_id, decoded)
+    if not roster.is_member(key.public_key):
+        raise ValueError("the invitation does not admit this device (was it made for another?)")
+    store.put_certs([(c.cert_id, c.encode()) for c in decoded])
+    store.set_identity_value("mesh_id", mesh_id)
+    return Repo(store, key, mesh_id)

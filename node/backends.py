@@ -25,6 +25,8 @@ class Backend(Protocol):
     def peers(self) -> list[dict[str, Any]]: ...
     def peer_add(self, address: str) -> None: ...
     def peer_remove(self, address: str) -> None: ...
+    def devices(self) -> list[dict[str, Any]]: ...
+    def device_add(self, request: str, name: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -71,6 +73,12 @@ class ApiBackend:
         from urllib.parse import quote
 
         self.c.request("DELETE", f"/v1/peers/{quote(address, safe='')}")
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.c.request("GET", "/v1/devices")["devices"]
+
+    def device_add(self, request: str, name: str) -> dict[str, Any]:
+        return self.c.request("POST", "/v1/devices", {"request": request, "name": name})
 
     def close(self) -> None:
         pass
@@ -173,3 +181,15 @@ class OfflineBackend:
             raise NotFound(address)
         cfg.static_peers.remove(address)
         cfg.save(self.paths.config)
+
+    def devices(self) -> list[dict[str, Any]]:
+        from .api.routes_devices import list_devices
+
+        return list_devices(self.repo)
+
+    def device_add(self, request: str, name: str) -> dict[str, Any]:
+        from crdt.identity import enrol_device, parse_join_request
+        from crdt.keys import device_id
+
+        subject = parse_join_request(request)
+        return {"device_id": device_id(subject), "invitation": enrol_device(self.repo, subject, name)}

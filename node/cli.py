@@ -338,6 +338,66 @@ def cmd_peers(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+# -- devices ------------------------------------------------------------------------------------
+def cmd_device(args: argparse.Namespace, paths: Paths) -> int:
+    from crdt.identity import join_request
+    from crdt.keys import DeviceKey
+
+    from .client import ApiError
+
+    if args.device_cmd == "request":
+        key = DeviceKey.load(paths.key)
+        _say("Give this join request to a device that is already in your mesh, and run there:")
+        _say(f"  maia device add {join_request(key)} --name NAME")
+        return 0
+    backend = _backend(paths)
+    try:
+        if args.device_cmd == "add":
+            result = backend.device_add(args.request, args.name)
+            _say(f"Added {result['device_id']} to the mesh. On that device, run:")
+            _say(f"  maia join {result['invitation']}")
+        else:
+            rows = backend.devices()
+            if args.json:
+                _json(rows)
+            for r in [] if args.json else rows:
+                me = "  (this device)" if r["this_device"] else ""
+                _say(f"{r['device_id']}  {r['status']:<8} {r['name']}{me}")
+    except ApiError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        backend.close()
+    return 0
+
+
+def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
+    from crdt.identity import accept_invitation
+    from crdt.keys import DeviceKey
+    from crdt.store import Store
+
+    from .node import DataDirBusy, DataDirLock
+
+    key = DeviceKey.load(paths.key)
+    lock = DataDirLock(paths.root)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        raise UserError(str(exc)) from None
+    store = Store(paths.root)
+    try:
+        repo = accept_invitation(store, key, args.invitation)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        store.close()
+        lock.release()
+    _say(f"Joined mesh {repo.mesh_id.hex()[:16]}. Add a peer (maia peer add HOST:PORT) and run "
+         "'maia up' to sync.")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -421,6 +481,24 @@ def build_parser() -> argparse.ArgumentParser:
         x = psub.add_parser(name, help=f"{name} a static peer")
         x.add_argument("address", metavar="HOST:PORT")
     s.set_defaults(func=cmd_peer)
+
+    s = sub.add_parser("device", help="enrol devices into the mesh")
+    dsub = s.add_subparsers(dest="device_cmd", required=True, metavar="request|add|list")
+    dsub.add_parser("request", help="on a new device: print its join request")
+    x = dsub.add_parser("add", help="on a member: admit a device by its join request")
+    x.add_argument("request", metavar="JOIN_REQUEST")
+    x.add_argument("--name", required=True, help="a name for the new device")
+    x = dsub.add_parser("list", help="members and revoked devices")
+    x.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_device)
+
+    s = sub.add_parser("devices", help="members of the mesh and revoked devices")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_device, device_cmd="list")
+
+    s = sub.add_parser("join", help="on a new device: join the mesh an invitation names")
+    s.add_argument("invitation", metavar="INVITATION")
+    s.set_defaults(func=cmd_join)
 
     s = sub.add_parser("peers", help="list peers and their connection state")
     s.add_argument("--json", action="store_true")

@@ -31,6 +31,7 @@ from crdt.store import LAYERS, Store
 
 from .api.app import build_app
 from .api.auth import load_or_create_token
+from .api.routes_devices import REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
@@ -94,8 +95,11 @@ class Node:
             self.peers = PeerManager(self.repo)
             self.repo.subscribe(self._on_change)
             token = load_or_create_token(self.paths.token)
-            app = build_app(self, token=token, extra_tables=[memory_routes, peer_routes])
+            app = build_app(
+                self, token=token, extra_tables=[memory_routes, peer_routes, device_routes]
+            )
             app[MEMORY_KEY] = self.memory
+            app[REPO_KEY] = self.repo
             app[PEERS_KEY] = self.peers
             app[PEER_CONFIG_KEY] = self._persist_peer
             await self.peers.start()
