@@ -94,7 +94,7 @@ class SecureChannel:
             sealed = self._send_box.encrypt(plaintext, nonce).ciphertext
             try:
                 await self._ws.send_bytes(sealed)
-            except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            except (ConnectionError, aiohttp.ClientError) as exc:
                 self._end(ChannelClosed("connection_lost", f"send failed: {type(exc).__name__}"))
                 await close_socket(self._ws, wait=ABORT_TIMEOUT)
                 self._raise_end()
@@ -118,9 +118,11 @@ class SecureChannel:
                     if peer.close_code is None:
                         self._end(ChannelClosed("connection_lost", "connection dropped"))
                     else:
-                        self._end(ChannelClosed(
-                            "closed", detail, close_code=peer.close_code, reason=peer.reason
-                        ))
+                        self._end(
+                            ChannelClosed(
+                                "closed", detail, close_code=peer.close_code, reason=peer.reason
+                            )
+                        )
                     log.info("channel with %s ended: %s", self.peer_device_id, self._ended)
                 await close_socket(self._ws)
                 self._raise_end()

@@ -44,7 +44,11 @@ class ChannelClosed(TransportError):
     """
 
     def __init__(
-        self, code: str = "closed", detail: str = "", *, close_code: int | None = None,
+        self,
+        code: str = "closed",
+        detail: str = "",
+        *,
+        close_code: int | None = None,
         reason: str = "",
     ) -> None:
         super().__init__(code, detail)

@@ -108,14 +108,16 @@ async def _exchange(
 ) -> SecureChannel:
     """HELLO out and in, AUTH out and in, then derive the keys. Raises on the first fault."""
     ephemeral = PrivateKey.generate()
-    our_hello = codec.pack({
-        "t": "hello",
-        "v": PROTOCOL_VERSION,
-        "mesh": mesh_id,
-        "key": key.public_key,
-        "eph": bytes(ephemeral.public_key),
-        "nonce": os.urandom(_FIELD_BYTES),
-    })
+    our_hello = codec.pack(
+        {
+            "t": "hello",
+            "v": PROTOCOL_VERSION,
+            "mesh": mesh_id,
+            "key": key.public_key,
+            "eph": bytes(ephemeral.public_key),
+            "nonce": os.urandom(_FIELD_BYTES),
+        }
+    )
     await ws.send_bytes(our_hello)
     peer_hello_bytes = await read_frame(ws, max_frame)
     peer = _parse_hello(peer_hello_bytes, max_frame, mesh_id=mesh_id, our_key=key.public_key)

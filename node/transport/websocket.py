@@ -56,7 +56,12 @@ async def connect(
         ) from None
     try:
         return await handshake(
-            ws, key=key, mesh_id=mesh_id, initiator=True, certs=certs, timeout=timeout,
+            ws,
+            key=key,
+            mesh_id=mesh_id,
+            initiator=True,
+            certs=certs,
+            timeout=timeout,
             max_frame=max_frame,
         )
     except BaseException:
@@ -88,7 +93,12 @@ async def accept(
     await ws.prepare(request)
     try:
         channel = await handshake(
-            ws, key=key, mesh_id=mesh_id, initiator=False, certs=certs, timeout=timeout,
+            ws,
+            key=key,
+            mesh_id=mesh_id,
+            initiator=False,
+            certs=certs,
+            timeout=timeout,
             max_frame=max_frame,
         )
     except HandshakeError as exc:

@@ -1,0 +1,172 @@
+"""Test harness: real node processes on loopback, each with its own data dir.
+
+Nodes are set up with the real CLI (``maia init``, ``device add``, ``join``) and run with
+``maia up`` as separate processes, so tests exercise exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.cli import main as cli_main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(data_dir: Path, *args: str) -> int:
+    """Run a CLI command in-process (fast) against ``data_dir``; returns its exit code."""
+    return cli_main(["--data-dir", str(data_dir), *args])
+
+
+def cli_out(data_dir: Path, *args: str) -> str:
+    """Run the CLI as a subprocess and return stdout (for commands whose output we parse)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=60,
+    )
+    if res.returncode != 0:
+        raise AssertionError(f"maia {' '.join(args)} failed: {res.stderr}")
+    return res.stdout
+
+
+@dataclass
+class NodeProc:
+    """One running ``maia up`` process."""
+
+    data_dir: Path
+    name: str
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "runtime" / "api.token").read_text().strip()
+
+    def start(self, timeout: float = 20.0) -> NodeProc:
+        if not self.port:
+            self.port = free_port()
+        self.log_path = self.data_dir.parent / f"{self.name}.log"
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "--data-dir", str(self.data_dir),
+             "--log-level", "INFO", "up", "--port", str(self.port)],
+            stdout=logf, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node {self.name} exited: {self.log()}")
+            try:
+                self.request("GET", "/health", auth=False)
+                return self
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.05)
+        raise AssertionError(f"node {self.name} did not start: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, auth: bool = True,
+        timeout: float = 10.0,
+    ) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    # conveniences
+    def add_memory(self, text: str, **kw: Any) -> dict[str, Any]:
+        return self.request("POST", "/v1/memory", {"text": text, **kw})
+
+    def entries(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/memory?limit=1000")["entries"]
+
+    def entry(self, entry_id: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", f"/v1/memory/{entry_id}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def add_peer(self, other: NodeProc) -> None:
+        self.request("POST", "/v1/peers", {"address": f"127.0.0.1:{other.port}"})
+
+    def connected(self) -> set[str]:
+        peers = self.request("GET", "/v1/peers")["peers"]
+        return {p["device_id"] for p in peers if p.get("connected")}
+
+    def device_id(self) -> str:
+        return self.request("GET", "/v1/status")["device_id"]
+
+
+def make_mesh(root: Path, names: list[str]) -> list[NodeProc]:
+    """Set up one mesh: the first node founds it, the others are enrolled and join (CLI)."""
+    nodes = []
+    first = root / names[0]
+    assert cli(first, "init", "--new-mesh", "--name", names[0]) == 0
+    nodes.append(NodeProc(first, names[0]))
+    for name in names[1:]:
+        d = root / name
+        assert cli(d, "init", "--name", name) == 0
+        request = cli_out(d, "device", "request").split("maia device add ")[1].split()[0]
+        invite = cli_out(first, "device", "add", request, "--name", name)
+        invitation = invite.split("maia join ")[1].split()[0]
+        assert cli(d, "join", invitation) == 0
+        nodes.append(NodeProc(d, name))
+    return nodes
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
