@@ -19,6 +19,7 @@ class Backend(Protocol):
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]: ...
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]: ...
+    def memory_import(self, items: list[dict[str, Any]]) -> int: ...
     def memory_show(self, entry_id: str) -> dict[str, Any]: ...
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]: ...
@@ -49,6 +50,9 @@ class ApiBackend:
 
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]:
         return self.c.request("POST", "/v1/memory", {"text": text, "kind": kind, "tags": tags})
+
+    def memory_import(self, items: list[dict[str, Any]]) -> int:
+        return self.c.request("POST", "/v1/memory/import", {"entries": items})["added"]
 
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         query = {("q" if k == "query" else k): v for k, v in filters.items() if v is not None}
@@ -137,6 +141,9 @@ class OfflineBackend:
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]:
         return self.memory.add(text, kind, tags)
 
+    def memory_import(self, items: list[dict[str, Any]]) -> int:
+        return len(self.memory.add_many(items))
+
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
 
@@ -192,4 +199,5 @@ class OfflineBackend:
         from crdt.keys import device_id
 
         subject = parse_join_request(request)
-        return {"device_id": device_id(subject), "invitation": enrol_device(self.repo, subject, name)}
+        invitation = enrol_device(self.repo, subject, name)
+        return {"device_id": device_id(subject), "invitation": invitation}

@@ -234,6 +234,52 @@ def _print_entry(e: dict[str, Any], full: bool = False) -> None:
         _say(f"{e['id']}  {e['created_at'][:16]}  {first[:70]}" + (f"  {tags}" if tags else ""))
 
 
+def _read_import(path: str, kind: str) -> list[dict[str, Any]]:
+    """JSON Lines ({"text", "kind", "tags"} per line) or plain text (one entry per line)."""
+    src = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    items = []
+    with src:
+        for n, line in enumerate(src, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    raise UserError(f"{path}:{n} is not valid JSON") from None
+                if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                    raise UserError(f"{path}:{n} needs a \"text\" string")
+                items.append({"text": item["text"], "kind": item.get("kind", kind),
+                              "tags": list(item.get("tags", []))})
+            else:
+                items.append({"text": line, "kind": kind, "tags": []})
+    return items
+
+
+def _import(backend, args: argparse.Namespace) -> None:
+    try:
+        items = _read_import(args.file, args.kind)
+    except OSError as exc:
+        raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+    total, done, step = len(items), 0, 1000
+    import time
+
+    t0 = time.monotonic()
+    tty = sys.stderr.isatty()
+    for i in range(0, total, step):
+        done += backend.memory_import(items[i : i + step])
+        rate = done / max(1e-9, time.monotonic() - t0)
+        if tty:
+            sys.stderr.write(f"\rimporting: {done}/{total} entries ({rate:,.0f}/s)")
+        elif done == total or (done // step) % 10 == 0:
+            sys.stderr.write(f"importing: {done}/{total} entries ({rate:,.0f}/s)\n")
+        sys.stderr.flush()
+    if tty:
+        sys.stderr.write("\n")
+    _say(f"Imported {done} entries in {time.monotonic() - t0:.1f} s.")
+
+
 def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
     from .backends import NotFound
     from .client import ApiError
@@ -248,6 +294,8 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
                 _json(entry)
             else:
                 _say(f"Added {entry['id']}")
+        elif sub == "import":
+            _import(backend, args)
         elif sub in ("list", "search"):
             filters = {
                 "kind": args.kind, "tag": args.tag, "author": args.author,
@@ -447,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["note", "conversation", "fact", "skill", "journal"])
     a.add_argument("--tag", action="append", help="a tag (repeatable)")
     a.add_argument("--json", action="store_true")
+    im = msub.add_parser("import", help="add many entries from a file (JSON Lines or text lines)")
+    im.add_argument("file", help="path, or - for stdin")
+    im.add_argument("--kind", default="note",
+                    choices=["note", "conversation", "fact", "skill", "journal"])
     for name, helptext in (("list", "list entries, newest first"),
                            ("search", "entries containing every word")):
         lst = msub.add_parser(name, help=helptext)

@@ -119,35 +119,55 @@ class Memory:
 
     # -- writes ----------------------------------------------------------------------------------
     def add(self, text: str, kind: str = "note", tags: Iterable[str] = ()) -> dict[str, Any]:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-        if not text or len(text) > MAX_TEXT:
-            raise ValueError("text must be 1 to 262144 characters")
-        entry_id = new_entry_id(kind)
-        doc_id = shard_of(entry_id)
-        at = now_iso()
+        return self.add_many([{"text": text, "kind": kind, "tags": list(tags)}])[0]
+
+    def add_many(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add entries; one signed batch per shard touched, so a bulk import verifies fast."""
+        by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for item in items:
+            text, kind = item.get("text", ""), item.get("kind", "note")
+            tags = list(item.get("tags", []))
+            if kind not in KINDS:
+                raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+            if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
+                raise ValueError("text must be 1 to 262144 characters")
+            entry_id = new_entry_id(kind)
+            by_shard.setdefault(shard_of(entry_id), []).append(
+                (entry_id, {"text": text, "kind": kind, "tags": tags})
+            )
         me = self.repo.key.device_id
+        out: list[dict[str, Any]] = []
+        for doc_id, entries in by_shard.items():
+            at = now_iso()
+            edits = [_creator(entry_id, e, at, me) for entry_id, e in entries]
+            stale = doc_id in self._dirty or (self.repo.store.doc_meta(doc_id) is not None and (
+                self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))
+            ))
+            self.repo.change(doc_id, *edits)
+            self._dirty.discard(doc_id)
+            rows = [
+                _public(entry_id, {**e, "created_at": at, "author": me,
+                                   "tags": dict.fromkeys(e["tags"], True), "log": [None]})
+                for entry_id, e in entries
+            ]
+            self._index_rows(doc_id, rows, mark_current=not stale)
+            if stale:
+                self._dirty.add(doc_id)
+            out.extend(rows)
+        return out
 
-        def edit(tx: Transaction) -> None:
-            got = tx.get(ROOT, "entries")
-            entries = got[1] if got is not None else tx.put_object(ROOT, "entries", ObjType.Map)
-            e = tx.put_object(entries, entry_id, ObjType.Map)
-            tx.put(e, "text", ScalarType.Str, text)
-            tx.put(e, "kind", ScalarType.Str, kind)
-            tx.put(e, "created_at", ScalarType.Str, at)
-            tx.put(e, "author", ScalarType.Str, me)
-            t = tx.put_object(e, "tags", ObjType.Map)
-            for tag in tags:
-                tx.put(t, tag, ScalarType.Boolean, True)
-            log_list = tx.put_object(e, "log", ObjType.List)
-            rec = tx.insert_object(log_list, 0, ObjType.Map)
-            tx.put(rec, "at", ScalarType.Str, at)
-            tx.put(rec, "op", ScalarType.Str, "create")
+    def _heads_indexed(self, doc_id: str) -> list[bytes]:
+        with self._env.begin() as txn:
+            return sorted(self._indexed_heads(txn, doc_id) or [])
 
-        self.repo.change(doc_id, edit)
-        self._reindex(doc_id)
-        self._dirty.discard(doc_id)
-        return self.get(entry_id)
+    def _index_rows(self, doc_id: str, rows: list[dict[str, Any]], *, mark_current: bool) -> None:
+        with self._env.begin(write=True) as txn:
+            for row in rows:
+                txn.put(row["id"].encode(), msgpack.packb({**row, "doc": doc_id},
+                        use_bin_type=True), db=self._index_db)
+            if mark_current:
+                txn.put(b"heads:" + doc_id.encode(),
+                        msgpack.packb(list(self.repo.heads(doc_id))), db=self._kv)
 
     def update(
         self,
@@ -186,10 +206,16 @@ class Memory:
             tx.put(rec, "at", ScalarType.Str, now_iso())
             tx.put(rec, "op", ScalarType.Str, "update " + "+".join(ops))
 
+        stale = doc_id in self._dirty or (
+            self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))
+        )
         self.repo.change(doc_id, edit)
-        self._reindex(doc_id)
         self._dirty.discard(doc_id)
-        return self.get(entry_id)
+        entry = self.get(entry_id)
+        self._index_rows(doc_id, [entry], mark_current=not stale)
+        if stale:
+            self._dirty.add(doc_id)
+        return entry
 
     # -- reads -----------------------------------------------------------------------------------
     def get(self, entry_id: str) -> dict[str, Any]:
@@ -297,3 +323,23 @@ def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
     row = _public(entry_id, e)
     row["doc"] = doc_id
     return msgpack.packb(row, use_bin_type=True)
+
+
+def _creator(entry_id: str, e: dict[str, Any], at: str, me: str):
+    def edit(tx: Transaction) -> None:
+        got = tx.get(ROOT, "entries")
+        entries = got[1] if got is not None else tx.put_object(ROOT, "entries", ObjType.Map)
+        obj = tx.put_object(entries, entry_id, ObjType.Map)
+        tx.put(obj, "text", ScalarType.Str, e["text"])
+        tx.put(obj, "kind", ScalarType.Str, e["kind"])
+        tx.put(obj, "created_at", ScalarType.Str, at)
+        tx.put(obj, "author", ScalarType.Str, me)
+        t = tx.put_object(obj, "tags", ObjType.Map)
+        for tag in e["tags"]:
+            tx.put(t, tag, ScalarType.Boolean, True)
+        log_list = tx.put_object(obj, "log", ObjType.List)
+        rec = tx.insert_object(log_list, 0, ObjType.Map)
+        tx.put(rec, "at", ScalarType.Str, at)
+        tx.put(rec, "op", ScalarType.Str, "create")
+
+    return edit

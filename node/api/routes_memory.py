@@ -34,6 +34,13 @@ EDIT_SCHEMA = {
         "remove_tags": {"type": "array", "items": _TAG, "maxItems": 64},
     },
 }
+IMPORT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["entries"],
+    "properties": {"entries": {"type": "array", "minItems": 1, "maxItems": 2000,
+                               "items": ADD_SCHEMA}},
+}
 _FILTERS = {
     "kind": {"enum": list(KINDS)},
     "tag": _TAG,
@@ -69,6 +76,14 @@ async def add_entry(request: web.Request) -> web.Response:
     body = request[BODY_KEY]
     entry = _memory(request).add(body["text"], body.get("kind", "note"), body.get("tags", []))
     return web.json_response(entry, status=201)
+
+
+@memory_routes.post("/v1/memory/import", body_schema=IMPORT_SCHEMA)
+async def import_entries(request: web.Request) -> web.Response:
+    """Add many entries at once (one signed batch per shard): bulk import."""
+    entries = _memory(request).add_many(request[BODY_KEY]["entries"])
+    return web.json_response({"added": len(entries), "ids": [e["id"] for e in entries]},
+                             status=201)
 
 
 def _filters(query: dict) -> dict:
