@@ -31,6 +31,7 @@ from crdt.store import LAYERS, Store
 
 from .api.app import build_app
 from .api.auth import load_or_create_token
+from .api.middleware import Limits
 from .api.routes_devices import REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
@@ -96,7 +97,7 @@ class Node:
             self.repo.subscribe(self._on_change)
             token = load_or_create_token(self.paths.token)
             app = build_app(
-                self, token=token, extra_tables=[memory_routes, peer_routes, device_routes]
+                self, token=token, limits=api_limits(self.config), extra_tables=[memory_routes, peer_routes, device_routes]
             )
             app[MEMORY_KEY] = self.memory
             app[REPO_KEY] = self.repo
@@ -198,6 +199,13 @@ class Node:
 
     async def update_profile(self, changes: dict[str, Any]) -> dict[str, Any]:
         return update_profile(self.repo, changes)
+
+
+def api_limits(config: NodeConfig) -> Limits:
+    """SPEC-003 limits, overridable in config.toml's [api] table (bounds stay positive)."""
+    api = config.extra.get("api", {})
+    known = {"max_body_bytes", "handler_timeout", "rate_per_second", "rate_burst"}
+    return Limits(**{k: v for k, v in api.items() if k in known})
 
 
 def node_status(store: Store, repo: Any, config: NodeConfig, key: DeviceKey) -> dict[str, Any]:

@@ -375,7 +375,7 @@ def test_limits_defaults() -> None:
     limits = Limits()
     assert limits.max_body_bytes == 1024 * 1024
     assert limits.handler_timeout == 30
-    assert (limits.rate_per_second, limits.rate_burst) == (20, 60)
+    assert (limits.rate_per_second, limits.rate_burst) == (100, 200)
     assert limits.max_json_depth == 32
     assert limits.max_json_string == 256 * 1024
     assert limits.max_json_array == 10_000

@@ -70,8 +70,8 @@ class Limits:
 
     max_body_bytes: int = 1 * MiB
     handler_timeout: float = 30.0
-    rate_per_second: float = 20.0
-    rate_burst: int = 60
+    rate_per_second: float = 100.0
+    rate_burst: int = 200
     rate_max_clients: int = 10_000
     max_json_depth: int = 32
     max_json_string: int = 256 * KiB
