@@ -97,7 +97,10 @@ class Node:
             self.repo.subscribe(self._on_change)
             token = load_or_create_token(self.paths.token)
             app = build_app(
-                self, token=token, limits=api_limits(self.config), extra_tables=[memory_routes, peer_routes, device_routes]
+                self,
+                token=token,
+                limits=api_limits(self.config),
+                extra_tables=[memory_routes, peer_routes, device_routes],
             )
             app[MEMORY_KEY] = self.memory
             app[REPO_KEY] = self.repo
