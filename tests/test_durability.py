@@ -111,3 +111,17 @@ def test_second_node_on_same_data_dir_is_refused(mesh_factory):
     assert cli(node.data_dir, "memory", "add", "via the running node's API") == 0
     assert any(e["text"] == "via the running node's API" for e in node.entries())
     time.sleep(0)
+
+
+def test_sigint_and_sigterm_stop_cleanly(mesh_factory):
+    """SPEC-001 §writes: SIGINT/SIGTERM stop the node cleanly: exit 0, node.json removed."""
+    import signal
+
+    (node,) = mesh_factory("solo")
+    node.add_memory("before stop")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        assert node.stop(sig) == 0, node.log()
+        assert not (node.data_dir / "runtime" / "node.json").exists()
+        assert "Node stopped." in node.log()
+        node.start()
+    assert [e["text"] for e in node.entries()] == ["before stop"]
