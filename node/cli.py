@@ -8,6 +8,7 @@ a traceback. Heavy modules are imported only by the commands that need them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -555,7 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("peers", help="list peers and their connection state")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_peers)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
+
+
+# Modules that add commands: each has ``register(subparsers)`` and keeps its top-level imports
+# light (heavy imports go inside the command functions), so ``maia`` starts fast.
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+
+
+# Public names for command modules (see COMMAND_MODULES).
+say = _say
+print_json = _json
+backend_for = _backend
 
 
 if __name__ == "__main__":

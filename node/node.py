@@ -36,6 +36,7 @@ from .api.routes_devices import REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
+from .features import Feature, load_features
 from .memory import Memory
 from .peers import PeerManager
 
@@ -84,6 +85,8 @@ class Node:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
+        self.features: list[Feature] = []
+        self._started_features: list[Feature] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> None:
@@ -95,17 +98,22 @@ class Node:
             self.memory = Memory(self.repo)
             self.peers = PeerManager(self.repo)
             self.repo.subscribe(self._on_change)
+            self.features = load_features()
+            for feature in self.features:
+                feature.setup(self)
             token = load_or_create_token(self.paths.token)
+            tables = [memory_routes, peer_routes, device_routes]
+            for feature in self.features:
+                tables.extend(feature.route_tables())
             app = build_app(
-                self,
-                token=token,
-                limits=api_limits(self.config),
-                extra_tables=[memory_routes, peer_routes, device_routes],
+                self, token=token, limits=api_limits(self.config), extra_tables=tables
             )
             app[MEMORY_KEY] = self.memory
             app[REPO_KEY] = self.repo
             app[PEERS_KEY] = self.peers
             app[PEER_CONFIG_KEY] = self._persist_peer
+            for feature in self.features:
+                feature.configure_app(app)
             await self.peers.start()
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
@@ -119,6 +127,9 @@ class Node:
             for address in self.config.static_peers:
                 self.peers.add_static(address)
             self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
+            for feature in self.features:
+                await feature.start()
+                self._started_features.append(feature)
             log.info(
                 "node %s (%s) listening on http://%s:%d",
                 self.key.device_id, self.config.name, host, self.port,
@@ -128,6 +139,12 @@ class Node:
             raise
 
     async def stop(self) -> None:
+        for feature in reversed(self._started_features):
+            try:
+                await feature.stop()
+            except Exception:
+                log.exception("feature %s failed to stop cleanly", feature.name)
+        self._started_features.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -195,7 +212,7 @@ class Node:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "peers": self.peers.status(),
             "memory_entries": self.memory.count(),
-        }
+        } | {f.name: f.status() for f in self.features}
 
     async def get_profile(self) -> dict[str, Any]:
         return get_profile(self.repo)

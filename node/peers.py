@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,9 @@ class _FrameBucket:
         return True
 
 
+FrameHandler = Callable[["PeerConnection", dict[str, Any]], Awaitable[None]]
+
+
 class PeerConnection:
     """One live, authenticated channel to one peer, and its sync loop."""
 
@@ -113,6 +116,14 @@ class PeerConnection:
     @property
     def initiator_key(self) -> bytes:
         return self.manager.repo.key.public_key if self.initiator else self.peer_key
+
+    @property
+    def peer_device_id(self) -> str:
+        return self.channel.peer_device_id
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send one frame to this peer (features use it for their own frame kinds)."""
+        await self.channel.send(frame)
 
     def mark_dirty(self, doc_id: str) -> None:
         self._dirty[doc_id] = None
@@ -167,6 +178,13 @@ class PeerConnection:
             )
             if isinstance(doc_id, str):
                 self.sync.reset(doc_id)
+        elif kind in self.manager.handlers:
+            try:
+                await self.manager.handlers[kind](self, frame)
+            except Rejected as exc:
+                return await self._rejected(None, exc)
+            except Exception:
+                log.exception("handler for %r frames failed", kind)
         elif kind == "error":
             log.warning(
                 "peer %s closed the session: %s %s",
@@ -231,8 +249,32 @@ class PeerManager:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
-        self.on_connected: list[Callable[[bytes], None]] = []
+        self.on_connected: list[Callable[[PeerConnection], None]] = []
+        self.on_disconnected: list[Callable[[PeerConnection], None]] = []
+        self.handlers: dict[str, FrameHandler] = {}
         repo.subscribe(self._on_change)
+
+    # -- extension points for features (routing, sessions, ...) ----------------------------------
+    def register(self, kind: str, handler: FrameHandler) -> None:
+        """Route frames of ``kind`` to ``handler(conn, frame)``, awaited in the reader loop:
+        a handler that does slow work (a model call) must spawn a task and return."""
+        if kind in ("summary", "sync", "reject", "error") or kind in self.handlers:
+            raise ValueError(f"frame kind {kind!r} is taken")
+        self.handlers[kind] = handler
+
+    async def broadcast(self, frame: dict[str, Any]) -> int:
+        """Send ``frame`` to every connected peer; returns how many it reached."""
+        sent = 0
+        for conn in list(self.connections.values()):
+            try:
+                await conn.send(frame)
+                sent += 1
+            except TransportError as exc:
+                log.debug("broadcast to %s failed: %s", conn.peer_device_id, exc)
+        return sent
+
+    def connection(self, key: bytes) -> PeerConnection | None:
+        return self.connections.get(key)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _peer(self, key: bytes) -> PeerState:
@@ -370,11 +412,20 @@ class PeerManager:
         state.address, state.connected_since, state.last_seen = address, time.time(), time.time()
         log.info("peer %s connected (%s)", channel.peer_device_id, address)
         for callback in self.on_connected:
-            callback(key)
+            _safely(callback, conn)
         try:
             await conn.run()
         finally:
             if self.connections.get(key) is conn:
                 del self.connections[key]
                 state.connected_since = None
+            for callback in self.on_disconnected:
+                _safely(callback, conn)
             log.info("peer %s disconnected", channel.peer_device_id)
+
+
+def _safely(callback: Callable[[PeerConnection], None], conn: PeerConnection) -> None:
+    try:
+        callback(conn)
+    except Exception:
+        log.exception("peer callback %r failed", callback)
