@@ -197,19 +197,23 @@ class Roster:
         # Everyone ever admitted (ignoring revocation): only they may issue tombstones.
         ever: dict[bytes, str] = {self.founder: g.body.get("device_name", "founder")}
         _closure(ever, endorsements, lambda c: True)
-        kept: dict[bytes, set[str]] = {}
+        # SPEC-005 §5.4: several tombstones of one subject combine by MINIMUM cutoff (a doc a
+        # tombstone omits counts as 0) and INTERSECTION of kept endorsements: revocation only
+        # removes, so a thief's own "generous" tombstone cannot undo the owner's.
+        tombstones: dict[bytes, list[Cert]] = {}
         for c in self.certs.values():
-            if c.kind != "revoke" or c.body["mesh"] != self.mesh_id or c.signer not in ever:
-                continue
-            subject = c.body["subject"]
-            cutoff = self.revoked.setdefault(subject, {})
-            for doc, seq in c.body["cutoff"].items():
-                if isinstance(doc, str) and isinstance(seq, int):
-                    cutoff[doc] = max(cutoff.get(doc, 0), seq)  # max: accepted set only grows
-            kept.setdefault(subject, set()).update(
-                k for k in c.body.get("kept", []) if isinstance(k, str)
+            if c.kind == "revoke" and c.body["mesh"] == self.mesh_id and c.signer in ever:
+                tombstones.setdefault(c.body["subject"], []).append(c)
+        kept: dict[bytes, set[str]] = {}
+        for subject, certs in tombstones.items():
+            docs = {d for c in certs for d in c.body["cutoff"] if isinstance(d, str)}
+            self.revoked[subject] = {
+                d: min(_seq(c.body["cutoff"].get(d)) for c in certs) for d in docs
+            }
+            kept[subject] = set.intersection(
+                *({k for k in c.body.get("kept", []) if isinstance(k, str)} for c in certs)
             )
-            self.revoked_info.setdefault(subject, c)
+            self.revoked_info[subject] = min(certs, key=lambda c: c.body["at"])
         admitted: dict[bytes, str] = {self.founder: ever[self.founder]}
         _closure(
             admitted,
@@ -217,6 +221,9 @@ class Roster:
             lambda c: c.signer not in self.revoked or c.cert_id in kept.get(c.signer, set()),
         )
         self.members = {k: v for k, v in admitted.items() if k not in self.revoked}
+        # Revoked-with-cutoff is Auth ∩ R; a revoked key that was never admitted stays unknown.
+        self.revoked = {k: v for k, v in self.revoked.items() if k in admitted}
+        self.revoked_info = {k: v for k, v in self.revoked_info.items() if k in admitted}
 
     def is_member(self, key: bytes) -> bool:
         return key in self.members
@@ -236,6 +243,10 @@ class Roster:
                 f"after the cutoff {limit}",
             )
         return Verdict(False, "unknown_signer", f"{device_id(actor)} is not in the roster")
+
+
+def _seq(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _closure(admitted: dict[bytes, str], endorsements: list[Cert], allowed) -> None:
