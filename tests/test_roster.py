@@ -102,7 +102,7 @@ def test_revoked_device_cannot_be_reintroduced_and_its_endorsements_lapse():
 
 def test_certificates_survive_encoding_and_reject_tampering():
     """SPEC-005 §5.2: certificates verify from their bytes; an altered one is refused."""
-    _founder, g, mesh = _mesh()
+    _founder, g, _mesh_id = _mesh()
     raw = g.encode()
     assert decode_cert(raw).cert_id == g.cert_id
     bad = bytearray(raw)
