@@ -138,11 +138,17 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
         cfg.listen = args.listen
     if args.port is not None:
         cfg.port = args.port
+    if args.peer_listen:
+        cfg.peer_listen = args.peer_listen
+    if args.peer_port is not None:
+        cfg.peer_port = args.peer_port
 
     async def run() -> None:
         node = Node(paths.root, cfg)
         await node.start()
-        _say(f"maia node {node.key.device_id} ({cfg.name}) on http://{node.host}:{node.port}")
+        _say(f"maia node {node.key.device_id} ({cfg.name})")
+        _say(f"  local API http://{node.host}:{node.port}")
+        _say(f"  peers     {cfg.peer_listen}:{node.peer_port}")
         _say("Press Ctrl-C to stop.")
         sys.stdout.flush()
         stop = asyncio.Event()
@@ -473,6 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the node until Ctrl-C or SIGTERM (clean shutdown).")
     s.add_argument("--listen", help="address to bind (default 127.0.0.1; 0.0.0.0 for the LAN)")
     s.add_argument("--port", type=int, help="TCP port (default from config, 7411)")
+    s.add_argument("--peer-listen",
+                   help="address for the peer channel (default 0.0.0.0: other devices connect "
+                   "here; only device-key authenticated, encrypted traffic is served)")
+    s.add_argument("--peer-port", type=int, help="TCP port for peers (default 7412)")
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("status", help="show the device, mesh, layers and peers")

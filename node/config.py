@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 DEFAULT_PORT = 7411
+DEFAULT_PEER_PORT = 7412
 ENV_DATA_DIR = "MAIA_DATA_DIR"
 
 
@@ -61,6 +62,8 @@ class NodeConfig:
     listen: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     static_peers: list[str] = field(default_factory=list)
+    peer_listen: str = "0.0.0.0"
+    peer_port: int = DEFAULT_PEER_PORT
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,11 +82,14 @@ class NodeConfig:
             listen=str(node.get("listen", "127.0.0.1")),
             port=int(node.get("port", DEFAULT_PORT)),
             static_peers=[str(p) for p in peers.get("static", [])],
+            peer_listen=str(peers.get("listen", "0.0.0.0")),
+            peer_port=int(peers.get("port", DEFAULT_PEER_PORT)),
             log_level=str(node.get("log_level", "INFO")),
             extra={k: v for k, v in data.items() if k not in ("node", "peers")},
         )
-        if not 0 <= cfg.port <= 65535:
-            raise ConfigError(f"{path}: node.port {cfg.port} is not a TCP port")
+        for name, port in (("node.port", cfg.port), ("peers.port", cfg.peer_port)):
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{path}: {name} {port} is not a TCP port")
         return cfg
 
     def save(self, path: Path) -> None:
@@ -94,7 +100,11 @@ class NodeConfig:
                 "port": self.port,
                 "log_level": self.log_level,
             },
-            "peers": {"static": self.static_peers},
+            "peers": {
+                "listen": self.peer_listen,
+                "port": self.peer_port,
+                "static": self.static_peers,
+            },
             **self.extra,
         }
         path.parent.mkdir(parents=True, exist_ok=True)

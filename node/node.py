@@ -32,6 +32,7 @@ from crdt.store import LAYERS, Store
 from .api.app import build_app
 from .api.auth import load_or_create_token
 from .api.middleware import Limits
+from .api.peer_listener import peer_listener_routes
 from .api.routes_devices import REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
@@ -84,6 +85,8 @@ class Node:
         self.started_at = 0.0
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._peer_runner: web.AppRunner | None = None
+        self.peer_port = 0
         self._tasks: list[asyncio.Task] = []
         self.features: list[Feature] = []
         self._started_features: list[Feature] = []
@@ -118,10 +121,24 @@ class Node:
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
             host = host or self.config.listen
-            site = web.TCPSite(self._runner, host, self.config.port if port is None else port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            api_port = self.config.port if port is None else port
+            self.port = await _listen(self._runner, host, api_port)
             self.host = host
+            if not _is_loopback(host):
+                log.warning(
+                    "the local API listens on %s: its bearer token crosses the network in "
+                    "clear text; prefer the default 127.0.0.1 (SPEC-003 §2.2)", host,
+                )
+            peer_app = build_app(
+                self, token=token, limits=api_limits(self.config),
+                extra_tables=[peer_listener_routes], include_core=False,
+            )
+            peer_app[PEERS_KEY] = self.peers
+            self._peer_runner = web.AppRunner(peer_app, access_log=None, handle_signals=False)
+            await self._peer_runner.setup()
+            self.peer_port = await _listen(
+                self._peer_runner, self.config.peer_listen, self.config.peer_port
+            )
             self.started_at = time.time()
             self._write_node_info()
             for address in self.config.static_peers:
@@ -131,8 +148,9 @@ class Node:
                 await feature.start()
                 self._started_features.append(feature)
             log.info(
-                "node %s (%s) listening on http://%s:%d",
+                "node %s (%s): local API on http://%s:%d, peers on %s:%d",
                 self.key.device_id, self.config.name, host, self.port,
+                self.config.peer_listen, self.peer_port,
             )
         except BaseException:
             await self.stop()
@@ -154,9 +172,10 @@ class Node:
         if getattr(self, "peers", None) is not None:
             await self.peers.stop()
             self.peers = None  # type: ignore[assignment]
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._peer_runner, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._peer_runner = None
         with contextlib.suppress(FileNotFoundError):
             self.paths.node_info.unlink()
         if self.store is not None:
@@ -169,6 +188,7 @@ class Node:
             "pid": os.getpid(),
             "host": self.host,
             "port": self.port,
+            "peer_port": self.peer_port,
             "device_id": self.key.device_id,
             "started_at": self.started_at,
         }
@@ -209,6 +229,7 @@ class Node:
     async def status(self) -> dict[str, Any]:
         return node_status(self.store, self.repo, self.config, self.key) | {
             "listening": f"{self.host}:{self.port}",
+            "peer_listener": f"{self.config.peer_listen}:{self.peer_port}",
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "peers": self.peers.status(),
             "memory_entries": self.memory.count(),
@@ -219,6 +240,23 @@ class Node:
 
     async def update_profile(self, changes: dict[str, Any]) -> dict[str, Any]:
         return update_profile(self.repo, changes)
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_limits(config: NodeConfig) -> Limits:

@@ -137,7 +137,7 @@ class PeerConnection:
                 self.manager.touch(self.peer_key)
                 if not self._bucket.take():
                     log.warning("peer %s floods; disconnecting", self.channel.peer_device_id)
-                    await self._error("flood", "too many messages per second")
+                    await self._error("flooding", "too many messages per second")
                     return
                 if not await self._handle(frame):
                     return
@@ -192,8 +192,10 @@ class PeerConnection:
             )
             self.manager.note_error(self.peer_key, f"{frame.get('code')}: {frame.get('detail')}")
             return False
+        elif isinstance(kind, str):  # SPEC-005 005.9.9: an unknown type; the session goes on
+            return await self._rejected(None, Rejected("unsupported", f"unknown frame {kind!r}"))
         else:
-            return await self._rejected(None, Rejected("malformed", f"unknown frame {kind!r}"))
+            return await self._rejected(None, Rejected("malformed", "not a frame map with a type"))
         return True
 
     async def _rejected(self, doc_id: str | None, exc: Rejected) -> bool:
@@ -207,7 +209,7 @@ class PeerConnection:
             await self.channel.send(
                 {"t": "reject", "doc": doc_id, "code": exc.code, "detail": exc.detail}
             )
-        if len(self._rejects) >= MAX_REJECTS:
+        if len(self._rejects) > MAX_REJECTS:  # SPEC-005 005.11.3: "more than 8"
             await self._error("too_many_rejections", "too many rejected messages")
             return False
         return True
@@ -216,6 +218,7 @@ class PeerConnection:
         self.manager.note_error(self.peer_key, f"{code}: {detail}")
         with contextlib.suppress(TransportError):
             await self.channel.send({"t": "error", "code": code, "detail": detail})
+        await self.channel.close(1008, code)  # SPEC-005 005.9.11: the reason is the code
 
     async def _send_loop(self) -> None:
         while True:
@@ -395,7 +398,7 @@ class PeerManager:
             self.note_error(key, code)
             with contextlib.suppress(TransportError):
                 await channel.send({"t": "error", "code": code, "detail": "not in this mesh"})
-            await channel.close(4003, code)
+            await channel.close(1008, code)
             return
         conn = PeerConnection(self, channel, initiator=initiator, address=address)
         existing = self.connections.get(key)

@@ -51,9 +51,11 @@ class NodeProc:
     data_dir: Path
     name: str
     port: int = 0
+    peer_port: int = 0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    peer_listen: str = "127.0.0.1"
 
     @property
     def base(self) -> str:
@@ -66,12 +68,15 @@ class NodeProc:
     def start(self, timeout: float = 20.0) -> NodeProc:
         if not self.port:
             self.port = free_port()
+        if not self.peer_port:
+            self.peer_port = free_port()
         self.log_path = self.data_dir.parent / f"{self.name}.log"
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "--data-dir", str(self.data_dir),
-             "--log-level", "INFO", "up", "--port", str(self.port)],
+             "--log-level", "INFO", "up", "--port", str(self.port),
+             "--peer-port", str(self.peer_port), "--peer-listen", self.peer_listen],
             stdout=logf, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout
@@ -134,7 +139,7 @@ class NodeProc:
             raise
 
     def add_peer(self, other: NodeProc) -> None:
-        self.request("POST", "/v1/peers", {"address": f"127.0.0.1:{other.port}"})
+        self.request("POST", "/v1/peers", {"address": f"127.0.0.1:{other.peer_port}"})
 
     def connected(self) -> set[str]:
         peers = self.request("GET", "/v1/peers")["peers"]

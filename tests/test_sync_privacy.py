@@ -73,7 +73,7 @@ def test_lan_observer_sees_no_memory_plaintext(mesh_factory):
     """SPEC-005 §transport: two nodes sync an entry through a recording proxy; the captured
     bytes contain neither the entry's text nor any 12-byte piece of it, nor its tag."""
     a, b = mesh_factory("a", "b")
-    with RecordingProxy(a.port) as proxy:
+    with RecordingProxy(a.peer_port) as proxy:
         b.request("POST", "/v1/peers", {"address": f"127.0.0.1:{proxy.port}"})
         wait_for(lambda: a.connected(), what="b connected to a through the proxy")
         entry = a.add_memory(SECRET, tags=["heronwatch"])

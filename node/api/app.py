@@ -33,6 +33,7 @@ def build_app(
     limits: Limits | None = None,
     extra_tables: Sequence[RouteTable] = (),
     authenticators: Sequence[Authenticator] = (),
+    include_core: bool = True,
 ) -> web.Application:
     """Build the API application serving the core routes plus ``extra_tables``.
 
@@ -48,7 +49,7 @@ def build_app(
     app[RATE_LIMITER_KEY] = RateLimiter(
         limits.rate_per_second, limits.rate_burst, max_clients=limits.rate_max_clients
     )
-    for table in (core_routes, *extra_tables):
+    for table in ((core_routes,) if include_core else ()) + tuple(extra_tables):
         table.install(app)
     app.on_response_prepare.append(security_headers)
     return app

@@ -13,6 +13,7 @@ from .problem import Problem
 from .routes import RouteTable
 
 peer_routes = RouteTable("peers")
+
 PEERS_KEY: web.AppKey[PeerManager] = web.AppKey("maia_peers", PeerManager)
 PEER_CONFIG_KEY: web.AppKey[Callable[[str, bool], None]] = web.AppKey(
     "maia_peer_config", object
@@ -26,12 +27,13 @@ ADD_PEER_SCHEMA = {
 }
 
 
-@peer_routes.get(
-    "/v1/peer",
-    public="node-to-node channel: authenticates itself by the device-key handshake and the "
-    "roster (SPEC-005); the local API token is never given to peers",
-    streaming=True,
+PEER_REASON = (
+    "node-to-node channel: authenticates itself by the device-key handshake and the roster "
+    "(SPEC-005); the local API token is never given to peers"
 )
+
+
+@peer_routes.get("/v1/peer", public=PEER_REASON, streaming=True)
 async def peer_socket(request: web.Request) -> web.StreamResponse:
     """WebSocket entry for peer nodes."""
     return await request.app[PEERS_KEY].handle_incoming(request)
