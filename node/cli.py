@@ -574,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that add commands: each has ``register(subparsers)`` and keeps its top-level imports
 # light (heavy imports go inside the command functions), so ``maia`` starts fast.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "node.cli_pairing",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

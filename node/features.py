@@ -41,7 +41,10 @@ class Feature(Protocol):
 
 
 # "module:factory" entries; the factory takes no arguments and returns a Feature.
-FEATURES: list[str] = []
+FEATURES: list[str] = [
+    "node.discovery:create",
+    "node.pairing:create",
+]
 
 
 def load_features(names: Sequence[str] | None = None) -> list[Feature]:

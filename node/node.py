@@ -134,6 +134,8 @@ class Node:
                 extra_tables=[peer_listener_routes], include_core=False,
             )
             peer_app[PEERS_KEY] = self.peers
+            for feature in self.features:
+                feature.configure_app(peer_app)
             self._peer_runner = web.AppRunner(peer_app, access_log=None, handle_signals=False)
             await self._peer_runner.setup()
             self.peer_port = await _listen(

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -71,11 +71,15 @@ class PeerState:
 
 @dataclass
 class StaticPeer:
+    """A dial target: a configured address, or one found by discovery (``expected_id`` set)."""
+
     address: str
     task: asyncio.Task | None = None
     last_error: str = ""
     peer_key: bytes | None = None
     attempts: int = 0
+    expected_id: str | None = None
+    addresses: list[str] = field(default_factory=list)
 
 
 class _FrameBucket:
@@ -249,6 +253,7 @@ class PeerManager:
         self.connections: dict[bytes, PeerConnection] = {}
         self.peers: dict[bytes, PeerState] = {}
         self.static: dict[str, StaticPeer] = {}
+        self.discovered: dict[str, StaticPeer] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -352,24 +357,63 @@ class PeerManager:
         if sp and sp.task:
             sp.task.cancel()
 
-    async def _dial_loop(self, sp: StaticPeer) -> None:
+    # -- discovered peers (mDNS candidates) ------------------------------------------------------
+    def add_discovered(self, device: str, addresses: list[str], *, delay: float = 0.0) -> None:
+        """Dial a discovered member at ``addresses`` (HOST:PORT), proving it is ``device``."""
+        target = self.discovered.get(device)
+        if target is not None:
+            # Keep every address seen for the id: a record claiming it elsewhere must not
+            # displace the genuine one (the handshake decides which address proves the key).
+            target.addresses = list(dict.fromkeys([*target.addresses, *addresses]))
+            return
+        target = StaticPeer(addresses[0], expected_id=device, addresses=list(addresses))
+        self.discovered[device] = target
+        target.task = self._spawn(self._dial_loop(target, delay), f"dial-mdns-{device[:7]}")
+
+    def remove_discovered(self, device: str) -> None:
+        target = self.discovered.pop(device, None)
+        if target and target.task:
+            target.task.cancel()
+
+    def _connected_to(self, device: str | None) -> bool:
+        return device is not None and any(
+            c.peer_device_id == device for c in self.connections.values()
+        )
+
+    async def _dial_loop(self, sp: StaticPeer, delay: float = 0.0) -> None:
         delays = backoff_delays()
+        if delay:
+            await asyncio.sleep(delay)
         while not self._closing:
+            if self._connected_to(sp.expected_id or device_id_or_none(sp.peer_key)):
+                await asyncio.sleep(1.0)  # the peer dialled us first; check again later
+                continue
             sp.attempts += 1
-            try:
-                channel = await connect(
-                    self._session, f"http://{sp.address}/v1/peer", key=self.repo.key,
-                    mesh_id=self.repo.mesh_id, certs=self.certs(),
-                    timeout=self.handshake_timeout,
-                )
-            except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
-                sp.last_error = str(exc) or type(exc).__name__
-                log.debug("dial %s failed: %s", sp.address, sp.last_error)
-            else:
+            for address in sp.addresses or [sp.address]:
+                try:
+                    channel = await connect(
+                        self._session, f"http://{_bracket(address)}/v1/peer", key=self.repo.key,
+                        mesh_id=self.repo.mesh_id, certs=self.certs(),
+                        timeout=self.handshake_timeout,
+                    )
+                except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
+                    sp.last_error = str(exc) or type(exc).__name__
+                    log.debug("dial %s failed: %s", address, sp.last_error)
+                    continue
+                if sp.expected_id and channel.peer_device_id != sp.expected_id:
+                    sp.last_error = (
+                        f"{address} advertised {sp.expected_id} but proved to be "
+                        f"{channel.peer_device_id}"
+                    )
+                    log.warning("refusing %s: %s", address, sp.last_error)
+                    await channel.close(4003, "identity mismatch")
+                    continue
                 sp.peer_key = channel.peer_key
+                sp.address = address
                 delays = backoff_delays()
-                await self._serve(channel, initiator=True, address=sp.address)
+                await self._serve(channel, initiator=True, address=address)
                 sp.last_error = self._peer(channel.peer_key).last_error
+                break
             await asyncio.sleep(next(delays))
 
     # -- incoming --------------------------------------------------------------------------------
@@ -425,6 +469,16 @@ class PeerManager:
             for callback in self.on_disconnected:
                 _safely(callback, conn)
             log.info("peer %s disconnected", channel.peer_device_id)
+
+
+def device_id_or_none(key: bytes | None) -> str | None:
+    return device_id(key) if key else None
+
+
+def _bracket(address: str) -> str:
+    """``fe80::1:7412`` -> ``[fe80::1]:7412`` so the URL parses; IPv4 and names unchanged."""
+    host, _, port = address.rpartition(":")
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else address
 
 
 def _safely(callback: Callable[[PeerConnection], None], conn: PeerConnection) -> None:

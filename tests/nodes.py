@@ -72,7 +72,9 @@ class NodeProc:
             self.peer_port = free_port()
         self.log_path = self.data_dir.parent / f"{self.name}.log"
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # mDNS stays off unless a test turns it on (the netns tests): nothing multicasts on
+        # the machine's real interfaces.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MAIA_DISCOVERY": "0", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "--data-dir", str(self.data_dir),
              "--log-level", "INFO", "up", "--port", str(self.port),

@@ -38,6 +38,7 @@ TOKEN = secrets.token_urlsafe(32)
 EXPECTED_PUBLIC = {
     ("GET", "/health"),  # liveness, constant answer
     ("GET", "/v1/peer"),  # peer WebSocket, authenticates by device-key handshake
+    ("GET", "/v1/pair"),  # pairing WebSocket: handshake + one-time code + owner's SAS check
 }
 
 

@@ -1,4 +1,4 @@
-"""The peer listener's route table (SPEC-003 §2.1): only the peer channel and liveness.
+"""The peer listener's route table (SPEC-003 §2.1): only the peer channel, pairing and liveness.
 
 It lives outside the ``routes_*`` modules on purpose: those form the local API, while this
 table is mounted alone on the LAN-facing listener, so nothing else is reachable there.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from .routes import RouteTable
 from .routes_core import health
+from .routes_pairing import PAIR_REASON, pair_socket
 from .routes_peers import PEER_REASON, peer_socket
 
 peer_listener_routes = RouteTable("peer-listener")
 peer_listener_routes.get("/v1/peer", public=PEER_REASON, streaming=True)(peer_socket)
+peer_listener_routes.get("/v1/pair", public=PAIR_REASON, streaming=True)(pair_socket)
 peer_listener_routes.get("/health", public="liveness probe; answers a constant")(health)

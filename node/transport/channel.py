@@ -4,7 +4,8 @@ handshake.
 Each direction has its own key and a frame counter that is the nonce. The counter is never
 sent, so the receiver only accepts the exact next frame: a frame that was altered, replayed,
 reordered, or sent after a dropped one fails authentication and the channel closes, rather than
-letting a LAN attacker splice sync traffic.
+letting a LAN attacker splice sync traffic. The handshake's sealed AUTH is frame 0 of each
+direction, so a channel built by the handshake starts both counters at 1.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ class SecureChannel:
         peer_key: bytes,
         peer_certs: list[bytes],
         max_frame: int,
+        first_counter: int = 0,
     ) -> None:
+        """``first_counter`` is the counter of the first data frame in each direction: the
+        handshake passes 1, because its sealed AUTH used counter 0 under the same keys and a
+        nonce must never be used twice with one key."""
+        if first_counter < 0:
+            raise ValueError("frame counters start at 0 or later")
         self._ws = ws
         self._send_box = SecretBox(send_key)
         self._recv_box = SecretBox(recv_key)
-        self._send_counter = 0
-        self._recv_counter = 0
+        self._send_counter = first_counter
+        self._recv_counter = first_counter
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
         self._max_frame = max_frame

@@ -1,13 +1,29 @@
 """The maia-node handshake: prove both device keys on this connection and agree session keys.
 
-Wire (binary WebSocket frames, msgpack maps), both sides at once:
-  1. HELLO {"t": "hello", "v": 1, "mesh", "key", "eph", "nonce"}   (32 bytes each)
-  2. AUTH  {"t": "auth", "sig", "certs"}, sig = Ed25519 over
-     b"maia-auth-v1" + transcript + role byte (b"I" initiator, b"R" responder)
-transcript = BLAKE2b-256(b"maia-handshake-v1" + initiator HELLO + responder HELLO), the bytes
-as sent. The fresh nonces and ephemeral keys in it bind each signature to this one connection,
-so a recorded AUTH is worthless elsewhere; an attacker who swaps ephemeral keys changes the
-transcript and breaks both signatures. Roster authorisation is the caller's job afterwards.
+Wire (binary WebSocket frames, msgpack maps), both sides at once (SPEC-005 §9.2 to §9.7):
+  1. HELLO {"t": "hello", "v": 1, "mesh", "key", "eph", "nonce"}   (32 bytes each), plaintext
+  2. session keys: transcript = BLAKE2b-256(b"maia-handshake-v1" + initiator HELLO +
+     responder HELLO), the bytes as sent; k_i2r / k_r2i = BLAKE2b-256(X25519(own eph, peer eph),
+     key=transcript, person=b"maia-i2r" / b"maia-r2i"). A low-order peer ephemeral (all-zero
+     shared secret) is "malformed", before any AUTH is sent.
+  3. AUTH  {"t": "auth", "sig", "certs"}, each side's first sealed frame: SecretBox under its
+     direction's key with the implicit nonce of counter 0. sig = Ed25519 by the device key over
+     b"maia-auth-v1" + transcript + role byte (b"I" initiator, b"R" responder).
+The channel's data frames then go on at counter 1 in each direction.
+
+AUTH is sealed so a LAN observer never sees the certificates (they carry mesh and device names),
+and opening it proves both sides derived the same keys. Refusal codes for the peer's AUTH:
+  * "decrypt_failed": the frame does not open under the expected key and counter 0, the same
+    code the channel uses for any frame that does not open. It means the frame was altered in
+    transit, or the two sides saw different HELLOs (a replayed recording, a meddled HELLO), so
+    their transcripts and keys differ. Nothing in the frame is read.
+  * "bad_signature": the frame opened, but sig is not by the key in the peer's HELLO over this
+    transcript and the peer's role.
+  * "malformed": the frame opened but is not an AUTH map of the right shape.
+The fresh nonces and ephemeral keys in the transcript bind each AUTH to this one connection, so a
+recorded AUTH is worthless elsewhere; an attacker who swaps ephemeral keys changes the
+transcript and breaks both the keys and the signatures. Roster authorisation is the caller's job
+afterwards.
 """
 
 from __future__ import annotations
@@ -22,12 +38,13 @@ from dataclasses import dataclass
 import aiohttp
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
+from nacl.secret import SecretBox
 
 from crdt.keys import DeviceKey, device_id, verify_signature
 
 from . import codec
 from .channel import SecureChannel
-from .crypto import auth_message, session_keys, transcript_hash
+from .crypto import MAC_BYTES, auth_message, frame_nonce, session_keys, transcript_hash
 from .errors import HandshakeError
 from .frames import (
     ABORT_TIMEOUT,
@@ -46,6 +63,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_MAX_FRAME = 8 << 20
 _FIELD_BYTES = 32
 _SIG_BYTES = 64
+#: AUTH is frame 0 of each direction; the channel's data frames start at the next counter.
+_AUTH_COUNTER = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +125,7 @@ async def _exchange(
     certs: list[bytes],
     max_frame: int,
 ) -> SecureChannel:
-    """HELLO out and in, AUTH out and in, then derive the keys. Raises on the first fault."""
+    """HELLO out and in, derive the keys, sealed AUTH out and in. Raises on the first fault."""
     ephemeral = PrivateKey.generate()
     our_hello = codec.pack(
         {
@@ -126,21 +145,33 @@ async def _exchange(
         transcript = transcript_hash(our_hello, peer_hello_bytes)
     else:
         transcript = transcript_hash(peer_hello_bytes, our_hello)
-    our_sig = key.sign(auth_message(transcript, initiator=initiator))
-    await ws.send_bytes(codec.pack({"t": "auth", "sig": our_sig, "certs": certs}))
+    try:
+        k_i2r, k_r2i = session_keys(ephemeral, peer.eph, transcript)
+    except CryptoError:
+        raise HandshakeError("malformed", "peer ephemeral key is a low-order point") from None
+    send_key, recv_key = (k_i2r, k_r2i) if initiator else (k_r2i, k_i2r)
 
-    peer_sig, peer_certs = _parse_auth(await read_frame(ws, max_frame), max_frame)
+    our_sig = key.sign(auth_message(transcript, initiator=initiator))
+    our_auth = codec.pack({"t": "auth", "sig": our_sig, "certs": certs})
+    sealed_auth = SecretBox(send_key).encrypt(our_auth, frame_nonce(_AUTH_COUNTER)).ciphertext
+    await ws.send_bytes(sealed_auth)
+
+    sealed = await read_frame(ws, max_frame + MAC_BYTES)
+    try:
+        peer_auth = SecretBox(recv_key).decrypt(sealed, frame_nonce(_AUTH_COUNTER))
+    except CryptoError:
+        raise HandshakeError(
+            "decrypt_failed",
+            f"AUTH from {device_id(peer.key)} does not open with this connection's keys "
+            "(altered in transit, or the two sides saw different HELLOs)",
+        ) from None
+    peer_sig, peer_certs = _parse_auth(peer_auth, max_frame)
     if not verify_signature(peer.key, auth_message(transcript, initiator=not initiator), peer_sig):
         raise HandshakeError(
             "bad_signature",
             f"AUTH from {device_id(peer.key)} is not signed by the key in its HELLO "
             "for this connection",
         )
-    try:
-        k_i2r, k_r2i = session_keys(ephemeral, peer.eph, transcript)
-    except CryptoError:
-        raise HandshakeError("malformed", "peer ephemeral key is a low-order point") from None
-    send_key, recv_key = (k_i2r, k_r2i) if initiator else (k_r2i, k_i2r)
     return SecureChannel(
         ws,
         send_key=send_key,
@@ -148,6 +179,7 @@ async def _exchange(
         peer_key=peer.key,
         peer_certs=peer_certs,
         max_frame=max_frame,
+        first_counter=_AUTH_COUNTER + 1,
     )
 
 

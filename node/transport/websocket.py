@@ -25,6 +25,15 @@ from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, handshake
 HEARTBEAT = 15.0
 
 
+def _ws_message_limit(max_frame: int) -> int:
+    """aiohttp's ``max_msg_size`` for sealed frames of up to ``max_frame`` plaintext bytes.
+
+    aiohttp refuses a message whose size *equals* ``max_msg_size``, so the limit is one past the
+    largest sealed frame; ``read_frame`` then enforces the exact limit itself.
+    """
+    return max_frame + MAC_BYTES + 1
+
+
 async def connect(
     session: aiohttp.ClientSession,
     url: str,
@@ -45,7 +54,7 @@ async def connect(
         async with asyncio.timeout(timeout):
             ws = await session.ws_connect(
                 url,
-                max_msg_size=max_frame + MAC_BYTES,
+                max_msg_size=_ws_message_limit(max_frame),
                 heartbeat=HEARTBEAT,
                 compress=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
@@ -85,7 +94,7 @@ async def accept(
     still return it: aiohttp logs a server error when a handler raises after the upgrade.
     """
     ws = web.WebSocketResponse(
-        max_msg_size=max_frame + MAC_BYTES,
+        max_msg_size=_ws_message_limit(max_frame),
         heartbeat=HEARTBEAT,
         compress=False,
         timeout=CLOSE_TIMEOUT,

@@ -1,0 +1,125 @@
+"""``maia pair`` (on the new device) and ``maia pair accept`` (on a member)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .cli import UserError, backend_for, say
+from .config import NodeConfig, Paths
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pair",
+        help="join a mesh from a new device, or (pair accept) let a new device join",
+        description="On the new device: maia pair [HOST:PORT] --code CODE. On a device that is "
+        "already a member: maia pair accept. Both screens then show six digits; the member's "
+        "owner confirms only if they are the same.",
+    )
+    p.add_argument("target", nargs="*", metavar="accept | HOST:PORT",
+                   help="'accept' on the member; on the new device the member's peer address "
+                   "(found on the LAN when omitted)")
+    p.add_argument("--code", help="the code the member shows (new device)")
+    p.add_argument("--name", help="a name for this device in the mesh (new device)")
+    p.add_argument("--ttl", type=float, default=300.0,
+                   help="how long the code stays valid, seconds (member; default 300)")
+    p.set_defaults(func=cmd_pair)
+
+
+def cmd_pair(args: argparse.Namespace, paths: Paths) -> int:
+    if args.target[:1] == ["accept"]:
+        return _accept(args, paths)
+    if len(args.target) > 1:
+        raise UserError("give at most one HOST:PORT")
+    return _join(args, paths)
+
+
+def _accept(args: argparse.Namespace, paths: Paths) -> int:
+    from .backends import ApiBackend
+    from .client import ApiError
+
+    backend = backend_for(paths)
+    if not isinstance(backend, ApiBackend):
+        backend.close()
+        raise UserError("start the node first ('maia up'): pairing runs inside it")
+    c = backend.c
+    try:
+        opened = c.request("POST", "/v1/pairing", {"ttl": args.ttl})
+    except ApiError as exc:
+        raise UserError(str(exc)) from None
+    say(f"Pairing code: {opened['code']}   (valid {int(opened['expires_in'])} s, single use)")
+    say("On the new device run:  maia pair --code " + opened["code"])
+    sys.stdout.flush()
+    state = opened
+    while state["state"] == "open" or state["state"] == "claimed":
+        time.sleep(0.2)
+        state = c.request("GET", "/v1/pairing")
+    if state["state"] != "confirm":
+        raise UserError(f"pairing ended: {state['state']}")
+    say(f"Device {state['candidate']} ({state['candidate_name']}) asks to join.")
+    say(f"Its screen must show:  {state['sas']}")
+    sys.stdout.write("Do the numbers match? [y/N] ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline().strip().lower()
+    ok = answer in ("y", "yes")
+    c.request("POST", "/v1/pairing/confirm", {"accept": ok})
+    if not ok:
+        say("Refused. Nothing was added to the mesh.")
+        return 1
+    say(f"Added {state['candidate']} to the mesh; it syncs once it runs 'maia up'.")
+    return 0
+
+
+def _join(args: argparse.Namespace, paths: Paths) -> int:
+    import asyncio
+
+    from crdt.identity import stored_mesh_id
+    from crdt.keys import DeviceKey
+    from crdt.store import Store
+
+    from .node import DataDirBusy, DataDirLock
+    from .pairing_client import PairFailed, default_device_name, find_pairing_members, pair_with
+
+    if not args.code:
+        raise UserError("give the code the member shows: maia pair --code XXXX-XXXX")
+    key = DeviceKey.load(paths.key)
+    target = args.target[0] if args.target else None
+    if target is None:
+        say("Looking for a member with an open pairing window on the LAN...")
+        found = asyncio.run(find_pairing_members())
+        if not found:
+            raise UserError("no member with an open pairing window was found on the LAN; "
+                            "give its address: maia pair HOST:7412 --code ...")
+        if len(found) > 1:
+            listing = ", ".join(f"{d[:15]} at {a}" for d, a in found)
+            raise UserError(f"several members are pairing ({listing}); name one: maia pair "
+                            "HOST:PORT --code ...")
+        target = found[0][1]
+    lock = DataDirLock(paths.root)
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        raise UserError(str(exc)) from None
+    store = Store(paths.root)
+    try:
+        if stored_mesh_id(store) is not None:
+            raise UserError("this device already belongs to a mesh")
+        name = args.name or NodeConfig.load(paths.config).name or default_device_name()
+
+        def show(sas: str, member: str) -> None:
+            say(f"Connected to {member}.")
+            say(f"Check that the other device shows:  {sas}")
+            say("Waiting for its owner to confirm...")
+            sys.stdout.flush()
+
+        result = asyncio.run(pair_with(target, key=key, store=store, code=args.code, name=name,
+                                       show_sas=show))
+    except PairFailed as exc:
+        raise UserError(f"pairing failed ({exc.code}): {exc}") from None
+    finally:
+        store.close()
+        lock.release()
+    say(f"Joined mesh {result.mesh_id.hex()[:16]}. Run 'maia up' to sync.")
+    return 0
