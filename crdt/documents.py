@@ -218,6 +218,45 @@ class Repo:
             handle.meta = self.store.commit_changes(doc_id, [], [], heads)
             self._notify(doc_id, False)
 
+    # -- revocation ------------------------------------------------------------------------------
+    def quarantine_revoked(self) -> dict[str, int]:
+        """Drop changes a revoked device made after its cutoff (and all that depend on them).
+
+        A tombstone can arrive after such changes were accepted; every node must end with the
+        same set of changes (SPEC-005 §5.10), so each affected document is rebuilt at the heads
+        of what remains and the excluded changes move to quarantine. Returns counts per doc.
+        """
+        revoked = self.roster.revoked
+        if not revoked:
+            return {}
+        out: dict[str, int] = {}
+        for doc_id in self.store.doc_ids():
+            handle = self.open(doc_id)
+            changes = handle.doc.get_changes([])
+            bad = {
+                c.hash for c in changes
+                if c.actor_id in revoked and c.seq > revoked[c.actor_id].get(doc_id, 0)
+            }
+            if not bad:
+                continue
+            for c in changes:  # get_changes is in causal order: dependants come later
+                if c.hash not in bad and any(d in bad for d in c.deps):
+                    bad.add(c.hash)
+            kept = [c for c in changes if c.hash not in bad]
+            deps = {d for c in kept for d in c.deps}
+            heads = [c.hash for c in kept if c.hash not in deps]
+            rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.key.public_key)
+            rebuilt.set_actor(self.key.public_key)
+            removed = [(c.hash, c.bytes) for c in changes if c.hash in bad]
+            self.store.replace_document(doc_id, rebuilt.save() if kept else b"", heads, removed)
+            self.evict(doc_id)
+            out[doc_id] = len(removed)
+            log.warning(
+                "quarantined %d change(s) in %s made after a revocation", len(removed), doc_id
+            )
+            self._notify(doc_id, False)
+        return out
+
     # -- upkeep ----------------------------------------------------------------------------------
     def compact(self, doc_id: str) -> bool:
         """Fold the change log into a snapshot when it has grown past ``compact_after``."""

@@ -16,7 +16,15 @@ from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
 from .documents import Repo
 from .keys import DeviceKey
-from .roster import Cert, Roster, decode_cert, mesh_id_for, new_endorsement, new_genesis
+from .roster import (
+    Cert,
+    Roster,
+    decode_cert,
+    mesh_id_for,
+    new_endorsement,
+    new_genesis,
+    new_tombstone,
+)
 from .store import Store
 
 IDENTITY_DOC = "identity"
@@ -113,8 +121,17 @@ def import_roster_from_doc(repo: Repo) -> int:
     obj = _obj(doc, "roster")
     if obj is None:
         return 0
-    raws = [v for v in extract(doc, obj).values() if isinstance(v, bytes)]
-    return repo.add_certs(raws)
+    raws = [_as_bytes(v) for v in extract(doc, obj).values()]
+    return repo.add_certs([r for r in raws if r is not None])
+
+
+def _as_bytes(value: object) -> bytes | None:
+    """The binding hands Bytes scalars back as bytes or as a list of ints, by path."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return bytes(value)
+    return None
 
 
 def record_certs(repo: Repo, certs: list[Cert]) -> None:
@@ -198,3 +215,54 @@ def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
     store.put_certs([(c.cert_id, c.encode()) for c in decoded])
     store.set_identity_value("mesh_id", mesh_id)
     return Repo(store, key, mesh_id)
+
+
+# -- revocation -------------------------------------------------------------------------------
+def endorsements_by(repo: Repo, issuer: bytes) -> list[Cert]:
+    return [c for c in repo.roster.certs.values() if c.kind == "endorse" and c.signer == issuer]
+
+
+def highest_seqs(repo: Repo, actor: bytes) -> dict[str, int]:
+    """The highest seq of ``actor``'s changes in every document this node holds."""
+    out: dict[str, int] = {}
+    for doc_id in repo.store.doc_ids():
+        top = max(
+            (c.seq for c in repo.open(doc_id).doc.get_changes([]) if c.actor_id == actor),
+            default=0,
+        )
+        if top:
+            out[doc_id] = top
+    return out
+
+
+def revoke_device(
+    repo: Repo,
+    subject: bytes,
+    *,
+    keep: list[str] | None = None,
+    keep_all: bool = False,
+    reason: str = "",
+) -> Cert:
+    """Write a signed tombstone for ``subject`` (SPEC-005 §5.9): its changes up to what this
+    node holds stay, everything later is refused by every node, and it can never come back."""
+    roster = repo.roster
+    if subject == repo.key.public_key:
+        raise ValueError("a device cannot revoke itself; revoke it from another member")
+    if subject in roster.revoked:
+        raise ValueError("that device is already revoked")
+    if subject not in roster.members:
+        raise ValueError("that device is not a member of this mesh")
+    issued = endorsements_by(repo, subject)
+    if issued and not keep_all and keep is None:
+        listing = ", ".join(f"{c.cert_id[:12]} ({c.body['name']})" for c in issued)
+        raise ValueError(
+            f"that device admitted other devices: {listing}; say which stay with --keep ID "
+            "(repeatable) or --keep-all"
+        )
+    kept = [c.cert_id for c in issued] if keep_all else [
+        c.cert_id for c in issued if any(c.cert_id.startswith(k) for k in (keep or []) if k)
+    ]
+    cert = new_tombstone(repo.key, repo.mesh_id, subject, highest_seqs(repo, subject), kept,
+                         reason)
+    record_certs(repo, [cert])
+    return cert

@@ -77,14 +77,18 @@ class DeviceKey:
                 f"device key {path} has permissions {stat.S_IMODE(st.st_mode):o}; it must be "
                 f"readable by its owner only (run: chmod 600 {path})"
             )
-        raw = path.read_bytes()
+        return cls.from_key_file_bytes(path.read_bytes(), str(path))
+
+    @classmethod
+    def from_key_file_bytes(cls, raw: bytes, source: str) -> DeviceKey:
+        """Parse the bytes of a key file (e.g. unsealed from a backup, SPEC-002 §8.5)."""
         if not raw.startswith(_KEY_MAGIC):
-            raise KeyFileError(f"{path} is not a maia device key")
+            raise KeyFileError(f"{source} is not a maia device key")
         try:
             seed = base64.b64decode(raw[len(_KEY_MAGIC) :].strip(), validate=True)
             return cls(SigningKey(seed))
         except Exception as exc:
-            raise KeyFileError(f"{path} is damaged and cannot be read as a device key") from exc
+            raise KeyFileError(f"{source} is damaged and cannot be read as a device key") from exc
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:

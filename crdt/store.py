@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,29 @@ log = logging.getLogger(__name__)
 LAYERS = ("identity", "memory", "runtime")
 DOC_LAYERS = ("identity", "memory")
 _MAP_SIZE = {"identity": 1 << 30, "memory": 64 << 30, "runtime": 8 << 30}
-_DOC_DBS = (b"meta", b"docs", b"snapshots", b"changes", b"index", b"batches", b"certs")
+_DOC_DBS = (
+    b"meta", b"docs", b"snapshots", b"changes", b"index", b"batches", b"certs", b"quarantine"
+)
 _RUNTIME_DBS = (b"meta", b"kv", b"entries", b"events", b"peers")
 
 Migration = Callable[[lmdb.Environment, lmdb.Transaction], None]
+
+
+def _runtime_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+    """Memory index rows became keyed by shard; the index is Runtime, so drop it to rebuild."""
+    txn.drop(env.open_db(b"entries", txn=txn), delete=False)
+    kv = env.open_db(b"kv", txn=txn)
+    stale = [k for k, _ in txn.cursor(db=kv) if k.startswith(b"heads:")]
+    for k in stale:
+        txn.delete(k, db=kv)
+
+
 # MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.
-MIGRATIONS: dict[str, list[Migration]] = {layer: [] for layer in LAYERS}
+MIGRATIONS: dict[str, list[Migration]] = {
+    "identity": [],
+    "memory": [],
+    "runtime": [_runtime_v1_to_v2],
+}
 
 
 def format_version(layer: str) -> int:
@@ -66,17 +84,32 @@ def _key(doc_id: str, h: bytes = b"") -> bytes:
 
 
 class Store:
-    """All persistent state of one node, by layer. Not thread-safe: one event loop owns it."""
+    """All persistent state of one node, by layer. Not thread-safe: one event loop owns it.
 
-    def __init__(self, data_dir: Path) -> None:
+    ``readonly=True`` opens existing environments without ever writing them (no creation, no
+    migration), so another process (a backup) can read beside a running node (SPEC-001 §3.4).
+    ``layers`` limits which environments are opened.
+    """
+
+    def __init__(
+        self, data_dir: Path, *, readonly: bool = False, layers: Sequence[str] = LAYERS
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.readonly = readonly
         self.envs: dict[str, lmdb.Environment] = {}
         self.dbs: dict[str, dict[bytes, object]] = {}
-        for layer in LAYERS:
-            self._open_layer(layer)
+        try:
+            for layer in layers:
+                self._open_layer(layer)
+        except BaseException:
+            self.close()
+            raise
 
     # -- opening and migration -----------------------------------------------------------------
     def _open_layer(self, layer: str) -> None:
+        if self.readonly:
+            self._open_layer_readonly(layer)
+            return
         path = self.data_dir / layer
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         names = _RUNTIME_DBS if layer == "runtime" else _DOC_DBS
@@ -108,6 +141,44 @@ class Store:
                 log.info("migrating %s store from format %d to %d", layer, step, step + 1)
                 MIGRATIONS[layer][step - 1](env, txn)
             txn.put(b"format_version", str(target).encode())
+
+    def _open_layer_readonly(self, layer: str) -> None:
+        path = self.data_dir / layer
+        names = _RUNTIME_DBS if layer == "runtime" else _DOC_DBS
+        if not (path / "data.mdb").is_file():
+            raise StoreError(f"there is no {layer} store at {path}")
+        try:
+            env = lmdb.open(
+                str(path), map_size=_MAP_SIZE[layer], max_dbs=len(names) + 2, subdir=True,
+                readonly=True,
+            )
+            dbs = {name: env.open_db(name, create=False) for name in names}
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the {layer} store at {path}: {exc}") from exc
+        self.envs[layer], self.dbs[layer] = env, dbs
+        with env.begin(db=dbs[b"meta"]) as txn:
+            current = int(txn.get(b"format_version") or b"0")
+            stored_layer = bytes(txn.get(b"layer") or b"").decode()
+        if stored_layer != layer:
+            raise StoreError(f"{path} holds the {stored_layer or 'unknown'} layer, not {layer}")
+        if current != format_version(layer):
+            raise StoreError(
+                f"the {layer} store at {path} has format {current}, this maia-node reads "
+                f"format {format_version(layer)}"
+                + ("; upgrade maia-node" if current > format_version(layer) else
+                   "; start the node once so it migrates the store")
+            )
+
+    @contextmanager
+    def read_layer(self, layer: str) -> Iterator[LayerView]:
+        """A consistent view of one document layer: everything read through it comes from ONE
+        LMDB read transaction, i.e. one committed state, while writers carry on (SPEC-002 §4.1).
+        Safe to use from a worker thread; the view is only valid inside the ``with`` block."""
+        if layer not in DOC_LAYERS:
+            raise ValueError(f"{layer} holds no documents")
+        env = self.envs[layer]
+        with env.begin(buffers=False) as txn:
+            yield LayerView(layer, txn, self.dbs[layer])
 
     def close(self) -> None:
         for env in self.envs.values():
@@ -229,6 +300,48 @@ class Store:
             meta = DocMeta(doc_id, meta.heads, meta.changes, max(0, meta.pending - removed))
             txn.put(doc_id.encode(), meta.encode(), db=dbs[b"docs"])
 
+    def replace_document(
+        self,
+        doc_id: str,
+        saved: bytes,
+        heads: Sequence[bytes],
+        removed: Sequence[tuple[bytes, bytes]],
+    ) -> None:
+        """Swap a document for a rebuilt snapshot, moving ``removed`` (hash, chunk) changes and
+        their batch references into ``quarantine`` — one transaction (SPEC-005 §5.10)."""
+        layer = layer_of(doc_id)
+        env, dbs = self.envs[layer], self.dbs[layer]
+        with env.begin(write=True) as txn:
+            raw = txn.get(doc_id.encode(), db=dbs[b"docs"])
+            meta = DocMeta.decode(doc_id, raw) if raw else DocMeta(doc_id, (), 0, 0)
+            for h, chunk in removed:
+                ikey = _key(doc_id, h)
+                batch_id = txn.get(ikey, db=dbs[b"index"]) or b""
+                txn.delete(ikey, db=dbs[b"index"])
+                txn.put(ikey, msgpack.packb([bytes(batch_id), chunk]), db=dbs[b"quarantine"])
+            cur = txn.cursor(db=dbs[b"changes"])
+            prefix = _key(doc_id)
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if not cur.delete():
+                        break
+            txn.put(doc_id.encode(), saved, db=dbs[b"snapshots"])
+            txn.put(doc_id.encode(), DocMeta(doc_id, tuple(heads), meta.changes, 0).encode(),
+                    db=dbs[b"docs"])
+
+    def quarantined(self, doc_id: str) -> int:
+        env, db = self._db(doc_id, b"quarantine")
+        prefix = _key(doc_id)
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            n = 0
+            if cur.set_range(prefix):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(prefix):
+                        break
+                    n += 1
+            return n
+
     # -- roster certificates (identity layer) -----------------------------------------------------
     def put_certs(self, certs: Sequence[tuple[str, bytes]]) -> int:
         env, db = self.envs["identity"], self.dbs["identity"][b"certs"]
@@ -268,6 +381,60 @@ class Store:
                 if not k.startswith(prefix):
                     return
                 yield bytes(k), bytes(v)
+
+
+class LayerView:
+    """Read-only access to one document layer inside a single read transaction (see
+    :meth:`Store.read_layer`): documents, their batch records and the roster certificates."""
+
+    def __init__(self, layer: str, txn: lmdb.Transaction, dbs: dict[bytes, object]) -> None:
+        self.layer = layer
+        self._txn = txn
+        self._dbs = dbs
+
+    @property
+    def format_version(self) -> int:
+        return int(self._txn.get(b"format_version", db=self._dbs[b"meta"]))
+
+    def doc_ids(self) -> list[str]:
+        cur = self._txn.cursor(db=self._dbs[b"docs"])
+        return [bytes(k).decode() for k in cur.iternext(values=False)]
+
+    def doc_meta(self, doc_id: str) -> DocMeta | None:
+        raw = self._txn.get(doc_id.encode(), db=self._dbs[b"docs"])
+        return DocMeta.decode(doc_id, bytes(raw)) if raw else None
+
+    def load_doc(self, doc_id: str) -> tuple[bytes, list[bytes]]:
+        """The snapshot (or b"") and the change chunks stored after it, in acceptance order."""
+        snap = self._txn.get(doc_id.encode(), db=self._dbs[b"snapshots"]) or b""
+        return bytes(snap), [bytes(v) for _, v in self._prefixed(b"changes", _key(doc_id))]
+
+    def batch_index(self, doc_id: str) -> dict[bytes, bytes]:
+        """change hash -> batch id, for every change of the document ever accepted."""
+        prefix = _key(doc_id)
+        return {bytes(k[len(prefix):]): bytes(v) for k, v in self._prefixed(b"index", prefix)}
+
+    def batch(self, batch_id: bytes) -> bytes | None:
+        raw = self._txn.get(batch_id, db=self._dbs[b"batches"])
+        return bytes(raw) if raw is not None else None
+
+    def certs(self) -> list[bytes]:
+        """Roster certificates (identity layer), in cert-id order."""
+        cur = self._txn.cursor(db=self._dbs[b"certs"])
+        return [bytes(v) for v in cur.iternext(keys=False)]
+
+    def identity_value(self, key: str) -> bytes | None:
+        raw = self._txn.get(b"id:" + key.encode(), db=self._dbs[b"meta"])
+        return bytes(raw) if raw is not None else None
+
+    def _prefixed(self, db: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cur = self._txn.cursor(db=self._dbs[db])
+        if not cur.set_range(prefix):
+            return
+        for k, v in cur:
+            if not k.startswith(prefix):
+                return
+            yield k, v
 
 
 def wipe_layer(data_dir: Path, layer: str) -> None:

@@ -28,6 +28,7 @@ class Backend(Protocol):
     def peer_remove(self, address: str) -> None: ...
     def devices(self) -> list[dict[str, Any]]: ...
     def device_add(self, request: str, name: str) -> dict[str, Any]: ...
+    def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -83,6 +84,9 @@ class ApiBackend:
 
     def device_add(self, request: str, name: str) -> dict[str, Any]:
         return self.c.request("POST", "/v1/devices", {"request": request, "name": name})
+
+    def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.c.request("POST", f"/v1/devices/{device}/revoke", body)
 
     def close(self) -> None:
         pass
@@ -201,3 +205,17 @@ class OfflineBackend:
         subject = parse_join_request(request)
         invitation = enrol_device(self.repo, subject, name)
         return {"device_id": device_id(subject), "invitation": invitation}
+
+    def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
+        from crdt.identity import revoke_device
+        from crdt.keys import device_id, normalize_device_id
+
+        wanted = normalize_device_id(device)
+        keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked]
+                if device_id(k) == wanted]
+        if not keys:
+            raise ValueError(f"{wanted} is not in this mesh")
+        cert = revoke_device(self.repo, keys[0], keep=body.get("keep"),
+                             keep_all=body.get("keep_all", False), reason=body.get("reason", ""))
+        return {"device_id": wanted, "revoked": True, "cutoff": cert.body["cutoff"],
+                "kept": cert.body["kept"]}

@@ -407,7 +407,14 @@ def cmd_device(args: argparse.Namespace, paths: Paths) -> int:
         return 0
     backend = _backend(paths)
     try:
-        if args.device_cmd == "add":
+        if args.device_cmd == "revoke":
+            body: dict[str, Any] = {"keep_all": args.keep_all, "reason": args.reason or ""}
+            if args.keep:
+                body["keep"] = args.keep
+            result = backend.device_revoke(args.device, body)
+            _say(f"Revoked {result['device_id']}. It is cut off now and can never rejoin; its "
+                 "changes after this point are refused by every device.")
+        elif args.device_cmd == "add":
             result = backend.device_add(args.request, args.name)
             _say(f"Added {result['device_id']} to the mesh. On that device, run:")
             _say(f"  maia join {result['invitation']}")
@@ -417,7 +424,8 @@ def cmd_device(args: argparse.Namespace, paths: Paths) -> int:
                 _json(rows)
             for r in [] if args.json else rows:
                 me = "  (this device)" if r["this_device"] else ""
-                _say(f"{r['device_id']}  {r['status']:<8} {r['name']}{me}")
+                seen = _ago(r.get("last_seen")) if not r["this_device"] else "now"
+                _say(f"{r['device_id']}  {r['status']:<8} {r['name']:<14} last seen {seen}{me}")
     except ApiError as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:
@@ -425,6 +433,18 @@ def cmd_device(args: argparse.Namespace, paths: Paths) -> int:
     finally:
         backend.close()
     return 0
+
+
+def _ago(ts: float | None) -> str:
+    import time
+
+    if not ts:
+        return "never"
+    secs = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if secs >= size:
+            return f"{secs // size} {unit} ago"
+    return f"{secs} s ago"
 
 
 def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
@@ -546,11 +566,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_peer)
 
     s = sub.add_parser("device", help="enrol devices into the mesh")
-    dsub = s.add_subparsers(dest="device_cmd", required=True, metavar="request|add|list")
+    dsub = s.add_subparsers(dest="device_cmd", required=True,
+                            metavar="request|add|revoke|list")
     dsub.add_parser("request", help="on a new device: print its join request")
     x = dsub.add_parser("add", help="on a member: admit a device by its join request")
     x.add_argument("request", metavar="JOIN_REQUEST")
     x.add_argument("--name", required=True, help="a name for the new device")
+    x = dsub.add_parser("revoke", help="remove a device for good (lost or stolen)")
+    x.add_argument("device", metavar="DEVICE_ID")
+    x.add_argument("--keep", action="append", metavar="CERT_ID",
+                   help="an endorsement the revoked device issued that stays valid")
+    x.add_argument("--keep-all", action="store_true",
+                   help="keep every device the revoked one admitted")
+    x.add_argument("--reason", help="a note kept with the revocation")
     x = dsub.add_parser("list", help="members and revoked devices")
     x.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_device)
@@ -576,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
 # light (heavy imports go inside the command functions), so ``maia`` starts fast.
 COMMAND_MODULES: list[str] = [
     "node.cli_pairing",
+    "node.routing.cli",
 ]
 
 

@@ -110,10 +110,17 @@ class Memory:
         doc = self.repo.open(doc_id).doc
         obj = _entries_obj(doc)
         entries = extract(doc, obj) if obj is not None else {}
+        prefix = _row_prefix(doc_id)
         with self._env.begin(write=True) as txn:
-            # Entries are never removed from a shard, so upserting every row is a full refresh.
+            # A full refresh of the shard's rows: entries can vanish (quarantine, SPEC-005 §5.10).
+            cur = txn.cursor(db=self._index_db)
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if not cur.delete():
+                        break
             for entry_id, entry in entries.items():
-                txn.put(entry_id.encode(), _index_row(doc_id, entry_id, entry), db=self._index_db)
+                txn.put(_row_key(doc_id, entry_id), _index_row(doc_id, entry_id, entry),
+                        db=self._index_db)
             txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
                     db=self._kv)
 
@@ -163,7 +170,7 @@ class Memory:
     def _index_rows(self, doc_id: str, rows: list[dict[str, Any]], *, mark_current: bool) -> None:
         with self._env.begin(write=True) as txn:
             for row in rows:
-                txn.put(row["id"].encode(), msgpack.packb({**row, "doc": doc_id},
+                txn.put(_row_key(doc_id, row["id"]), msgpack.packb({**row, "doc": doc_id},
                         use_bin_type=True), db=self._index_db)
             if mark_current:
                 txn.put(b"heads:" + doc_id.encode(),
@@ -317,6 +324,15 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
         "author": e.get("author", ""),
         "edits": len(e.get("log") or []),
     }
+
+
+def _row_prefix(doc_id: str) -> bytes:
+    return doc_id.encode() + b"\x00"
+
+
+def _row_key(doc_id: str, entry_id: str) -> bytes:
+    """Index rows are keyed by shard first, so one shard's rows can be replaced together."""
+    return _row_prefix(doc_id) + entry_id.encode()
 
 
 def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:

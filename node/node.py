@@ -33,7 +33,7 @@ from .api.app import build_app
 from .api.auth import load_or_create_token
 from .api.middleware import Limits
 from .api.peer_listener import peer_listener_routes
-from .api.routes_devices import REPO_KEY, device_routes
+from .api.routes_devices import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
@@ -90,6 +90,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self.features: list[Feature] = []
         self._started_features: list[Feature] = []
+        self._revoked_seen: dict[bytes, dict[str, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> None:
@@ -100,7 +101,9 @@ class Node:
             self.repo = open_repo(self.store, self.key)
             self.memory = Memory(self.repo)
             self.peers = PeerManager(self.repo)
+            self.peers.on_roster_change = self.roster_changed
             self.repo.subscribe(self._on_change)
+            self._revoked_seen = {k: dict(v) for k, v in self.repo.roster.revoked.items()}
             self.features = load_features()
             for feature in self.features:
                 feature.setup(self)
@@ -113,6 +116,7 @@ class Node:
             )
             app[MEMORY_KEY] = self.memory
             app[REPO_KEY] = self.repo
+            app[PEERS_STATE_KEY] = self.peers
             app[PEERS_KEY] = self.peers
             app[PEER_CONFIG_KEY] = self._persist_peer
             for feature in self.features:
@@ -202,8 +206,23 @@ class Node:
         os.replace(tmp, path)
 
     def _on_change(self, doc_id: str, local: bool) -> None:
-        if doc_id == IDENTITY_DOC and not local and import_roster_from_doc(self.repo):
+        if doc_id != IDENTITY_DOC:
+            return
+        if not local and import_roster_from_doc(self.repo):
             log.info("roster updated from the identity document")
+        self.roster_changed()
+
+    def roster_changed(self) -> None:
+        """Apply the roster now: quarantine post-revocation changes, cut revoked peers off."""
+        revoked = {k: dict(v) for k, v in self.repo.roster.revoked.items()}
+        if revoked == self._revoked_seen:
+            return
+        self._revoked_seen = revoked
+        for doc_id in self.repo.quarantine_revoked():
+            for conn in self.peers.connections.values():
+                conn.sync.reset(doc_id)
+                conn.mark_dirty(doc_id)
+        self.peers.enforce_roster()
 
     async def _upkeep(self) -> None:
         """Background care: compact grown change logs, index, and unload idle documents."""

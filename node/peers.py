@@ -116,6 +116,7 @@ class PeerConnection:
         self._rejects: list[float] = []
         self._bucket = _FrameBucket(manager.frame_rate, manager.frame_burst)
         self.closed = asyncio.Event()
+        self.remote_error = ""
 
     @property
     def initiator_key(self) -> bytes:
@@ -190,6 +191,7 @@ class PeerConnection:
             except Exception:
                 log.exception("handler for %r frames failed", kind)
         elif kind == "error":
+            self.remote_error = str(frame.get("code"))
             log.warning(
                 "peer %s closed the session: %s %s",
                 self.channel.peer_device_id, frame.get("code"), frame.get("detail"),
@@ -225,14 +227,23 @@ class PeerConnection:
         await self.channel.close(1008, code)  # SPEC-005 005.9.11: the reason is the code
 
     async def _send_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._dirty:
-                doc_id = next(iter(self._dirty))
-                del self._dirty[doc_id]
-                for frame in self.sync.generate(doc_id):
-                    await self.channel.send(frame)  # awaits: backpressure from the socket
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._dirty:
+                    doc_id = next(iter(self._dirty))
+                    del self._dirty[doc_id]
+                    frames = self.sync.generate(doc_id)
+                    for frame in frames:
+                        await self.channel.send(frame)  # awaits: backpressure from the socket
+        except (asyncio.CancelledError, TransportError):
+            raise
+        except Exception:
+            # A bug here must not leave a silent, half-dead connection: log it and hang up,
+            # the dial loop reconnects and sync starts afresh.
+            log.exception("sync sender for %s failed; closing", self.channel.peer_device_id)
+            await self.channel.close(1011, "internal error")
 
 
 class PeerManager:
@@ -260,6 +271,7 @@ class PeerManager:
         self.on_connected: list[Callable[[PeerConnection], None]] = []
         self.on_disconnected: list[Callable[[PeerConnection], None]] = []
         self.handlers: dict[str, FrameHandler] = {}
+        self.on_roster_change: Callable[[], None] | None = None
         repo.subscribe(self._on_change)
 
     # -- extension points for features (routing, sessions, ...) ----------------------------------
@@ -280,6 +292,21 @@ class PeerManager:
             except TransportError as exc:
                 log.debug("broadcast to %s failed: %s", conn.peer_device_id, exc)
         return sent
+
+    def enforce_roster(self) -> int:
+        """Close every connection whose peer is no longer a member (revoked); returns count."""
+        closing = [c for k, c in self.connections.items() if not self.repo.roster.is_member(k)]
+        for conn in closing:
+            code = "revoked" if conn.peer_key in self.repo.roster.revoked else "not_member"
+            log.warning("disconnecting %s: %s", conn.peer_device_id, code)
+            self.note_error(conn.peer_key, code)
+            self._spawn(self._cut(conn, code), f"cut-{conn.peer_device_id[:7]}")
+        return len(closing)
+
+    async def _cut(self, conn: PeerConnection, code: str) -> None:
+        with contextlib.suppress(TransportError):
+            await conn.channel.send({"t": "error", "code": code, "detail": "removed from mesh"})
+        await conn.channel.close(4003, code)
 
     def connection(self, key: bytes) -> PeerConnection | None:
         return self.connections.get(key)
@@ -410,9 +437,12 @@ class PeerManager:
                     continue
                 sp.peer_key = channel.peer_key
                 sp.address = address
-                delays = backoff_delays()
-                await self._serve(channel, initiator=True, address=address)
+                served = await self._serve(channel, initiator=True, address=address)
                 sp.last_error = self._peer(channel.peer_key).last_error
+                if served is not None and not served.remote_error:
+                    delays = backoff_delays()  # a real session: start backing off afresh
+                elif served is not None and served.remote_error in ("revoked", "not_member"):
+                    delays = backoff_delays(BACKOFF_MAX)  # refused by the mesh: no hammering
                 break
             await asyncio.sleep(next(delays))
 
@@ -433,9 +463,13 @@ class PeerManager:
         return ws
 
     # -- one session ------------------------------------------------------------------------------
-    async def _serve(self, channel: SecureChannel, *, initiator: bool, address: str) -> None:
+    async def _serve(
+        self, channel: SecureChannel, *, initiator: bool, address: str
+    ) -> PeerConnection | None:
+        """Run one authenticated session; the connection object, or None when refused."""
         key = channel.peer_key
-        self.repo.add_certs(channel.peer_certs)
+        if self.repo.add_certs(channel.peer_certs) and self.on_roster_change is not None:
+            self.on_roster_change()
         if not self.repo.roster.is_member(key):
             code = "revoked" if key in self.repo.roster.revoked else "not_member"
             log.warning("refusing %s: %s", channel.peer_device_id, code)
@@ -452,7 +486,7 @@ class PeerManager:
             )
             if not keep_new:
                 await channel.close(4009, "duplicate connection")
-                return
+                return None
             await existing.channel.close(4009, "replaced by a newer connection")
         self.connections[key] = conn
         state = self._peer(key)
@@ -469,6 +503,7 @@ class PeerManager:
             for callback in self.on_disconnected:
                 _safely(callback, conn)
             log.info("peer %s disconnected", channel.peer_device_id)
+        return conn
 
 
 def device_id_or_none(key: bytes | None) -> str | None:

@@ -88,18 +88,38 @@ def test_migration_hook_runs_once_in_order(tmp_path, monkeypatch):
     from crdt import store as store_mod
 
     Store(tmp_path).close()
+    current = store_mod.format_version("runtime")
     ran = []
 
-    def to_v2(env, txn):
-        ran.append(2)
+    def next_step(env, txn):
+        ran.append(current + 1)
         txn.put(b"migrated", b"yes", db=env.open_db(b"kv", txn=txn))
 
-    monkeypatch.setitem(store_mod.MIGRATIONS, "runtime", [to_v2])
+    monkeypatch.setitem(
+        store_mod.MIGRATIONS, "runtime", [*store_mod.MIGRATIONS["runtime"], next_step]
+    )
     s = Store(tmp_path)
-    assert s.layer_format("runtime") == 2 and ran == [2]
+    assert s.layer_format("runtime") == current + 1 and ran == [current + 1]
     s.close()
     Store(tmp_path).close()
-    assert ran == [2]  # not again
+    assert ran == [current + 1]  # not again
+
+
+def test_runtime_v1_index_is_migrated_and_rebuilt(mesh_factory):
+    """SPEC-001 §formats: a format-1 Runtime store (old index layout) is migrated at start and
+    the memory index rebuilt from the documents, losing nothing."""
+    (node,) = mesh_factory("solo")
+    ids = {node.add_memory(f"entry {i}")["id"] for i in range(5)}
+    node.stop()
+    env = lmdb.open(str(node.data_dir / "runtime"), max_dbs=10)
+    with env.begin(write=True) as txn:
+        meta, entries = env.open_db(b"meta", txn=txn), env.open_db(b"entries", txn=txn)
+        txn.put(b"format_version", b"1", db=meta)
+        txn.put(b"note-202611-OLDLAYOUT0", b"not a row of the new layout", db=entries)
+    env.close()
+    node.start()
+    assert {e["id"] for e in node.entries()} == ids
+    assert node.request("GET", "/v1/status")["layers"]["runtime"]["format_version"] == 2
 
 
 def test_second_node_on_same_data_dir_is_refused(mesh_factory):
