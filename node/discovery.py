@@ -195,6 +195,7 @@ class Discovery:
             # Both sides discover each other: the one with the larger id waits a moment, so
             # usually only one connection is made (the manager drops a duplicate anyway).
             delay = 0.0 if node.key.device_id < device else 0.3
+            log.info("mDNS: member %s at %s", device, ", ".join(addresses))
             node.peers.add_discovered(device, addresses, delay=delay)
         else:
             self.nearby[device] = entry

@@ -80,6 +80,7 @@ class StaticPeer:
     attempts: int = 0
     expected_id: str | None = None
     addresses: list[str] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _FrameBucket:
@@ -392,6 +393,7 @@ class PeerManager:
             # Keep every address seen for the id: a record claiming it elsewhere must not
             # displace the genuine one (the handshake decides which address proves the key).
             target.addresses = list(dict.fromkeys([*target.addresses, *addresses]))
+            target.wake.set()  # a fresh announcement: try now rather than at the next backoff
             return
         target = StaticPeer(addresses[0], expected_id=device, addresses=list(addresses))
         self.discovered[device] = target
@@ -444,7 +446,11 @@ class PeerManager:
                 elif served is not None and served.remote_error in ("revoked", "not_member"):
                     delays = backoff_delays(BACKOFF_MAX)  # refused by the mesh: no hammering
                 break
-            await asyncio.sleep(next(delays))
+            sp.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sp.wake.wait(), next(delays))
+            if sp.wake.is_set():
+                delays = backoff_delays()
 
     # -- incoming --------------------------------------------------------------------------------
     async def handle_incoming(self, request: web.Request) -> web.StreamResponse:

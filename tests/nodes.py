@@ -56,10 +56,12 @@ class NodeProc:
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     peer_listen: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where the local API listens (a namespace's address in netns tests)
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "ns-a"]
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def token(self) -> str:
@@ -76,8 +78,8 @@ class NodeProc:
         # the machine's real interfaces.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MAIA_DISCOVERY": "0", **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "--data-dir", str(self.data_dir),
-             "--log-level", "INFO", "up", "--port", str(self.port),
+            [*self.prefix, sys.executable, "-m", "node.cli", "--data-dir", str(self.data_dir),
+             "--log-level", "INFO", "up", "--listen", self.host, "--port", str(self.port),
              "--peer-port", str(self.peer_port), "--peer-listen", self.peer_listen],
             stdout=logf, stderr=subprocess.STDOUT, env=env,
         )
