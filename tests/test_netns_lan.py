@@ -9,14 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from scripts.netns_lan import NamespaceLan, namespaces_available
 from tests.nodes import NodeProc, cli, make_mesh, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from netns_lan import NamespaceLan, namespaces_available  # noqa: E402
 
 OK, WHY = namespaces_available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(not OK, reason=WHY)]
