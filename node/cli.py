@@ -195,6 +195,9 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     for p in st.get("peers", []):
         state = "connected" if p.get("connected") else "not connected"
         _say(f"Peer       {p.get('address') or '-'}  {p.get('device_id') or ''}  {state}")
+    for name, section in st.items():  # a feature's section may carry a one-line summary
+        if isinstance(section, dict) and isinstance(section.get("summary"), str):
+            _say(f"{name.capitalize():<10} {section['summary']}")
     return 0
 
 
@@ -605,6 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES: list[str] = [
     "node.cli_pairing",
     "node.routing.cli",
+    "node.backup.cli",
+    "node.sessions.cli",
 ]
 
 
@@ -641,4 +646,7 @@ backend_for = _backend
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module so command modules share one UserError class.
+    from node.cli import main as _main
+
+    sys.exit(_main())

@@ -69,6 +69,7 @@ class Discovery:
         self._info: AsyncServiceInfo | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._registered = False
 
     # -- Feature ---------------------------------------------------------------------------------
     def setup(self, node: Node) -> None:
@@ -99,7 +100,15 @@ class Discovery:
             return
         self._azc = AsyncZeroconf(interfaces=self.addresses, ip_version=IPVersion.V4Only)
         self._info = self._service_info()
-        await self._azc.async_register_service(self._info)
+        try:
+            await self._azc.async_register_service(self._info, allow_name_change=True)
+        except Exception as exc:  # announcing is best effort; browsing and static peers go on
+            log.warning("mDNS: could not announce this node (%s); others will not find it, "
+                        "but it still finds them and static peers work", exc)
+        else:
+            self._registered = True
+            if self._info.properties != self._service_info().properties:
+                await self.set_properties()  # changed while we were probing
         self._browser = AsyncServiceBrowser(
             self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
         )
@@ -113,7 +122,7 @@ class Discovery:
             self._browser = None
         if self._azc is not None:
             with contextlib.suppress(Exception):
-                if self._info is not None:
+                if self._info is not None and self._registered:
                     await self._azc.async_unregister_service(self._info)  # goodbye
             await self._azc.async_close()
             self._azc = None
@@ -148,8 +157,10 @@ class Discovery:
     async def set_properties(self, **props: str) -> None:
         """Change what the TXT record carries (e.g. the cortices a node hosts) and re-announce."""
         self.properties.update({k: str(v) for k, v in props.items()})
-        if self._azc is not None and self._info is not None:
-            self._info = self._service_info()
+        if self._azc is not None and self._registered:
+            fresh = self._service_info()
+            fresh.name = self._info.name  # keep the (possibly de-conflicted) registered name
+            self._info = fresh
             await self._azc.async_update_service(self._info)
 
     # -- browsing --------------------------------------------------------------------------------

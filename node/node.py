@@ -111,8 +111,13 @@ class Node:
             tables = [memory_routes, peer_routes, device_routes]
             for feature in self.features:
                 tables.extend(feature.route_tables())
+            # Features may add credential kinds (SPEC-004 session tokens) via authenticators().
+            authenticators = [
+                a for f in self.features for a in getattr(f, "authenticators", tuple)()
+            ]
             app = build_app(
-                self, token=token, limits=api_limits(self.config), extra_tables=tables
+                self, token=token, limits=api_limits(self.config), extra_tables=tables,
+                authenticators=authenticators,
             )
             app[MEMORY_KEY] = self.memory
             app[REPO_KEY] = self.repo
@@ -151,7 +156,14 @@ class Node:
                 self.peers.add_static(address)
             self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
             for feature in self.features:
-                await feature.start()
+                try:
+                    await feature.start()
+                except Exception:
+                    # One feature failing (mDNS on an odd network, a bad cortex config) must
+                    # not take the node down: sync and the API keep working.
+                    log.exception("feature %s failed to start; the node runs without it",
+                                  feature.name)
+                    continue
                 self._started_features.append(feature)
             log.info(
                 "node %s (%s): local API on http://%s:%d, peers on %s:%d",
@@ -225,7 +237,18 @@ class Node:
         self.peers.enforce_roster()
 
     async def _upkeep(self) -> None:
-        """Background care: compact grown change logs, index, and unload idle documents."""
+        """Background care: compact grown change logs, index, and unload idle documents.
+
+        Unloading frees a document's memory to the C allocator, which keeps it; glibc's
+        ``malloc_trim`` hands it back to the system, so a node idles small again after a
+        catch-up or a burst of work (docs/benchmarks.md: idle memory). Elsewhere: no trim.
+        """
+        import ctypes
+
+        try:
+            malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            malloc_trim = None
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:
@@ -234,7 +257,8 @@ class Node:
                         log.info("compacted %s", doc_id)
                     await asyncio.sleep(0)
                 self.memory.flush_index()
-                self.repo.evict_idle(IDLE_EVICT_SECONDS)
+                if self.repo.evict_idle(IDLE_EVICT_SECONDS) and malloc_trim is not None:
+                    malloc_trim(0)
             except Exception:
                 log.exception("upkeep failed; will retry")
 
