@@ -143,3 +143,23 @@ async def main():
     await asyncio.sleep(60)
 asyncio.run(main())
 """
+
+
+def test_revoked_node_is_cut_off_and_cannot_come_back(hosts):
+    """SPEC-005 §5: after revocation the node is disconnected by everyone, its new writes
+    reach nobody (not via a third peer either), and re-announcing itself changes nothing."""
+    a, b, c = (hosts[h] for h in "abc")
+    ids = {h: n.device_id() for h, n in hosts.items()}
+    wait_for(lambda: {ids["b"], ids["c"]} <= a.connected() and ids["c"] in b.connected(),
+             timeout=20, what="mesh formed")
+    a.request("POST", f"/v1/devices/{ids['c']}/revoke", {"reason": "lost on a train"})
+    wait_for(lambda: ids["c"] not in a.connected() and ids["c"] not in b.connected(),
+             timeout=20, what="c cut off by a and b")
+    late = c.add_memory("written after revocation")["id"]
+    c.stop()
+    c.start()  # re-announces itself over mDNS
+    time.sleep(3.0)
+    assert ids["c"] not in a.connected() and ids["c"] not in b.connected()
+    assert late not in _ids(a) and late not in _ids(b)
+    status = {d["device_id"]: d["status"] for d in b.request("GET", "/v1/devices")["devices"]}
+    assert status[ids["c"]] == "revoked"
