@@ -100,19 +100,27 @@ class Discovery:
             return
         self._azc = AsyncZeroconf(interfaces=self.addresses, ip_version=IPVersion.V4Only)
         self._info = self._service_info()
+        # Browse first: members already on the LAN answer our query within milliseconds,
+        # while announcing ourselves takes ~1 s of probing for name conflicts (RFC 6762 §8).
+        self._browser = AsyncServiceBrowser(
+            self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
+        )
+        task = asyncio.get_running_loop().create_task(self._announce(), name="mdns-announce")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self) -> None:
+        assert self._azc is not None and self._info is not None and self.node is not None
         try:
             await self._azc.async_register_service(self._info, allow_name_change=True)
         except Exception as exc:  # announcing is best effort; browsing and static peers go on
             log.warning("mDNS: could not announce this node (%s); others will not find it, "
                         "but it still finds them and static peers work", exc)
-        else:
-            self._registered = True
-            if self._info.properties != self._service_info().properties:
-                await self.set_properties()  # changed while we were probing
-        self._browser = AsyncServiceBrowser(
-            self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
-        )
-        log.info("mDNS: announced %s on %s", node.key.device_id, ", ".join(self.addresses))
+            return
+        self._registered = True
+        log.info("mDNS: announced %s on %s", self.node.key.device_id, ", ".join(self.addresses))
+        if self._info.properties != self._service_info().properties:
+            await self.set_properties()  # changed while we were probing
 
     async def stop(self) -> None:
         for task in list(self._tasks):
