@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.bench.report import table, write_section  # noqa: E402
 from scripts.netns_lan import NamespaceLan, namespaces_available  # noqa: E402
-from tests.nodes import NodeProc, make_mesh  # noqa: E402
+from tests.nodes import make_mesh  # noqa: E402
 
 TITLE = "Discovery: start to first paired peer connected (mDNS, namespaced LAN)"
 
