@@ -382,17 +382,23 @@ def cmd_peers(args: argparse.Namespace, paths: Paths) -> int:
     backend = _backend(paths)
     try:
         peers = backend.peers()
+        nearby = (backend.status().get("discovery") or {}).get("nearby", [])
     finally:
         backend.close()
     if args.json:
-        _json(peers)
-    elif not peers:
-        _say("No peers yet. Add one with: maia peer add HOST:PORT")
+        _json({"peers": peers, "nearby": nearby})
+        return 0
+    if not peers:
+        _say("No peers yet. Nodes of your mesh on this LAN are found by themselves; elsewhere "
+             "add one with: maia peer add HOST:PORT")
     for p in [] if args.json else peers:
         state = "connected" if p.get("connected") else "not connected"
         err = f"  last error: {p['last_error']}" if p.get("last_error") else ""
         _say(f"{p.get('address') or '-':<22} {p.get('device_id') or '(unknown device)'}  "
              f"{state}{err}")
+    for n in nearby:
+        _say(f"{', '.join(n['addresses']):<22} {n['device_id']}  nearby, not paired "
+             "(pair it with: maia pair accept)")
     return 0
 
 
