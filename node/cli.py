@@ -490,7 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"The data dir is --data-dir, else ${ENV_DATA_DIR}, else ~/.local/share/maia.",
     )
     p.add_argument("--data-dir", help="where this node keeps its key, store and config")
-    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default) or ERROR")
+    p.add_argument("--log-level", default=None,
+                   help="DEBUG, INFO, WARNING or ERROR (default: INFO for 'up', else WARNING)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="json: one JSON object per line, for a service's journal")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("init", help="create this device's key (and, with --new-mesh, a mesh)",
@@ -613,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
 # light (heavy imports go inside the command functions), so ``maia`` starts fast.
 COMMAND_MODULES: list[str] = [
     "node.cli_pairing",
+    "node.cli_service",
     "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",
@@ -626,10 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     level = (args.log_level or ("INFO" if args.command == "up" else "WARNING")).upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import configure_logging
+
+    configure_logging(level, args.log_format)
     paths = Paths(resolve_data_dir(args.data_dir))
     from crdt.keys import KeyFileError
 
