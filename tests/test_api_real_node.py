@@ -53,7 +53,7 @@ def test_every_served_route_needs_authentication_unless_public(mesh_factory):
     for spec in specs:
         if (spec.method, spec.path) in PUBLIC:
             continue
-        status, headers, body = _call(node, spec.method, _sample(spec.path),
+        status, headers, _body = _call(node, spec.method, _sample(spec.path),
                                       b"{}" if spec.method in ("POST", "PATCH", "PUT") else None)
         assert status == 401, (spec.method, spec.path, status)
         assert headers.get("Content-Type", "").startswith("application/problem+json")
