@@ -152,7 +152,15 @@ class Store:
                 str(path), map_size=_MAP_SIZE[layer], max_dbs=len(names) + 2, subdir=True,
                 readonly=True,
             )
-            dbs = {name: env.open_db(name, create=False) for name in names}
+            dbs = {}
+            for name in names:
+                try:
+                    dbs[name] = env.open_db(name, create=False)
+                except lmdb.NotFoundError:
+                    if name in (b"meta", b"docs"):
+                        raise
+                    # A sub-database added after this store was last opened for writing
+                    # (e.g. quarantine); a read-only view simply does without it.
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the {layer} store at {path}: {exc}") from exc
         self.envs[layer], self.dbs[layer] = env, dbs

@@ -126,10 +126,13 @@ class OfflineBackend:
         from .node import node_status
 
         cfg = NodeConfig.load(self.paths.config)
+        from .backup.feature import offline_status
+
         return node_status(self.store, self.repo, cfg, self.key) | {
             "running": False,
             "memory_entries": self.memory.count(),
             "peers": [{"address": a, "connected": False} for a in cfg.static_peers],
+            "backup": offline_status(self.store, cfg),
         }
 
     def profile_get(self) -> dict[str, Any]:

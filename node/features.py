@@ -44,6 +44,7 @@ class Feature(Protocol):
 FEATURES: list[str] = [
     "node.discovery:create",
     "node.pairing:create",
+    "node.backup.feature:feature",
 ]
 
 

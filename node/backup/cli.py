@@ -1,0 +1,546 @@
+"""``maia backup``: init, create, verify, list, restore, prune and forget-device-key
+(SPEC-002). Registered through node.cli.COMMAND_MODULES; heavy imports stay inside commands.
+
+Passphrases come from ``--passphrase-file``, else ``MAIA_BACKUP_PASSPHRASE``, else the cached
+key (``keys/backup.key``), else a prompt at the terminal (never echoed). Scripts and tests use
+the first two; a person types it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..cli import UserError, print_json, say
+from ..config import NodeConfig, Paths
+
+log = logging.getLogger(__name__)
+
+ENV_PASSPHRASE = "MAIA_BACKUP_PASSPHRASE"
+ENV_KEY_PASSPHRASE = "MAIA_DEVICE_KEY_PASSPHRASE"
+ENV_NEW_PASSPHRASE = "MAIA_BACKUP_NEW_PASSPHRASE"
+
+
+# -- registration ------------------------------------------------------------------------------
+def register(subparsers: Any) -> None:
+    s = subparsers.add_parser(
+        "backup", help="back up, verify, list, restore and prune backups of identity and memory",
+        description="Encrypted, incremental backups of the Identity and Memory layers, verified "
+        "by restoring them (SPEC-002). Runtime is never backed up; it is rebuilt.",
+    )
+    sub = s.add_subparsers(dest="backup_cmd", required=True,
+                           metavar="init|create|verify|list|restore|prune|forget-device-key|"
+                           "change-passphrase")
+
+    def common(p: argparse.ArgumentParser, *, to: bool = False) -> None:
+        names = ["--repo", "--to"] if to else ["--repo"]
+        p.add_argument(*names, dest="repo", metavar="DIR",
+                       help="the backup repository (default: [backup] target in config.toml)")
+        p.add_argument("--passphrase-file", metavar="FILE",
+                       help=f"read the repository passphrase from FILE (or set {ENV_PASSPHRASE})")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("init", help="create a backup repository in an empty or new directory")
+    common(p, to=True)
+    p.add_argument("--kdf", choices=["moderate", "interactive"], default="moderate",
+                   help="argon2id cost (default moderate; interactive for slow machines)")
+    p.add_argument("--remember-key", action="store_true",
+                   help="cache the repository key in keys/backup.key for scheduled backups")
+
+    p = sub.add_parser("create", help="take a backup (incremental after the first one)")
+    common(p, to=True)
+    p.add_argument("--include-device-key", "--include-key", dest="include_device_key",
+                   action="store_true",
+                   help="also back up this device's private key, sealed with its own passphrase")
+    p.add_argument("--device-key-passphrase-file", metavar="FILE",
+                   help=f"read the device-key passphrase from FILE (or set {ENV_KEY_PASSPHRASE})")
+    p.add_argument("--remember-key", action="store_true",
+                   help="cache the repository key in keys/backup.key for scheduled backups")
+    p.add_argument("--break-lock", action="store_true",
+                   help="remove another host's lock that is older than 24 h")
+
+    p = sub.add_parser("verify", help="restore a backup into a temporary dir and check it all")
+    common(p)
+    p.add_argument("id", nargs="?", help="backup id (or a unique prefix); default: the newest")
+    p.add_argument("--latest", action="store_true", help="the newest backup (the default)")
+    p.add_argument("--all", action="store_true", help="every backup in the repository")
+
+    p = sub.add_parser("list", help="backups with their size, layers and verification")
+    common(p)
+
+    p = sub.add_parser("restore", help="restore a backup into an empty data dir")
+    p.add_argument("id", nargs="?", help="backup id (or a unique prefix); default: the newest")
+    p.add_argument("--repo", "--from", dest="repo", metavar="DIR",
+                   help="the backup repository (default: [backup] target in config.toml)")
+    p.add_argument("--to", dest="data_to", metavar="DATA_DIR",
+                   help="the data dir to restore into (default: this data dir)")
+    p.add_argument("--force", action="store_true",
+                   help="restore over an existing data dir, moving it to pre-restore-<time>/")
+    p.add_argument("--with-device-key", action="store_true",
+                   help="unseal the backed-up device key to hand over to a new key (no member "
+                   "reachable)")
+    p.add_argument("--device-key-passphrase-file", metavar="FILE")
+    p.add_argument("--passphrase-file", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("prune", help="delete backups the [backup] keep_* rule does not keep")
+    common(p)
+    p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    p.add_argument("--break-lock", action="store_true",
+                   help="remove another host's lock that is older than 24 h")
+
+    p = sub.add_parser("forget-device-key",
+                       help="take a backup without the device key (later ones carry none)")
+    common(p, to=True)
+
+    p = sub.add_parser("change-passphrase",
+                       help="re-wrap the repository key under a new passphrase")
+    common(p)
+    p.add_argument("--new-passphrase-file", metavar="FILE",
+                   help=f"read the new passphrase from FILE (or set {ENV_NEW_PASSPHRASE})")
+
+    p = sub.add_parser("scheduled-run",
+                       help="one scheduled run: create, verify, prune (run by the node)")
+    p.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_backup)
+
+
+def cmd_backup(args: argparse.Namespace, paths: Paths) -> int:
+    from crdt.store import StoreError
+
+    from .format import BackupError
+
+    handlers = {
+        "init": _init, "create": _create, "verify": _verify, "list": _list,
+        "restore": _restore, "prune": _prune, "forget-device-key": _forget,
+        "change-passphrase": _change_passphrase, "scheduled-run": _scheduled_run,
+    }
+    try:
+        return handlers[args.backup_cmd](args, paths)
+    except (BackupError, StoreError) as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:  # e.g. a NAS that went away mid-command
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise UserError(f"{where}{exc.strerror or exc}") from None
+    finally:
+        _Progress.end_line()
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+def _read_secret_file(path: str) -> bytes:
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    if not data:
+        raise UserError(f"{path} is empty; an empty passphrase is not accepted")
+    return data
+
+
+def _given(file: str | None, env: str) -> bytes | None:
+    if file:
+        return _read_secret_file(file)
+    value = os.environ.get(env)
+    if value is not None:
+        if not value:
+            raise UserError(f"{env} is empty; an empty passphrase is not accepted")
+        return value.encode()
+    return None
+
+
+def _prompt(label: str, *, confirm: bool, env: str, flag: str) -> bytes:
+    if not sys.stdin.isatty():
+        raise UserError(f"no passphrase given: type it at a terminal, set {env}, or use {flag}")
+    first = getpass.getpass(f"{label}: ")
+    if not first:
+        raise UserError("an empty passphrase is not accepted")
+    if confirm and getpass.getpass(f"{label} (again): ") != first:
+        raise UserError("the two passphrases differ; nothing was changed")
+    return first.encode()
+
+
+def _repo_path(args: argparse.Namespace, paths: Paths) -> Path:
+    if getattr(args, "repo", None):
+        return Path(args.repo).expanduser().absolute()
+    from .settings import BackupSettings
+
+    target = BackupSettings.from_config(NodeConfig.load(paths.config)).target
+    if target is None:
+        raise UserError("say which backup repository: --repo DIR (--to DIR), or set "
+                        "[backup] target in config.toml")
+    return target.absolute()
+
+
+def _open_repo(args: argparse.Namespace, paths: Paths, path: Path):
+    from .repository import Repository
+    from .settings import load_cached_key
+
+    passphrase = _given(args.passphrase_file, ENV_PASSPHRASE)
+    if passphrase is None:
+        cached = load_cached_key(paths, Repository.read_info(path)["repo_id"])
+        if cached is not None:
+            return Repository.open(path, master=cached)
+        passphrase = _prompt(f"Passphrase for backup repository {path}", confirm=False,
+                             env=ENV_PASSPHRASE, flag="--passphrase-file")
+    return Repository.open(path, passphrase=passphrase)
+
+
+def _device_key_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes:
+    given = _given(args.device_key_passphrase_file, ENV_KEY_PASSPHRASE)
+    if given is not None:
+        return given
+    return _prompt("Passphrase for the device key (separate from the repository's)",
+                   confirm=confirm, env=ENV_KEY_PASSPHRASE, flag="--device-key-passphrase-file")
+
+
+def _remember(paths: Paths, repo) -> None:
+    from .settings import save_cached_key
+
+    if not paths.root.is_dir():
+        raise UserError(f"there is no data dir at {paths.root} to keep the key in")
+    path = save_cached_key(paths, repo.repo_id, repo.master_key)
+    say(f"Cached the repository key in {path} for scheduled backups.")
+
+
+def _this_device(paths: Paths) -> str:
+    from crdt.keys import DeviceKey
+
+    return DeviceKey.load(paths.key).device_id
+
+
+class _Progress:
+    """Progress on stderr: one updating line at a terminal, a line every few seconds else."""
+
+    line_open = False  # a terminal line still waiting for its newline
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    @classmethod
+    def end_line(cls) -> None:
+        if cls.line_open:
+            sys.stderr.write("\n")
+            cls.line_open = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        final = done >= total
+        if self.tty:
+            sys.stderr.write(f"\r{self.verb} {what}: {done}/{total}" + ("\n" if final else ""))
+            _Progress.line_open = not final
+        elif final or now - self.last >= 5:
+            sys.stderr.write(f"{self.verb} {what}: {done}/{total}\n")
+            self.last = now
+        sys.stderr.flush()
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
+
+
+def _open_store(paths: Paths):
+    from crdt.store import Store
+
+    from .format import BACKED_UP_LAYERS
+
+    return Store(paths.root, readonly=True, layers=BACKED_UP_LAYERS)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _init(args: argparse.Namespace, paths: Paths) -> int:
+    from .repository import Repository
+
+    if not args.repo:
+        raise UserError("say where to create the repository: maia backup init --to DIR")
+    path = _repo_path(args, paths)
+    passphrase = _given(args.passphrase_file, ENV_PASSPHRASE) or _prompt(
+        f"New passphrase for backup repository {path}", confirm=True, env=ENV_PASSPHRASE,
+        flag="--passphrase-file")
+    repo = Repository.init(path, passphrase, kdf=args.kdf)
+    say(f"Created backup repository {path} (id {repo.repo_id[:12]}).")
+    if paths.config.is_file():
+        cfg = NodeConfig.load(paths.config)
+        table = cfg.extra.setdefault("backup", {})
+        if not table.get("target"):
+            table["target"] = str(path)
+            cfg.save(paths.config)
+            say(f"Set [backup] target = \"{path}\" in {paths.config}.")
+    if args.remember_key:
+        _remember(paths, repo)
+    say("Keep the passphrase safe: without it nobody, you included, can read these backups.")
+    return 0
+
+
+def _create(args: argparse.Namespace, paths: Paths, *, forget: bool = False) -> int:
+    from .create import create_backup
+    from .crypto import seal_device_key
+
+    path = _repo_path(args, paths)
+    repo = _open_repo(args, paths, path)
+    device = _this_device(paths)
+    sealed = None
+    if getattr(args, "include_device_key", False):
+        sealed = seal_device_key(paths.key.read_bytes(),
+                                 _device_key_passphrase(args, confirm=True))
+    store = _open_store(paths)
+    try:
+        result = create_backup(
+            store, repo, device=device, config_path=paths.config, sealed_device_key=sealed,
+            forget_device_key=forget, progress=_Progress("backing up"),
+            break_lock=getattr(args, "break_lock", False),
+        )
+    finally:
+        store.close()
+    if getattr(args, "remember_key", False):
+        _remember(paths, repo)
+    if args.json:
+        print_json(result.summary())
+        return 0
+    say(f"Backup {result.manifest.id[:12]} taken into {path}: {result.changed_docs} document(s) "
+        f"changed, {result.unchanged_docs} unchanged; {result.new_chunks} new chunk(s) "
+        f"({_mib(result.new_bytes)}) written, {_mib(result.manifest.stored_bytes)} in all.")
+    if sealed is not None:
+        say("The device key is in this backup, sealed with its own passphrase.")
+    elif forget:
+        say("This backup holds no device key; older backups keep theirs until pruned.")
+    say("It is unverified until restored: run 'maia backup verify'.")
+    return 0
+
+
+def _forget(args: argparse.Namespace, paths: Paths) -> int:
+    return _create(args, paths, forget=True)
+
+
+def _verify(args: argparse.Namespace, paths: Paths) -> int:
+    from .format import Corrupt
+    from .verify import verify_backup
+
+    path = _repo_path(args, paths)
+    repo = _open_repo(args, paths, path)
+    refs = repo.manifests()
+    if not refs:
+        raise UserError(f"there is no backup in {path} yet")
+    if args.all:
+        chosen = refs
+    elif args.id:
+        chosen = [repo.find(args.id)]
+    else:
+        chosen = [repo.latest()]
+    try:
+        verifier = _this_device(paths)
+    except Exception:
+        verifier = ""  # verifying from a machine that is not (yet) a device
+    results = []
+    for ref in chosen:
+        try:
+            result = verify_backup(repo, ref, verifier=verifier, progress=_Progress("verifying"))
+        except Corrupt as exc:
+            raise UserError(f"backup {ref.id[:12]} FAILED verification: {exc}") from None
+        results.append(result)
+        _tell_node(paths, result.manifest_id, result.verified_at)
+        if not args.json:
+            c = result.counts
+            say(f"Backup {ref.id[:12]} verified by restoring it: {c['documents']} document(s), "
+                f"{c['changes']} change(s), {c['batches']} signed batch(es), {c['certs']} "
+                f"certificate(s); every chunk, signature and head checked "
+                f"({result.seconds:.1f} s).")
+    if args.json:
+        print_json([r.summary() for r in results])
+    return 0
+
+
+def _tell_node(paths: Paths, manifest_id: str, verified_at: str) -> None:
+    """Store last_verified in Runtime: through the running node, else directly (§7.2)."""
+    from ..client import ApiError, NodeClient, NodeNotRunning
+    from .runtime_status import record_verified_offline
+
+    try:
+        NodeClient(paths).request("POST", "/v1/backup/verified",
+                                  {"manifest": manifest_id, "verified_at": verified_at})
+        return
+    except NodeNotRunning:
+        pass
+    except ApiError as exc:
+        log.warning("the node did not record the verification: %s", exc)
+        return
+    record_verified_offline(paths, manifest_id, verified_at)
+
+
+def _list(args: argparse.Namespace, paths: Paths) -> int:
+    from .format import BackupError
+
+    path = _repo_path(args, paths)
+    repo = _open_repo(args, paths, path)
+    verified = repo.verified_ids()
+    rows: list[dict[str, Any]] = []
+    for ref in reversed(repo.manifests()):
+        row: dict[str, Any] = {
+            "id": ref.id, "created_at": None, "verified_at": verified.get(ref.id),
+            "status": "verified" if ref.id in verified else "unverified",
+        }
+        try:
+            m = repo.load_manifest(ref)
+        except BackupError as exc:
+            row |= {"status": "unreadable", "error": str(exc)}
+            rows.append(row)
+            continue
+        row |= {
+            "created_at": m.created_at,
+            "device": m.device,
+            "size_bytes": m.stored_bytes,
+            "layers": {name: {"documents": len(layer.docs),
+                              "changes": sum(d.changes for d in layer.docs.values())}
+                       for name, layer in m.layers.items()},
+            "device_key": m.device_key is not None,
+            "parent": m.parent,
+        }
+        rows.append(row)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        say(f"There is no backup in {path} yet: run 'maia backup create'.")
+        return 0
+    for r in rows:
+        if r["status"] == "unreadable":
+            say(f"{r['id'][:12]}  UNREADABLE  {r['error']}")
+            continue
+        layers = ", ".join(f"{n} {v['documents']} doc(s)/{v['changes']} change(s)"
+                           for n, v in r["layers"].items())
+        state = f"verified {r['verified_at'][:19]}Z" if r["verified_at"] else "UNVERIFIED"
+        key = "  +device key" if r["device_key"] else ""
+        say(f"{r['id'][:12]}  {r['created_at'][:19]}Z  {r['device'][:7]}  "
+            f"{_mib(r['size_bytes']):>10}  {layers}  {state}{key}")
+    return 0
+
+
+def _restore(args: argparse.Namespace, paths: Paths) -> int:
+    from .restore import restore_backup
+
+    path = _repo_path(args, paths)
+    repo = _open_repo(args, paths, path)
+    refs = repo.manifests()
+    if not refs:
+        raise UserError(f"there is no backup in {path} to restore")
+    ref = repo.find(args.id) if args.id else repo.latest()
+    target = Path(args.data_to).expanduser() if args.data_to else paths.root
+    passphrase = _device_key_passphrase(args, confirm=False) if args.with_device_key else None
+    result = restore_backup(repo, ref, target, force=args.force,
+                            device_key_passphrase=passphrase, progress=_Progress("restoring"))
+    if args.json:
+        print_json({"id": result.manifest_id, "target": str(result.target),
+                    "device_id": result.device_id, "lost_device": result.lost_device,
+                    "counts": result.counts, "handed_over": result.handed_over,
+                    "kept_existing_key": result.kept_existing_key,
+                    "moved_aside": str(result.moved_aside) if result.moved_aside else None,
+                    "config_restored": result.config_restored})
+        return 0
+    c = result.counts
+    say(f"Restored backup {result.manifest_id[:12]} into {result.target}: {c['documents']} "
+        f"document(s), {c['changes']} change(s), every signature and head checked.")
+    if result.moved_aside:
+        say(f"The data that was there is kept in {result.moved_aside}.")
+    if result.handed_over:
+        say(f"The backed-up key endorsed this device's new key {result.device_id}, revoked "
+            "itself and was discarded. Run 'maia up' to sync with the mesh.")
+    elif result.kept_existing_key:
+        say(f"This device keeps its key ({result.device_id}).")
+    else:
+        say(f"This device has a new key ({result.device_id}) and joins the mesh as a new "
+            "device: run 'maia device request' here, 'maia device add ...' on a member, then "
+            "'maia join ...' here.")
+        say(f"Then, on a member, revoke the lost device: maia device revoke {result.lost_device} "
+            "--keep-all (or --keep ID for each device it admitted that stays).")
+    return 0
+
+
+def _prune(args: argparse.Namespace, paths: Paths) -> int:
+    from .retention import prune
+    from .settings import BackupSettings
+
+    path = _repo_path(args, paths)
+    rule = BackupSettings.from_config(NodeConfig.load(paths.config)).rule
+    repo = _open_repo(args, paths, path)
+    plan = prune(repo, rule, dry_run=args.dry_run, break_lock=args.break_lock)
+    if args.json:
+        print_json(plan.summary() | {"dry_run": args.dry_run})
+        return 0
+    verb = "Would delete" if args.dry_run else "Deleted"
+    say(f"{verb} {len(plan.delete)} backup(s) and {plan.chunks} chunk(s) "
+        f"({_mib(plan.chunk_bytes)}); {len(plan.keep)} backup(s) kept "
+        f"(rule: {rule.keep_daily} daily, {rule.keep_weekly} weekly, {rule.keep_monthly} "
+        "monthly, and always the newest verified one).")
+    for ref in plan.delete:
+        say(f"  {verb.lower()} {ref.id[:12]}  {ref.created:%Y-%m-%d %H:%M:%S}Z")
+    return 0
+
+
+def _change_passphrase(args: argparse.Namespace, paths: Paths) -> int:
+    path = _repo_path(args, paths)
+    repo = _open_repo(args, paths, path)
+    new = _given(args.new_passphrase_file, ENV_NEW_PASSPHRASE) or _prompt(
+        f"New passphrase for backup repository {path}", confirm=True, env=ENV_NEW_PASSPHRASE,
+        flag="--new-passphrase-file")
+    repo.change_passphrase(new)
+    say(f"The passphrase of {path} is changed; no backup was rewritten.")
+    return 0
+
+
+def _scheduled_run(args: argparse.Namespace, paths: Paths) -> int:
+    """One scheduled run for the node (SPEC-002 §10.1): create, verify, prune, at low priority.
+    Never adds a device key (§6.2). SIGTERM stops it cleanly: temporary files and the lock
+    are removed and no manifest is written."""
+    from .create import create_backup
+    from .format import BackupError, Cancelled
+    from .repository import Repository
+    from .retention import prune
+    from .settings import BackupSettings, load_cached_key
+    from .verify import verify_backup
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Cancelled("the node stopped the scheduled backup; nothing was recorded")
+
+    signal.signal(signal.SIGTERM, stop)
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    try:
+        settings = BackupSettings.from_config(NodeConfig.load(paths.config))
+        if settings.target is None:
+            raise BackupError("no [backup] target in config.toml")
+        info = Repository.read_info(settings.target)
+        master = load_cached_key(paths, info["repo_id"])
+        if master is None:
+            raise BackupError(f"no cached key for backup repository {settings.target}")
+        repo = Repository.open(settings.target, master=master)
+        device = _this_device(paths)
+        store = _open_store(paths)
+        try:
+            created = create_backup(store, repo, device=device, config_path=paths.config)
+        finally:
+            store.close()
+        verified = verify_backup(repo, created.ref, verifier=device)
+        plan = prune(repo, settings.rule)
+    except Exception as exc:  # reported to the node, which logs and shows it
+        print_json_line({"ok": False, "error": str(exc)})
+        return 1
+    print_json_line(created.summary() | {"ok": True, "verified_at": verified.verified_at,
+                                          "pruned": len(plan.delete)})
+    return 0
+
+
+def print_json_line(obj: dict[str, Any]) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
