@@ -79,7 +79,8 @@ def last_user_text(body: dict[str, Any], limit: int = 4096) -> str:
         if isinstance(content, list):
             texts = [
                 p["text"] for p in content
-                if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                if isinstance(p, dict) and p.get("type") == "text"
+                and isinstance(p.get("text"), str)
             ]
             return " ".join(texts)[:limit]
         return ""
