@@ -30,6 +30,9 @@ class PeerSync:
         self.peer_key = peer_key
         self.max_part_bytes = max_part_bytes
         self._states: dict[str, SyncState] = {}
+        # The heads the peer last announced per document (its summary, then each final sync
+        # message): read-only bookkeeping for status displays, never used to decide what to send.
+        self.their_heads: dict[str, tuple[bytes, ...]] = {}
         self.accepted = 0
         self.rejected = 0
 
@@ -48,6 +51,7 @@ class PeerSync:
             their_heads = theirs.get(doc_id)
             if not isinstance(their_heads, list | type(None)):
                 raise Rejected("malformed", f"heads of {doc_id!r} are not a list")
+            self.their_heads[doc_id] = tuple(h for h in their_heads or () if isinstance(h, bytes))
             if their_heads is None or sorted(their_heads) != sorted(self.repo.heads(doc_id)):
                 differ.append(doc_id)
         return sorted(differ)
@@ -55,6 +59,7 @@ class PeerSync:
     def reset(self, doc_id: str) -> None:
         """Forget what we believe the peer has (after a rejection or a reconnect)."""
         self._states.pop(doc_id, None)
+        self.their_heads.pop(doc_id, None)
 
     def _state(self, doc_id: str) -> SyncState:
         state = self._states.get(doc_id)
@@ -120,6 +125,7 @@ class PeerSync:
             raise
         if final:
             self.repo.apply_verified(doc_id, verified, raw, self._state(doc_id))
+            self.their_heads[doc_id] = tuple(parsed.heads)
         else:
             self.repo.apply_verified(doc_id, verified, None, None)
         self.accepted += len(verified.changes)

@@ -45,6 +45,7 @@ FEATURES: list[str] = [
     "node.discovery:create",
     "node.pairing:create",
     "node.backup.feature:feature",
+    "node.web.feature:create",
 ]
 
 

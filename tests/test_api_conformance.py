@@ -39,6 +39,11 @@ EXPECTED_PUBLIC = {
     ("GET", "/health"),  # liveness, constant answer
     ("GET", "/v1/peer"),  # peer WebSocket, authenticates by device-key handshake
     ("GET", "/v1/pair"),  # pairing WebSocket: handshake + one-time code + owner's SAS check
+    ("GET", "/ui/login"),  # web page login form: a fixed file, no data (SPEC-003 §11.1)
+    ("POST", "/ui/login"),  # the owner's token for a login cookie (SPEC-003 §11.2)
+    ("GET", "/ui/static/style.css"),  # the login form's fixed files, no data (§11.1)
+    ("GET", "/ui/static/login.js"),
+    ("GET", "/ui/static/icon.svg"),
 }
 
 
@@ -94,7 +99,9 @@ def concrete_path(route: web.AbstractRoute) -> str:
         return info["path"]
     formatter, pattern = info["formatter"], info["pattern"]
     names = re.findall(r"{(\w+)}", formatter)
-    for sample in ("1", "x", "00000000-0000-0000-0000-000000000000", "a" * 64):
+    # SPEC-004 ids: session (26 base32), lease (32 hex), journal entry (SPEC-005 §10.1)
+    for sample in ("1", "x", "00000000-0000-0000-0000-000000000000", "a" * 64, "a" * 26,
+                   "a" * 32, "journal-202601-AAAAAAAAAA"):
         path = formatter.format(**dict.fromkeys(names, sample))
         if pattern.fullmatch(path):
             return path

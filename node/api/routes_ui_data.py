@@ -1,0 +1,76 @@
+"""Data routes the web page needs beyond the rest of the API: documents and live events.
+
+Both are ordinary private ``/v1`` routes (a CLI or script with the bearer token may use them
+too): ``GET /v1/documents`` (SPEC-003 §11.8) and the ``GET /v1/live`` event stream (§11.7).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from aiohttp import web
+
+from ..web.documents import describe, document_ids
+from .middleware import PRINCIPAL_KEY, QUERY_KEY
+from .problem import Problem
+from .routes import RouteTable
+from .routes_devices import REPO_KEY
+from .routes_peers import PEERS_KEY
+from .routes_ui import WEB_KEY
+
+ui_data_routes = RouteTable("ui-data")
+
+PAGE_QUERY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+        "cursor": {"type": "string", "maxLength": 40},
+    },
+}
+
+
+def _page(ids: list[str], query: dict) -> tuple[list[str], str | None]:
+    """Offset pagination behind an opaque cursor (SPEC-003 §7.6)."""
+    limit = query.get("limit", 50)
+    start = 0
+    if query.get("cursor"):
+        try:
+            start = int(base64.urlsafe_b64decode(query["cursor"].encode()).decode())
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise Problem(400, "Bad cursor", "the cursor is not one this node issued") from None
+        if start < 0:
+            raise Problem(400, "Bad cursor", "the cursor is not one this node issued")
+    end = start + limit
+    cursor = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(ids) else None
+    return ids[start:end], cursor
+
+
+@ui_data_routes.get("/v1/documents", query_schema=PAGE_QUERY)
+async def documents(request: web.Request) -> web.Response:
+    """Documents with their heads, change count, stored size and sync state per peer."""
+    repo = request.app.get(REPO_KEY)
+    if repo is None:
+        raise Problem(503, "Documents unavailable", "this node has no document repository")
+    ids, cursor = _page(document_ids(repo), request[QUERY_KEY])
+    peers = request.app.get(PEERS_KEY)
+    return web.json_response({
+        "documents": [describe(repo, peers, doc_id) for doc_id in ids],
+        "cursor": cursor,
+    })
+
+
+@ui_data_routes.get("/v1/live", streaming=True)
+async def live(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: a document changed, a peer connected or left (ids only)."""
+    page = request.app.get(WEB_KEY)
+    if page is None:
+        raise Problem(503, "Live events unavailable", "this node runs without the web page")
+    principal = request[PRINCIPAL_KEY]
+    owner = principal.id.removeprefix("browser:") if principal.id.startswith("browser:") else None
+    if owner is None:
+        return await page.hub.serve(request, None, lambda: True)
+    return await page.hub.serve(
+        request, owner, lambda: page.logins.by_label(owner) is not None
+    )

@@ -1,0 +1,434 @@
+// The maia-node page: reads the /v1 API with the login cookie, writes with the CSRF header,
+// and refreshes the panels a live event (GET /v1/live, server-sent events) says changed.
+// Everything from the node is put on the page with textContent, never parsed as HTML.
+"use strict";
+
+const state = {
+  csrf: null,
+  names: new Map(),      // device id -> name, from /v1/devices
+  connected: new Set(),  // device ids connected now, from /v1/peers
+  status: null,
+  liveOpenedOnce: false,
+};
+
+// -- talking to the node -------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem || {};
+  }
+}
+
+function toLogin() {
+  window.location.replace("/ui/login");
+}
+
+async function api(method, path, body) {
+  const headers = {"Accept": "application/json"};
+  if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = state.csrf || "";
+  const init = {method, headers, credentials: "same-origin", cache: "no-store"};
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  let data = null;
+  try { data = await resp.json(); } catch (_) { /* empty or not JSON */ }
+  if (resp.status === 401) {
+    toLogin();
+  }
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return data;
+}
+
+// A route another feature provides may be missing on this node: null instead of failing.
+async function optional(path) {
+  try {
+    return await api("GET", path);
+  } catch (err) {
+    if (err instanceof ApiError && err.status !== 401) return null;
+    throw err;
+  }
+}
+
+// -- small DOM helpers ---------------------------------------------------------------------------
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props || {})) {
+    if (value === undefined || value === null) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function fill(id, items, emptyText) {
+  const list = document.getElementById(id);
+  list.replaceChildren(...(items.length ? items : [el("li", {class: "empty", text: emptyText})]));
+}
+
+function badge(text, kind) {
+  return el("span", {class: `badge ${kind || ""}`.trim(), text});
+}
+
+function setCount(id, n) {
+  document.getElementById(id).textContent = n === null || n === undefined ? "" : String(n);
+}
+
+function shortId(id) {
+  if (!id) return "";
+  const groups = id.split("-");
+  return groups.length > 2 ? `${groups[0]}-${groups[1]}…` : id;
+}
+
+function nameOf(id) {
+  return state.names.get(id) || shortId(id);
+}
+
+function toEpoch(value) {
+  if (value === null || value === undefined || value === "") return null;
+  if (typeof value === "number") return value;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? null : ms / 1000;
+}
+
+function ago(value) {
+  const t = toEpoch(value);
+  if (t === null) return "never";
+  const s = Math.round(Date.now() / 1000 - t);
+  if (s < 0) return inFuture(-s);
+  if (s < 5) return "just now";
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+
+function inFuture(s) {
+  if (s < 60) return `in ${s} s`;
+  if (s < 3600) return `in ${Math.floor(s / 60)} min`;
+  if (s < 86400) return `in ${Math.floor(s / 3600)} h`;
+  return `in ${Math.floor(s / 86400)} d`;
+}
+
+function timeEl(value) {
+  const t = toEpoch(value);
+  const node = el("time", {text: ago(value), "data-epoch": t === null ? "" : String(t)});
+  if (t !== null) node.title = new Date(t * 1000).toLocaleString();
+  return node;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function notAvailable(id, what) {
+  fill(id, [], `not available: ${what}`);
+}
+
+// -- panels --------------------------------------------------------------------------------------
+async function refreshStatus() {
+  const [status, devices, peers] = await Promise.all([
+    api("GET", "/v1/status"),
+    api("GET", "/v1/devices"),
+    api("GET", "/v1/peers"),
+  ]);
+  state.status = status;
+  state.names = new Map(devices.devices.map((d) => [d.device_id, d.name || shortId(d.device_id)]));
+  state.connected = new Set(peers.peers.filter((p) => p.connected).map((p) => p.device_id));
+  document.getElementById("node-name").textContent = status.name || "";
+  document.title = `maia-node · ${status.name || shortId(status.device_id)}`;
+  document.getElementById("device-id").textContent = status.device_id;
+  document.getElementById("mesh-id").textContent = status.mesh ? status.mesh.id.slice(0, 16) : "none";
+  renderDevices(devices.devices);
+  renderPeers(peers.peers);
+  renderNearby(status.discovery);
+  renderCortices(status.routing);
+  renderBackups(status.backup);
+  await refreshSessions(status.sessions);
+}
+
+function renderDevices(devices) {
+  setCount("devices-count", devices.filter((d) => d.status === "member").length);
+  fill("devices", devices.map((d) => {
+    let where;
+    if (d.this_device) where = badge("this device", "self");
+    else if (d.status === "revoked") where = badge("revoked", "bad");
+    else if (state.connected.has(d.device_id)) where = badge("connected", "good");
+    else where = badge("offline", "off");
+    const seen = d.this_device ? null : el("span", {class: "meta"}, "last seen ", timeEl(d.last_seen));
+    return el("li", {class: "device", "data-device-id": d.device_id, "data-status": d.status},
+      el("div", {class: "line"}, el("strong", {text: d.name || "(unnamed)"}), where),
+      el("div", {class: "meta"}, el("code", {text: d.device_id, class: "id"})),
+      seen);
+  }), "no devices");
+}
+
+function renderPeers(peers) {
+  fill("peers", peers.map((p) => {
+    const name = p.device_id ? nameOf(p.device_id) : p.address;
+    const state_ = p.connected ? badge("connected", "good") : badge("not connected", "off");
+    const details = [];
+    if (p.address) details.push(p.address);
+    if (p.changes_accepted) details.push(`${plural(p.changes_accepted, "change")} received`);
+    if (p.messages_rejected) details.push(`${p.messages_rejected} rejected`);
+    return el("li", {class: "peer", "data-device-id": p.device_id || ""},
+      el("div", {class: "line"}, el("strong", {text: name}), state_),
+      el("div", {class: "meta", text: details.join(" · ")}),
+      p.connected ? el("div", {class: "meta"}, "connected ", timeEl(p.connected_since))
+        : el("div", {class: "meta"}, "last seen ", timeEl(p.last_seen)),
+      p.last_error ? el("div", {class: "meta warn", text: p.last_error}) : null);
+  }), "no peers yet: add one with maia peer add HOST:PORT, or let discovery find them");
+}
+
+function renderNearby(discovery) {
+  if (!discovery) return notAvailable("nearby", "this node runs without discovery");
+  if (!discovery.enabled) return fill("nearby", [], "discovery (mDNS) is off on this node");
+  fill("nearby", (discovery.nearby || []).map((n) => el("li", {class: "nearby"},
+    el("div", {class: "line"}, el("strong", {text: shortId(n.device_id)}), badge("unpaired", "warn")),
+    el("div", {class: "meta", text: (n.addresses || []).join(", ")}),
+    el("div", {class: "meta", text: `seen ${Math.round(n.seen_seconds_ago || 0)} s ago`}))),
+  "no unpaired node nearby");
+}
+
+async function refreshSessions(section) {
+  if (!section) {
+    notAvailable("sessions", "this node runs without agent sessions");
+    notAvailable("leases", "this node runs without agent sessions");
+    return;
+  }
+  const [sessions, leases] = await Promise.all([
+    optional("/v1/sessions?limit=100"), optional("/v1/leases?limit=100"),
+  ]);
+  if (!sessions) notAvailable("sessions", "the node did not answer");
+  else fill("sessions", sessions.sessions.map((s) => el("li", {class: "session"},
+    el("div", {class: "line"}, el("strong", {text: s.agent || "agent"}),
+      badge(s.local ? "here" : (s.device_name || shortId(s.device)), s.local ? "self" : "")),
+    el("div", {class: "meta", text: [s.repository, s.branch].filter(Boolean).join(" @ ") || s.cwd || ""}),
+    s.task ? el("div", {class: "meta", text: s.task}) : null,
+    el("div", {class: "meta"}, "started ", timeEl(s.started_at), " · seen ", timeEl(s.last_seen)))),
+  "no live session");
+  if (!leases) notAvailable("leases", "the node did not answer");
+  else fill("leases", leases.leases.map((l) => el("li", {class: "lease"},
+    el("div", {class: "line"}, el("code", {text: l.pattern}), badge(l.mode, l.mode === "exclusive" ? "warn" : "")),
+    el("div", {class: "meta", text: `${l.agent || "agent"} on ${l.device_name || shortId(l.device)}` +
+      (l.task ? ` · ${l.task}` : "")}),
+    el("div", {class: "meta"}, "expires ", timeEl(l.expires_at)))),
+  "no lease held");
+}
+
+function renderCortices(routing) {
+  if (!routing) return notAvailable("cortices", "this node runs without cortex routing");
+  const items = [];
+  for (const c of routing.hosted || []) {
+    items.push(el("li", {class: "cortex"},
+      el("div", {class: "line"}, el("strong", {text: c.name}), badge("this node", "self"),
+        c.health && c.health !== "ok" ? badge(String(c.health), "bad") : badge("healthy", "good")),
+      el("div", {class: "meta", text: [c.kind, c.model, c.remote ? "remote provider" : "local"]
+        .filter(Boolean).join(" · ")})));
+  }
+  for (const [dev, names] of Object.entries(routing.peers_hosting || {})) {
+    for (const name of names) {
+      items.push(el("li", {class: "cortex"},
+        el("div", {class: "line"}, el("strong", {text: name}), badge(nameOf(dev), "")),
+        el("div", {class: "meta", text: state.connected.has(dev) ? "reachable" : "peer offline"})));
+    }
+  }
+  fill("cortices", items, "no cortex hosted in the mesh (configure [cortex.*] in config.toml)");
+}
+
+function renderBackups(backup) {
+  if (!backup) return notAvailable("backups", "this node runs without backups");
+  const items = [
+    el("li", {class: "backup"},
+      el("div", {class: "line"}, el("strong", {text: "Last verified"}),
+        backup.last_verified ? badge("verified", "good") : badge("never", "bad")),
+      el("div", {class: "meta"}, timeEl(backup.last_verified))),
+    el("li", {class: "backup"},
+      el("div", {class: "line"}, el("strong", {text: "Last run"}),
+        backup.running ? badge("running", "warn") : null),
+      el("div", {class: "meta"}, timeEl(backup.last_run),
+        backup.runs ? ` · ${backup.runs} runs` : "")),
+    el("li", {class: "backup"},
+      el("div", {class: "line"}, el("strong", {text: "Schedule"}),
+        backup.scheduled ? badge("scheduled", "good") : badge("off", "off")),
+      el("div", {class: "meta", text: backup.target ? `to ${backup.target}` : "no target configured"}),
+      backup.next_run ? el("div", {class: "meta"}, "next ", timeEl(backup.next_run)) : null),
+  ];
+  if (backup.warning) items.push(el("li", {class: "warn-row", text: backup.warning}));
+  if (backup.last_error) items.push(el("li", {class: "warn-row", text: `last error: ${backup.last_error}`}));
+  fill("backups", items, "");
+}
+
+async function refreshMemory() {
+  const data = await api("GET", "/v1/memory?limit=20");
+  setCount("memory-count", state.status ? state.status.memory_entries : data.count);
+  fill("memory", data.entries.map((e) => el("li", {class: "entry", "data-entry-id": e.id},
+    el("p", {class: "text", text: e.text}),
+    el("div", {class: "meta"},
+      badge(e.kind, "kind"), " ",
+      ...(e.tags || []).map((t) => el("span", {class: "tag", text: `#${t}`})),
+      " ", nameOf(e.author), " · ", timeEl(e.created_at)))),
+  "no entries yet");
+}
+
+async function refreshDocuments() {
+  const data = await api("GET", "/v1/documents?limit=100");
+  setCount("documents-count", data.documents.length + (data.cursor ? "+" : ""));
+  fill("documents", data.documents.map((d) => el("li", {class: "document", "data-doc": d.id},
+    el("div", {class: "line"}, el("code", {text: d.id}),
+      el("span", {class: "meta", text: `${plural(d.changes, "change")} · ${bytes(d.size_bytes)}`})),
+    el("div", {class: "meta heads", title: d.heads.join("\n"),
+      text: `heads ${d.heads.map((h) => h.slice(0, 8)).join(" ") || "none"}`}),
+    el("div", {class: "sync"}, ...d.peers.map((p) => badge(`${p.name || shortId(p.device_id)}: ${
+      {in_sync: "in sync", differs: "syncing", unknown: "unknown", offline: "offline"}[p.state] || p.state}`,
+    {in_sync: "good", differs: "warn", unknown: "", offline: "off"}[p.state] || ""))))),
+  "no documents");
+}
+
+// -- refresh scheduling --------------------------------------------------------------------------
+const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments};
+const pending = new Set();
+let timer = null;
+let running = false;
+
+function schedule(...panels) {
+  for (const p of panels) pending.add(p);
+  if (timer === null) timer = setTimeout(runRefresh, 150);
+}
+
+async function runRefresh() {
+  timer = null;
+  if (running) { schedule(); return; }
+  running = true;
+  const panels = [...pending];
+  pending.clear();
+  // status first: the other panels use the device names it loads.
+  try {
+    if (panels.includes("status")) await REFRESHERS.status();
+    await Promise.all(panels.filter((p) => p !== "status").map((p) => REFRESHERS[p]()));
+    banner(null);
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) banner(`Could not refresh: ${err.message}`);
+  } finally {
+    running = false;
+  }
+}
+
+function banner(text) {
+  const node = document.getElementById("banner");
+  node.hidden = !text;
+  node.textContent = text || "";
+}
+
+// -- live events ---------------------------------------------------------------------------------
+function setLive(stateName, text) {
+  const node = document.getElementById("live");
+  node.dataset.state = stateName;
+  node.textContent = text;
+}
+
+function connectLive() {
+  const source = new EventSource("/v1/live");
+  source.onopen = () => {
+    setLive("live", "live");
+    if (state.liveOpenedOnce) schedule("status", "memory", "documents");  // missed while away
+    state.liveOpenedOnce = true;
+  };
+  source.addEventListener("doc", (event) => {
+    const {doc} = JSON.parse(event.data);
+    if (doc === "identity") schedule("status", "documents");
+    else schedule("memory", "documents", "status");
+  });
+  source.addEventListener("peer", () => schedule("status", "documents"));
+  source.addEventListener("resync", () => schedule("status", "memory", "documents"));
+  source.onerror = async () => {
+    if (source.readyState !== EventSource.CLOSED) {
+      setLive("connecting", "reconnecting");
+      return;
+    }
+    // Refused (logged out, too many streams, node gone): find out which, then retry.
+    setLive("off", "offline");
+    source.close();
+    try {
+      await api("GET", "/ui/session");
+    } catch (_) { /* 401 already went to the login; otherwise retry below */ }
+    setTimeout(connectLive, 5000);
+  };
+}
+
+// -- actions -------------------------------------------------------------------------------------
+function setupMemoryForm() {
+  const form = document.getElementById("memory-form");
+  const text = document.getElementById("memory-text");
+  const kind = document.getElementById("memory-kind");
+  const tags = document.getElementById("memory-tags");
+  const error = document.getElementById("memory-error");
+  const button = document.getElementById("memory-add");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.hidden = true;
+    const body = {text: text.value.trim(), kind: kind.value};
+    const tagList = [...new Set(tags.value.split(/[\s,]+/).map((t) => t.replace(/^#/, "")).filter(Boolean))];
+    if (tagList.length) body.tags = tagList;
+    if (!body.text) return;
+    button.disabled = true;
+    try {
+      await api("POST", "/v1/memory", body);
+      text.value = "";
+      tags.value = "";
+      schedule("memory", "documents", "status");
+    } catch (err) {
+      const errors = err.problem && err.problem.errors;
+      error.textContent = errors && errors.length ? `${errors[0].path || "entry"}: ${errors[0].message}` : err.message;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+function setupLogout() {
+  document.getElementById("logout").addEventListener("click", async () => {
+    try { await api("POST", "/ui/logout"); } finally { toLogin(); }
+  });
+}
+
+function tickTimes() {
+  for (const node of document.querySelectorAll("time[data-epoch]")) {
+    const t = node.dataset.epoch;
+    if (t) node.textContent = ago(Number(t));
+  }
+}
+
+async function start() {
+  try {
+    const session = await api("GET", "/ui/session");
+    state.csrf = session.csrf_token;
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) banner(`Cannot reach the node: ${err.message}`);
+    return;
+  }
+  setupMemoryForm();
+  setupLogout();
+  schedule("status", "memory", "documents");
+  connectLive();
+  setInterval(tickTimes, 10000);
+  setInterval(() => schedule("status", "documents"), 60000);  // a slow safety net
+}
+
+document.addEventListener("DOMContentLoaded", start);
