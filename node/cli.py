@@ -618,6 +618,7 @@ COMMAND_MODULES: list[str] = [
     "node.cli_pairing",
     "node.cli_service",
     "node.backup.cli",
+    "node.sessions.cli",
 ]
 
 

@@ -46,6 +46,7 @@ FEATURES: list[str] = [
     "node.pairing:create",
     "node.backup.feature:feature",
     "node.web.feature:create",
+    "node.sessions.feature:create",
 ]
 
 

@@ -10,8 +10,7 @@ import urllib.request
 
 from node.api.routes import RouteTable
 from node.features import load_features
-
-PUBLIC = {("GET", "/health"), ("GET", "/v1/peer"), ("GET", "/v1/pair")}
+from tests.test_api_conformance import EXPECTED_PUBLIC as PUBLIC
 
 
 def _node_route_tables() -> list[RouteTable]:

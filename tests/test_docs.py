@@ -57,6 +57,8 @@ def test_documented_command_exists(doc: str, command: str):
     options = _options(parser)
     path: list[str] = []
     for token in tokens:
+        if token == "--":
+            break  # end of maia's options: the rest belongs to the wrapped program (maia run)
         if token.startswith("--"):
             assert token.split("=")[0] in options, f"{doc}: option {token} of `maia {command}`"
             continue

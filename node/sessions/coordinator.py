@@ -1,0 +1,674 @@
+"""The node side of SPEC-004: sessions, what they touch, who overlaps whom, leases and alerts.
+
+One :class:`Coordinator` per node ties the parts together: the :class:`Registry` of local
+sessions, the entity inference of each hook event, the :class:`TagIndex` over every live session
+of the mesh (local ones and those announced by peers), tiered context, conflicts, advisory leases
+with the partition rule, messages, the work journal and the event log. It runs inside the node's
+event loop; every operation is synchronous and small, so a hook call costs well under a
+millisecond of node time. Errors are typed (:class:`NotFound`, :class:`LeaseConflict`, ...) and
+the HTTP routes turn them into problems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import entities, leases
+from .clock import NS, iso, local_time, now_ns
+from .config import SessionsConfig
+from .entities import branch_tag, file_tag, repo_tag
+from .eventlog import EventLog
+from .gitinfo import Locator, read_branch
+from .journal import Journal
+from .leases import Lease
+from .mesh import LiveExchange, OriginState
+from .registry import Registry, Session, new_session_id
+from .tiers import CONFLICT, DETAIL, NONE, Record, TagIndex, assemble, clip, overlaps, render
+
+log = logging.getLogger(__name__)
+
+ALERT_REPEAT_NS = 10 * 60 * NS  # §7.2
+REINJECT_NS = 5 * 60 * NS  # §6.4
+TICK_S = 0.2  # event log flush (§3.5) and housekeeping cadence
+PRUNE_EVERY_S = 3600.0
+MESSAGE_TOKENS = 100
+OWNER = "owner"
+
+
+class CoordinatorError(Exception):
+    """Base of the errors the routes turn into problem+json answers."""
+
+
+class NotFound(CoordinatorError):
+    pass
+
+
+class Invalid(CoordinatorError):
+    pass
+
+
+class Overloaded(CoordinatorError):
+    pass
+
+
+class LeaseConflict(CoordinatorError):
+    def __init__(self, holder: Lease) -> None:
+        super().__init__(f"lease {holder.id} on {holder.pattern} is held by another session")
+        self.holder = holder
+
+
+class Coordinator:
+    def __init__(self, node: Any, config: SessionsConfig) -> None:
+        self.cfg = config
+        self.key = node.key
+        self.device = node.key.device_id
+        self.repo = node.repo
+        self._config_name = node.config.name
+        self.registry = Registry()
+        self.events = EventLog(node.store, self.device)
+        self.journal = Journal(node.memory)
+        self.locator = Locator()
+        self.index = TagIndex()
+        self.records: dict[str, Record] = {}  # every live session: local and fresh remote
+        self.remote: dict[str, dict[str, Any]] = {}  # remote session id -> validated record
+        self._owner: dict[str, bytes] = {}  # remote session id -> origin key
+        self._origin_sessions: dict[bytes, set[str]] = {}
+        self.local_leases: dict[str, Lease] = {}
+        self._won_alerted: set[tuple[str, str]] = set()
+        self.owner_inbox: deque[dict[str, Any]] = deque(maxlen=256)
+        self.live = LiveExchange(
+            node.peers, node.repo, node.key, self._live_body, self._on_state, self._on_message,
+            interval=config.heartbeat_s,
+        )
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.live.setup()
+
+    async def start(self) -> None:
+        await self.live.start()
+        self._task = asyncio.create_task(self._housekeeping(), name="sessions-housekeeping")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self.live.stop()
+        with contextlib.suppress(Exception):
+            self.events.flush()
+
+    @property
+    def device_name(self) -> str:
+        return self.repo.roster.members.get(self.key.public_key) or self._config_name
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_sweep = last_prune = last_refresh = loop.time()
+        with contextlib.suppress(Exception):
+            self.events.prune()
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.events.flush()
+                now = now_ns()
+                self._expire_sessions(now)
+                self._drop_stale_origins()
+                t = loop.time()
+                if t - last_sweep >= self.cfg.lease_sweep_s:
+                    last_sweep = t
+                    self._sweep_leases(now)
+                if t - last_refresh >= 60:
+                    last_refresh = t
+                    for s in list(self.registry.sessions.values()):
+                        self._refresh(s)
+                if t - last_prune >= PRUNE_EVERY_S:
+                    last_prune = t
+                    removed = self.events.prune()
+                    if removed:
+                        log.info("pruned %d old session events", removed)
+            except Exception:
+                log.exception("session housekeeping failed; will retry")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "local_sessions": len(self.registry),
+            "remote_sessions": sum(1 for r in self.records.values() if not r.local),
+            "local_leases": len(self.local_leases),
+            "origins": len(self.live.origins),
+        }
+
+    # -- sessions --------------------------------------------------------------------------------
+    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """SPEC-004 §2.2. Returns the one answer that carries the token."""
+        if self.registry.full():
+            raise Overloaded("this node already holds 256 live sessions")
+        now = now_ns()
+        cwd = os.path.normpath(body["cwd"])
+        info = self.locator.repo_for_dir(cwd) if os.path.isdir(cwd) else None
+        repository = body.get("repository") or (info.repository if info else "")
+        branch = body.get("branch") or (info.branch if info else "")
+        s = Session(
+            id=new_session_id(), agent=body["agent"], pid=int(body.get("pid", 0)), cwd=cwd,
+            repository=repository, branch=branch, task=body.get("task", "")[:200],
+            cli_session_id=body.get("cli_session_id", ""), device=self.device,
+            device_name=self.device_name, started_ns=now, last_seen_ns=now,
+        )
+        if repository:
+            s.touch_tags([repo_tag(repository)], now)
+            if branch:
+                s.touch_tags([branch_tag(repository, branch)], now)
+        token = self.registry.add(s)
+        self.events.append("session_started", s.id, {
+            "agent": s.agent, "pid": s.pid, "repository": repository, "branch": branch,
+        })
+        self._refresh(s)
+        out: dict[str, Any] = {
+            "session_id": s.id,
+            "token": token,
+            "heartbeat_s": _seconds(self.cfg.heartbeat_s),
+            "expires_after_s": _seconds(self.cfg.expires_after_s),
+        }
+        if body.get("event"):
+            out["answer"] = self.hook(s.id, body["event"])
+        return out
+
+    def session(self, session_id: str) -> Session:
+        s = self.registry.get(session_id)
+        if s is None:
+            raise NotFound(session_id)
+        return s
+
+    def heartbeat(self, session_id: str) -> dict[str, Any]:
+        s = self.session(session_id)
+        s.last_seen_ns = now_ns()
+        return {"session_id": s.id, "expires_after_s": _seconds(self.cfg.expires_after_s)}
+
+    def end(self, session_id: str, status: str = "ended", reason: str = "") -> bool:
+        """End a local session (§2.7) or expire it (§2.6): token dead, leases released."""
+        s = self.registry.remove(session_id, status)
+        if s is None:
+            return False
+        kind = "heartbeat_lost" if status == "expired" else "session_ended"
+        self.events.append(kind, s.id, {"reason": reason or status})
+        for lease in [x for x in self.local_leases.values() if x.session == s.id]:
+            del self.local_leases[lease.id]
+            self.events.append("lease_released", s.id, {
+                "lease": lease.id, "pattern": lease.pattern, "reason": f"session {status}",
+            })
+        self.index.drop(s.id)
+        self.records.pop(s.id, None)
+        if self.cfg.journal_session_end and s.modified:
+            self._journal_session_end(s)
+        self.live.changed()
+        return True
+
+    def _journal_session_end(self, s: Session) -> None:
+        files = [entities.tag_label(f) for f in reversed(s.modified)][:10]
+        more = len(s.modified) - len(files)
+        text = (f"{s.agent} on {s.device_name} ({'task: ' + s.task if s.task else 'no task'}) "
+                f"modified {len(s.modified)} file(s): {', '.join(files)}"
+                + (f" and {more} more" if more > 0 else ""))
+        try:
+            self.journal.add("achievement", text, self._project(s), session=s.id, agent=s.agent,
+                             source="session-end")
+        except Exception:
+            log.exception("could not journal the end of session %s", s.id)
+
+    def _project(self, s: Session) -> str:
+        return s.repository or f"local:{s.cwd}"
+
+    def _expire_sessions(self, now: int) -> None:
+        limit = int(self.cfg.expires_after_s * NS)
+        for s in list(self.registry.sessions.values()):
+            if now - s.last_seen_ns > limit:
+                log.info("session %s (%s) expired: no heartbeat or hook call", s.id, s.agent)
+                self.end(s.id, "expired", "no heartbeat or hook call")
+
+    def _refresh(self, s: Session) -> None:
+        """Bring a local session's tiering record and index entry up to date, and announce."""
+        now = now_ns()
+        tags = s.effective_tags(now)
+        rec = Record(
+            id=s.id, agent=s.agent, device=s.device, device_name=s.device_name, task=s.task,
+            branch=s.branch, repository=s.repository, recent_action=s.recent_action,
+            last_active_ns=s.last_seen_ns, tags=frozenset(tags), modified=frozenset(s.modified),
+            local=True,
+        )
+        self.records[s.id] = rec
+        self.index.put(s.id, rec.tags)
+        self.live.changed()
+
+    # -- hook events (§11.2) ---------------------------------------------------------------------
+    def hook(self, session_id: str, ev: dict[str, Any]) -> dict[str, Any]:
+        s = self.session(session_id)
+        now = now_ns()
+        s.last_seen_ns = now
+        kind = ev["event"]
+        if kind == "session_end":
+            self.end(s.id, "ended", "session end")
+            return {"decision": "allow"}
+        if kind == "pre_tool":
+            if ev.get("action") == "edit":
+                reason = self._lease_denial(s, ev.get("paths", []), now)
+                if reason:
+                    return {"decision": "deny", "reason": reason}
+                warning = self._pre_edit_warning(s, ev.get("paths", []), now)
+                if warning:
+                    return {"decision": "allow", "context": warning}
+            return {"decision": "allow"}
+        context = ""
+        if kind == "post_tool":
+            self._apply(s, ev, now)
+            context = self._context(s, now)
+        elif kind == "prompt":
+            prompt = (ev.get("prompt") or "").strip()
+            if prompt and not s.task:
+                s.task = prompt.splitlines()[0][:120]
+                self._refresh(s)
+            context = self._context(s, now)
+        elif kind == "stop":
+            message = " ".join((ev.get("message") or "").split())
+            previous = s.recent_action.removeprefix("finished a turn; last: ")
+            s.recent_action = (f"finished a turn: {message}" if message
+                               else f"finished a turn; last: {previous}" if previous
+                               else "finished a turn")[:200]
+            s.recent_action_ns = now
+            self._refresh(s)
+        elif kind == "session_start":
+            digest = self.journal.digest(self._project(s), self.cfg.budget)
+            context = "\n\n".join(x for x in (digest, self._context(s, now)) if x)
+        answer: dict[str, Any] = {"decision": "allow"}
+        if context:
+            answer["context"] = context
+        return answer
+
+    def _apply(self, s: Session, ev: dict[str, Any], now: int) -> None:
+        facts = entities.infer(ev, self.locator)
+        s.touch_tags([repo_tag(r) for r in facts.repositories], now)
+        if facts.reads:
+            self.events.append("file_read", s.id, {"files": facts.reads[:16]})
+            s.touch_tags(facts.reads, now)
+        if facts.modified:
+            self.events.append("file_modified", s.id, {"files": facts.modified[:16]})
+            s.touch_tags(facts.modified, now)
+            s.touch_modified(facts.modified, now)
+        if facts.hosts:
+            self.events.append("host_reached", s.id, {"hosts": facts.hosts[:16]})
+            s.touch_tags([entities.host_tag(h) for h in facts.hosts], now)
+        if facts.git:
+            self.events.append("git_activity", s.id, {"operations": facts.git[:16]})
+            for directory in facts.git_dirs or [s.cwd]:
+                info = self.locator.repo_for_dir(os.path.normpath(directory))
+                if info is not None and info.repository == s.repository:
+                    s.branch = read_branch(info.git_dir) or s.branch
+                    s.touch_tags([branch_tag(s.repository, s.branch)], now)
+        if facts.action:
+            s.recent_action, s.recent_action_ns = facts.action, now
+        self._refresh(s)
+        if facts.modified:
+            self._note_conflicts_of(s, facts.modified, now)
+
+    # -- conflicts (§7) --------------------------------------------------------------------------
+    def _record_conflict(self, s: Session, other: Record, f: str, now: int) -> None:
+        key = (other.id, f)
+        if now - s.conflicts.get(key, -ALERT_REPEAT_NS) < ALERT_REPEAT_NS:
+            return
+        s.conflicts[key] = now
+        self.events.append("conflict", s.id, {
+            "with": other.id, "agent": other.agent, "device": other.device, "file": f,
+        })
+
+    def _note_conflicts_of(self, s: Session, files: list[str], now: int) -> None:
+        """S modified ``files``: record a conflict for S and each local O that modified one."""
+        me = self.records.get(s.id)
+        for f in files:
+            for oid in list(self.index.by_tag.get(f, ())):
+                other = self.records.get(oid)
+                if oid == s.id or other is None or f not in other.modified:
+                    continue
+                self._record_conflict(s, other, f, now)
+                local_other = self.registry.get(oid)
+                if local_other is not None and me is not None:
+                    self._record_conflict(local_other, me, f, now)
+
+    def _context(self, s: Session, now: int) -> str:
+        """Pending alerts, messages and overlaps not yet told, within the budget (§6.2, §6.4)."""
+        budget = self.cfg.budget
+        items: list[tuple[str, Callable[[], None]]] = []
+        for alert in list(s.alerts):
+            items.append((clip(alert, budget.conflict), lambda a=alert: s.alerts.remove(a)))
+        for msg in list(s.inbox):
+            text = (f"message from {msg['from_agent']} on {msg['from_device_name']} "
+                    f"({msg['from']}): {msg['text']}")
+            items.append((clip(text, MESSAGE_TOKENS), lambda m=msg: s.inbox.remove(m)))
+        me = self.records.get(s.id)
+        seen: set[str] = set()
+        for ov in overlaps(me, self.records, self.index) if me else []:
+            o = ov.other
+            seen.add(o.id)
+            if ov.tier == CONFLICT:
+                fresh = [f for f in ov.files
+                         if now - s.alerted.get((o.id, f), -ALERT_REPEAT_NS) >= ALERT_REPEAT_NS]
+                if not fresh:
+                    continue
+                ov.files = fresh
+                for f in fresh:  # the event is recorded when the conflict is found
+                    self._record_conflict(s, o, f, now)
+
+                def told(o=o, fresh=fresh) -> None:
+                    for f in fresh:
+                        s.alerted[(o.id, f)] = now
+                    s.injected[o.id] = (CONFLICT, o.recent_action, now)
+
+                items.append((render(me, ov, budget), told))
+                continue
+            last = s.injected.get(o.id)
+            if last is not None and ov.tier < last[0]:
+                s.injected[o.id] = last = (ov.tier, last[1], last[2])
+            due = (last is None or ov.tier > last[0] or (
+                ov.tier >= DETAIL and o.recent_action != last[1] and now - last[2] >= REINJECT_NS
+            ))
+            if due:
+                def told(o=o, tier=ov.tier) -> None:
+                    s.injected[o.id] = (tier, o.recent_action, now)
+
+                items.append((render(me, ov, budget), told))
+        for gone in [oid for oid in s.injected if oid not in seen]:
+            del s.injected[gone]
+        text, included = assemble([t for t, _ in items], budget)
+        for i in included:
+            items[i][1]()
+        return text
+
+    def _pre_edit_warning(self, s: Session, paths: list[str], now: int) -> str:
+        """SPEC-004 §7.4: before S edits a file another live session modified."""
+        budget = self.cfg.budget
+        warnings: list[str] = []
+        for path in paths:
+            repository, rel = self.locator.locate(path)
+            if not rel:
+                continue
+            f = file_tag(repository, rel)
+            for oid in list(self.index.by_tag.get(f, ())):
+                o = self.records.get(oid)
+                if oid == s.id or o is None or f not in o.modified:
+                    continue
+                if now - s.warned.get((oid, f), -ALERT_REPEAT_NS) < ALERT_REPEAT_NS:
+                    continue
+                s.warned[(oid, f)] = now
+                name = entities.tag_label(f)
+                warnings.append(clip(
+                    f"{o.agent} on {o.device_name} (device {o.device}, session {o.id}) already "
+                    f"modified {name} (task: {o.task or 'none given'}). Editing it too makes a "
+                    f"conflict: coordinate first (maia send {o.id} \"...\") or claim it "
+                    f"(maia claim {name}).", budget.conflict))
+        text, _ = assemble(warnings, budget, header="[maia-node] before you edit:")
+        return text
+
+    # -- remote state (§4) -----------------------------------------------------------------------
+    def _live_body(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        now = now_ns()
+        sessions = [s.record(now) for s in self.registry.sessions.values()]
+        held = [x.record() for x in self.local_leases.values() if x.in_force(now)]
+        return sessions, held
+
+    def _on_state(self, state: OriginState) -> None:
+        now = now_ns()
+        new_ids: set[str] = set()
+        for rec in state.sessions:
+            sid = rec["id"]
+            if sid in self.registry.sessions:
+                continue  # never let a peer shadow a local session
+            owner = self._owner.get(sid)
+            if owner is not None and owner != state.key:
+                continue
+            self._owner[sid] = state.key
+            self.remote[sid] = rec
+            r = Record(
+                id=sid, agent=rec["agent"], device=rec["device"],
+                device_name=rec["device_name"], task=rec["task"], branch=rec["branch"],
+                repository=rec["repository"], recent_action=rec["recent_action"],
+                last_active_ns=rec["last_seen_ns"], tags=frozenset(rec["tags"]),
+                modified=frozenset(rec["modified"]), local=False,
+            )
+            self.records[sid] = r
+            self.index.put(sid, r.tags)
+            new_ids.add(sid)
+            for f in r.modified:
+                for lid in list(self.index.by_tag.get(f, ())):
+                    local = self.registry.get(lid)
+                    if local is not None and f in local.modified:
+                        self._record_conflict(local, r, f, now)
+        for sid in self._origin_sessions.get(state.key, set()) - new_ids:
+            self._forget_remote(sid)
+        self._origin_sessions[state.key] = new_ids
+        self._settle_leases(now)
+
+    def _forget_remote(self, sid: str) -> None:
+        self.records.pop(sid, None)
+        self.remote.pop(sid, None)
+        self._owner.pop(sid, None)
+        self.index.drop(sid)
+
+    def _drop_stale_origins(self) -> None:
+        """§4.5: an origin not refreshed for ``live_stale_s`` has no live sessions here."""
+        for key, state in self.live.origins.items():
+            ids = self._origin_sessions.get(key)
+            if ids and not state.fresh(self.cfg.live_stale_s):
+                log.info("live state of %s is stale; its sessions are gone", state.device_id)
+                for sid in ids:
+                    self._forget_remote(sid)
+                self._origin_sessions[key] = set()
+
+    # -- leases (§8, §9) -------------------------------------------------------------------------
+    def _known_leases(self) -> list[Lease]:
+        known = list(self.local_leases.values())
+        for state in self.live.origins.values():
+            known.extend(state.leases)  # remembered even when the origin is unreachable (§9.2)
+        return known
+
+    def leases_in_force(self, now: int | None = None) -> list[Lease]:
+        kept, _ = leases.resolve(self._known_leases(), now or now_ns())
+        return kept
+
+    def _settle_leases(self, now: int) -> None:
+        """§9.3: drop local leases that lost; tell both holders (loser here, winner there)."""
+        _, lost = leases.resolve(self._known_leases(), now)
+        changed = False
+        for loser, winner in lost:
+            if loser.device == self.device and loser.id in self.local_leases:
+                del self.local_leases[loser.id]
+                changed = True
+                self.events.append("lease_lost", loser.session, {
+                    "lease": loser.id, "pattern": loser.pattern, "winner": winner.id,
+                    "winner_device": winner.device,
+                })
+                holder = self.registry.get(loser.session)
+                if holder is not None:
+                    holder.alerts.append(
+                        f"LEASE CONFLICT: your {loser.mode} lease on {loser.pattern} (granted "
+                        f"{iso(loser.granted_ns)}) overlapped {winner.agent} on "
+                        f"{winner.device_name} (device {winner.device})'s {winner.mode} lease on "
+                        f"{winner.pattern}, granted earlier while the devices were apart. Yours "
+                        f"is withdrawn; coordinate with session {winner.session} before editing "
+                        f"those files.")
+            elif winner.device == self.device and (loser.id, winner.id) not in self._won_alerted:
+                if len(self._won_alerted) > 4096:
+                    self._won_alerted.clear()  # old pairs: their leases expired long ago
+                self._won_alerted.add((loser.id, winner.id))
+                holder = self.registry.get(winner.session)
+                if holder is not None:
+                    holder.alerts.append(
+                        f"LEASE CONFLICT: {loser.agent} on {loser.device_name} (device "
+                        f"{loser.device}) took a {loser.mode} lease on {loser.pattern} while the "
+                        f"devices were apart; it overlaps your lease on {winner.pattern}. Yours "
+                        f"was granted first and stays in force; theirs is withdrawn. They may "
+                        f"have edited those files: coordinate with session {loser.session}.")
+        if changed:
+            self.live.changed()
+
+    def _sweep_leases(self, now: int) -> None:
+        expired = [x for x in self.local_leases.values() if not x.in_force(now)]
+        for lease in expired:
+            del self.local_leases[lease.id]
+            self.events.append("lease_expired", lease.session, {
+                "lease": lease.id, "pattern": lease.pattern,
+            })
+        if expired:
+            self.live.changed()
+
+    def acquire(self, session_id: str, body: dict[str, Any]) -> Lease:
+        s = self.session(session_id)
+        now = now_ns()
+        try:
+            pattern = leases.check_pattern(body["pattern"])
+        except leases.PatternError as exc:
+            raise Invalid(str(exc)) from None
+        repository = body.get("repository") or s.repository
+        if not repository:
+            raise Invalid("this session is not in a repository; name one with 'repository'")
+        held = [x for x in self.local_leases.values() if x.session == s.id and x.in_force(now)]
+        if len(held) >= leases.MAX_PER_SESSION:
+            raise Invalid(f"a session may hold at most {leases.MAX_PER_SESSION} leases")
+        ttl = int(body.get("ttl_s", leases.DEFAULT_TTL_S))
+        candidate = Lease(
+            id=leases.new_lease_id(), repository=repository, pattern=pattern,
+            mode=body.get("mode", leases.EXCLUSIVE), session=s.id, device=self.device,
+            granted_ns=now, expires_ns=now + ttl * NS, note=body.get("note", ""),
+            agent=s.agent, task=s.task, device_name=self.device_name,
+        )
+        for other in self.leases_in_force(now):
+            if leases.conflicting(other, candidate):
+                self.events.append("lease_denied", s.id, {
+                    "pattern": pattern, "holder_lease": other.id, "holder": other.session,
+                    "holder_device": other.device,
+                })
+                raise LeaseConflict(other)
+        self.local_leases[candidate.id] = candidate
+        self.events.append("lease_granted", s.id, {
+            "lease": candidate.id, "pattern": pattern, "mode": candidate.mode, "ttl_s": ttl,
+        })
+        self.live.changed()
+        return candidate
+
+    def _own_lease(self, lease_id: str, session_id: str | None, *, force: bool = False) -> Lease:
+        lease = self.local_leases.get(lease_id)
+        if lease is None or not lease.in_force(now_ns()):
+            raise NotFound(lease_id)
+        if not force and lease.session != session_id:
+            raise NotFound(lease_id)  # another session's lease: its existence is not revealed
+        return lease
+
+    def renew(self, lease_id: str, session_id: str | None, ttl_s: int) -> Lease:
+        lease = leases.renewed(self._own_lease(lease_id, session_id), now_ns(), ttl_s)
+        self.local_leases[lease.id] = lease
+        self.live.changed()
+        return lease
+
+    def release(self, lease_id: str, session_id: str | None, *, force: bool = False) -> Lease:
+        lease = self._own_lease(lease_id, session_id, force=force)
+        del self.local_leases[lease.id]
+        self.events.append("lease_released", lease.session, {
+            "lease": lease.id, "pattern": lease.pattern, "forced": force and (
+                lease.session != session_id),
+        })
+        self.live.changed()
+        return lease
+
+    def _lease_denial(self, s: Session, paths: list[str], now: int) -> str:
+        """§8.5: the reason to deny an edit of ``paths``, or "" to allow it."""
+        in_force = [x for x in self.leases_in_force(now)
+                    if x.mode == leases.EXCLUSIVE and x.session != s.id]
+        if not in_force:
+            return ""
+        for path in paths:
+            repository, rel = self.locator.locate(path)
+            if not rel or repository == "local":
+                continue
+            for lease in in_force:
+                if lease.repository == repository and leases.covers(lease.pattern, rel):
+                    self.events.append("lease_denied", s.id, {
+                        "path": rel, "holder_lease": lease.id, "holder": lease.session,
+                        "holder_device": lease.device,
+                    })
+                    return deny_reason(rel, lease)
+        return ""
+
+    # -- messages (§14) --------------------------------------------------------------------------
+    async def send_message(self, sender: Session | None, to: str, text: str) -> dict[str, Any]:
+        if to != OWNER and to not in self.records:
+            raise NotFound(to)
+        msg = {
+            "id": secrets.token_hex(16),
+            "from": sender.id if sender else OWNER,
+            "from_agent": sender.agent if sender else OWNER,
+            "from_device_name": self.device_name,
+            "to": to,
+            "text": text,
+            "at": iso(now_ns()),
+        }
+        self._on_message({**msg, "from_device": self.device})
+        if to == OWNER or to not in self.registry.sessions:
+            await self.live.send_message(msg)
+        return {"id": msg["id"], "to": to}
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        if msg["to"] == OWNER:
+            self.owner_inbox.appendleft(msg)
+            return
+        s = self.registry.get(msg["to"])
+        if s is not None:
+            s.inbox.append(msg)
+
+    # -- views (routes) --------------------------------------------------------------------------
+    def overlaps_of(self, session_id: str) -> list[dict[str, Any]]:
+        rec = self.records.get(session_id)
+        if rec is None:
+            raise NotFound(session_id)
+        return [o.as_dict() for o in overlaps(rec, self.records, self.index) if o.tier > NONE]
+
+    def session_view(self, session_id: str) -> dict[str, Any]:
+        now = now_ns()
+        if session_id in self.registry.sessions:
+            view = {**self.registry.sessions[session_id].record(now), "local": True}
+        elif session_id in self.remote:
+            view = {k: v for k, v in self.remote[session_id].items() if k != "last_seen_ns"}
+            view["local"] = False
+        else:
+            raise NotFound(session_id)
+        view["overlaps"] = self.overlaps_of(session_id) if session_id in self.records else []
+        return view
+
+    def sessions_view(self) -> list[dict[str, Any]]:
+        out = [self.session_view(sid) for sid in self.records]
+        out.sort(key=lambda v: (not v["local"], v["device_name"], v["started_at"]))
+        return out
+
+    def lease_view(self, lease: Lease, now: int) -> dict[str, Any]:
+        return {**lease.record(), "local": lease.device == self.device}
+
+
+def _seconds(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def deny_reason(rel: str, lease: Lease) -> str:
+    """The text the model reads when an edit is denied (§8.5): who, where, until when."""
+    note = f" Note: {lease.note}." if lease.note else ""
+    return (
+        f"maia-node: {rel} is under an exclusive lease held by {lease.agent or 'an agent'} on "
+        f"{lease.device_name or 'another device'} (device {lease.device}, session "
+        f"{lease.session}) for task \"{lease.task or 'none given'}\", until "
+        f"{iso(lease.expires_ns)} ({local_time(lease.expires_ns)} local time). Lease {lease.id} "
+        f"covers {lease.pattern}.{note} Work on something else, ask the holder to release it "
+        f"(maia send {lease.session} \"...\"), or wait until it expires."
+    )

@@ -1,0 +1,346 @@
+"""Live exchange of sessions, leases and messages between the mesh's nodes (SPEC-004 §4, §14).
+
+Runtime state travels as signed frames on the peer channel and is never written into a synced
+document. Each origin signs its own state (``{t: "live", body, sig}``), so a node can relay it
+unchanged and a line of nodes (A–B–C) still shares everything; receivers keep the highest
+``seq`` per origin and drop older frames and repeats. Everything in a frame is untrusted input:
+sizes and fields are validated, and paths in it are never used on the local file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from crdt.keys import DeviceKey, device_id, verify_signature
+from crdt.verify import Rejected
+
+from .clock import NS, now_ns, parse_iso
+from .leases import Lease
+from .registry import AGENTS
+
+log = logging.getLogger(__name__)
+
+LIVE_DOMAIN = b"maia-live-v1\x00"
+MSG_DOMAIN = b"maia-msg-v1\x00"
+MAX_BODY = 1024 * 1024
+MAX_SESSIONS = 2048
+MAX_LEASES = 16384
+MAX_TAG = 5000
+MIN_INTERVAL = 0.1  # at most 10 publications per second (§4.2)
+SKEW_WARN_NS = 5 * NS
+_SESSION_ID = re.compile(r"[a-z2-7]{26}")
+_MSG_ID = re.compile(r"[0-9a-f]{32}")
+_SEEN_MESSAGES = 4096
+
+
+def _unpack(body: bytes) -> dict[str, Any]:
+    try:
+        data = msgpack.unpackb(
+            body, raw=False, strict_map_key=True, max_bin_len=MAX_BODY, max_str_len=MAX_BODY,
+            max_array_len=MAX_LEASES, max_map_len=4096, max_ext_len=0,
+        )
+    except Exception as exc:
+        raise Rejected("malformed", f"undecodable live body: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise Rejected("malformed", "a live body is a map")
+    return data
+
+
+def _s(rec: dict[str, Any], name: str, limit: int) -> str:
+    value = rec.get(name, "")
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"field {name} is not a string of at most {limit} characters")
+    return value
+
+
+def _tags(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or len(value) > 256:
+        raise ValueError(f"{name} is a list of at most 256 tags")
+    if not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG for t in value):
+        raise ValueError(f"{name} holds something that is not a tag")
+    return value
+
+
+def validate_session(rec: Any, origin_device: str) -> dict[str, Any]:
+    """A peer's session record (§4.4), checked field by field and rebuilt from known fields."""
+    if not isinstance(rec, dict):
+        raise ValueError("a session record is a map")
+    sid = _s(rec, "id", 26)
+    if not _SESSION_ID.fullmatch(sid):
+        raise ValueError("malformed session id")
+    if _s(rec, "device", 80) != origin_device:
+        raise ValueError("a session's device must be its origin")
+    pid = rec.get("pid", 0)
+    if not isinstance(pid, int) or not 0 <= pid < 2**31:
+        raise ValueError("pid out of range")
+    agent = _s(rec, "agent", 16)
+    out = {
+        "id": sid,
+        "agent": agent if agent in AGENTS else "other",
+        "device": origin_device,
+        "device_name": _s(rec, "device_name", 200),
+        "pid": pid,
+        "repository": _s(rec, "repository", 1024),
+        "branch": _s(rec, "branch", 256),
+        "cwd": _s(rec, "cwd", 4096),
+        "task": _s(rec, "task", 200),
+        "started_at": _s(rec, "started_at", 40),
+        "last_seen": _s(rec, "last_seen", 40),
+        "status": "active",
+        "tags": _tags(rec.get("tags", []), "tags"),
+        "modified": _tags(rec.get("modified", []), "modified"),
+        "recent_action": _s(rec, "recent_action", 200),
+    }
+    out["last_seen_ns"] = parse_iso(out["last_seen"])
+    parse_iso(out["started_at"])
+    return out
+
+
+@dataclass
+class OriginState:
+    """The latest live state of one origin, as received."""
+
+    key: bytes
+    device_id: str
+    seq: int
+    frame: dict[str, Any]
+    sessions: list[dict[str, Any]]
+    leases: list[Lease]
+    received_mono: float = field(default_factory=time.monotonic)
+
+    def fresh(self, stale_s: float) -> bool:
+        return time.monotonic() - self.received_mono < stale_s
+
+
+class LiveExchange:
+    """Publishes this node's live state and keeps every other origin's latest one."""
+
+    def __init__(
+        self,
+        peers: Any,
+        repo: Any,
+        key: DeviceKey,
+        build: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+        on_state: Callable[[OriginState], None],
+        on_message: Callable[[dict[str, Any]], None],
+        *,
+        interval: float = 10.0,
+    ) -> None:
+        self.peers = peers
+        self.repo = repo
+        self.key = key
+        self.build = build
+        self.on_state = on_state
+        self.on_message = on_message
+        self.interval = interval
+        self.origins: dict[bytes, OriginState] = {}
+        self._seq = 0
+        self._last_sent = 0.0
+        self._scheduled: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._periodic: asyncio.Task | None = None
+        self._seen_messages: OrderedDict[str, None] = OrderedDict()
+        self._skew_warned: dict[bytes, float] = {}
+        self.published = 0
+
+    # -- wiring ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.peers.register("live", self._on_live)
+        self.peers.register("msg", self._on_msg)
+        self.peers.on_connected.append(self._on_connected)
+
+    async def start(self) -> None:
+        self._periodic = asyncio.create_task(self._every_interval(), name="live-periodic")
+
+    async def stop(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+        tasks = [*self._tasks, *([self._periodic] if self._periodic else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- publishing ------------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Publish soon: at once after 100 ms of quiet, else coalesced to 10 per second."""
+        if self._scheduled is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._last_sent + MIN_INTERVAL - time.monotonic())
+        self._scheduled = loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._scheduled = None
+        self._spawn(self.publish(), "live-publish")
+
+    async def publish(self) -> int:
+        frame = self.own_frame()
+        self._last_sent = time.monotonic()
+        self.published += 1
+        return await self.peers.broadcast(frame)
+
+    def own_frame(self) -> dict[str, Any]:
+        sessions, leases = self.build()
+        self._seq = max(now_ns(), self._seq + 1)
+        body = self._pack(sessions, leases)
+        while len(body) > MAX_BODY and sessions:
+            sessions = sorted(sessions, key=lambda s: s["started_at"])[1:]  # oldest go first
+            body = self._pack(sessions, leases)
+        return {"t": "live", "body": body, "sig": self._sign(LIVE_DOMAIN, body)}
+
+    def _pack(self, sessions: list[dict[str, Any]], leases: list[dict[str, Any]]) -> bytes:
+        return msgpack.packb(
+            {"v": 1, "origin": self.key.public_key, "seq": self._seq, "sessions": sessions,
+             "leases": leases},
+            use_bin_type=True,
+        )
+
+    def _sign(self, domain: bytes, body: bytes) -> bytes:
+        return self.key.sign(domain + self.repo.mesh_id + body)
+
+    async def _every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.publish()
+            except Exception:
+                log.exception("periodic live publication failed")
+
+    def _on_connected(self, conn: Any) -> None:
+        # Built now, before this connection's first frame is read: the peer must see our state
+        # as it was at the heal (leases that are about to lose included, §9.3), or the winner's
+        # origin could never tell its holder about the conflict.
+        frames = [self.own_frame()] + [
+            state.frame for key, state in self.origins.items() if key != conn.peer_key
+        ]
+        self._spawn(self._greet(conn, frames), f"live-greet-{conn.peer_device_id[:7]}")
+
+    async def _greet(self, conn: Any, frames: list[dict[str, Any]]) -> None:
+        """Own state first, then the latest frame of every other origin we hold (§4.2)."""
+        try:
+            for frame in frames:
+                await conn.send(frame)
+        except Exception as exc:
+            log.debug("live greeting to %s failed: %s", conn.peer_device_id, exc)
+
+    async def _relay(self, frame: dict[str, Any], source: Any) -> None:
+        for conn in list(self.peers.connections.values()):
+            if conn is source:
+                continue
+            with contextlib.suppress(Exception):
+                await conn.send(frame)
+
+    # -- receiving -------------------------------------------------------------------------------
+    def _check_origin(self, frame: dict[str, Any], domain: bytes) -> tuple[dict[str, Any], bytes]:
+        body, sig = frame.get("body"), frame.get("sig")
+        if not isinstance(body, bytes) or not isinstance(sig, bytes) or len(sig) != 64:
+            raise Rejected("malformed", "a signed frame needs a body and a 64-byte sig")
+        if len(body) > MAX_BODY:
+            raise Rejected("too_large", "live body over 1 MiB")
+        data = _unpack(body)
+        origin = data.get("origin")
+        if data.get("v") != 1 or not isinstance(origin, bytes) or len(origin) != 32:
+            raise Rejected("malformed", "unsupported live body")
+        if not verify_signature(origin, domain + self.repo.mesh_id + body, sig):
+            raise Rejected("bad_signature", "live frame signature does not verify")
+        return data, origin
+
+    def _member(self, origin: bytes) -> bool:
+        roster = self.repo.roster
+        if roster.is_member(origin):
+            return True
+        log.info("dropping live state of %s: %s", device_id(origin),
+                 "revoked" if origin in roster.revoked else "not a member")
+        return False
+
+    async def _on_live(self, conn: Any, frame: dict[str, Any]) -> None:
+        data, origin = self._check_origin(frame, LIVE_DOMAIN)
+        if origin == self.key.public_key or not self._member(origin):
+            return
+        seq = data.get("seq")
+        if not isinstance(seq, int) or seq <= 0:
+            raise Rejected("malformed", "live seq must be a positive integer")
+        previous = self.origins.get(origin)
+        if previous is not None and seq <= previous.seq:
+            return  # older or repeated: drop (§4.3)
+        origin_device = device_id(origin)
+        sessions, leases = data.get("sessions"), data.get("leases")
+        if not isinstance(sessions, list) or not isinstance(leases, list):
+            raise Rejected("malformed", "sessions and leases are lists")
+        if len(sessions) > MAX_SESSIONS or len(leases) > MAX_LEASES:
+            raise Rejected("too_large", "too many sessions or leases in a live body")
+        try:
+            checked = [validate_session(s, origin_device) for s in sessions]
+            parsed = [Lease.from_record(x) for x in leases]
+        except ValueError as exc:
+            raise Rejected("malformed", f"live state: {exc}") from None
+        if any(lease.device != origin_device for lease in parsed):
+            raise Rejected("malformed", "a lease's device must be its origin")
+        self._warn_skew(origin, origin_device, seq)
+        state = OriginState(origin, origin_device, seq, frame, checked, parsed)
+        self.origins[origin] = state
+        self._spawn(self._relay(frame, conn), "live-relay")
+        self.on_state(state)
+
+    def _warn_skew(self, origin: bytes, origin_device: str, seq: int) -> None:
+        skew = seq - now_ns()
+        if abs(skew) > SKEW_WARN_NS and time.monotonic() - self._skew_warned.get(origin, -1e9) > 60:
+            self._skew_warned[origin] = time.monotonic()
+            log.warning(
+                "the clock of %s differs from ours by %.1f s; lease order and expiry are only "
+                "fair when clocks roughly agree (SPEC-004 §9.4)", origin_device, skew / NS,
+            )
+
+    # -- messages (§14) --------------------------------------------------------------------------
+    async def send_message(self, body: dict[str, Any]) -> None:
+        raw = msgpack.packb({"v": 1, "origin": self.key.public_key, **body}, use_bin_type=True)
+        self._remember(body["id"])
+        await self.peers.broadcast({"t": "msg", "body": raw, "sig": self._sign(MSG_DOMAIN, raw)})
+
+    def _remember(self, msg_id: str) -> bool:
+        if msg_id in self._seen_messages:
+            return False
+        self._seen_messages[msg_id] = None
+        while len(self._seen_messages) > _SEEN_MESSAGES:
+            self._seen_messages.popitem(last=False)
+        return True
+
+    async def _on_msg(self, conn: Any, frame: dict[str, Any]) -> None:
+        data, origin = self._check_origin(frame, MSG_DOMAIN)
+        if origin == self.key.public_key or not self._member(origin):
+            return
+        try:
+            msg = {
+                "id": _s(data, "id", 32),
+                "from": _s(data, "from", 26),
+                "from_agent": _s(data, "from_agent", 16),
+                "from_device": device_id(origin),
+                "from_device_name": _s(data, "from_device_name", 200),
+                "to": _s(data, "to", 26),
+                "text": _s(data, "text", 2000),
+                "at": _s(data, "at", 40),
+            }
+            parse_iso(msg["at"])
+        except ValueError as exc:
+            raise Rejected("malformed", f"message: {exc}") from None
+        if not _MSG_ID.fullmatch(msg["id"]) or not self._remember(msg["id"]):
+            return
+        self._spawn(self._relay(frame, conn), "msg-relay")
+        self.on_message(msg)
