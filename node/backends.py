@@ -23,6 +23,7 @@ class Backend(Protocol):
     def memory_show(self, entry_id: str) -> dict[str, Any]: ...
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]: ...
+    def memory_delete(self, entry_id: str) -> dict[str, Any]: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def peer_add(self, address: str) -> None: ...
     def peer_remove(self, address: str) -> None: ...
@@ -67,6 +68,9 @@ class ApiBackend:
 
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]:
         return self.c.request("GET", f"/v1/memory/{entry_id}/history")["history"]
+
+    def memory_delete(self, entry_id: str) -> dict[str, Any]:
+        return self.c.request("DELETE", f"/v1/memory/{entry_id}")
 
     def peers(self) -> list[dict[str, Any]]:
         return self.c.request("GET", "/v1/peers")["peers"]
@@ -175,6 +179,14 @@ class OfflineBackend:
 
         try:
             return self.memory.history(entry_id)
+        except EntryNotFound:
+            raise NotFound(entry_id) from None
+
+    def memory_delete(self, entry_id: str) -> dict[str, Any]:
+        from .memory import EntryNotFound
+
+        try:
+            return self.memory.delete(entry_id)
         except EntryNotFound:
             raise NotFound(entry_id) from None
 

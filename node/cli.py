@@ -335,6 +335,9 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
                 raise UserError("say what to change: --text, --add-tag or --remove-tag")
             e = backend.memory_edit(args.id, changes)
             _json(e) if args.json else _say(f"Updated {e['id']}")
+        elif sub == "delete":
+            backend.memory_delete(args.id)
+            _say(f"Deleted {args.id} (on every device; its history keeps who deleted it).")
         elif sub == "history":
             rows = backend.memory_history(args.id)
             if args.json:
@@ -565,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--add-tag", action="append")
     ed.add_argument("--remove-tag", action="append")
     ed.add_argument("--json", action="store_true")
+    de = msub.add_parser("delete", help="forget an entry on every device")
+    de.add_argument("id")
     hi = msub.add_parser("history", help="who changed an entry and when (signed, verified)")
     hi.add_argument("id")
     hi.add_argument("--json", action="store_true")
@@ -617,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES: list[str] = [
     "node.cli_pairing",
     "node.cli_service",
+    "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",
 ]

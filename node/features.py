@@ -44,9 +44,10 @@ class Feature(Protocol):
 FEATURES: list[str] = [
     "node.discovery:create",
     "node.pairing:create",
+    "node.routing.feature:routing_feature",
     "node.backup.feature:feature",
-    "node.web.feature:create",
     "node.sessions.feature:create",
+    "node.web.feature:create",
 ]
 
 

@@ -53,9 +53,14 @@ def shard_of(entry_id: str) -> str:
     return f"memory/{kind}/{year}-{month}/{_B32.index(rand[0]) % BUCKETS}"
 
 
-def _entries_obj(doc: Any) -> bytes | None:
-    got = doc.get(ROOT, "entries")
-    return got[1] if got is not None else None
+def _entries_obj(doc: Any) -> bytes:
+    """Entries live directly in the shard's root map, keyed by entry id.
+
+    The root always exists, so two devices that create the same shard concurrently never
+    race to create a container: a nested ``entries`` map made by both would keep one winner
+    and hide the other device's entries (SPEC-005 §10.2).
+    """
+    return ROOT
 
 
 def _actor_of(obj_id: bytes) -> bytes | None:
@@ -108,8 +113,10 @@ class Memory:
 
     def _reindex(self, doc_id: str) -> None:
         doc = self.repo.open(doc_id).doc
-        obj = _entries_obj(doc)
-        entries = extract(doc, obj) if obj is not None else {}
+        entries = {
+            k: v for k, v in extract(doc, _entries_obj(doc)).items()
+            if isinstance(v, dict) and ENTRY_ID_RE.match(k) and not v.get("deleted_at")
+        }
         prefix = _row_prefix(doc_id)
         with self._env.begin(write=True) as txn:
             # A full refresh of the shard's rows: entries can vanish (quarantine, SPEC-005 §5.10).
@@ -198,8 +205,7 @@ class Memory:
             raise ValueError("nothing to change")
 
         def edit(tx: Transaction) -> None:
-            entries = tx.get(ROOT, "entries")[1]
-            e = tx.get(entries, entry_id)[1]
+            e = tx.get(ROOT, entry_id)[1]
             if text is not None:
                 tx.put(e, "text", ScalarType.Str, text)
             tags = tx.get(e, "tags")[1]
@@ -224,17 +230,38 @@ class Memory:
             self._dirty.add(doc_id)
         return entry
 
+    def delete(self, entry_id: str) -> dict[str, Any]:
+        """Forget an entry: ``deleted_at`` is set (SPEC-005 §10.5) and readers hide it; the
+        signed history stays, so every device agrees it was deleted and by whom."""
+        doc_id = shard_of(entry_id)
+        self.get(entry_id)  # raises EntryNotFound, also for an entry deleted already
+        at = now_iso()
+
+        def edit(tx: Transaction) -> None:
+            e = tx.get(ROOT, entry_id)[1]
+            tx.put(e, "deleted_at", ScalarType.Str, at)
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, at)
+            tx.put(rec, "op", ScalarType.Str, "delete")
+
+        self.repo.change(doc_id, edit)
+        self._dirty.add(doc_id)
+        return {"id": entry_id, "deleted_at": at}
+
     # -- reads -----------------------------------------------------------------------------------
     def get(self, entry_id: str) -> dict[str, Any]:
         doc_id = shard_of(entry_id)
         if self.repo.store.doc_meta(doc_id) is None and not self.repo.is_loaded(doc_id):
             raise EntryNotFound(entry_id)
         doc = self.repo.open(doc_id).doc
-        entries = _entries_obj(doc)
-        got = doc.get(entries, entry_id) if entries is not None else None
-        if got is None:
+        got = doc.get(_entries_obj(doc), entry_id)
+        if got is None or got[0] != ObjType.Map:
             raise EntryNotFound(entry_id)
-        return _public(entry_id, extract(doc, got[1]))
+        entry = extract(doc, got[1])
+        if entry.get("deleted_at"):
+            raise EntryNotFound(entry_id)
+        return _public(entry_id, entry)
 
     def history(self, entry_id: str) -> list[dict[str, Any]]:
         """Who changed the entry and when; the author is read from the signed operation."""
@@ -343,9 +370,7 @@ def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
 
 def _creator(entry_id: str, e: dict[str, Any], at: str, me: str):
     def edit(tx: Transaction) -> None:
-        got = tx.get(ROOT, "entries")
-        entries = got[1] if got is not None else tx.put_object(ROOT, "entries", ObjType.Map)
-        obj = tx.put_object(entries, entry_id, ObjType.Map)
+        obj = tx.put_object(ROOT, entry_id, ObjType.Map)
         tx.put(obj, "text", ScalarType.Str, e["text"])
         tx.put(obj, "kind", ScalarType.Str, e["kind"])
         tx.put(obj, "created_at", ScalarType.Str, at)

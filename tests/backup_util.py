@@ -55,10 +55,8 @@ def entries_of(data: Path) -> dict[str, str]:
             continue
         from automerge.core import ROOT, extract
 
-        got = doc.get(ROOT, "entries")
-        if got is not None:
-            for entry_id, e in extract(doc, got[1]).items():
-                out[entry_id] = e["text"]
+        for entry_id, e in extract(doc, ROOT).items():
+            out[entry_id] = e["text"]
     return out
 
 

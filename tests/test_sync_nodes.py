@@ -109,3 +109,33 @@ def test_dialer_reconnects_with_backoff_when_peer_returns(mesh_factory):
     wait_for(lambda: a.connected(), timeout=20, what="b redialled a")
     e = b.add_memory("after reconnect")
     wait_for(lambda: a.entry(e["id"]) is not None, what="sync after reconnect")
+
+
+def test_two_devices_creating_the_same_shard_both_keep_their_entries(mesh_factory):
+    """SPEC-005 §10.2: entries written concurrently on two devices into one new shard both
+    survive the merge (no container created twice, so no entry is hidden)."""
+    from tests.nodes import cli
+
+    a, b = mesh_factory("a", "b", start=False)
+    # Both write while apart, each creating the same month's note shards for the first time.
+    for node, tag in ((a, "from-a"), (b, "from-b")):
+        for i in range(12):
+            assert cli(node.data_dir, "memory", "add", f"{tag} {i}", "--tag", tag) == 0
+    a.start()
+    b.start()
+    b.add_peer(a)
+    wait_for(lambda: len(a.entries()) == 24 and len(b.entries()) == 24, timeout=30,
+             what="all 24 entries visible on both devices")
+    assert _ids(a) == _ids(b)
+
+
+def test_deleted_entry_disappears_everywhere_with_its_history(mesh_factory):
+    """SPEC-005 §10.5: deleting hides the entry on every device; nothing else is lost."""
+    a, b = mesh_factory("a", "b")
+    b.add_peer(a)
+    wait_for(lambda: a.connected(), what="connected")
+    keep, gone = a.add_memory("keep me")["id"], a.add_memory("forget me")["id"]
+    wait_for(lambda: {keep, gone} <= _ids(b), what="both on b")
+    b.request("DELETE", f"/v1/memory/{gone}")
+    wait_for(lambda: gone not in _ids(a), what="deletion reached a")
+    assert a.entry(gone) is None and keep in _ids(a) and keep in _ids(b)

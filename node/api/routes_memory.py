@@ -141,3 +141,13 @@ async def entry_history(request: web.Request) -> web.Response:
         return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
     except EntryNotFound:
         raise _not_found(entry_id) from None
+
+
+@memory_routes.delete("/v1/memory/{entry_id}")
+async def delete_entry(request: web.Request) -> web.Response:
+    """Forget an entry (hidden everywhere; the signed history records who and when)."""
+    entry_id = request.match_info["entry_id"]
+    try:
+        return web.json_response(_memory(request).delete(entry_id))
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
