@@ -1,11 +1,12 @@
 """A hostile peer for tests: a real handshake with a chosen device key, then crafted frames.
 
-The client is written from the wire contract (HELLO, AUTH, sealed frames under implicit
-per-direction counters) with the pure key-schedule functions of ``node.transport.crypto``, and
-none of ``SecureChannel``'s sender-side protections, so a test can send what an honest node
-never would: frames over the size limit, bytes that do not decrypt, plaintext that is not
-msgpack. Also here: Automerge change chunks authored by any key, signed batches, and a
-read-only view of a node's LMDB store for "nothing was stored" checks on a running node.
+The client is written from the wire contract (SPEC-005 005.9.2 to 005.9.7: plaintext HELLOs,
+AUTH sealed as frame 0, then sealed frames from counter 1 under implicit per-direction
+counters) with the pure key-schedule functions of ``node.transport.crypto``, and none of
+``SecureChannel``'s sender-side protections, so a test can send what an honest node never
+would: frames over the size limit, bytes that do not decrypt, plaintext that is not msgpack.
+Also here: Automerge change chunks authored by any key, signed batches, and a read-only view
+of a node's LMDB store for "nothing was stored" checks on a running node.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from crdt.keys import DeviceKey, verify_signature
 from node.transport.crypto import auth_message, frame_nonce, session_keys, transcript_hash
 
 WAIT = 5.0  # upper bound on a single wait, so a bug fails a test instead of hanging it
+AUTH_COUNTER = 0  # AUTH is each direction's sealed frame 0 ...
+FIRST_DATA_COUNTER = 1  # ... and the channel's frames continue at 1 (SPEC-005 005.9.5)
 
 
 def pack(obj: Any) -> bytes:
@@ -75,8 +78,8 @@ class HostilePeer:
         self.node_key = node_key
         self._send_box = SecretBox(send_key)
         self._recv_box = SecretBox(recv_key)
-        self._send_counter = 0
-        self._recv_counter = 0
+        self._send_counter = FIRST_DATA_COUNTER
+        self._recv_counter = FIRST_DATA_COUNTER
 
     # -- sending -----------------------------------------------------------------------------
     async def send(self, obj: Any) -> None:
@@ -162,12 +165,14 @@ async def handshake(
     theirs_raw = await binary()
     theirs = unpack(theirs_raw)
     transcript = transcript_hash(ours, theirs_raw)
-    sig = key.sign(auth_message(transcript, initiator=True))
-    await ws.send_bytes(pack({"t": "auth", "sig": sig, "certs": list(certs)}))
-    auth = unpack(await binary())
-    if not verify_signature(theirs["key"], auth_message(transcript, initiator=False), auth["sig"]):
-        raise AssertionError("the node's AUTH does not verify")
     k_i2r, k_r2i = session_keys(eph, theirs["eph"], transcript)
+    sig = key.sign(auth_message(transcript, initiator=True))
+    auth = pack({"t": "auth", "sig": sig, "certs": list(certs)})
+    await ws.send_bytes(SecretBox(k_i2r).encrypt(auth, frame_nonce(AUTH_COUNTER)).ciphertext)
+    their_auth = unpack(SecretBox(k_r2i).decrypt(await binary(), frame_nonce(AUTH_COUNTER)))
+    their_sig = their_auth["sig"]
+    if not verify_signature(theirs["key"], auth_message(transcript, initiator=False), their_sig):
+        raise AssertionError("the node's AUTH does not verify")
     return HostilePeer(ws, k_i2r, k_r2i, theirs["key"])
 
 
@@ -204,8 +209,7 @@ def entry_changes(key: DeviceKey, entry_id: str, texts: Sequence[str]) -> list[C
     (the layout node/memory.py lists), each further one sets its text to the next string."""
     doc = Document(actor_id=key.public_key)
     with doc.transaction() as tx:
-        entries = tx.put_object(ROOT, "entries", ObjType.Map)
-        entry = tx.put_object(entries, entry_id, ObjType.Map)
+        entry = tx.put_object(ROOT, entry_id, ObjType.Map)
         tx.put(entry, "text", ScalarType.Str, texts[0])
         tx.put(entry, "kind", ScalarType.Str, "note")
     for text in texts[1:]:
