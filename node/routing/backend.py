@@ -1,0 +1,328 @@
+"""Model calls on the node that hosts a cortex: ``litellm``, bounded and kept healthy (SPEC-006 §8).
+
+``litellm`` takes seconds to import, so it is loaded lazily in a worker thread: never when the
+node or the CLI starts, and in the background right after start on a node that hosts a cortex.
+Before the import the node pins ``litellm`` to its bundled model-cost map and turns telemetry
+off, so it opens no connection the owner did not configure.
+
+:class:`LocalCortices` runs this node's cortices for local requests and for peers alike: each
+cortex has its own concurrency limit and a bounded wait queue, its health follows recent
+failures, and every error text is redacted of the provider key before it goes anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from .config import Cortex, RoutingSettings
+from .shapes import Garbage, clean_chunk, clean_response, estimate_prompt_tokens
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, Any]  # ("chunk", chunk dict) | ("end", answer dict or None)
+
+# Request fields passed on to the backend; everything else (model, metadata, stream) is ours.
+PASS_THROUGH = (
+    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
+    "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "tools",
+    "tool_choice", "parallel_tool_calls", "response_format", "stream_options", "logprobs",
+    "top_logprobs", "reasoning_effort", "modalities", "audio",
+)
+DETAIL_LIMIT = 300
+FAILURES_TO_UNHEALTHY = 3
+FAILURE_WINDOW = 60.0
+CHUNK_IDLE_LIMIT = 60.0
+QUEUE_FACTOR = 4
+_QUIET_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "openai")
+
+_litellm: Any = None
+_import_lock = threading.Lock()
+
+
+class BackendError(Exception):
+    """A call that did not produce an answer; ``code`` is a SPEC-006 §7.2 error code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail[:DETAIL_LIMIT]
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every secret replaced by ``***``, clipped for logs and frames (§9.1)."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
+
+
+def load_litellm() -> Any:
+    """Import and configure ``litellm`` once (blocking: call it from a worker thread)."""
+    global _litellm
+    with _import_lock:
+        if _litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            os.environ.setdefault("LITELLM_TELEMETRY", "False")
+            started = time.monotonic()
+            import litellm
+
+            litellm.telemetry = False
+            litellm.suppress_debug_info = True
+            litellm.drop_params = True
+            for name in _QUIET_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
+            _litellm = litellm
+            log.info("litellm loaded in %.1f s", time.monotonic() - started)
+    return _litellm
+
+
+class LiteLLMBackend:
+    """Calls a cortex's model through ``litellm.acompletion`` (§8.1)."""
+
+    def __init__(self) -> None:
+        self._loading: asyncio.Future | None = None
+
+    async def ready(self) -> Any:
+        """``litellm``, imported in a thread the first time (concurrent callers share it)."""
+        if _litellm is not None:
+            return _litellm
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(asyncio.to_thread(load_litellm))
+        return await asyncio.shield(self._loading)
+
+    def _kwargs(self, cortex: Cortex, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+        kwargs = {k: body[k] for k in PASS_THROUGH if k in body}
+        kwargs.update(
+            model=cortex.model,
+            messages=body["messages"],
+            stream=stream,
+            timeout=cortex.timeout,
+            num_retries=0,  # the router falls back instead (§6.2)
+        )
+        if cortex.api_base:
+            kwargs["api_base"] = cortex.api_base
+        # Local model servers need no key, but OpenAI-style clients insist on one.
+        kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
+        return kwargs
+
+    async def complete(self, cortex: Cortex, body: dict[str, Any]) -> dict[str, Any]:
+        litellm = await self.ready()
+        try:
+            response = await litellm.acompletion(**self._kwargs(cortex, body, False))
+            return clean_response(_as_dict(response), cortex.name)
+        except Garbage as exc:
+            raise BackendError("backend", f"the model answered garbage: {exc}") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _backend_error(exc, cortex) from None
+
+    async def stream(self, cortex: Cortex, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        litellm = await self.ready()
+        try:
+            response = await litellm.acompletion(**self._kwargs(cortex, body, True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _backend_error(exc, cortex) from None
+        try:
+            iterator = response.__aiter__()
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(iterator), CHUNK_IDLE_LIMIT)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise BackendError("timeout", "the model went quiet mid-answer") from None
+                yield clean_chunk(_as_dict(chunk), cortex.name)
+        except Garbage as exc:
+            raise BackendError("backend", f"the model answered garbage: {exc}") from None
+        except (asyncio.CancelledError, BackendError, GeneratorExit):
+            raise
+        except Exception as exc:
+            raise _backend_error(exc, cortex) from None
+        finally:
+            closer = getattr(response, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    async def count_tokens(self, cortex: Cortex, body: dict[str, Any]) -> int:
+        litellm = await self.ready()
+        return await asyncio.to_thread(
+            litellm.token_counter, model=cortex.model, messages=body["messages"]
+        )
+
+
+def _as_dict(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return obj
+    dump = getattr(obj, "model_dump", None)
+    return dump(exclude_none=True) if dump is not None else obj
+
+
+def _backend_error(exc: Exception, cortex: Cortex) -> BackendError:
+    name = type(exc).__name__
+    text = redact(f"{name}: {exc}", [cortex.api_key()])
+    code = "backend"
+    if "ContextWindowExceeded" in name:
+        code = "context_window"
+    elif "Timeout" in name:
+        code = "timeout"
+    elif name in ("BadRequestError", "UnsupportedParamsError"):
+        code = "bad_request"
+    log.warning("cortex %s: backend call failed: %s", cortex.name, text)
+    return BackendError(code, text)
+
+
+class _Slot:
+    """Concurrency and health of one hosted cortex."""
+
+    def __init__(self, cortex: Cortex) -> None:
+        self.cortex = cortex
+        self.semaphore = asyncio.Semaphore(cortex.max_concurrency)
+        self.in_flight = 0
+        self.waiting = 0
+        self.failures: deque[float] = deque(maxlen=FAILURES_TO_UNHEALTHY)
+        self.unhealthy_until = 0.0
+        self.last_error = ""
+
+
+class LocalCortices:
+    """This node's cortices: admission, backend calls, health (SPEC-006 §7.5, §8.3)."""
+
+    def __init__(
+        self,
+        cortices: Iterable[Cortex],
+        settings: RoutingSettings,
+        backend: LiteLLMBackend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend or LiteLLMBackend()
+        self._slots = {c.name: _Slot(c) for c in cortices}
+        self._clock = clock
+        self.on_health_change: list[Callable[[], None]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._slots)
+
+    def names(self) -> list[str]:
+        return list(self._slots)
+
+    def get(self, name: str) -> Cortex | None:
+        slot = self._slots.get(name)
+        return slot.cortex if slot else None
+
+    def in_flight(self, name: str) -> int:
+        slot = self._slots.get(name)
+        return slot.in_flight + slot.waiting if slot else 0
+
+    def health(self, name: str) -> str | None:
+        """None when healthy, else why not (never a secret)."""
+        slot = self._slots[name]
+        if slot.cortex.key_missing():
+            return f"environment variable {slot.cortex.api_key_env} is not set"
+        if self._clock() < slot.unhealthy_until:
+            return f"{FAILURES_TO_UNHEALTHY} recent backend failures ({slot.last_error[:80]})"
+        return None
+
+    def advertised(self) -> list[dict[str, Any]]:
+        """The ``cortices`` list of a ``cx.ad`` frame (§3.2): no api_base, no key, no env name."""
+        return [
+            {
+                "name": s.cortex.name,
+                "kind": s.cortex.kind,
+                "model": s.cortex.model,
+                "capabilities": sorted(s.cortex.capabilities),
+                "context_window": s.cortex.context_window,
+                "max_concurrency": s.cortex.max_concurrency,
+                "remote": s.cortex.remote,
+                "healthy": self.health(s.cortex.name) is None,
+                "in_flight": s.in_flight + s.waiting,
+            }
+            for s in self._slots.values()
+        ]
+
+    async def run(
+        self, name: str, body: dict[str, Any], stream: bool
+    ) -> AsyncIterator[Event]:
+        """Answer ``body`` with cortex ``name``: chunks then ("end", None), or ("end", answer)."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise BackendError("unknown_cortex", f"this node does not host {name!r}")
+        why = self.health(name)
+        if why is not None:
+            raise BackendError("backend", f"cortex {name} is unhealthy: {why}")
+        if slot.in_flight >= slot.cortex.max_concurrency and slot.waiting >= (
+            QUEUE_FACTOR * slot.cortex.max_concurrency
+        ):
+            raise BackendError("busy", f"cortex {name} has {slot.waiting} calls waiting")
+        slot.waiting += 1
+        try:
+            await slot.semaphore.acquire()
+        finally:
+            slot.waiting -= 1
+        slot.in_flight += 1
+        try:
+            await self._check_window(slot.cortex, body)
+            if stream:
+                async with contextlib.aclosing(self.backend.stream(slot.cortex, body)) as chunks:
+                    async for chunk in chunks:
+                        yield ("chunk", chunk)
+                yield ("end", None)
+            else:
+                yield ("end", await self.backend.complete(slot.cortex, body))
+            self._succeeded(slot)
+        except BackendError as exc:
+            if exc.code in ("backend", "timeout"):
+                self._failed(slot, exc.detail)
+            raise
+        finally:
+            slot.in_flight -= 1
+            slot.semaphore.release()
+
+    async def _check_window(self, cortex: Cortex, body: dict[str, Any]) -> None:
+        estimate = estimate_prompt_tokens(body)
+        if estimate > cortex.context_window:
+            raise BackendError(
+                "context_window",
+                f"about {estimate} prompt tokens; {cortex.name} takes {cortex.context_window}",
+            )
+        if estimate * 4 >= cortex.context_window * 3:  # near the limit: count exactly
+            try:
+                exact = await self.backend.count_tokens(cortex, body)
+            except Exception as exc:  # a tokenizer problem must not block the call
+                log.debug("token count for %s failed: %s", cortex.name, type(exc).__name__)
+                return
+            if exact > cortex.context_window:
+                raise BackendError(
+                    "context_window",
+                    f"{exact} prompt tokens; {cortex.name} takes {cortex.context_window}",
+                )
+
+    def _succeeded(self, slot: _Slot) -> None:
+        slot.failures.clear()
+
+    def _failed(self, slot: _Slot, why: str) -> None:
+        now = self._clock()
+        slot.failures.append(now)
+        slot.last_error = why
+        if (
+            len(slot.failures) == FAILURES_TO_UNHEALTHY
+            and now - slot.failures[0] <= FAILURE_WINDOW
+        ):
+            slot.unhealthy_until = now + self.settings.cooldown_seconds
+            slot.failures.clear()
+            log.warning("cortex %s is unhealthy for %gs", slot.cortex.name,
+                        self.settings.cooldown_seconds)
+            for callback in self.on_health_change:
+                callback()

@@ -1,0 +1,111 @@
+"""Cortex routing as a node feature: config, registry, peer protocol, router and API together.
+
+``setup`` reads ``[cortex.*]`` / ``[routing]`` (a bad table stops the node with a message that
+names it), hooks the routing frames into the peer manager and builds the router; ``start``
+runs the registry's advertise/ping loop and, on a node that hosts a cortex, imports ``litellm``
+in the background so the first request does not pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .backend import LocalCortices
+from .config import load_routing_config
+from .protocol import RoutingProtocol
+from .registry import Registry
+from .router import Router
+
+if TYPE_CHECKING:
+    from ..api.routes import RouteTable
+    from ..node import Node
+
+log = logging.getLogger(__name__)
+
+
+class RoutingFeature:
+    name = "routing"
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task] = []
+
+    def setup(self, node: Node) -> None:
+        config = load_routing_config(node.config.extra)
+        self.local = LocalCortices(config.cortices, config.settings)
+        repo = node.repo
+        self.registry = Registry(
+            node.key.public_key,
+            node.key.device_id,
+            node.config.name,
+            self.local,
+            peer_name=lambda key: str(repo.roster.members.get(key, "")),
+            on_fault=self._peer_fault,
+        )
+        self.protocol = RoutingProtocol(self.local, on_fault=self._peer_fault)
+        self.router = Router(
+            self.registry, self.local, config.settings, protocol=self.protocol, peers=node.peers
+        )
+        self.registry.attach(node.peers)
+        self.protocol.attach(node.peers)
+
+    def _peer_fault(self, key: bytes, why: str) -> None:
+        self.router.note_peer_fault(key, why)
+        log.warning("peer fault, cooling down: %s", why)
+
+    def route_tables(self) -> Sequence[RouteTable]:
+        from ..api.routes_openai import openai_routes
+
+        return [openai_routes]
+
+    def configure_app(self, app: web.Application) -> None:
+        from ..api.routes_openai import ROUTER_KEY
+
+        app[ROUTER_KEY] = self.router
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.registry.run(), name="cortex-registry"))
+        if self.local:
+            self._tasks.append(asyncio.create_task(self._warm_up(), name="litellm-warm-up"))
+            log.info("hosting cortices: %s", ", ".join(self.local.names()))
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.local.backend.ready()
+        except Exception:
+            log.exception("could not load litellm; hosted cortices will fail until it loads")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        await self.registry.stop()
+        await self.protocol.stop()
+
+    def status(self) -> dict[str, Any]:
+        """Hosted cortices and routing counters; never a key or an api_base."""
+        hosted = []
+        for item in self.local.advertised():
+            hosted.append(item | {"health": self.local.health(item["name"]) or "ok"})
+        return {
+            "hosted": hosted,
+            "reachable": self.registry.reachable_names(),
+            "peers_hosting": {
+                host.device_id: sorted(host.cortices) for host in self.registry.peers.values()
+            },
+            "requests": dict(self.router.counts),
+            "served_for_peers": self.protocol.served,
+        }
+
+
+def routing_feature() -> RoutingFeature:
+    """Factory named in ``node.features.FEATURES``."""
+    return RoutingFeature()

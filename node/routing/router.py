@@ -1,0 +1,451 @@
+"""Which host answers: this node, the best live peer, or a remote provider (SPEC-006 §6).
+
+``plan`` is pure and fast: it resolves ``model`` (a name, ``cortex/<kind>`` or ``auto`` through
+the frontal lobe), lists candidates in order and says why any were left out. ``open_stream`` and
+``complete`` then try the candidates in that order: a candidate that fails before its first
+chunk is abandoned for the next one, and the failure puts the peer (or the peer's cortex) into
+cooldown. Once a first chunk is out, a failure ends the answer instead of repeating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .backend import BackendError, Event, LocalCortices
+from .config import KINDS, RoutingSettings
+from .errors import (
+    BLAME_CORTEX,
+    BLAME_NONE,
+    BLAME_PEER,
+    HOST_CODES,
+    AttemptFailed,
+    BadUpstreamRequest,
+    ContextTooLarge,
+    NoRoute,
+    RouteTimeout,
+    UnknownCortex,
+    UnsupportedInput,
+)
+from .frontal_lobe import Decision, FrontalLobe
+from .registry import Advertised, Host, Registry
+from .shapes import estimate_prompt_tokens, needed_capabilities
+
+if TYPE_CHECKING:
+    from ..peers import PeerManager
+    from .protocol import RoutingProtocol
+
+log = logging.getLogger(__name__)
+
+CHUNK_IDLE_LIMIT = 60.0  # SPEC-003 §7.2: a stream never sits silent longer
+LOAD_WEIGHT_MS = 25.0
+UNKNOWN_RTT_MS = 10.0
+MAX_COOLDOWNS = 4096
+_RESERVED_BODY_KEYS = ("model", "stream", "metadata")
+
+
+class Cooldowns:
+    """Peers, or one peer's cortex, left out of every choice for a while (§6.3)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._until: dict[tuple[bytes, str | None], tuple[float, str]] = {}
+
+    def fail(self, key: bytes, cortex: str | None, why: str) -> None:
+        if len(self._until) >= MAX_COOLDOWNS:
+            self._prune()
+            if len(self._until) >= MAX_COOLDOWNS:
+                self._until.pop(next(iter(self._until)))
+        self._until[(key, cortex)] = (self._clock() + self.seconds, why[:200])
+
+    def blocked(self, key: bytes, cortex: str) -> str | None:
+        """Why (key, cortex) is cooling down, or None."""
+        now = self._clock()
+        for k in ((key, None), (key, cortex)):
+            entry = self._until.get(k)
+            if entry is not None:
+                if entry[0] > now:
+                    return f"cooling down for {entry[0] - now:.0f} s after: {entry[1]}"
+                del self._until[k]
+        return None
+
+    def _prune(self) -> None:
+        now = self._clock()
+        self._until = {k: v for k, v in self._until.items() if v[0] > now}
+
+
+@dataclass(slots=True)
+class Candidate:
+    host: Host
+    cortex: Advertised
+    score: float
+
+    @property
+    def where(self) -> str:
+        return self.host.device_id
+
+
+@dataclass
+class Plan:
+    """A resolved request: what was asked, what may answer, and what was left out and why."""
+
+    model: str
+    body: dict[str, Any]
+    stream: bool
+    candidates: list[Candidate]
+    reasons: list[dict[str, str]] = field(default_factory=list)
+    decision: Decision | None = None
+    decision_note: str = ""
+
+    @property
+    def decision_header(self) -> str | None:
+        if self.decision is None:
+            return None
+        text = f"{self.decision.kind}; {self.decision.rule}"
+        return f"{text}; {self.decision_note}" if self.decision_note else text
+
+
+class Opened:
+    """A streaming answer whose first chunk is in hand; iterate for the rest."""
+
+    def __init__(
+        self, router: Router, candidate: Candidate, first: Event, events: AsyncIterator[Event]
+    ) -> None:
+        self.router, self.candidate, self.first = router, candidate, first
+        self._events = events
+        self._closed = False
+
+    def __aiter__(self) -> Opened:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            async with asyncio.timeout(CHUNK_IDLE_LIMIT):
+                return await anext(self._events)
+        except TimeoutError:
+            exc = AttemptFailed("timeout", f"no chunk for {CHUNK_IDLE_LIMIT:g} s",
+                                BLAME_PEER if not self.candidate.host.local else BLAME_CORTEX)
+            self.router.note_failure(self.candidate, exc)
+            raise exc from None
+        except AttemptFailed as exc:
+            self.router.note_failure(self.candidate, exc)
+            raise
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.router._release(self.candidate, self._events)
+
+
+class Router:
+    """Chooses and calls hosts for chat completion requests."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        local: LocalCortices,
+        settings: RoutingSettings,
+        *,
+        protocol: RoutingProtocol | None = None,
+        peers: PeerManager | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.local = local
+        self.settings = settings
+        self.protocol = protocol
+        self.peers = peers
+        self.lobe = FrontalLobe(settings)
+        self.cooldowns = Cooldowns(settings.cooldown_seconds, clock)
+        self.counts = {"requests": 0, "fallbacks": 0, "failed": 0}
+
+    # -- planning (pure, fast) ----------------------------------------------------------------
+    def plan(self, body: dict[str, Any]) -> Plan:
+        model = body["model"]
+        stream = bool(body.get("stream", False))
+        call_body = {k: v for k, v in body.items() if k not in _RESERVED_BODY_KEYS}
+        needs = needed_capabilities(body)
+        estimate = estimate_prompt_tokens(body)
+        plan = Plan(model, call_body, stream, [])
+        if model == "auto":
+            plan.decision = self.lobe.decide(body)
+            self._plan_kind(plan, plan.decision.kind, needs, estimate, fallback=True)
+        elif model.startswith("cortex/"):
+            kind = model.removeprefix("cortex/")
+            if kind not in KINDS:
+                raise UnknownCortex(f"{kind!r} is not a cortex kind", available=self.available())
+            self._plan_kind(plan, kind, needs, estimate, fallback=False)
+        else:
+            self._plan_name(plan, model, needs, estimate)
+        return plan
+
+    def _plan_name(self, plan: Plan, name: str, needs: frozenset[str], estimate: int) -> None:
+        offers = [(h, c) for h, c in self.registry.offers() if c.name == name]
+        kind = offers[0][1].kind if offers else self.registry.known_kinds.get(name)
+        if not offers and kind is None:
+            raise UnknownCortex(f"no cortex named {name!r} is reachable in the mesh",
+                                available=self.available())
+        if offers and not any(needs <= c.capabilities for _, c in offers):
+            missing = sorted(needs - offers[0][1].capabilities)
+            raise UnsupportedInput(f"cortex {name} does not take {' or '.join(missing)} input")
+        if not offers:
+            plan.reasons.append({"host": "-", "cortex": name,
+                                 "reason": "no connected node hosts it now"})
+        self._add(plan, offers, needs, estimate)
+        if self.settings.remote_fallback and kind is not None:
+            extra = [(h, c) for h, c in self.registry.offers()
+                     if c.remote and c.kind == kind and c.name != name]
+            self._add(plan, extra, needs, estimate)
+        self._raise_if_too_large(plan, offers, estimate)
+
+    def _plan_kind(
+        self, plan: Plan, kind: str, needs: frozenset[str], estimate: int, *, fallback: bool
+    ) -> None:
+        offers = [(h, c) for h, c in self.registry.offers() if c.kind == kind]
+        if not offers and fallback:
+            for alt, note in ((self.settings.default_kind, "default kind"), (None, "any cortex")):
+                offers = [(h, c) for h, c in self.registry.offers()
+                          if (alt is None or c.kind == alt) and needs <= c.capabilities]
+                if offers:
+                    plan.decision_note = f"no {kind} cortex reachable, used {note}"
+                    break
+        if not offers:
+            plan.reasons.append({"host": "-", "cortex": f"cortex/{kind}",
+                                 "reason": f"no reachable cortex of kind {kind}"})
+        self._add(plan, offers, needs, estimate)
+        self._raise_if_too_large(plan, offers, estimate)
+
+    def _add(
+        self, plan: Plan, offers: list[tuple[Host, Advertised]], needs: frozenset[str],
+        estimate: int,
+    ) -> None:
+        found = []
+        for host, cortex in offers:
+            why = self._excluded(host, cortex, needs, estimate)
+            if why is not None:
+                plan.reasons.append({"host": host.device_id, "cortex": cortex.name, "reason": why})
+                continue
+            if host.local:
+                score = -1.0
+            else:
+                rtt = host.rtt_ms if host.rtt_ms is not None else UNKNOWN_RTT_MS
+                score = rtt + LOAD_WEIGHT_MS * host.load(cortex)
+            found.append(Candidate(host, cortex, score + (1e6 if cortex.remote else 0.0)))
+        found.sort(key=lambda c: c.score)
+        plan.candidates.extend(found)
+
+    def _excluded(
+        self, host: Host, cortex: Advertised, needs: frozenset[str], estimate: int
+    ) -> str | None:
+        if host.local:
+            health = self.local.health(cortex.name)
+            if health is not None:
+                return f"unhealthy: {health}"
+        elif not cortex.healthy:
+            return "unhealthy (its host says so)"
+        if not needs <= cortex.capabilities:
+            return f"does not take {' or '.join(sorted(needs - cortex.capabilities))} input"
+        if estimate > cortex.context_window:
+            return (f"context window: about {estimate} prompt tokens, "
+                    f"window {cortex.context_window}")
+        if not host.local and (self.peers is None or host.key not in self.peers.connections):
+            return "not connected"
+        return self.cooldowns.blocked(host.key, cortex.name)
+
+    def _raise_if_too_large(
+        self, plan: Plan, offers: list[tuple[Host, Advertised]], estimate: int
+    ) -> None:
+        if plan.candidates or not offers:
+            return
+        if all(estimate > c.context_window for _, c in offers):
+            window = max(c.context_window for _, c in offers)
+            raise ContextTooLarge(
+                f"the prompt is about {estimate} tokens; the largest context window "
+                f"available is {window}",
+                estimated_tokens=estimate, context_window=window,
+            )
+
+    def available(self) -> list[str]:
+        names = self.registry.reachable_names()
+        return [*names, "auto", *(f"cortex/{k}" for k in self.registry.reachable_kinds())]
+
+    # -- calling ------------------------------------------------------------------------------
+    async def open_stream(self, plan: Plan) -> Opened:
+        """Try candidates until one yields a first chunk (SPEC-006 §6.2)."""
+        self.counts["requests"] += 1
+        failures: list[AttemptFailed] = []
+        for n, candidate in enumerate(plan.candidates):
+            events = None
+            try:
+                self._check_still_ok(candidate)
+                events = await self._attempt(candidate, plan)
+                # a peer's stream keeps its own liveness clock (its "wait" messages count)
+                limit = self.settings.first_chunk_timeout if candidate.host.local else None
+                async with asyncio.timeout(limit):
+                    first = await anext(events)
+            except (AttemptFailed, TimeoutError, StopAsyncIteration) as raw:
+                exc = self._as_failure(candidate, raw)
+                self._record(plan, candidate, exc, failures)
+                if events is not None:
+                    await self._release(candidate, events)
+                continue
+            except BaseException:  # the client left (cancelled): stop the call, free its slot
+                if events is not None:
+                    await self._release(candidate, events)
+                raise
+            if n:
+                self.counts["fallbacks"] += 1
+            return Opened(self, candidate, first, events)
+        raise self._no_route(plan, failures)
+
+    async def complete(self, plan: Plan) -> tuple[Candidate, dict[str, Any]]:
+        """The whole answer of a non-streaming request, within ``request_timeout``."""
+        self.counts["requests"] += 1
+        failures: list[AttemptFailed] = []
+        try:
+            async with asyncio.timeout(self.settings.request_timeout):
+                for n, candidate in enumerate(plan.candidates):
+                    events = None
+                    try:
+                        self._check_still_ok(candidate)
+                        events = await self._attempt(candidate, plan)
+                        kind, answer = await anext(events)
+                        if kind != "end" or answer is None:
+                            raise AttemptFailed("garbage", "no answer", BLAME_PEER)
+                    except (AttemptFailed, StopAsyncIteration) as raw:
+                        self._record(plan, candidate, self._as_failure(candidate, raw), failures)
+                        continue
+                    finally:
+                        if events is not None:
+                            await self._release(candidate, events)
+                    if n:
+                        self.counts["fallbacks"] += 1
+                    return candidate, answer
+        except TimeoutError:
+            self.counts["failed"] += 1
+            raise RouteTimeout(
+                f"no answer within {self.settings.request_timeout:g} s",
+                reasons=plan.reasons,
+            ) from None
+        raise self._no_route(plan, failures)
+
+    def _check_still_ok(self, candidate: Candidate) -> None:
+        # Another request may have put this candidate into cooldown since the plan was made.
+        why = self.cooldowns.blocked(candidate.host.key, candidate.cortex.name)
+        if why is not None:
+            raise AttemptFailed("cooldown", why, BLAME_NONE)
+
+    async def _attempt(self, candidate: Candidate, plan: Plan) -> AsyncIterator[Event]:
+        candidate.host.ours_in_flight += 1
+        try:
+            if candidate.host.local:
+                return self._local_events(candidate.cortex.name, plan.body, plan.stream)
+            conn = self.peers.connections.get(candidate.host.key) if self.peers else None
+            if conn is None or self.protocol is None:
+                raise AttemptFailed("peer_lost", "the peer is no longer connected", BLAME_PEER)
+            return await self.protocol.open(conn, candidate.cortex.name, plan.body, plan.stream,
+                                            self.settings.first_chunk_timeout)
+        except BaseException:
+            candidate.host.ours_in_flight -= 1
+            raise
+
+    async def _local_events(
+        self, name: str, body: dict[str, Any], stream: bool
+    ) -> AsyncIterator[Event]:
+        try:
+            async with contextlib.aclosing(self.local.run(name, body, stream)) as events:
+                async for event in events:
+                    yield event
+        except BackendError as exc:
+            raise AttemptFailed(exc.code, exc.detail, HOST_CODES.get(exc.code, BLAME_CORTEX)) \
+                from None
+
+    async def _release(self, candidate: Candidate, events: AsyncIterator[Event]) -> None:
+        candidate.host.ours_in_flight = max(0, candidate.host.ours_in_flight - 1)
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+    def _as_failure(self, candidate: Candidate, raw: BaseException) -> AttemptFailed:
+        if isinstance(raw, AttemptFailed):
+            return raw
+        blame = BLAME_CORTEX if candidate.host.local else BLAME_PEER
+        if isinstance(raw, TimeoutError):
+            return AttemptFailed(
+                "timeout", f"no first chunk within {self.settings.first_chunk_timeout:g} s", blame
+            )
+        return AttemptFailed("garbage", "the answer ended before it began", blame)
+
+    def _record(
+        self, plan: Plan, candidate: Candidate, exc: AttemptFailed, failures: list[AttemptFailed]
+    ) -> None:
+        failures.append(exc)
+        plan.reasons.append({"host": candidate.where, "cortex": candidate.cortex.name,
+                             "reason": f"{exc.code}: {exc.detail}"})
+        log.info("cortex %s on %s failed before its first chunk (%s); trying the next host",
+                 candidate.cortex.name, candidate.where, exc.code)
+        self.note_failure(candidate, exc)
+
+    def note_failure(self, candidate: Candidate, exc: AttemptFailed) -> None:
+        """Cooldown by blame (§6.3); the host itself tracks its local cortices' health."""
+        if candidate.host.local:
+            return
+        if exc.blame == BLAME_PEER:
+            self.cooldowns.fail(candidate.host.key, None, f"{exc.code}: {exc.detail}")
+            log.warning("peer %s is in cooldown for %gs: %s", candidate.where,
+                        self.cooldowns.seconds, exc.code)
+        elif exc.blame == BLAME_CORTEX:
+            self.cooldowns.fail(candidate.host.key, candidate.cortex.name,
+                                f"{exc.code}: {exc.detail}")
+
+    def note_peer_fault(self, key: bytes, why: str) -> None:
+        """A peer sent something out of shape outside any one stream (an advertisement, a frame)."""
+        self.cooldowns.fail(key, None, why)
+
+    def _no_route(self, plan: Plan, failures: list[AttemptFailed]) -> Exception:
+        self.counts["failed"] += 1
+        if failures and all(f.code == "context_window" for f in failures):
+            return ContextTooLarge(failures[0].detail, reasons=plan.reasons)
+        if failures and all(f.code == "bad_request" for f in failures):
+            return BadUpstreamRequest(failures[0].detail, reasons=plan.reasons)
+        return NoRoute(
+            f"no host could answer {plan.model!r}", reasons=plan.reasons[-50:],
+        )
+
+    # -- listing ------------------------------------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        """``/v1/models`` entries: each reachable cortex once, with where it runs (§4.7)."""
+        by_name: dict[str, dict[str, Any]] = {}
+        for host, cortex in self.registry.offers():
+            entry = by_name.get(cortex.name)
+            if entry is None:
+                entry = by_name[cortex.name] = {
+                    "id": cortex.name, "object": "model", "created": 0, "owned_by": "maia-node",
+                    "maia": {"kind": cortex.kind, "model": cortex.model,
+                             "capabilities": sorted(cortex.capabilities),
+                             "context_window": cortex.context_window,
+                             "remote": cortex.remote, "hosts": []},
+                }
+            healthy = (self.local.health(cortex.name) is None) if host.local else cortex.healthy
+            entry["maia"]["hosts"].append({
+                "device_id": host.device_id, "name": host.name, "local": host.local,
+                "healthy": healthy,
+                "in_flight": self.local.in_flight(cortex.name) if host.local else cortex.in_flight,
+                "max_concurrency": cortex.max_concurrency,
+                "rtt_ms": None if host.rtt_ms is None else round(host.rtt_ms, 2),
+                "cooling_down": self.cooldowns.blocked(host.key, cortex.name),
+            })
+        out = [by_name[n] for n in sorted(by_name)]
+        out.append({"id": "auto", "object": "model", "created": 0, "owned_by": "maia-node",
+                    "maia": {"alias": "the frontal lobe chooses"}})
+        for kind in self.registry.reachable_kinds():
+            out.append({"id": f"cortex/{kind}", "object": "model", "created": 0,
+                        "owned_by": "maia-node", "maia": {"alias": f"any {kind} cortex"}})
+        return out

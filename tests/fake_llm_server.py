@@ -1,0 +1,242 @@
+"""A stand-in for a model provider: a small OpenAI-compatible HTTP server, run as its own process.
+
+It plays what Ollama, llama.cpp's server or a commercial API would be for a cortex, so routing
+tests exercise real HTTP, real ``litellm`` and real node processes with only the model faked.
+Answers are deterministic and name the server that produced them (``[name] ...``), so a test
+can tell which host answered. Behaviour is set at start and can be changed while it runs:
+
+- ``mode``: ``ok`` (answers), ``garbage`` (HTTP 200 with bytes that are not the API's shape),
+  ``error`` (HTTP 500), ``hang`` (accepts and never answers);
+- ``delay``: seconds to wait before each streamed chunk (and once before a whole answer);
+- ``chunks``: how many extra numbered chunks a streamed answer carries after the greeting.
+
+Control and inspection (plain JSON, no auth: it only ever listens on loopback in tests):
+``POST /control {"mode"?, "delay"?, "chunks"?}``, ``GET /stats`` ->
+``{"requests", "streams", "auth_seen": [sha256 of each distinct Authorization value]}``.
+
+Run: ``python tests/fake_llm_server.py --name fb [--port 0] [--delay 0] [--mode ok]``; it
+prints ``PORT <n>`` on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+STATE = web.AppKey("state", dict)
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(
+                p.get("text", "") for p in content
+                if isinstance(p, dict) and p.get("type") == "text"
+            )
+    return ""
+
+
+def answer_pieces(name: str, body: dict[str, Any], extra_chunks: int) -> list[str]:
+    """The deterministic answer, split into the pieces a stream sends one per chunk."""
+    said = _last_user_text(body)[:200]
+    pieces = [f"[{name}] ", "you said: ", said]
+    pieces += [f" #{i}" for i in range(1, extra_chunks + 1)]
+    return pieces
+
+
+def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
+    obj = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state["requests"] += 1
+    auth = request.headers.get("Authorization", "")
+    digest = hashlib.sha256(auth.encode()).hexdigest()
+    if digest not in state["auth_seen"]:
+        state["auth_seen"].append(digest)
+    body = await request.json()
+    mode, delay, extra = state["mode"], state["delay"], state["chunks"]
+    model = str(body.get("model", "fake"))
+    cid = f"chatcmpl-{state['name']}-{state['requests']}"
+    if mode == "hang":
+        await asyncio.sleep(3600)
+    if mode == "error":
+        return web.json_response(
+            {"error": {"message": "fake failure", "type": "server"}}, status=500
+        )
+    stream = bool(body.get("stream"))
+    if mode == "garbage":
+        if stream:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b"data: {not json at all\n\nthis is not an event stream\n\n")
+            await resp.write(b"data: [1, 2, 3]\n\n")
+            await resp.write_eof()
+            return resp
+        return web.Response(
+            text="<html>definitely not a completion</html>", content_type="text/html"
+        )
+    pieces = answer_pieces(state["name"], body, extra)
+    if not stream:
+        if delay:
+            await asyncio.sleep(delay)
+        text = "".join(pieces)
+        return web.json_response({
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 5, "completion_tokens": len(pieces),
+                      "total_tokens": 5 + len(pieces)},
+        })
+    state["streams"] += 1
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
+        for piece in pieces:
+            if delay:
+                await asyncio.sleep(delay)
+            await resp.write(_chunk(cid, model, {"content": piece}, None))
+        await resp.write(_chunk(cid, model, {}, "stop"))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the caller left mid-answer (a cancelled or killed client)
+    return resp
+
+
+async def control(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    changes = await request.json()
+    for key in ("mode", "delay", "chunks"):
+        if key in changes:
+            state[key] = changes[key]
+    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks")})
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(
+        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode")}
+    )
+
+
+def make_app(
+    name: str, *, mode: str = "ok", delay: float = 0.0, chunks: int = 0
+) -> web.Application:
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app[STATE] = {"name": name, "mode": mode, "delay": delay, "chunks": chunks,
+                  "requests": 0, "streams": 0, "auth_seen": []}
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/control", control)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    app = make_app(args.name, mode=args.mode, delay=args.delay, chunks=args.chunks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+    await asyncio.Event().wait()
+
+
+class FakeLLM:
+    """Test-side handle: starts this module as a separate process and talks to it."""
+
+    def __init__(self, name: str, *, mode: str = "ok", delay: float = 0.0, chunks: int = 0):
+        self.name = name
+        self.args = ["--name", name, "--mode", mode, "--delay", str(delay), "--chunks", str(chunks)]
+        self.proc: Any = None
+        self.port = 0
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeLLM:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, *self.args], stdout=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"fake model server {self.name} did not start: {line!r}")
+        self.port = int(line.split()[1])
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.proc = None
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.request
+
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                     method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def control(self, **changes: Any) -> dict[str, Any]:
+        return self._call("POST", "/control", changes)
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/stats")
+
+    def __enter__(self) -> FakeLLM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--mode", default="ok", choices=["ok", "garbage", "error", "hang"])
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--chunks", type=int, default=0)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Helpers for the routing tests: configure cortices on a node, call its OpenAI routes.
+
+Calls go over plain HTTP (``http.client``), so a test sees statuses, headers and SSE events
+exactly as any client would, including when each event arrived.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from node.config import NodeConfig
+from tests.nodes import NodeProc, wait_for
+
+
+def configure(node: NodeProc, **tables: Any) -> None:
+    """Write config.toml tables (e.g. cortex={...}, routing={...}) before the node starts."""
+    path = node.data_dir / "config.toml"
+    cfg = NodeConfig.load(path)
+    cfg.extra.update(tables)
+    cfg.save(path)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (at, event, data)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def host(self) -> str | None:
+        return self.headers.get("x-maia-cortex-host")
+
+    def text(self) -> str:
+        """The answer's text: the message (plain) or the deltas joined (stream)."""
+        if not self.events:
+            return self.json()["choices"][0]["message"]["content"]
+        out = []
+        for _, event, data in self.events:
+            if event == "message" and data != "[DONE]":
+                for choice in json.loads(data)["choices"]:
+                    out.append(choice["delta"].get("content") or "")
+        return "".join(out)
+
+
+def chat(
+    node: NodeProc, model: str, text: str = "hello", *, stream: bool = False,
+    timeout: float = 30.0, raw: bytes | None = None, on_event: Any = None, **extra: Any,
+) -> Answer:
+    """POST /v1/chat/completions; ``on_event(answer)`` runs after each SSE event."""
+    body = raw if raw is not None else json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": text}], "stream": stream,
+         **extra}
+    ).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=body, headers={
+            "Authorization": f"Bearer {node.token}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()})
+        if resp.status != 200 or not answer.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            answer.body = resp.read()
+            return answer
+        event, data = "message", []
+        for line in resp:
+            line = line.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and data:
+                answer.events.append((time.monotonic(), event, "\n".join(data)))
+                if on_event is not None:
+                    on_event(answer)
+                event, data = "message", []
+        return answer
+    finally:
+        conn.close()
+
+
+def models(node: NodeProc) -> dict[str, dict[str, Any]]:
+    return {m["id"]: m for m in node.request("GET", "/v1/models")["data"]}
+
+
+def wait_for_cortices(node: NodeProc, names: set[str], timeout: float = 20.0) -> None:
+    wait_for(lambda: names <= set(models(node)), timeout=timeout,
+             what=f"{node.name} to see cortices {sorted(names)}")
