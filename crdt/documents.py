@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DOC_ID_RE = re.compile(r"^(identity|memory/[a-z][a-z0-9_-]{0,31}/\d{4}-\d{2}/[0-7])$")
 COMPACT_AFTER = 2000
+MAX_CERTS_PER_CALL = 10_000
 
 ChangeListener = Callable[[str, bool], None]
 
@@ -78,16 +79,32 @@ class Repo:
         return certs
 
     def add_certs(self, raws: Iterable[bytes]) -> int:
-        """Learn certificates (from a peer, a pairing or the Identity document); returns new."""
-        fresh = []
-        for raw in raws:
+        """Learn certificates (from a peer, a pairing or the Identity document); returns new.
+
+        Only certificates issued by a device the roster has ever admitted are kept (a chain is
+        followed in any order), so a stranger cannot fill the store with self-made ones; at most
+        ``MAX_CERTS_PER_CALL`` are looked at (SPEC-005 §9.8).
+        """
+        pending = []
+        for raw in list(raws)[:MAX_CERTS_PER_CALL]:
             try:
-                cert = decode_cert(raw)
+                pending.append(decode_cert(raw))
             except Exception as exc:
                 log.info("refusing a roster certificate: %s", exc)
-                continue
-            if self.roster.add(cert):
-                fresh.append((cert.cert_id, cert.encode()))
+        fresh = []
+        progress = True
+        while pending and progress:
+            progress = False
+            for cert in list(pending):
+                if cert.cert_id in self.roster.certs:
+                    pending.remove(cert)
+                elif cert.kind == "genesis" or cert.signer in self.roster.ever:
+                    pending.remove(cert)
+                    if self.roster.add(cert):
+                        fresh.append((cert.cert_id, cert.encode()))
+                        progress = True
+        if pending:
+            log.info("ignored %d certificate(s) from issuers outside the roster", len(pending))
         if fresh:
             self.store.put_certs(fresh)
         return len(fresh)

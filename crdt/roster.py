@@ -156,6 +156,7 @@ class Roster:
     members: dict[bytes, str] = field(default_factory=dict)
     revoked: dict[bytes, dict[str, int]] = field(default_factory=dict)
     revoked_info: dict[bytes, Cert] = field(default_factory=dict)
+    ever: dict[bytes, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, mesh_id: bytes, certs: Iterable[Cert]) -> Roster:
@@ -185,7 +186,7 @@ class Roster:
             if c.kind == "genesis"
             and mesh_id_for(c.body["founder"], c.body["nonce"]) == self.mesh_id
         ]
-        self.members, self.revoked, self.revoked_info = {}, {}, {}
+        self.members, self.revoked, self.revoked_info, self.ever = {}, {}, {}, {}
         if not genesis:
             self.founder = None
             return
@@ -197,6 +198,7 @@ class Roster:
         # Everyone ever admitted (ignoring revocation): only they may issue tombstones.
         ever: dict[bytes, str] = {self.founder: g.body.get("device_name", "founder")}
         _closure(ever, endorsements, lambda c: True)
+        self.ever = ever
         # SPEC-005 §5.4: several tombstones of one subject combine by MINIMUM cutoff (a doc a
         # tombstone omits counts as 0) and INTERSECTION of kept endorsements: revocation only
         # removes, so a thief's own "generous" tombstone cannot undo the owner's.

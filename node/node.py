@@ -307,7 +307,8 @@ def _is_loopback(host: str) -> bool:
 def api_limits(config: NodeConfig) -> Limits:
     """SPEC-003 limits, overridable in config.toml's [api] table (bounds stay positive)."""
     api = config.extra.get("api", {})
-    known = {"max_body_bytes", "handler_timeout", "rate_per_second", "rate_burst"}
+    known = {"max_body_bytes", "handler_timeout", "rate_per_second", "rate_burst",
+             "max_in_flight"}
     return Limits(**{k: v for k, v in api.items() if k in known})
 
 

@@ -211,7 +211,10 @@ class PeerConnection:
         )
         self.manager.note_rejected(self.peer_key, f"{exc.code}: {exc.detail}")
         now = time.monotonic()
-        self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW] + [now]
+        self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW]
+        if exc.code != "missing_dependency":
+            # A Bloom-filter miss of an honest peer is not misbehaviour (SPEC-005 §8.6).
+            self._rejects.append(now)
         with contextlib.suppress(TransportError):
             await self.channel.send(
                 {"t": "reject", "doc": doc_id, "code": exc.code, "detail": exc.detail}
@@ -307,7 +310,7 @@ class PeerManager:
     async def _cut(self, conn: PeerConnection, code: str) -> None:
         with contextlib.suppress(TransportError):
             await conn.channel.send({"t": "error", "code": code, "detail": "removed from mesh"})
-        await conn.channel.close(4003, code)
+        await conn.channel.close(1008, code)
 
     def connection(self, key: bytes) -> PeerConnection | None:
         return self.connections.get(key)
@@ -435,7 +438,7 @@ class PeerManager:
                         f"{channel.peer_device_id}"
                     )
                     log.warning("refusing %s: %s", address, sp.last_error)
-                    await channel.close(4003, "identity mismatch")
+                    await channel.close(1008, "identity mismatch")
                     continue
                 sp.peer_key = channel.peer_key
                 sp.address = address

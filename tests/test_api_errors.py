@@ -427,3 +427,33 @@ def test_token_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         load_or_create_token(tmp_path / "api-token")
     assert caplog.records  # creation is logged, so the check below is meaningful
     assert all(token not in r.getMessage() for r in caplog.records)
+
+
+async def test_too_many_requests_in_flight_are_shed_with_503() -> None:
+    """SPEC-003 §7.5: beyond max_in_flight concurrent requests the node answers 503
+    'overloaded' with Retry-After instead of queueing, and recovers afterwards."""
+    release = asyncio.Event()
+    slow = RouteTable("slow-test")
+
+    @slow.get("/v1/test-slow")
+    async def slow_handler(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"ok": True})
+
+    app = build_app(DictServices(), token=TOKEN, limits=Limits(max_in_flight=2),
+                    extra_tables=[slow])
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        first = [asyncio.ensure_future(client.get("/v1/test-slow", headers=headers))
+                 for _ in range(2)]
+        await asyncio.sleep(0.2)
+        shed = await client.get("/v1/status", headers=headers)
+        assert shed.status == 503
+        assert shed.headers["Retry-After"] == "1"
+        assert (await shed.json())["type"] == "urn:maia-node:problem:overloaded"
+        release.set()
+        for fut in first:
+            assert (await fut).status == 200
+        again = await client.get("/v1/status", headers=headers)
+        assert again.status == 200
+        assert again.headers["Server"] == "maia-node"

@@ -14,6 +14,7 @@ from aiohttp import web
 from .auth import Authenticator, LocalTokenAuthenticator
 from .middleware import (
     AUTHENTICATORS_KEY,
+    IN_FLIGHT_KEY,
     LIMITS_KEY,
     MIDDLEWARES,
     RATE_LIMITER_KEY,
@@ -45,6 +46,7 @@ def build_app(
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=limits.max_body_bytes)
     app[SERVICES_KEY] = services
     app[LIMITS_KEY] = limits
+    app[IN_FLIGHT_KEY] = [0]
     app[AUTHENTICATORS_KEY] = (LocalTokenAuthenticator(token), *authenticators)
     app[RATE_LIMITER_KEY] = RateLimiter(
         limits.rate_per_second, limits.rate_burst, max_clients=limits.rate_max_clients

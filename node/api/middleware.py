@@ -31,6 +31,7 @@ from jsonschema import Draft202012Validator
 from .auth import Authenticator
 from .problem import (
     TYPE_MALFORMED_JSON,
+    TYPE_OVERLOADED,
     TYPE_RATE_LIMITED,
     TYPE_TIMEOUT,
     TYPE_VALIDATION,
@@ -77,6 +78,7 @@ class Limits:
     max_json_string: int = 256 * KiB
     max_json_array: int = 10_000
     max_reported_errors: int = 20
+    max_in_flight: int = 64
 
     def __post_init__(self) -> None:
         for name in (
@@ -89,12 +91,14 @@ class Limits:
             "max_json_string",
             "max_json_array",
             "max_reported_errors",
+            "max_in_flight",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")
 
 
 LIMITS_KEY: web.AppKey[Limits] = web.AppKey("maia_limits", Limits)
+IN_FLIGHT_KEY: web.AppKey[list[int]] = web.AppKey("maia_in_flight", list)
 AUTHENTICATORS_KEY: web.AppKey[tuple[Authenticator, ...]] = web.AppKey(
     "maia_authenticators", tuple
 )
@@ -150,6 +154,11 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     spec = route_spec(request)
     if spec is not None and spec.streaming:
         return await handler(request)
+    in_flight = request.app[IN_FLIGHT_KEY]
+    if in_flight[0] >= limits.max_in_flight:  # SPEC-003 §7.5: shed load, do not queue it
+        raise Problem(503, "Overloaded", f"more than {limits.max_in_flight} requests at once",
+                      type=TYPE_OVERLOADED, headers={"Retry-After": "1"})
+    in_flight[0] += 1
     deadline = asyncio.timeout(limits.handler_timeout)
     try:
         async with deadline:
@@ -169,6 +178,8 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
             f"the request did not complete within {limits.handler_timeout:g} s",
             type=TYPE_TIMEOUT,
         ) from None
+    finally:
+        in_flight[0] -= 1
 
 
 # --- 3. authentication ------------------------------------------------------
@@ -448,5 +459,6 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     start a second response.
     """
     request[_STARTED_KEY] = True
+    response.headers["Server"] = "maia-node"  # SPEC-003 §10.2: no framework or version
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers.setdefault("Cache-Control", "no-store")

@@ -24,6 +24,7 @@ TYPE_MALFORMED_JSON = "urn:maia-node:problem:malformed-json"
 TYPE_VALIDATION = "urn:maia-node:problem:validation"
 TYPE_TIMEOUT = "urn:maia-node:problem:timeout"
 TYPE_RATE_LIMITED = "urn:maia-node:problem:rate-limited"
+TYPE_OVERLOADED = "urn:maia-node:problem:overloaded"
 
 _STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
 
