@@ -622,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMAND_MODULES: list[str] = [
     "node.cli_pairing",
     "node.cli_service",
+    "node.cli_sync",
     "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",

@@ -344,7 +344,17 @@ class PeerManager:
         return [c.encode() for c in self.repo.roster.certs.values()]
 
     def status(self) -> list[dict[str, Any]]:
-        out = [p.as_dict() for p in self.peers.values()]
+        out = []
+        for p in self.peers.values():
+            row = p.as_dict()
+            conn = self.connections.get(p.key)
+            if conn is not None:
+                theirs = conn.sync.their_heads
+                row["summary_received"] = bool(theirs)
+                row["documents_differing"] = sum(
+                    1 for d, h in theirs.items() if sorted(h) != sorted(self.repo.heads(d))
+                )
+            out.append(row)
         known = {p.address for p in self.peers.values()}
         for sp in self.static.values():
             if sp.address not in known:

@@ -139,3 +139,26 @@ def test_deleted_entry_disappears_everywhere_with_its_history(mesh_factory):
     b.request("DELETE", f"/v1/memory/{gone}")
     wait_for(lambda: gone not in _ids(a), what="deletion reached a")
     assert a.entry(gone) is None and keep in _ids(a) and keep in _ids(b)
+
+
+def test_maia_sync_watch_follows_an_initial_catch_up(mesh_factory, tmp_path):
+    """A fresh node's initial sync shown with progress and a summary (`maia sync --watch`)."""
+    import subprocess
+    import sys
+
+    from tests.nodes import cli
+
+    a, b = mesh_factory("a", "b", start=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"catch-up note {i}\n" for i in range(3000)))
+    assert cli(a.data_dir, "memory", "import", str(notes)) == 0
+    a.start()
+    b.start()
+    b.add_peer(a)
+    res = subprocess.run([sys.executable, "-m", "node.cli", "--data-dir", str(b.data_dir),
+                          "sync", "--watch", "--timeout", "60"],
+                         capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "In step with 1 peer(s)" in res.stdout
+    assert "changes received" in res.stderr or "In step" in res.stdout
+    assert b.request("GET", "/v1/status")["memory_entries"] == 3000
