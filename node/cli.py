@@ -107,20 +107,13 @@ def _has_mesh(paths: Paths) -> bool:
 
 def _new_mesh(paths: Paths, key, args: argparse.Namespace) -> None:
     from crdt.identity import create_mesh
-    from crdt.store import Store
 
-    from .node import DataDirLock
+    from .node import locked_store
 
     cfg = NodeConfig.load(paths.config)
-    lock = DataDirLock(paths.root)
-    lock.acquire()
-    store = Store(paths.root)
-    try:
+    with locked_store(paths.root) as store:
         repo = create_mesh(store, key, args.mesh_name or f"{cfg.name} mesh", cfg.name)
         _say(f"Started a new mesh {repo.mesh_id.hex()[:16]} with this device as its first member.")
-    finally:
-        store.close()
-        lock.release()
 
 
 # -- up -----------------------------------------------------------------------------------------
@@ -462,24 +455,15 @@ def _ago(ts: float | None) -> str:
 def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
     from crdt.identity import accept_invitation
     from crdt.keys import DeviceKey
-    from crdt.store import Store
 
-    from .node import DataDirBusy, DataDirLock
+    from .node import DataDirBusy, locked_store
 
     key = DeviceKey.load(paths.key)
-    lock = DataDirLock(paths.root)
     try:
-        lock.acquire()
-    except DataDirBusy as exc:
+        with locked_store(paths.root) as store:
+            repo = accept_invitation(store, key, args.invitation)
+    except (DataDirBusy, ValueError) as exc:
         raise UserError(str(exc)) from None
-    store = Store(paths.root)
-    try:
-        repo = accept_invitation(store, key, args.invitation)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        store.close()
-        lock.release()
     _say(f"Joined mesh {repo.mesh_id.hex()[:16]}. Add a peer (maia peer add HOST:PORT) and run "
          "'maia up' to sync.")
     return 0

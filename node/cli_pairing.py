@@ -75,12 +75,10 @@ def _accept(args: argparse.Namespace, paths: Paths) -> int:
 def _join(args: argparse.Namespace, paths: Paths) -> int:
     import asyncio
 
-    from crdt.identity import stored_mesh_id
     from crdt.keys import DeviceKey
-    from crdt.store import Store
 
-    from .node import DataDirBusy, DataDirLock
-    from .pairing_client import PairFailed, default_device_name, find_pairing_members, pair_with
+    from .node import DataDirBusy, locked_store
+    from .pairing_client import find_pairing_members
 
     if not args.code:
         raise UserError("give the code the member shows: maia pair --code XXXX-XXXX")
@@ -97,12 +95,20 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
             raise UserError(f"several members are pairing ({listing}); name one: maia pair "
                             "HOST:PORT --code ...")
         target = found[0][1]
-    lock = DataDirLock(paths.root)
     try:
-        lock.acquire()
+        with locked_store(paths.root) as store:
+            return _pair_into(store, key, target, args, paths)
     except DataDirBusy as exc:
         raise UserError(str(exc)) from None
-    store = Store(paths.root)
+
+
+def _pair_into(store, key, target: str, args: argparse.Namespace, paths: Paths) -> int:
+    import asyncio
+
+    from crdt.identity import stored_mesh_id
+
+    from .pairing_client import PairFailed, default_device_name, pair_with
+
     try:
         if stored_mesh_id(store) is not None:
             raise UserError("this device already belongs to a mesh")
@@ -118,8 +124,5 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
                                        show_sas=show))
     except PairFailed as exc:
         raise UserError(f"pairing failed ({exc.code}): {exc}") from None
-    finally:
-        store.close()
-        lock.release()
     say(f"Joined mesh {result.mesh_id.hex()[:16]}. Run 'maia up' to sync.")
     return 0

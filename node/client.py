@@ -45,7 +45,7 @@ class NodeClient:
         self.pid = int(info["pid"])
         self.token = token
         self.timeout = timeout
-        if not _alive(self.pid):
+        if not pid_alive(self.pid):
             raise NodeNotRunning("the node recorded in node.json is not running")
 
     def request(
@@ -72,7 +72,8 @@ class NodeClient:
             raise NodeNotRunning(str(exc)) from exc
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process with this pid running (ours or another user's)?"""
     try:
         os.kill(pid, 0)
         return True

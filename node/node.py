@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,19 @@ class DataDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@contextlib.contextmanager
+def locked_store(root: Path) -> Iterator[Store]:
+    """The store, opened under the data-dir lock, for commands that run without a node."""
+    lock = DataDirLock(root)
+    lock.acquire()
+    store = Store(root)
+    try:
+        yield store
+    finally:
+        store.close()
+        lock.release()
 
 
 class Node:

@@ -9,8 +9,6 @@ session's objects so their existence is not revealed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +29,7 @@ from ..sessions.leases import DEFAULT_TTL_S, MAX_NOTE, MAX_PATTERN_BYTES, MAX_TT
 from ..sessions.registry import AGENTS
 from .auth import Principal
 from .middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
+from .pagination import page as _page
 from .problem import Problem
 from .routes import RouteTable
 
@@ -195,20 +194,6 @@ def _problem(exc: CoordinatorError, what: str) -> Problem:
     if isinstance(exc, Invalid):
         return Problem(400, "Invalid request", str(exc))
     return Problem(500, detail="internal error; see the node log")
-
-
-def _page(items: list[Any], query: dict[str, Any]) -> tuple[list[Any], str | None]:
-    """Offset pagination with an opaque cursor (SPEC-003 §7.6)."""
-    limit = query.get("limit", 50)
-    start = 0
-    if query.get("cursor"):
-        try:
-            start = int(base64.urlsafe_b64decode(query["cursor"].encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise Problem(400, "Bad cursor", "the cursor is not one this node issued") from None
-    end = start + limit
-    nxt = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else None
-    return items[start:end], nxt
 
 
 # -- sessions -------------------------------------------------------------------------------------

@@ -6,13 +6,11 @@ too): ``GET /v1/documents`` (SPEC-003 §11.8) and the ``GET /v1/live`` event str
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from aiohttp import web
 
 from ..web.documents import describe, document_ids
 from .middleware import PRINCIPAL_KEY, QUERY_KEY
+from .pagination import page as _page
 from .problem import Problem
 from .routes import RouteTable
 from .routes_devices import REPO_KEY
@@ -29,22 +27,6 @@ PAGE_QUERY = {
         "cursor": {"type": "string", "maxLength": 40},
     },
 }
-
-
-def _page(ids: list[str], query: dict) -> tuple[list[str], str | None]:
-    """Offset pagination behind an opaque cursor (SPEC-003 §7.6)."""
-    limit = query.get("limit", 50)
-    start = 0
-    if query.get("cursor"):
-        try:
-            start = int(base64.urlsafe_b64decode(query["cursor"].encode()).decode())
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise Problem(400, "Bad cursor", "the cursor is not one this node issued") from None
-        if start < 0:
-            raise Problem(400, "Bad cursor", "the cursor is not one this node issued")
-    end = start + limit
-    cursor = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(ids) else None
-    return ids[start:end], cursor
 
 
 @ui_data_routes.get("/v1/documents", query_schema=PAGE_QUERY)

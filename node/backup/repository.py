@@ -24,6 +24,7 @@ from typing import Any
 
 from nacl.exceptions import CryptoError
 
+from ..client import pid_alive
 from .crypto import KDF_LIMITS, RepoKeys, check_kdf_limits, derive_kek, new_master, unwrap, wrap
 from .format import (
     CHUNK_RAW,
@@ -108,14 +109,6 @@ def _key_check(master: bytes) -> str:
     return hashlib.blake2b(b"", key=master, person=b"maia-bk-check", digest_size=16).hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 @dataclass(frozen=True, order=True)
@@ -496,7 +489,7 @@ class Repository:
         same_host = holder.get("host") == socket.gethostname()
         pid = holder.get("pid")
         if same_host and isinstance(pid, int):
-            return not _pid_alive(pid)
+            return not pid_alive(pid)
         started = holder.get("started")
         old = isinstance(started, int | float) and time.time() - started > STALE_LOCK_SECONDS
         return break_lock and old
