@@ -270,7 +270,7 @@ class Node:
                     if self.repo.compact(doc_id):
                         log.info("compacted %s", doc_id)
                     await asyncio.sleep(0)
-                self.memory.flush_index()
+                self.memory.flush_index(quiet=2.0)
                 if self.repo.evict_idle(IDLE_EVICT_SECONDS) and malloc_trim is not None:
                     malloc_trim(0)
             except Exception:
