@@ -246,6 +246,8 @@ def revoke_device(
     """Write a signed tombstone for ``subject`` (SPEC-005 §5.9): its changes up to what this
     node holds stay, everything later is refused by every node, and it can never come back."""
     roster = repo.roster
+    if repo.key.public_key not in roster.members:
+        raise ValueError("only a member of the mesh can revoke devices")
     if subject == repo.key.public_key:
         raise ValueError("a device cannot revoke itself; revoke it from another member")
     if subject in roster.revoked:

@@ -56,7 +56,8 @@ class DeviceKey:
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Write the key with mode 0600, refusing to replace an existing file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
         try:
             os.write(fd, _KEY_MAGIC + base64.b64encode(bytes(self._signing)) + b"\n")

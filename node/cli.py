@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -77,6 +78,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
             "it was left untouched"
         )
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(paths.root, 0o700)  # SPEC-001 §3.2: the data dir is the owner's alone
     key = DeviceKey.generate()
     key.save(paths.key)
     cfg = NodeConfig.load(paths.config)

@@ -107,9 +107,13 @@ class NodeConfig:
             },
             **self.extra,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(tomli_w.dumps(data))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # SPEC-001 §4.6
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tomli_w.dumps(data))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
 
 

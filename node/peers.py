@@ -34,6 +34,8 @@ MAX_REJECTS = 8
 REJECT_WINDOW = 10.0
 FRAME_RATE = 500.0
 FRAME_BURST = 2000.0
+PENALTY_START = 60.0
+PENALTY_MAX = 3600.0
 
 
 def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_MAX):
@@ -217,7 +219,8 @@ class PeerConnection:
             self._rejects.append(now)
         with contextlib.suppress(TransportError):
             await self.channel.send(
-                {"t": "reject", "doc": doc_id, "code": exc.code, "detail": exc.detail}
+                {"t": "reject", "doc": doc_id if _short(doc_id) else None, "code": exc.code,
+                 "detail": exc.detail[:500]}  # SPEC-005 §11.1: a reject never echoes a flood
             )
         if len(self._rejects) > MAX_REJECTS:  # SPEC-005 005.11.3: "more than 8"
             await self._error("too_many_rejections", "too many rejected messages")
@@ -226,6 +229,8 @@ class PeerConnection:
 
     async def _error(self, code: str, detail: str) -> None:
         self.manager.note_error(self.peer_key, f"{code}: {detail}")
+        if code in ("flooding", "too_many_rejections"):
+            self.manager.penalise(self.peer_key)
         with contextlib.suppress(TransportError):
             await self.channel.send({"t": "error", "code": code, "detail": detail})
         await self.channel.close(1008, code)  # SPEC-005 005.9.11: the reason is the code
@@ -269,6 +274,7 @@ class PeerManager:
         self.peers: dict[bytes, PeerState] = {}
         self.static: dict[str, StaticPeer] = {}
         self.discovered: dict[str, StaticPeer] = {}
+        self._penalty: dict[bytes, tuple[float, float]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -335,6 +341,19 @@ class PeerManager:
 
     def note_error(self, key: bytes, why: str) -> None:
         self._peer(key).last_error = why
+
+    def penalise(self, key: bytes) -> float:
+        """Refuse a misbehaving peer for 60 s, doubling on each repeat up to 1 h (SPEC-005
+        §11.3); returns the seconds."""
+        previous = self._penalty.get(key, (0.0, 0.0))[1]
+        seconds = min(PENALTY_MAX, previous * 2 if previous else PENALTY_START)
+        self._penalty[key] = (time.monotonic() + seconds, seconds)
+        log.warning("refusing %s for %.0f s", device_id(key), seconds)
+        return seconds
+
+    def penalised(self, key: bytes) -> float:
+        until = self._penalty.get(key, (0.0, 0.0))[0]
+        return max(0.0, until - time.monotonic())
 
     def _on_change(self, doc_id: str, local: bool) -> None:
         for conn in self.connections.values():
@@ -487,6 +506,13 @@ class PeerManager:
     ) -> PeerConnection | None:
         """Run one authenticated session; the connection object, or None when refused."""
         key = channel.peer_key
+        wait = self.penalised(key)
+        if wait:
+            with contextlib.suppress(TransportError):
+                await channel.send({"t": "error", "code": "backoff",
+                                    "detail": f"refused for another {wait:.0f} s"})
+            await channel.close(1008, "backoff")
+            return None
         if self.repo.add_certs(channel.peer_certs) and self.on_roster_change is not None:
             self.on_roster_change()
         if not self.repo.roster.is_member(key):
@@ -523,6 +549,10 @@ class PeerManager:
                 _safely(callback, conn)
             log.info("peer %s disconnected", channel.peer_device_id)
         return conn
+
+
+def _short(doc_id: object) -> bool:
+    return isinstance(doc_id, str) and len(doc_id) <= 64
 
 
 def device_id_or_none(key: bytes | None) -> str | None:

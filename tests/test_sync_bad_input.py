@@ -94,6 +94,8 @@ class Mesh:
     certs: list[bytes]  # every certificate of the mesh, as a member presents them
     member: DeviceKey  # endorsed member key the hostile client uses to relay
     revoked: DeviceKey  # endorsed, then revoked with cutoff {REVOKED_DOC: CUTOFF}
+    rude: DeviceKey  # a member that gets itself disconnected (and refused for a while)
+    flooder: DeviceKey  # likewise, by flooding
     bad: list[tuple[str, list[bytes]]] = field(default_factory=list)  # never to be stored
 
     @property
@@ -109,6 +111,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     founder = DeviceKey.load(a.data_dir / "keys" / "device.key")
     b_key = DeviceKey.load(b.data_dir / "keys" / "device.key")
     member, revoked = DeviceKey.generate(), DeviceKey.generate()
+    rude, flooder = DeviceKey.generate(), DeviceKey.generate()
     store = Store(a.data_dir)
     try:
         repo = open_repo(store, founder)
@@ -116,6 +119,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         new = [
             new_endorsement(founder, mesh_id, member.public_key, "hostile-member"),
             new_endorsement(founder, mesh_id, revoked.public_key, "stolen-laptop"),
+            new_endorsement(founder, mesh_id, rude.public_key, "rude-member"),
+            new_endorsement(founder, mesh_id, flooder.public_key, "flooding-member"),
             new_tombstone(
                 founder, mesh_id, revoked.public_key, {REVOKED_DOC: CUTOFF}, reason="stolen"
             ),
@@ -132,7 +137,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         record_certs(open_repo(store, b_key), new)
     finally:
         store.close()
-    m = Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked)
+    m = Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked, rude, flooder)
     try:
         a.start()
         b.start()
@@ -471,8 +476,8 @@ def test_garbage_and_truncated_frames_are_rejected_then_disconnected(mesh: Mesh)
     ("more than 8") ends it with {"t": "error", "code": "too_many_rejections"} and close 1008
     "too_many_rejections"."""
     doc = doc_for(6)
-    changes = entry_changes(mesh.member, entry_for(6), ["HOSTILE garbage carrier"])
-    batch = sign(mesh.member, mesh.mesh_id, doc, changes)
+    changes = entry_changes(mesh.rude, entry_for(6), ["HOSTILE garbage carrier"])
+    batch = sign(mesh.rude, mesh.mesh_id, doc, changes)
     whole = changes_message(chunks_of(changes))
     noise = random.Random(6).randbytes(300)
     good = sync_frame(doc, chunks_of(changes), [batch])
@@ -491,7 +496,7 @@ def test_garbage_and_truncated_frames_are_rejected_then_disconnected(mesh: Mesh)
     last = 42  # the 9th: a frame that is not even a container
 
     async def scenario():
-        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+        async with hostile_peer(mesh.peer_port, mesh.rude, mesh.mesh_id, mesh.certs) as p:
             answers = []
             for frame, _, _ in garbage:
                 await p.send(frame)
@@ -506,7 +511,7 @@ def test_garbage_and_truncated_frames_are_rejected_then_disconnected(mesh: Mesh)
         ("reject", "malformed"), ("error", "too_many_rejections"),
     ], frames
     assert (code, reason) == (1008, "too_many_rejections")
-    assert peer_state(mesh.victim, mesh.member)["last_error"].startswith("too_many_rejections")
+    assert peer_state(mesh.victim, mesh.rude)["last_error"].startswith("too_many_rejections")
     assert_not_stored(mesh, doc, hashes_of(changes), ["HOSTILE garbage carrier"],
                       entry_id=entry_for(6))
     assert_mesh_still_works(mesh, "garbage frames")
@@ -634,7 +639,7 @@ def test_flooding_peer_is_disconnected(mesh: Mesh) -> None:
     docs_before = StoreView(mesh.victim.data_dir).doc_ids()
 
     async def scenario():
-        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+        async with hostile_peer(mesh.peer_port, mesh.flooder, mesh.mesh_id, mesh.certs) as p:
             summary = await p.next_frame(lambda f: f.get("t") == "summary")
             echo = {"t": "summary", "docs": summary["docs"]}  # "we are in sync": no work
             answer = asyncio.create_task(p.answer(timeout=20))
@@ -655,11 +660,18 @@ def test_flooding_peer_is_disconnected(mesh: Mesh) -> None:
     assert sent > FRAME_BURST  # not cut off for anything the first burst could explain
     assert elapsed < 15
     assert closed == (1008, "flooding")
-    assert peer_state(mesh.victim, mesh.member)["last_error"].startswith("flooding")
-    wait_for(lambda: mesh.member.device_id not in mesh.victim.connected(), timeout=5,
+    assert peer_state(mesh.victim, mesh.flooder)["last_error"].startswith("flooding")
+    wait_for(lambda: mesh.flooder.device_id not in mesh.victim.connected(), timeout=5,
              what="the member's connection is gone")
     assert StoreView(mesh.victim.data_dir).doc_ids() == docs_before
     assert_mesh_still_works(mesh, "flood")
+
+    async def comes_back():  # SPEC-005 §11.3: refused for a while after misbehaving
+        async with hostile_peer(mesh.peer_port, mesh.flooder, mesh.mesh_id, mesh.certs) as p:
+            return await p.answer(timeout=5)
+
+    again = run(comes_back())
+    assert (again["t"], again["code"]) == ("error", "backoff"), again
 
 
 def test_store_view_sees_committed_changes(tmp_path: Path) -> None:
