@@ -66,6 +66,7 @@ class Repo:
         self.compact_after = compact_after
         self._loaded: OrderedDict[str, DocHandle] = OrderedDict()
         self._listeners: list[ChangeListener] = []
+        self._changed_at: dict[str, float] = {}
         self.roster = Roster.build(mesh_id, self._stored_certs())
 
     # -- roster ----------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class Repo:
             self._listeners.remove(listener)
 
     def _notify(self, doc_id: str, local: bool) -> None:
+        self._changed_at[doc_id] = time.monotonic()
         for listener in list(self._listeners):
             try:
                 listener(doc_id, local)
@@ -275,10 +277,16 @@ class Repo:
         return out
 
     # -- upkeep ----------------------------------------------------------------------------------
-    def compact(self, doc_id: str) -> bool:
-        """Fold the change log into a snapshot when it has grown past ``compact_after``."""
+    def compact(self, doc_id: str, quiet: float = 0.0) -> bool:
+        """Fold the change log into a snapshot when it has grown past ``compact_after``.
+
+        With ``quiet``, a document that changed more recently is left for a later pass, so a
+        catch-up is not slowed by saving a document that is still growing.
+        """
         meta = self.store.doc_meta(doc_id)
         if meta is None or meta.pending < self.compact_after:
+            return False
+        if quiet and time.monotonic() - self._changed_at.get(doc_id, 0.0) < quiet:
             return False
         handle = self.open(doc_id)
         self.store.write_snapshot(

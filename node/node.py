@@ -267,7 +267,7 @@ class Node:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:
                 for doc_id in self.repo.store.doc_ids():
-                    if self.repo.compact(doc_id):
+                    if self.repo.compact(doc_id, quiet=2.0):
                         log.info("compacted %s", doc_id)
                     await asyncio.sleep(0)
                 self.memory.flush_index(quiet=2.0)

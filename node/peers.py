@@ -125,6 +125,9 @@ class PeerConnection:
     def initiator_key(self) -> bytes:
         return self.manager.repo.key.public_key if self.initiator else self.peer_key
 
+    def repo_has(self, doc_id: str) -> bool:
+        return self.manager.repo.store.doc_meta(doc_id) is not None
+
     @property
     def peer_device_id(self) -> str:
         return self.channel.peer_device_id
@@ -166,7 +169,12 @@ class PeerConnection:
         if kind == "summary":
             try:
                 for doc_id in self.sync.docs_to_sync(frame):
-                    self.mark_dirty(doc_id)
+                    # When the peer lacks a document entirely, let it open the exchange: its
+                    # first message costs it nothing, while ours would make us load the
+                    # document only to say hello. Our first answer then carries changes, and
+                    # loading the next document overlaps with the peer applying this one.
+                    if self.sync.their_heads.get(doc_id) or not self.repo_has(doc_id):
+                        self.mark_dirty(doc_id)
             except Rejected as exc:
                 return await self._rejected(None, exc)
         elif kind == "sync":
