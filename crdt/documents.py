@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from automerge.core import Document, Message, SyncState, Transaction
 
 from .batches import SignedBatch
-from .chunks import ChangeInfo, changes_message, parse_change
+from .chunks import ChangeInfo, change_hash, changes_message
 from .keys import DeviceKey
 from .roster import Cert, Roster, decode_cert
 from .store import DocMeta, Store
@@ -295,6 +295,6 @@ class Repo:
         return True
 
     def batches_covering(self, doc_id: str, chunks: Sequence[bytes]) -> list[bytes]:
-        hashes = [parse_change(bytes(c)).hash for c in chunks]
+        hashes = [change_hash(bytes(c)) for c in chunks]
         ids = self.store.batch_ids_for(doc_id, hashes)
         return self.store.batches(doc_id, list(dict.fromkeys(ids.values())))
