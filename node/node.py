@@ -253,16 +253,12 @@ class Node:
     async def _upkeep(self) -> None:
         """Background care: compact grown change logs, index, and unload idle documents.
 
-        Unloading frees a document's memory to the C allocator, which keeps it; glibc's
-        ``malloc_trim`` hands it back to the system, so a node idles small again after a
-        catch-up or a burst of work (docs/benchmarks.md: idle memory). Elsewhere: no trim.
+        After documents are unloaded, ``memtrim.release`` hands the freed heap and the LMDB
+        pages the work left mapped back to the system, so a node idles small again after a
+        catch-up or a burst of work (docs/benchmarks.md: idle memory).
         """
-        import ctypes
+        from .memtrim import release
 
-        try:
-            malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            malloc_trim = None
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:
@@ -271,8 +267,8 @@ class Node:
                         log.info("compacted %s", doc_id)
                     await asyncio.sleep(0)
                 self.memory.flush_index(quiet=2.0)
-                if self.repo.evict_idle(IDLE_EVICT_SECONDS) and malloc_trim is not None:
-                    malloc_trim(0)
+                if self.repo.evict_idle(IDLE_EVICT_SECONDS):
+                    release(self.paths.root)
             except Exception:
                 log.exception("upkeep failed; will retry")
 
