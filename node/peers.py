@@ -152,6 +152,9 @@ class PeerConnection:
                     return
                 if not await self._handle(frame):
                     return
+                # Frames already buffered would otherwise be handled back to back without ever
+                # letting the sender run: yield, so an answer goes out while the peer works.
+                await asyncio.sleep(0)
         except ChannelClosed:
             pass
         except TransportError as exc:
