@@ -74,6 +74,26 @@ def _node_version() -> str:
         return "unknown"
 
 
+def _code_version() -> str:
+    """The commit measured, and whether the node's code in the working tree differed from it."""
+    git = shutil.which("git")
+    if not git:
+        return "unknown"
+    try:
+        head = subprocess.run([git, "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            [git, "-C", str(ROOT), "status", "--porcelain", "--", "node", "crdt",
+             "pyproject.toml"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head} + uncommitted changes to the code" if dirty else head
+
+
 @functools.cache
 def machine_info() -> dict[str, str]:
     """What the figures were measured on (cached: the machine does not change mid-run)."""
@@ -85,6 +105,7 @@ def machine_info() -> dict[str, str]:
         "Python": platform.python_version(),
         "automerge (Python binding)": _version("automerge"),
         "Node.js": _node_version(),
+        "maia-node commit": _code_version(),
     }
 
 
