@@ -94,3 +94,25 @@ def dumps(obj: Any) -> str:
 def hook_specific(event_name: str, **fields: Any) -> str:
     """``{"hookSpecificOutput": {"hookEventName": ..., ...}}`` (Claude Code, Codex, Gemini)."""
     return dumps({"hookSpecificOutput": {"hookEventName": event_name, **fields}})
+
+
+def normalise_with(
+    events: dict[str, str],
+    tool_facts: Any,
+    cli_event: str,
+    payload: dict[str, Any],
+    *,
+    message_field: str | None = None,
+) -> dict[str, Any] | None:
+    """The event every adapter reads the same way: its name (from the payload, else the one
+    the hook command was installed for), the tool and what it touches, prompt and message."""
+    name = payload.get("hook_event_name")
+    name = name if name in events else cli_event
+    kind = events.get(name)
+    if kind is None:
+        return None
+    tool = payload.get("tool_name") if isinstance(payload.get("tool_name"), str) else ""
+    tool_input = payload.get("tool_input") if isinstance(payload.get("tool_input"), dict) else {}
+    facts = tool_facts(tool, tool_input) if kind in ("pre_tool", "post_tool") else {}
+    extra = {"message": payload.get(message_field, "")} if message_field else {}
+    return event(kind, payload, tool=tool, prompt=payload.get("prompt", ""), **extra, **facts)

@@ -76,16 +76,9 @@ def tool_facts(tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalise(cli_event: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-    name = payload.get("hook_event_name")
-    name = name if name in EVENTS else cli_event
-    kind = EVENTS.get(name)
-    if kind is None:
-        return None
-    tool = payload.get("tool_name") if isinstance(payload.get("tool_name"), str) else ""
-    tool_input = payload.get("tool_input") if isinstance(payload.get("tool_input"), dict) else {}
-    facts = tool_facts(tool, tool_input) if kind in ("pre_tool", "post_tool") else {}
-    return base.event(kind, payload, tool=tool, prompt=payload.get("prompt", ""),
-                      message=payload.get("prompt_response", ""), **facts)
+    return base.normalise_with(
+        EVENTS, tool_facts, cli_event, payload, message_field="prompt_response"
+    )
 
 
 def render(ev: dict[str, Any], answer: dict[str, Any] | None, cli_event: str) -> str:
