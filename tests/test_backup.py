@@ -266,8 +266,14 @@ def test_consolidation_after_16_packs_and_when_deltas_outgrow_the_full_pack(tmp_
     try:
         crdt_repo = open_repo(store, key)
         mem = Memory(crdt_repo)
-        big = mem.add_many([{"text": os.urandom(1500).hex(), "kind": "fact"} for _ in range(60)])
-        target, doc = big[0]["id"], shard_of(big[0]["id"])
+        big = mem.add_many([{"text": os.urandom(1500).hex(), "kind": "fact"} for _ in range(120)])
+        # Entries fall into 8 shards at random: edit the fullest one, so its full pack is large
+        # enough (>= 15 entries) that 16 small deltas cannot outgrow it by chance.
+        by_shard: dict[str, list[str]] = {}
+        for e in big:
+            by_shard.setdefault(shard_of(e["id"]), []).append(e["id"])
+        doc = max(by_shard, key=lambda d: len(by_shard[d]))
+        target = by_shard[doc][0]
 
         def take(layer: str, doc_id: str):
             create_backup(store, repo, device=key.device_id)
