@@ -57,6 +57,7 @@ def series(a: NodeProc, bs: list[NodeProc], n: int, *, cap: float) -> dict[str, 
             bs[i - 1].stop()
             a.stop()
             a.start()
+        harness.wait_quiet(max_wait=180.0)  # other work on the 2 cores would skew this run
         b.start()
         say(f"catch-up run {i + 1}/{len(bs)}: fresh node {b.name} connects to {a.name}...")
         r = measure(a, b, n, cap=cap)
