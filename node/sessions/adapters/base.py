@@ -116,3 +116,26 @@ def normalise_with(
     facts = tool_facts(tool, tool_input) if kind in ("pre_tool", "post_tool") else {}
     extra = {"message": payload.get(message_field, "")} if message_field else {}
     return event(kind, payload, tool=tool, prompt=payload.get("prompt", ""), **extra, **facts)
+
+
+def render_hook_specific(
+    events: dict[str, str],
+    context_events: set[str],
+    ev: dict[str, Any],
+    answer: dict[str, Any] | None,
+) -> str:
+    """The answer in ``hookSpecificOutput`` form (Claude Code, and Codex which copied it):
+    a denial before a tool runs, or additional context for the events that accept it."""
+    if not answer:
+        return ""
+    kind = ev["event"]
+    if kind == "pre_tool" and answer.get("decision") == "deny":
+        return hook_specific(
+            "PreToolUse", permissionDecision="deny",
+            permissionDecisionReason=str(answer.get("reason") or "denied by maia-node"),
+        )
+    context = answer.get("context")
+    if context and kind in context_events:
+        event_name = {v: k for k, v in events.items()}[kind]
+        return hook_specific(event_name, additionalContext=str(context))
+    return ""

@@ -70,16 +70,4 @@ def normalise(cli_event: str, payload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def render(ev: dict[str, Any], answer: dict[str, Any] | None, cli_event: str) -> str:
-    if not answer:
-        return NO_OPINION
-    kind = ev["event"]
-    if kind == "pre_tool" and answer.get("decision") == "deny":
-        return base.hook_specific(
-            "PreToolUse", permissionDecision="deny",
-            permissionDecisionReason=str(answer.get("reason") or "denied by maia-node"),
-        )
-    context = answer.get("context")
-    if context and kind in CONTEXT_EVENTS:
-        event_name = {v: k for k, v in EVENTS.items()}[kind]
-        return base.hook_specific(event_name, additionalContext=str(context))
-    return NO_OPINION
+    return base.render_hook_specific(EVENTS, CONTEXT_EVENTS, ev, answer) or NO_OPINION
