@@ -117,11 +117,14 @@ def measure(
             reached_at = now
             net = harness.tcp_bytes(a.peer_port)
             other_load = others.stop()
+            for prof in profilers:  # the profile covers the catch-up, not the settle after it
+                prof.send_signal(2)  # SIGINT: py-spy writes its output and exits
         if reached_at is not None and now - reached_at >= settle_s:
             break
         time.sleep(POLL)
     for prof in profilers:
-        prof.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        if prof.poll() is None and reached_at is None:
+            prof.send_signal(2)
     final = samples[-1][1] if samples else 0
     done = next((s for s in samples if s[1] == final), None)
     result: dict[str, Any] = {"n": n, "cap_s": cap, "complete": reached_at is not None}
