@@ -6,6 +6,7 @@ Nodes are set up with the real CLI (``maia init``, ``device add``, ``join``) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,18 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
+
+
+@contextlib.contextmanager
+def connected_pair(root: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
+    """Two started nodes of one mesh, b dialling a, stopped on exit (module-scoped fixtures)."""
+    a, b = make_mesh(root, ["a", "b"])
+    try:
+        a.start()
+        b.start()
+        b.add_peer(a)
+        wait_for(lambda: a.connected() and b.connected(), what="a and b connected")
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()

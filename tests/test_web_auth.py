@@ -18,7 +18,7 @@ import pytest
 
 from node.web.live import Stream
 from node.web.logins import Logins
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.nodes import NodeProc, connected_pair, wait_for
 
 CSP = "default-src 'self'; frame-ancestors 'none'"
 PROBLEM = "application/problem+json"
@@ -26,16 +26,8 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, NodeProc]]:
-    a, b = make_mesh(tmp_path_factory.mktemp("web"), ["a", "b"])
-    try:
-        a.start()
-        b.start()
-        b.add_peer(a)
-        wait_for(lambda: a.connected() and b.connected(), what="a and b connected")
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with connected_pair(tmp_path_factory.mktemp("web")) as pair:
+        yield pair
 
 
 @pytest.fixture

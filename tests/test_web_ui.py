@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.nodes import NodeProc, connected_pair
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -46,16 +46,8 @@ if sync_playwright is None:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, NodeProc]]:
     """Two real nodes of one mesh, b dialling a (the mesh_factory set-up, once per module)."""
-    a, b = make_mesh(tmp_path_factory.mktemp("web-ui"), ["a", "b"])
-    try:
-        a.start()
-        b.start()
-        b.add_peer(a)
-        wait_for(lambda: a.connected() and b.connected(), what="a and b connected")
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with connected_pair(tmp_path_factory.mktemp("web-ui")) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
