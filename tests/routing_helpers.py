@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.config import NodeConfig
+from tests.fake_llm_server import FakeLLM
 from tests.nodes import NodeProc, wait_for
 
 
@@ -94,3 +95,15 @@ def models(node: NodeProc) -> dict[str, dict[str, Any]]:
 def wait_for_cortices(node: NodeProc, names: set[str], timeout: float = 20.0) -> None:
     wait_for(lambda: names <= set(models(node)), timeout=timeout,
              what=f"{node.name} to see cortices {sorted(names)}")
+
+
+@dataclass
+class Mesh:
+    """Three routing nodes and the two fake model servers behind B and C."""
+
+    a: NodeProc
+    b: NodeProc
+    c: NodeProc
+    fb: FakeLLM
+    fc: FakeLLM
+    ids: dict[str, str]

@@ -25,21 +25,11 @@ from crdt.store import Store
 from tests.fake_llm_server import FakeLLM
 from tests.hostile import hostile_peer
 from tests.nodes import NodeProc, make_mesh, wait_for
-from tests.routing_helpers import chat, configure, models, wait_for_cortices
+from tests.routing_helpers import Mesh, chat, configure, models, wait_for_cortices
 
 pytestmark = pytest.mark.slow
 
 COOLDOWN = 3.0
-
-
-@dataclass
-class Mesh:
-    a: NodeProc
-    b: NodeProc
-    c: NodeProc
-    fb: FakeLLM
-    fc: FakeLLM
-    ids: dict[str, str]
 
 
 @pytest.fixture(scope="module")

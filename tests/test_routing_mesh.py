@@ -13,30 +13,19 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 
 from tests.fake_llm_server import FakeLLM
-from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
-from tests.routing_helpers import chat, configure, models, wait_for_cortices
+from tests.nodes import cli_out, make_mesh, wait_for
+from tests.routing_helpers import Mesh, chat, configure, models, wait_for_cortices
 
 pytestmark = pytest.mark.slow
 
 KEY_ENV = "MAIA_TEST_PROVIDER_KEY"
 KEY = "sk-maia-test-" + secrets.token_hex(20)
-
-
-@dataclass
-class Mesh:
-    a: NodeProc
-    b: NodeProc
-    c: NodeProc
-    fb: FakeLLM
-    fc: FakeLLM
-    ids: dict[str, str]
 
 
 @pytest.fixture(scope="module")
