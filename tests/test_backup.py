@@ -20,10 +20,10 @@ import pytest
 
 from crdt.identity import open_repo, update_profile
 from crdt.keys import DeviceKey
-from crdt.store import Store
+from crdt.store import Store, format_version
 from node.backup.create import create_backup
 from node.backup.crypto import SEAL_OVERHEAD, unseal_device_key
-from node.backup.format import MAX_CHUNK_PLAINTEXT, BackupError, Pack
+from node.backup.format import MANIFEST_VERSION, MAX_CHUNK_PLAINTEXT, BackupError, Pack
 from node.backup.repository import RepoLocked, Repository, WriteLog
 from node.memory import Memory
 from tests.backup_util import (
@@ -328,14 +328,16 @@ def test_lock_names_its_holder_and_stale_locks_go(tmp_path, capsys):
 
 
 def test_taking_a_backup_does_not_modify_the_data_dir(tmp_path):
-    """SPEC-002 §4.5, §4.3: the data dir's files are untouched (LMDB reader-table files aside),
-    and the repository gains chunks and exactly one manifest, with no temporary file left."""
+    """SPEC-002 §4.5, §4.3, §12.1: the data dir's files are untouched (LMDB reader-table files
+    aside) but for backup-anchors.json, and the repository gains chunks and exactly one
+    manifest, with no temporary file left."""
     data = make_device(tmp_path, "a", entries=50)
     repo = _init(data, tmp_path / "repo")
     before = {k: v for k, v in tree(data).items() if not k.endswith("lock.mdb")}
     assert backup(data, "create") == 0
     after = {k: v for k, v in tree(data).items() if not k.endswith("lock.mdb")}
-    assert after == before
+    anchors = after.pop("backup-anchors.json")
+    assert after == before and anchors[0] > 0
     assert len(repo.manifests()) == 1 and repo.temp_files() == []
     assert not (repo.path / "lock").exists()
 
@@ -350,19 +352,20 @@ def test_manifest_fields_id_and_versions(tmp_path):
     ref = repo.latest()
     plain = repo.keys.open(ref.path.read_bytes())
     m = msgpack.unpackb(plain, raw=False)
-    assert m["format"] == "maia-backup-manifest" and m["v"] == 1
+    assert m["format"] == "maia-backup-manifest" and m["v"] == MANIFEST_VERSION == 2
+    assert m["repo"] == repo.repo_id  # SPEC-002 §5.6: bound to its repository
     assert m["created_at"].endswith("Z") and len(m["created_at"].split(".")[1]) == 10
     assert m["device"] == DeviceKey.load(data / "keys/device.key").device_id
     assert len(bytes.fromhex(m["mesh"])) == 32 and m["parent"] is None
     for layer in ("identity", "memory"):
-        assert m["layers"][layer]["format_version"] == 1
+        assert m["layers"][layer]["format_version"] == format_version(layer)
         for e in m["layers"][layer]["docs"].values():
             assert set(e) == {"heads", "changes", "packs", "bytes", "full_bytes"}
             assert all(n in m["chunks"] for pack in e["packs"] for n in pack)
     assert ref.id == hashlib.blake2b(plain, key=repo.keys.naming, digest_size=32).hexdigest()
     assert ref.path.name == f"{ref.created:%Y%m%dT%H%M%SZ}-{ref.id}.manifest"
     # A manifest from a newer maia-node (sealed with the right key) is refused, not guessed.
-    newer = msgpack.packb({**m, "v": 2}, use_bin_type=True)
+    newer = msgpack.packb({**m, "v": MANIFEST_VERSION + 1}, use_bin_type=True)
     newer_id = hashlib.blake2b(newer, key=repo.keys.naming, digest_size=32).hexdigest()
     path = ref.path.with_name(f"{ref.created:%Y%m%dT%H%M%SZ}-{newer_id}.manifest")
     path.write_bytes(repo.keys.seal(newer))

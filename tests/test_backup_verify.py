@@ -56,9 +56,9 @@ def test_verify_restores_checks_and_records(taken, tmp_path, capsys):
     writes an encrypted record naming the manifest, and list shows verified instead of
     unverified; the time lands in Runtime."""
     data, repo = taken
-    rows = backup_json(capsys, data, "list")
+    rows = backup_json(capsys, data, "list")["backups"]
     assert [r["status"] for r in rows] == ["unverified"] and rows[0]["verified_at"] is None
-    out = backup_json(capsys, data, "verify")
+    out = backup_json(capsys, data, "verify")["verified"]
     assert out[0]["counts"]["documents"] == len(repo.load_manifest(repo.latest()).layers[
         "memory"].docs) + 1
     assert out[0]["counts"]["changes"] >= 120
@@ -69,7 +69,7 @@ def test_verify_restores_checks_and_records(taken, tmp_path, capsys):
     assert plain["manifest"] == repo.latest().id
     assert plain["verifier"] == DeviceKey.load(data / "keys/device.key").device_id
     assert repo.latest().id.encode() not in record.read_bytes()  # sealed
-    rows = backup_json(capsys, data, "list")
+    rows = backup_json(capsys, data, "list")["backups"]
     assert rows[0]["status"] == "verified" and rows[0]["verified_at"] == plain["verified_at"]
     status = json.loads(_status(capsys, data))
     assert status["backup"]["last_verified"] == plain["verified_at"]
@@ -174,12 +174,12 @@ def test_unreadable_record_leaves_the_backup_unverified(taken, capsys):
     (record,) = files(repo.path / "verified", "*.record")
     raw = record.read_bytes()
     record.write_bytes(raw[:-3] + b"xyz")
-    assert backup_json(capsys, data, "list")[0]["status"] == "unverified"
+    assert backup_json(capsys, data, "list")["backups"][0]["status"] == "unverified"
     # A valid record that names another manifest does not count either.
     other = repo.keys.seal(msgpack.packb({"v": 1, "manifest": "f" * 64, "verified_at":
                                           "2026-01-01T00:00:00Z", "verifier": "", "counts": {}}))
     record.write_bytes(other)
-    assert backup_json(capsys, data, "list")[0]["status"] == "unverified"
+    assert backup_json(capsys, data, "list")["backups"][0]["status"] == "unverified"
 
 
 def _forge(repo: Repository, honest, edit) -> str:

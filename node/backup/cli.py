@@ -88,6 +88,9 @@ def register(subparsers: Any) -> None:
                    help="unseal the backed-up device key to hand over to a new key (no member "
                    "reachable)")
     p.add_argument("--device-key-passphrase-file", metavar="FILE")
+    p.add_argument("--allow-rollback", action="store_true",
+                   help="restore even though the repository lost backups this data dir "
+                   "remembers (newer ones deleted, or an older copy of the target)")
     p.add_argument("--passphrase-file", metavar="FILE")
     p.add_argument("--json", action="store_true")
 
@@ -245,6 +248,29 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _warn(text: str) -> None:
+    _Progress.end_line()
+    sys.stderr.write(f"maia: warning: {text}\n")
+    sys.stderr.flush()
+
+
+def _refused_json(catalog) -> list[dict[str, str]]:
+    return [{"id": ref.id, "file": str(ref.path), "error": str(exc)}
+            for ref, exc in catalog.refused]
+
+
+def _check_target(repo, catalog, *roots: Path, quiet_unchecked: bool = True):
+    """Refused manifests and the rollback check (SPEC-002 §5.5, §12.3), warned on stderr."""
+    from .anchors import check_rollback
+
+    for ref, exc in catalog.refused:
+        _warn(f"backup manifest {ref.path.name} is refused: {exc}")
+    check = check_rollback(repo, catalog, *roots)
+    if check.detected or (not check.checked and not quiet_unchecked):
+        _warn(check.warning or "")
+    return check
+
+
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
 
@@ -298,12 +324,14 @@ def _create(args: argparse.Namespace, paths: Paths, *, forget: bool = False) -> 
         result = create_backup(
             store, repo, device=device, config_path=paths.config, sealed_device_key=sealed,
             forget_device_key=forget, progress=_Progress("backing up"),
-            break_lock=getattr(args, "break_lock", False),
+            break_lock=getattr(args, "break_lock", False), anchor_root=paths.root,
         )
     finally:
         store.close()
     if getattr(args, "remember_key", False):
         _remember(paths, repo)
+    if result.rollback and result.rollback["detected"]:
+        _warn(str(result.rollback["warning"]))
     if args.json:
         print_json(result.summary())
         return 0
@@ -328,15 +356,19 @@ def _verify(args: argparse.Namespace, paths: Paths) -> int:
 
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
-    refs = repo.manifests()
-    if not refs:
+    if not repo.manifests():
         raise UserError(f"there is no backup in {path} yet")
+    catalog = repo.catalog()
+    rollback = _check_target(repo, catalog, paths.root)
+    if catalog.newest is None:  # every manifest is refused: that IS the verification's result
+        ref, exc = catalog.refused[-1]
+        raise UserError(f"backup {ref.id[:12]} FAILED verification: {exc}")
     if args.all:
-        chosen = refs
+        chosen = [ref for ref, _ in catalog.accepted]
     elif args.id:
         chosen = [repo.find(args.id)]
     else:
-        chosen = [repo.latest()]
+        chosen = [catalog.newest[0]]
     try:
         verifier = _this_device(paths)
     except Exception:
@@ -356,7 +388,15 @@ def _verify(args: argparse.Namespace, paths: Paths) -> int:
                 f"certificate(s); every chunk, signature and head checked "
                 f"({result.seconds:.1f} s).")
     if args.json:
-        print_json([r.summary() for r in results])
+        print_json({"verified": [r.summary() for r in results], "refused": _refused_json(catalog),
+                    "rollback": rollback.as_json()})
+    if catalog.refused:  # SPEC-002 §5.5: a refused manifest fails the repository's verification
+        ref, exc = catalog.refused[-1]
+        raise UserError(f"backup {ref.id[:12]} FAILED verification: {exc}"
+                        + (f" (and {len(catalog.refused) - 1} more refused manifest(s))"
+                           if len(catalog.refused) > 1 else ""))
+    if rollback.detected:  # SPEC-002 §12.3
+        raise UserError(f"{rollback.warning}; the backups that are there verified")
     return 0
 
 
@@ -378,23 +418,23 @@ def _tell_node(paths: Paths, manifest_id: str, verified_at: str) -> None:
 
 
 def _list(args: argparse.Namespace, paths: Paths) -> int:
-    from .format import BackupError
+    from .format import Corrupt
 
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
     verified = repo.verified_ids()
+    catalog = repo.catalog()  # newest first by authenticated created_at (SPEC-002 §5.5)
+    rollback = _check_target(repo, catalog, paths.root)
     rows: list[dict[str, Any]] = []
-    for ref in reversed(repo.manifests()):
+    for ref, exc in reversed(catalog.refused):
+        rows.append({"id": ref.id, "created_at": None, "verified_at": None,
+                     "status": "refused" if isinstance(exc, Corrupt) else "unreadable",
+                     "file": str(ref.path), "error": str(exc)})
+    for ref, m in reversed(catalog.accepted):
         row: dict[str, Any] = {
             "id": ref.id, "created_at": None, "verified_at": verified.get(ref.id),
             "status": "verified" if ref.id in verified else "unverified",
         }
-        try:
-            m = repo.load_manifest(ref)
-        except BackupError as exc:
-            row |= {"status": "unreadable", "error": str(exc)}
-            rows.append(row)
-            continue
         row |= {
             "created_at": m.created_at,
             "device": m.device,
@@ -406,15 +446,16 @@ def _list(args: argparse.Namespace, paths: Paths) -> int:
             "parent": m.parent,
         }
         rows.append(row)
+    rows.sort(key=lambda r: r["status"] in ("refused", "unreadable"))  # accepted ones first
     if args.json:
-        print_json(rows)
+        print_json({"backups": rows, "rollback": rollback.as_json()})
         return 0
     if not rows:
         say(f"There is no backup in {path} yet: run 'maia backup create'.")
         return 0
     for r in rows:
-        if r["status"] == "unreadable":
-            say(f"{r['id'][:12]}  UNREADABLE  {r['error']}")
+        if r["status"] in ("refused", "unreadable"):
+            say(f"{r['id'][:12]}  {r['status'].upper()}  {r['error']}")
             continue
         layers = ", ".join(f"{n} {v['documents']} doc(s)/{v['changes']} change(s)"
                            for n, v in r["layers"].items())
@@ -430,11 +471,20 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
 
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
-    refs = repo.manifests()
-    if not refs:
+    if not repo.manifests():
         raise UserError(f"there is no backup in {path} to restore")
-    ref = repo.find(args.id) if args.id else repo.latest()
     target = Path(args.data_to).expanduser() if args.data_to else paths.root
+    catalog = repo.catalog()
+    rollback = _check_target(repo, catalog, paths.root, target, quiet_unchecked=args.json)
+    if args.id:
+        ref = repo.find(args.id)
+    elif catalog.newest is not None:
+        ref = catalog.newest[0]  # the newest by authenticated created_at (SPEC-002 §5.5)
+    else:
+        raise catalog.refused[-1][1]
+    if rollback.detected and not args.allow_rollback:  # SPEC-002 §12.4
+        raise UserError(f"{rollback.warning}. Restore refused, nothing was written: check the "
+                        f"target, then add --allow-rollback to restore from what is left")
     passphrase = _device_key_passphrase(args, confirm=False) if args.with_device_key else None
     result = restore_backup(repo, ref, target, force=args.force,
                             device_key_passphrase=passphrase, progress=_Progress("restoring"))
@@ -444,7 +494,8 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
                     "counts": result.counts, "handed_over": result.handed_over,
                     "kept_existing_key": result.kept_existing_key,
                     "moved_aside": str(result.moved_aside) if result.moved_aside else None,
-                    "config_restored": result.config_restored})
+                    "config_restored": result.config_restored,
+                    "refused": _refused_json(catalog), "rollback": rollback.as_json()})
         return 0
     c = result.counts
     say(f"Restored backup {result.manifest_id[:12]} into {result.target}: {c['documents']} "
@@ -526,7 +577,8 @@ def _scheduled_run(args: argparse.Namespace, paths: Paths) -> int:
         device = _this_device(paths)
         store = _open_store(paths)
         try:
-            created = create_backup(store, repo, device=device, config_path=paths.config)
+            created = create_backup(store, repo, device=device, config_path=paths.config,
+                                    anchor_root=paths.root)
         finally:
             store.close()
         verified = verify_backup(repo, created.ref, verifier=device)

@@ -10,7 +10,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +50,7 @@ class CreateResult:
     changed_docs: int
     unchanged_docs: int
     seconds: float
+    rollback: dict[str, object] | None = field(default=None)  # SPEC-002 §12.3
 
     def summary(self) -> dict[str, object]:
         return {
@@ -63,6 +64,7 @@ class CreateResult:
             "unchanged_documents": self.unchanged_docs,
             "device_key": self.manifest.device_key is not None,
             "seconds": round(self.seconds, 3),
+            "rollback": self.rollback,
         }
 
 
@@ -94,19 +96,35 @@ def create_backup(
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
     break_lock: bool = False,
+    anchor_root: Path | None = None,
 ) -> CreateResult:
     """Back up Identity and Memory of ``store`` into ``repo``; returns what was written.
 
     ``sealed_device_key`` (already sealed under its own passphrase) adds the device key; else
     the parent's device-key chunk is carried forward unless ``forget_device_key`` (§6.2).
+    With ``anchor_root`` (the data dir), the target is first checked for a rollback, and the
+    new manifest is then remembered there (§12.1, §12.3), both under the repository lock.
     """
+    from .anchors import check_rollback, remember
+
     started = time.monotonic()
     config = config_path.read_bytes() if config_path and config_path.is_file() else None
     try:
         with repo.lock(break_lock=break_lock):
-            return _Creator(store, repo, device, progress, cancel).run(
+            creator = _Creator(store, repo, device, progress, cancel)
+            rollback = None
+            if anchor_root is not None:
+                check = check_rollback(repo, creator.catalog, anchor_root)
+                rollback = check.as_json()
+                if check.detected:
+                    log.warning("%s", check.warning)
+            result = creator.run(
                 config, sealed_device_key, forget_device_key, now or utcnow(), started
             )
+            result.rollback = rollback
+            if anchor_root is not None:
+                remember(anchor_root, repo, result.manifest)
+            return result
     except OSError as exc:
         raise write_error(repo.path, exc) from None
 
@@ -129,6 +147,7 @@ class _Creator:
         self.chunks: dict[str, int] = {}
         self.changed = 0
         self.unchanged = 0
+        self.catalog = repo.catalog()  # every manifest, read and checked once (§5.5)
 
     def run(
         self,
@@ -161,6 +180,7 @@ class _Creator:
             device=self.device,
             mesh=mesh.hex(),
             node_version=node_version(),
+            repo=self.repo.repo_id,
             parent=parent.id if parent else None,
             layers=layers,
             certs=cert_names,
@@ -179,19 +199,12 @@ class _Creator:
 
     # -- parent and chunks -------------------------------------------------------------------------
     def _parent(self, mesh: str) -> Manifest | None:
-        """The newest readable manifest of this device and mesh: the base of an increment."""
-        best: Manifest | None = None
-        for ref in self.repo.manifests():
-            try:
-                m = self.repo.load_manifest(ref)
-            except BackupError as exc:
-                log.warning("not using %s as a parent: %s", ref.path.name, exc)
-                continue
-            if m.device == self.device and m.mesh == mesh and (
-                best is None or (m.created_at, m.id) > (best.created_at, best.id)
-            ):
-                best = m
-        return best
+        """The newest accepted manifest of this device and mesh, by authenticated
+        ``created_at``: the base of an increment (§3.3, §5.5). Refused ones are never used."""
+        for ref, exc in self.catalog.refused:
+            log.warning("not using %s as a parent: %s", ref.path.name, exc)
+        same = [m for m in self.catalog.of_device(self.device) if m.mesh == mesh]
+        return same[-1] if same else None
 
     def _put(self, content: bytes) -> list[str]:
         names, sizes = self.repo.put_content(content, self.wlog)

@@ -116,13 +116,27 @@ class BackupFeature:
             "last_verified": st.get("last_verified"),
             "last_error": st.get("last_error"),
             "last_error_at": _iso_epoch(st.get("last_error_at")),
+            "rollback": self._rollback(),
             "warning": warning,
             "summary": summary,
         }
 
     # -- status ------------------------------------------------------------------------------------
+    def _rollback(self) -> dict[str, Any] | None:
+        """SPEC-002 §12.3: a rollback a scheduled run found, shown for warn_after."""
+        found = self._state.get("rollback")
+        if not isinstance(found, dict) or not isinstance(found.get("at"), int | float):
+            return None
+        if time.time() - found["at"] > self.settings.warn_after:
+            return None
+        return {"warning": str(found.get("warning")), "at": _iso_epoch(found["at"])}
+
     def _warning(self) -> str | None:
-        """SPEC-002 §7.4: no verified backup, or the newest one is older than warn_after."""
+        """SPEC-002 §7.4: no verified backup, or the newest one is older than warn_after;
+        §12.3: a scheduled run found the target rolled back."""
+        rollback = self._rollback()
+        if rollback:
+            return f"{rollback['warning']} (found by the scheduled backup of {rollback['at']})"
         last = self._state.get("last_verified")
         if not last:
             return "no verified backup exists (maia backup create, then maia backup verify)"
@@ -169,7 +183,11 @@ class BackupFeature:
             names = os.listdir(self.settings.target / "manifests")
         except OSError:
             return None
-        times = [p[0].timestamp() for p in map(parse_manifest_filename, names) if p]
+        # Names are not authenticated: a time in the future is ignored, so a renamed manifest
+        # can never postpone the schedule (SPEC-002 §10.2).
+        now = time.time()
+        times = [t for t in (p[0].timestamp() for p in map(parse_manifest_filename, names) if p)
+                 if t <= now]
         return max(times) if times else None
 
     async def _run_once(self) -> bool:
@@ -185,6 +203,10 @@ class BackupFeature:
                       "last_error": None, "runs": int(self._state.get("runs", 0)) + 1}
             fields |= newer_verification(self._state, result.get("id", ""),
                                          result.get("verified_at", ""))
+            found = result.get("rollback")
+            if isinstance(found, dict) and found.get("detected"):
+                fields["rollback"] = {"warning": found.get("warning"), "at": started}
+                log.warning("scheduled backup: %s", found.get("warning"))
             self._state = update_status(self.node.store, **fields)
             log.info("scheduled backup %s taken, verified and pruned (%s new bytes)",
                      str(result.get("id", ""))[:12], result.get("new_bytes"))

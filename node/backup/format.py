@@ -15,7 +15,7 @@ import msgpack
 REPO_FORMAT = "maia-backup-repo"
 REPO_VERSION = 1
 MANIFEST_FORMAT = "maia-backup-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # v2 adds `repo` (SPEC-002 §5.6); v1 is still read
 PACK_VERSION = 1
 RECORD_VERSION = 1
 
@@ -139,6 +139,7 @@ class Manifest:
     device_key: str | None
     chunks: dict[str, int]
     id: str = ""
+    repo: str = ""  # the repository's repo_id (SPEC-002 §5.6); "" in a version 1 manifest
 
     @property
     def created(self) -> datetime:
@@ -153,6 +154,7 @@ class Manifest:
             {
                 "format": MANIFEST_FORMAT,
                 "v": MANIFEST_VERSION,
+                "repo": self.repo,
                 "created_at": self.created_at,
                 "device": self.device,
                 "mesh": self.mesh,
@@ -211,6 +213,7 @@ class Manifest:
                 config=m.get("config"),
                 device_key=m.get("device_key"),
                 chunks={str(k): int(v) for k, v in m["chunks"].items()},
+                repo=str(m["repo"]) if m["v"] >= 2 else "",
             )
             manifest.created  # noqa: B018 - validates the timestamp
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -42,6 +42,7 @@ from .format import (
     parse_manifest_filename,
     parse_record_filename,
     record_filename,
+    stamp,
     utcnow,
 )
 
@@ -118,6 +119,23 @@ class ManifestRef:
     created: datetime
     id: str
     path: Path = field(compare=False)
+
+
+@dataclass
+class Catalog:
+    """Every manifest of a repository, read and checked (SPEC-002 §5.2, §5.5, §5.6): the
+    accepted ones in authenticated order (``created_at``, then id), oldest first, and the
+    refused or unreadable ones with the reason."""
+
+    accepted: list[tuple[ManifestRef, Manifest]] = field(default_factory=list)
+    refused: list[tuple[ManifestRef, BackupError]] = field(default_factory=list)
+
+    @property
+    def newest(self) -> tuple[ManifestRef, Manifest] | None:
+        return self.accepted[-1] if self.accepted else None
+
+    def of_device(self, device: str) -> list[Manifest]:
+        return [m for _, m in self.accepted if m.device == device]
 
 
 @dataclass
@@ -350,16 +368,27 @@ class Repository:
                 out.append(ManifestRef(parsed[0], parsed[1], f))
         return sorted(out)
 
+    def catalog(self) -> Catalog:
+        """Read every manifest: order by the authenticated ``created_at`` (never by file name,
+        which anyone who can write to the target can change) and set the refused apart
+        (SPEC-002 §5.5)."""
+        cat = Catalog()
+        accepted = []
+        for ref in self.manifests():
+            try:
+                m = self.load_manifest(ref)
+            except BackupError as exc:
+                log.info("refusing backup manifest %s", exc)
+                cat.refused.append((ref, exc))
+                continue
+            accepted.append((m.created, m.id, ref, m))
+        cat.accepted = [(ref, m) for _, _, ref, m in sorted(accepted, key=lambda t: t[:2])]
+        return cat
+
     def latest(self) -> ManifestRef | None:
-        """The newest backup. File names carry whole seconds, so backups taken within the same
-        second are ordered by the exact ``created_at`` inside their manifests."""
-        refs = self.manifests()
-        if not refs:
-            return None
-        tied = [r for r in refs if r.created == refs[-1].created]
-        if len(tied) == 1:
-            return tied[0]
-        return max(tied, key=lambda r: (self.load_manifest(r).created_at, r.id))
+        """The newest backup that is not refused, by authenticated ``created_at`` (§5.5)."""
+        newest = self.catalog().newest
+        return newest[0] if newest else None
 
     def find(self, prefix: str) -> ManifestRef:
         refs = [r for r in self.manifests() if r.id.startswith(prefix.lower())]
@@ -382,6 +411,17 @@ class Repository:
             raise Corrupt(ref.path, "id check", "its content does not match its name")
         manifest = Manifest.decode(plain, ref.path)
         manifest.id = ref.id
+        # SPEC-002 §5.2: the name's time is the authenticated created_at (to the second), so a
+        # renamed old manifest never passes for a newer one.
+        if stamp(manifest.created) != stamp(ref.created):
+            raise Corrupt(ref.path, "name check",
+                          f"its name says {stamp(ref.created)} but it was created at "
+                          f"{manifest.created_at}; refused (renamed)")
+        # SPEC-002 §5.6: a version 2 manifest names its repository.
+        if manifest.repo and manifest.repo != self.repo_id:
+            raise Corrupt(ref.path, "repository check",
+                          f"it belongs to repository {manifest.repo[:12]}, not "
+                          f"{self.repo_id[:12]}; refused")
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> ManifestRef:

@@ -263,7 +263,15 @@ def restore_backup(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    lock.release()
+    try:  # the restored data dir now knows this target (SPEC-002 §12.1)
+        from .anchors import remember
+
+        remember(target, repo, manifest)
+    except OSError as exc:
+        log.warning("restored, but %s could not record the backup it came from (%s)", target,
+                    exc.strerror or exc)
+    finally:
+        lock.release()
     return RestoreResult(
         target=target,
         manifest_id=manifest.id,

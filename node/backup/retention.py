@@ -99,6 +99,8 @@ def prune(
                 manifests[ref.id] = repo.load_manifest(ref)
             except BackupError as exc:
                 raise BackupError(f"prune stopped, nothing was deleted: {exc}") from None
+        # Authenticated order, never the file names' (SPEC-002 §5.5).
+        refs.sort(key=lambda r: (manifests[r.id].created, r.id))
         verified = set(repo.verified_ids())
         keep = select_keep(
             [Candidate(r.id, manifests[r.id].created, manifests[r.id].device) for r in refs],
