@@ -1,26 +1,44 @@
-"""The new device's side of pairing (``maia pair``): find a member, present the code, compare.
+"""The new device's side of pairing (``maia pair``): find a member, prove the code, compare.
 
-It runs without a node (the device has no mesh yet), talks to the member's peer listener over
-the same authenticated, encrypted handshake as peers, and on the owner's "yes" stores the
-invitation it receives (crdt.identity.accept_invitation).
+It runs without a node (the device has no mesh yet) and talks to the member's peer listener
+over the same authenticated, encrypted handshake as peers. The code never leaves this device:
+it is the password of a SPAKE2 exchange bound to both device keys, the member must prove it
+knows the code before this side sends its own proof, this device's user must confirm that both
+screens show the same number, and the invitation is stored
+(crdt.identity.accept_invitation) only if the key this device is talking to endorsed it
+(SPEC-005 §12.5-§12.7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+import msgpack
 
-from crdt.identity import accept_invitation
-from crdt.keys import DeviceKey
+from crdt.identity import INVITE_PREFIX, accept_invitation
+from crdt.keys import DeviceKey, device_id
+from crdt.roster import CertError, Roster, decode_cert
 from crdt.store import Store
 
-from .pairing import PAIRING_MESH, commitment, normalize_code, short_authentication_string
+from .pairing import (
+    PAIRING_MESH,
+    commitment,
+    member_proof,
+    new_device_proof,
+    pairing_transcript,
+    pake,
+    pake_finish,
+    short_authentication_string,
+)
 from .transport import TransportError, connect
 
 log = logging.getLogger(__name__)
@@ -39,6 +57,11 @@ class PairResult:
     sas: str
 
 
+# Asked with (sas, member device id); True only if the user says both screens match. It may
+# block (it reads a terminal): it runs in its own thread while the member's answer is awaited.
+Confirm = Callable[[str, str], bool]
+
+
 async def pair_with(
     address: str,
     *,
@@ -46,11 +69,12 @@ async def pair_with(
     store: Store,
     code: str,
     name: str,
-    show_sas: Callable[[str, str], None],
+    confirm: Confirm,
     timeout: float = 1800.0,
 ) -> PairResult:
     """Pair with the member at ``address`` (HOST:PORT of its peer listener)."""
     nonce = os.urandom(32)
+    commit = commitment(nonce)
     async with aiohttp.ClientSession() as session:
         try:
             channel = await connect(
@@ -60,26 +84,93 @@ async def pair_with(
             raise PairFailed("unreachable", f"cannot reach {address}: {exc}") from None
         except TransportError as exc:
             raise PairFailed(exc.code, f"the handshake with {address} failed: {exc}") from None
+        member_key = channel.peer_key
         try:
-            await channel.send(
-                {"t": "pair", "code": normalize_code(code), "name": name,
-                 "commit": commitment(nonce)}
-            )
-            reply = await _expect(channel, "pair_nonce")
-            member_nonce = reply.get("nonce")
+            state = pake(code, new_key=key.public_key, member_key=member_key, member=False)
+            pake_new = state.start()
+            await channel.send({"t": "pair", "name": name, "pake": pake_new, "commit": commit})
+            reply = await _expect(channel, "pair_pake")
+            pake_member, member_nonce = reply.get("pake"), reply.get("nonce")
             if not isinstance(member_nonce, bytes) or len(member_nonce) != 32:
                 raise PairFailed("malformed", "the member sent a malformed nonce")
-            await channel.send({"t": "pair_reveal", "nonce": nonce})
-            sas = short_authentication_string(
-                key.public_key, channel.peer_key, nonce, member_nonce
-            )
-            show_sas(sas, channel.peer_device_id)
+            shared = pake_finish(state, pake_member)
+            if shared is None:
+                raise PairFailed("malformed", "the member sent a malformed SPAKE2 message")
+            transcript = pairing_transcript(key.public_key, member_key, pake_new, pake_member,
+                                            commit, member_nonce)
+            proof = reply.get("proof")
+            if not isinstance(proof, bytes) or not hmac.compare_digest(
+                proof, member_proof(shared, transcript)
+            ):
+                await channel.send({"t": "pair_error", "code": "wrong_code",
+                                    "detail": "the member's proof does not verify"})
+                raise PairFailed(
+                    "wrong_code",
+                    f"{device_id(member_key)} at {address} did not prove it knows this code: "
+                    "the code is mistyped, or the device that answered is not the member "
+                    "showing it. Nothing was sent that reveals the code, and nothing was stored",
+                )
+            await channel.send({"t": "pair_reveal", "nonce": nonce,
+                                "proof": new_device_proof(shared, transcript, nonce)})
+            sas = short_authentication_string(key.public_key, member_key, nonce, member_nonce)
             async with asyncio.timeout(timeout):
-                final = await channel.recv()
+                final = await _confirm_both(channel, confirm, sas)
         except TransportError as exc:
             raise PairFailed(exc.code, f"the pairing connection ended: {exc}") from None
+        except TimeoutError:
+            raise PairFailed("expired", "nobody confirmed in time") from None
         finally:
             await channel.close()
+    mesh_id = check_invitation(final["invitation"], own_key=key.public_key,
+                               member_key=member_key)
+    try:
+        repo = accept_invitation(store, key, final["invitation"])
+    except ValueError as exc:
+        raise PairFailed("bad_invitation", str(exc)) from None
+    assert repo.mesh_id == mesh_id
+    return PairResult(repo.mesh_id, device_id(member_key), sas)
+
+
+async def _confirm_both(channel, confirm: Confirm, sas: str) -> dict:
+    """Ask this device's user while listening to the member; send our answer; return the
+    member's ``pair_welcome`` (SPEC-005 §12.6, §12.7)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[bool] = loop.create_future()
+
+    def ask() -> None:  # a daemon thread: a pending terminal read never holds up the exit
+        try:
+            result: BaseException | bool = bool(confirm(sas, channel.peer_device_id))
+        except BaseException as exc:  # handed to the event loop as is
+            result = exc
+        loop.call_soon_threadsafe(_settle, answer, result)
+
+    threading.Thread(target=ask, name="pair-confirm", daemon=True).start()
+    incoming = asyncio.ensure_future(channel.recv())
+    try:
+        await asyncio.wait({answer, incoming}, return_when=asyncio.FIRST_COMPLETED)
+        if incoming.done():  # the member spoke first: only a refusal or an error may come now
+            _member_verdict(incoming.result())
+            raise PairFailed("malformed", "the member answered before this device confirmed")
+        if not answer.result():
+            await channel.send({"t": "pair_confirm", "accept": False})
+            raise PairFailed("refused", "you said the numbers differ; nothing was signed or "
+                             "stored")
+        await channel.send({"t": "pair_confirm", "accept": True})
+        return _member_verdict(await incoming)
+    finally:
+        incoming.cancel()
+
+
+def _settle(future: asyncio.Future, result: BaseException | bool) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _member_verdict(final: object) -> dict:
     kind = final.get("t") if isinstance(final, dict) else None
     if kind == "pair_refused":
         raise PairFailed("refused", "the other device refused: the numbers did not match, or "
@@ -88,11 +179,48 @@ async def pair_with(
         raise PairFailed(str(final.get("code")), str(final.get("detail")))
     if kind != "pair_welcome" or not isinstance(final.get("invitation"), str):
         raise PairFailed("malformed", "unexpected answer from the member")
+    return final
+
+
+def check_invitation(text: str, *, own_key: bytes, member_key: bytes) -> bytes:
+    """The invitation's mesh id, if the connected member itself admits this device into a mesh
+    it belongs to (SPEC-005 §12.7); PairFailed otherwise."""
+    text = text.strip()
+    if not text.startswith(INVITE_PREFIX):
+        raise PairFailed("bad_invitation", "the member's answer is not an invitation")
+    body = text[len(INVITE_PREFIX):]
     try:
-        repo = accept_invitation(store, key, final["invitation"])
-    except ValueError as exc:
-        raise PairFailed("bad_invitation", str(exc)) from None
-    return PairResult(repo.mesh_id, channel.peer_device_id, sas)
+        version, mesh_id, raw_certs = msgpack.unpackb(
+            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)), raw=False
+        )
+    except Exception:  # any damage is the same refusal
+        raise PairFailed("bad_invitation", "the invitation is damaged") from None
+    if version != 1 or not isinstance(mesh_id, bytes) or len(mesh_id) != 32 \
+            or not isinstance(raw_certs, list):
+        raise PairFailed("bad_invitation", "the invitation is of an unknown kind")
+    certs = []
+    for raw in raw_certs:
+        try:
+            certs.append(decode_cert(raw))
+        except (CertError, TypeError, ValueError):
+            continue
+    ours = [c for c in certs if c.kind == "endorse" and c.body["subject"] == own_key]
+    member = device_id(member_key)
+    strangers = sorted({device_id(c.signer) for c in ours if c.signer != member_key})
+    if strangers:
+        raise PairFailed(
+            "wrong_issuer",
+            f"the invitation admits this device by {', '.join(strangers)}, not by {member}, "
+            "the device it is connected to; nothing was stored",
+        )
+    if not any(c.body["mesh"] == mesh_id for c in ours):
+        raise PairFailed("bad_invitation", f"{member} sent no endorsement of this device for "
+                         "the invitation's mesh; nothing was stored")
+    roster = Roster.build(mesh_id, certs)
+    if not roster.is_member(member_key) or not roster.is_member(own_key):
+        raise PairFailed("bad_invitation", f"{member} is not a member of the mesh it invites "
+                         "to, or its endorsement does not hold; nothing was stored")
+    return mesh_id
 
 
 async def _expect(channel, kind: str) -> dict:

@@ -1,12 +1,13 @@
 """A man in the middle for the pairing test: it poses as the member to the new device and as a
-new device to the member, relaying the code. It holds its own key, so it cannot make the two
-short authentication strings agree. Run: python -m tests.pairing_relay KEYFILE LISTEN MEMBER
+new device to the member. The new device never sends the code, so this relay is given it (read
+over the owner's shoulder, say) and proves it on both legs (SPEC-005 §12.5). It still holds its
+own key, so it cannot make the two short authentication strings agree (§12.6).
+Run: python -m tests.pairing_relay KEYFILE LISTEN MEMBER CODE
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -14,29 +15,26 @@ import aiohttp
 from aiohttp import web
 
 from crdt.keys import DeviceKey
-from node.pairing import PAIRING_MESH, commitment
 from node.transport import accept, connect
+from tests.pairing_helpers import play_member, play_new_device
+
+PAIRING_MESH = b"\x00" * 32  # SPEC-005 §12.5
 
 
-async def main(key_path: str, listen: str, member: str) -> None:
+async def main(key_path: str, listen: str, member: str, code: str) -> None:
     key = DeviceKey.load(Path(key_path))
     host, port = listen.rsplit(":", 1)
 
     async def pair(request: web.Request) -> web.StreamResponse:
         ws, victim = await accept(request, key=key, mesh_id=PAIRING_MESH)
-        hello = await victim.recv()  # the victim's code, name and commitment
         async with aiohttp.ClientSession() as session:
             upstream = await connect(session, f"http://{member}/v1/pair", key=key,
                                      mesh_id=PAIRING_MESH)
-            own_nonce = os.urandom(32)
-            await upstream.send({"t": "pair", "code": hello["code"], "name": hello["name"],
-                                 "commit": commitment(own_nonce)})
-            member_nonce = await upstream.recv()
-            await victim.send(member_nonce)  # the victim gets a nonce, as from a member
-            await victim.recv()  # the victim's reveal: useless to us, already committed
-            await upstream.send({"t": "pair_reveal", "nonce": own_nonce})
-            final = await upstream.recv()  # the member's verdict
-            await victim.send(final)
+            await play_new_device(upstream, code, key.public_key, "n")  # the member's screen
+            await play_member(victim, code, key.public_key)  # the victim's screen
+            relay_up = asyncio.ensure_future(_pump(victim, upstream))
+            await _pump(upstream, victim)  # the member's verdict
+            relay_up.cancel()
             await upstream.close()
         await victim.close()
         return ws
@@ -50,5 +48,10 @@ async def main(key_path: str, listen: str, member: str) -> None:
     await asyncio.sleep(120)
 
 
+async def _pump(src, dst) -> None:
+    frame = await src.recv()
+    await dst.send(frame)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))

@@ -1,62 +1,21 @@
-"""Pairing on a real (namespaced) LAN: the new device finds the member by mDNS, both screens
-show the same six digits, the owner confirms (SPEC-005 §12)."""
+"""Pairing on a real (namespaced) LAN: the new device finds the member by mDNS, both prove the
+code, both screens show the same six digits, both users confirm (SPEC-005 §12)."""
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from scripts.netns_lan import NamespaceLan, namespaces_available
 from tests.nodes import NodeProc, cli, wait_for
+from tests.pairing_helpers import Proc, sas_of
 
 OK, WHY = namespaces_available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(not OK, reason=WHY)]
 API_PORT, PEER_PORT = 17421, 17422
-
-
-class Proc:
-    """A CLI process whose stdout lines we read as they come, and whose stdin we answer."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def expect(self, needle: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.p.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            if needle in line:
-                return line
-        raise AssertionError(f"{needle!r} not seen; output so far: {''.join(self.seen)}")
-
-    def answer(self, text: str) -> None:
-        self.p.stdin.write(text + "\n")
-        self.p.stdin.flush()
-
-    def finish(self, timeout: float = 30.0) -> tuple[int, str]:
-        code = self.p.wait(timeout)
-        time.sleep(0.1)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return code, "".join(self.seen)
 
 
 def maia(data_dir, *args, lan=None, host=None) -> list[str]:
@@ -88,21 +47,20 @@ def _new_device(tmp_path, name: str):
     return d
 
 
-def _sas(line: str) -> str:
-    return line.rsplit(":", 1)[1].strip()
-
-
 def test_pairing_happy_path_over_mdns_then_sync(lan, member, tmp_path):
-    """SPEC-005 §12: code + matching SAS + the owner's yes -> the new device is a member,
-    receives Identity and Memory; the code is single use."""
+    """SPEC-005 §12.5-§12.7: code proved by both + matching SAS + both users' yes -> the new
+    device is a member, receives Identity and Memory; the code is single use."""
     member.add_memory("from before the new device existed")
     n_dir = _new_device(tmp_path, "n")
     accept = Proc(maia(member.data_dir, "pair", "accept"))
     code = accept.expect("Pairing code:").split()[2]
-    joiner = Proc(maia(n_dir, "pair", "--code", code, lan=lan, host="n"))
-    new_sas = _sas(joiner.expect("other device shows"))
-    member_sas = _sas(accept.expect("screen must show"))
+    joiner = Proc(maia(n_dir, "pair", "--code", code, lan=lan, host="n"), tty=True)
+    new_sas = sas_of(joiner.expect("other device shows"))
+    member_sas = sas_of(accept.expect("screen must show"))
     assert new_sas == member_sas
+    joiner.expect("Do both screens show the same number?")
+    accept.expect("Do both screens show the same number?")
+    joiner.answer("y")
     accept.answer("y")
     assert accept.finish()[0] == 0
     code_n, out = joiner.finish()
@@ -111,7 +69,8 @@ def test_pairing_happy_path_over_mdns_then_sync(lan, member, tmp_path):
     # the code cannot be used twice
     again = _new_device(tmp_path, "x")
     res = subprocess.run(maia(again, "pair", f"{lan.addresses['a']}:{PEER_PORT}", "--code", code,
-                              lan=lan, host="x"), capture_output=True, text=True, timeout=30)
+                              "--yes", lan=lan, host="x"),
+                         capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and ("used" in res.stderr or "closed" in res.stderr), res.stderr
     # the new device now syncs with the member over mDNS, no address typed anywhere
     n = NodeProc(n_dir, "n", host=lan.addresses["n"], port=API_PORT, peer_port=PEER_PORT,
@@ -128,19 +87,21 @@ def test_pairing_happy_path_over_mdns_then_sync(lan, member, tmp_path):
 
 
 def test_wrong_and_expired_codes_are_refused(lan, member, tmp_path):
-    """SPEC-005 §12: a wrong code is refused and nothing is enrolled; an expired one too."""
+    """SPEC-005 §12.4, §12.5: a wrong code is refused (the member's proof does not verify) and
+    counts as an attempt; nothing is enrolled; an expired code is refused too."""
     n_dir = _new_device(tmp_path, "n")
     target = f"{lan.addresses['a']}:{PEER_PORT}"
     accept = Proc(maia(member.data_dir, "pair", "accept", "--ttl", "2"))
     accept.expect("Pairing code:")
-    res = subprocess.run(maia(n_dir, "pair", target, "--code", "WXYZ-WXYZ", lan=lan, host="n"),
+    res = subprocess.run(maia(n_dir, "pair", target, "--code", "WXYZ-WXYZ", "--yes", lan=lan,
+                              host="n"),
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "wrong_code" in res.stderr, res.stderr
     code = member.request("GET", "/v1/pairing")
     assert code["state"] == "open" and code["attempts"] == 1
     time.sleep(2.5)
     good = accept.seen[0].split()[2]
-    res = subprocess.run(maia(n_dir, "pair", target, "--code", good, lan=lan, host="n"),
+    res = subprocess.run(maia(n_dir, "pair", target, "--code", good, "--yes", lan=lan, host="n"),
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 1 and "expired" in res.stderr, res.stderr
     accept.p.kill()
@@ -149,26 +110,28 @@ def test_wrong_and_expired_codes_are_refused(lan, member, tmp_path):
 
 
 def test_man_in_the_middle_shows_different_numbers(lan, member, tmp_path):
-    """SPEC-005 §12: a third device relaying the pairing holds its own key, so the two screens
-    show different numbers; the owner says no and nobody is enrolled."""
+    """SPEC-005 §12.6: a third device relaying the pairing, even one that knows the code, holds
+    its own key, so the two screens show different numbers; the owner says no and nobody is
+    enrolled."""
     n_dir = _new_device(tmp_path, "n")
     m_dir = _new_device(tmp_path, "m")
+    accept = Proc(maia(member.data_dir, "pair", "accept"))
+    code = accept.expect("Pairing code:").split()[2]
     relay = Proc(lan.command("m", [sys.executable, "-m", "tests.pairing_relay",
                                    str(m_dir / "keys" / "device.key"),
                                    f"{lan.addresses['m']}:{PEER_PORT}",
-                                   f"{lan.addresses['a']}:{PEER_PORT}"]))
+                                   f"{lan.addresses['a']}:{PEER_PORT}", code]))
     relay.expect("relay ready")
-    accept = Proc(maia(member.data_dir, "pair", "accept"))
-    code = accept.expect("Pairing code:").split()[2]
     joiner = Proc(maia(n_dir, "pair", f"{lan.addresses['m']}:{PEER_PORT}", "--code", code,
-                       lan=lan, host="n"))
-    new_sas = _sas(joiner.expect("other device shows"))
-    member_sas = _sas(accept.expect("screen must show"))
+                       lan=lan, host="n"), tty=True)
+    new_sas = sas_of(joiner.expect("other device shows"))
+    member_sas = sas_of(accept.expect("screen must show"))
     assert new_sas != member_sas
+    accept.expect("Do both screens show the same number?")
     accept.answer("n")
     assert accept.finish()[0] == 1
     code_n, out = joiner.finish()
     assert code_n == 1 and "refused" in out, out
-    relay.p.kill()
+    relay.kill()
     names = {d["name"] for d in member.request("GET", "/v1/devices")["devices"]}
     assert names == {"a"}

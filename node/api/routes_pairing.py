@@ -18,8 +18,8 @@ PAIRING_KEY: web.AppKey[Pairing] = web.AppKey("maia_pairing", object)  # type: i
 
 PAIR_REASON = (
     "pairing channel for a device that has no roster entry yet: it authenticates by the "
-    "device-key handshake, a one-time expiring code and the owner's comparison of a short "
-    "authentication string (SPEC-005 §12)"
+    "device-key handshake, a SPAKE2 proof of a one-time expiring code (the member proves "
+    "first), and both users' comparison of a short authentication string (SPEC-005 §12)"
 )
 OPEN_SCHEMA = {
     "type": "object",
@@ -40,7 +40,7 @@ def _pairing(request: web.Request) -> Pairing:
 
 @pairing_routes.get("/v1/pair", public=PAIR_REASON, streaming=True)
 async def pair_socket(request: web.Request) -> web.StreamResponse:
-    """WebSocket for a new device presenting a pairing code."""
+    """WebSocket for a new device proving it knows the pairing code (SPEC-005 §12.5)."""
     return await _pairing(request).handle_socket(request)
 
 
@@ -53,7 +53,8 @@ async def open_window(request: web.Request) -> web.Response:
 
 @pairing_routes.get("/v1/pairing")
 async def window_state(request: web.Request) -> web.Response:
-    """The pairing window: open, waiting for confirmation (with the SAS), or decided."""
+    """The pairing window: open, waiting for confirmation (with the SAS), approved by the
+    owner and waiting for the new device's user, or decided (``refused_by`` says who)."""
     window = _pairing(request).window
     if window is None:
         raise Problem(404, "No pairing window", "open one with POST /v1/pairing")
@@ -62,7 +63,8 @@ async def window_state(request: web.Request) -> web.Response:
 
 @pairing_routes.post("/v1/pairing/confirm", body_schema=CONFIRM_SCHEMA)
 async def confirm(request: web.Request) -> web.Response:
-    """The owner's decision after comparing the short authentication strings."""
+    """The owner's decision after comparing the short authentication strings. The device is
+    enrolled only when its own user confirmed too (SPEC-005 §12.7)."""
     from ..pairing import PairingError
 
     try:
