@@ -8,6 +8,7 @@ hears of it; every remote change is verified, then persisted, then applied (SPEC
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections import OrderedDict
@@ -18,15 +19,19 @@ from automerge.core import Document, Message, SyncState, Transaction
 from .batches import SignedBatch
 from .chunks import ChangeInfo, change_hash, changes_message
 from .keys import DeviceKey
-from .roster import Cert, Roster, decode_cert
+from .roster import CertError, Roster, actor_key, parse_cert
 from .store import DocMeta, Store
-from .verify import Verified, verify_changes
+from .verify import Rejected, Verified, verify_changes
 
 log = logging.getLogger(__name__)
 
 DOC_ID_RE = re.compile(r"^(identity|memory/[a-z][a-z0-9_-]{0,31}/\d{4}-\d{2}/[0-7])$")
 COMPACT_AFTER = 2000
 MAX_CERTS_PER_CALL = 10_000
+#: Signatures checked per call; the rest wait for the next call, so a member that floods the
+#: Identity document with certificates cannot hold the event loop (SPEC-005 §5.1).
+MAX_VERIFIES_PER_CALL = 500
+INCARNATION_BYTES = 8
 
 ChangeListener = Callable[[str, bool], None]
 
@@ -67,47 +72,77 @@ class Repo:
         self._loaded: OrderedDict[str, DocHandle] = OrderedDict()
         self._listeners: list[ChangeListener] = []
         self._changed_at: dict[str, float] = {}
-        self.roster = Roster.build(mesh_id, self._stored_certs())
+        # SPEC-005 §2.2: this process writes as key + a fresh incarnation, so a data dir rolled
+        # back by a snapshot or a copied VM never reuses an (actor, seq) it already sent.
+        self.actor = key.public_key + os.urandom(INCARNATION_BYTES)
+        self.certs_pending = 0
+        self.roster = Roster(mesh_id)
+        self.roster.add_many(self._stored_certs())
 
     # -- roster ----------------------------------------------------------------------------------
-    def _stored_certs(self) -> list[Cert]:
+    def _stored_certs(self) -> list:
         certs = []
         for raw in self.store.certs():
             try:
-                certs.append(decode_cert(raw))
-            except Exception:  # a damaged row must not stop the node; it is simply not trusted
-                log.warning("ignoring an unreadable roster certificate in the store")
+                cert = parse_cert(raw)
+            except CertError as exc:  # a damaged row must not stop the node; it is not trusted
+                log.warning("ignoring an unreadable roster certificate in the store: %s", exc)
+                continue
+            if cert.verify():
+                certs.append(cert)
         return certs
 
-    def add_certs(self, raws: Iterable[bytes]) -> int:
+    def add_certs(self, raws: Iterable[bytes], *, chain_of: bytes | None = None) -> int:
         """Learn certificates (from a peer, a pairing or the Identity document); returns new.
 
-        Only certificates issued by a device the roster has ever admitted are kept (a chain is
-        followed in any order), so a stranger cannot fill the store with self-made ones; at most
-        ``MAX_CERTS_PER_CALL`` are looked at (SPEC-005 §9.8).
+        Cheap checks come first and signatures last (SPEC-005 §5.1): a certificate is parsed
+        with every field bounded, dropped unless it is this mesh's genesis or its issuer is in
+        Ever (a chain is followed in any order), and only then is its signature checked, at
+        most ``MAX_VERIFIES_PER_CALL`` per call (``certs_pending`` counts the rest). With
+        ``chain_of``, only the genesis and endorsements leading to that key are taken: what a
+        peer may hand over before it is known.
         """
         pending = []
         for raw in list(raws)[:MAX_CERTS_PER_CALL]:
             try:
-                pending.append(decode_cert(raw))
-            except Exception as exc:
+                cert = parse_cert(raw)
+            except CertError as exc:
                 log.info("refusing a roster certificate: %s", exc)
+                continue
+            if cert.cert_id in self.roster.certs or not self.roster.belongs(cert):
+                continue
+            if chain_of is not None and cert.kind not in ("genesis", "endorse"):
+                continue
+            pending.append(cert)
+        if chain_of is not None:
+            pending = _chain(pending, chain_of)
         fresh = []
+        budget = MAX_VERIFIES_PER_CALL
+        ever = set(self.roster.ever)
         progress = True
-        while pending and progress:
+        while pending and progress and budget > 0:
             progress = False
             for cert in list(pending):
-                if cert.cert_id in self.roster.certs:
+                if budget <= 0:
+                    break
+                if cert.kind == "genesis" or cert.signer in ever:
                     pending.remove(cert)
-                elif cert.kind == "genesis" or cert.signer in self.roster.ever:
-                    pending.remove(cert)
-                    if self.roster.add(cert):
-                        fresh.append((cert.cert_id, cert.encode()))
-                        progress = True
-        if pending:
+                    budget -= 1
+                    if not cert.verify():
+                        log.info("refusing a roster certificate: signature does not verify")
+                        continue
+                    fresh.append(cert)
+                    if cert.kind == "endorse":
+                        ever.add(cert.body["subject"])
+                    elif cert.kind == "genesis":
+                        ever.add(cert.signer)
+                    progress = True
+        self.certs_pending = len(pending) if budget <= 0 else 0
+        if pending and budget > 0:
             log.info("ignored %d certificate(s) from issuers outside the roster", len(pending))
         if fresh:
-            self.store.put_certs(fresh)
+            self.store.put_certs([(c.cert_id, c.encode()) for c in fresh])
+            self.roster.add_many(fresh)
         return len(fresh)
 
     # -- listeners -------------------------------------------------------------------------------
@@ -144,8 +179,8 @@ class Repo:
     def _load(self, doc_id: str) -> DocHandle:
         snapshot, chunks = self.store.load_doc(doc_id)
         data = snapshot + b"".join(chunks)
-        doc = Document.load(data) if data else Document(actor_id=self.key.public_key)
-        doc.set_actor(self.key.public_key)
+        doc = Document.load(data) if data else Document(actor_id=self.actor)
+        doc.set_actor(self.actor)
         return DocHandle(doc_id, doc, self.store.doc_meta(doc_id))
 
     def is_loaded(self, doc_id: str) -> bool:
@@ -202,7 +237,10 @@ class Repo:
         return infos
 
     # -- remote changes --------------------------------------------------------------------------
-    def verify(self, doc_id: str, chunks: Sequence[bytes], batches: Sequence[bytes]) -> Verified:
+    def verify(
+        self, doc_id: str, chunks: Sequence[bytes], batches: Sequence[bytes],
+        *, defer_heads: bool = False,
+    ) -> Verified:
         return verify_changes(
             store=self.store,
             roster=self.roster,
@@ -210,51 +248,67 @@ class Repo:
             doc_id=doc_id,
             chunks=chunks,
             batch_records=batches,
+            defer_heads=defer_heads,
         )
 
     def apply_verified(
         self, doc_id: str, verified: Verified, message: bytes | None, state: SyncState | None
     ) -> None:
-        """Persist verified changes, then apply them (with the sync message when there is one)."""
+        """Apply verified changes in memory, then persist them in one transaction.
+
+        Automerge applies first, so nothing it would refuse is ever stored (a stored change
+        that fails to load would brick the document on every later start); the store is
+        written before anyone is told, and if it fails the document is dropped from memory
+        and reloaded from the store, so memory never runs ahead of it (SPEC-005 §7.1).
+        """
         handle = self.open(doc_id)
-        if verified.changes:
-            # Heads are recorded after the in-memory apply below; the durable part is the
-            # change log, from which the document (and its heads) are rebuilt on load.
-            handle.meta = self.store.commit_changes(
-                doc_id, verified.changes, verified.batches, handle.doc.get_heads()
-            )
         try:
             if message is not None and state is not None:
                 handle.doc.receive_sync_message(state, Message.decode(message))
             elif verified.changes:
                 only_changes = changes_message([c.chunk for c in verified.changes])
                 handle.doc.receive_sync_message(SyncState(), Message.decode(only_changes))
-        except Exception:
-            self.evict(doc_id)  # reload from the store, which holds exactly what was verified
+        except Exception as exc:
+            self.evict(doc_id)
+            raise Rejected("malformed", f"Automerge refused the changes: {exc}") from exc
+        if not verified.changes:
+            return
+        try:
+            handle.meta = self.store.commit_changes(
+                doc_id, verified.changes, verified.batches, handle.doc.get_heads()
+            )
+        except BaseException:
+            self.evict(doc_id)
             raise
-        if verified.changes:
-            heads = handle.doc.get_heads()
-            handle.meta = self.store.commit_changes(doc_id, [], [], heads)
-            self._notify(doc_id, False)
+        self._notify(doc_id, False)
 
-    # -- revocation ------------------------------------------------------------------------------
-    def quarantine_revoked(self) -> dict[str, int]:
-        """Drop changes a revoked device made after its cutoff (and all that depend on them).
+    # -- roster changes --------------------------------------------------------------------------
+    def recheck(self, doc_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Re-check every held change against the current roster; quarantine what fails.
 
-        A tombstone can arrive after such changes were accepted; every node must end with the
-        same set of changes (SPEC-005 §5.10), so each affected document is rebuilt at the heads
-        of what remains and the excluded changes move to quarantine. Returns counts per doc.
+        Run whenever membership changes (a tombstone, a revoked issuer's admissions falling
+        away): a change whose author is not a member, or is revoked and not an ancestor of its
+        cutoff head, moves to quarantine with every change that depends on it, so every node
+        that holds the same certificates ends with the same changes (SPEC-005 §5.10).
+        Documents whose every author is a member are skipped without loading.
         """
-        revoked = self.roster.revoked
-        if not revoked:
-            return {}
+        roster = self.roster
         out: dict[str, int] = {}
-        for doc_id in self.store.doc_ids():
+        for doc_id in self.store.doc_ids() if doc_ids is None else list(doc_ids):
+            actors = self.store.doc_actors(doc_id)
+            if all(actor_key(a) in roster.members for a in actors):
+                continue
             handle = self.open(doc_id)
             changes = handle.doc.get_changes([])
+            deps_of = {c.hash: c.deps for c in changes}
+            allowed: set[bytes] = set()
+            for key in {actor_key(a) for a in actors} & set(roster.revoked):
+                for head in roster.revoked[key].get(doc_id, {}).values():
+                    if head.hash in deps_of:
+                        _ancestors(head.hash, deps_of, allowed)
             bad = {
                 c.hash for c in changes
-                if c.actor_id in revoked and c.seq > revoked[c.actor_id].get(doc_id, 0)
+                if actor_key(c.actor_id) not in roster.members and c.hash not in allowed
             }
             if not bad:
                 continue
@@ -264,14 +318,20 @@ class Repo:
             kept = [c for c in changes if c.hash not in bad]
             deps = {d for c in kept for d in c.deps}
             heads = [c.hash for c in kept if c.hash not in deps]
-            rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.key.public_key)
-            rebuilt.set_actor(self.key.public_key)
+            rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.actor)
+            rebuilt.set_actor(self.actor)
             removed = [(c.hash, c.bytes) for c in changes if c.hash in bad]
-            self.store.replace_document(doc_id, rebuilt.save() if kept else b"", heads, removed)
+            seqs: dict[bytes, int] = {}
+            for c in kept:
+                seqs[c.actor_id] = max(seqs.get(c.actor_id, 0), c.seq)
+            self.store.replace_document(
+                doc_id, rebuilt.save() if kept else b"", heads, removed, seqs
+            )
             self.evict(doc_id)
             out[doc_id] = len(removed)
             log.warning(
-                "quarantined %d change(s) in %s made after a revocation", len(removed), doc_id
+                "quarantined %d change(s) in %s that the roster no longer allows",
+                len(removed), doc_id,
             )
             self._notify(doc_id, False)
         return out
@@ -298,3 +358,28 @@ class Repo:
         hashes = [change_hash(bytes(c)) for c in chunks]
         ids = self.store.batch_ids_for(doc_id, hashes)
         return self.store.batches(doc_id, list(dict.fromkeys(ids.values())))
+
+
+def _ancestors(start: bytes, deps_of: dict[bytes, Sequence[bytes]], into: set[bytes]) -> None:
+    stack = [start]
+    while stack:
+        h = stack.pop()
+        if h in into or h not in deps_of:
+            continue
+        into.add(h)
+        stack.extend(deps_of[h])
+
+
+def _chain(certs: list, key: bytes) -> list:
+    """The genesis and the endorsements that lead to ``key``, walking back from it."""
+    out = [c for c in certs if c.kind == "genesis"][:1]
+    current, seen = key, set()
+    while current not in seen and len(out) < 64:
+        seen.add(current)
+        step = min((c for c in certs if c.kind == "endorse" and c.body["subject"] == current),
+                   key=lambda c: c.cert_id, default=None)
+        if step is None:
+            break
+        out.append(step)
+        current = step.signer
+    return out

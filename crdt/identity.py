@@ -15,10 +15,11 @@ import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
 from .documents import Repo
-from .keys import DeviceKey
+from .keys import DeviceKey, device_id
 from .roster import (
     Cert,
     Roster,
+    actor_key,
     decode_cert,
     mesh_id_for,
     new_endorsement,
@@ -121,7 +122,8 @@ def import_roster_from_doc(repo: Repo) -> int:
     obj = _obj(doc, "roster")
     if obj is None:
         return 0
-    raws = [_as_bytes(v) for v in extract(doc, obj).values()]
+    known = repo.roster.certs
+    raws = [_as_bytes(v) for k, v in extract(doc, obj).items() if k not in known]
     return repo.add_certs([r for r in raws if r is not None])
 
 
@@ -222,16 +224,29 @@ def endorsements_by(repo: Repo, issuer: bytes) -> list[Cert]:
     return [c for c in repo.roster.certs.values() if c.kind == "endorse" and c.signer == issuer]
 
 
-def highest_seqs(repo: Repo, actor: bytes) -> dict[str, int]:
-    """The highest seq of ``actor``'s changes in every document this node holds."""
-    out: dict[str, int] = {}
+def issued_by(repo: Repo, issuer: bytes) -> list[Cert]:
+    """Endorsements and tombstones ``issuer`` signed: what a revocation of it must keep or drop."""
+    return sorted(
+        (c for c in repo.roster.certs.values() if c.kind in ("endorse", "revoke")
+         and c.signer == issuer and c.subject != issuer),
+        key=lambda c: (c.kind, c.body["at"], c.cert_id),
+    )
+
+
+def cutoff_heads(repo: Repo, key: bytes) -> dict[str, list[tuple[bytes, int, bytes]]]:
+    """Where ``key``'s history ends in every document this node holds: per actor (the key and
+    each of its incarnations), its newest change (SPEC-005 §5.9). Only ancestors of these heads
+    stay valid once the key is revoked."""
+    out: dict[str, list[tuple[bytes, int, bytes]]] = {}
     for doc_id in repo.store.doc_ids():
-        top = max(
-            (c.seq for c in repo.open(doc_id).doc.get_changes([]) if c.actor_id == actor),
-            default=0,
-        )
-        if top:
-            out[doc_id] = top
+        actors = [a for a in repo.store.doc_actors(doc_id) if actor_key(a) == key]
+        if not actors:
+            continue
+        newest: dict[bytes, tuple[int, bytes]] = {}
+        for c in repo.open(doc_id).doc.get_changes([]):
+            if c.actor_id in actors and c.seq > newest.get(c.actor_id, (0, b""))[0]:
+                newest[c.actor_id] = (c.seq, c.hash)
+        out[doc_id] = [(a, seq, h) for a, (seq, h) in sorted(newest.items())]
     return out
 
 
@@ -244,27 +259,45 @@ def revoke_device(
     reason: str = "",
 ) -> Cert:
     """Write a signed tombstone for ``subject`` (SPEC-005 §5.9): its changes up to what this
-    node holds stay, everything later is refused by every node, and it can never come back."""
+    node holds stay, everything later is refused by every node, and it can never come back.
+
+    The subject's own endorsements and revocations count afterwards only if kept; the owner
+    must say which (``keep`` prefixes of certificate ids, or ``keep_all``)."""
     roster = repo.roster
-    if repo.key.public_key not in roster.members:
-        raise ValueError("only a member of the mesh can revoke devices")
-    if subject == repo.key.public_key:
+    me = repo.key.public_key
+    if subject == me:
         raise ValueError("a device cannot revoke itself; revoke it from another member")
     if subject in roster.revoked:
         raise ValueError("that device is already revoked")
-    if subject not in roster.members:
+    if subject not in roster.members and not (
+        subject == roster.founder or subject in roster.ever
+    ):
         raise ValueError("that device is not a member of this mesh")
-    issued = endorsements_by(repo, subject)
+    if me not in roster.members and me not in roster.ever:
+        raise ValueError("only a member of the mesh can revoke devices")
+    issued = issued_by(repo, subject)
     if issued and not keep_all and keep is None:
-        listing = ", ".join(f"{c.cert_id[:12]} ({c.body['name']})" for c in issued)
+        listing = ", ".join(
+            f"{c.cert_id[:12]} ({'admitted' if c.kind == 'endorse' else 'revoked'} "
+            f"{c.body.get('name') or device_id(c.subject)})"
+            for c in issued
+        )
         raise ValueError(
-            f"that device admitted other devices: {listing}; say which stay with --keep ID "
+            f"that device signed other roster entries: {listing}; say which stay with --keep ID "
             "(repeatable) or --keep-all"
         )
     kept = [c.cert_id for c in issued] if keep_all else [
         c.cert_id for c in issued if any(c.cert_id.startswith(k) for k in (keep or []) if k)
     ]
-    cert = new_tombstone(repo.key, repo.mesh_id, subject, highest_seqs(repo, subject), kept,
+    cert = new_tombstone(repo.key, repo.mesh_id, subject, cutoff_heads(repo, subject), kept,
                          reason)
+    # The issuer must still be a member once its own tombstone counts (a revoked device may
+    # issue one only when it wins by seniority: SPEC-005 §5.4).
+    trial = Roster.build(repo.mesh_id, [*roster.certs.values(), cert])
+    if not trial.is_member(me):
+        raise ValueError("only a member of the mesh can revoke devices (this device is not one)")
+    if subject in trial.members:
+        raise ValueError("this device is too junior to revoke that one: the other device "
+                         "revoked it first; revoke from a more senior device (the founder)")
     record_certs(repo, [cert])
     return cert

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,8 @@ LAYERS = ("identity", "memory", "runtime")
 DOC_LAYERS = ("identity", "memory")
 _MAP_SIZE = {"identity": 1 << 30, "memory": 64 << 30, "runtime": 8 << 30}
 _DOC_DBS = (
-    b"meta", b"docs", b"snapshots", b"changes", b"index", b"batches", b"certs", b"quarantine"
+    b"meta", b"docs", b"snapshots", b"changes", b"index", b"batches", b"certs", b"quarantine",
+    b"actors",
 )
 _RUNTIME_DBS = (b"meta", b"kv", b"entries", b"events", b"peers")
 
@@ -43,10 +44,38 @@ def _runtime_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
         txn.delete(k, db=kv)
 
 
+def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+    """Format 2 adds ``actors`` ((doc, actor) -> highest seq held), which verification needs
+    to refuse a second change with an (actor, seq) already held (SPEC-005 §6.1 d)."""
+    from automerge.core import Document
+
+    dbs = {name: env.open_db(name, txn=txn) for name in (b"docs", b"snapshots", b"changes",
+                                                          b"actors")}
+    for doc_key in [bytes(k) for k in txn.cursor(db=dbs[b"docs"]).iternext(values=False)]:
+        doc_id = doc_key.decode()
+        snap = bytes(txn.get(doc_key, db=dbs[b"snapshots"]) or b"")
+        prefix = _key(doc_id)
+        cur = txn.cursor(db=dbs[b"changes"])
+        chunks = []
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not bytes(k).startswith(prefix):
+                    break
+                chunks.append(bytes(v))
+        data = snap + b"".join(chunks)
+        if not data:
+            continue
+        top: dict[bytes, int] = {}
+        for change in Document.load(data).get_changes([]):
+            top[change.actor_id] = max(top.get(change.actor_id, 0), change.seq)
+        for actor, seq in top.items():
+            txn.put(_key(doc_id, actor), seq.to_bytes(4, "big"), db=dbs[b"actors"])
+
+
 # MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.
 MIGRATIONS: dict[str, list[Migration]] = {
-    "identity": [],
-    "memory": [],
+    "identity": [_docs_v1_to_v2],
+    "memory": [_docs_v1_to_v2],
     "runtime": [_runtime_v1_to_v2],
 }
 
@@ -242,6 +271,31 @@ class Store:
         with env.begin(db=db) as txn:
             return {h for h in hashes if txn.get(_key(doc_id, h)) is not None}
 
+    def actor_seqs(self, doc_id: str, actors: Iterable[bytes]) -> dict[bytes, int]:
+        """The highest seq held of each actor in ``doc_id`` (absent: none held)."""
+        env, db = self._db(doc_id, b"actors")
+        out = {}
+        with env.begin(db=db) as txn:
+            for actor in actors:
+                raw = txn.get(_key(doc_id, actor))
+                if raw is not None:
+                    out[actor] = int.from_bytes(raw, "big")
+        return out
+
+    def doc_actors(self, doc_id: str) -> dict[bytes, int]:
+        """Every actor with changes held in ``doc_id`` and its highest seq."""
+        env, db = self._db(doc_id, b"actors")
+        prefix = _key(doc_id)
+        out = {}
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out[bytes(k[len(prefix):])] = int.from_bytes(v, "big")
+        return out
+
     def batch_ids_for(self, doc_id: str, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
         env, db = self._db(doc_id, b"index")
         out = {}
@@ -274,15 +328,22 @@ class Store:
                 txn.put(batch.batch_id, batch.encode(), db=dbs[b"batches"], overwrite=False)
             by_hash = {h: b.batch_id for b in batches for h in b.hashes}
             seqno = meta.changes
+            top: dict[bytes, int] = {}
             for change in changes:
                 ikey = _key(doc_id, change.hash)
                 if txn.get(ikey, db=dbs[b"index"]) is not None:
                     continue  # already held: idempotent
                 txn.put(ikey, by_hash[change.hash], db=dbs[b"index"])
+                top[change.actor] = max(top.get(change.actor, 0), change.seq)
                 txn.put(
                     _key(doc_id, seqno.to_bytes(8, "big")), change.chunk, db=dbs[b"changes"]
                 )
                 seqno += 1
+            for actor, seq in top.items():
+                akey = _key(doc_id, actor)
+                held = txn.get(akey, db=dbs[b"actors"])
+                if held is None or int.from_bytes(held, "big") < seq:
+                    txn.put(akey, seq.to_bytes(4, "big"), db=dbs[b"actors"])
             new = DocMeta(doc_id, tuple(heads), seqno, meta.pending + (seqno - meta.changes))
             txn.put(doc_id.encode(), new.encode(), db=dbs[b"docs"])
         return new
@@ -314,9 +375,11 @@ class Store:
         saved: bytes,
         heads: Sequence[bytes],
         removed: Sequence[tuple[bytes, bytes]],
+        actor_seqs: Mapping[bytes, int],
     ) -> None:
         """Swap a document for a rebuilt snapshot, moving ``removed`` (hash, chunk) changes and
-        their batch references into ``quarantine`` — one transaction (SPEC-005 §5.10)."""
+        their batch references into ``quarantine`` — one transaction (SPEC-005 §5.10).
+        ``actor_seqs`` is the highest seq of each actor in what remains."""
         layer = layer_of(doc_id)
         env, dbs = self.envs[layer], self.dbs[layer]
         with env.begin(write=True) as txn:
@@ -336,6 +399,13 @@ class Store:
             txn.put(doc_id.encode(), saved, db=dbs[b"snapshots"])
             txn.put(doc_id.encode(), DocMeta(doc_id, tuple(heads), meta.changes, 0).encode(),
                     db=dbs[b"docs"])
+            cur = txn.cursor(db=dbs[b"actors"])
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if not cur.delete():
+                        break
+            for actor, seq in actor_seqs.items():
+                txn.put(_key(doc_id, actor), seq.to_bytes(4, "big"), db=dbs[b"actors"])
 
     def quarantined(self, doc_id: str) -> int:
         env, db = self._db(doc_id, b"quarantine")

@@ -20,6 +20,9 @@ from .verify import Rejected
 log = logging.getLogger(__name__)
 
 MAX_PART_BYTES = 4 << 20
+#: Refusals that mean "your roster is older or newer than mine" when an honest member relays
+#: them: the peer may hold a revoked author's changes because it has not yet seen the tombstone.
+ROSTER_CODES = frozenset({"revoked", "unknown_signer", "duplicate_seq"})
 
 
 class PeerSync:
@@ -35,6 +38,9 @@ class PeerSync:
         self.their_heads: dict[str, tuple[bytes, ...]] = {}
         self.accepted = 0
         self.rejected = 0
+        # Documents where a part of a split message let in a revoked device's changes before
+        # their cutoff head: re-checked once the final part is in (SPEC-005 §8.5).
+        self._unsettled: set[str] = set()
 
     # -- summary: which documents differ ---------------------------------------------------------
     def summary_frame(self) -> dict[str, Any]:
@@ -98,6 +104,23 @@ class PeerSync:
                     "batches": batches, "final": False}
         return {"t": "sync", "doc": doc_id, "msg": envelope, "batches": batches, "final": True}
 
+    def _take_envelope(self, doc_id: str, parsed) -> None:
+        """Keep the peer's heads, need and have from a message whose changes were refused.
+
+        Without this, a peer holding a revoked author's late changes and a node holding the
+        tombstone would refuse each other's messages forever: each round of the protocol would
+        be reset before this side ever learnt what the peer lacks, so the tombstone would never
+        reach it. With the envelope, the next message from here carries what the peer needs
+        (the Identity change with the tombstone first), the peer re-checks and both converge
+        (SPEC-005 §8.6)."""
+        parsed.changes = []
+        try:
+            self.repo.open(doc_id).doc.receive_sync_message(
+                self._state(doc_id), Message.decode(parsed.encode())
+            )
+        except Exception:  # the envelope alone is only a hint; a bad one is simply dropped
+            self.reset(doc_id)
+
     # -- incoming --------------------------------------------------------------------------------
     def receive(self, frame: dict[str, Any]) -> int:
         """Verify, persist and apply one sync frame. Returns how many new changes it held.
@@ -117,17 +140,27 @@ class PeerSync:
             Message.decode(raw)  # must also parse for Automerge before anything is stored
         except Exception as exc:
             raise Rejected("malformed", f"sync message does not parse: {exc}") from exc
+        defer = not final or doc_id in self._unsettled
         try:
-            verified = self.repo.verify(doc_id, parsed.changes, batches)
-        except Rejected:
+            verified = self.repo.verify(doc_id, parsed.changes, batches, defer_heads=defer)
+            if final:
+                self.repo.apply_verified(doc_id, verified, raw, self._state(doc_id))
+                self.their_heads[doc_id] = tuple(parsed.heads)
+            else:
+                self.repo.apply_verified(doc_id, verified, None, None)
+        except Rejected as exc:
             self.rejected += 1
+            self._unsettled.discard(doc_id)
             self.reset(doc_id)
+            if final and exc.code in ROSTER_CODES:
+                self._take_envelope(doc_id, parsed)
             raise
-        if final:
-            self.repo.apply_verified(doc_id, verified, raw, self._state(doc_id))
-            self.their_heads[doc_id] = tuple(parsed.heads)
-        else:
-            self.repo.apply_verified(doc_id, verified, None, None)
+        if verified.unsettled:
+            self._unsettled.add(doc_id)
+        if final and doc_id in self._unsettled:
+            self._unsettled.discard(doc_id)
+            if self.repo.recheck([doc_id]):
+                self.reset(doc_id)
         self.accepted += len(verified.changes)
         return len(verified.changes)
 

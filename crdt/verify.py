@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from .batches import BatchError, SignedBatch
 from .chunks import ChangeInfo, ChunkError, parse_change
-from .roster import Roster
+from .keys import device_id
+from .roster import ACTOR_BYTES, CutoffHead, Roster, actor_key
 from .store import Store
 
 MAX_CHANGES_PER_MESSAGE = 200_000
@@ -32,6 +33,9 @@ class Verified:
 
     changes: list[ChangeInfo]
     batches: list[SignedBatch]
+    #: Some changes of a revoked device were let in before their cutoff head arrived (only
+    #: with ``defer_heads``): the caller must re-check the document once the message is whole.
+    unsettled: bool = False
 
 
 def verify_changes(
@@ -42,7 +46,14 @@ def verify_changes(
     doc_id: str,
     chunks: Sequence[bytes],
     batch_records: Sequence[bytes],
+    defer_heads: bool = False,
 ) -> Verified:
+    """Check one message whole; raise :class:`Rejected` on the first fault (SPEC-005 §6.1).
+
+    ``defer_heads`` is for one part of a message split in several (or a restore's slice):
+    a revoked device's change whose cutoff head is not yet held is let in, and the result says
+    so; :meth:`crdt.documents.Repo.recheck` settles it when the head has arrived or not.
+    """
     if len(chunks) > MAX_CHANGES_PER_MESSAGE:
         raise Rejected("too_large", f"{len(chunks)} changes in one message")
     signed: dict[bytes, SignedBatch] = {}
@@ -74,26 +85,69 @@ def verify_changes(
     seen: set[bytes] = set(known)
     fresh: list[ChangeInfo] = []
     used: dict[bytes, SignedBatch] = {}
+    top = store.actor_seqs(doc_id, {i.actor for i in infos if i.hash not in seen})
+    needed: dict[bytes, CutoffHead] = {}
     for info in infos:
         if info.hash in seen:
             continue  # already held (verified earlier) or repeated in this message
+        if len(info.actor) not in ACTOR_BYTES:
+            raise Rejected("malformed", f"change {info.hash.hex()[:16]} has an actor id of "
+                                        f"{len(info.actor)} bytes")
         batch = signed.get(info.hash)
         if batch is None:
             raise Rejected("unsigned", f"change {info.hash.hex()[:16]} is not covered by a batch")
-        if batch.signer != info.actor:
+        if batch.signer != actor_key(info.actor):
             raise Rejected(
                 "bad_signature", f"change {info.hash.hex()[:16]} is signed by another device"
             )
         verdict = roster.may_author(info.actor, doc_id, info.seq)
         if not verdict.ok:
             raise Rejected(verdict.code, verdict.detail)
+        # SPEC-005 §6.1 d: one actor's changes in a document are numbered 1, 2, 3, ... with no
+        # gap and no repeat; a second change with an (actor, seq) already held is equivocation
+        # (a copied key or a rolled-back data dir) and is never stored: Automerge would refuse
+        # it on every later load, bricking the document.
+        expected = top.get(info.actor, 0) + 1
+        if info.seq < expected:
+            raise Rejected(
+                "duplicate_seq",
+                f"device {device_id(actor_key(info.actor))} signed a second, different change "
+                f"numbered {info.seq} in {doc_id}",
+            )
+        if info.seq > expected:
+            raise Rejected(
+                "missing_dependency",
+                f"change {info.seq} of {device_id(actor_key(info.actor))} in {doc_id} comes "
+                f"before its change {expected}, not held",
+            )
+        head = verdict.needs
+        if head is not None:
+            if info.seq == head.seq and info.hash != head.hash:
+                raise Rejected("revoked", f"change {info.seq} of revoked device "
+                                          f"{device_id(head.actor[:32])} is not its cutoff head")
+            needed[head.hash] = head
         missing = [d for d in info.deps if d not in seen]
         if missing:
             raise Rejected(
                 "missing_dependency",
                 f"change {info.hash.hex()[:16]} depends on {missing[0].hex()[:16]}, not held",
             )
+        top[info.actor] = info.seq
         seen.add(info.hash)
         fresh.append(info)
         used[batch.batch_id] = batch
-    return Verified(fresh, list(used.values()))
+    # A revoked device's changes count only as ancestors of its cutoff head (SPEC-005 §5.4):
+    # with numbering unique per actor, that holds exactly when the head is held or arrives in
+    # the same message. Until then nobody can tell the true chain from a forged branch.
+    unsettled = False
+    for digest, head in needed.items():
+        if digest not in seen:
+            if defer_heads:
+                unsettled = True
+                continue
+            raise Rejected(
+                "revoked",
+                f"changes of revoked device {device_id(head.actor[:32])} in {doc_id} arrived "
+                f"without its cutoff head {digest.hex()[:16]}",
+            )
+    return Verified(fresh, list(used.values()), unsettled)

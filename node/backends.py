@@ -232,5 +232,5 @@ class OfflineBackend:
             raise ValueError(f"{wanted} is not in this mesh")
         cert = revoke_device(self.repo, keys[0], keep=body.get("keep"),
                              keep_all=body.get("keep_all", False), reason=body.get("reason", ""))
-        return {"device_id": wanted, "revoked": True, "cutoff": cert.body["cutoff"],
+        return {"device_id": wanted, "revoked": True, "cutoff": cert.cutoff_summary(),
                 "kept": cert.body["kept"]}

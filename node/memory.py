@@ -65,10 +65,11 @@ def _entries_obj(doc: Any) -> bytes:
 
 
 def _actor_of(obj_id: bytes) -> bytes | None:
-    """The actor in an Automerge object id (``0x10, len, actor, idx, counter``)."""
+    """The device key of the actor in an Automerge object id (``0x10, len, actor, idx,
+    counter``): the actor is the key plus this process's incarnation (SPEC-005 §2.2)."""
     if len(obj_id) >= 2 and obj_id[0] == 0x10:
         n = obj_id[1]
-        return bytes(obj_id[2 : 2 + n])
+        return bytes(obj_id[2 : 2 + min(n, 32)])
     return None
 
 

@@ -104,7 +104,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self.features: list[Feature] = []
         self._started_features: list[Feature] = []
-        self._revoked_seen: dict[bytes, dict[str, int]] = {}
+        self._revoked_seen: tuple | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> None:
@@ -117,7 +117,8 @@ class Node:
             self.peers = PeerManager(self.repo)
             self.peers.on_roster_change = self.roster_changed
             self.repo.subscribe(self._on_change)
-            self._revoked_seen = {k: dict(v) for k, v in self.repo.roster.revoked.items()}
+            # A crash between learning a tombstone and re-checking the store is repaired here.
+            self.roster_changed()
             self.features = load_features()
             for feature in self.features:
                 feature.setup(self)
@@ -240,11 +241,14 @@ class Node:
 
     def roster_changed(self) -> None:
         """Apply the roster now: quarantine post-revocation changes, cut revoked peers off."""
-        revoked = {k: dict(v) for k, v in self.repo.roster.revoked.items()}
-        if revoked == self._revoked_seen:
+        roster = self.repo.roster
+        seen = (frozenset(roster.members), frozenset(roster.revoked_info),
+                frozenset(c.cert_id for c in roster.revoked_info.values()),
+                frozenset(k for k in roster.certs if roster.certs[k].kind == "revoke"))
+        if seen == self._revoked_seen:
             return
-        self._revoked_seen = revoked
-        for doc_id in self.repo.quarantine_revoked():
+        self._revoked_seen = seen
+        for doc_id in self.repo.recheck():
             for conn in self.peers.connections.values():
                 conn.sync.reset(doc_id)
                 conn.mark_dirty(doc_id)
@@ -262,6 +266,8 @@ class Node:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:
+                if self.repo.certs_pending and import_roster_from_doc(self.repo):
+                    self.roster_changed()  # the rest of a large batch of certificates
                 for doc_id in self.repo.store.doc_ids():
                     if self.repo.compact(doc_id, quiet=2.0):
                         log.info("compacted %s", doc_id)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from crdt.documents import Repo
 from crdt.keys import device_id
-from crdt.sync import PeerSync
+from crdt.sync import ROSTER_CODES, PeerSync
 from crdt.verify import Rejected
 
 from .transport import ChannelClosed, SecureChannel, TransportError, accept, connect
@@ -36,6 +36,8 @@ FRAME_RATE = 500.0
 FRAME_BURST = 2000.0
 PENALTY_START = 60.0
 PENALTY_MAX = 3600.0
+#: Certificates a peer may hand over before it is known: its own admission chain, no more.
+MAX_CHAIN = 32
 
 
 def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_MAX):
@@ -225,9 +227,13 @@ class PeerConnection:
         self.manager.note_rejected(self.peer_key, f"{exc.code}: {exc.detail}")
         now = time.monotonic()
         self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW]
-        if exc.code != "missing_dependency":
-            # A Bloom-filter miss of an honest peer is not misbehaviour (SPEC-005 §8.6).
+        if exc.code != "missing_dependency" and exc.code not in ROSTER_CODES:
+            # A Bloom-filter miss of an honest peer is not misbehaviour (SPEC-005 §8.6), nor
+            # is relaying a revoked author's changes before the tombstone reached it (§5.10):
+            # it is answered with what it lacks, and it converges.
             self._rejects.append(now)
+        if doc_id is not None and exc.code in ROSTER_CODES:
+            self.mark_dirty(doc_id)
         with contextlib.suppress(TransportError):
             await self.channel.send(
                 {"t": "reject", "doc": doc_id if _short(doc_id) else None, "code": exc.code,
@@ -370,8 +376,43 @@ class PeerManager:
         for conn in self.connections.values():
             conn.mark_dirty(doc_id)
 
-    def certs(self) -> list[bytes]:
-        return [c.encode() for c in self.repo.roster.certs.values()]
+    def own_chain(self) -> list[bytes]:
+        """The genesis and endorsements that admit this device: all a peer is ever shown of the
+        roster before it has proved it is a member (SPEC-005 §9.8)."""
+        return [c.encode() for c in self.repo.roster.chain_of(self.repo.key.public_key)]
+
+    async def _exchange_chains(self, channel: SecureChannel, *, initiator: bool) -> str:
+        """After the handshake, prove membership both ways without telling strangers anything.
+
+        The initiator sends its own chain only if it already knows the responder as a member;
+        the responder merges nothing but the initiator's chain, checks it, and only then sends
+        its own. Returns "" when the peer is a member, else the refusal code (SPEC-005 §9.8).
+        """
+        key = channel.peer_key
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                if initiator:
+                    known = self.repo.roster.is_member(key)
+                    await channel.send({"t": "chain", "certs": self.own_chain() if known else []})
+                frame = await channel.recv()
+                if isinstance(frame, dict) and frame.get("t") == "error":
+                    return f"remote:{frame.get('code')}"
+                certs = frame.get("certs") if isinstance(frame, dict) else None
+                if (not isinstance(frame, dict) or frame.get("t") != "chain"
+                        or not isinstance(certs, list) or len(certs) > MAX_CHAIN
+                        or not all(isinstance(c, bytes) for c in certs)):
+                    return "malformed"
+                if self.repo.add_certs(certs, chain_of=key) and self.on_roster_change:
+                    self.on_roster_change()
+                if not self.repo.roster.is_member(key):
+                    return "revoked" if key in self.repo.roster.revoked else "not_member"
+                if not initiator:
+                    await channel.send({"t": "chain", "certs": self.own_chain()})
+        except TimeoutError:
+            return "handshake_timeout"
+        except TransportError as exc:
+            return f"remote:{getattr(exc, 'code', 'closed')}"
+        return ""
 
     def status(self) -> list[dict[str, Any]]:
         out = []
@@ -465,8 +506,7 @@ class PeerManager:
                 try:
                     channel = await connect(
                         self._session, f"http://{_bracket(address)}/v1/peer", key=self.repo.key,
-                        mesh_id=self.repo.mesh_id, certs=self.certs(),
-                        timeout=self.handshake_timeout,
+                        mesh_id=self.repo.mesh_id, timeout=self.handshake_timeout,
                     )
                 except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
                     sp.last_error = str(exc) or type(exc).__name__
@@ -486,7 +526,9 @@ class PeerManager:
                 sp.last_error = self._peer(channel.peer_key).last_error
                 if served is not None and not served.remote_error:
                     delays = backoff_delays()  # a real session: start backing off afresh
-                elif served is not None and served.remote_error in ("revoked", "not_member"):
+                elif (served.remote_error if served is not None else sp.last_error) in (
+                    "revoked", "not_member"
+                ):
                     delays = backoff_delays(BACKOFF_MAX)  # refused by the mesh: no hammering
                 break
             sp.wake.clear()
@@ -499,7 +541,7 @@ class PeerManager:
     async def handle_incoming(self, request: web.Request) -> web.StreamResponse:
         try:
             ws, channel = await accept(
-                request, key=self.repo.key, mesh_id=self.repo.mesh_id, certs=self.certs(),
+                request, key=self.repo.key, mesh_id=self.repo.mesh_id,
                 timeout=self.handshake_timeout,
             )
         except TransportError as exc:
@@ -524,16 +566,19 @@ class PeerManager:
                                     "detail": f"refused for another {wait:.0f} s"})
             await channel.close(1008, "backoff")
             return None
-        if self.repo.add_certs(channel.peer_certs) and self.on_roster_change is not None:
-            self.on_roster_change()
-        if not self.repo.roster.is_member(key):
-            code = "revoked" if key in self.repo.roster.revoked else "not_member"
+        code = await self._exchange_chains(channel, initiator=initiator)
+        if code.startswith("remote:"):
+            log.info("%s refused us: %s", channel.peer_device_id, code[7:])
+            self.note_error(key, code[7:])
+            await channel.close(1000, "refused")
+            return None
+        if code:
             log.warning("refusing %s: %s", channel.peer_device_id, code)
             self.note_error(key, code)
             with contextlib.suppress(TransportError):
                 await channel.send({"t": "error", "code": code, "detail": "not in this mesh"})
             await channel.close(1008, code)
-            return
+            return None
         conn = PeerConnection(self, channel, initiator=initiator, address=address)
         existing = self.connections.get(key)
         if existing is not None:

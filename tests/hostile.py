@@ -80,6 +80,7 @@ class HostilePeer:
         self._recv_box = SecretBox(recv_key)
         self._send_counter = FIRST_DATA_COUNTER
         self._recv_counter = FIRST_DATA_COUNTER
+        self.pending: list[Any] = []
 
     # -- sending -----------------------------------------------------------------------------
     async def send(self, obj: Any) -> None:
@@ -102,6 +103,8 @@ class HostilePeer:
     # -- receiving ---------------------------------------------------------------------------
     async def recv(self, timeout: float = WAIT) -> Any:
         """The node's next frame, decrypted; raises NodeClosed when it closes instead."""
+        if self.pending:
+            return self.pending.pop(0)
         msg = await asyncio.wait_for(self.ws.receive(), timeout)
         if msg.type is WSMsgType.BINARY:
             plain = self._recv_box.decrypt(msg.data, frame_nonce(self._recv_counter))
@@ -173,7 +176,11 @@ async def handshake(
     their_sig = their_auth["sig"]
     if not verify_signature(theirs["key"], auth_message(transcript, initiator=False), their_sig):
         raise AssertionError("the node's AUTH does not verify")
-    return HostilePeer(ws, k_i2r, k_r2i, theirs["key"])
+    peer = HostilePeer(ws, k_i2r, k_r2i, theirs["key"])
+    # SPEC-005 §9.8: the initiator then offers its admission chain; the node answers with its
+    # own chain when it accepts us, or an error and a close (read by the caller).
+    await peer.send({"t": "chain", "certs": list(certs)})
+    return peer
 
 
 @contextlib.asynccontextmanager
@@ -197,6 +204,9 @@ async def hostile_peer(
     """Connect to a node's /v1/peer and complete a real handshake as ``key``."""
     async with raw_socket(port) as ws:
         peer = await handshake(ws, key, mesh_id, certs)
+        reply = await peer.recv()
+        if not (isinstance(reply, dict) and reply.get("t") == "chain"):
+            peer.pending.append(reply)  # a refusal: the test reads it as the next frame
         try:
             yield peer
         finally:

@@ -135,9 +135,10 @@ def test_a_failed_restore_leaves_the_target_unchanged(taken, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if ".restore-" in p.name] == []
 
 
-def _seqs_by(data: Path, actor: bytes) -> dict[str, int]:
-    """Highest seq of ``actor``'s changes per document, read from the documents."""
-    out = {}
+def _seqs_by(data: Path, key: bytes) -> dict[str, dict[bytes, int]]:
+    """Highest seq of each of ``key``'s actors (the key + an incarnation, SPEC-005 §2.2) per
+    document, read from the documents."""
+    out: dict[str, dict[bytes, int]] = {}
     store = Store(data, readonly=True, layers=DOC_LAYERS)
     try:
         for layer in DOC_LAYERS:
@@ -145,10 +146,11 @@ def _seqs_by(data: Path, actor: bytes) -> dict[str, int]:
                 for doc_id in view.doc_ids():
                     snap, chunks = view.load_doc(doc_id)
                     doc = Document.load(snap + b"".join(chunks))
-                    seqs = [parse_change(c.bytes).seq for c in doc.get_changes([])
-                            if parse_change(c.bytes).actor == actor]
-                    if seqs:
-                        out[doc_id] = max(seqs)
+                    for c in doc.get_changes([]):
+                        info = parse_change(c.bytes)
+                        if info.actor[:32] == key:
+                            seqs = out.setdefault(doc_id, {})
+                            seqs[info.actor] = max(seqs.get(info.actor, 0), info.seq)
         return out
     finally:
         store.close()
@@ -186,7 +188,9 @@ def test_with_device_key_the_old_key_endorses_the_new_and_revokes_itself(tmp_pat
     assert new.public_key != old.public_key
     roster = _roster(target)
     assert roster.is_member(new.public_key) and not roster.is_member(old.public_key)
-    assert roster.revoked[old.public_key] == _seqs_by(data, old.public_key)
+    cutoff = roster.revoked[old.public_key]
+    assert {d: {a: h.seq for a, h in heads.items()} for d, heads in cutoff.items()} == _seqs_by(
+        data, old.public_key)
     issued = [c for c in roster.certs.values() if c.signer == old.public_key
               and c.kind != "genesis"]
     assert sorted(c.kind for c in issued) == ["endorse", "revoke"]

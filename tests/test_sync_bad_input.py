@@ -93,10 +93,11 @@ class Mesh:
     mesh_id: bytes
     certs: list[bytes]  # every certificate of the mesh, as a member presents them
     member: DeviceKey  # endorsed member key the hostile client uses to relay
-    revoked: DeviceKey  # endorsed, then revoked with cutoff {REVOKED_DOC: CUTOFF}
+    revoked: DeviceKey  # endorsed, then revoked with its head CUTOFF in REVOKED_DOC
     rude: DeviceKey  # a member that gets itself disconnected (and refused for a while)
     flooder: DeviceKey  # likewise, by flooding
     bad: list[tuple[str, list[bytes]]] = field(default_factory=list)  # never to be stored
+    laptop_changes: list[ChangeInfo] = field(default_factory=list)  # the revoked laptop's
 
     @property
     def peer_port(self) -> int:
@@ -112,6 +113,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     b_key = DeviceKey.load(b.data_dir / "keys" / "device.key")
     member, revoked = DeviceKey.generate(), DeviceKey.generate()
     rude, flooder = DeviceKey.generate(), DeviceKey.generate()
+    # The stolen laptop's entry: two changes before its revocation, one after (case 3).
+    laptop_changes = entry_changes(
+        revoked, entry_for(3), ["written before revocation", "edited before revocation",
+                                "HOSTILE written after revocation"],
+    )
     store = Store(a.data_dir)
     try:
         repo = open_repo(store, founder)
@@ -122,14 +128,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             new_endorsement(founder, mesh_id, rude.public_key, "rude-member"),
             new_endorsement(founder, mesh_id, flooder.public_key, "flooding-member"),
             new_tombstone(
-                founder, mesh_id, revoked.public_key, {REVOKED_DOC: CUTOFF}, reason="stolen"
+                founder, mesh_id, revoked.public_key,
+                {REVOKED_DOC: [(revoked.public_key, CUTOFF, laptop_changes[CUTOFF - 1].hash)]},
+                reason="stolen",
             ),
         ]
         record_certs(repo, new)
         certs = [c.encode() for c in repo.roster.certs.values()]
         assert repo.roster.is_member(member.public_key)
         assert not repo.roster.is_member(revoked.public_key)
-        assert repo.roster.revoked[revoked.public_key] == {REVOKED_DOC: CUTOFF}
+        cut = repo.roster.revoked[revoked.public_key][REVOKED_DOC][revoked.public_key]
+        assert (cut.seq, cut.hash) == (CUTOFF, laptop_changes[CUTOFF - 1].hash)
     finally:
         store.close()
     store = Store(b.data_dir)  # b holds the same roster from its first start
@@ -137,7 +146,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         record_certs(open_repo(store, b_key), new)
     finally:
         store.close()
-    m = Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked, rude, flooder)
+    m = Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked, rude, flooder,
+             laptop_changes=laptop_changes)
     try:
         a.start()
         b.start()
@@ -353,10 +363,7 @@ def test_revoked_device_changes_after_the_cutoff_are_rejected(mesh: Mesh) -> Non
     ("revoked", nothing stored); the pre-cutoff changes alone are accepted (stored, listed,
     relayed to b); the post-cutoff change alone is rejected "revoked" and never stored."""
     doc, laptop = REVOKED_DOC, mesh.revoked
-    changes = entry_changes(
-        laptop, entry_for(3), ["written before revocation", "edited before revocation",
-                               "HOSTILE written after revocation"],
-    )
+    changes = mesh.laptop_changes
     assert [c.seq for c in changes] == [1, 2, CUTOFF + 1]
     batches = [sign(laptop, mesh.mesh_id, doc, [c]) for c in changes]  # one per commit
     pre, post = changes[:CUTOFF], changes[CUTOFF:]

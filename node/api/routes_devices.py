@@ -103,4 +103,4 @@ async def revoke(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise Problem(409, "Cannot revoke this device", str(exc)) from None
     return web.json_response({"device_id": device_id(subject), "revoked": True,
-                              "cutoff": cert.body["cutoff"], "kept": cert.body["kept"]})
+                              "cutoff": cert.cutoff_summary(), "kept": cert.body["kept"]})

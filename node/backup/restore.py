@@ -18,7 +18,7 @@ import msgpack
 from automerge.core import Document
 
 from crdt.documents import Repo, valid_doc_id
-from crdt.identity import record_certs
+from crdt.identity import cutoff_heads, record_certs
 from crdt.keys import DeviceKey
 from crdt.roster import CertError, Roster, decode_cert, new_endorsement, new_tombstone
 from crdt.store import Store, format_version, layer_of
@@ -144,6 +144,7 @@ def _rebuild_doc(
                 verified = verify_changes(
                     store=store, roster=roster, mesh_id=roster.mesh_id, doc_id=doc_id,
                     chunks=chunks[start:start + VERIFY_SLICE], batch_records=pack.batches,
+                    defer_heads=True,  # the manifest heads check below settles a cutoff
                 )
             except Rejected as exc:
                 raise Corrupt(where, "signature check",
@@ -310,9 +311,8 @@ def _hand_over(staging: Path, report: RebuildReport, old: DeviceKey, new: Device
                               "(was it revoked?); restore without --with-device-key and pair")
         name = repo.roster.members[old.public_key]
         endorse = new_endorsement(old, report.mesh_id, new.public_key, f"{name} (restored)")
-        cutoff = {doc: seqs[old.public_key] for doc, seqs in report.max_seq.items()
-                  if old.public_key in seqs}
-        tomb = new_tombstone(old, report.mesh_id, old.public_key, cutoff, [endorse.cert_id],
+        tomb = new_tombstone(old, report.mesh_id, old.public_key,
+                             cutoff_heads(repo, old.public_key), [endorse.cert_id],
                              reason="device restored from a backup onto a new key")
         record_certs(repo, [endorse, tomb])
     finally:

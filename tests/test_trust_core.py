@@ -1,0 +1,258 @@
+"""The trust core under a hostile member (SPEC-005 §2.2, §5.4, §5.10, §6.1), in process.
+
+Real LMDB stores, real repositories and the real sync protocol (tests/trust_helpers.py); the
+attacker holds a member key and signs whatever it likes. Each test reproduces a way the mesh
+was once broken from inside and checks the repaired rule.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from automerge.core import ROOT, Document, ScalarType
+
+from crdt.batches import SignedBatch
+from crdt.chunks import ChangeInfo, parse_change
+from crdt.documents import MAX_VERIFIES_PER_CALL
+from crdt.identity import IDENTITY_DOC, cutoff_heads, record_certs, revoke_device
+from crdt.keys import DeviceKey
+from crdt.roster import new_endorsement, new_tombstone
+from crdt.store import Store
+from crdt.verify import Rejected
+from tests.trust_helpers import NOTE_DOC, Device, pump
+
+
+@pytest.fixture
+def devices(tmp_path: Path):
+    made: list[Device] = []
+
+    def make(*names: str) -> list[Device]:
+        founder = Device.found(tmp_path, names[0])
+        made.append(founder)
+        for name in names[1:]:
+            made.append(founder.admit(tmp_path, name))
+        return list(made)
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def _forked_changes(base: Device, doc_id: str, actor: bytes, texts: list[str]) -> list[ChangeInfo]:
+    """One change per text, each made on its own copy of ``base``'s document by ``actor``:
+    different changes that all carry the same (actor, seq)."""
+    saved = base.repo.open(doc_id).doc.save()
+    out = []
+    for text in texts:
+        doc = Document.load(saved)
+        doc.set_actor(actor)
+        heads = doc.get_heads()
+        with doc.transaction() as tx:
+            tx.put(ROOT, "display_name", ScalarType.Str, text)
+        out.extend(parse_change(bytes(c.bytes)) for c in doc.get_changes(heads))
+    return out
+
+
+def _receive(dev: Device, doc_id: str, key: DeviceKey, changes: list[ChangeInfo]) -> None:
+    batch = SignedBatch.sign(key, dev.repo.mesh_id, doc_id, [c.hash for c in changes])
+    verified = dev.repo.verify(doc_id, [c.chunk for c in changes], [batch.encode()])
+    dev.repo.apply_verified(doc_id, verified, None, None)
+
+
+def test_a_second_change_with_a_held_actor_and_seq_is_refused_and_the_document_still_loads(
+    devices,
+):
+    """SPEC-005 §6.1 d, §7.1: a member signs two different changes with one (actor, seq). The
+    second is refused (duplicate_seq) and never stored, so the document still loads after a
+    restart (it used to be stored first, then refused by Automerge on every load)."""
+    founder, thief = devices("founder", "thief")
+    pump(founder, thief)
+    first, second = _forked_changes(founder, IDENTITY_DOC, thief.repo.actor, ["one", "two"])
+    assert (first.actor, first.seq) == (second.actor, second.seq) and first.hash != second.hash
+    _receive(founder, IDENTITY_DOC, thief.key, [first])
+    with pytest.raises(Rejected) as caught:
+        _receive(founder, IDENTITY_DOC, thief.key, [second])
+    assert caught.value.code == "duplicate_seq"
+    assert founder.store.known_hashes(IDENTITY_DOC, [second.hash]) == set()
+    founder.reopen()  # a new process loads the document from the store
+    assert founder.repo.open(IDENTITY_DOC).doc.get(ROOT, "profile") is not None
+
+
+def test_both_forks_in_one_message_are_refused_whole(devices):
+    """SPEC-005 §6.1 d, §6.3: two changes with one (actor, seq) in the same message reject it
+    whole; nothing of it is stored."""
+    founder, thief = devices("founder", "thief")
+    pump(founder, thief)
+    forks = _forked_changes(founder, IDENTITY_DOC, thief.repo.actor, ["one", "two"])
+    with pytest.raises(Rejected) as caught:
+        _receive(founder, IDENTITY_DOC, thief.key, forks)
+    assert caught.value.code == "duplicate_seq"
+    assert founder.store.known_hashes(IDENTITY_DOC, [c.hash for c in forks]) == set()
+
+
+def test_a_rolled_back_data_dir_writes_under_a_fresh_actor_and_nothing_bricks(
+    devices, tmp_path: Path
+):
+    """SPEC-005 §2.2: a data dir restored from a snapshot (or a copied VM) reuses no (actor,
+    seq): each start writes under key + a fresh incarnation. The rolled-back device's new write
+    and its own later changes held by peers all converge; no document is refused anywhere."""
+    founder, laptop = devices("founder", "laptop")
+    laptop.write("note-a", "before the snapshot")
+    pump(founder, laptop)
+    laptop.store.close()
+    shutil.copytree(laptop.path, tmp_path / "snapshot")
+    laptop.reopen()
+    laptop.write("note-a", "after the snapshot, synced")
+    pump(founder, laptop)
+    # The disk is rolled back to the snapshot and the device starts again.
+    laptop.store.close()
+    shutil.rmtree(laptop.path)
+    shutil.copytree(tmp_path / "snapshot", laptop.path)
+    laptop.reopen()
+    laptop.write("note-b", "written after the rollback")
+    pump(founder, laptop)
+    assert founder.rejects == [] and laptop.rejects == []
+    assert founder.heads() == laptop.heads()
+    assert laptop.read("note-b") == founder.read("note-b") == "written after the rollback"
+    assert laptop.read("note-a") == "after the snapshot, synced"  # fetched back from the peer
+
+
+def test_a_revoked_key_cannot_mint_a_fresh_low_numbered_branch(devices):
+    """SPEC-005 §5.4, §6.1 e: the cutoff names the revoked key's heads. Changes it makes after
+    revocation with low sequence numbers (a fresh branch of the same actor, or a new
+    incarnation) are refused by a node that never held its real history."""
+    founder, thief, desktop = devices("founder", "thief", "desktop")
+    thief.write("note", "honest 1")
+    thief.write("note", "honest 2")
+    pump(founder, thief)
+    revoke_device(founder.repo, thief.key.public_key, keep_all=True)
+    pump(founder, desktop)  # desktop learns the tombstone, and the honest history with it
+    newcomer = founder.admit(founder.path.parent, "newcomer")
+    # newcomer holds the tombstone but no memory yet: the branch must still be refused.
+    pump_identity_only(founder, newcomer)
+    branch = Document(actor_id=thief.repo.actor)
+    with branch.transaction() as tx:
+        tx.put(ROOT, "note", ScalarType.Str, "forged after revocation")
+    forged = [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
+    assert forged[0].seq == 1  # a number below the cutoff
+    with pytest.raises(Rejected) as caught:
+        _receive(newcomer, NOTE_DOC, thief.key, forged)
+    assert caught.value.code == "revoked"
+    new_incarnation = Document(actor_id=thief.key.public_key + b"\x09" * 8)
+    with new_incarnation.transaction() as tx:
+        tx.put(ROOT, "note", ScalarType.Str, "forged under a new incarnation")
+    other = [parse_change(bytes(c.bytes)) for c in new_incarnation.get_changes([])]
+    with pytest.raises(Rejected) as caught:
+        _receive(newcomer, NOTE_DOC, thief.key, other)
+    assert caught.value.code == "revoked"
+    # The real history still arrives and is kept, on every node alike.
+    pump(founder, newcomer)
+    pump(founder, desktop)
+    assert newcomer.read("note") == founder.read("note") == "honest 2"
+    assert newcomer.heads() == founder.heads() == desktop.heads()
+
+
+def pump_identity_only(a: Device, b: Device) -> None:
+    """Sync only the Identity document (the roster), as a node does first (SPEC-005 §8.2)."""
+    from crdt.sync import PeerSync
+
+    sa, sb = PeerSync(a.repo, b.key.public_key), PeerSync(b.repo, a.key.public_key)
+    for _ in range(20):
+        moved = 0
+        for src, dst, dev in ((sa, sb, b), (sb, sa, a)):
+            for frame in src.generate(IDENTITY_DOC):
+                moved += 1
+                dst.receive(frame)
+                dev.after_identity()
+        if not moved:
+            return
+
+
+def test_devices_a_revoked_key_admitted_are_quarantined_everywhere_alike(devices):
+    """SPEC-005 §5.4, §5.10: a device the thief admitted, not kept by the owner, loses its
+    changes on every node once the revocation arrives, so the documents converge again (they
+    used to stay on some nodes and be refused by others, forever)."""
+    founder, thief, desktop = devices("founder", "thief", "desktop")
+    root = founder.path.parent
+    accomplice = thief.admit(root, "accomplice")
+    pump(thief, accomplice)
+    accomplice.write("note", "written by the thief's accomplice")
+    pump(accomplice, thief)
+    pump(thief, desktop)  # desktop accepted it while the thief was a member
+    assert desktop.read("note") == "written by the thief's accomplice"
+    revoke_device(founder.repo, thief.key.public_key, keep=[])
+    pump(founder, desktop)
+    assert desktop.read("note") is None
+    founder_view = founder.read("note")
+    assert founder_view is None
+    assert founder.heads() == desktop.heads()
+    assert accomplice.key.public_key not in desktop.repo.roster.members
+
+
+def test_revoked_thief_tombstone_of_the_founder_changes_nothing_on_real_stores(devices):
+    """SPEC-005 §5.4: after its revocation, the thief's tombstone of the founder (with an
+    empty kept list) reaches a node that already holds the owner's tombstone: members stay."""
+    founder, thief, desktop = devices("founder", "thief", "desktop")
+    pump(founder, desktop)
+    revoke_device(founder.repo, thief.key.public_key, keep_all=True)
+    pump(founder, desktop)
+    late = new_tombstone(thief.key, founder.repo.mesh_id, founder.key.public_key,
+                         cutoff_heads(thief.repo, founder.key.public_key))
+    desktop.repo.add_certs([late.encode()])
+    assert set(desktop.repo.roster.members) == {founder.key.public_key, desktop.key.public_key}
+    assert desktop.repo.recheck() == {}
+
+
+def test_a_member_flooding_certificates_checks_a_bounded_number_per_call(devices):
+    """SPEC-005 §5.1: signatures are checked after the issuer filter and at most
+    MAX_VERIFIES_PER_CALL per call; junk from unknown issuers costs no signature check."""
+    founder, member = devices("founder", "member")
+    pump(founder, member)
+    mesh = founder.repo.mesh_id
+    junk = [new_endorsement(DeviceKey.generate(), mesh, DeviceKey.generate().public_key, "j")
+            for _ in range(2000)]
+    started = time.perf_counter()
+    assert founder.repo.add_certs([c.encode() for c in junk]) == 0
+    junk_seconds = time.perf_counter() - started
+    spam = [new_endorsement(member.key, mesh, DeviceKey.generate().public_key, f"s{i}")
+            for i in range(MAX_VERIFIES_PER_CALL + 300)]
+    added = founder.repo.add_certs([c.encode() for c in spam])
+    assert added == MAX_VERIFIES_PER_CALL and founder.repo.certs_pending == 300
+    assert founder.repo.add_certs([c.encode() for c in spam]) == 300
+    # 2,000 junk certificates are parsed, never verified: far below 2,000 signature checks.
+    assert junk_seconds < 2000 * 40e-6, junk_seconds
+
+
+def test_a_store_of_the_previous_format_is_migrated_with_its_actor_numbers(devices):
+    """SPEC-001 §5 (migrations): format 1 stores gain the (doc, actor) -> seq table, rebuilt
+    from what they hold, so a duplicate is refused after an upgrade too."""
+    founder, thief = devices("founder", "thief")
+    thief.write("note", "one")
+    pump(founder, thief)
+    expected = founder.store.doc_actors(NOTE_DOC)
+    founder.store.close()
+    import lmdb
+
+    env = lmdb.open(str(founder.path / "memory"), max_dbs=12)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"actors", txn=txn), delete=False)
+        txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    founder.store = Store(founder.path)
+    assert founder.store.layer_format("memory") == 2
+    assert founder.store.doc_actors(NOTE_DOC) == expected
+    founder.reopen()
+
+
+def test_record_certs_of_a_revoked_issuer_do_not_count(devices):
+    """SPEC-005 §5.4: an endorsement by a revoked key admits nobody unless kept."""
+    founder, thief = devices("founder", "thief")
+    pump(founder, thief)
+    revoke_device(founder.repo, thief.key.public_key, keep_all=True)
+    newcomer = DeviceKey.generate()
+    late = new_endorsement(thief.key, founder.repo.mesh_id, newcomer.public_key, "late")
+    record_certs(founder.repo, [late])
+    assert newcomer.public_key not in founder.repo.roster.members

@@ -1,0 +1,121 @@
+"""In-process devices for trust tests: real LMDB stores, real repositories, the real sync protocol.
+
+Each ``Device`` is what a node holds (store, repo, roster) without the HTTP and socket layers;
+``pump`` moves the real ``crdt.sync.PeerSync`` frames between two devices until both are quiet,
+handling rejections the way ``node/peers.py`` does (reset and go on). The node's reaction to an
+Identity change (merge certificates, re-check the store) is ``Device.after_identity``, the same
+calls ``node/node.py`` makes. Fast enough for property-based tests with many interleavings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from automerge.core import ROOT, ObjType, ScalarType
+
+from crdt.documents import Repo
+from crdt.identity import (
+    IDENTITY_DOC,
+    accept_invitation,
+    create_mesh,
+    enrol_device,
+    import_roster_from_doc,
+    open_repo,
+)
+from crdt.keys import DeviceKey
+from crdt.store import Store
+from crdt.sync import PeerSync
+from crdt.verify import Rejected
+
+NOTE_DOC = "memory/note/2026-12/0"
+
+
+@dataclass
+class Device:
+    name: str
+    path: Path
+    key: DeviceKey
+    store: Store
+    repo: Repo
+    rejects: list[str] = field(default_factory=list)
+
+    @classmethod
+    def found(cls, root: Path, name: str) -> Device:
+        key = DeviceKey.generate()
+        store = Store(root / name)
+        return cls(name, root / name, key, store, create_mesh(store, key, "home", name))
+
+    def admit(self, root: Path, name: str, key: DeviceKey | None = None) -> Device:
+        """A new device endorsed by this one (the manual enrolment path, SPEC-005 §12.8)."""
+        key = key or DeviceKey.generate()
+        invitation = enrol_device(self.repo, key.public_key, name)
+        store = Store(root / name)
+        return Device(name, root / name, key, store, accept_invitation(store, key, invitation))
+
+    def reopen(self) -> None:
+        """Stop and start: a fresh process (a new incarnation) on the same data dir."""
+        self.store.close()
+        self.store = Store(self.path)
+        self.repo = open_repo(self.store, self.key)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.store.close()
+
+    def write(self, entry: str, text: str, doc_id: str = NOTE_DOC) -> None:
+        def edit(tx):
+            got = tx.get(ROOT, entry)
+            obj = got[1] if got is not None else tx.put_object(ROOT, entry, ObjType.Map)
+            tx.put(obj, "text", ScalarType.Str, text)
+
+        self.repo.change(doc_id, edit)
+
+    def read(self, entry: str, doc_id: str = NOTE_DOC) -> str | None:
+        if doc_id not in self.store.doc_ids():
+            return None
+        doc = self.repo.open(doc_id).doc
+        got = doc.get(ROOT, entry)
+        if got is None:
+            return None
+        text = doc.get(got[1], "text")
+        return text[0][1] if text else None
+
+    def after_identity(self) -> dict[str, int]:
+        """What the node does after an Identity change: merge certificates, re-check."""
+        import_roster_from_doc(self.repo)
+        return self.repo.recheck()
+
+    def heads(self) -> dict[str, tuple[bytes, ...]]:
+        """Heads of every document that holds anything (an emptied one counts as absent)."""
+        out = {d: tuple(sorted(self.repo.heads(d))) for d in sorted(self.store.doc_ids())}
+        return {d: h for d, h in out.items() if h}
+
+
+def _deliver(src: PeerSync, dst: PeerSync, dev: Device, doc_id: str) -> int:
+    moved = 0
+    for frame in src.generate(doc_id):
+        moved += 1
+        try:
+            dst.receive(frame)
+        except Rejected as exc:  # as node/peers.py: the sender resets, the receiver answers
+            dev.rejects.append(exc.code)
+            src.reset(doc_id)
+            return moved
+        if doc_id == IDENTITY_DOC:
+            dev.after_identity()
+    return moved
+
+
+def pump(a: Device, b: Device, rounds: int = 50) -> None:
+    """Sync every document between ``a`` and ``b`` (only members talk: the caller decides)."""
+    sa, sb = PeerSync(a.repo, b.key.public_key), PeerSync(b.repo, a.key.public_key)
+    for _ in range(rounds):
+        docs = sorted(set(a.store.doc_ids()) | set(b.store.doc_ids()),
+                      key=lambda d: (d != IDENTITY_DOC, d))
+        moved = 0
+        for doc_id in docs:
+            moved += _deliver(sa, sb, b, doc_id) + _deliver(sb, sa, a, doc_id)
+        if not moved:
+            return
