@@ -1,0 +1,1 @@
+"""Hostile-member harnesses: property-based, over the trust core (SPEC-005 §5)."""
