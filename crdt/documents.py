@@ -99,8 +99,8 @@ class Repo:
         with every field bounded, dropped unless it is this mesh's genesis or its issuer is in
         Ever (a chain is followed in any order), and only then is its signature checked, at
         most ``MAX_VERIFIES_PER_CALL`` per call (``certs_pending`` counts the rest). With
-        ``chain_of``, only the genesis and endorsements leading to that key are taken: what a
-        peer may hand over before it is known.
+        ``chain_of``, only the genesis, the endorsements leading to that key and tombstones are
+        taken: what a peer may hand over before it is known.
         """
         pending = []
         for raw in list(raws)[:MAX_CERTS_PER_CALL]:
@@ -111,11 +111,9 @@ class Repo:
                 continue
             if cert.cert_id in self.roster.certs or not self.roster.belongs(cert):
                 continue
-            if chain_of is not None and cert.kind not in ("genesis", "endorse"):
-                continue
             pending.append(cert)
-        if chain_of is not None:
-            pending = _chain(pending, chain_of)
+        if chain_of is not None:  # its admission chain, and tombstones (they only remove)
+            pending = _chain(pending, chain_of) + [c for c in pending if c.kind == "revoke"]
         fresh = []
         budget = MAX_VERIFIES_PER_CALL
         ever = set(self.roster.ever)
@@ -306,6 +304,10 @@ class Repo:
                 for head in roster.revoked[key].get(doc_id, {}).values():
                     if head.hash in deps_of:
                         _ancestors(head.hash, deps_of, allowed)
+            # An ancestor of a cutoff head vouches only for the revoked author's own changes;
+            # another author's change in that history is judged on its own.
+            allowed = {c.hash for c in changes
+                       if c.hash in allowed and actor_key(c.actor_id) in roster.revoked}
             bad = {
                 c.hash for c in changes
                 if actor_key(c.actor_id) not in roster.members and c.hash not in allowed

@@ -267,7 +267,13 @@ def revoke_device(
     me = repo.key.public_key
     if subject == me:
         raise ValueError("a device cannot revoke itself; revoke it from another member")
-    if subject in roster.revoked:
+    if subject in roster.revoked and any(
+        c.kind == "revoke" and c.subject == subject and c.signer != subject
+        for c in roster.certs.values()
+    ):
+        # SPEC-005 §5.7: a second tombstone only narrows what both revokers saw. A device's
+        # revocation of itself is no reason to refuse: its owner must still be able to drop
+        # what the device kept for itself.
         raise ValueError("that device is already revoked")
     if subject not in roster.members and not (
         subject == roster.founder or subject in roster.ever

@@ -410,19 +410,20 @@ def derive(mesh_id: bytes, certs: Iterable[Cert]) -> _Derived:
     # Counting tombstones, level by level of seniority: a tombstone counts when its issuer is
     # admitted and not already revoked by a counting tombstone of a more senior level, or when
     # that revocation kept it. Two equals that revoke each other are judged together, so both
-    # are revoked, and then neither's other acts count unless kept.
+    # are revoked, and then neither's other acts count unless kept; a self-revocation is
+    # judged first in the same way.
     counted: list[Cert] = []
     for level in sorted(set(depth.values())):
         at_level = [t for t in tombstones if depth.get(t.signer) == level]
         pairs = {(t.signer, t.body["subject"]) for t in at_level}
         for mutual in (True, False):
-            # First equals that revoke each other (judged together: both are out), then the
-            # level's other acts, which count only if their issuer still stands or was kept.
+            # First equals that revoke each other, and self-revocations (judged together: all
+            # are out), then the level's other acts, which count only if their issuer still
+            # stands or was kept.
             auth, revoked, kept = _authorise(founder, endorsements, counted)
             counted.extend(
                 t for t in at_level
-                if ((t.body["subject"], t.signer) in pairs
-                    and t.body["subject"] != t.signer) == mutual
+                if ((t.body["subject"], t.signer) in pairs) == mutual
                 and t.signer in auth
                 and (t.signer not in revoked or t.cert_id in kept.get(t.signer, set()))
             )

@@ -104,6 +104,12 @@ class PeerSync:
                     "batches": batches, "final": False}
         return {"t": "sync", "doc": doc_id, "msg": envelope, "batches": batches, "final": True}
 
+    def settle(self) -> dict[str, int]:
+        """Re-check documents left unsettled by a split message that never finished (the
+        connection ended between its parts): what its parts let in is judged now."""
+        docs, self._unsettled = sorted(self._unsettled), set()
+        return self.repo.recheck(docs) if docs else {}
+
     def _take_envelope(self, doc_id: str, parsed) -> None:
         """Keep the peer's heads, need and have from a message whose changes were refused.
 

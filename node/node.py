@@ -253,6 +253,7 @@ class Node:
                 conn.sync.reset(doc_id)
                 conn.mark_dirty(doc_id)
         self.peers.enforce_roster()
+        self.peers.share_certs()
 
     async def _upkeep(self) -> None:
         """Background care: compact grown change logs, index, and unload idle documents.

@@ -36,8 +36,12 @@ FRAME_RATE = 500.0
 FRAME_BURST = 2000.0
 PENALTY_START = 60.0
 PENALTY_MAX = 3600.0
-#: Certificates a peer may hand over before it is known: its own admission chain, no more.
-MAX_CHAIN = 32
+#: Certificates a peer may hand over before it is known: its own admission chain and the
+#: tombstones it knows, no more.
+MAX_CHAIN = 256
+#: A member's certs frame (SPEC-005 §8.9): bounded in count and, when sent, in bytes.
+MAX_CERTS_PER_FRAME = 10_000
+CERTS_FRAME_BYTES = 4 << 20
 
 
 def backoff_delays(start: float = BACKOFF_START, cap: float = BACKOFF_MAX):
@@ -145,6 +149,8 @@ class PeerConnection:
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop(), name=f"send-{self.channel.peer_device_id}")
         try:
+            for frame in self.manager.certs_frames():
+                await self.channel.send(frame)
             await self.channel.send(self.sync.summary_frame())
             async for frame in self.channel:
                 self.manager.touch(self.peer_key)
@@ -182,6 +188,13 @@ class PeerConnection:
                         self.mark_dirty(doc_id)
             except Rejected as exc:
                 return await self._rejected(None, exc)
+        elif kind == "certs":
+            certs = frame.get("certs")
+            if (not isinstance(certs, list) or len(certs) > MAX_CERTS_PER_FRAME
+                    or not all(isinstance(c, bytes) for c in certs)):
+                return await self._rejected(None, Rejected("malformed", "certs frame"))
+            if self.manager.repo.add_certs(certs) and self.manager.on_roster_change is not None:
+                self.manager.on_roster_change()
         elif kind == "sync":
             doc_id = frame.get("doc")
             try:
@@ -305,7 +318,8 @@ class PeerManager:
     def register(self, kind: str, handler: FrameHandler) -> None:
         """Route frames of ``kind`` to ``handler(conn, frame)``, awaited in the reader loop:
         a handler that does slow work (a model call) must spawn a task and return."""
-        if kind in ("summary", "sync", "reject", "error") or kind in self.handlers:
+        taken = ("summary", "sync", "reject", "error", "certs", "chain")
+        if kind in taken or kind in self.handlers:
             raise ValueError(f"frame kind {kind!r} is taken")
         self.handlers[kind] = handler
 
@@ -376,10 +390,52 @@ class PeerManager:
         for conn in self.connections.values():
             conn.mark_dirty(doc_id)
 
+    def certs_frames(self) -> list[dict[str, Any]]:
+        """Every certificate this node holds, in frames of bounded size, for a member peer.
+
+        Certificates also travel in the Identity document, but a document split by a member
+        that signed two different changes with one number (SPEC-005 §6.1 f) carries nothing
+        across the split; a revocation must still reach everyone (SPEC-005 §8.9)."""
+        frames: list[dict[str, Any]] = []
+        batch: list[bytes] = []
+        size = 0
+        for cert in self.repo.roster.certs.values():
+            raw = cert.encode()
+            full = size + len(raw) > CERTS_FRAME_BYTES or len(batch) >= MAX_CERTS_PER_FRAME
+            if batch and full:
+                frames.append({"t": "certs", "certs": batch})
+                batch, size = [], 0
+            batch.append(raw)
+            size += len(raw)
+        if batch:
+            frames.append({"t": "certs", "certs": batch})
+        return frames
+
+    def share_certs(self) -> None:
+        """Send every certificate to every connected peer (after the roster changed)."""
+        if not self.connections:
+            return
+
+        async def share() -> None:
+            for conn in list(self.connections.values()):
+                for frame in self.certs_frames():
+                    try:
+                        await conn.send(frame)
+                    except TransportError:
+                        break
+
+        self._spawn(share(), "share-certs")
+
     def own_chain(self) -> list[bytes]:
-        """The genesis and endorsements that admit this device: all a peer is ever shown of the
-        roster before it has proved it is a member (SPEC-005 §9.8)."""
-        return [c.encode() for c in self.repo.roster.chain_of(self.repo.key.public_key)]
+        """The genesis and endorsements that admit this device, and the tombstones this node
+        knows: all a peer is shown of the roster before it has proved it is a member
+        (SPEC-005 §9.8). The tombstones let a peer whose roster is behind (it still counts a
+        thief's revocation of us) learn the more senior revocation that undoes it."""
+        roster = self.repo.roster
+        tombs = sorted((c for c in roster.certs.values() if c.kind == "revoke"),
+                       key=lambda c: c.cert_id)
+        chain = roster.chain_of(self.repo.key.public_key)
+        return [c.encode() for c in [*chain, *tombs][:MAX_CHAIN]]
 
     async def _exchange_chains(self, channel: SecureChannel, *, initiator: bool) -> str:
         """After the handshake, prove membership both ways without telling strangers anything.
@@ -603,6 +659,11 @@ class PeerManager:
                 state.connected_since = None
             for callback in self.on_disconnected:
                 _safely(callback, conn)
+            # A split message cut short: settle what its parts let in (SPEC-005 §6.1 h).
+            for doc_id in conn.sync.settle():
+                for other in self.connections.values():
+                    other.sync.reset(doc_id)
+                    other.mark_dirty(doc_id)
             log.info("peer %s disconnected", channel.peer_device_id)
         return conn
 

@@ -81,6 +81,7 @@ class HostilePeer:
         self._send_counter = FIRST_DATA_COUNTER
         self._recv_counter = FIRST_DATA_COUNTER
         self.pending: list[Any] = []
+        self.auth_certs: Any = None
 
     # -- sending -----------------------------------------------------------------------------
     async def send(self, obj: Any) -> None:
@@ -177,6 +178,7 @@ async def handshake(
     if not verify_signature(theirs["key"], auth_message(transcript, initiator=False), their_sig):
         raise AssertionError("the node's AUTH does not verify")
     peer = HostilePeer(ws, k_i2r, k_r2i, theirs["key"])
+    peer.auth_certs = their_auth.get("certs")  # what the node showed before knowing us
     # SPEC-005 §9.8: the initiator then offers its admission chain; the node answers with its
     # own chain when it accepts us, or an error and a close (read by the caller).
     await peer.send({"t": "chain", "certs": list(certs)})

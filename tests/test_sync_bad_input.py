@@ -699,3 +699,65 @@ def test_store_view_sees_committed_changes(tmp_path: Path) -> None:
     assert view.known(doc, hashes_of(changes)) == {info.hash}
     assert view.known(doc, hashes_of(other)) == set()
     assert doc in view.doc_ids()
+
+
+# -- the roster is shown only to members (SPEC-005 §9.5, §9.8) ------------------------------------
+def test_a_stranger_with_the_mesh_id_learns_nothing_of_the_roster(mesh: Mesh) -> None:
+    """SPEC-005 005.9.5, 005.9.8: a stranger who knows the mesh id completes the handshake with
+    a fresh key and offers a self-made chain. Everything it gets after the HELLOs is the node's
+    AUTH, with no certificate in it (it used to carry the whole roster: device and mesh names),
+    then one refusal; none of its self-made certificates is stored."""
+    stranger, friend = DeviceKey.generate(), DeviceKey.generate()
+    fake_chain = [new_endorsement(stranger, mesh.mesh_id, friend.public_key, "friend").encode(),
+                  new_endorsement(friend, mesh.mesh_id, stranger.public_key, "me").encode()]
+    certs_before = StoreView(mesh.victim.data_dir).cert_ids()
+
+    async def scenario():
+        async with raw_socket(mesh.peer_port) as ws:
+            peer = await handshake(ws, stranger, mesh.mesh_id, fake_chain)
+            return peer.auth_certs, await peer.closed()
+
+    auth_certs, (code, reason, frames) = run(scenario())
+    assert auth_certs == []
+    assert [(f["t"], f["code"]) for f in frames] == [("error", "not_member")], frames
+    assert (code, reason) == (1008, "not_member")
+    assert StoreView(mesh.victim.data_dir).cert_ids() == certs_before
+    assert_mesh_still_works(mesh, "stranger")
+
+
+def test_certificate_floods_do_not_stall_the_node(mesh: Mesh) -> None:
+    """SPEC-005 005.5.1, 005.9.8: eight strangers at once, each with 10,000 certificates in its
+    AUTH and 10,000 in its chain frame. Nothing is verified before the peer is known, the chain
+    frame is refused as malformed, and /health stays fast throughout (it used to take over
+    500 ms while the node checked every signature on its event loop)."""
+    junk = []
+    for _ in range(10_000):
+        k = DeviceKey.generate()
+        junk.append(new_endorsement(k, mesh.mesh_id, k.public_key, "junk").encode())
+    health = f"{mesh.victim.base}/health"
+
+    def probe() -> float:
+        started = time.perf_counter()
+        urllib.request.urlopen(health, timeout=10).read()
+        return time.perf_counter() - started
+
+    async def flood() -> tuple[int | None, str, list]:
+        async with raw_socket(mesh.peer_port) as ws:
+            # hostile.handshake puts the certificates in AUTH and in the chain frame.
+            peer = await handshake(ws, DeviceKey.generate(), mesh.mesh_id, junk)
+            return await peer.closed(timeout=20)
+
+    async def scenario():
+        floods = [asyncio.ensure_future(flood()) for _ in range(8)]
+        times = []
+        while not all(f.done() for f in floods):
+            times.append(await asyncio.to_thread(probe))
+            await asyncio.sleep(0.01)
+        return times, [f.result() for f in floods]
+
+    times, closes = run(scenario())
+    assert times, "no /health probe ran during the floods"
+    assert max(times) < 0.25, f"/health took up to {max(times) * 1000:.0f} ms during the floods"
+    for code, reason, frames in closes:
+        assert (code, reason) == (1008, "malformed"), (code, reason, frames)
+    assert_mesh_still_works(mesh, "certificate flood")

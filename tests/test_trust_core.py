@@ -256,3 +256,29 @@ def test_record_certs_of_a_revoked_issuer_do_not_count(devices):
     late = new_endorsement(thief.key, founder.repo.mesh_id, newcomer.public_key, "late")
     record_certs(founder.repo, [late])
     assert newcomer.public_key not in founder.repo.roster.members
+
+
+def test_a_split_message_cut_short_is_settled_when_the_connection_ends(devices):
+    """SPEC-005 §6.1 h, §8.5: one part of a split message lets a revoked key's low-numbered
+    branch in (its cutoff head might come in a later part); when the connection ends before
+    the final part, the document is re-checked and the branch goes to quarantine."""
+    from crdt.sync import PeerSync
+    from tests.hostile import sync_frame
+
+    founder, thief = devices("founder", "thief")
+    thief.write("note", "honest 1")
+    thief.write("note", "honest 2")  # the cutoff head is change 2
+    pump(founder, thief)
+    revoke_device(founder.repo, thief.key.public_key, keep_all=True)
+    newcomer = founder.admit(founder.path.parent, "newcomer")
+    pump_identity_only(founder, newcomer)
+    branch = Document(actor_id=thief.repo.actor)
+    with branch.transaction() as tx:
+        tx.put(ROOT, "note", ScalarType.Str, "forged, in a first part")
+    forged = [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
+    batch = SignedBatch.sign(thief.key, founder.repo.mesh_id, NOTE_DOC, [forged[0].hash])
+    sync = PeerSync(newcomer.repo, founder.key.public_key)
+    sync.receive(sync_frame(NOTE_DOC, [forged[0].chunk], [batch], final=False))
+    assert newcomer.store.known_hashes(NOTE_DOC, [forged[0].hash]) == {forged[0].hash}
+    assert sync.settle() == {NOTE_DOC: 1}  # what node/peers.py does when the peer is gone
+    assert newcomer.store.known_hashes(NOTE_DOC, [forged[0].hash]) == set()

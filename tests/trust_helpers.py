@@ -40,6 +40,19 @@ class Device:
     store: Store
     repo: Repo
     rejects: list[str] = field(default_factory=list)
+    _busy: bool = False
+
+    def __post_init__(self) -> None:
+        self._watch()
+
+    def _watch(self) -> None:
+        """Like node/node.py: any Identity change, local or not, re-derives and re-checks."""
+
+        def on_change(doc_id: str, local: bool) -> None:
+            if doc_id == IDENTITY_DOC and not self._busy:
+                self.after_identity()
+
+        self.repo.subscribe(on_change)
 
     @classmethod
     def found(cls, root: Path, name: str) -> Device:
@@ -59,6 +72,8 @@ class Device:
         self.store.close()
         self.store = Store(self.path)
         self.repo = open_repo(self.store, self.key)
+        self._watch()
+        self.after_identity()  # the node re-checks at start too
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -84,8 +99,12 @@ class Device:
 
     def after_identity(self) -> dict[str, int]:
         """What the node does after an Identity change: merge certificates, re-check."""
-        import_roster_from_doc(self.repo)
-        return self.repo.recheck()
+        self._busy = True
+        try:
+            import_roster_from_doc(self.repo)
+            return self.repo.recheck()
+        finally:
+            self._busy = False
 
     def heads(self) -> dict[str, tuple[bytes, ...]]:
         """Heads of every document that holds anything (an emptied one counts as absent)."""
@@ -103,13 +122,15 @@ def _deliver(src: PeerSync, dst: PeerSync, dev: Device, doc_id: str) -> int:
             dev.rejects.append(exc.code)
             src.reset(doc_id)
             return moved
-        if doc_id == IDENTITY_DOC:
-            dev.after_identity()
     return moved
 
 
 def pump(a: Device, b: Device, rounds: int = 50) -> None:
     """Sync every document between ``a`` and ``b`` (only members talk: the caller decides)."""
+    # Members first hand each other every certificate (node/peers.py certs frames).
+    for src, dst in ((a, b), (b, a)):
+        if dst.repo.add_certs([c.encode() for c in src.repo.roster.certs.values()]):
+            dst.after_identity()
     sa, sb = PeerSync(a.repo, b.key.public_key), PeerSync(b.repo, a.key.public_key)
     for _ in range(rounds):
         docs = sorted(set(a.store.doc_ids()) | set(b.store.doc_ids()),

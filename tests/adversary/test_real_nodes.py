@@ -21,9 +21,8 @@ key is a member anywhere; every honest node's members are exactly the owner's in
 
 Profiles: the default is short and deterministic (4 runs x up to 15 steps, fixed seed);
 ``MAIA_ADVERSARY=long`` runs 50 x 40 with fresh randomness (the benchmark machine). Actions
-the trust core is known to fail (see KNOWN_BUGS) are left out of both unless
-``MAIA_ADVERSARY_KNOWN_BUGS=1``; confirmed ones have a deterministic scenario below, marked
-xfail(strict=True). The number of actions tried, by
+the trust core once failed (KNOWN_BUGS) are in both, and each also has a deterministic
+scenario below; ``MAIA_ADVERSARY_KNOWN_BUGS=0`` leaves them out. The number of actions tried, by
 kind and outcome, is printed even without ``-s``.
 """
 
@@ -58,14 +57,13 @@ from tests.nodes import NodeProc, wait_for
 pytestmark = pytest.mark.slow
 
 LONG = os.environ.get("MAIA_ADVERSARY") == "long"
-WITH_KNOWN_BUGS = os.environ.get("MAIA_ADVERSARY_KNOWN_BUGS") == "1"
-#: Hostile actions that currently break an invariant (reported; see the xfail scenarios).
+#: Hostile actions the trust core once failed, each fixed and kept in the profiles; set
+#: MAIA_ADVERSARY_KNOWN_BUGS=0 to leave them out (to tell a new failure from an old one).
+WITH_KNOWN_BUGS = os.environ.get("MAIA_ADVERSARY_KNOWN_BUGS", "1") == "1"
 KNOWN_BUGS = {
     "revocation of the founder by a member not yet revoked":
-        "test_known_bug_member_revokes_the_founder_first",
-    "revocation of self while a member": "test_known_bug_self_revocation_reaches_one_node",
-    # Shown in process only (a node that knows the tombstone but none of the actor's changes
-    # in that document); no deterministic real-node scenario yet.
+        "test_a_member_revoking_the_founder_first_loses_to_the_owner",
+    "revocation of self while a member": "test_a_self_revocation_reaches_every_node",
     "revoked low-seq branch in an unfinished split message": "",
 }
 PROFILE = settings(
@@ -499,23 +497,19 @@ def replay(steps: list[tuple[str, dict]]) -> None:
             node.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "trust-core bug: a member's tombstone of the founder, sent before the owner revoked that "
-    "member, counts on the nodes that receive it (level-1 issuer not yet revoked, SPEC-005 "
-    "§5.4); they then hold the founder and every device it admitted as revoked, quarantine "
-    "their Identity document and refuse the founder at the handshake, so the founder's later, "
-    "more senior tombstone of the thief never reaches them: the mesh never converges"))
-def test_known_bug_member_revokes_the_founder_first(template: rn.Template) -> None:
+def test_a_member_revoking_the_founder_first_loses_to_the_owner(template: rn.Template) -> None:
+    """SPEC-005 §5.4, §5.8, §9.8: a member's tombstone of the founder, sent before the owner
+    revoked that member, first counts on b; the founder's more senior tombstone of the thief
+    reaches b in the chain exchange (b would otherwise refuse the founder for ever), and every
+    node converges with the owner's intended members."""
     replay([("revoke_someone", {"name": "b", "victim": "founder", "courier": False}),
             ("owner_revokes", {})])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "trust-core bug: the thief's tombstone of itself, carried by its own Identity change, "
-    "counts on the node that receives it and the same roster change quarantines the carrier, "
-    "so the certificate never travels on; the owner is then refused a tombstone of its own "
-    "('already revoked', SPEC-005 005.5.7) and the other nodes keep the thief as a member"))
-def test_known_bug_self_revocation_reaches_one_node(template: rn.Template) -> None:
+def test_a_self_revocation_reaches_every_node(template: rn.Template) -> None:
+    """SPEC-005 §5.10, §8.9: the thief's tombstone of itself quarantines, on a, the Identity
+    change that carried it; certs frames still take it to b and c, and the owner may still
+    revoke the thief to drop what it kept for itself (§5.7)."""
     replay([("attacker_write", {"name": "a", "doc": "m0", "courier": False}),
             ("revoke_self", {"name": "a", "courier": False}),
             ("owner_revokes", {})])
