@@ -18,6 +18,7 @@ from .documents import Repo
 from .keys import DeviceKey, device_id
 from .roster import (
     Cert,
+    CertError,
     Roster,
     actor_key,
     decode_cert,
@@ -188,8 +189,9 @@ def enrol_device(repo: Repo, subject: bytes, name: str) -> str:
     return INVITE_PREFIX + base64.urlsafe_b64encode(blob).decode().rstrip("=")
 
 
-def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
-    """Join the mesh an invitation names, if it really admits this device."""
+def parse_invitation(text: str) -> tuple[bytes, list[Cert]]:
+    """The mesh id and the certificates (each decoded and signature-checked; bad ones skipped)
+    an invitation carries. ValueError when it is not an invitation or is damaged."""
     text = text.strip()
     if not text.startswith(INVITE_PREFIX):
         raise ValueError(f"an invitation starts with '{INVITE_PREFIX}'")
@@ -200,17 +202,24 @@ def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
         )
     except Exception as exc:
         raise ValueError("the invitation is damaged") from exc
-    if version != 1 or not isinstance(mesh_id, bytes) or len(mesh_id) != 32:
+    if version != 1 or not isinstance(mesh_id, bytes) or len(mesh_id) != 32 \
+            or not isinstance(certs, list):
         raise ValueError("the invitation is of an unknown kind")
-    existing = stored_mesh_id(store)
-    if existing is not None and existing != mesh_id:
-        raise ValueError("this device already belongs to another mesh")
     decoded = []
     for raw in certs:
         try:
             decoded.append(decode_cert(raw))
-        except Exception:
+        except (CertError, TypeError, ValueError):
             continue
+    return mesh_id, decoded
+
+
+def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
+    """Join the mesh an invitation names, if it really admits this device."""
+    mesh_id, decoded = parse_invitation(text)
+    existing = stored_mesh_id(store)
+    if existing is not None and existing != mesh_id:
+        raise ValueError("this device already belongs to another mesh")
     roster = Roster.build(mesh_id, decoded)
     if not roster.is_member(key.public_key):
         raise ValueError("the invitation does not admit this device (was it made for another?)")

@@ -578,9 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = dsub.add_parser("revoke", help="remove a device for good (lost or stolen)")
     x.add_argument("device", metavar="DEVICE_ID")
     x.add_argument("--keep", action="append", metavar="CERT_ID",
-                   help="an endorsement the revoked device issued that stays valid")
+                   help="a roster entry the revoked device signed (a device it admitted or "
+                        "revoked) that stays valid; repeatable")
     x.add_argument("--keep-all", action="store_true",
-                   help="keep every device the revoked one admitted")
+                   help="keep every device the revoked one admitted and every revocation it made")
     x.add_argument("--reason", help="a note kept with the revocation")
     x = dsub.add_parser("list", help="members and revoked devices")
     x.add_argument("--json", action="store_true")

@@ -12,7 +12,6 @@ screens show the same number, and the invitation is stored
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import logging
 import os
@@ -22,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-import msgpack
 
-from crdt.identity import INVITE_PREFIX, accept_invitation
+from crdt.identity import accept_invitation, parse_invitation
 from crdt.keys import DeviceKey, device_id
-from crdt.roster import CertError, Roster, decode_cert
+from crdt.roster import Roster
 from crdt.store import Store
 
 from .pairing import (
@@ -185,25 +183,10 @@ def _member_verdict(final: object) -> dict:
 def check_invitation(text: str, *, own_key: bytes, member_key: bytes) -> bytes:
     """The invitation's mesh id, if the connected member itself admits this device into a mesh
     it belongs to (SPEC-005 §12.7); PairFailed otherwise."""
-    text = text.strip()
-    if not text.startswith(INVITE_PREFIX):
-        raise PairFailed("bad_invitation", "the member's answer is not an invitation")
-    body = text[len(INVITE_PREFIX):]
     try:
-        version, mesh_id, raw_certs = msgpack.unpackb(
-            base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)), raw=False
-        )
-    except Exception:  # any damage is the same refusal
-        raise PairFailed("bad_invitation", "the invitation is damaged") from None
-    if version != 1 or not isinstance(mesh_id, bytes) or len(mesh_id) != 32 \
-            or not isinstance(raw_certs, list):
-        raise PairFailed("bad_invitation", "the invitation is of an unknown kind")
-    certs = []
-    for raw in raw_certs:
-        try:
-            certs.append(decode_cert(raw))
-        except (CertError, TypeError, ValueError):
-            continue
+        mesh_id, certs = parse_invitation(text)
+    except ValueError as exc:
+        raise PairFailed("bad_invitation", f"the member's answer: {exc}") from None
     ours = [c for c in certs if c.kind == "endorse" and c.body["subject"] == own_key]
     member = device_id(member_key)
     strangers = sorted({device_id(c.signer) for c in ours if c.signer != member_key})
