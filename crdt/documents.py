@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -18,14 +17,14 @@ from automerge.core import Document, Message, SyncState, Transaction
 
 from .batches import SignedBatch
 from .chunks import ChangeInfo, change_hash, changes_message
-from .keys import DeviceKey
+from .docids import valid_doc_id
+from .keys import DeviceKey, device_id
 from .roster import CertError, Roster, actor_key, parse_cert
 from .store import DocMeta, Store
 from .verify import Rejected, Verified, verify_changes
 
 log = logging.getLogger(__name__)
 
-DOC_ID_RE = re.compile(r"^(identity|memory/[a-z][a-z0-9_-]{0,31}/\d{4}-\d{2}/[0-7])$")
 COMPACT_AFTER = 2000
 MAX_CERTS_PER_CALL = 10_000
 #: Signatures checked per call; the rest wait for the next call, so a member that floods the
@@ -34,10 +33,31 @@ MAX_VERIFIES_PER_CALL = 500
 INCARNATION_BYTES = 8
 
 ChangeListener = Callable[[str, bool], None]
+#: What one device may make a node store (issue 18.5): a burst that covers catching up years of
+#: history, refilled over a day. In memory: a restart forgets, which only ever helps the honest.
+NEW_DOCS_BURST = 20_000
+AUTHOR_BYTES_BURST = 2 << 30
+REFILL_SECONDS = 86_400.0
 
 
-def valid_doc_id(doc_id: str) -> bool:
-    return isinstance(doc_id, str) and DOC_ID_RE.match(doc_id) is not None
+class AuthorBudget:
+    """Two token buckets (new documents, bytes) for one device key."""
+
+    __slots__ = ("at", "bytes", "docs")
+
+    def __init__(self, now: float) -> None:
+        self.at, self.docs, self.bytes = now, float(NEW_DOCS_BURST), float(AUTHOR_BYTES_BURST)
+
+    def allows(self, now: float, docs: int, size: int) -> bool:
+        elapsed, self.at = max(0.0, now - self.at), now
+        self.docs = min(NEW_DOCS_BURST, self.docs + elapsed * NEW_DOCS_BURST / REFILL_SECONDS)
+        self.bytes = min(AUTHOR_BYTES_BURST,
+                         self.bytes + elapsed * AUTHOR_BYTES_BURST / REFILL_SECONDS)
+        return docs <= self.docs and size <= self.bytes
+
+    def take(self, docs: int, size: int) -> None:
+        self.docs -= docs
+        self.bytes -= size
 
 
 class DocHandle:
@@ -76,6 +96,7 @@ class Repo:
         # back by a snapshot or a copied VM never reuses an (actor, seq) it already sent.
         self.actor = key.public_key + os.urandom(INCARNATION_BYTES)
         self.certs_pending = 0
+        self._budgets: dict[bytes, AuthorBudget] = {}
         self.roster = Roster(mesh_id)
         self.roster.add_many(self._stored_certs())
 
@@ -239,7 +260,7 @@ class Repo:
         self, doc_id: str, chunks: Sequence[bytes], batches: Sequence[bytes],
         *, defer_heads: bool = False,
     ) -> Verified:
-        return verify_changes(
+        verified = verify_changes(
             store=self.store,
             roster=self.roster,
             mesh_id=self.mesh_id,
@@ -248,6 +269,37 @@ class Repo:
             batch_records=batches,
             defer_heads=defer_heads,
         )
+        self._charge(doc_id, verified)
+        return verified
+
+    def _charge(self, doc_id: str, verified: Verified) -> None:
+        """Bound what one author can make this node store: new documents and bytes per key,
+        token buckets with a burst that covers catching up a long history (issue 18.5).
+
+        A member flooding documents is refused with ``quota_exceeded`` after its burst,
+        whoever relays it; ``maia status`` shows the bytes held per device."""
+        if not verified.changes:
+            return
+        new_doc = self.store.doc_meta(doc_id) is None
+        costs: dict[bytes, tuple[int, int]] = {}
+        for c in verified.changes:
+            docs, size = costs.get(actor_key(c.actor), (0, 0))
+            costs[actor_key(c.actor)] = (1 if new_doc else 0, size + len(c.chunk))
+        now = time.monotonic()
+        buckets = []
+        for key, (docs, size) in costs.items():
+            bucket = self._budgets.get(key)
+            if bucket is None:
+                bucket = self._budgets[key] = AuthorBudget(now)
+            if not bucket.allows(now, docs, size):
+                raise Rejected(
+                    "quota_exceeded",
+                    f"device {device_id(key)} has sent more new documents or bytes than a "
+                    "node accepts from one device in a day",
+                )
+            buckets.append((bucket, docs, size))
+        for bucket, docs, size in buckets:
+            bucket.take(docs, size)
 
     def apply_verified(
         self, doc_id: str, verified: Verified, message: bytes | None, state: SyncState | None
@@ -296,6 +348,7 @@ class Repo:
             actors = self.store.doc_actors(doc_id)
             if all(actor_key(a) in roster.members for a in actors):
                 continue
+            was_loaded = self.is_loaded(doc_id)
             handle = self.open(doc_id)
             changes = handle.doc.get_changes([])
             deps_of = {c.hash: c.deps for c in changes}
@@ -313,6 +366,8 @@ class Repo:
                 if actor_key(c.actor_id) not in roster.members and c.hash not in allowed
             }
             if not bad:
+                if not was_loaded:
+                    self.evict(doc_id)  # one document at a time, however many are checked
                 continue
             for c in changes:  # get_changes is in causal order: dependants come later
                 if c.hash not in bad and any(d in bad for d in c.deps):
@@ -323,9 +378,10 @@ class Repo:
             rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.actor)
             rebuilt.set_actor(self.actor)
             removed = [(c.hash, c.bytes) for c in changes if c.hash in bad]
-            seqs: dict[bytes, int] = {}
+            seqs: dict[bytes, tuple[int, int]] = {}
             for c in kept:
-                seqs[c.actor_id] = max(seqs.get(c.actor_id, 0), c.seq)
+                seq, size = seqs.get(c.actor_id, (0, 0))
+                seqs[c.actor_id] = (max(seq, c.seq), size + len(c.bytes))
             self.store.replace_document(
                 doc_id, rebuilt.save() if kept else b"", heads, removed, seqs
             )
@@ -350,10 +406,15 @@ class Repo:
             return False
         if quiet and time.monotonic() - self._changed_at.get(doc_id, 0.0) < quiet:
             return False
+        was_loaded = self.is_loaded(doc_id)
         handle = self.open(doc_id)
         self.store.write_snapshot(
             doc_id, handle.doc.save(), meta.changes, tuple(handle.doc.get_heads())
         )
+        if not was_loaded:
+            # One document at a time: upkeep after a large import would otherwise hold every
+            # document it compacted until they go idle (issue 18.8).
+            self.evict(doc_id)
         return True
 
     def batches_covering(self, doc_id: str, chunks: Sequence[bytes]) -> list[bytes]:

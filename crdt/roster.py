@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 import msgpack
 
+from .docids import valid_doc_id
 from .keys import DeviceKey, device_id, verify_signature
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ MAX_CUTOFF_DOCS = 100_000
 MAX_CUTOFF_ACTORS = 1024
 MAX_SEQ = (1 << 32) - 1
 _CERT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
-_DOC_ID_RE = re.compile(r"^(identity|memory/[a-z][a-z0-9_-]{0,31}/\d{4}-\d{2}/[0-7])$")
 
 
 class CertError(ValueError):
@@ -171,7 +171,7 @@ def _parse_cutoff(subject: bytes, raw: dict) -> Cutoff:
         raise CertError(f"cutoff names more than {MAX_CUTOFF_DOCS} documents")
     out: Cutoff = {}
     for doc_id, heads in raw.items():
-        if not isinstance(doc_id, str) or len(doc_id) > 255 or not _DOC_ID_RE.match(doc_id):
+        if not valid_doc_id(doc_id):
             raise CertError("cutoff names an invalid document id")
         if not isinstance(heads, list) or len(heads) > MAX_CUTOFF_ACTORS:
             raise CertError("cutoff heads of a document must be a short list")

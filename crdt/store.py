@@ -65,11 +65,12 @@ def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
         data = snap + b"".join(chunks)
         if not data:
             continue
-        top: dict[bytes, int] = {}
+        top: dict[bytes, tuple[int, int]] = {}
         for change in Document.load(data).get_changes([]):
-            top[change.actor_id] = max(top.get(change.actor_id, 0), change.seq)
-        for actor, seq in top.items():
-            txn.put(_key(doc_id, actor), seq.to_bytes(4, "big"), db=dbs[b"actors"])
+            seq, size = top.get(change.actor_id, (0, 0))
+            top[change.actor_id] = (max(seq, change.seq), size + len(change.bytes))
+        for actor, (seq, size) in top.items():
+            txn.put(_key(doc_id, actor), _actor_row(seq, size), db=dbs[b"actors"])
 
 
 # MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.
@@ -110,6 +111,19 @@ def layer_of(doc_id: str) -> str:
 
 def _key(doc_id: str, h: bytes = b"") -> bytes:
     return doc_id.encode() + b"\x00" + h
+
+
+def _actor_row(seq: int, size: int) -> bytes:
+    """``actors`` value: the highest seq held (u32) and the bytes of its changes held (u64)."""
+    return seq.to_bytes(4, "big") + size.to_bytes(8, "big")
+
+
+def _actor_seq(raw: bytes) -> int:
+    return int.from_bytes(raw[:4], "big")
+
+
+def _actor_size(raw: bytes) -> int:
+    return int.from_bytes(raw[4:12], "big")
 
 
 class Store:
@@ -279,7 +293,7 @@ class Store:
             for actor in actors:
                 raw = txn.get(_key(doc_id, actor))
                 if raw is not None:
-                    out[actor] = int.from_bytes(raw, "big")
+                    out[actor] = _actor_seq(raw)
         return out
 
     def doc_actors(self, doc_id: str) -> dict[bytes, int]:
@@ -293,7 +307,19 @@ class Store:
                 for k, v in cur:
                     if not k.startswith(prefix):
                         break
-                    out[bytes(k[len(prefix):])] = int.from_bytes(v, "big")
+                    out[bytes(k[len(prefix):])] = _actor_seq(v)
+        return out
+
+    def bytes_by_key(self) -> dict[bytes, int]:
+        """Bytes of changes held per device key (the first 32 bytes of each actor), over every
+        document: who fills this node's disk (``maia status``, issue 18.5)."""
+        out: dict[bytes, int] = {}
+        for layer in DOC_LAYERS:
+            env, db = self.envs[layer], self.dbs[layer][b"actors"]
+            with env.begin(db=db) as txn:
+                for k, v in txn.cursor():
+                    actor = bytes(k[bytes(k).index(b"\x00") + 1:])
+                    out[actor[:32]] = out.get(actor[:32], 0) + _actor_size(v)
         return out
 
     def batch_ids_for(self, doc_id: str, hashes: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -328,22 +354,24 @@ class Store:
                 txn.put(batch.batch_id, batch.encode(), db=dbs[b"batches"], overwrite=False)
             by_hash = {h: b.batch_id for b in batches for h in b.hashes}
             seqno = meta.changes
-            top: dict[bytes, int] = {}
+            top: dict[bytes, tuple[int, int]] = {}
             for change in changes:
                 ikey = _key(doc_id, change.hash)
                 if txn.get(ikey, db=dbs[b"index"]) is not None:
                     continue  # already held: idempotent
                 txn.put(ikey, by_hash[change.hash], db=dbs[b"index"])
-                top[change.actor] = max(top.get(change.actor, 0), change.seq)
+                seq, size = top.get(change.actor, (0, 0))
+                top[change.actor] = (max(seq, change.seq), size + len(change.chunk))
                 txn.put(
                     _key(doc_id, seqno.to_bytes(8, "big")), change.chunk, db=dbs[b"changes"]
                 )
                 seqno += 1
-            for actor, seq in top.items():
+            for actor, (seq, size) in top.items():
                 akey = _key(doc_id, actor)
                 held = txn.get(akey, db=dbs[b"actors"])
-                if held is None or int.from_bytes(held, "big") < seq:
-                    txn.put(akey, seq.to_bytes(4, "big"), db=dbs[b"actors"])
+                if held is not None:
+                    seq, size = max(seq, _actor_seq(held)), size + _actor_size(held)
+                txn.put(akey, _actor_row(seq, size), db=dbs[b"actors"])
             new = DocMeta(doc_id, tuple(heads), seqno, meta.pending + (seqno - meta.changes))
             txn.put(doc_id.encode(), new.encode(), db=dbs[b"docs"])
         return new
@@ -375,11 +403,11 @@ class Store:
         saved: bytes,
         heads: Sequence[bytes],
         removed: Sequence[tuple[bytes, bytes]],
-        actor_seqs: Mapping[bytes, int],
+        actor_seqs: Mapping[bytes, tuple[int, int]],
     ) -> None:
         """Swap a document for a rebuilt snapshot, moving ``removed`` (hash, chunk) changes and
         their batch references into ``quarantine`` — one transaction (SPEC-005 §5.10).
-        ``actor_seqs`` is the highest seq of each actor in what remains."""
+        ``actor_seqs`` is the highest seq of each actor in what remains, and its bytes."""
         layer = layer_of(doc_id)
         env, dbs = self.envs[layer], self.dbs[layer]
         with env.begin(write=True) as txn:
@@ -404,8 +432,8 @@ class Store:
                 while cur.key().startswith(prefix):
                     if not cur.delete():
                         break
-            for actor, seq in actor_seqs.items():
-                txn.put(_key(doc_id, actor), seq.to_bytes(4, "big"), db=dbs[b"actors"])
+            for actor, (seq, size) in actor_seqs.items():
+                txn.put(_key(doc_id, actor), _actor_row(seq, size), db=dbs[b"actors"])
 
     def quarantined(self, doc_id: str) -> int:
         env, db = self._db(doc_id, b"quarantine")

@@ -14,15 +14,17 @@ from typing import Any
 from automerge.core import Message, SyncState
 
 from .chunks import changes_message, parse_sync_message, strip_capabilities
-from .documents import Repo, valid_doc_id
+from .docids import valid_doc_id
+from .documents import Repo
 from .verify import Rejected
 
 log = logging.getLogger(__name__)
 
 MAX_PART_BYTES = 4 << 20
-#: Refusals that mean "your roster is older or newer than mine" when an honest member relays
-#: them: the peer may hold a revoked author's changes because it has not yet seen the tombstone.
-ROSTER_CODES = frozenset({"revoked", "unknown_signer", "duplicate_seq"})
+#: Refusals about an author, not about the peer that relays its changes: an honest member may
+#: hold a revoked author's changes because it has not yet seen the tombstone, or relay a
+#: flooding author's documents that it accepted within its own budget.
+ROSTER_CODES = frozenset({"revoked", "unknown_signer", "duplicate_seq", "quota_exceeded"})
 
 
 class PeerSync:

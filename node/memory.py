@@ -20,12 +20,13 @@ from typing import Any
 import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
+from crdt.docids import MEMORY_KINDS
 from crdt.documents import Repo
 from crdt.keys import device_id
 
 log = logging.getLogger(__name__)
 
-KINDS = ("note", "conversation", "fact", "skill", "journal")
+KINDS = MEMORY_KINDS  # one list, in crdt.docids (which documents may exist)
 BUCKETS = 8
 ENTRY_ID_RE = re.compile(r"^([a-z]+)-(\d{4})(\d{2})-([A-Z2-7]{10})$")
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -116,7 +117,13 @@ class Memory:
         due = [d for d, at in self._dirty.items() if now - at >= quiet]
         for doc_id in due:
             self._dirty.pop(doc_id, None)
+            was_loaded = self.repo.is_loaded(doc_id)
             self._reindex(doc_id)
+            if not was_loaded:
+                # One shard at a time: a node started on a large unindexed store would
+                # otherwise hold every shard it indexed until they go idle (a start-up peak
+                # of 10x its idle memory), issue 18.8.
+                self.repo.evict(doc_id)
         if not quiet:
             self._last_flush = now
         return len(due)

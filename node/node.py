@@ -273,8 +273,8 @@ class Node:
                     if self.repo.compact(doc_id, quiet=2.0):
                         log.info("compacted %s", doc_id)
                     await asyncio.sleep(0)
-                self.memory.flush_index(quiet=2.0)
-                if self.repo.evict_idle(IDLE_EVICT_SECONDS):
+                indexed = self.memory.flush_index(quiet=2.0)
+                if self.repo.evict_idle(IDLE_EVICT_SECONDS) or indexed:
                     release(self.paths.root)
             except Exception:
                 log.exception("upkeep failed; will retry")
@@ -345,10 +345,18 @@ def node_status(store: Store, repo: Any, config: NodeConfig, key: DeviceKey) -> 
         [{"device_id": device_id(k), "name": n} for k, n in repo.roster.members.items()]
         if repo is not None else []
     )
+    stored = store.bytes_by_key()
     return {
         "device_id": key.device_id,
         "name": config.name,
         "mesh": mesh,
         "members": members,
         "layers": layers,
+        # Bytes of signed changes held, by the device that signed them (issue 18.5).
+        "storage_by_device": [
+            {"device_id": device_id(k), "bytes": n,
+             "roster": ("member" if k in repo.roster.members else "revoked"
+                        if k in repo.roster.revoked else "unknown") if repo is not None else None}
+            for k, n in sorted(stored.items(), key=lambda kv: -kv[1])
+        ],
     }

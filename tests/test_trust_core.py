@@ -282,3 +282,58 @@ def test_a_split_message_cut_short_is_settled_when_the_connection_ends(devices):
     assert newcomer.store.known_hashes(NOTE_DOC, [forged[0].hash]) == {forged[0].hash}
     assert sync.settle() == {NOTE_DOC: 1}  # what node/peers.py does when the peer is gone
     assert newcomer.store.known_hashes(NOTE_DOC, [forged[0].hash]) == set()
+
+
+def test_a_member_cannot_make_peers_store_documents_nobody_lists(devices):
+    """Issue 18.5, SPEC-005 §10.1: documents under invented kinds or impossible months are
+    refused as malformed before anything is stored (3,000 of them used to grow a peer's store
+    unseen)."""
+    from crdt.sync import PeerSync
+    from tests.hostile import sync_frame
+
+    founder, member = devices("founder", "member")
+    pump(founder, member)
+    sync = PeerSync(founder.repo, member.key.public_key)
+    for doc_id in ("memory/invented/2026-12/0", "memory/note/2026-13/0",
+                   "memory/note/0042-01/0", "memory/Note/2026-12/0"):
+        doc = Document(actor_id=member.repo.actor)
+        with doc.transaction() as tx:
+            tx.put(ROOT, "x", ScalarType.Str, "hidden")
+        change = parse_change(bytes(doc.get_changes([])[0].bytes))
+        batch = SignedBatch.sign(member.key, founder.repo.mesh_id, doc_id, [change.hash])
+        with pytest.raises(Rejected) as caught:
+            sync.receive(sync_frame(doc_id, [change.chunk], [batch]))
+        assert caught.value.code == "malformed"
+    assert founder.store.doc_ids() == ["identity"]
+
+
+def test_a_member_flooding_new_documents_is_bounded_and_shown(devices, monkeypatch):
+    """Issue 18.5: new documents and bytes per author are token buckets; past its burst a
+    flooding member's documents are refused (quota_exceeded) while another member still
+    writes, and the bytes each device made this node store are listed."""
+    import crdt.documents
+
+    monkeypatch.setattr(crdt.documents, "NEW_DOCS_BURST", 3)
+    founder, flooder, honest = devices("founder", "flooder", "honest")
+    pump(founder, flooder)
+    pump(founder, honest)
+    founder.repo._budgets.clear()
+    docs = [f"memory/note/2026-{m:02d}/0" for m in range(1, 6)]
+    codes = []
+    for doc_id in docs:
+        doc = Document(actor_id=flooder.repo.actor)
+        with doc.transaction() as tx:
+            tx.put(ROOT, "x", ScalarType.Str, "flood")
+        change = parse_change(bytes(doc.get_changes([])[0].bytes))
+        try:
+            _receive(founder, doc_id, flooder.key, [change])
+            codes.append("ok")
+        except Rejected as exc:
+            codes.append(exc.code)
+    assert codes == ["ok", "ok", "ok", "quota_exceeded", "quota_exceeded"]
+    assert set(founder.store.doc_ids()) == {"identity", *docs[:3]}
+    honest.write("note", "still welcome", "memory/note/2026-11/0")
+    pump(founder, honest)
+    assert founder.read("note", "memory/note/2026-11/0") == "still welcome"
+    stored = founder.store.bytes_by_key()
+    assert stored[flooder.key.public_key] > 0 and stored[honest.key.public_key] > 0

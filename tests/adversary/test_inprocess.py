@@ -133,7 +133,7 @@ class HostileMember(RuleBasedStateMachine):
         ACTIONS["fork of one actor's chain"] += 1
         base = self.thief.repo.open(doc).doc.save()
         forks = []
-        for text in ("fork one", "fork two"):
+        for text in (f"fork one {os.urandom(4).hex()}", f"fork two {os.urandom(4).hex()}"):
             d = Document.load(base) if base else Document()
             d.set_actor(self.thief.repo.actor)
             heads = d.get_heads()
@@ -238,6 +238,24 @@ def _try(action) -> None:
         action()
 
 
+def _describe(dev: Device, docs: list[str]) -> str:
+    """Each change of ``docs`` as actor/seq/hash/deps and its author's standing, for a report."""
+    roster = dev.repo.roster
+    out = []
+    for doc_id in docs:
+        if doc_id not in dev.store.doc_ids():
+            continue
+        for c in dev.repo.open(doc_id).doc.get_changes([]):
+            key = actor_key(c.actor_id)
+            standing = "m" if key in roster.members else "r" if key in roster.revoked else "u"
+            out.append(f"{doc_id[-4:]}:{c.actor_id.hex()[:4]}.{c.actor_id.hex()[-4:]}#{c.seq}"
+                       f"={c.hash.hex()[:6]}<{','.join(d.hex()[:6] for d in c.deps)}>{standing}")
+    cut = {k.hex()[:4]: {d[-4:]: [(h.actor.hex()[-4:], h.seq, h.hash.hex()[:6])
+                                  for h in hs.values()] for d, hs in v.items() if d in docs}
+           for k, v in roster.revoked.items()}
+    return f"{out} cutoffs {cut}"
+
+
 def check_invariants(
     honest: list[Device], intended: set[bytes], thief: bytes, *, restart: bool = True
 ) -> None:
@@ -250,7 +268,12 @@ def check_invariants(
         for doc_id in dev.store.doc_ids():
             dev.repo.open(doc_id)  # ...and loads every document
     heads = [dev.heads() for dev in honest]
-    assert all(h == heads[0] for h in heads), "honest devices did not converge"
+    differ = sorted({d for h in heads for d in h if any(x.get(d) != heads[0].get(d)
+                                                         for x in heads)})
+    assert not differ, f"honest devices did not converge on {differ}: " + "; ".join(
+        f"{dev.name} {[(d, [x.hex()[:8] for x in h.get(d, ())]) for d in differ]} "
+        f"rejects {dev.rejects[-4:]} changes {_describe(dev, differ)}"
+        for dev, h in zip(honest, heads, strict=True))
     for dev in honest:
         roster = dev.repo.roster
         assert not roster.is_member(thief), f"the thief is still a member on {dev.name}"
