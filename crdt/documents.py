@@ -255,6 +255,43 @@ class Repo:
         self._notify(doc_id, True)
         return infos
 
+    def change_many(
+        self, edits_by_doc: dict[str, Sequence[Callable[[Transaction], None]]]
+    ) -> dict[str, list[ChangeInfo]]:
+        """Like :meth:`change` for several documents of one layer, stored in ONE transaction:
+        a bulk write is durable whole or not at all. On failure every touched document is
+        dropped from memory (reloaded from the store, which holds none of it)."""
+        touched: list[str] = []
+        writes = []
+        out: dict[str, list[ChangeInfo]] = {}
+        try:
+            for doc_id, edits in edits_by_doc.items():
+                handle = self.open(doc_id)
+                touched.append(doc_id)
+                before = handle.doc.get_heads()
+                for edit in edits:
+                    with handle.doc.transaction() as tx:
+                        edit(tx)
+                new = handle.doc.get_changes(before)
+                if not new:
+                    continue
+                infos = [ChangeInfo(c.hash, c.actor_id, c.seq, tuple(c.deps), c.bytes)
+                         for c in new]
+                batch = SignedBatch.sign(self.key, self.mesh_id, doc_id, [i.hash for i in infos])
+                writes.append((doc_id, infos, [batch], handle.doc.get_heads()))
+                out[doc_id] = infos
+            metas = self.store.commit_many(writes) if writes else {}
+        except BaseException:
+            for doc_id in touched:
+                self.evict(doc_id)
+            raise
+        for doc_id, meta in metas.items():
+            handle = self._loaded.get(doc_id)
+            if handle is not None:
+                handle.meta = meta
+            self._notify(doc_id, True)
+        return out
+
     # -- remote changes --------------------------------------------------------------------------
     def verify(
         self, doc_id: str, chunks: Sequence[bytes], batches: Sequence[bytes],

@@ -8,8 +8,10 @@ write is one LMDB transaction, committed (fsync) before it is acknowledged (SPEC
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,6 +89,28 @@ def format_version(layer: str) -> int:
 
 class StoreError(Exception):
     """The store cannot be opened or used (user-facing: says what to do)."""
+
+
+def _nearly_full(path: Path, margin: int = 4 << 20) -> bool:
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
+class StorageFull(StoreError):
+    """The disk (or the store's map) is full: nothing of the write was stored."""
+
+    def __init__(self, data_dir: Path, detail: str) -> None:
+        try:
+            free = shutil.disk_usage(data_dir).free
+        except OSError:
+            free = 0
+        self.data_dir, self.free_bytes = Path(data_dir), free
+        super().__init__(
+            f"the data dir {data_dir} is full ({free / 1e6:.1f} MB free): nothing of this "
+            f"write was stored; free some space and try again ({detail})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,35 +369,69 @@ class Store:
         heads: Sequence[bytes],
     ) -> DocMeta:
         """Persist verified changes and their batches in ONE transaction (the durability point)."""
-        layer = layer_of(doc_id)
+        return self.commit_many([(doc_id, changes, batches, heads)])[doc_id]
+
+    def commit_many(
+        self,
+        writes: Sequence[tuple[str, Sequence[ChangeInfo], Sequence[SignedBatch], Sequence[bytes]]],
+    ) -> dict[str, DocMeta]:
+        """Persist changes to several documents of ONE layer in one transaction: a bulk write
+        that touches many shards is stored whole or not at all (issue 18.4). A full disk
+        raises :class:`StorageFull` and leaves the store as it was."""
+        layers = {layer_of(doc_id) for doc_id, *_ in writes}
+        if len(layers) != 1:
+            raise ValueError("one transaction covers documents of one layer")
+        layer = layers.pop()
         env, dbs = self.envs[layer], self.dbs[layer]
-        with env.begin(write=True) as txn:
-            raw = txn.get(doc_id.encode(), db=dbs[b"docs"])
-            meta = DocMeta.decode(doc_id, raw) if raw else DocMeta(doc_id, (), 0, 0)
-            for batch in batches:
-                txn.put(batch.batch_id, batch.encode(), db=dbs[b"batches"], overwrite=False)
-            by_hash = {h: b.batch_id for b in batches for h in b.hashes}
-            seqno = meta.changes
-            top: dict[bytes, tuple[int, int]] = {}
-            for change in changes:
-                ikey = _key(doc_id, change.hash)
-                if txn.get(ikey, db=dbs[b"index"]) is not None:
-                    continue  # already held: idempotent
-                txn.put(ikey, by_hash[change.hash], db=dbs[b"index"])
-                seq, size = top.get(change.actor, (0, 0))
-                top[change.actor] = (max(seq, change.seq), size + len(change.chunk))
-                txn.put(
-                    _key(doc_id, seqno.to_bytes(8, "big")), change.chunk, db=dbs[b"changes"]
-                )
-                seqno += 1
-            for actor, (seq, size) in top.items():
-                akey = _key(doc_id, actor)
-                held = txn.get(akey, db=dbs[b"actors"])
-                if held is not None:
-                    seq, size = max(seq, _actor_seq(held)), size + _actor_size(held)
-                txn.put(akey, _actor_row(seq, size), db=dbs[b"actors"])
-            new = DocMeta(doc_id, tuple(heads), seqno, meta.pending + (seqno - meta.changes))
-            txn.put(doc_id.encode(), new.encode(), db=dbs[b"docs"])
+        out: dict[str, DocMeta] = {}
+        try:
+            with env.begin(write=True) as txn:
+                for doc_id, changes, batches, heads in writes:
+                    out[doc_id] = self._commit_in(txn, dbs, doc_id, changes, batches, heads)
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            raise StorageFull(self.data_dir, str(exc)) from exc
+        except lmdb.Error as exc:
+            # LMDB reports a write that ran out of space as ENOSPC, or as EIO when part of a
+            # page was written: judge by what is left on the device.
+            if "No space" in str(exc) or _nearly_full(self.data_dir):
+                raise StorageFull(self.data_dir, str(exc)) from exc
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StorageFull(self.data_dir, str(exc)) from exc
+            raise
+        return out
+
+    @staticmethod
+    def _commit_in(txn, dbs, doc_id: str, changes: Sequence[ChangeInfo],
+                   batches: Sequence[SignedBatch], heads: Sequence[bytes]) -> DocMeta:
+        """One document's share of a write transaction (see :meth:`commit_many`)."""
+        raw = txn.get(doc_id.encode(), db=dbs[b"docs"])
+        meta = DocMeta.decode(doc_id, raw) if raw else DocMeta(doc_id, (), 0, 0)
+        for batch in batches:
+            txn.put(batch.batch_id, batch.encode(), db=dbs[b"batches"], overwrite=False)
+        by_hash = {h: b.batch_id for b in batches for h in b.hashes}
+        seqno = meta.changes
+        top: dict[bytes, tuple[int, int]] = {}
+        for change in changes:
+            ikey = _key(doc_id, change.hash)
+            if txn.get(ikey, db=dbs[b"index"]) is not None:
+                continue  # already held: idempotent
+            txn.put(ikey, by_hash[change.hash], db=dbs[b"index"])
+            seq, size = top.get(change.actor, (0, 0))
+            top[change.actor] = (max(seq, change.seq), size + len(change.chunk))
+            txn.put(
+                _key(doc_id, seqno.to_bytes(8, "big")), change.chunk, db=dbs[b"changes"]
+            )
+            seqno += 1
+        for actor, (seq, size) in top.items():
+            akey = _key(doc_id, actor)
+            held = txn.get(akey, db=dbs[b"actors"])
+            if held is not None:
+                seq, size = max(seq, _actor_seq(held)), size + _actor_size(held)
+            txn.put(akey, _actor_row(seq, size), db=dbs[b"actors"])
+        new = DocMeta(doc_id, tuple(heads), seqno, meta.pending + (seqno - meta.changes))
+        txn.put(doc_id.encode(), new.encode(), db=dbs[b"docs"])
         return new
 
     def write_snapshot(self, doc_id: str, saved: bytes, upto: int, heads: Sequence[bytes]) -> None:

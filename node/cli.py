@@ -628,13 +628,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level, args.log_format)
     paths = Paths(resolve_data_dir(args.data_dir))
     from crdt.keys import KeyFileError
+    from crdt.store import StoreError
 
     try:
         return args.func(args, paths)
     except UserError as exc:
         sys.stderr.write(f"maia: {exc}\n")
         return EXIT_FAIL
-    except (KeyFileError, ConfigError) as exc:
+    except (KeyFileError, ConfigError, StoreError) as exc:  # StoreError: e.g. a full disk
         sys.stderr.write(f"maia: {exc}\n")
         return EXIT_FAIL
     except KeyboardInterrupt:

@@ -185,21 +185,32 @@ class Memory:
             )
         me = self.repo.key.device_id
         out: list[dict[str, Any]] = []
+        at = now_iso()
+        stale = {
+            doc_id for doc_id in by_shard
+            if doc_id in self._dirty or (self.repo.store.doc_meta(doc_id) is not None and (
+                self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))))
+        }
+        # Every shard in one transaction: an import is stored whole or not at all, so a client
+        # that retries after a full disk creates no duplicates (issue 18.4).
+        self.repo.change_many({
+            doc_id: [_creator(entry_id, e, at, me) for entry_id, e in entries]
+            for doc_id, entries in by_shard.items()
+        })
         for doc_id, entries in by_shard.items():
-            at = now_iso()
-            edits = [_creator(entry_id, e, at, me) for entry_id, e in entries]
-            stale = doc_id in self._dirty or (self.repo.store.doc_meta(doc_id) is not None and (
-                self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))
-            ))
-            self.repo.change(doc_id, *edits)
             self._dirty.pop(doc_id, None)
             rows = [
                 _public(entry_id, {**e, "created_at": at, "author": me,
                                    "tags": dict.fromkeys(e["tags"], True), "log": [None]})
                 for entry_id, e in entries
             ]
-            self._index_rows(doc_id, rows, mark_current=not stale)
-            if stale:
+            try:
+                self._index_rows(doc_id, rows, mark_current=doc_id not in stale)
+            except Exception as exc:  # Runtime only: the entries are durable; index later
+                log.warning("memory index of %s not written (%s); it is rebuilt later",
+                            doc_id, exc)
+                stale.add(doc_id)
+            if doc_id in stale:
                 self._dirty[doc_id] = time.monotonic()
             out.extend(rows)
         return out

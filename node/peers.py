@@ -21,6 +21,7 @@ from aiohttp import web
 
 from crdt.documents import Repo
 from crdt.keys import device_id
+from crdt.store import StorageFull
 from crdt.sync import ROSTER_CODES, PeerSync
 from crdt.verify import Rejected
 
@@ -201,6 +202,12 @@ class PeerConnection:
                 n = self.sync.receive(frame)
             except Rejected as exc:
                 return await self._rejected(doc_id if isinstance(doc_id, str) else None, exc)
+            except StorageFull as full:
+                # Nothing of the message was stored (SPEC-005 §7.1). End this session; the
+                # dialler's backoff paces the retries until space returns (issue 18.4).
+                log.warning("pausing sync with %s: %s", self.channel.peer_device_id, full)
+                self.manager.note_error(self.peer_key, "storage_full")
+                return False
             self.manager.note_accepted(self.peer_key, n)
             if frame.get("final", True):
                 self.mark_dirty(doc_id)  # answer: the protocol needs our side's next message

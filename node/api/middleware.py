@@ -28,6 +28,8 @@ from typing import Any
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
+from crdt.store import StorageFull
+
 from .auth import Authenticator
 from .problem import (
     TYPE_MALFORMED_JSON,
@@ -128,6 +130,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400 or request.get(_STARTED_KEY):
             raise  # redirects are not errors; see above for started responses
         return problem_from_http_exception(exc).to_response(request)
+    except StorageFull as full:  # issue 18.4: nothing was stored; say where and how much
+        log.warning("%s %s: %s", request.method, request.path, full)
+        if request.get(_STARTED_KEY):
+            raise
+        return Problem(507, "Insufficient storage", str(full), data_dir=str(full.data_dir),
+                       free_bytes=full.free_bytes).to_response(request)
     except Exception:
         log.exception("unhandled error answering %s %s", request.method, request.path)
         if request.get(_STARTED_KEY):

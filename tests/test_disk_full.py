@@ -1,0 +1,78 @@
+"""A full disk under a running node (issue 18.4, SPEC-001 §5, SPEC-003 §6): a real ``maia up``
+on a small tmpfs data dir. An import that does not fit is refused whole with 507 problem+json
+naming the data dir and its free space; nothing of it is stored, reads keep working, and once
+space returns the same import succeeds once, with no duplicates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import NodeProc, cli
+
+pytestmark = pytest.mark.slow
+
+
+def _mount(path: Path, size: str) -> bool:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def _call(node: NodeProc, method: str, path: str, body=None) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"{node.base}{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {node.token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}") | {"_type": exc.headers["Content-Type"]}
+
+
+def test_an_import_that_does_not_fit_is_refused_whole_and_succeeds_once_space_returns(
+    tmp_path: Path,
+) -> None:
+    """Issue 18.4: all-or-nothing bulk writes; 507 with the data dir and free bytes."""
+    disk = tmp_path / "disk"
+    if not _mount(disk, "32m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    node = NodeProc(disk / "data", "a")
+    try:
+        assert cli(node.data_dir, "init", "--new-mesh", "--name", "a") == 0
+        node.start()
+        assert _call(node, "POST", "/v1/memory", {"text": "before the disk filled"})[0] == 201
+        # Fill the disk but for ~200 KB, then import ~900 KB across many shards.
+        filler = disk / "filler"
+        free = shutil.disk_usage(disk).free
+        with open(filler, "wb") as fh:
+            fh.write(b"\0" * max(0, free - 200_000))
+        entries = [{"text": f"{i:04d} " + "x" * 4_000, "kind": ("note", "fact")[i % 2]}
+                   for i in range(220)]
+        status, problem = _call(node, "POST", "/v1/memory/import", {"entries": entries})
+        assert status == 507, (status, problem, node.log()[-3000:])
+        assert problem["_type"].startswith("application/problem+json")
+        assert problem["data_dir"] == str(node.data_dir)
+        assert isinstance(problem["free_bytes"], int)
+        assert str(node.data_dir) in problem["detail"]
+        status, listed = _call(node, "GET", "/v1/memory?limit=500")
+        assert status == 200
+        assert [e["text"] for e in listed["entries"]] == ["before the disk filled"]
+        filler.unlink()  # space returns
+        status, _ = _call(node, "POST", "/v1/memory/import", {"entries": entries})
+        assert status in (200, 201)
+        status, listed = _call(node, "GET", "/v1/memory?limit=500")
+        texts = [e["text"] for e in listed["entries"]]
+        assert len(texts) == len(set(texts)) == len(entries) + 1
+    finally:
+        node.stop()
+        subprocess.run(["umount", str(disk)], capture_output=True)
