@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,7 +107,9 @@ class Memory:
         if self._dirty:
             log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
 
-    def flush_index(self, quiet: float = 0.0) -> int:
+    def flush_index(
+        self, quiet: float = 0.0, after_each: Callable[[], None] | None = None
+    ) -> int:
         """Bring the Runtime index up to date; returns shards done.
 
         With ``quiet`` > 0 (background upkeep) only shards unchanged for that long are done, so
@@ -124,6 +126,8 @@ class Memory:
                 # otherwise hold every shard it indexed until they go idle (a start-up peak
                 # of 10x its idle memory), issue 18.8.
                 self.repo.evict(doc_id)
+                if after_each is not None:
+                    after_each()
         if not quiet:
             self._last_flush = now
         return len(due)

@@ -272,8 +272,10 @@ class Node:
                 for doc_id in self.repo.store.doc_ids():
                     if self.repo.compact(doc_id, quiet=2.0):
                         log.info("compacted %s", doc_id)
+                        release(self.paths.root)  # give each document's memory back at once
                     await asyncio.sleep(0)
-                indexed = self.memory.flush_index(quiet=2.0)
+                indexed = self.memory.flush_index(
+                    quiet=2.0, after_each=lambda: release(self.paths.root))
                 if self.repo.evict_idle(IDLE_EVICT_SECONDS) or indexed:
                     release(self.paths.root)
             except Exception:

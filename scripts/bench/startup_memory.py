@@ -33,15 +33,17 @@ def one_run(items: list[dict[str, Any]], idle_for: float) -> dict[str, Any]:
         node.start()
         pid = node.proc.pid
         start = time.monotonic()
-        timeline: list[tuple[float, int]] = []
+        timeline: list[tuple[float, int, int, int]] = []
         while time.monotonic() - start < idle_for:
             kib = harness.memory_kib(pid)
-            timeline.append((time.monotonic() - start, kib.get("VmRSS", 0)))
+            timeline.append((time.monotonic() - start, kib.get("VmRSS", 0),
+                             kib.get("RssAnon", 0), kib.get("RssFile", 0)))
             time.sleep(0.1)
         kib = harness.memory_kib(pid)
+        top = max(timeline, key=lambda t: t[1])
         return {"peak_kib": kib.get("VmHWM", 0), "idle_kib": kib.get("VmRSS", 0),
-                "max_sampled_kib": max(r for _, r in timeline),
-                "peak_at_s": round(max(timeline, key=lambda t: t[1])[0], 1)}
+                "max_sampled_kib": top[1], "peak_anon_kib": top[2], "peak_file_kib": top[3],
+                "peak_at_s": round(top[0], 1)}
 
 
 def main() -> int:
@@ -61,17 +63,20 @@ def main() -> int:
             f"sampled for {idle_for:.0f} s...")
         r = one_run(items, idle_for)
         r["ratio"] = r["peak_kib"] / max(1, r["idle_kib"])
-        say(f"  peak {mb(r['peak_kib'])} at {r['peak_at_s']} s, idle {mb(r['idle_kib'])}, "
+        say(f"  peak {mb(r['peak_kib'])} at {r['peak_at_s']} s (heap {mb(r['peak_anon_kib'])}, "
+            f"mapped files {mb(r['peak_file_kib'])}), idle {mb(r['idle_kib'])}, "
             f"ratio {r['ratio']:.2f}")
         runs.append(r)
     ratios = sorted(r["ratio"] for r in runs)
-    rows = [(f"run {i + 1}", mb(r["peak_kib"]), mb(r["idle_kib"]), f"{r['ratio']:.2f}x",
-             f"{r['peak_at_s']} s") for i, r in enumerate(runs)]
+    rows = [(f"run {i + 1}", mb(r["peak_kib"]), mb(r["peak_anon_kib"]), mb(r["peak_file_kib"]),
+             mb(r["idle_kib"]), f"{r['ratio']:.2f}x", f"{r['peak_at_s']} s")
+            for i, r in enumerate(runs)]
     body = (
         f"A node started on {n:,} entries imported while it was stopped (its Runtime index "
         "empty), sampled every 100 ms until idle. The reference is the same process's idle "
         f"RSS at the end. Target: peak < {TARGET_RATIO}x idle.\n\n"
-        + table(rows, ("run", "peak RSS (VmHWM)", "idle RSS", "peak / idle", "peak at"))
+        + table(rows, ("run", "peak RSS (VmHWM)", "heap at peak", "mapped files at peak",
+                       "idle RSS", "peak / idle", "peak at"))
         + f"\n\nPeak / idle: median **{statistics.median(ratios):.2f}x**, min "
         f"{ratios[0]:.2f}x, max {ratios[-1]:.2f}x "
         f"({harness.verdict(statistics.median(ratios) < TARGET_RATIO)})."
