@@ -43,6 +43,10 @@ class PeerSync:
         # Documents where a part of a split message let in a revoked device's changes before
         # their cutoff head: re-checked once the final part is in (SPEC-005 §8.5).
         self._unsettled: set[str] = set()
+        # Hashes to ask for in our next message per document: dependencies a message of the
+        # peer lacked, most often because its Bloom filter check wrongly took them for held.
+        # The same filter would miss them again on every retry (SPEC-005 §8.6).
+        self._need: dict[str, set[bytes]] = {}
 
     # -- summary: which documents differ ---------------------------------------------------------
     def summary_frame(self) -> dict[str, Any]:
@@ -84,6 +88,10 @@ class PeerSync:
             return []
         raw = strip_capabilities(msg.encode())
         parsed, _ = parse_sync_message(raw)
+        need = self._need.pop(doc_id, None)
+        if need:
+            parsed.need = list(dict.fromkeys([*parsed.need, *sorted(need)]))
+            raw = parsed.encode()
         if not parsed.changes:
             return [{"t": "sync", "doc": doc_id, "msg": raw, "batches": [], "final": True}]
         frames: list[dict[str, Any]] = []
@@ -160,6 +168,8 @@ class PeerSync:
             self.rejected += 1
             self._unsettled.discard(doc_id)
             self.reset(doc_id)
+            if exc.code == "missing_dependency" and exc.missing:
+                self._need.setdefault(doc_id, set()).update(exc.missing[:1024])
             if final and exc.code in ROSTER_CODES:
                 self._take_envelope(doc_id, parsed)
             raise

@@ -21,10 +21,12 @@ MAX_CHANGES_PER_MESSAGE = 200_000
 class Rejected(Exception):
     """An incoming message failed verification. ``code`` is machine-readable (SPEC-005)."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: str, detail: str, missing: Sequence[bytes] = ()) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        #: With ``missing_dependency``: the hashes to ask for (SPEC-005 §8.6).
+        self.missing = list(missing)
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ def verify_changes(
                 "missing_dependency",
                 f"change {info.seq} of {device_id(actor_key(info.actor))} in {doc_id} comes "
                 f"before its change {expected}, not held",
+                [d for d in info.deps if d not in seen],
             )
         head = verdict.needs
         if head is not None:
@@ -131,6 +134,7 @@ def verify_changes(
             raise Rejected(
                 "missing_dependency",
                 f"change {info.hash.hex()[:16]} depends on {missing[0].hex()[:16]}, not held",
+                missing,
             )
         top[info.actor] = info.seq
         seen.add(info.hash)

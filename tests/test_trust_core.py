@@ -337,3 +337,36 @@ def test_a_member_flooding_new_documents_is_bounded_and_shown(devices, monkeypat
     assert founder.read("note", "memory/note/2026-11/0") == "still welcome"
     stored = founder.store.bytes_by_key()
     assert stored[flooder.key.public_key] > 0 and stored[honest.key.public_key] > 0
+
+
+def test_a_change_the_peer_left_out_is_asked_for_by_hash(devices):
+    """SPEC-005 §8.6: when a message lacks a dependency (a Bloom filter false positive makes an
+    honest peer leave out a change, and it would again on every retry), the receiver puts the
+    missing hashes in the `need` list of its next message and gets them."""
+    from crdt.chunks import parse_sync_message
+    from crdt.sync import PeerSync
+
+    founder, phone = devices("founder", "phone")
+    pump(founder, phone)
+    for i in range(3):
+        phone.write("note", f"edit {i}")
+    a, b = PeerSync(phone.repo, founder.key.public_key), PeerSync(founder.repo, phone.key.public_key)
+    for frame in b.generate(NOTE_DOC):  # the founder opens; the phone answers with changes
+        a.receive(frame)
+    (frame,) = a.generate(NOTE_DOC)
+    parsed, _ = parse_sync_message(frame["msg"])
+    first = parse_change(parsed.changes[0])
+    parsed.changes = parsed.changes[1:]  # as if the founder's filter had claimed it
+    with pytest.raises(Rejected) as caught:
+        b.receive({**frame, "msg": parsed.encode()})
+    assert caught.value.code == "missing_dependency" and first.hash in caught.value.missing
+    a.reset(NOTE_DOC)
+    (ask,) = b.generate(NOTE_DOC)
+    assert first.hash in parse_sync_message(ask["msg"])[0].need
+    a.receive(ask)
+    for _ in range(5):
+        for f in a.generate(NOTE_DOC):
+            b.receive(f)
+        for f in b.generate(NOTE_DOC):
+            a.receive(f)
+    assert founder.read("note") == "edit 2"
