@@ -350,7 +350,8 @@ def test_a_change_the_peer_left_out_is_asked_for_by_hash(devices):
     pump(founder, phone)
     for i in range(3):
         phone.write("note", f"edit {i}")
-    a, b = PeerSync(phone.repo, founder.key.public_key), PeerSync(founder.repo, phone.key.public_key)
+    a = PeerSync(phone.repo, founder.key.public_key)
+    b = PeerSync(founder.repo, phone.key.public_key)
     for frame in b.generate(NOTE_DOC):  # the founder opens; the phone answers with changes
         a.receive(frame)
     (frame,) = a.generate(NOTE_DOC)
