@@ -310,15 +310,9 @@ class Store:
             return {h for h in hashes if txn.get(_key(doc_id, h)) is not None}
 
     def actor_seqs(self, doc_id: str, actors: Iterable[bytes]) -> dict[bytes, int]:
-        """The highest seq held of each actor in ``doc_id`` (absent: none held)."""
-        env, db = self._db(doc_id, b"actors")
-        out = {}
-        with env.begin(db=db) as txn:
-            for actor in actors:
-                raw = txn.get(_key(doc_id, actor))
-                if raw is not None:
-                    out[actor] = _actor_seq(raw)
-        return out
+        """The highest seq held of each of ``actors`` in ``doc_id`` (absent: none held)."""
+        wanted = set(actors)
+        return {a: seq for a, seq in self.doc_actors(doc_id).items() if a in wanted}
 
     def doc_actors(self, doc_id: str) -> dict[bytes, int]:
         """Every actor with changes held in ``doc_id`` and its highest seq."""

@@ -56,6 +56,14 @@ def _forked_changes(base: Device, doc_id: str, actor: bytes, texts: list[str]) -
     return out
 
 
+def _one_change(actor: bytes, text: str) -> list[ChangeInfo]:
+    """A first change by ``actor`` in a new document: what a key can sign whenever it likes."""
+    branch = Document(actor_id=actor)
+    with branch.transaction() as tx:
+        tx.put(ROOT, "note", ScalarType.Str, text)
+    return [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
+
+
 def _receive(dev: Device, doc_id: str, key: DeviceKey, changes: list[ChangeInfo]) -> None:
     batch = SignedBatch.sign(key, dev.repo.mesh_id, doc_id, [c.hash for c in changes])
     verified = dev.repo.verify(doc_id, [c.chunk for c in changes], [batch.encode()])
@@ -133,18 +141,12 @@ def test_a_revoked_key_cannot_mint_a_fresh_low_numbered_branch(devices):
     newcomer = founder.admit(founder.path.parent, "newcomer")
     # newcomer holds the tombstone but no memory yet: the branch must still be refused.
     pump_identity_only(founder, newcomer)
-    branch = Document(actor_id=thief.repo.actor)
-    with branch.transaction() as tx:
-        tx.put(ROOT, "note", ScalarType.Str, "forged after revocation")
-    forged = [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
+    forged = _one_change(thief.repo.actor, "forged after revocation")
     assert forged[0].seq == 1  # a number below the cutoff
     with pytest.raises(Rejected) as caught:
         _receive(newcomer, NOTE_DOC, thief.key, forged)
     assert caught.value.code == "revoked"
-    new_incarnation = Document(actor_id=thief.key.public_key + b"\x09" * 8)
-    with new_incarnation.transaction() as tx:
-        tx.put(ROOT, "note", ScalarType.Str, "forged under a new incarnation")
-    other = [parse_change(bytes(c.bytes)) for c in new_incarnation.get_changes([])]
+    other = _one_change(thief.key.public_key + b"\x09" * 8, "forged under a new incarnation")
     with pytest.raises(Rejected) as caught:
         _receive(newcomer, NOTE_DOC, thief.key, other)
     assert caught.value.code == "revoked"
@@ -272,10 +274,7 @@ def test_a_split_message_cut_short_is_settled_when_the_connection_ends(devices):
     revoke_device(founder.repo, thief.key.public_key, keep_all=True)
     newcomer = founder.admit(founder.path.parent, "newcomer")
     pump_identity_only(founder, newcomer)
-    branch = Document(actor_id=thief.repo.actor)
-    with branch.transaction() as tx:
-        tx.put(ROOT, "note", ScalarType.Str, "forged, in a first part")
-    forged = [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
+    forged = _one_change(thief.repo.actor, "forged, in a first part")
     batch = SignedBatch.sign(thief.key, founder.repo.mesh_id, NOTE_DOC, [forged[0].hash])
     sync = PeerSync(newcomer.repo, founder.key.public_key)
     sync.receive(sync_frame(NOTE_DOC, [forged[0].chunk], [batch], final=False))
