@@ -22,6 +22,7 @@ import msgpack
 
 from .batches import SignedBatch
 from .chunks import ChangeInfo
+from .docids import valid_doc_id
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,12 @@ def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
     from automerge.core import Document
 
     dbs = {name: env.open_db(name, txn=txn) for name in (b"docs", b"snapshots", b"changes",
-                                                          b"actors")}
+                                                          b"actors", b"quarantine")}
     for doc_key in [bytes(k) for k in txn.cursor(db=dbs[b"docs"]).iternext(values=False)]:
         doc_id = doc_key.decode()
+        if not valid_doc_id(doc_id):
+            _set_aside(txn, dbs, doc_id)
+            continue
         snap = bytes(txn.get(doc_key, db=dbs[b"snapshots"]) or b"")
         prefix = _key(doc_id)
         cur = txn.cursor(db=dbs[b"changes"])
@@ -73,6 +77,26 @@ def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
             top[change.actor_id] = (max(seq, change.seq), size + len(change.bytes))
         for actor, (seq, size) in top.items():
             txn.put(_key(doc_id, actor), _actor_row(seq, size), db=dbs[b"actors"])
+
+
+def _set_aside(txn: lmdb.Transaction, dbs: dict[bytes, object], doc_id: str) -> None:
+    """A document format 1 accepted under an invented kind or month (listed by no reader, issue
+    18.5): its snapshot and changes move to ``quarantine`` (kept, never synced) and it is gone
+    from ``docs``. Its index rows and batch records stay, so re-sending it changes nothing."""
+    prefix = _key(doc_id)
+    snap = txn.get(doc_id.encode(), db=dbs[b"snapshots"])
+    if snap is not None:
+        txn.put(_key(doc_id, b"snapshot"), bytes(snap), db=dbs[b"quarantine"])
+        txn.delete(doc_id.encode(), db=dbs[b"snapshots"])
+    cur = txn.cursor(db=dbs[b"changes"])
+    if cur.set_range(prefix):
+        while cur.key().startswith(prefix):
+            txn.put(_key(doc_id, b"change" + bytes(cur.key()[len(prefix):])), bytes(cur.value()),
+                    db=dbs[b"quarantine"])
+            if not cur.delete():
+                break
+    txn.delete(doc_id.encode(), db=dbs[b"docs"])
+    log.warning("set aside %s: no reader lists documents of that kind or month", doc_id)
 
 
 # MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.

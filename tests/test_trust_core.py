@@ -239,13 +239,20 @@ def test_a_store_of_the_previous_format_is_migrated_with_its_actor_numbers(devic
     import lmdb
 
     env = lmdb.open(str(founder.path / "memory"), max_dbs=12)
+    hidden = "memory/invented/2026-12/0"  # what format 1 accepted from a member, unlisted
     with env.begin(write=True) as txn:
         txn.drop(env.open_db(b"actors", txn=txn), delete=False)
         txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
+        txn.put(hidden.encode(), b"\x93\x90\x01\x01", db=env.open_db(b"docs", txn=txn))
+        txn.put(hidden.encode() + b"\x00" + bytes(8), b"chunk",
+                db=env.open_db(b"changes", txn=txn))
     env.close()
     founder.store = Store(founder.path)
     assert founder.store.layer_format("memory") == 2
     assert founder.store.doc_actors(NOTE_DOC) == expected
+    assert hidden not in founder.store.doc_ids()  # set aside (issue 18.5), kept in quarantine
+    with founder.store.envs["memory"].begin(db=founder.store.dbs["memory"][b"quarantine"]) as t:
+        assert any(k.startswith(hidden.encode()) for k in t.cursor().iternext(values=False))
     founder.reopen()
 
 
