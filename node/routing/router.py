@@ -235,20 +235,24 @@ class Router:
         return plan
 
     def name_conflict(self, host: Host, cortex: Advertised) -> bool:
-        """SPEC-006 §6.5: a peer that claims a name this node defines itself."""
-        return not host.local and cortex.name in self.registry.me.cortices
+        """SPEC-006 §6.5: a peer that claims a name this node defines, for another model."""
+        mine = self.registry.me.cortices.get(cortex.name)
+        return (not host.local and mine is not None
+                and (cortex.model, cortex.kind) != (mine.model, mine.kind))
 
     def _plan_name(self, plan: Plan, name: str, needs: frozenset[str], estimate: int) -> None:
         offers = [(h, c) for h, c in self.registry.offers() if c.name == name]
-        if name in self.registry.me.cortices:
-            # This node defines the name: its own cortex answers, never a peer's namesake.
+        mine = self.registry.me.cortices.get(name)
+        if mine is not None:
+            # This node defines the name: its own cortex comes first whatever its score, and a
+            # peer's namesake for another model is never sent the prompt.
             for h, c in offers:
                 if self.name_conflict(h, c):
                     plan.reasons.append({
                         "host": h.device_id, "cortex": name,
                         "reason": f"name conflict: this node defines {name} itself "
-                                  f"({self.registry.me.cortices[name].model})"})
-            offers = [(h, c) for h, c in offers if h.local]
+                                  f"({mine.model}); the peer's is {c.model}"})
+            offers = [(h, c) for h, c in offers if not self.name_conflict(h, c)]
         kind = offers[0][1].kind if offers else self.registry.known_kinds.get(name)
         if not offers and kind is None:
             raise UnknownCortex(f"no cortex named {name!r} is reachable in the mesh",
@@ -259,7 +263,7 @@ class Router:
         if not offers:
             plan.reasons.append({"host": "-", "cortex": name,
                                  "reason": "no connected node hosts it now"})
-        self._add(plan, offers, needs, estimate)
+        self._add(plan, offers, needs, estimate, own_first=mine is not None)
         if self.settings.remote_fallback and kind is not None:
             extra = [(h, c) for h, c in self.registry.offers()
                      if c.remote and c.kind == kind and c.name != name]
@@ -285,7 +289,7 @@ class Router:
 
     def _add(
         self, plan: Plan, offers: list[tuple[Host, Advertised]], needs: frozenset[str],
-        estimate: int,
+        estimate: int, *, own_first: bool = False,
     ) -> None:
         found = []
         for host, cortex in offers:
@@ -298,6 +302,8 @@ class Router:
             else:
                 rtt = host.rtt_ms if host.rtt_ms is not None else UNKNOWN_RTT_MS
                 score = rtt + LOAD_WEIGHT_MS * host.load(cortex)
+            if host.local and own_first:  # a name this node defines (§6.5): here first
+                score = -1e9
             found.append(Candidate(host, cortex, score + (1e6 if cortex.remote else 0.0)))
         found.sort(key=lambda c: c.score)
         plan.candidates.extend(found)
