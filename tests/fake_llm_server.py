@@ -6,7 +6,8 @@ Answers are deterministic and name the server that produced them (``[name] ...``
 can tell which host answered. Behaviour is set at start and can be changed while it runs:
 
 - ``mode``: ``ok`` (answers), ``garbage`` (HTTP 200 with bytes that are not the API's shape),
-  ``error`` (HTTP 500), ``hang`` (accepts and never answers);
+  ``error`` (HTTP 500), ``hang`` (accepts and never answers), ``endless`` (a stream that never
+  ends: a numbered chunk every ``delay`` seconds, forever);
 - ``delay``: seconds to wait before each streamed chunk (and once before a whole answer);
 - ``chunks``: how many extra numbered chunks a streamed answer carries after the greeting.
 
@@ -97,6 +98,18 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.Response(
             text="<html>definitely not a completion</html>", content_type="text/html"
         )
+    if mode == "endless" and stream:
+        state["streams"] += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        n = 0
+        with contextlib.suppress(ConnectionError):
+            await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
+            while True:
+                n += 1
+                await asyncio.sleep(delay)
+                await resp.write(_chunk(cid, model, {"content": f" #{n}"}, None))
+        return resp
     pieces = answer_pieces(state["name"], body, extra)
     if not stream:
         if delay:
@@ -231,7 +244,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--mode", default="ok", choices=["ok", "garbage", "error", "hang"])
+    parser.add_argument("--mode", default="ok",
+                        choices=["ok", "garbage", "error", "hang", "endless"])
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=0)
     with contextlib.suppress(KeyboardInterrupt):

@@ -276,6 +276,28 @@ def test_candidates_are_local_then_peers_by_latency_and_load_then_remote() -> No
     assert [c.where for c in kind_plan.candidates] == ["ME", "CC", "BB", "DD"]
 
 
+def test_a_name_this_node_defines_is_answered_here_first() -> None:
+    """SPEC-006 §6.5: this node's own remote cortex comes before a fast peer's namesake; a
+    peer's namesake for another model is a conflict and never a candidate; one for the same
+    model and kind follows."""
+    peers = {b"b" * 32: (0.5, [ad("claude", "chat")]),  # same name, another kind: conflict
+             b"c" * 32: (0.7, [Advertised("claude", "reasoning", "other", frozenset({"text"}),
+                                          8192, 4, False, True, 0)]),  # another model: conflict
+             b"d" * 32: (0.9, [ad("claude")])}  # the same cortex
+    router = make_router([Cortex("claude", "reasoning", "m", remote=True)], peers)
+    plan = router.plan({"model": "claude", "messages": [{"role": "user", "content": "x"}]})
+    assert [c.where for c in plan.candidates] == ["ME", "DD"]
+    assert {r["host"] for r in plan.reasons if r["reason"].startswith("name conflict")} == {
+        "BB", "CC"}
+    hosts = {h["device_id"]: h for h in router.models()[0]["maia"]["hosts"]}
+    assert [hosts[d]["name_conflict"] for d in ("ME", "BB", "CC", "DD")] == [
+        False, True, True, False]
+    assert [c["device_id"] for c in router.models()[0]["maia"]["conflicts"]] == ["BB", "CC"]
+    without = make_router([], peers).plan(
+        {"model": "claude", "messages": [{"role": "user", "content": "x"}]})
+    assert {c.where for c in without.candidates} == {"BB", "CC", "DD"}  # nothing defined here
+
+
 def test_remote_fallback_for_a_name_comes_last_and_can_be_turned_off() -> None:
     """SPEC-006 §6.2: remote cortices of the same kind follow a name's own hosts."""
     peers = {b"b" * 32: (1.0, [ad("big")]), b"c" * 32: (1.0, [ad("cloud", remote=True)]),

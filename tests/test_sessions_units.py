@@ -4,6 +4,7 @@ and a real Memory layer in a temp dir)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from pathlib import Path
@@ -18,7 +19,7 @@ from crdt.store import Store
 from node.memory import Memory
 from node.sessions import leases, tiers
 from node.sessions.adapters import base, claude, codex, gemini
-from node.sessions.clock import NS, iso, parse_iso
+from node.sessions.clock import NS, iso, mono_ns, now_ns, parse_iso
 from node.sessions.entities import Facts, infer, shell_facts
 from node.sessions.eventlog import EventLog
 from node.sessions.gitinfo import Locator, find_repo, normalize_remote
@@ -76,7 +77,7 @@ def test_bad_patterns_are_refused(bad: str) -> None:
 
 def _lease(i: int, pattern: str, mode: str, granted: int, device: str, session: str) -> Lease:
     return Lease(id=f"{i:032x}", repository="github.com/o/r", pattern=pattern, mode=mode,
-                 session=session, device=device, granted_ns=granted, expires_ns=granted + 900 * NS)
+                 session=session, device=device, granted_ns=granted, deadline_ns=granted + 900 * NS)
 
 
 def test_winner_rule_order_of_tie_breaks() -> None:
@@ -122,7 +123,7 @@ def test_every_node_computes_the_same_leases_in_force(specs, rnd) -> None:
 
 
 def test_expired_leases_are_not_in_force() -> None:
-    """SPEC-004 §8.6: a lease stops being in force at expires_at."""
+    """SPEC-004 §8.6: a lease stops being in force when its time runs out."""
     t = 1_800_000_000 * NS
     lease = _lease(1, "src/**", "exclusive", t, "AAA", "a" * 26)
     assert leases.resolve([lease], t + 899 * NS)[0] == [lease]
@@ -131,10 +132,15 @@ def test_expired_leases_are_not_in_force() -> None:
 
 def test_lease_records_round_trip_and_reject_junk() -> None:
     """SPEC-004 §4.6, §8.1: announced records parse back; malformed ones are refused."""
-    lease = _lease(7, "src/**", "shared", 1_800_000_000 * NS, "AAA", "a" * 26)
-    assert Lease.from_record(lease.record()) == lease
+    now = mono_ns()
+    lease = dataclasses.replace(_lease(7, "src/**", "shared", 1_800_000_000 * NS, "AAA", "a" * 26),
+                                deadline_ns=now + 900 * NS)
+    back = Lease.from_record(lease.record(), now)
+    assert dataclasses.replace(back, deadline_ns=lease.deadline_ns) == lease
+    assert abs(back.deadline_ns - lease.deadline_ns) < 5 * NS // 1000
     for bad in ({**lease.record(), "pattern": "../x"}, {**lease.record(), "mode": "x"},
                 {**lease.record(), "id": "zz"}, {**lease.record(), "granted_at": "yesterday"},
+                {**lease.record(), "ttl_ms": -1}, {**lease.record(), "ttl_ms": "9"},
                 "not a map"):
         with pytest.raises(ValueError):
             Lease.from_record(bad)
@@ -449,3 +455,37 @@ def test_a_node_with_a_bad_sessions_table_refuses_to_start(tmp_path: Path, capsy
     capsys.readouterr()
     assert cli(data, "up", "--port", "0", "--peer-port", "0") == 1
     assert "[sessions] heartbeat_s must be a positive number" in capsys.readouterr().err
+
+
+def test_a_peer_lease_expires_from_its_arrival_never_from_the_peer_clock() -> None:
+    """SPEC-004 §8.9: the deadline is arrival + min(ttl_ms - held_ms, 24 h), whatever the
+    origin's granted_at and expires_at say (a clock a year ahead, or a day behind)."""
+    arrived = mono_ns()
+    year, day, wall = 365 * 86_400 * NS, 86_400 * NS, now_ns()
+    ahead = {"id": "a" * 32, "repository": "r", "pattern": "src/**", "mode": "exclusive",
+             "session": "s" * 26, "device": "D", "granted_at": iso(wall + year),
+             "expires_at": iso(wall + year + 60 * NS), "ttl_ms": 60_000}
+    lease = Lease.from_record(ahead, arrived)
+    assert lease.deadline_ns == arrived + 60 * NS
+    assert lease.in_force(arrived + 59 * NS) and not lease.in_force(arrived + 60 * NS)
+    behind = {**ahead, "granted_at": iso(wall - day), "expires_at": iso(wall - day + 3600 * NS),
+              "ttl_ms": 3_600_000}
+    assert Lease.from_record(behind, arrived).in_force(arrived + 3599 * NS)
+    assert Lease.from_record(behind, arrived, held_ms=600_000).deadline_ns == arrived + 3000 * NS
+    huge = {**ahead, "ttl_ms": 10 * 86_400_000}
+    assert Lease.from_record(huge, arrived).deadline_ns == arrived + leases.MAX_TTL_S * NS
+    legacy = {k: v for k, v in ahead.items() if k != "ttl_ms"}  # expires - granted, capped
+    assert Lease.from_record(legacy, arrived).deadline_ns == arrived + 60 * NS
+
+
+def test_only_a_majority_of_peers_can_call_our_clock_the_outlier() -> None:
+    """SPEC-004 §9.5: never refuse on one peer's word; a majority of two or more, agreeing on
+    the direction, makes this node the outlier."""
+    from node.sessions.mesh import own_clock_is_outlier
+
+    assert not own_clock_is_outlier([])
+    assert not own_clock_is_outlier([-86_400.0])  # one peer: who is wrong is unknown
+    assert own_clock_is_outlier([-86_400.0, -86_399.5])  # both find us a day ahead
+    assert own_clock_is_outlier([30.0, 31.0, 0.1])
+    assert not own_clock_is_outlier([30.0, -30.0])  # they disagree with each other
+    assert not own_clock_is_outlier([30.0, 0.2, 0.1])

@@ -119,6 +119,7 @@ _TITLES = {
     "backend-rejected": "The model backend rejected the request",
     "no-route": "No host can answer",
     "timeout": "The model did not answer in time",
+    "answer-limit": "The answer went over this node's bounds",
 }
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..sessions.clock import now_ns
+from ..sessions.clock import mono_ns
 from ..sessions.coordinator import (
     OWNER,
+    ClockSkew,
     Coordinator,
     CoordinatorError,
     Invalid,
@@ -37,6 +38,7 @@ session_routes = RouteTable("sessions")
 SESSIONS_KEY: web.AppKey[Coordinator] = web.AppKey("maia_sessions", Coordinator)
 
 TYPE_LEASE_CONFLICT = "urn:maia-node:problem:lease-conflict"
+TYPE_CLOCK_SKEW = "urn:maia-node:problem:clock-skew"
 TYPE_OVERLOADED = "urn:maia-node:problem:overloaded"
 BOTH = ("local", "session")
 SID = "{id:[a-z2-7]{26}}"
@@ -193,6 +195,9 @@ def _problem(exc: CoordinatorError, what: str) -> Problem:
         )
     if isinstance(exc, Invalid):
         return Problem(400, "Invalid request", str(exc))
+    if isinstance(exc, ClockSkew):  # SPEC-004 §9.5: this node's clock is the outlier
+        return Problem(503, "This device's clock is off", str(exc), type=TYPE_CLOCK_SKEW,
+                       headers={"Retry-After": "30"})
     return Problem(500, detail="internal error; see the node log")
 
 
@@ -271,7 +276,7 @@ async def list_leases(request: web.Request) -> web.Response:
     """Leases in force across the mesh (a session sees only its own)."""
     coordinator = _coordinator(request)
     principal = _principal(request)
-    now = now_ns()
+    now = mono_ns()
     held = [coordinator.lease_view(x, now) for x in coordinator.leases_in_force(now)
             if principal.kind == "local" or x.session == principal.id]
     held.sort(key=lambda x: x["granted_at"])
@@ -289,12 +294,16 @@ async def acquire_lease(request: web.Request) -> web.Response:
     sid = _as_session(request, body.pop("session", None))
     if sid is None:
         raise Problem(400, "Invalid request", "name the session that holds the lease")
+    coordinator = _coordinator(request)
     try:
-        lease = _coordinator(request).acquire(sid, body)
+        lease = coordinator.acquire(sid, body)
     except CoordinatorError as exc:
         raise _problem(exc, "session") from None
-    return web.json_response(lease.record() | {"ttl_s": body.get("ttl_s", DEFAULT_TTL_S)},
-                             status=201)
+    answer = lease.record() | {"ttl_s": body.get("ttl_s", DEFAULT_TTL_S)}
+    skew = coordinator.clock_skew()
+    if skew:  # SPEC-004 §9.5: granted, but "first" is only fair when clocks agree
+        answer["clock_skew"] = skew
+    return web.json_response(answer, status=201)
 
 
 @session_routes.post(f"/v1/leases/{LID}/renew", body_schema=RENEW_SCHEMA,
@@ -312,7 +321,8 @@ async def renew_lease(request: web.Request) -> web.Response:
 
 @session_routes.delete(f"/v1/leases/{LID}", query_schema=LEASE_QUERY, principal_kinds=BOTH)
 async def release_lease(request: web.Request) -> web.Response:
-    """Release a lease its session holds; the local principal may force any local lease."""
+    """Release a lease its session holds; the local principal may force any lease (a remote
+    one stops counting on this node only, SPEC-004 §8.2)."""
     query = request[QUERY_KEY]
     principal = _principal(request)
     if principal.kind == "session" and query.get("force"):

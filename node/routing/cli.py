@@ -69,9 +69,16 @@ def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
             health = "ok" if host["healthy"] else "unhealthy"
             if host.get("cooling_down"):
                 health = "cooling down"
+            if host.get("name_conflict"):
+                health = "NAME CONFLICT"
             rtt = f"  rtt {host['rtt_ms']:.1f} ms" if host.get("rtt_ms") is not None else ""
             say(f"{m['id']:<20} {kind:<21} {where:<34} {health:<13} "
                 f"{host['in_flight']}/{host['max_concurrency']}{rtt}")
+    for m in cortices:
+        for c in m["maia"].get("conflicts", []):
+            say(f"Name conflict: {c.get('name') or 'a peer'} {c['device_id'][:7]} also calls "
+                f"its cortex {m['id']!r} ({c['model']}); this device defines {m['id']} itself "
+                "and never sends it there. Rename one of them.")
     return 0
 
 

@@ -90,6 +90,10 @@ class RoutingSettings:
     first_chunk_timeout: float = 60.0
     request_timeout: float = 300.0
     remote_fallback: bool = True
+    # one answer's total bounds (SPEC-006 §6.6): a backend never streams forever
+    max_answer_bytes: int = 16 * 1024 * 1024
+    max_answer_chunks: int = 100_000
+    max_answer_seconds: float = 900.0
     keywords: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_KEYWORDS)
     )
@@ -107,7 +111,7 @@ _CORTEX_FIELDS = frozenset({
 })
 _ROUTING_FIELDS = frozenset({
     "default_kind", "cooldown_seconds", "first_chunk_timeout", "request_timeout",
-    "remote_fallback", "keywords",
+    "remote_fallback", "keywords", "max_answer_bytes", "max_answer_chunks", "max_answer_seconds",
 })
 
 
@@ -208,6 +212,9 @@ def _settings(table: Mapping[str, Any]) -> RoutingSettings:
         first_chunk_timeout=_number(table, "first_chunk_timeout", 60.0, 1, 600, where),
         request_timeout=_number(table, "request_timeout", 300.0, 1, 600, where),
         remote_fallback=_bool(table, "remote_fallback", True, where),
+        max_answer_bytes=_int(table, "max_answer_bytes", 16 * 1024 * 1024, 1024, 1 << 30, where),
+        max_answer_chunks=_int(table, "max_answer_chunks", 100_000, 1, 10_000_000, where),
+        max_answer_seconds=_number(table, "max_answer_seconds", 900.0, 1, 86_400, where),
         keywords=keywords,
     )
 

@@ -70,3 +70,9 @@ class NoRoute(RoutingError):
 
 class RouteTimeout(RoutingError):
     status, slug = 504, "timeout"
+
+
+class AnswerLimit(RoutingError):
+    """An answer over ``max_answer_bytes`` (SPEC-006 §6.6): cut, never passed on."""
+
+    status, slug = 502, "answer-limit"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from .errors import (
     BLAME_NONE,
     BLAME_PEER,
     HOST_CODES,
+    AnswerLimit,
     AttemptFailed,
     BadUpstreamRequest,
     ContextTooLarge,
@@ -111,24 +113,66 @@ class Plan:
         return f"{text}; {self.decision_note}" if self.decision_note else text
 
 
+def chunk_size(chunk: Any) -> int:
+    """Bytes a chunk takes as JSON (what a client receives, give or take the SSE framing)."""
+    try:
+        return len(json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError):
+        return 0
+
+
 class Opened:
-    """A streaming answer whose first chunk is in hand; iterate for the rest."""
+    """A streaming answer whose first chunk is in hand; iterate for the rest.
+
+    Besides the idle limit, the whole answer is bounded (SPEC-006 §6.6): at most
+    ``max_answer_chunks`` chunks, ``max_answer_bytes`` bytes and ``max_answer_seconds`` from
+    the request, after which it fails as ``answer_limit`` and the host is told to stop.
+    """
 
     def __init__(
-        self, router: Router, candidate: Candidate, first: Event, events: AsyncIterator[Event]
+        self, router: Router, candidate: Candidate, first: Event, events: AsyncIterator[Event],
+        started: float | None = None,
     ) -> None:
         self.router, self.candidate, self.first = router, candidate, first
         self._events = events
         self._closed = False
+        settings = router.settings
+        self._deadline = (time.monotonic() if started is None else started) + \
+            settings.max_answer_seconds
+        self._chunks = 1
+        self._bytes = chunk_size(first[1]) if first[0] == "chunk" else 0
+        self._check_bounds()
 
     def __aiter__(self) -> Opened:
         return self
 
+    def _limit(self, what: str) -> AttemptFailed:
+        exc = AttemptFailed("answer_limit", f"the answer went over {what}", BLAME_CORTEX)
+        log.warning("cortex %s on %s: answer cut at %s", self.candidate.cortex.name,
+                    self.candidate.where, what)
+        self.router.note_failure(self.candidate, exc)
+        return exc
+
+    def _check_bounds(self) -> None:
+        settings = self.router.settings
+        if self._chunks > settings.max_answer_chunks:
+            raise self._limit(f"{settings.max_answer_chunks} chunks (max_answer_chunks)")
+        if self._bytes > settings.max_answer_bytes:
+            raise self._limit(f"{settings.max_answer_bytes} bytes (max_answer_bytes)")
+
     async def __anext__(self) -> Event:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._limit(f"{self.router.settings.max_answer_seconds:g} s "
+                              "(max_answer_seconds)")
+        idle = left >= CHUNK_IDLE_LIMIT
         try:
-            async with asyncio.timeout(CHUNK_IDLE_LIMIT):
-                return await anext(self._events)
+            async with asyncio.timeout(min(CHUNK_IDLE_LIMIT, left)):
+                event = await anext(self._events)
         except TimeoutError:
+            if not idle:
+                raise self._limit(f"{self.router.settings.max_answer_seconds:g} s "
+                                  "(max_answer_seconds)") from None
             exc = AttemptFailed("timeout", f"no chunk for {CHUNK_IDLE_LIMIT:g} s",
                                 BLAME_PEER if not self.candidate.host.local else BLAME_CORTEX)
             self.router.note_failure(self.candidate, exc)
@@ -136,6 +180,11 @@ class Opened:
         except AttemptFailed as exc:
             self.router.note_failure(self.candidate, exc)
             raise
+        if event[0] == "chunk":
+            self._chunks += 1
+            self._bytes += chunk_size(event[1])
+            self._check_bounds()
+        return event
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -185,8 +234,25 @@ class Router:
             self._plan_name(plan, model, needs, estimate)
         return plan
 
+    def name_conflict(self, host: Host, cortex: Advertised) -> bool:
+        """SPEC-006 §6.5: a peer that claims a name this node defines, for another model."""
+        mine = self.registry.me.cortices.get(cortex.name)
+        return (not host.local and mine is not None
+                and (cortex.model, cortex.kind) != (mine.model, mine.kind))
+
     def _plan_name(self, plan: Plan, name: str, needs: frozenset[str], estimate: int) -> None:
         offers = [(h, c) for h, c in self.registry.offers() if c.name == name]
+        mine = self.registry.me.cortices.get(name)
+        if mine is not None:
+            # This node defines the name: its own cortex comes first whatever its score, and a
+            # peer's namesake for another model is never sent the prompt.
+            for h, c in offers:
+                if self.name_conflict(h, c):
+                    plan.reasons.append({
+                        "host": h.device_id, "cortex": name,
+                        "reason": f"name conflict: this node defines {name} itself "
+                                  f"({mine.model}); the peer's is {c.model}"})
+            offers = [(h, c) for h, c in offers if not self.name_conflict(h, c)]
         kind = offers[0][1].kind if offers else self.registry.known_kinds.get(name)
         if not offers and kind is None:
             raise UnknownCortex(f"no cortex named {name!r} is reachable in the mesh",
@@ -197,7 +263,7 @@ class Router:
         if not offers:
             plan.reasons.append({"host": "-", "cortex": name,
                                  "reason": "no connected node hosts it now"})
-        self._add(plan, offers, needs, estimate)
+        self._add(plan, offers, needs, estimate, own_first=mine is not None)
         if self.settings.remote_fallback and kind is not None:
             extra = [(h, c) for h, c in self.registry.offers()
                      if c.remote and c.kind == kind and c.name != name]
@@ -223,7 +289,7 @@ class Router:
 
     def _add(
         self, plan: Plan, offers: list[tuple[Host, Advertised]], needs: frozenset[str],
-        estimate: int,
+        estimate: int, *, own_first: bool = False,
     ) -> None:
         found = []
         for host, cortex in offers:
@@ -236,6 +302,8 @@ class Router:
             else:
                 rtt = host.rtt_ms if host.rtt_ms is not None else UNKNOWN_RTT_MS
                 score = rtt + LOAD_WEIGHT_MS * host.load(cortex)
+            if host.local and own_first:  # a name this node defines (§6.5): here first
+                score = -1e9
             found.append(Candidate(host, cortex, score + (1e6 if cortex.remote else 0.0)))
         found.sort(key=lambda c: c.score)
         plan.candidates.extend(found)
@@ -280,6 +348,7 @@ class Router:
         """Try candidates until one yields a first chunk (SPEC-006 §6.2)."""
         self.counts["requests"] += 1
         failures: list[AttemptFailed] = []
+        started = time.monotonic()
         for n, candidate in enumerate(plan.candidates):
             events = None
             try:
@@ -301,7 +370,11 @@ class Router:
                 raise
             if n:
                 self.counts["fallbacks"] += 1
-            return Opened(self, candidate, first, events)
+            try:
+                return Opened(self, candidate, first, events, started)
+            except AttemptFailed as exc:  # the first chunk alone is over a bound
+                await self._release(candidate, events)
+                raise AnswerLimit(exc.detail) from None
         raise self._no_route(plan, failures)
 
     async def complete(self, plan: Plan) -> tuple[Candidate, dict[str, Any]]:
@@ -318,6 +391,16 @@ class Router:
                         kind, answer = await anext(events)
                         if kind != "end" or answer is None:
                             raise AttemptFailed("garbage", "no answer", BLAME_PEER)
+                        size = chunk_size(answer)
+                        if size > self.settings.max_answer_bytes:
+                            self.counts["failed"] += 1
+                            log.warning("cortex %s on %s: a %d-byte answer is over "
+                                        "max_answer_bytes", candidate.cortex.name,
+                                        candidate.where, size)
+                            raise AnswerLimit(
+                                f"the answer of {candidate.cortex.name} is {size} bytes, over "
+                                f"max_answer_bytes ({self.settings.max_answer_bytes})",
+                                max_answer_bytes=self.settings.max_answer_bytes)
                     except (AttemptFailed, StopAsyncIteration) as raw:
                         self._record(plan, candidate, self._as_failure(candidate, raw), failures)
                         continue
@@ -434,6 +517,11 @@ class Router:
                              "remote": cortex.remote, "hosts": []},
                 }
             healthy = (self.local.health(cortex.name) is None) if host.local else cortex.healthy
+            conflict = self.name_conflict(host, cortex)
+            if conflict:
+                entry["maia"].setdefault("conflicts", []).append({
+                    "device_id": host.device_id, "name": host.name, "kind": cortex.kind,
+                    "model": cortex.model, "remote": cortex.remote})
             entry["maia"]["hosts"].append({
                 "device_id": host.device_id, "name": host.name, "local": host.local,
                 "healthy": healthy,
@@ -441,6 +529,7 @@ class Router:
                 "max_concurrency": cortex.max_concurrency,
                 "rtt_ms": None if host.rtt_ms is None else round(host.rtt_ms, 2),
                 "cooling_down": self.cooldowns.blocked(host.key, cortex.name),
+                "name_conflict": conflict,
             })
         out = [by_name[n] for n in sorted(by_name)]
         out.append({"id": "auto", "object": "model", "created": 0, "owned_by": "maia-node",

@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
     s = sub.add_parser("release", help="release a lease")
     s.add_argument("lease", help="a lease id, or the pattern it was taken on")
     s.add_argument("--session", help="the session holding it (default: this agent session)")
-    s.add_argument("--force", action="store_true", help="release another session's local lease")
+    s.add_argument("--force", action="store_true",
+                   help="release another session's lease (another device's lease stops "
+                        "counting on this device only)")
     s.set_defaults(func=cmd_release)
 
     s = sub.add_parser("send", help="send a message to an agent session (or 'owner')")
@@ -262,7 +264,7 @@ def cmd_release(args: argparse.Namespace, paths: Any) -> int:
     if not LEASE_ID.match(lease_id):
         pattern = _repo_relative(lease_id)
         held = [x for x in _all_pages(paths, "/v1/leases", "leases")
-                if x["pattern"] == pattern and x["local"]
+                if x["pattern"] == pattern and (x["local"] or args.force)
                 and (args.force or x["session"] == session)]
         if len(held) != 1:
             raise UserError(f"no single lease of yours on '{pattern}' (see maia sessions)")

@@ -1,5 +1,9 @@
 """Timestamps of SPEC-004: integer nanoseconds inside, ISO-8601 with 9 fractional digits outside.
 
+Two clocks, never mixed: durations (session and lease expiry, repeat windows) are measured with
+:func:`mono_ns`, which no wall-clock step moves; the wall clock (:func:`now_ns`) is only for what
+is shown and what is sent. :func:`wall_of` shows a monotonic instant as wall time, now.
+
 Stdlib only (the hook path may import it).
 """
 
@@ -14,7 +18,28 @@ NS = 1_000_000_000
 
 
 def now_ns() -> int:
+    """Wall-clock time: for display and for what is sent, never for a duration."""
     return time.time_ns()
+
+
+def mono_ns() -> int:
+    """Monotonic time in ns: every duration and deadline on this node (SPEC-004 §1)."""
+    return time.monotonic_ns()
+
+
+_offset = [time.time_ns() - time.monotonic_ns()]
+
+
+def wall_of(mono: int) -> int:
+    """The wall-clock time (ns) that shows the monotonic instant ``mono`` as of now.
+
+    The wall-minus-monotonic offset is kept until it moves by more than 1 ms (a clock step or
+    slew), so the same instant shows as the same text from one call to the next.
+    """
+    offset = time.time_ns() - time.monotonic_ns()
+    if abs(offset - _offset[0]) > 1_000_000:
+        _offset[0] = offset
+    return int(mono) + _offset[0]
 
 
 def iso(ns: int) -> str:

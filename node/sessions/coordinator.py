@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import entities, leases
-from .clock import NS, iso, local_time, now_ns
+from .clock import NS, iso, local_time, mono_ns, now_ns, wall_of
 from .config import SessionsConfig
 from .entities import branch_tag, file_tag, repo_tag
 from .eventlog import EventLog
@@ -58,6 +58,10 @@ class Overloaded(CoordinatorError):
     pass
 
 
+class ClockSkew(CoordinatorError):
+    """This node's clock is the outlier of the mesh: it grants no lease (SPEC-004 §9.5)."""
+
+
 class LeaseConflict(CoordinatorError):
     def __init__(self, holder: Lease) -> None:
         super().__init__(f"lease {holder.id} on {holder.pattern} is held by another session")
@@ -81,11 +85,13 @@ class Coordinator:
         self._owner: dict[str, bytes] = {}  # remote session id -> origin key
         self._origin_sessions: dict[bytes, set[str]] = {}
         self.local_leases: dict[str, Lease] = {}
+        # remote leases the owner released here (§8.2): id -> when it would have expired (mono)
+        self.dropped_remote: dict[str, int] = {}
         self._won_alerted: set[tuple[str, str]] = set()
         self.owner_inbox: deque[dict[str, Any]] = deque(maxlen=256)
         self.live = LiveExchange(
             node.peers, node.repo, node.key, self._live_body, self._on_state, self._on_message,
-            interval=config.heartbeat_s,
+            interval=config.heartbeat_s, store=node.store,
         )
         self._task: asyncio.Task | None = None
 
@@ -119,7 +125,7 @@ class Coordinator:
             await asyncio.sleep(TICK_S)
             try:
                 self.events.flush()
-                now = now_ns()
+                now = mono_ns()
                 self._expire_sessions(now)
                 self._drop_stale_origins()
                 t = loop.time()
@@ -144,6 +150,7 @@ class Coordinator:
             "remote_sessions": sum(1 for r in self.records.values() if not r.local),
             "local_leases": len(self.local_leases),
             "origins": len(self.live.origins),
+            "clock_offsets_s": {d: round(o, 3) for d, o in self.live.clock_offsets().items()},
         }
 
     # -- sessions --------------------------------------------------------------------------------
@@ -151,7 +158,7 @@ class Coordinator:
         """SPEC-004 §2.2. Returns the one answer that carries the token."""
         if self.registry.full():
             raise Overloaded("this node already holds 256 live sessions")
-        now = now_ns()
+        now = mono_ns()
         cwd = os.path.normpath(body["cwd"])
         info = self.locator.repo_for_dir(cwd) if os.path.isdir(cwd) else None
         repository = body.get("repository") or (info.repository if info else "")
@@ -189,7 +196,7 @@ class Coordinator:
 
     def heartbeat(self, session_id: str) -> dict[str, Any]:
         s = self.session(session_id)
-        s.last_seen_ns = now_ns()
+        s.last_seen_ns = mono_ns()
         return {"session_id": s.id, "expires_after_s": _seconds(self.cfg.expires_after_s)}
 
     def end(self, session_id: str, status: str = "ended", reason: str = "") -> bool:
@@ -235,12 +242,13 @@ class Coordinator:
 
     def _refresh(self, s: Session) -> None:
         """Bring a local session's tiering record and index entry up to date, and announce."""
-        now = now_ns()
+        now = mono_ns()
         tags = s.effective_tags(now)
         rec = Record(
             id=s.id, agent=s.agent, device=s.device, device_name=s.device_name, task=s.task,
             branch=s.branch, repository=s.repository, recent_action=s.recent_action,
-            last_active_ns=s.last_seen_ns, tags=frozenset(tags), modified=frozenset(s.modified),
+            last_active_ns=wall_of(s.last_seen_ns), tags=frozenset(tags),
+            modified=frozenset(s.modified),
             local=True,
         )
         self.records[s.id] = rec
@@ -250,7 +258,7 @@ class Coordinator:
     # -- hook events (§11.2) ---------------------------------------------------------------------
     def hook(self, session_id: str, ev: dict[str, Any]) -> dict[str, Any]:
         s = self.session(session_id)
-        now = now_ns()
+        now = mono_ns()
         s.last_seen_ns = now
         kind = ev["event"]
         if kind == "session_end":
@@ -416,13 +424,13 @@ class Coordinator:
 
     # -- remote state (§4) -----------------------------------------------------------------------
     def _live_body(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        now = now_ns()
+        now = mono_ns()
         sessions = [s.record(now) for s in self.registry.sessions.values()]
         held = [x.record() for x in self.local_leases.values() if x.in_force(now)]
         return sessions, held
 
     def _on_state(self, state: OriginState) -> None:
-        now = now_ns()
+        now = mono_ns()
         new_ids: set[str] = set()
         for rec in state.sessions:
             sid = rec["id"]
@@ -473,11 +481,13 @@ class Coordinator:
     def _known_leases(self) -> list[Lease]:
         known = list(self.local_leases.values())
         for state in self.live.origins.values():
-            known.extend(state.leases)  # remembered even when the origin is unreachable (§9.2)
+            # remembered even when the origin is unreachable (§9.2), unless the owner dropped
+            # one here (§8.2)
+            known.extend(x for x in state.leases if x.id not in self.dropped_remote)
         return known
 
     def leases_in_force(self, now: int | None = None) -> list[Lease]:
-        kept, _ = leases.resolve(self._known_leases(), now or now_ns())
+        kept, _ = leases.resolve(self._known_leases(), now or mono_ns())
         return kept
 
     def _settle_leases(self, now: int) -> None:
@@ -517,6 +527,9 @@ class Coordinator:
             self.live.changed()
 
     def _sweep_leases(self, now: int) -> None:
+        for lease_id, until in list(self.dropped_remote.items()):
+            if until <= now:
+                del self.dropped_remote[lease_id]
         expired = [x for x in self.local_leases.values() if not x.in_force(now)]
         for lease in expired:
             del self.local_leases[lease.id]
@@ -528,7 +541,7 @@ class Coordinator:
 
     def acquire(self, session_id: str, body: dict[str, Any]) -> Lease:
         s = self.session(session_id)
-        now = now_ns()
+        now = mono_ns()
         try:
             pattern = leases.check_pattern(body["pattern"])
         except leases.PatternError as exc:
@@ -536,6 +549,10 @@ class Coordinator:
         repository = body.get("repository") or s.repository
         if not repository:
             raise Invalid("this session is not in a repository; name one with 'repository'")
+        if self.live.outlier():
+            raise ClockSkew(
+                "this device's clock differs by more than 5 s from most of its peers' "
+                f"(offsets: {self._offsets_text()}); fix the clock before taking leases")
         held = [x for x in self.local_leases.values() if x.session == s.id and x.in_force(now)]
         if len(held) >= leases.MAX_PER_SESSION:
             raise Invalid(f"a session may hold at most {leases.MAX_PER_SESSION} leases")
@@ -543,7 +560,7 @@ class Coordinator:
         candidate = Lease(
             id=leases.new_lease_id(), repository=repository, pattern=pattern,
             mode=body.get("mode", leases.EXCLUSIVE), session=s.id, device=self.device,
-            granted_ns=now, expires_ns=now + ttl * NS, note=body.get("note", ""),
+            granted_ns=now_ns(), deadline_ns=now + ttl * NS, note=body.get("note", ""),
             agent=s.agent, task=s.task, device_name=self.device_name,
         )
         for other in self.leases_in_force(now):
@@ -560,21 +577,31 @@ class Coordinator:
         self.live.changed()
         return candidate
 
+    def clock_skew(self) -> list[dict[str, Any]]:
+        """The peers whose clocks differ from ours by more than 5 s (§9.5 flag)."""
+        return [{"device": d, "offset_s": round(o, 3)}
+                for d, o in sorted(self.live.skewed_peers().items())]
+
+    def _offsets_text(self) -> str:
+        return ", ".join(f"{d[:12]} {o:+.1f} s" for d, o in self.live.clock_offsets().items())
+
     def _own_lease(self, lease_id: str, session_id: str | None, *, force: bool = False) -> Lease:
         lease = self.local_leases.get(lease_id)
-        if lease is None or not lease.in_force(now_ns()):
+        if lease is None or not lease.in_force(mono_ns()):
             raise NotFound(lease_id)
         if not force and lease.session != session_id:
             raise NotFound(lease_id)  # another session's lease: its existence is not revealed
         return lease
 
     def renew(self, lease_id: str, session_id: str | None, ttl_s: int) -> Lease:
-        lease = leases.renewed(self._own_lease(lease_id, session_id), now_ns(), ttl_s)
+        lease = leases.renewed(self._own_lease(lease_id, session_id), mono_ns(), ttl_s)
         self.local_leases[lease.id] = lease
         self.live.changed()
         return lease
 
     def release(self, lease_id: str, session_id: str | None, *, force: bool = False) -> Lease:
+        if force and lease_id not in self.local_leases:
+            return self._drop_remote(lease_id)
         lease = self._own_lease(lease_id, session_id, force=force)
         del self.local_leases[lease.id]
         self.events.append("lease_released", lease.session, {
@@ -582,6 +609,21 @@ class Coordinator:
                 lease.session != session_id),
         })
         self.live.changed()
+        return lease
+
+    def _drop_remote(self, lease_id: str) -> Lease:
+        """§8.2: the owner stops this node counting a peer's lease, until it would expire."""
+        now = mono_ns()
+        lease = next((x for x in self.leases_in_force(now) if x.id == lease_id), None)
+        if lease is None or lease.device == self.device:
+            raise NotFound(lease_id)
+        self.dropped_remote[lease.id] = lease.deadline_ns
+        self.events.append("lease_released", lease.session, {
+            "lease": lease.id, "pattern": lease.pattern, "forced": True, "remote": True,
+            "device": lease.device,
+        })
+        log.info("the owner released %s's lease %s on %s here", lease.device, lease.id,
+                 lease.pattern)
         return lease
 
     def _lease_denial(self, s: Session, paths: list[str], now: int) -> str:
@@ -637,7 +679,7 @@ class Coordinator:
         return [o.as_dict() for o in overlaps(rec, self.records, self.index) if o.tier > NONE]
 
     def session_view(self, session_id: str) -> dict[str, Any]:
-        now = now_ns()
+        now = mono_ns()
         if session_id in self.registry.sessions:
             view = {**self.registry.sessions[session_id].record(now), "local": True}
         elif session_id in self.remote:

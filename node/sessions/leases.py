@@ -4,6 +4,11 @@ The overlap test (§8.3) is conservative on purpose: a false overlap only makes 
 missed overlap lets two agents edit the same file. The winner rule (§9.3) is a pure function of
 the two lease records, so every node that knows both computes the same winner without talking:
 earlier ``granted_at``, then the lower device id (ASCII), then the lower lease id.
+
+Expiry never reads a wall clock (§8.6, §8.9): a lease carries a deadline on this node's monotonic
+clock, set from its ``ttl_s`` when granted here, and from the time left announced by its origin
+(capped at 24 h) when it arrives from a peer. ``granted_at`` stays the origin's wall time: it is
+what every node orders by.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from .clock import iso, parse_iso
+from .clock import NS, iso, mono_ns, parse_iso, wall_of
 
 EXCLUSIVE, SHARED = "exclusive", "shared"
 MODES = (EXCLUSIVE, SHARED)
@@ -117,15 +122,23 @@ class Lease:
     mode: str
     session: str
     device: str
-    granted_ns: int
-    expires_ns: int
+    granted_ns: int  # the origin's wall clock: shown, and ordered by (§9.3)
+    deadline_ns: int  # this node's monotonic clock: when it stops being in force (§8.6, §8.9)
     note: str = ""
     agent: str = ""
     task: str = ""
     device_name: str = ""
 
-    def in_force(self, now_ns: int) -> bool:
-        return now_ns < self.expires_ns
+    def in_force(self, now_mono: int) -> bool:
+        return now_mono < self.deadline_ns
+
+    def left_ns(self, now_mono: int | None = None) -> int:
+        return max(0, self.deadline_ns - (mono_ns() if now_mono is None else now_mono))
+
+    @property
+    def expires_ns(self) -> int:
+        """The deadline shown on this node's wall clock (for people, never for decisions)."""
+        return wall_of(self.deadline_ns)
 
     def record(self) -> dict[str, Any]:
         """The announced and answered form (SPEC-004 §8.1)."""
@@ -141,12 +154,17 @@ class Lease:
             "task": self.task,
             "granted_at": iso(self.granted_ns),
             "expires_at": iso(self.expires_ns),
+            "ttl_ms": self.left_ns() // 1_000_000,
             "note": self.note,
         }
 
     @classmethod
-    def from_record(cls, rec: Any) -> Lease:
-        """Parse an untrusted record (a peer's live state); ValueError when malformed."""
+    def from_record(cls, rec: Any, arrived_mono: int | None = None, held_ms: int = 0) -> Lease:
+        """Parse an untrusted record (a peer's live state); ValueError when malformed.
+
+        Its deadline is counted from its arrival (``arrived_mono``) with the time left it
+        announces, less ``held_ms`` (how long a relay held it), at most 24 h (§8.9).
+        """
         if not isinstance(rec, dict):
             raise ValueError("a lease record is a map")
 
@@ -165,6 +183,16 @@ class Lease:
             pattern = check_pattern(s("pattern", MAX_PATTERN_BYTES))
         except PatternError as exc:
             raise ValueError(str(exc)) from None
+        granted = parse_iso(s("granted_at", 40))
+        expires = parse_iso(s("expires_at", 40))
+        ttl_ms = rec.get("ttl_ms")
+        if ttl_ms is None:  # an origin that does not announce the time left
+            left = expires - granted
+        elif isinstance(ttl_ms, int) and not isinstance(ttl_ms, bool) and ttl_ms >= 0:
+            left = ttl_ms * 1_000_000
+        else:
+            raise ValueError("lease field ttl_ms is not a non-negative integer")
+        left = max(0, min(left - max(0, held_ms) * 1_000_000, MAX_TTL_S * NS))
         return cls(
             id=s("id", 32, r"[0-9a-f]{32}"),
             repository=s("repository", 1024),
@@ -172,8 +200,8 @@ class Lease:
             mode=mode,
             session=s("session", 26, r"[a-z2-7]{26}"),
             device=s("device", 80),
-            granted_ns=parse_iso(s("granted_at", 40)),
-            expires_ns=parse_iso(s("expires_at", 40)),
+            granted_ns=granted,
+            deadline_ns=(mono_ns() if arrived_mono is None else arrived_mono) + left,
             note=s("note", MAX_NOTE),
             agent=s("agent", 16),
             task=s("task", 200),
@@ -204,14 +232,16 @@ def winner(a: Lease, b: Lease) -> Lease:
     return min(a, b, key=winner_key)
 
 
-def resolve(leases: Iterable[Lease], now_ns: int) -> tuple[list[Lease], list[tuple[Lease, Lease]]]:
-    """(leases in force, [(loser, winner)]) for a set of known leases at ``now_ns``.
+def resolve(
+    leases: Iterable[Lease], now_mono: int
+) -> tuple[list[Lease], list[tuple[Lease, Lease]]]:
+    """(leases in force, [(loser, winner)]) for a set of known leases at ``now_mono``.
 
     Expired leases are dropped; the rest are taken in winner order and each is kept unless it
     conflicts with one already kept. The outcome depends only on the set, never on the order
     the records arrived in.
     """
-    alive = sorted((lease for lease in leases if lease.in_force(now_ns)), key=winner_key)
+    alive = sorted((lease for lease in leases if lease.in_force(now_mono)), key=winner_key)
     kept: list[Lease] = []
     lost: list[tuple[Lease, Lease]] = []
     for lease in alive:
@@ -223,5 +253,5 @@ def resolve(leases: Iterable[Lease], now_ns: int) -> tuple[list[Lease], list[tup
     return kept, lost
 
 
-def renewed(lease: Lease, now_ns: int, ttl_s: int) -> Lease:
-    return replace(lease, expires_ns=now_ns + ttl_s * 1_000_000_000)
+def renewed(lease: Lease, now_mono: int, ttl_s: int) -> Lease:
+    return replace(lease, deadline_ns=now_mono + ttl_s * NS)

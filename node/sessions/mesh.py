@@ -5,6 +5,11 @@ document. Each origin signs its own state (``{t: "live", body, sig}``), so a nod
 unchanged and a line of nodes (A–B–C) still shares everything; receivers keep the highest
 ``seq`` per origin and drop older frames and repeats. Everything in a frame is untrusted input:
 sizes and fields are validated, and paths in it are never used on the local file system.
+
+No clock decides anything here (§4.1, §8.9, §9.4): ``seq`` is a boot epoch kept in the runtime
+store times 2^32 plus a counter, a peer's lease expires after the time left it announced,
+counted from arrival, and a peer's clock offset is estimated from ``clock`` round trips, never
+from how old a frame looks.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +31,7 @@ import msgpack
 from crdt.keys import DeviceKey, device_id, verify_signature
 from crdt.verify import Rejected
 
-from .clock import NS, now_ns, parse_iso
+from .clock import NS, mono_ns, now_ns, parse_iso
 from .leases import Lease
 from .registry import AGENTS
 
@@ -37,10 +44,23 @@ MAX_SESSIONS = 2048
 MAX_LEASES = 16384
 MAX_TAG = 5000
 MIN_INTERVAL = 0.1  # at most 10 publications per second (§4.2)
-SKEW_WARN_NS = 5 * NS
+SKEW_LIMIT_NS = 5 * NS  # §9.4, §9.5
+SKEW_SAMPLES = 8
+EPOCH_KEY = b"sessions:live-epoch"
+MAX_HELD_MS = 86_400_000
 _SESSION_ID = re.compile(r"[a-z2-7]{26}")
 _MSG_ID = re.compile(r"[0-9a-f]{32}")
 _SEEN_MESSAGES = 4096
+
+
+def own_clock_is_outlier(offsets: list[float], limit_s: float = SKEW_LIMIT_NS / NS) -> bool:
+    """SPEC-004 §9.5: at least two estimates, and more than half of them find our clock off by
+    more than ``limit_s`` in the same direction."""
+    if len(offsets) < 2:
+        return False
+    ahead = sum(1 for o in offsets if o < -limit_s)  # they are behind us: we are ahead
+    behind = sum(1 for o in offsets if o > limit_s)
+    return max(ahead, behind) * 2 > len(offsets)
 
 
 def _unpack(body: bytes) -> dict[str, Any]:
@@ -117,6 +137,7 @@ class OriginState:
     sessions: list[dict[str, Any]]
     leases: list[Lease]
     received_mono: float = field(default_factory=time.monotonic)
+    held_ms: int = 0  # how long the lease times had aged on arrival (a relay's greeting)
 
     def fresh(self, stale_s: float) -> bool:
         return time.monotonic() - self.received_mono < stale_s
@@ -135,6 +156,7 @@ class LiveExchange:
         on_message: Callable[[dict[str, Any]], None],
         *,
         interval: float = 10.0,
+        store: Any = None,
     ) -> None:
         self.peers = peers
         self.repo = repo
@@ -144,7 +166,13 @@ class LiveExchange:
         self.on_message = on_message
         self.interval = interval
         self.origins: dict[bytes, OriginState] = {}
+        self.store = store
+        self.epoch = 0
         self._seq = 0
+        self._counter = 0
+        # clock offsets of directly connected peers (§9.4): key -> [(rtt ns, offset ns)]
+        self._clock_samples: dict[bytes, list[tuple[int, int]]] = {}
+        self._clock_asked: dict[int, tuple[bytes, int, int]] = {}  # n -> (key, mono, wall)
         self._last_sent = 0.0
         self._scheduled: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -157,7 +185,25 @@ class LiveExchange:
     def setup(self) -> None:
         self.peers.register("live", self._on_live)
         self.peers.register("msg", self._on_msg)
+        self.peers.register("clock", self._on_clock)
         self.peers.on_connected.append(self._on_connected)
+        self.epoch = self._next_epoch()
+
+    def _next_epoch(self) -> int:
+        """Raise and keep the boot epoch of ``seq`` (§4.1), before this start's first frame."""
+        if self.store is None:
+            return 1
+        env, db = self.store.runtime_db("kv")
+        with env.begin(write=True, db=db) as txn:
+            raw = txn.get(EPOCH_KEY)
+            try:
+                previous = struct.unpack(">Q", bytes(raw))[0] if raw is not None else 0
+            except struct.error:
+                previous = 0
+            epoch = previous + 1
+            txn.put(EPOCH_KEY, struct.pack(">Q", epoch))
+        env.sync(True)
+        return epoch
 
     async def start(self) -> None:
         self._periodic = asyncio.create_task(self._every_interval(), name="live-periodic")
@@ -198,7 +244,8 @@ class LiveExchange:
 
     def own_frame(self) -> dict[str, Any]:
         sessions, leases = self.build()
-        self._seq = max(now_ns(), self._seq + 1)
+        self._counter += 1
+        self._seq = (max(self.epoch, 1) << 32) + self._counter
         body = self._pack(sessions, leases)
         while len(body) > MAX_BODY and sessions:
             sessions = sorted(sessions, key=lambda s: s["started_at"])[1:]  # oldest go first
@@ -222,15 +269,22 @@ class LiveExchange:
                 await self.publish()
             except Exception:
                 log.exception("periodic live publication failed")
+            for conn in list(self.peers.connections.values()):
+                self._spawn(self._ask_clock(conn), "clock-ask")
 
     def _on_connected(self, conn: Any) -> None:
         # Built now, before this connection's first frame is read: the peer must see our state
         # as it was at the heal (leases that are about to lose included, §9.3), or the winner's
         # origin could never tell its holder about the conflict.
+        now = time.monotonic()
         frames = [self.own_frame()] + [
-            state.frame for key, state in self.origins.items() if key != conn.peer_key
+            {**state.frame, "held_ms": min(MAX_HELD_MS, state.held_ms + int(
+                (now - state.received_mono) * 1000))}
+            for key, state in self.origins.items() if key != conn.peer_key
         ]
         self._spawn(self._greet(conn, frames), f"live-greet-{conn.peer_device_id[:7]}")
+        self._clock_samples.pop(conn.peer_key, None)  # a new connection: its clock may be new
+        self._spawn(self._ask_clock(conn), "clock-ask")
 
     async def _greet(self, conn: Any, frames: list[dict[str, Any]]) -> None:
         """Own state first, then the latest frame of every other origin we hold (§4.2)."""
@@ -281,6 +335,10 @@ class LiveExchange:
         if previous is not None and seq <= previous.seq:
             return  # older or repeated: drop (§4.3)
         origin_device = device_id(origin)
+        arrived = mono_ns()
+        held = frame.get("held_ms", 0)
+        if isinstance(held, bool) or not isinstance(held, int) or not 0 <= held <= MAX_HELD_MS:
+            held = 0
         sessions, leases = data.get("sessions"), data.get("leases")
         if not isinstance(sessions, list) or not isinstance(leases, list):
             raise Rejected("malformed", "sessions and leases are lists")
@@ -288,24 +346,75 @@ class LiveExchange:
             raise Rejected("too_large", "too many sessions or leases in a live body")
         try:
             checked = [validate_session(s, origin_device) for s in sessions]
-            parsed = [Lease.from_record(x) for x in leases]
+            parsed = [Lease.from_record(x, arrived, held) for x in leases]
         except ValueError as exc:
             raise Rejected("malformed", f"live state: {exc}") from None
         if any(lease.device != origin_device for lease in parsed):
             raise Rejected("malformed", "a lease's device must be its origin")
-        self._warn_skew(origin, origin_device, seq)
-        state = OriginState(origin, origin_device, seq, frame, checked, parsed)
+        state = OriginState(origin, origin_device, seq, frame, checked, parsed, held_ms=held)
         self.origins[origin] = state
         self._spawn(self._relay(frame, conn), "live-relay")
         self.on_state(state)
 
-    def _warn_skew(self, origin: bytes, origin_device: str, seq: int) -> None:
-        skew = seq - now_ns()
-        if abs(skew) > SKEW_WARN_NS and time.monotonic() - self._skew_warned.get(origin, -1e9) > 60:
-            self._skew_warned[origin] = time.monotonic()
+    # -- clock offsets (§9.4) ------------------------------------------------------------------
+    async def _ask_clock(self, conn: Any) -> None:
+        n = secrets.randbits(63)
+        if len(self._clock_asked) > 1024:
+            self._clock_asked.clear()
+        self._clock_asked[n] = (conn.peer_key, mono_ns(), now_ns())
+        try:
+            await conn.send({"t": "clock", "n": n})
+        except Exception as exc:
+            self._clock_asked.pop(n, None)
+            log.debug("clock query to %s failed: %s", conn.peer_device_id, exc)
+
+    async def _on_clock(self, conn: Any, frame: dict[str, Any]) -> None:
+        n, at = frame.get("n"), frame.get("at")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**63:
+            raise Rejected("malformed", "a clock frame carries n, an integer")
+        if at is None:  # a question: answer with our wall clock at once
+            await conn.send({"t": "clock", "n": n, "at": now_ns()})
+            return
+        asked = self._clock_asked.pop(n, None)
+        if asked is None or asked[0] != conn.peer_key:
+            return  # not ours, or late: ignore
+        if isinstance(at, bool) or not isinstance(at, int) or not 0 < at < 2**63:
+            raise Rejected("malformed", "a clock answer carries at, ns since the epoch")
+        _, sent_mono, sent_wall = asked
+        rtt = mono_ns() - sent_mono
+        offset = at - (sent_wall + rtt // 2)
+        samples = self._clock_samples.setdefault(conn.peer_key, [])
+        samples.append((rtt, offset))
+        del samples[:-SKEW_SAMPLES]
+        self._warn_skew(conn.peer_key, conn.peer_device_id)
+
+    def clock_offsets(self) -> dict[str, float]:
+        """Estimated clock offset (s, peer minus us) of each connected peer (§9.4)."""
+        out = {}
+        for key, samples in self._clock_samples.items():
+            if samples and key in self.peers.connections:
+                out[device_id(key)] = min(samples)[1] / NS
+        return out
+
+    def skewed_peers(self) -> dict[str, float]:
+        """Connected peers whose clock is off by more than 5 s (§9.5)."""
+        return {d: o for d, o in self.clock_offsets().items() if abs(o) * NS > SKEW_LIMIT_NS}
+
+    def outlier(self) -> bool:
+        """Is this node's own clock the odd one out (§9.5)? Only a majority of at least two
+        connected peers, agreeing on the direction, can say so."""
+        return own_clock_is_outlier(list(self.clock_offsets().values()))
+
+    def _warn_skew(self, key: bytes, device: str) -> None:
+        offset = self.clock_offsets().get(device)
+        if offset is None or abs(offset) * NS <= SKEW_LIMIT_NS:
+            return
+        if time.monotonic() - self._skew_warned.get(key, -1e9) > 60:
+            self._skew_warned[key] = time.monotonic()
             log.warning(
-                "the clock of %s differs from ours by %.1f s; lease order and expiry are only "
-                "fair when clocks roughly agree (SPEC-004 §9.4)", origin_device, skew / NS,
+                "the clock of %s differs from ours by about %.1f s (estimated from round "
+                "trips); which of two crossed leases was first is only fair when clocks "
+                "roughly agree (SPEC-004 §9.4)", device, offset,
             )
 
     # -- messages (§14) --------------------------------------------------------------------------

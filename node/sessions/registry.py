@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import NS, iso
+from .clock import NS, iso, wall_of
 
 TOKEN_PREFIX = "maia_s_"
 AGENTS = ("claude", "codex", "gemini", "aider", "other")
@@ -41,7 +41,11 @@ def token_digest(token: str) -> bytes:
 
 @dataclass
 class Session:
-    """One local session. ``tags`` and ``modified`` map tag -> last seen (ns), most recent last."""
+    """One local session. ``tags`` and ``modified`` map tag -> last seen (ns), most recent last.
+
+    Every ``*_ns`` instant here is on the monotonic clock (SPEC-004 §1): expiry and windows
+    are durations. Wall time appears only in :meth:`record`, for display and for peers.
+    """
 
     id: str
     agent: str
@@ -105,8 +109,8 @@ class Session:
             "branch": self.branch,
             "cwd": self.cwd,
             "task": self.task,
-            "started_at": iso(self.started_ns),
-            "last_seen": iso(self.last_seen_ns),
+            "started_at": iso(wall_of(self.started_ns)),
+            "last_seen": iso(wall_of(self.last_seen_ns)),
             "status": self.status,
             "tags": self.effective_tags(now),
             "modified": list(reversed(self.modified))[:MAX_TAGS],
