@@ -17,4 +17,5 @@ DOC_ID_RE = re.compile(r"^(identity|memory/" + _KIND + "/" + _MONTH + r"/[0-7])$
 
 
 def valid_doc_id(doc_id: object) -> bool:
-    return isinstance(doc_id, str) and DOC_ID_RE.match(doc_id) is not None
+    # fullmatch: "$" would also match before a trailing newline (an id no reader lists).
+    return isinstance(doc_id, str) and DOC_ID_RE.fullmatch(doc_id) is not None

@@ -30,6 +30,8 @@ MAX_CERTS_PER_CALL = 10_000
 #: Signatures checked per call; the rest wait for the next call, so a member that floods the
 #: Identity document with certificates cannot hold the event loop (SPEC-005 §5.1).
 MAX_VERIFIES_PER_CALL = 500
+#: Tombstones a peer not yet known may hand over, each only if it makes that peer a member.
+MAX_RESCUES = 16
 INCARNATION_BYTES = 8
 
 ChangeListener = Callable[[str, bool], None]
@@ -133,8 +135,10 @@ class Repo:
             if cert.cert_id in self.roster.certs or not self.roster.belongs(cert):
                 continue
             pending.append(cert)
-        if chain_of is not None:  # its admission chain, and tombstones (they only remove)
-            pending = _chain(pending, chain_of) + [c for c in pending if c.kind == "revoke"]
+        rescues: list = []
+        if chain_of is not None:  # its admission chain; tombstones only to rescue it, below
+            rescues = [c for c in pending if c.kind == "revoke"][:MAX_RESCUES]
+            pending = _chain(pending, chain_of)
         fresh = []
         budget = MAX_VERIFIES_PER_CALL
         ever = set(self.roster.ever)
@@ -159,10 +163,29 @@ class Repo:
         self.certs_pending = len(pending) if budget <= 0 else 0
         if pending and budget > 0:
             log.info("ignored %d certificate(s) from issuers outside the roster", len(pending))
+        if rescues and not self._would_admit(fresh, chain_of):
+            # A peer refused here only because we still count a revocation of it may carry
+            # the more senior revocation that undoes it (SPEC-005 §9.8). Only such a
+            # tombstone is taken from a peer not yet known; others wait for certs frames.
+            for cert in rescues:
+                if cert.signer in ever and self._would_admit([*fresh, cert], chain_of) \
+                        and cert.verify():
+                    fresh.append(cert)
+                    break
         if fresh:
-            self.store.put_certs([(c.cert_id, c.encode()) for c in fresh])
+            try:
+                self.store.put_certs([(c.cert_id, c.encode()) for c in fresh])
+            except Exception as exc:  # e.g. a full identity map: learn nothing, raise nothing
+                log.warning("could not store %d roster certificate(s): %s", len(fresh), exc)
+                return 0
             self.roster.add_many(fresh)
         return len(fresh)
+
+    def _would_admit(self, extra: list, key: bytes | None) -> bool:
+        if key is None:
+            return True
+        trial = Roster.build(self.mesh_id, [*self.roster.certs.values(), *extra])
+        return trial.is_member(key)
 
     # -- listeners -------------------------------------------------------------------------------
     def subscribe(self, listener: ChangeListener) -> None:

@@ -46,6 +46,9 @@ MAX_KEPT = 10_000
 MAX_CUTOFF_DOCS = 100_000
 MAX_CUTOFF_ACTORS = 1024
 MAX_SEQ = (1 << 32) - 1
+#: Admissions deeper than this many endorsements from the founder are ignored (a person's mesh
+#: is a handful of levels deep; a chain of thousands is an attack on derivation time).
+MAX_DEPTH = 64
 _CERT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -139,7 +142,7 @@ def _kept(v: object) -> bool:
     return (
         isinstance(v, list)
         and len(v) <= MAX_KEPT
-        and all(isinstance(k, str) and _CERT_ID_RE.match(k) for k in v)
+        and all(isinstance(k, str) and _CERT_ID_RE.fullmatch(k) for k in v)
     )
 
 
@@ -394,17 +397,22 @@ def derive(mesh_id: bytes, certs: Iterable[Cert]) -> _Derived:
     tombstones = [c for c in certs if c.kind == "revoke" and c.body["mesh"] == mesh_id]
 
     # Ever: everyone ever admitted, ignoring revocation; depth = admission distance (BFS),
-    # the seniority that settles conflicting revocations.
+    # the seniority that settles conflicting revocations. Admissions deeper than MAX_DEPTH
+    # are ignored, which bounds the work a chain of endorsements can cause.
+    by_issuer: dict[bytes, list[Cert]] = {}
+    for c in endorsements:
+        by_issuer.setdefault(c.signer, []).append(c)
     ever: dict[bytes, str] = {founder: g.body.get("device_name", "founder")}
     depth: dict[bytes, int] = {founder: 0}
     frontier = [founder]
-    while frontier:
+    while frontier and depth[frontier[0]] < MAX_DEPTH:
         nxt = []
-        for c in endorsements:
-            if c.signer in frontier and c.body["subject"] not in ever:
-                ever[c.body["subject"]] = c.body["name"]
-                depth[c.body["subject"]] = depth[c.signer] + 1
-                nxt.append(c.body["subject"])
+        for issuer in frontier:
+            for c in by_issuer.get(issuer, ()):
+                if c.body["subject"] not in ever:
+                    ever[c.body["subject"]] = c.body["name"]
+                    depth[c.body["subject"]] = depth[issuer] + 1
+                    nxt.append(c.body["subject"])
         frontier = nxt
 
     # Counting tombstones, level by level of seniority: a tombstone counts when its issuer is
@@ -413,21 +421,21 @@ def derive(mesh_id: bytes, certs: Iterable[Cert]) -> _Derived:
     # are revoked, and then neither's other acts count unless kept; a self-revocation is
     # judged first in the same way.
     counted: list[Cert] = []
-    for level in sorted(set(depth.values())):
+    for level in sorted({depth[t.signer] for t in tombstones if t.signer in depth}):
         at_level = [t for t in tombstones if depth.get(t.signer) == level]
         pairs = {(t.signer, t.body["subject"]) for t in at_level}
         for mutual in (True, False):
             # First equals that revoke each other, and self-revocations (judged together: all
             # are out), then the level's other acts, which count only if their issuer still
             # stands or was kept.
-            auth, revoked, kept = _authorise(founder, endorsements, counted)
+            auth, revoked, kept = _authorise(founder, by_issuer, counted)
             counted.extend(
                 t for t in at_level
                 if ((t.body["subject"], t.signer) in pairs) == mutual
                 and t.signer in auth
                 and (t.signer not in revoked or t.cert_id in kept.get(t.signer, set()))
             )
-    auth, revoked, kept = _authorise(founder, endorsements, counted)
+    auth, revoked, kept = _authorise(founder, by_issuer, counted)
     members = {k: ever[k] for k in auth if k not in revoked}
     revoked_in = {k: v for k, v in revoked.items() if k in auth}
     info = {}
@@ -440,9 +448,11 @@ def derive(mesh_id: bytes, certs: Iterable[Cert]) -> _Derived:
 
 
 def _authorise(
-    founder: bytes, endorsements: Sequence[Cert], tombstones: Sequence[Cert]
+    founder: bytes, by_issuer: Mapping[bytes, Sequence[Cert]], tombstones: Sequence[Cert]
 ) -> tuple[set[bytes], dict[bytes, Cutoff], dict[bytes, set[str]]]:
-    """Auth, the combined cutoff of each revoked key, and what each revocation kept."""
+    """Auth, the combined cutoff of each revoked key, and what each revocation kept.
+
+    Auth is found breadth-first over each issuer's endorsements: linear in their number."""
     by_subject: dict[bytes, list[Cert]] = {}
     for t in tombstones:
         by_subject.setdefault(t.body["subject"], []).append(t)
@@ -452,16 +462,16 @@ def _authorise(
         revoked[subject] = _combine([t.cutoff for t in ts])
         kept[subject] = set.intersection(*(set(t.body.get("kept", [])) for t in ts))
     auth = {founder}
-    grew = True
-    while grew:
-        grew = False
-        for c in endorsements:
-            issuer, subject = c.signer, c.body["subject"]
-            if subject not in auth and issuer in auth and (
-                issuer not in revoked or c.cert_id in kept[issuer]
-            ):
-                auth.add(subject)
-                grew = True
+    frontier = [founder]
+    while frontier:
+        nxt = []
+        for issuer in frontier:
+            for c in by_issuer.get(issuer, ()):
+                subject = c.body["subject"]
+                if subject not in auth and (issuer not in revoked or c.cert_id in kept[issuer]):
+                    auth.add(subject)
+                    nxt.append(subject)
+        frontier = nxt
     return auth, revoked, kept
 
 

@@ -71,8 +71,14 @@ def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
         data = snap + b"".join(chunks)
         if not data:
             continue
+        try:
+            held = Document.load(data).get_changes([])
+        except Exception as exc:  # e.g. a duplicate (actor, seq) stored by format 1
+            log.warning("%s does not load (%s)", doc_id, exc)
+            _set_aside(txn, dbs, doc_id)
+            continue
         top: dict[bytes, tuple[int, int]] = {}
-        for change in Document.load(data).get_changes([]):
+        for change in held:
             seq, size = top.get(change.actor_id, (0, 0))
             top[change.actor_id] = (max(seq, change.seq), size + len(change.bytes))
         for actor, (seq, size) in top.items():
@@ -96,7 +102,8 @@ def _set_aside(txn: lmdb.Transaction, dbs: dict[bytes, object], doc_id: str) -> 
             if not cur.delete():
                 break
     txn.delete(doc_id.encode(), db=dbs[b"docs"])
-    log.warning("set aside %s: no reader lists documents of that kind or month", doc_id)
+    log.warning("set aside %s (kept in quarantine): it no longer loads, or no reader lists "
+                "documents of that kind or month", doc_id)
 
 
 # MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.

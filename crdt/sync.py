@@ -61,8 +61,11 @@ class PeerSync:
         differ = []
         for doc_id in ours | {d for d in theirs if isinstance(d, str) and valid_doc_id(d)}:
             their_heads = theirs.get(doc_id)
-            if not isinstance(their_heads, list | type(None)):
-                raise Rejected("malformed", f"heads of {doc_id!r} are not a list")
+            if not isinstance(their_heads, list | type(None)) or (
+                their_heads is not None
+                and not all(isinstance(h, bytes) and len(h) == 32 for h in their_heads)
+            ):
+                raise Rejected("malformed", f"heads of {doc_id[:300]!r} are not a list of hashes")
             self.their_heads[doc_id] = tuple(h for h in their_heads or () if isinstance(h, bytes))
             if their_heads is None or sorted(their_heads) != sorted(self.repo.heads(doc_id)):
                 differ.append(doc_id)

@@ -638,6 +638,8 @@ class PeerManager:
         if code:
             log.warning("refusing %s: %s", channel.peer_device_id, code)
             self.note_error(key, code)
+            if code in ("not_member", "revoked", "malformed"):
+                self.penalise(key)  # each attempt costs us a derivation: pace them
             with contextlib.suppress(TransportError):
                 await channel.send({"t": "error", "code": code, "detail": "not in this mesh"})
             await channel.close(1008, code)

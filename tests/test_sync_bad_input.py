@@ -755,9 +755,13 @@ def test_certificate_floods_do_not_stall_the_node(mesh: Mesh) -> None:
             await asyncio.sleep(0.01)
         return times, [f.result() for f in floods]
 
+    quiet = max(probe() for _ in range(10))  # this machine's own noise, same run
     times, closes = run(scenario())
     assert times, "no /health probe ran during the floods"
-    assert max(times) < 0.25, f"/health took up to {max(times) * 1000:.0f} ms during the floods"
+    bound = 0.25 + 3 * quiet
+    assert max(times) < bound, (
+        f"/health took up to {max(times) * 1000:.0f} ms during the floods "
+        f"(bound {bound * 1000:.0f} ms; {quiet * 1000:.0f} ms at most when quiet)")
     for code, reason, frames in closes:
         assert (code, reason) == (1008, "malformed"), (code, reason, frames)
     assert_mesh_still_works(mesh, "certificate flood")
