@@ -402,56 +402,100 @@ class Repo:
         that holds the same certificates ends with the same changes (SPEC-005 §5.10).
         Documents whose every author is a member are skipped without loading.
         """
-        roster = self.roster
         out: dict[str, int] = {}
         for doc_id in self.store.doc_ids() if doc_ids is None else list(doc_ids):
-            actors = self.store.doc_actors(doc_id)
-            if all(actor_key(a) in roster.members for a in actors):
+            try:
+                removed = self._recheck_one(doc_id)
+            except Exception:  # one document must not stop the others (or the node's start)
+                log.exception("re-checking %s failed; it is tried again at the next change",
+                              doc_id)
                 continue
-            was_loaded = self.is_loaded(doc_id)
-            handle = self.open(doc_id)
-            changes = handle.doc.get_changes([])
-            deps_of = {c.hash: c.deps for c in changes}
-            allowed: set[bytes] = set()
-            for key in {actor_key(a) for a in actors} & set(roster.revoked):
-                for head in roster.revoked[key].get(doc_id, {}).values():
-                    if head.hash in deps_of:
-                        _ancestors(head.hash, deps_of, allowed)
-            # An ancestor of a cutoff head vouches only for the revoked author's own changes;
-            # another author's change in that history is judged on its own.
-            allowed = {c.hash for c in changes
-                       if c.hash in allowed and actor_key(c.actor_id) in roster.revoked}
-            bad = {
-                c.hash for c in changes
-                if actor_key(c.actor_id) not in roster.members and c.hash not in allowed
-            }
-            if not bad:
-                if not was_loaded:
-                    self.evict(doc_id)  # one document at a time, however many are checked
-                continue
-            for c in changes:  # get_changes is in causal order: dependants come later
-                if c.hash not in bad and any(d in bad for d in c.deps):
-                    bad.add(c.hash)
-            kept = [c for c in changes if c.hash not in bad]
-            deps = {d for c in kept for d in c.deps}
-            heads = [c.hash for c in kept if c.hash not in deps]
-            rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.actor)
-            rebuilt.set_actor(self.actor)
-            removed = [(c.hash, c.bytes) for c in changes if c.hash in bad]
-            seqs: dict[bytes, tuple[int, int]] = {}
-            for c in kept:
-                seq, size = seqs.get(c.actor_id, (0, 0))
-                seqs[c.actor_id] = (max(seq, c.seq), size + len(c.bytes))
-            self.store.replace_document(
-                doc_id, rebuilt.save() if kept else b"", heads, removed, seqs
-            )
-            self.evict(doc_id)
-            out[doc_id] = len(removed)
-            log.warning(
-                "quarantined %d change(s) in %s that the roster no longer allows",
-                len(removed), doc_id,
-            )
-            self._notify(doc_id, False)
+            if removed:
+                out[doc_id] = removed
+        if doc_ids is None:
+            self.readmit()
+        return out
+
+    def _recheck_one(self, doc_id: str) -> int:
+        """Re-check one document (see :meth:`recheck`); returns how many changes left."""
+        roster = self.roster
+        actors = self.store.doc_actors(doc_id)
+        if all(actor_key(a) in roster.members for a in actors):
+            return 0
+        was_loaded = self.is_loaded(doc_id)
+        handle = self.open(doc_id)
+        changes = handle.doc.get_changes([])
+        deps_of = {c.hash: c.deps for c in changes}
+        allowed: set[bytes] = set()
+        for key in {actor_key(a) for a in actors} & set(roster.revoked):
+            for head in roster.revoked[key].get(doc_id, {}).values():
+                if head.hash in deps_of:
+                    _ancestors(head.hash, deps_of, allowed)
+        # An ancestor of a cutoff head vouches only for the revoked author's own changes;
+        # another author's change in that history is judged on its own.
+        allowed = {c.hash for c in changes
+                   if c.hash in allowed and actor_key(c.actor_id) in roster.revoked}
+        bad = {
+            c.hash for c in changes
+            if actor_key(c.actor_id) not in roster.members and c.hash not in allowed
+        }
+        if not bad:
+            if not was_loaded:
+                self.evict(doc_id)  # one document at a time, however many are checked
+            return 0
+        for c in changes:  # get_changes is in causal order: dependants come later
+            if c.hash not in bad and any(d in bad for d in c.deps):
+                bad.add(c.hash)
+        kept = [c for c in changes if c.hash not in bad]
+        deps = {d for c in kept for d in c.deps}
+        heads = [c.hash for c in kept if c.hash not in deps]
+        rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.actor)
+        rebuilt.set_actor(self.actor)
+        removed = [(c.hash, c.bytes) for c in changes if c.hash in bad]
+        seqs: dict[bytes, tuple[int, int]] = {}
+        for c in kept:
+            seq, size = seqs.get(c.actor_id, (0, 0))
+            seqs[c.actor_id] = (max(seq, c.seq), size + len(c.bytes))
+        self.store.replace_document(
+            doc_id, rebuilt.save() if kept else b"", heads, removed, seqs
+        )
+        self.evict(doc_id)
+        log.warning(
+            "quarantined %d change(s) in %s that the roster no longer allows",
+            len(removed), doc_id,
+        )
+        self._notify(doc_id, False)
+        return len(removed)
+
+    def readmit(self) -> dict[str, int]:
+        """Take back from quarantine every change the current roster allows again.
+
+        A revocation that counted for a while (a thief's, before the owner's more senior one
+        undid it) must not lose honest data for good: when membership grows back, what it
+        quarantined is verified again, change by change in causal order, exactly as if a peer
+        had sent it (SPEC-005 §5.10)."""
+        out: dict[str, int] = {}
+        for layer in ("identity", "memory"):
+            for doc_id, rows in self.store.quarantined_changes(layer).items():
+                waiting = {digest: (batch_id, chunk) for digest, batch_id, chunk in rows}
+                back: list[bytes] = []
+                progress = True
+                while waiting and progress:
+                    progress = False
+                    for digest, (batch_id, chunk) in list(waiting.items()):
+                        try:
+                            verified = self.verify(doc_id, [chunk],
+                                                   self.store.batches(doc_id, [batch_id]))
+                            self.apply_verified(doc_id, verified, None, None)
+                        except Rejected:
+                            continue
+                        del waiting[digest]
+                        back.append(digest)
+                        progress = True
+                if back:
+                    self.store.release_quarantined(doc_id, back)
+                    out[doc_id] = len(back)
+                    log.warning("took back %d change(s) of %s from quarantine", len(back), doc_id)
         return out
 
     # -- upkeep ----------------------------------------------------------------------------------

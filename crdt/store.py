@@ -518,6 +518,30 @@ class Store:
             for actor, (seq, size) in actor_seqs.items():
                 txn.put(_key(doc_id, actor), _actor_row(seq, size), db=dbs[b"actors"])
 
+    def quarantined_changes(self, layer: str) -> dict[str, list[tuple[bytes, bytes, bytes]]]:
+        """Changes moved to quarantine by a re-check, per document: (hash, batch id, chunk).
+        Rows set aside whole by a migration (no hash) are not listed."""
+        env, db = self.envs[layer], self.dbs[layer][b"quarantine"]
+        out: dict[str, list[tuple[bytes, bytes, bytes]]] = {}
+        with env.begin(db=db) as txn:
+            for k, v in txn.cursor():
+                doc, _, digest = bytes(k).partition(b"\x00")
+                if len(digest) != 32:
+                    continue
+                try:
+                    batch_id, chunk = msgpack.unpackb(bytes(v))
+                except Exception:
+                    continue
+                out.setdefault(doc.decode(), []).append((digest, bytes(batch_id), bytes(chunk)))
+        return out
+
+    def release_quarantined(self, doc_id: str, hashes: Sequence[bytes]) -> None:
+        """Forget quarantine rows of changes that are held again."""
+        env, db = self._db(doc_id, b"quarantine")
+        with env.begin(write=True, db=db) as txn:
+            for h in hashes:
+                txn.delete(_key(doc_id, h))
+
     def quarantined(self, doc_id: str) -> int:
         env, db = self._db(doc_id, b"quarantine")
         prefix = _key(doc_id)

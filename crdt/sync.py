@@ -16,11 +16,12 @@ from automerge.core import Message, SyncState
 from .chunks import changes_message, parse_sync_message, strip_capabilities
 from .docids import valid_doc_id
 from .documents import Repo
-from .verify import Rejected
+from .verify import Rejected, Verified
 
 log = logging.getLogger(__name__)
 
 MAX_PART_BYTES = 4 << 20
+MAX_STAGED_BYTES = 32 << 20
 #: Refusals about an author, not about the peer that relays its changes: an honest member may
 #: hold a revoked author's changes because it has not yet seen the tombstone, or relay a
 #: flooding author's documents that it accepted within its own budget.
@@ -40,9 +41,9 @@ class PeerSync:
         self.their_heads: dict[str, tuple[bytes, ...]] = {}
         self.accepted = 0
         self.rejected = 0
-        # Documents where a part of a split message let in a revoked device's changes before
-        # their cutoff head: re-checked once the final part is in (SPEC-005 §8.5).
-        self._unsettled: set[str] = set()
+        # Parts of a split message held back because they carry a revoked author's changes
+        # whose cutoff head has not arrived yet: (chunks, batch records) per document.
+        self._staged: dict[str, tuple[list[bytes], list[bytes]]] = {}
         # Hashes to ask for in our next message per document: dependencies a message of the
         # peer lacked, most often because its Bloom filter check wrongly took them for held.
         # The same filter would miss them again on every retry (SPEC-005 §8.6).
@@ -75,6 +76,7 @@ class PeerSync:
         """Forget what we believe the peer has (after a rejection or a reconnect)."""
         self._states.pop(doc_id, None)
         self.their_heads.pop(doc_id, None)
+        self._staged.pop(doc_id, None)
 
     def _state(self, doc_id: str) -> SyncState:
         state = self._states.get(doc_id)
@@ -118,10 +120,11 @@ class PeerSync:
         return {"t": "sync", "doc": doc_id, "msg": envelope, "batches": batches, "final": True}
 
     def settle(self) -> dict[str, int]:
-        """Re-check documents left unsettled by a split message that never finished (the
-        connection ended between its parts): what its parts let in is judged now."""
-        docs, self._unsettled = sorted(self._unsettled), set()
-        return self.repo.recheck(docs) if docs else {}
+        """Forget parts held back for a cutoff head that never came (the connection ended
+        between the parts of a split message). Nothing of them was stored; returns the
+        documents concerned and how many changes each held."""
+        staged, self._staged = self._staged, {}
+        return {doc_id: len(chunks) for doc_id, (chunks, _) in staged.items()}
 
     def _take_envelope(self, doc_id: str, parsed) -> None:
         """Keep the peer's heads, need and have from a message whose changes were refused.
@@ -159,29 +162,38 @@ class PeerSync:
             Message.decode(raw)  # must also parse for Automerge before anything is stored
         except Exception as exc:
             raise Rejected("malformed", f"sync message does not parse: {exc}") from exc
-        defer = not final or doc_id in self._unsettled
+        chunks, records = list(parsed.changes), list(batches)
+        staged = self._staged.pop(doc_id, None)
+        if staged is not None:  # an earlier part let in a revoked author's changes: verify all
+            chunks, records = staged[0] + chunks, staged[1] + records
         try:
-            verified = self.repo.verify(doc_id, parsed.changes, batches, defer_heads=defer)
-            if final:
+            verified = self.repo.verify(doc_id, chunks, records, defer_heads=not final)
+            if verified.unsettled:
+                # A revoked author's change whose cutoff head may come in a later part: hold
+                # this part (and any before it) in memory, unapplied and unstored, until the
+                # part that settles it (SPEC-005 §6.1 h). Bounded; a peer that never sends it
+                # simply loses what it staged.
+                if sum(map(len, chunks)) > MAX_STAGED_BYTES:
+                    raise Rejected("too_large", "parts held for a cutoff head exceed the bound")
+                self._staged[doc_id] = (chunks, records)
+                return 0
+            if final and staged is not None:
+                self.repo.apply_verified(doc_id, verified, None, None)
+                self.repo.apply_verified(doc_id, Verified([], []), raw, self._state(doc_id))
+                self.their_heads[doc_id] = tuple(parsed.heads)
+            elif final:
                 self.repo.apply_verified(doc_id, verified, raw, self._state(doc_id))
                 self.their_heads[doc_id] = tuple(parsed.heads)
             else:
                 self.repo.apply_verified(doc_id, verified, None, None)
         except Rejected as exc:
             self.rejected += 1
-            self._unsettled.discard(doc_id)
             self.reset(doc_id)
             if exc.code == "missing_dependency" and exc.missing:
                 self._need.setdefault(doc_id, set()).update(exc.missing[:1024])
             if final and exc.code in ROSTER_CODES:
                 self._take_envelope(doc_id, parsed)
             raise
-        if verified.unsettled:
-            self._unsettled.add(doc_id)
-        if final and doc_id in self._unsettled:
-            self._unsettled.discard(doc_id)
-            if self.repo.recheck([doc_id]):
-                self.reset(doc_id)
         self.accepted += len(verified.changes)
         return len(verified.changes)
 

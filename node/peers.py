@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 MAX_REJECTS = 8
+ROSTER_RETRIES = 3  # answers to roster refusals of one document per REJECT_WINDOW
 REJECT_WINDOW = 10.0
 FRAME_RATE = 500.0
 FRAME_BURST = 2000.0
@@ -127,6 +128,7 @@ class PeerConnection:
         self._bucket = _FrameBucket(manager.frame_rate, manager.frame_burst)
         self.closed = asyncio.Event()
         self.remote_error = ""
+        self._roster_rejects: dict[str, list[float]] = {}
 
     @property
     def initiator_key(self) -> bytes:
@@ -253,7 +255,14 @@ class PeerConnection:
             # it is answered with what it lacks, and it converges.
             self._rejects.append(now)
         if doc_id is not None and exc.code in ROSTER_CODES:
-            self.mark_dirty(doc_id)
+            # Answer with what the peer lacks (the tombstone first), but not for ever: two
+            # honest nodes split by an equivocating member would otherwise refuse each
+            # other's messages as fast as the link allows. After a few, wait for a change.
+            recent = [t for t in self._roster_rejects.get(doc_id, []) if now - t < REJECT_WINDOW]
+            recent.append(now)
+            self._roster_rejects[doc_id] = recent
+            if len(recent) <= ROSTER_RETRIES:
+                self.mark_dirty(doc_id)
         with contextlib.suppress(TransportError):
             await self.channel.send(
                 {"t": "reject", "doc": doc_id if _short(doc_id) else None, "code": exc.code,
@@ -668,11 +677,10 @@ class PeerManager:
                 state.connected_since = None
             for callback in self.on_disconnected:
                 _safely(callback, conn)
-            # A split message cut short: settle what its parts let in (SPEC-005 §6.1 h).
-            for doc_id in conn.sync.settle():
-                for other in self.connections.values():
-                    other.sync.reset(doc_id)
-                    other.mark_dirty(doc_id)
+            # A split message cut short: drop the parts held for a cutoff head (§6.1 h).
+            for doc_id, n in conn.sync.settle().items():
+                log.info("dropped %d held change(s) of %s from %s: the message never ended",
+                         n, doc_id, channel.peer_device_id)
             log.info("peer %s disconnected", channel.peer_device_id)
         return conn
 

@@ -267,10 +267,11 @@ def test_record_certs_of_a_revoked_issuer_do_not_count(devices):
     assert newcomer.public_key not in founder.repo.roster.members
 
 
-def test_a_split_message_cut_short_is_settled_when_the_connection_ends(devices):
-    """SPEC-005 §6.1 h, §8.5: one part of a split message lets a revoked key's low-numbered
-    branch in (its cutoff head might come in a later part); when the connection ends before
-    the final part, the document is re-checked and the branch goes to quarantine."""
+def test_parts_with_a_revoked_keys_changes_wait_for_its_cutoff_head(devices):
+    """SPEC-005 §6.1 h, §8.5: a part of a split message with a revoked key's change whose
+    cutoff head is not held is held back in memory, unapplied and unstored; a forged branch
+    whose message never ends is dropped, and the real history arrives whole once its head
+    does (it used to be stored and applied at once, and honest notes built on it were lost)."""
     from crdt.sync import PeerSync
     from tests.hostile import sync_frame
 
@@ -284,10 +285,21 @@ def test_a_split_message_cut_short_is_settled_when_the_connection_ends(devices):
     forged = _one_change(thief.repo.actor, "forged, in a first part")
     batch = SignedBatch.sign(thief.key, founder.repo.mesh_id, NOTE_DOC, [forged[0].hash])
     sync = PeerSync(newcomer.repo, founder.key.public_key)
-    sync.receive(sync_frame(NOTE_DOC, [forged[0].chunk], [batch], final=False))
-    assert newcomer.store.known_hashes(NOTE_DOC, [forged[0].hash]) == {forged[0].hash}
-    assert sync.settle() == {NOTE_DOC: 1}  # what node/peers.py does when the peer is gone
+    assert sync.receive(sync_frame(NOTE_DOC, [forged[0].chunk], [batch], final=False)) == 0
+    # Held back, neither applied nor stored: nothing anyone could read or build on.
     assert newcomer.store.known_hashes(NOTE_DOC, [forged[0].hash]) == set()
+    assert newcomer.read("note") is None
+    assert sync.settle() == {NOTE_DOC: 1}  # what node/peers.py does when the peer is gone
+    # The real history, split the same way, is held until its head arrives, then kept whole.
+    honest = founder.repo.open(NOTE_DOC).doc.get_changes([])
+    chunks = [parse_change(bytes(c.bytes)) for c in honest]
+    records = founder.repo.batches_covering(NOTE_DOC, [c.chunk for c in chunks])
+    thief_part = [c for c in chunks if c.actor[:32] == thief.key.public_key]
+    sync.receive(sync_frame(NOTE_DOC, [thief_part[0].chunk], records, final=False))
+    assert newcomer.store.known_hashes(NOTE_DOC, [thief_part[0].hash]) == set()
+    rest = [c for c in chunks if c.hash != thief_part[0].hash]
+    sync.receive(sync_frame(NOTE_DOC, [c.chunk for c in rest], records, final=True))
+    assert newcomer.read("note") == "honest 2"
 
 
 def test_a_member_cannot_make_peers_store_documents_nobody_lists(devices):
@@ -377,3 +389,28 @@ def test_a_change_the_peer_left_out_is_asked_for_by_hash(devices):
         for f in b.generate(NOTE_DOC):
             a.receive(f)
     assert founder.read("note") == "edit 2"
+
+
+def test_what_a_thiefs_early_revocation_quarantined_comes_back(devices):
+    """SPEC-005 §5.4, §5.10: a thief revokes an honest device of its own level before the
+    owner notices; that device's notes, and the founder's built on them, go to quarantine on
+    every node. Once the founder's more senior revocation of the thief arrives, the device is
+    a member again and everything quarantined is taken back, on every node alike."""
+    founder, thief, desktop = devices("founder", "thief", "desktop")
+    for d in (thief, desktop):
+        pump(founder, d)
+    desktop.write("e1", "desktop's note")
+    pump(founder, desktop)
+    founder.write("e2", "founder's note on top")
+    pump(founder, desktop)
+    pump(founder, thief)
+    early = new_tombstone(thief.key, thief.repo.mesh_id, desktop.key.public_key, {})
+    record_certs(thief.repo, [early])
+    pump(thief, founder)
+    pump(founder, desktop)
+    assert founder.read("e1") is None and founder.read("e2") is None  # the damage
+    revoke_device(founder.repo, thief.key.public_key, keep=[])
+    pump(founder, desktop)
+    for d in (founder, desktop):
+        assert d.read("e1") == "desktop's note" and d.read("e2") == "founder's note on top"
+    assert founder.heads() == desktop.heads()
