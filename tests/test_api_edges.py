@@ -241,10 +241,10 @@ async def test_a_closed_live_stream_frees_its_place_at_once(node: NodeProc) -> N
     bearer = {"Authorization": f"Bearer {node.token}"}
     started = time.monotonic()
     for i in range(20):
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{node.base}/v1/live", headers=bearer) as resp:
-                assert resp.status == 200, (i, await resp.text())
-                await resp.content.readline()
+        async with (aiohttp.ClientSession() as http,
+                    http.get(f"{node.base}/v1/live", headers=bearer) as resp):
+            assert resp.status == 200, (i, await resp.text())
+            await resp.content.readline()
         wait_for(lambda: node.request("GET", "/v1/status")["web"]["streams"] == 0,
                  timeout=2, what="the closed stream is noticed")
     assert time.monotonic() - started < 14  # well inside one 15 s heartbeat
