@@ -30,9 +30,9 @@ from crdt.identity import (
 from crdt.keys import DeviceKey, device_id
 from crdt.store import LAYERS, Store
 
-from .api.app import build_app
+from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token
-from .api.middleware import Limits
+from .api.middleware import HostPolicy, Limits
 from .api.peer_listener import peer_listener_routes
 from .api.routes_devices import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
@@ -130,9 +130,10 @@ class Node:
             authenticators = [
                 a for f in self.features for a in getattr(f, "authenticators", tuple)()
             ]
+            host = host or self.config.listen
             app = build_app(
                 self, token=token, limits=api_limits(self.config), extra_tables=tables,
-                authenticators=authenticators,
+                authenticators=authenticators, host_policy=api_host_policy(self.config, host),
             )
             app[MEMORY_KEY] = self.memory
             app[REPO_KEY] = self.repo
@@ -142,9 +143,8 @@ class Node:
             for feature in self.features:
                 feature.configure_app(app)
             await self.peers.start()
-            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            self._runner = make_runner(app, name="local API")
             await self._runner.setup()
-            host = host or self.config.listen
             api_port = self.config.port if port is None else port
             self.port = await _listen(self._runner, host, api_port)
             self.host = host
@@ -156,11 +156,12 @@ class Node:
             peer_app = build_app(
                 self, token=token, limits=api_limits(self.config),
                 extra_tables=[peer_listener_routes], include_core=False,
+                host_policy=HostPolicy(check_host=False, serves_page=False),
             )
             peer_app[PEERS_KEY] = self.peers
             for feature in self.features:
                 feature.configure_app(peer_app)
-            self._peer_runner = web.AppRunner(peer_app, access_log=None, handle_signals=False)
+            self._peer_runner = make_runner(peer_app, name="peer listener")
             await self._peer_runner.setup()
             self.peer_port = await _listen(
                 self._peer_runner, self.config.peer_listen, self.config.peer_port
@@ -321,6 +322,19 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def api_host_policy(config: NodeConfig, listen: str) -> HostPolicy:
+    """SPEC-003 §2.4: the names the local API answers besides loopback ones."""
+    names = config.extra.get("api", {}).get("allowed_hosts", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError("[api] allowed_hosts must be a list of host names (strings)")
+    wildcard = listen in ("0.0.0.0", "::", "")
+    return HostPolicy(
+        any_ip=not _is_loopback(listen),
+        names=frozenset(n.strip().lower().rstrip(".") for n in names)
+        | (frozenset() if wildcard else {listen.strip("[]").lower()}),
+    )
 
 
 def api_limits(config: NodeConfig) -> Limits:

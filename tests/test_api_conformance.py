@@ -140,7 +140,7 @@ async def test_the_walk_covers_every_route_table() -> None:
     """SPEC-003 §routes: the walk sees the core routes and every route of every
     discovered table, so it cannot pass vacuously."""
     core = {("GET", "/health"), ("GET", "/v1/status"), ("GET", "/v1/profile"),
-            ("PATCH", "/v1/profile")}
+            ("PATCH", "/v1/profile"), ("GET", "/v1/openapi.json")}
     assert core <= set(ROUTES)
     table_routes = sum(len(t) for t in ALL_TABLES)
     assert len(ROUTES) == len(core) + table_routes
@@ -196,7 +196,7 @@ async def test_the_local_token_passes_authentication_on_every_route(client: Test
     control that shows the 401s above come from checking the token, not from refusing all);
     the scheme name is case-insensitive.  Routes of discovered tables may fail later for
     want of their services here; core routes must answer without a server error."""
-    core_paths = {"/health", "/v1/status", "/v1/profile"}
+    core_paths = {"/health", "/v1/status", "/v1/profile", "/v1/openapi.json"}
     for scheme in ("Bearer", "bearer"):
         for method, path in ROUTES:
             headers = {"Authorization": f"{scheme} {TOKEN}"}

@@ -1,6 +1,6 @@
 """The maia-node HTTP API: one process standard (SPEC-003) for every route."""
 
-from .app import build_app
+from .app import build_app, make_runner
 from .auth import (
     Authenticator,
     LocalTokenAuthenticator,
@@ -8,7 +8,7 @@ from .auth import (
     TokenFileError,
     load_or_create_token,
 )
-from .middleware import BODY_KEY, MIDDLEWARES, PRINCIPAL_KEY, QUERY_KEY, Limits
+from .middleware import BODY_KEY, MIDDLEWARES, PRINCIPAL_KEY, QUERY_KEY, HostPolicy, Limits
 from .problem import PROBLEM_CONTENT_TYPE, Problem
 from .routes import RouteSpec, RouteTable, inventory, route_spec, route_specs
 from .services import SERVICES_KEY, NodeServices
@@ -21,6 +21,7 @@ __all__ = [
     "QUERY_KEY",
     "SERVICES_KEY",
     "Authenticator",
+    "HostPolicy",
     "Limits",
     "LocalTokenAuthenticator",
     "NodeServices",
@@ -32,6 +33,7 @@ __all__ = [
     "build_app",
     "inventory",
     "load_or_create_token",
+    "make_runner",
     "route_spec",
     "route_specs",
 ]

@@ -16,6 +16,7 @@ so the chain is inspectable by name and identical for every route.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import logging
@@ -25,13 +26,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from jsonschema import Draft202012Validator
 
 from crdt.store import StorageFull
 
 from .auth import Authenticator
 from .problem import (
+    TYPE_FORBIDDEN_HOST,
+    TYPE_FORBIDDEN_ORIGIN,
     TYPE_MALFORMED_JSON,
     TYPE_OVERLOADED,
     TYPE_RATE_LIMITED,
@@ -107,6 +111,96 @@ AUTHENTICATORS_KEY: web.AppKey[tuple[Authenticator, ...]] = web.AppKey(
 RATE_LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("maia_rate_limiter", RateLimiter)
 
 
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """Which `Host` and `Origin` a listener answers (SPEC-003 §2.4, §2.5; DNS rebinding).
+
+    ``check_host`` is off on the peer listener (peers dial it by address). ``any_ip`` admits
+    every IP literal, for a local API bound to a non-loopback address. ``names`` are the
+    configured names and the bound address, lower case. ``serves_page`` is False where no page
+    of the node's is served, so that no browser `Origin` is its own there.
+    """
+
+    check_host: bool = True
+    any_ip: bool = False
+    names: frozenset[str] = frozenset()
+    serves_page: bool = True
+
+    def host_allowed(self, host: str | None) -> bool:
+        if not self.check_host or host is None:
+            return True
+        name = _host_name(host)
+        if name is None:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or name in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return self.any_ip or address.is_loopback
+
+    def origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None:
+            return True
+        if not self.serves_page or request.host is None:
+            return False
+        return origin.lower() == f"{request.scheme}://{request.host}".lower()
+
+
+HOST_POLICY_KEY: web.AppKey[HostPolicy] = web.AppKey("maia_host_policy", HostPolicy)
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::\d{1,5})?")
+
+
+def _host_name(host: str) -> str | None:
+    """The name or address of a `Host` value without its port, lower case; None if malformed."""
+    match = _HOST.fullmatch(host.strip())
+    if match is None:
+        return None
+    return (match["v6"] or match["name"]).lower().rstrip(".")
+
+
+def check_host_and_origin(request: web.Request) -> None:
+    """SPEC-003 §2.4, §2.5: refuse foreign names and foreign browser pages before any credential
+    (a cookie, or a bearer token a browser was made to send) is looked at."""
+    policy = request.app.get(HOST_POLICY_KEY) or HostPolicy()
+    if not policy.host_allowed(request.headers.get(hdrs.HOST)):
+        log.debug("refused %s %s from %s: foreign Host", request.method, request.path,
+                  request.remote)
+        raise Problem(403, "Forbidden host",
+                      "this listener answers only its own names (see [api] allowed_hosts)",
+                      type=TYPE_FORBIDDEN_HOST)
+    upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    if (upgrade or request.method not in _SAFE_METHODS) and not policy.origin_allowed(request):
+        log.debug("refused %s %s from %s: foreign Origin", request.method, request.path,
+                  request.remote)
+        raise Problem(403, "Forbidden origin",
+                      "requests from another web page's origin may not change state here",
+                      type=TYPE_FORBIDDEN_ORIGIN)
+
+
+def expectation_problem(request: web.BaseRequest) -> Problem | None:
+    """SPEC-003 §4.3: a 417 problem for an HTTP/1.1 `Expect` other than 100-continue.
+
+    The value is never echoed: it may hold any bytes (aiohttp's own 417 echoed it, and failed
+    with a 500 on bytes that are not UTF-8).
+    """
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is None or request.version < HttpVersion11 or expect.lower() == "100-continue":
+        return None
+    return Problem(417, detail="the only expectation this node meets is 100-continue")
+
+
+async def _continue_if_expected(request: web.Request) -> None:
+    expect = request.headers.get(hdrs.EXPECT)
+    if (expect is not None and expect.lower() == "100-continue"
+            and request.version >= HttpVersion11 and request.writer.output_size == 0):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response
+
+
 # --- 1. errors --------------------------------------------------------------
 
 
@@ -156,6 +250,9 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     sender cannot hold a handler open.
     """
     limits = request.app[LIMITS_KEY]
+    expectation = expectation_problem(request)
+    if expectation is not None:
+        raise expectation
     length = request.content_length
     if length is not None and length > limits.max_body_bytes:
         raise Problem(413, detail=f"request body exceeds {limits.max_body_bytes} bytes")
@@ -200,6 +297,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     Requests that matched no registered route (router 404/405) are private
     too, so an unauthenticated client learns nothing about which paths exist.
     """
+    check_host_and_origin(request)
     spec = route_spec(request)
     if spec is not None and spec.public:
         request[PRINCIPAL_KEY] = None
@@ -261,6 +359,7 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
 async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Parse and check what the route declared, so handlers only see valid input."""
     spec = route_spec(request)
+    await _continue_if_expected(request)  # SPEC-003 §4.3: only once limits and auth passed
     if spec is not None:
         limits = request.app[LIMITS_KEY]
         if spec.query_validator is not None:

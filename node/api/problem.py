@@ -25,6 +25,8 @@ TYPE_VALIDATION = "urn:maia-node:problem:validation"
 TYPE_TIMEOUT = "urn:maia-node:problem:timeout"
 TYPE_RATE_LIMITED = "urn:maia-node:problem:rate-limited"
 TYPE_OVERLOADED = "urn:maia-node:problem:overloaded"
+TYPE_FORBIDDEN_HOST = "urn:maia-node:problem:forbidden-host"
+TYPE_FORBIDDEN_ORIGIN = "urn:maia-node:problem:forbidden-origin"
 
 _STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
 

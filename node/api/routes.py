@@ -177,11 +177,24 @@ class RouteTable:
                     f"{spec.method} {spec.path} from table {self.name!r} "
                     f"is already installed by table {owner!r}"
                 )
-            route = app.router.add_route(spec.method, spec.path, spec.handler)
+            # SPEC-003 §4.3: `Expect` is answered inside the middleware chain, not before it.
+            route = app.router.add_route(
+                spec.method, spec.path, spec.handler, expect_handler=_expect_in_chain
+            )
             specs[route] = spec
             taken[(spec.method, spec.path)] = self.name
             if spec.public:
                 log.debug("public route %s %s: %s", spec.method, spec.path, spec.public_reason)
+
+
+async def _expect_in_chain(request: web.Request) -> None:
+    """A route's expect handler: nothing; the chain answers `Expect` (SPEC-003 §4.3).
+
+    aiohttp runs a route's expect handler before any middleware, and its default one sends
+    `100 Continue` before authentication and answers other expectations with a plain-text 417
+    that echoes the header (a 500 on bytes that are not UTF-8).
+    """
+    return None
 
 
 def _public_reason(public: bool | str, reason: str | None, method: str, path: str) -> str | None:

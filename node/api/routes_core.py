@@ -55,3 +55,11 @@ async def get_profile(request: web.Request) -> web.Response:
 async def update_profile(request: web.Request) -> web.Response:
     """Change some profile fields; answers with the whole new profile."""
     return web.json_response(await request.app[SERVICES_KEY].update_profile(request[BODY_KEY]))
+
+
+@core_routes.get("/v1/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this listener's routes (SPEC-003 §3.8)."""
+    from .openapi import openapi_document  # imported late: `python -m node.api.openapi`
+
+    return web.json_response(openapi_document(request.app))

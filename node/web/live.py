@@ -34,6 +34,7 @@ HEARTBEAT_SECONDS = 15.0
 COALESCE_SECONDS = 0.25
 MAX_PENDING = 1000
 RETRY_MS = 2000
+CLOSED_POLL_SECONDS = 0.2  # how soon a client that closed its stream frees its place
 TYPE_OVERLOADED = "urn:maia-node:problem:overloaded"
 
 
@@ -153,6 +154,7 @@ class LiveHub:
     ) -> web.StreamResponse:
         """Answer ``request`` with an SSE stream until the client, the login or the node goes."""
         stream = self.open(owner)
+        watcher = asyncio.create_task(_watch_client(request, stream), name="live-client")
         try:
             response = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream; charset=utf-8",
@@ -166,6 +168,7 @@ class LiveHub:
             log.debug("live stream client left")  # nothing to answer it with
             return response
         finally:
+            watcher.cancel()
             self.streams.discard(stream)
 
     async def _pump(
@@ -194,6 +197,22 @@ class LiveHub:
 
     def status(self) -> dict[str, Any]:
         return {"streams": len(self.streams), "max_streams": self.max_streams}
+
+
+async def _watch_client(request: web.Request, stream: Stream) -> None:
+    """End ``stream`` as soon as its client's connection closes (SPEC-003 §11.7).
+
+    aiohttp does not cancel a handler whose client left, and a stream with nothing to send
+    would otherwise notice only at its next write (up to a heartbeat later), holding one of the
+    16 places meanwhile: a page reloaded a few times in a row locked itself out.
+    """
+    while not stream.closed:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            log.debug("live stream client left")
+            stream.close()
+            return
+        await asyncio.sleep(CLOSED_POLL_SECONDS)
 
 
 def _remove(callbacks: list, callback: Callable) -> None:
