@@ -647,8 +647,11 @@ class PeerManager:
         if code:
             log.warning("refusing %s: %s", channel.peer_device_id, code)
             self.note_error(key, code)
-            if code in ("not_member", "revoked", "malformed"):
-                self.penalise(key)  # each attempt costs us a derivation: pace them
+            if code == "malformed":
+                self.penalise(key)
+            # A refused member-to-be is not penalised: the roster may change any moment (a
+            # more senior revocation undoing a thief's), and a backed-off honest device would
+            # then stay cut off for minutes. Its attempts cost a bounded, linear derivation.
             with contextlib.suppress(TransportError):
                 await channel.send({"t": "error", "code": code, "detail": "not in this mesh"})
             await channel.close(1008, code)
