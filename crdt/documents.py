@@ -98,6 +98,7 @@ class Repo:
         # back by a snapshot or a copied VM never reuses an (actor, seq) it already sent.
         self.actor = key.public_key + os.urandom(INCARNATION_BYTES)
         self.certs_pending = 0
+        self._cert_backlog: list[bytes] = []
         self._budgets: dict[bytes, AuthorBudget] = {}
         self.roster = Roster(mesh_id)
         self.roster.add_many(self._stored_certs())
@@ -161,6 +162,10 @@ class Repo:
                         ever.add(cert.signer)
                     progress = True
         self.certs_pending = len(pending) if budget <= 0 else 0
+        if budget <= 0 and chain_of is None:
+            # Kept for the next call (the node's upkeep makes one): certificates that came in
+            # a certs frame are not in the Identity document to be found again (§8.9).
+            self._cert_backlog = [c.encode() for c in pending][:MAX_CERTS_PER_CALL]
         if pending and budget > 0:
             log.info("ignored %d certificate(s) from issuers outside the roster", len(pending))
         if rescues and not self._would_admit(fresh, chain_of):
@@ -180,6 +185,11 @@ class Repo:
                 return 0
             self.roster.add_many(fresh)
         return len(fresh)
+
+    def take_cert_backlog(self) -> list[bytes]:
+        """Certificates left unchecked by the per-call bound, to hand to :meth:`add_certs`."""
+        backlog, self._cert_backlog = self._cert_backlog, []
+        return backlog
 
     def _would_admit(self, extra: list, key: bytes | None) -> bool:
         if key is None:

@@ -268,7 +268,10 @@ class Node:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:
-                if self.repo.certs_pending and import_roster_from_doc(self.repo):
+                if self.repo.certs_pending and (
+                    import_roster_from_doc(self.repo)
+                    + self.repo.add_certs(self.repo.take_cert_backlog())
+                ):
                     self.roster_changed()  # the rest of a large batch of certificates
                 for doc_id in self.repo.store.doc_ids():
                     if self.repo.compact(doc_id, quiet=2.0):

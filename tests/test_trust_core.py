@@ -223,7 +223,8 @@ def test_a_member_flooding_certificates_checks_a_bounded_number_per_call(devices
             for i in range(MAX_VERIFIES_PER_CALL + 300)]
     added = founder.repo.add_certs([c.encode() for c in spam])
     assert added == MAX_VERIFIES_PER_CALL and founder.repo.certs_pending == 300
-    assert founder.repo.add_certs([c.encode() for c in spam]) == 300
+    # The rest waits in a backlog (what upkeep hands back), not lost with the frame.
+    assert founder.repo.add_certs(founder.repo.take_cert_backlog()) == 300
     # 2,000 junk certificates are parsed, never verified: far below 2,000 signature checks.
     assert junk_seconds < 2000 * 40e-6, junk_seconds
 
