@@ -27,7 +27,7 @@ from tests.hostile import hostile_peer
 from tests.nodes import NodeProc, make_mesh, wait_for
 from tests.routing_helpers import Mesh, chat, configure, models, wait_for_cortices
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.in_order]  # see the mesh fixture
 
 COOLDOWN = 3.0
 
