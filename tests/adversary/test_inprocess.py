@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import msgpack
+import pytest
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -289,6 +290,7 @@ PROFILE = settings(
 )
 
 
+@pytest.mark.timeout(0 if LONG else 300)
 def test_in_process_under_a_hostile_member(capsys) -> None:
     """SPEC-005 §5, §6, §8, §9.8: the invariants hold whatever the interleaving. Then prints how
     many runs and actions the harness tried (visible with -s or -rA), and that it tried some.

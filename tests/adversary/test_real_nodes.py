@@ -468,6 +468,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> rn.Template:
     return CTX.template
 
 
+@pytest.mark.timeout(0 if LONG else 600)  # many runs of real processes, not one hang-prone step
 def test_real_nodes_under_a_hostile_member(
     template: rn.Template, capsys: pytest.CaptureFixture[str]
 ) -> None:
