@@ -45,14 +45,21 @@ def namespaces_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _claim_index() -> tuple[int, int]:
-    """The lowest <n> no live LAN on this machine holds, and the open lock file that holds it."""
+def _claim_index(base: str, subnet: int) -> tuple[int, int]:
+    """The lowest <n> no live LAN on this machine holds, and the open lock file that holds it.
+    An <n> whose subnet is on an interface that is not a leftover of ours (a LAN made by code
+    that takes no lock, or anything else) is skipped."""
     for index in range(1, 255):
         fd = os.open(os.path.join(tempfile.gettempdir(), f"maia-netns-{index}.lock"),
                      os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
+            continue
+        listed = _ip("-4", "-o", "addr", "show", "to", f"10.{subnet}.{index}.0/24", check=False)
+        holders = {line.split()[1] for line in listed.stdout.splitlines() if line.strip()}
+        if holders - {f"{base}{index}br"[:15]}:
             os.close(fd)
             continue
         return index, fd
@@ -87,7 +94,7 @@ class NamespaceLan:
         return f"{self.prefix}{host}"[:13] + "br"
 
     def __enter__(self) -> NamespaceLan:
-        self.index, self._lock = _claim_index()
+        self.index, self._lock = _claim_index(self.base, self.subnet)
         try:
             return self._up()
         except BaseException:

@@ -105,8 +105,8 @@ class NodeProc:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node {self.name} exited: {self.log()}")
+            if (code := self.proc.poll()) is not None:
+                raise AssertionError(f"node {self.name} exited with code {code}: {self.log()}")
             try:
                 self.request("GET", "/health", auth=False)
                 return self
