@@ -92,7 +92,9 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
     if args.new_mesh:
         _new_mesh(paths, key, args)
     else:
-        _say("This device belongs to no mesh yet: run 'maia init --new-mesh' to start one.")
+        _say("This device belongs to no mesh yet. To join your mesh, run 'maia pair accept' on "
+             "a device that is a member and then 'maia pair --code CODE' here; only for a first "
+             "device, 'maia init --new-mesh' starts a new mesh.")
     return 0
 
 
@@ -355,7 +357,7 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
 
 # -- peers --------------------------------------------------------------------------------------
 def cmd_peer(args: argparse.Namespace, paths: Paths) -> int:
-    from .backends import NotFound
+    from .backends import ApiBackend, NotFound
     from .client import ApiError
     from .config import parse_host_port
 
@@ -364,7 +366,9 @@ def cmd_peer(args: argparse.Namespace, paths: Paths) -> int:
         if args.peer_cmd == "add":
             parse_host_port(args.address)
             backend.peer_add(args.address)
-            _say(f"Added static peer {args.address}; the node dials it (and retries with backoff).")
+            when = "the node dials it now" if isinstance(backend, ApiBackend) else (
+                "no node is running, so the node will dial it when it starts ('maia up')")
+            _say(f"Added static peer {args.address}; {when}, retrying with backoff.")
         elif args.peer_cmd == "remove":
             backend.peer_remove(args.address)
             _say(f"Removed static peer {args.address}.")
@@ -527,10 +531,25 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["note", "conversation", "fact", "skill", "journal"])
     a.add_argument("--tag", action="append", help="a tag (repeatable)")
     a.add_argument("--json", action="store_true")
-    im = msub.add_parser("import", help="add many entries from a file (JSON Lines or text lines)")
+    im = msub.add_parser(
+        "import", help="add many entries from a file (JSON Lines or text lines)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Add many entries at once, from a file in UTF-8 with one entry per line.",
+        epilog="""file format (one entry per line; empty lines are skipped):
+  a line starting with { is a JSON object:
+    "text"  the entry's text (required; a string of 1 to 262144 characters)
+    "kind"  note, conversation, fact, skill or journal (default: --kind)
+    "tags"  a list of tag strings (default: none)
+  any other line is the text of one entry, of kind --kind, without tags
+
+example (notes.jsonl):
+  {"text": "Herons nest in colonies", "kind": "fact", "tags": ["birds"]}
+  {"text": "Ask Ada about the heron survey"}
+  Buy more notebooks""")
     im.add_argument("file", help="path, or - for stdin")
     im.add_argument("--kind", default="note",
-                    choices=["note", "conversation", "fact", "skill", "journal"])
+                    choices=["note", "conversation", "fact", "skill", "journal"],
+                    help="the kind of entries that do not name one (default: note)")
     for name, helptext in (("list", "list entries, newest first"),
                            ("search", "entries containing every word")):
         lst = msub.add_parser(name, help=helptext)

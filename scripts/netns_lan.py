@@ -8,13 +8,20 @@ Used by the multi-host tests and benchmarks so mDNS multicast really crosses int
 
 Addresses come from 10.231.<n>.0/24, a range used only inside these namespaces. The bridge
 lives in the root namespace with the .1 address so the test process can reach each host.
+
+Several LANs can be up at once on one machine (pytest-xdist workers, two checkouts running their
+tests): each claims its own <n> with an exclusive lock held while it is up, and its namespaces,
+veths and bridge carry <n> in their names (``maiat7-a``). The lock dies with its process, so a
+later LAN that claims the same <n> first removes what an interrupted run left under it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,13 +45,39 @@ def namespaces_available() -> tuple[bool, str]:
     return True, ""
 
 
+def _claim_index(base: str, subnet: int) -> tuple[int, int]:
+    """The lowest <n> no live LAN on this machine holds, and the open lock file that holds it.
+    An <n> whose subnet is on an interface that is not a leftover of ours (a LAN made by code
+    that takes no lock, or anything else) is skipped."""
+    for index in range(1, 255):
+        fd = os.open(os.path.join(tempfile.gettempdir(), f"maia-netns-{index}.lock"),
+                     os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        listed = _ip("-4", "-o", "addr", "show", "to", f"10.{subnet}.{index}.0/24", check=False)
+        holders = {line.split()[1] for line in listed.stdout.splitlines() if line.strip()}
+        if holders - {f"{base}{index}br"[:15]}:
+            os.close(fd)
+            continue
+        return index, fd
+    raise RuntimeError("all 254 namespace LAN slots are in use")
+
+
 @dataclass
 class NamespaceLan:
-    prefix: str
+    base: str  # at most 8 characters: interface names are limited to 15
     hosts: Sequence[str]
     subnet: int = 231
-    index: int = 1
+    index: int = 0  # claimed at __enter__ (see the module's docstring)
     addresses: dict[str, str] = field(default_factory=dict)
+    _lock: int = -1
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.base}{self.index}"
 
     @property
     def bridge(self) -> str:
@@ -61,7 +94,15 @@ class NamespaceLan:
         return f"{self.prefix}{host}"[:13] + "br"
 
     def __enter__(self) -> NamespaceLan:
-        self.down()  # leftovers of an interrupted run
+        self.index, self._lock = _claim_index(self.base, self.subnet)
+        try:
+            return self._up()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _up(self) -> NamespaceLan:
+        self.down()  # leftovers of an interrupted run that held the same index
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -81,7 +122,12 @@ class NamespaceLan:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.down()
+        try:
+            self.down()
+        finally:
+            if self._lock >= 0:
+                os.close(self._lock)  # releases the index
+                self._lock = -1
 
     def down(self) -> None:
         for host in self.hosts:

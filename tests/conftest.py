@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,21 @@ def mesh_factory(tmp_path: Path) -> Iterator:
     yield factory
     for n in started:
         n.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's: runs after it
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Any:
+    """pytest-randomly shuffles modules and the tests inside them. A module marked ``in_order``
+    (its tests share one mesh and build on each other, e.g. a node killed by an earlier test)
+    keeps its place in the shuffled order, but its tests run in the order of the file."""
+    original = {id(item): n for n, item in enumerate(items)}
+    result = yield
+    slots: dict[Any, list[int]] = {}
+    for pos, item in enumerate(items):
+        if item.get_closest_marker("in_order") is not None:
+            slots.setdefault(item.module, []).append(pos)
+    for positions in slots.values():
+        ordered = sorted((items[p] for p in positions), key=lambda it: original[id(it)])
+        for pos, item in zip(positions, ordered, strict=True):
+            items[pos] = item
+    return result

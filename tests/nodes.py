@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,28 @@ from typing import Any
 
 from node.cli import main as cli_main
 
+# Ports for nodes come from below the kernel's ephemeral range (32768-60999 here): a port the
+# kernel handed out by bind(0) can be handed out again, for an outgoing connection of this or
+# another test process, before the node binds it. Picked at random (not from `random`, which
+# pytest-randomly reseeds identically in every xdist worker), never twice in one process.
+_PORT_RANGE = (20000, 32768)
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        port = _pick.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # also free on every address, 127.0.0.1 included
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
 def cli(data_dir: Path, *args: str) -> int:
@@ -87,8 +105,8 @@ class NodeProc:
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node {self.name} exited: {self.log()}")
+            if (code := self.proc.poll()) is not None:
+                raise AssertionError(f"node {self.name} exited with code {code}: {self.log()}")
             try:
                 self.request("GET", "/health", auth=False)
                 return self

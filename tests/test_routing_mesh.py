@@ -107,7 +107,7 @@ class LeftEarly(Exception):
 def test_a_client_leaving_mid_stream_cancels_the_call_on_the_host(mesh: Mesh) -> None:
     """SPEC-006 §7.2 (cancel), SPEC-003 §9.6: the client hangs up after two chunks of a slow
     stream; A cancels the call on B, which frees its slot long before the model would have
-    finished (4 s)."""
+    finished (about 7 s; the 4 s bound leaves room for a loaded machine)."""
 
     def hang_up(answer) -> None:
         if len(answer.events) == 2:
@@ -116,14 +116,14 @@ def test_a_client_leaving_mid_stream_cancels_the_call_on_the_host(mesh: Mesh) ->
     def b_in_flight() -> int:
         return models(mesh.b)["big"]["maia"]["hosts"][0]["in_flight"]
 
-    mesh.fb.control(delay=0.5)
+    mesh.fb.control(delay=1.0)
     try:
         with pytest.raises(LeftEarly):
             chat(mesh.a, "big", "never mind", stream=True, on_event=hang_up)
         assert b_in_flight() == 1
         left = time.monotonic()
-        wait_for(lambda: b_in_flight() == 0, timeout=5, what="B to drop the call")
-        assert time.monotonic() - left < 2.0
+        wait_for(lambda: b_in_flight() == 0, timeout=10, what="B to drop the call")
+        assert time.monotonic() - left < 4.0
     finally:
         mesh.fb.control(delay=0)
     assert chat(mesh.a, "big", "after").status == 200

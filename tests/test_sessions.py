@@ -225,8 +225,8 @@ def test_expiry_ends_the_session_its_token_and_its_leases(quick, tmp_path) -> No
     dd = quick.data_dir
     first = run_hook(dd, "claude", "SessionStart", claude("SessionStart", "X", str(repo)))
     old = cached_session(dd, "claude", "X")["session_id"]
-    time.sleep(3.0)
-    assert api(quick, "GET", f"/v1/sessions/{old}")[0] == 404
+    wait_for(lambda: api(quick, "GET", f"/v1/sessions/{old}")[0] == 404, timeout=15,
+             what="the hook's session expired (expires_after_s 2 s)")
     later = run_hook(dd, "claude", "PostToolUse", claude_tool(
         "PostToolUse", "X", str(repo), "Read", file_path=str(repo / "README")))
     assert first.code == later.code == 0
@@ -350,7 +350,9 @@ def test_event_log_pages_and_a_session_sees_only_its_own(solo, tmp_path) -> None
         hook_call(solo, s, {"event": "post_tool", "action": "read", "tool": "Read",
                             "cwd": str(repo), "paths": [str(repo / f"f{i}.txt")]})
     hook_call(solo, other, edit(repo, repo / "x.py"))
-    time.sleep(0.3)  # buffered for at most 200 ms (§3.5)
+    # buffered for at most 200 ms (§3.5): wait until they are all written, however loaded
+    wait_for(lambda: len(solo.request("GET", f"/v1/events?session={s['session_id']}&limit=500")
+                         ["events"]) >= 6, timeout=10, what="the six events written")
     seen, cursor = [], None
     while True:
         page = solo.request("GET", f"/v1/events?session={s['session_id']}&limit=2"

@@ -104,9 +104,10 @@ def test_run_registers_feeds_context_reports_edits_and_warns(node, tmp_path, aid
     assert "tune the core" in stderr and node.device_id() in stderr
     assert "CONFLICT: you (aider on desk) and claude on desk" in stderr
     events = node.request("GET", "/v1/events?limit=500")["events"]
-    started = [e for e in events if e["kind"] == "session_started"
-               and e["data"]["agent"] == "aider"]
-    assert len(started) == 1
+    started = [e for e in events if e["kind"] == "session_started"  # this test's repository:
+               and e["data"]["agent"] == "aider"  # the node is shared with the module's tests
+               and e["data"]["repository"] == "github.com/acme/runner"]
+    assert len(started) == 1, started
     sid = started[0]["session"]
     mine = [(e["kind"], e["data"]) for e in events if e["session"] == sid]
     assert ("file_modified", {"files": ["file:github.com/acme/runner:src/core.py"]}) in mine

@@ -29,6 +29,7 @@ kind and outcome, is printed even without ``-s``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import time
@@ -111,6 +112,7 @@ BAD_FIELD = st.sampled_from([
 
 
 SEED = int(os.environ.get("MAIA_ADVERSARY_SEED", 20261203))
+_RUN_DIRS = itertools.count(1)  # every RealNodes of this process, in any test order
 
 
 class RealNodes(RuleBasedStateMachine):
@@ -121,7 +123,7 @@ class RealNodes(RuleBasedStateMachine):
         assert CTX.template is not None and CTX.root is not None
         CTX.tally.runs += 1
         self.t = CTX.template
-        self.dir = CTX.root / f"run{CTX.tally.runs}"
+        self.dir = CTX.root / f"run{next(_RUN_DIRS)}"  # not tally.runs, reset by the main test
         self.nodes = rn.copy_nodes(self.t, self.dir)
         self.mesh_id = self.t.mesh_id
         self.attacker, self.courier = self.t.attacker, self.t.courier
@@ -466,6 +468,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> rn.Template:
     return CTX.template
 
 
+@pytest.mark.timeout(0 if LONG else 600)  # many runs of real processes, not one hang-prone step
 def test_real_nodes_under_a_hostile_member(
     template: rn.Template, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -495,6 +498,7 @@ def replay(steps: list[tuple[str, dict]]) -> None:
     finally:
         for node in machine.nodes.values():
             node.stop()
+        shutil.rmtree(machine.dir, ignore_errors=True)
 
 
 def test_a_member_revoking_the_founder_first_loses_to_the_owner(template: rn.Template) -> None:
