@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import lmdb
 import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
@@ -120,7 +121,16 @@ class Memory:
         for doc_id in due:
             self._dirty.pop(doc_id, None)
             was_loaded = self.repo.is_loaded(doc_id)
-            self._reindex(doc_id)
+            try:
+                self._reindex(doc_id)
+            except lmdb.Error as exc:
+                # Runtime only (a full disk, say): reads go on from the index as it is, and
+                # the shard is indexed again at a later pass (issue 18.4).
+                log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+                self._dirty[doc_id] = now
+                if not was_loaded:
+                    self.repo.evict(doc_id)
+                break
             if not was_loaded:
                 # One shard at a time: a node started on a large unindexed store would
                 # otherwise hold every shard it indexed until they go idle (a start-up peak

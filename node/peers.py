@@ -209,6 +209,7 @@ class PeerConnection:
                 # dialler's backoff paces the retries until space returns (issue 18.4).
                 log.warning("pausing sync with %s: %s", self.channel.peer_device_id, full)
                 self.manager.note_error(self.peer_key, "storage_full")
+                self.remote_error = "storage_full"  # the dialler keeps backing off meanwhile
                 return False
             self.manager.note_accepted(self.peer_key, n)
             if frame.get("final", True):

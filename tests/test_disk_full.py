@@ -76,3 +76,43 @@ def test_an_import_that_does_not_fit_is_refused_whole_and_succeeds_once_space_re
     finally:
         node.stop()
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_receiver_whose_disk_fills_during_catch_up_loses_nothing_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """Issue 18.4, SPEC-005 §7.1: b catches up from a onto a disk that fills. b keeps serving,
+    logs no traceback, stores no document half (each message is stored whole or not at all),
+    and once space returns it catches up everything."""
+    from tests.nodes import make_mesh, wait_for
+
+    disk = tmp_path / "disk"
+    if not _mount(disk, "48m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    a, b = make_mesh(disk, ["a", "b"])
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"text": f"{i:05d} " + "y" * 3_000}) + "\n"
+                             for i in range(1_500)))
+    try:
+        assert cli(a.data_dir, "memory", "import", str(items)) == 0
+        a.start()
+        b.start()
+        filler = disk / "filler"
+        with open(filler, "wb") as fh:
+            fh.write(b"\0" * max(0, shutil.disk_usage(disk).free - 1_000_000))
+        b.add_peer(a)
+        wait_for(lambda: "pausing sync" in b.log(), timeout=30, what="b notices the full disk")
+        assert b.request("GET", "/health", auth=False) is not None
+        def held() -> int:
+            return b.request("GET", "/v1/status")["memory_entries"]
+
+        assert held() < 1_500
+        assert "Traceback" not in b.log()
+        filler.unlink()
+        wait_for(lambda: held() == 1_500, timeout=90, interval=0.5,
+                 what="b catches up once space returns")
+        assert "Traceback" not in b.log()
+    finally:
+        a.stop()
+        b.stop()
+        subprocess.run(["umount", str(disk)], capture_output=True)
