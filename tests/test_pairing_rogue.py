@@ -161,18 +161,26 @@ def test_rogue_member_never_learns_the_code_and_the_device_joins_nothing(
     assert member.request("GET", "/v1/pairing")["attempts"] == 0  # the real window untouched
 
 
-def test_invitation_endorsed_by_another_key_is_refused(tmp_path, attacker):
-    """SPEC-005 §12.7: the device talks to r, which knows the code and completes every proof,
-    but the endorsement that admits the device is signed by f, not by r: refused
-    (`wrong_issuer`), nothing stored."""
-    f_dir, r_dir = attacker
-    rogue = Rogue(r_dir, f_dir, code="RSTU-VWXY")
+def _pair_with_rogue(tmp_path, rogue_dir, *, signer):
+    """A new device pairs (--yes) with a rogue that knows the code and whose invitation's
+    endorsement is signed by ``signer``'s key; returns the rogue, the device's data dir, and
+    the command's exit status and output."""
+    rogue = Rogue(rogue_dir, signer, code="RSTU-VWXY")
     try:
         n_dir = new_device(tmp_path)
         joiner = Proc(maia(n_dir, "pair", rogue.address, "--code", "RSTU-VWXY", "--yes"))
         status, out = joiner.finish()
     finally:
         rogue.stop()
+    return rogue, n_dir, status, out
+
+
+def test_invitation_endorsed_by_another_key_is_refused(tmp_path, attacker):
+    """SPEC-005 §12.7: the device talks to r, which knows the code and completes every proof,
+    but the endorsement that admits the device is signed by f, not by r: refused
+    (`wrong_issuer`), nothing stored."""
+    f_dir, r_dir = attacker
+    rogue, n_dir, status, out = _pair_with_rogue(tmp_path, r_dir, signer=f_dir)
     assert status == 1 and "wrong_issuer" in out, out
     kinds = [f.get("t") for f in rogue.received if isinstance(f, dict)]
     assert kinds == ["pair", "pair_reveal", "pair_confirm"], kinds
@@ -183,13 +191,7 @@ def test_same_rogue_endorsing_itself_is_accepted_when_both_confirm(tmp_path, att
     """SPEC-005 §12.7, the control for the case above: the same exchange with the endorsement
     signed by the connected key itself is accepted (the refusal above is the issuer's)."""
     f_dir, r_dir = attacker
-    rogue = Rogue(r_dir, r_dir, code="RSTU-VWXY")
-    try:
-        n_dir = new_device(tmp_path)
-        joiner = Proc(maia(n_dir, "pair", rogue.address, "--code", "RSTU-VWXY", "--yes"))
-        status, out = joiner.finish()
-    finally:
-        rogue.stop()
+    _rogue, n_dir, status, out = _pair_with_rogue(tmp_path, r_dir, signer=r_dir)
     assert status == 0, out
     assert mesh_of(n_dir) == mesh_of(f_dir)
 
