@@ -268,25 +268,7 @@ class Repo:
         Nothing is visible to peers before the batch is durable. If persisting fails the
         document is dropped from memory, so memory never runs ahead of the store.
         """
-        handle = self.open(doc_id)
-        before = handle.doc.get_heads()
-        try:
-            for edit in edits:
-                with handle.doc.transaction() as tx:
-                    edit(tx)
-            new = handle.doc.get_changes(before)
-            if not new:
-                return []
-            infos = [ChangeInfo(c.hash, c.actor_id, c.seq, tuple(c.deps), c.bytes) for c in new]
-            batch = SignedBatch.sign(self.key, self.mesh_id, doc_id, [i.hash for i in infos])
-            handle.meta = self.store.commit_changes(
-                doc_id, infos, [batch], handle.doc.get_heads()
-            )
-        except BaseException:
-            self.evict(doc_id)
-            raise
-        self._notify(doc_id, True)
-        return infos
+        return self.change_many({doc_id: edits}).get(doc_id, [])
 
     def change_many(
         self, edits_by_doc: dict[str, Sequence[Callable[[Transaction], None]]]
@@ -353,7 +335,7 @@ class Repo:
         new_doc = self.store.doc_meta(doc_id) is None
         costs: dict[bytes, tuple[int, int]] = {}
         for c in verified.changes:
-            docs, size = costs.get(actor_key(c.actor), (0, 0))
+            size = costs.get(actor_key(c.actor), (0, 0))[1]
             costs[actor_key(c.actor)] = (1 if new_doc else 0, size + len(c.chunk))
         now = time.monotonic()
         buckets = []

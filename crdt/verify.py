@@ -55,7 +55,7 @@ def verify_changes(
 
     ``defer_heads`` is for one part of a message split in several (or a restore's slice):
     a revoked device's change whose cutoff head is not yet held is let in, and the result says
-    so; :meth:`crdt.documents.Repo.recheck` settles it when the head has arrived or not.
+    so; :class:`crdt.sync.PeerSync` holds such a part back until a later part settles it.
     """
     if len(chunks) > MAX_CHANGES_PER_MESSAGE:
         raise Rejected("too_large", f"{len(chunks)} changes in one message")

@@ -104,7 +104,7 @@ class Node:
         self._tasks: list[asyncio.Task] = []
         self.features: list[Feature] = []
         self._started_features: list[Feature] = []
-        self._revoked_seen: tuple | None = None
+        self._revoked_seen: frozenset[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, host: str | None = None, port: int | None = None) -> None:
@@ -242,10 +242,8 @@ class Node:
 
     def roster_changed(self) -> None:
         """Apply the roster now: quarantine post-revocation changes, cut revoked peers off."""
-        roster = self.repo.roster
-        seen = (frozenset(roster.members), frozenset(roster.revoked_info),
-                frozenset(c.cert_id for c in roster.revoked_info.values()),
-                frozenset(k for k in roster.certs if roster.certs[k].kind == "revoke"))
+        # Membership is a function of the certificate set: any new certificate may change it.
+        seen = frozenset(self.repo.roster.certs)
         if seen == self._revoked_seen:
             return
         self._revoked_seen = seen
