@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.backup_util import PASSPHRASE
 from tests.nodes import NodeProc, make_mesh
 
 
@@ -29,6 +31,16 @@ def mesh_factory(tmp_path: Path) -> Iterator:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's: runs after it
+@pytest.fixture
+def passphrase_and_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The backup passphrase in the environment, and temporary files (where a backup verify
+    restores) under the test's own directory."""
+    monkeypatch.setenv("MAIA_BACKUP_PASSPHRASE", PASSPHRASE)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Any:
     """pytest-randomly shuffles modules and the tests inside them. A module marked ``in_order``
     (its tests share one mesh and build on each other, e.g. a node killed by an earlier test)

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,11 +32,8 @@ FUTURE = "20991231T235959Z"
 
 
 @pytest.fixture(autouse=True)
-def _passphrase(monkeypatch, tmp_path):
-    monkeypatch.setenv("MAIA_BACKUP_PASSPHRASE", PASSPHRASE)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where verify restores
+def _passphrase(passphrase_and_scratch) -> None:
+    """Every test here: passphrase set, scratch files kept in the test's directory."""
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ missing files, each named in the error (SPEC-002 §7, §11.1, §11.2, §1.2)."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,11 +27,8 @@ from tests.nodes import cli
 
 
 @pytest.fixture(autouse=True)
-def _passphrase(monkeypatch, tmp_path):
-    monkeypatch.setenv("MAIA_BACKUP_PASSPHRASE", PASSPHRASE)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where verify restores
+def _passphrase(passphrase_and_scratch) -> None:
+    """Every test here: passphrase set, scratch files kept in the test's directory."""
 
 
 @pytest.fixture
