@@ -30,7 +30,6 @@ def mesh_factory(tmp_path: Path) -> Iterator:
         n.stop()
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's: runs after it
 @pytest.fixture
 def passphrase_and_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The backup passphrase in the environment, and temporary files (where a backup verify
@@ -41,6 +40,7 @@ def passphrase_and_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outside pytest-randomly's: runs after it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Any:
     """pytest-randomly shuffles modules and the tests inside them. A module marked ``in_order``
     (its tests share one mesh and build on each other, e.g. a node killed by an earlier test)
