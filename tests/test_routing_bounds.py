@@ -54,6 +54,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, N
         wait_for(lambda: len(models(a)["claude"]["maia"]["hosts"]) == 2,
                  what="a to see b's claude")
         wait_for_cortices(a, {"endless", "slow", "wordy"})
+        # A loads litellm in the background after start; on a slow machine that can outlast
+        # the 2 s answer bound set here. One plain answer waits for it, so the bounds below
+        # measure the backends, not the import.
+        assert chat(a, "claude", "warm up", timeout=120).status == 200
         yield a, b
     finally:
         a.stop()
