@@ -35,11 +35,11 @@ from .api.auth import load_or_create_token
 from .api.middleware import HostPolicy, Limits
 from .api.peer_listener import peer_listener_routes
 from .api.routes_devices import PEERS_STATE_KEY, REPO_KEY, device_routes
-from .api.routes_memory import MEMORY_KEY, memory_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
 from .features import Feature, load_features
 from .memory import Memory
+from .memory.routes import MEMORY_KEY, memory_routes
 from .peers import PeerManager
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ def _node_route_tables() -> list[RouteTable]:
     """The tables a node installs: core, memory, peers, devices, and every feature's."""
     from node.api.routes_core import core_routes
     from node.api.routes_devices import device_routes
-    from node.api.routes_memory import memory_routes
     from node.api.routes_peers import peer_routes
+    from node.memory.routes import memory_routes
 
     tables = [core_routes, memory_routes, peer_routes, device_routes]
     for feature in load_features():

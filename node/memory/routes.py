@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..memory import KINDS, EntryNotFound, Memory
-from .middleware import BODY_KEY, QUERY_KEY
-from .problem import Problem
-from .routes import RouteTable
+from ..api.middleware import BODY_KEY, QUERY_KEY
+from ..api.problem import Problem
+from ..api.routes import RouteTable
+from .entries import KINDS, EntryNotFound, Memory
 
 memory_routes = RouteTable("memory")
 MEMORY_KEY: web.AppKey[Memory] = web.AppKey("maia_memory", Memory)
