@@ -38,7 +38,7 @@ class SessionsFeature:
         self.coordinator.setup()
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_sessions import session_routes
+        from .routes import session_routes
 
         return [session_routes]
 
@@ -47,7 +47,7 @@ class SessionsFeature:
         return [SessionAuthenticator(self.coordinator.registry)]
 
     def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_sessions import SESSIONS_KEY
+        from .routes import SESSIONS_KEY
 
         assert self.coordinator is not None
         app[SESSIONS_KEY] = self.coordinator

@@ -13,8 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..sessions.clock import mono_ns
-from ..sessions.coordinator import (
+from ..api.auth import Principal
+from ..api.middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
+from ..api.pagination import page as _page
+from ..api.problem import Problem
+from ..api.routes import RouteTable
+from .clock import mono_ns
+from .coordinator import (
     OWNER,
     ClockSkew,
     Coordinator,
@@ -24,15 +29,10 @@ from ..sessions.coordinator import (
     NotFound,
     Overloaded,
 )
-from ..sessions.eventlog import KINDS as EVENT_KINDS
-from ..sessions.journal import JOURNAL_KINDS, STATUSES, JournalError
-from ..sessions.leases import DEFAULT_TTL_S, MAX_NOTE, MAX_PATTERN_BYTES, MAX_TTL_S, MODES
-from ..sessions.registry import AGENTS
-from .auth import Principal
-from .middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
-from .pagination import page as _page
-from .problem import Problem
-from .routes import RouteTable
+from .eventlog import KINDS as EVENT_KINDS
+from .journal import JOURNAL_KINDS, STATUSES, JournalError
+from .leases import DEFAULT_TTL_S, MAX_NOTE, MAX_PATTERN_BYTES, MAX_TTL_S, MODES
+from .registry import AGENTS
 
 session_routes = RouteTable("sessions")
 SESSIONS_KEY: web.AppKey[Coordinator] = web.AppKey("maia_sessions", Coordinator)
