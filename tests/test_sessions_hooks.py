@@ -213,9 +213,9 @@ def test_without_a_node_the_hook_allows_and_exits_zero_quickly(tmp_path, cli) ->
 
 
 def test_hook_imports_only_the_standard_library(tmp_path) -> None:
-    """SPEC-004 §11.4: `python -X importtime -m node.sessions.hook` imports nothing outside the standard
-    library (beyond the interpreter's own start-up); none of aiohttp, automerge, nacl, lmdb,
-    msgpack, litellm, jsonschema."""
+    """SPEC-004 §11.4: `python -X importtime -m node.sessions.hook` imports nothing outside the
+    standard library (beyond the interpreter's own start-up); none of aiohttp, automerge, nacl,
+    lmdb, msgpack, litellm, jsonschema."""
     def imported(args: list[str], stdin: bytes) -> set[str]:
         done = subprocess.run([sys.executable, "-X", "importtime", *args], input=stdin,
                               capture_output=True, env={**os.environ,
