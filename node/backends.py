@@ -209,7 +209,7 @@ class OfflineBackend:
         cfg.save(self.paths.config)
 
     def devices(self) -> list[dict[str, Any]]:
-        from .api.routes_devices import list_devices
+        from .devices.routes import list_devices
 
         return list_devices(self.repo)
 

@@ -34,9 +34,9 @@ from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token
 from .api.middleware import HostPolicy, Limits
 from .api.peer_listener import peer_listener_routes
-from .api.routes_devices import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
+from .devices.routes import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .features import Feature, load_features
 from .memory import Memory
 from .memory.routes import MEMORY_KEY, memory_routes

@@ -63,12 +63,12 @@ class BackupFeature:
                         ENV_MIN_INTERVAL)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_backup import backup_routes
+        from .routes import backup_routes
 
         return [backup_routes]
 
     def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_backup import BACKUP_KEY
+        from .routes import BACKUP_KEY
 
         app[BACKUP_KEY] = self
 

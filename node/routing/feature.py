@@ -59,12 +59,12 @@ class RoutingFeature:
         log.warning("peer fault, cooling down: %s", why)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_openai import openai_routes
+        from .routes import openai_routes
 
         return [openai_routes]
 
     def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_openai import ROUTER_KEY
+        from .routes import ROUTER_KEY
 
         app[ROUTER_KEY] = self.router
 

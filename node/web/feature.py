@@ -47,8 +47,8 @@ class WebPage:
         self.hub.attach(node.repo, node.peers)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_ui import ui_routes
-        from ..api.routes_ui_data import ui_data_routes
+        from .data_routes import ui_data_routes
+        from .routes import ui_routes
 
         return [ui_routes, ui_data_routes]
 
@@ -57,7 +57,7 @@ class WebPage:
         return [self.authenticator]
 
     def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_ui import WEB_KEY
+        from .routes import WEB_KEY
 
         if self.node is not None and self._token is None:
             # The node has created the token file by now; the login compares against it.

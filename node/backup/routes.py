@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .middleware import BODY_KEY
-from .problem import Problem
-from .routes import RouteTable
+from ..api.middleware import BODY_KEY
+from ..api.problem import Problem
+from ..api.routes import RouteTable
 
 backup_routes = RouteTable("backup")
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..web.documents import describe, document_ids
-from .middleware import PRINCIPAL_KEY, QUERY_KEY
-from .pagination import page as _page
-from .problem import Problem
-from .routes import RouteTable
-from .routes_devices import REPO_KEY
-from .routes_peers import PEERS_KEY
-from .routes_ui import WEB_KEY
+from ..api.middleware import PRINCIPAL_KEY, QUERY_KEY
+from ..api.pagination import page as _page
+from ..api.problem import Problem
+from ..api.routes import RouteTable
+from ..api.routes_peers import PEERS_KEY
+from ..devices.routes import REPO_KEY
+from .documents import describe, document_ids
+from .routes import WEB_KEY
 
 ui_data_routes = RouteTable("ui-data")
 

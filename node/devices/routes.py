@@ -8,9 +8,9 @@ from crdt.documents import Repo
 from crdt.identity import enrol_device, parse_join_request, revoke_device
 from crdt.keys import DeviceIdError, device_id, normalize_device_id
 
-from .middleware import BODY_KEY
-from .problem import Problem
-from .routes import RouteTable
+from ..api.middleware import BODY_KEY
+from ..api.problem import Problem
+from ..api.routes import RouteTable
 
 device_routes = RouteTable("devices")
 REPO_KEY: web.AppKey[Repo] = web.AppKey("maia_repo", Repo)

@@ -16,11 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..routing.errors import AttemptFailed, RoutingError
-from ..routing.router import Candidate, Opened, Plan, Router
-from .middleware import BODY_KEY
-from .problem import Problem
-from .routes import RouteTable
+from ..api.middleware import BODY_KEY
+from ..api.problem import Problem
+from ..api.routes import RouteTable
+from .errors import AttemptFailed, RoutingError
+from .router import Candidate, Opened, Plan, Router
 
 log = logging.getLogger(__name__)
 

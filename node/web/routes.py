@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .middleware import BODY_KEY, PRINCIPAL_KEY
-from .problem import Problem
-from .routes import Handler, RouteTable
+from ..api.middleware import BODY_KEY, PRINCIPAL_KEY
+from ..api.problem import Problem
+from ..api.routes import Handler, RouteTable
 
 if TYPE_CHECKING:
-    from ..web.feature import WebPage
+    from .feature import WebPage
 
 log = logging.getLogger(__name__)
 
