@@ -42,8 +42,8 @@ class Feature(Protocol):
 
 # "module:factory" entries; the factory takes no arguments and returns a Feature.
 FEATURES: list[str] = [
-    "node.discovery:create",
-    "node.pairing:create",
+    "node.mesh.discovery:create",
+    "node.mesh.pairing.member:create",
     "node.routing.feature:routing_feature",
     "node.backup.feature:feature",
     "node.sessions.feature:create",

@@ -34,13 +34,13 @@ from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token
 from .api.middleware import HostPolicy, Limits
 from .api.peer_listener import peer_listener_routes
-from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
 from .devices.routes import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .features import Feature, load_features
 from .memory import Memory
 from .memory.routes import MEMORY_KEY, memory_routes
-from .peers import PeerManager
+from .mesh.peers import PeerManager
+from .mesh.routes import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 
 log = logging.getLogger(__name__)
 

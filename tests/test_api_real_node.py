@@ -16,9 +16,9 @@ from tests.test_api_conformance import EXPECTED_PUBLIC as PUBLIC
 def _node_route_tables() -> list[RouteTable]:
     """The tables a node installs: core, memory, peers, devices, and every feature's."""
     from node.api.routes_core import core_routes
-    from node.api.routes_peers import peer_routes
     from node.devices.routes import device_routes
     from node.memory.routes import memory_routes
+    from node.mesh.routes import peer_routes
 
     tables = [core_routes, memory_routes, peer_routes, device_routes]
     for feature in load_features():

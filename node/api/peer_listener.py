@@ -6,10 +6,10 @@ table is mounted alone on the LAN-facing listener, so nothing else is reachable 
 
 from __future__ import annotations
 
+from ..mesh.pairing.routes import PAIR_REASON, pair_socket
+from ..mesh.routes import PEER_REASON, peer_socket
 from .routes import RouteTable
 from .routes_core import health
-from .routes_pairing import PAIR_REASON, pair_socket
-from .routes_peers import PEER_REASON, peer_socket
 
 peer_listener_routes = RouteTable("peer-listener")
 peer_listener_routes.get("/v1/peer", public=PEER_REASON, streaming=True)(peer_socket)

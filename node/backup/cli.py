@@ -402,7 +402,7 @@ def _verify(args: argparse.Namespace, paths: Paths) -> int:
 
 def _tell_node(paths: Paths, manifest_id: str, verified_at: str) -> None:
     """Store last_verified in Runtime: through the running node, else directly (§7.2)."""
-    from ..client import ApiError, NodeClient, NodeNotRunning
+    from ..cli.client import ApiError, NodeClient, NodeNotRunning
     from .runtime_status import record_verified_offline
 
     try:

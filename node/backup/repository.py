@@ -24,7 +24,7 @@ from typing import Any
 
 from nacl.exceptions import CryptoError
 
-from ..client import pid_alive
+from ..cli.client import pid_alive
 from .crypto import KDF_LIMITS, RepoKeys, check_kdf_limits, derive_kek, new_master, unwrap, wrap
 from .format import (
     CHUNK_RAW,

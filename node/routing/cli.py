@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(paths: Paths):
-    from ..client import NodeClient, NodeNotRunning
+    from ..cli.client import NodeClient, NodeNotRunning
 
     try:
         return NodeClient(paths)
@@ -44,7 +44,7 @@ def _client(paths: Paths):
 
 
 def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
-    from ..client import ApiError, NodeNotRunning
+    from ..cli.client import ApiError, NodeNotRunning
 
     client = _client(paths)
     try:

@@ -26,7 +26,7 @@ from .errors import BLAME_NONE, BLAME_PEER, HOST_CODES, AttemptFailed
 from .shapes import Garbage, clean_chunk, clean_response
 
 if TYPE_CHECKING:
-    from ..peers import PeerConnection, PeerManager
+    from ..mesh.peers import PeerConnection, PeerManager
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from crdt.verify import Rejected
 from .config import CAPABILITIES, KINDS, MAX_CORTICES, NAME_RE
 
 if TYPE_CHECKING:
-    from ..peers import PeerConnection, PeerManager
+    from ..mesh.peers import PeerConnection, PeerManager
     from .backend import LocalCortices
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,7 @@ def register(sub: Any) -> None:
 # -- plumbing -------------------------------------------------------------------------------------
 def _client(paths: Any) -> Any:
     from ..cli import UserError
-    from ..client import NodeClient, NodeNotRunning
+    from ..cli.client import NodeClient, NodeNotRunning
 
     try:
         return NodeClient(paths, timeout=15)
@@ -107,7 +107,7 @@ def _client(paths: Any) -> Any:
 
 def _call(paths: Any, method: str, path: str, body: Any = None, query: Any = None) -> Any:
     from ..cli import UserError
-    from ..client import ApiError, NodeNotRunning
+    from ..cli.client import ApiError, NodeNotRunning
 
     try:
         return _client(paths).request(method, path, body, query)
@@ -230,7 +230,7 @@ def cmd_sessions(args: argparse.Namespace, paths: Any) -> int:
 
 def cmd_claim(args: argparse.Namespace, paths: Any) -> int:
     from ..cli import UserError, print_json, say
-    from ..client import ApiError
+    from ..cli.client import ApiError
 
     session = _my_session(paths, args.session)
     body = {"pattern": _repo_relative(args.pattern), "mode": "shared" if args.shared

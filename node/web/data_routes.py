@@ -12,8 +12,8 @@ from ..api.middleware import PRINCIPAL_KEY, QUERY_KEY
 from ..api.pagination import page as _page
 from ..api.problem import Problem
 from ..api.routes import RouteTable
-from ..api.routes_peers import PEERS_KEY
 from ..devices.routes import REPO_KEY
+from ..mesh.routes import PEERS_KEY
 from .documents import describe, document_ids
 from .routes import WEB_KEY
 

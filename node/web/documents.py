@@ -14,7 +14,7 @@ from crdt.keys import device_id
 if TYPE_CHECKING:
     from crdt.documents import Repo
 
-    from ..peers import PeerManager
+    from ..mesh.peers import PeerManager
 
 
 def stored_size(repo: Repo, doc_id: str) -> int:

@@ -25,7 +25,7 @@ from ..api.problem import Problem
 if TYPE_CHECKING:
     from crdt.documents import Repo
 
-    from ..peers import PeerConnection, PeerManager
+    from ..mesh.peers import PeerConnection, PeerManager
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ..config import NodeConfig, Paths, parse_host_port
 from .client import NodeClient
-from .config import NodeConfig, Paths, parse_host_port
 
 
 class Backend(Protocol):
@@ -104,8 +104,8 @@ class OfflineBackend:
         from crdt.keys import DeviceKey
         from crdt.store import Store
 
-        from .memory import Memory
-        from .node import DataDirLock
+        from ..memory import Memory
+        from ..node import DataDirLock
 
         self.paths = paths
         self.lock = DataDirLock(paths.root)
@@ -127,10 +127,10 @@ class OfflineBackend:
         self.lock.release()
 
     def status(self) -> dict[str, Any]:
-        from .node import node_status
+        from ..node import node_status
 
         cfg = NodeConfig.load(self.paths.config)
-        from .backup.feature import offline_status
+        from ..backup.feature import offline_status
 
         return node_status(self.store, self.repo, cfg, self.key) | {
             "running": False,
@@ -159,7 +159,7 @@ class OfflineBackend:
         return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
 
     def memory_show(self, entry_id: str) -> dict[str, Any]:
-        from .memory import EntryNotFound
+        from ..memory import EntryNotFound
 
         try:
             return self.memory.get(entry_id)
@@ -167,7 +167,7 @@ class OfflineBackend:
             raise NotFound(entry_id) from None
 
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        from .memory import EntryNotFound
+        from ..memory import EntryNotFound
 
         try:
             return self.memory.update(entry_id, **changes)
@@ -175,7 +175,7 @@ class OfflineBackend:
             raise NotFound(entry_id) from None
 
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]:
-        from .memory import EntryNotFound
+        from ..memory import EntryNotFound
 
         try:
             return self.memory.history(entry_id)
@@ -183,7 +183,7 @@ class OfflineBackend:
             raise NotFound(entry_id) from None
 
     def memory_delete(self, entry_id: str) -> dict[str, Any]:
-        from .memory import EntryNotFound
+        from ..memory import EntryNotFound
 
         try:
             return self.memory.delete(entry_id)
@@ -209,7 +209,7 @@ class OfflineBackend:
         cfg.save(self.paths.config)
 
     def devices(self) -> list[dict[str, Any]]:
-        from .devices.routes import list_devices
+        from ..devices.routes import list_devices
 
         return list_devices(self.repo)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import UserError, say
-from .config import Paths
+from ..config import Paths
+from . import UserError, say
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_service(args: argparse.Namespace, paths: Paths) -> int:
-    from .service import UNIT_NAME, install, plan_unit, uninstall, unit_dir
+    from .unit import UNIT_NAME, install, plan_unit, uninstall, unit_dir
 
     directory = Path(args.unit_dir) if args.unit_dir else None
     if args.service_cmd == "uninstall":

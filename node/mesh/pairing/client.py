@@ -27,7 +27,8 @@ from crdt.keys import DeviceKey, device_id
 from crdt.roster import Roster
 from crdt.store import Store
 
-from .pairing import (
+from ...transport import TransportError, connect
+from .member import (
     PAIRING_MESH,
     commitment,
     member_proof,
@@ -37,7 +38,6 @@ from .pairing import (
     pake_finish,
     short_authentication_string,
 )
-from .transport import TransportError, connect
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ async def find_pairing_members(wait: float = 3.0) -> list[tuple[str, str]]:
     from zeroconf import IPVersion, ServiceStateChange
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-    from .discovery import SERVICE_TYPE, lan_addresses
+    from ..discovery import SERVICE_TYPE, lan_addresses
 
     addresses = lan_addresses()
     if not addresses:

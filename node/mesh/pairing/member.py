@@ -32,10 +32,10 @@ from spake2.spake2 import SPAKEError
 from crdt.identity import enrol_device
 from crdt.keys import device_id
 
-from .transport import HandshakeError, TransportError, accept
+from ...transport import HandshakeError, TransportError, accept
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ...node import Node
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +166,12 @@ class Pairing:
         self.node = node
 
     def route_tables(self) -> list:
-        from .api.routes_pairing import pairing_routes
+        from .routes import pairing_routes
 
         return [pairing_routes]
 
     def configure_app(self, app: web.Application) -> None:
-        from .api.routes_pairing import PAIRING_KEY
+        from .routes import PAIRING_KEY
 
         app[PAIRING_KEY] = self
 

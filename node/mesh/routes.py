@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from ..api.middleware import BODY_KEY
+from ..api.problem import Problem
+from ..api.routes import RouteTable
 from ..config import ConfigError, parse_host_port
-from ..peers import PeerManager
-from .middleware import BODY_KEY
-from .problem import Problem
-from .routes import RouteTable
+from .peers import PeerManager
 
 peer_routes = RouteTable("peers")
 

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .middleware import BODY_KEY
-from .problem import Problem
-from .routes import RouteTable
+from ...api.middleware import BODY_KEY
+from ...api.problem import Problem
+from ...api.routes import RouteTable
 
 if TYPE_CHECKING:
-    from ..pairing import Pairing
+    from .member import Pairing
 
 pairing_routes = RouteTable("pairing")
 PAIRING_KEY: web.AppKey[Pairing] = web.AppKey("maia_pairing", object)  # type: ignore[arg-type]
@@ -65,7 +65,7 @@ async def window_state(request: web.Request) -> web.Response:
 async def confirm(request: web.Request) -> web.Response:
     """The owner's decision after comparing the short authentication strings. The device is
     enrolled only when its own user confirmed too (SPEC-005 §12.7)."""
-    from ..pairing import PairingError
+    from .member import PairingError
 
     try:
         return web.json_response(await _pairing(request).decide(request[BODY_KEY]["accept"]))

@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from .cli import UserError, backend_for, say
-from .config import NodeConfig, Paths
+from ...cli import UserError, backend_for, say
+from ...config import NodeConfig, Paths
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,8 +41,8 @@ def cmd_pair(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _accept(args: argparse.Namespace, paths: Paths) -> int:
-    from .backends import ApiBackend
-    from .client import ApiError
+    from ...cli.client import ApiError
+    from ...cli.targets import ApiBackend
 
     backend = backend_for(paths)
     if not isinstance(backend, ApiBackend):
@@ -117,8 +117,8 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
 
     from crdt.keys import DeviceKey
 
-    from .node import DataDirBusy, locked_store
-    from .pairing_client import find_pairing_members
+    from ...node import DataDirBusy, locked_store
+    from .client import find_pairing_members
 
     if not args.code:
         raise UserError("give the code the member shows: maia pair --code XXXX-XXXX")
@@ -150,7 +150,7 @@ def _pair_into(store, key, target: str, args: argparse.Namespace, paths: Paths) 
 
     from crdt.identity import stored_mesh_id
 
-    from .pairing_client import PairFailed, default_device_name, pair_with
+    from .client import PairFailed, default_device_name, pair_with
 
     try:
         if stored_mesh_id(store) is not None:

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from .config import ENV_DATA_DIR, ConfigError, NodeConfig, Paths, resolve_data_dir
+from ..config import ENV_DATA_DIR, ConfigError, NodeConfig, Paths, resolve_data_dir
 
 log = logging.getLogger("maia")
 
@@ -37,8 +37,8 @@ def _json(obj: Any) -> None:
 
 
 def _backend(paths: Paths):
-    from .backends import ApiBackend, OfflineBackend
     from .client import NodeClient, NodeNotRunning
+    from .targets import ApiBackend, OfflineBackend
 
     try:
         return ApiBackend(NodeClient(paths))
@@ -47,7 +47,7 @@ def _backend(paths: Paths):
     from crdt.identity import NoMeshError
     from crdt.keys import KeyFileError
 
-    from .node import DataDirBusy
+    from ..node import DataDirBusy
 
     try:
         return OfflineBackend(paths)
@@ -112,7 +112,7 @@ def _has_mesh(paths: Paths) -> bool:
 def _new_mesh(paths: Paths, key, args: argparse.Namespace) -> None:
     from crdt.identity import create_mesh
 
-    from .node import locked_store
+    from ..node import locked_store
 
     cfg = NodeConfig.load(paths.config)
     with locked_store(paths.root) as store:
@@ -128,7 +128,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     from crdt.identity import NoMeshError
     from crdt.keys import KeyFileError
 
-    from .node import DataDirBusy, Node
+    from ..node import DataDirBusy, Node
 
     cfg = NodeConfig.load(paths.config)
     if args.listen:
@@ -288,8 +288,8 @@ def _import(backend, args: argparse.Namespace) -> None:
 
 
 def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
-    from .backends import NotFound
     from .client import ApiError
+    from .targets import NotFound
 
     backend = _backend(paths)
     try:
@@ -357,9 +357,9 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
 
 # -- peers --------------------------------------------------------------------------------------
 def cmd_peer(args: argparse.Namespace, paths: Paths) -> int:
-    from .backends import ApiBackend, NotFound
+    from ..config import parse_host_port
     from .client import ApiError
-    from .config import parse_host_port
+    from .targets import ApiBackend, NotFound
 
     backend = _backend(paths)
     try:
@@ -462,7 +462,7 @@ def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
     from crdt.identity import accept_invitation
     from crdt.keys import DeviceKey
 
-    from .node import DataDirBusy, locked_store
+    from ..node import DataDirBusy, locked_store
 
     key = DeviceKey.load(paths.key)
     try:
@@ -626,9 +626,9 @@ example (notes.jsonl):
 # Modules that add commands: each has ``register(subparsers)`` and keeps its top-level imports
 # light (heavy imports go inside the command functions), so ``maia`` starts fast.
 COMMAND_MODULES: list[str] = [
-    "node.cli_pairing",
-    "node.cli_service",
-    "node.cli_sync",
+    "node.mesh.pairing.cli",
+    "node.cli.service",
+    "node.mesh.sync_progress",
     "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",
@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     level = (args.log_level or ("INFO" if args.command == "up" else "WARNING")).upper()
-    from .logs import configure_logging
+    from ..logs import configure_logging
 
     configure_logging(level, args.log_format)
     paths = Paths(resolve_data_dir(args.data_dir))
@@ -665,10 +665,3 @@ def main(argv: list[str] | None = None) -> int:
 say = _say
 print_json = _json
 backend_for = _backend
-
-
-if __name__ == "__main__":
-    # Run through the importable module so command modules share one UserError class.
-    from node.cli import main as _main
-
-    sys.exit(_main())

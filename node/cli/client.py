@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from .config import Paths
+from ..config import Paths
 
 
 class NodeNotRunning(Exception):

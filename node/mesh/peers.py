@@ -25,7 +25,7 @@ from crdt.store import StorageFull
 from crdt.sync import ROSTER_CODES, PeerSync
 from crdt.verify import Rejected
 
-from .transport import ChannelClosed, SecureChannel, TransportError, accept, connect
+from ..transport import ChannelClosed, SecureChannel, TransportError, accept, connect
 
 log = logging.getLogger(__name__)
 

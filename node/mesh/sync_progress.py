@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any
 
-from .cli import UserError, backend_for, print_json, say
-from .config import Paths
+from ..cli import UserError, backend_for, print_json, say
+from ..config import Paths
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +68,7 @@ def _in_step(snap: dict[str, Any]) -> bool:
 
 
 def cmd_sync(args: argparse.Namespace, paths: Paths) -> int:
-    from .backends import ApiBackend
+    from ..cli.targets import ApiBackend
 
     backend = backend_for(paths)
     if not isinstance(backend, ApiBackend):
