@@ -66,7 +66,7 @@ class DictServices:
 
 def discover_route_tables() -> list[RouteTable]:
     """Every RouteTable defined in node.api's routes_* modules, except the built-in core."""
-    from node.api.routes_core import core_routes
+    from node.api.core import core_routes
 
     found: dict[int, RouteTable] = {}
     for module_info in pkgutil.iter_modules(node.api.__path__):

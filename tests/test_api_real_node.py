@@ -15,7 +15,7 @@ from tests.test_api_conformance import EXPECTED_PUBLIC as PUBLIC
 
 def _node_route_tables() -> list[RouteTable]:
     """The tables a node installs: core, memory, peers, devices, and every feature's."""
-    from node.api.routes_core import core_routes
+    from node.api.core import core_routes
     from node.devices.routes import device_routes
     from node.memory.routes import memory_routes
     from node.mesh.routes import peer_routes

@@ -33,7 +33,7 @@ from .middleware import (
 from .problem import Problem, problem_from_http_exception
 from .ratelimit import RateLimiter
 from .routes import RouteTable
-from .routes_core import core_routes
+from .core import core_routes
 from .services import SERVICES_KEY, NodeServices
 
 
