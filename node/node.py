@@ -19,16 +19,18 @@ from typing import Any
 
 from aiohttp import web
 
-from crdt.identity import (
+from crdt import (
     IDENTITY_DOC,
+    LAYERS,
+    DeviceKey,
+    Store,
+    device_id,
     get_profile,
     import_roster_from_doc,
     mesh_info,
     open_repo,
     update_profile,
 )
-from crdt.keys import DeviceKey, device_id
-from crdt.store import LAYERS, Store
 
 from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .auth import Authenticator, LocalTokenAuthenticator
+from .core import core_routes
 from .middleware import (
     AUTHENTICATORS_KEY,
     HOST_POLICY_KEY,
@@ -33,7 +34,6 @@ from .middleware import (
 from .problem import Problem, problem_from_http_exception
 from .ratelimit import RateLimiter
 from .routes import RouteTable
-from .core import core_routes
 from .services import SERVICES_KEY, NodeServices
 
 

@@ -30,7 +30,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from jsonschema import Draft202012Validator
 
-from crdt.store import StorageFull
+from crdt import StorageFull
 
 from .auth import Authenticator
 from .problem import (

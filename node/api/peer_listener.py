@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ..mesh.pairing.routes import PAIR_REASON, pair_socket
 from ..mesh.routes import PEER_REASON, peer_socket
-from .routes import RouteTable
 from .core import health
+from .routes import RouteTable
 
 peer_listener_routes = RouteTable("peer-listener")
 peer_listener_routes.get("/v1/peer", public=PEER_REASON, streaming=True)(peer_socket)

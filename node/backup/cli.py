@@ -117,7 +117,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_backup(args: argparse.Namespace, paths: Paths) -> int:
-    from crdt.store import StoreError
+    from crdt import StoreError
 
     from .format import BackupError
 
@@ -215,7 +215,7 @@ def _remember(paths: Paths, repo) -> None:
 
 
 def _this_device(paths: Paths) -> str:
-    from crdt.keys import DeviceKey
+    from crdt import DeviceKey
 
     return DeviceKey.load(paths.key).device_id
 
@@ -276,7 +276,7 @@ def _mib(n: int) -> str:
 
 
 def _open_store(paths: Paths):
-    from crdt.store import Store
+    from crdt import Store
 
     from .format import BACKED_UP_LAYERS
 

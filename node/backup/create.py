@@ -18,8 +18,7 @@ from pathlib import Path
 import msgpack
 from automerge.core import Document
 
-from crdt.chunks import CHUNK_CHANGE, inflate_change
-from crdt.store import LayerView, Store
+from crdt import CHUNK_CHANGE, LayerView, Store, inflate_change
 
 from .format import (
     BACKED_UP_LAYERS,

@@ -28,7 +28,7 @@ from .runtime_status import newer_verification, read_status, update_status
 from .settings import ENV_MIN_INTERVAL, BackupSettings, cache_path
 
 if TYPE_CHECKING:
-    from crdt.store import Store
+    from crdt import Store
 
     from ..api.routes import RouteTable
     from ..config import NodeConfig

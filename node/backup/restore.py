@@ -17,12 +17,23 @@ from pathlib import Path
 import msgpack
 from automerge.core import Document
 
-from crdt.documents import Repo, valid_doc_id
-from crdt.identity import cutoff_heads, record_certs
-from crdt.keys import DeviceKey
-from crdt.roster import CertError, Roster, decode_cert, new_endorsement, new_tombstone
-from crdt.store import Store, format_version, layer_of
-from crdt.verify import Rejected, verify_changes
+from crdt import (
+    CertError,
+    DeviceKey,
+    Rejected,
+    Repo,
+    Roster,
+    Store,
+    cutoff_heads,
+    decode_cert,
+    format_version,
+    layer_of,
+    new_endorsement,
+    new_tombstone,
+    record_certs,
+    valid_doc_id,
+    verify_changes,
+)
 
 from .crypto import unseal_device_key
 from .format import BACKED_UP_LAYERS, BackupError, Corrupt, Manifest, Pack, stamp, utcnow

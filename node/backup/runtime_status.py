@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from crdt.store import Store
+from crdt import Store
 
 from ..config import Paths
 

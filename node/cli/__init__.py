@@ -44,8 +44,7 @@ def _backend(paths: Paths):
         return ApiBackend(NodeClient(paths))
     except NodeNotRunning:
         pass
-    from crdt.identity import NoMeshError
-    from crdt.keys import KeyFileError
+    from crdt import KeyFileError, NoMeshError
 
     from ..node import DataDirBusy
 
@@ -63,7 +62,7 @@ def _backend(paths: Paths):
 
 # -- init ---------------------------------------------------------------------------------------
 def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
-    from crdt.keys import DeviceKey
+    from crdt import DeviceKey
 
     if paths.key.exists():
         key = DeviceKey.load(paths.key)  # also checks its permissions
@@ -99,8 +98,7 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _has_mesh(paths: Paths) -> bool:
-    from crdt.identity import stored_mesh_id
-    from crdt.store import Store
+    from crdt import Store, stored_mesh_id
 
     store = Store(paths.root)
     try:
@@ -110,7 +108,7 @@ def _has_mesh(paths: Paths) -> bool:
 
 
 def _new_mesh(paths: Paths, key, args: argparse.Namespace) -> None:
-    from crdt.identity import create_mesh
+    from crdt import create_mesh
 
     from ..node import locked_store
 
@@ -125,8 +123,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     import asyncio
     import signal
 
-    from crdt.identity import NoMeshError
-    from crdt.keys import KeyFileError
+    from crdt import KeyFileError, NoMeshError
 
     from ..node import DataDirBusy, Node
 
@@ -199,7 +196,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_profile(args: argparse.Namespace, paths: Paths) -> int:
-    from crdt.identity import PROFILE_FIELDS
+    from crdt import PROFILE_FIELDS
 
     backend = _backend(paths)
     try:
@@ -406,8 +403,7 @@ def cmd_peers(args: argparse.Namespace, paths: Paths) -> int:
 
 # -- devices ------------------------------------------------------------------------------------
 def cmd_device(args: argparse.Namespace, paths: Paths) -> int:
-    from crdt.identity import join_request
-    from crdt.keys import DeviceKey
+    from crdt import DeviceKey, join_request
 
     from .client import ApiError
 
@@ -459,8 +455,7 @@ def _ago(ts: float | None) -> str:
 
 
 def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
-    from crdt.identity import accept_invitation
-    from crdt.keys import DeviceKey
+    from crdt import DeviceKey, accept_invitation
 
     from ..node import DataDirBusy, locked_store
 
@@ -646,8 +641,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(level, args.log_format)
     paths = Paths(resolve_data_dir(args.data_dir))
-    from crdt.keys import KeyFileError
-    from crdt.store import StoreError
+    from crdt import KeyFileError, StoreError
 
     try:
         return args.func(args, paths)

@@ -100,9 +100,7 @@ class OfflineBackend:
     """Acts on the store directly; only while no node runs (it takes the node's lock)."""
 
     def __init__(self, paths: Paths) -> None:
-        from crdt.identity import open_repo
-        from crdt.keys import DeviceKey
-        from crdt.store import Store
+        from crdt import DeviceKey, Store, open_repo
 
         from ..memory import Memory
         from ..node import DataDirLock
@@ -140,12 +138,12 @@ class OfflineBackend:
         }
 
     def profile_get(self) -> dict[str, Any]:
-        from crdt.identity import get_profile
+        from crdt import get_profile
 
         return get_profile(self.repo)
 
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]:
-        from crdt.identity import update_profile
+        from crdt import update_profile
 
         return update_profile(self.repo, changes)
 
@@ -214,16 +212,14 @@ class OfflineBackend:
         return list_devices(self.repo)
 
     def device_add(self, request: str, name: str) -> dict[str, Any]:
-        from crdt.identity import enrol_device, parse_join_request
-        from crdt.keys import device_id
+        from crdt import device_id, enrol_device, parse_join_request
 
         subject = parse_join_request(request)
         invitation = enrol_device(self.repo, subject, name)
         return {"device_id": device_id(subject), "invitation": invitation}
 
     def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
-        from crdt.identity import revoke_device
-        from crdt.keys import device_id, normalize_device_id
+        from crdt import device_id, normalize_device_id, revoke_device
 
         wanted = normalize_device_id(device)
         keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked]

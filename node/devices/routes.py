@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from crdt.documents import Repo
-from crdt.identity import enrol_device, parse_join_request, revoke_device
-from crdt.keys import DeviceIdError, device_id, normalize_device_id
+from crdt import (
+    DeviceIdError,
+    Repo,
+    device_id,
+    enrol_device,
+    normalize_device_id,
+    parse_join_request,
+    revoke_device,
+)
 
 from ..api.middleware import BODY_KEY
 from ..api.problem import Problem

@@ -21,9 +21,7 @@ import lmdb
 import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
-from crdt.docids import MEMORY_KINDS
-from crdt.documents import Repo
-from crdt.keys import device_id
+from crdt import MEMORY_KINDS, Repo, device_id
 
 log = logging.getLogger(__name__)
 

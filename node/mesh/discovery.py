@@ -23,7 +23,7 @@ import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from crdt.keys import device_id
+from crdt import device_id
 
 if TYPE_CHECKING:
     from ..node import Node

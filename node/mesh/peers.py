@@ -19,11 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from crdt.documents import Repo
-from crdt.keys import device_id
-from crdt.store import StorageFull
-from crdt.sync import ROSTER_CODES, PeerSync
-from crdt.verify import Rejected
+from crdt import ROSTER_CODES, PeerSync, Rejected, Repo, StorageFull, device_id
 
 from ..transport import ChannelClosed, SecureChannel, TransportError, accept, connect
 

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from crdt.verify import Rejected
+from crdt import Rejected
 
 from .backend import BackendError, Event, LocalCortices
 from .errors import BLAME_NONE, BLAME_PEER, HOST_CODES, AttemptFailed

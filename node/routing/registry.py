@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crdt.verify import Rejected
+from crdt import Rejected
 
 from .config import CAPABILITIES, KINDS, MAX_CORTICES, NAME_RE
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crdt.keys import device_id
+from crdt import device_id
 
 if TYPE_CHECKING:
-    from crdt.documents import Repo
+    from crdt import Repo
 
     from ..mesh.peers import PeerManager
 

@@ -115,7 +115,7 @@ def _read_answer_while(c) -> str | None:
 def _join(args: argparse.Namespace, paths: Paths) -> int:
     import asyncio
 
-    from crdt.keys import DeviceKey
+    from crdt import DeviceKey
 
     from ...node import DataDirBusy, locked_store
     from .client import find_pairing_members
@@ -148,7 +148,7 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
 def _pair_into(store, key, target: str, args: argparse.Namespace, paths: Paths) -> int:
     import asyncio
 
-    from crdt.identity import stored_mesh_id
+    from crdt import stored_mesh_id
 
     from .client import PairFailed, default_device_name, pair_with
 

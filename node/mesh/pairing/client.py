@@ -22,10 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from crdt.identity import accept_invitation, parse_invitation
-from crdt.keys import DeviceKey, device_id
-from crdt.roster import Roster
-from crdt.store import Store
+from crdt import DeviceKey, Roster, Store, accept_invitation, device_id, parse_invitation
 
 from ...transport import TransportError, connect
 from .member import (

@@ -29,8 +29,7 @@ from spake2 import SPAKE2_A, SPAKE2_B
 from spake2.ed25519_basic import NotOnCurve
 from spake2.spake2 import SPAKEError
 
-from crdt.identity import enrol_device
-from crdt.keys import device_id
+from crdt import device_id, enrol_device
 
 from ...transport import HandshakeError, TransportError, accept
 
