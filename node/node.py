@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from .api.auth import load_or_create_token
 from .api.middleware import HostPolicy, Limits
 from .api.peer_listener import peer_listener_routes
 from .config import NodeConfig, Paths
+from .datadir import DataDirLock
 from .devices.routes import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .features import Feature, load_features
 from .memory import Memory
@@ -48,46 +47,6 @@ log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 5.0
 IDLE_EVICT_SECONDS = 30.0
-
-
-class DataDirBusy(Exception):
-    """Another process (a running node) holds this data dir."""
-
-
-class DataDirLock:
-    """Exclusive advisory lock on ``<data>/node.lock``; released when the process dies."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / "node.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DataDirBusy(f"a maia node is already running on {self.path.parent}") from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-@contextlib.contextmanager
-def locked_store(root: Path) -> Iterator[Store]:
-    """The store, opened under the data-dir lock, for commands that run without a node."""
-    lock = DataDirLock(root)
-    lock.acquire()
-    store = Store(root)
-    try:
-        yield store
-    finally:
-        store.close()
-        lock.release()
 
 
 class Node:

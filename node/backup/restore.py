@@ -215,7 +215,7 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore ``ref`` into the data dir ``target`` (SPEC-002 §8). Nothing is written to the
     target unless every check passed; an existing data dir is only moved aside, with force."""
-    from node.node import DataDirBusy, DataDirLock  # the node's own data-dir lock
+    from ..datadir import DataDirBusy, DataDirLock
 
     target = Path(target).absolute()
     manifest = repo.load_manifest(ref)

@@ -47,7 +47,7 @@ def newer_verification(status: dict[str, Any], manifest_id: str, verified_at: st
 
 def record_verified_offline(paths: Paths, manifest_id: str, verified_at: str) -> bool:
     """Store ``last_verified`` when no node runs (holding the node's lock while writing)."""
-    from ..node import DataDirBusy, DataDirLock
+    from ..datadir import DataDirBusy, DataDirLock
 
     if not (paths.root / "runtime" / "data.mdb").is_file():
         return False

@@ -46,7 +46,7 @@ def _backend(paths: Paths):
         pass
     from crdt import KeyFileError, NoMeshError
 
-    from ..node import DataDirBusy
+    from ..datadir import DataDirBusy
 
     try:
         return OfflineBackend(paths)
@@ -110,7 +110,7 @@ def _has_mesh(paths: Paths) -> bool:
 def _new_mesh(paths: Paths, key, args: argparse.Namespace) -> None:
     from crdt import create_mesh
 
-    from ..node import locked_store
+    from ..datadir import locked_store
 
     cfg = NodeConfig.load(paths.config)
     with locked_store(paths.root) as store:
@@ -125,7 +125,8 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
 
     from crdt import KeyFileError, NoMeshError
 
-    from ..node import DataDirBusy, Node
+    from ..datadir import DataDirBusy
+    from ..node import Node
 
     cfg = NodeConfig.load(paths.config)
     if args.listen:
@@ -457,7 +458,7 @@ def _ago(ts: float | None) -> str:
 def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
     from crdt import DeviceKey, accept_invitation
 
-    from ..node import DataDirBusy, locked_store
+    from ..datadir import DataDirBusy, locked_store
 
     key = DeviceKey.load(paths.key)
     try:

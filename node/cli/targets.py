@@ -102,8 +102,8 @@ class OfflineBackend:
     def __init__(self, paths: Paths) -> None:
         from crdt import DeviceKey, Store, open_repo
 
+        from ..datadir import DataDirLock
         from ..memory import Memory
-        from ..node import DataDirLock
 
         self.paths = paths
         self.lock = DataDirLock(paths.root)

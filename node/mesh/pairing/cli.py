@@ -117,7 +117,7 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
 
     from crdt import DeviceKey
 
-    from ...node import DataDirBusy, locked_store
+    from ...datadir import DataDirBusy, locked_store
     from .client import find_pairing_members
 
     if not args.code:
