@@ -9,21 +9,13 @@ import urllib.error
 import urllib.request
 
 from node.api.routes import RouteTable
-from node.features import load_features
+from node.features import node_route_tables
 from tests.test_api_conformance import EXPECTED_PUBLIC as PUBLIC
 
 
 def _node_route_tables() -> list[RouteTable]:
-    """The tables a node installs: core, memory, peers, devices, and every feature's."""
-    from node.api.core import core_routes
-    from node.devices.routes import device_routes
-    from node.memory.routes import memory_routes
-    from node.mesh.routes import peer_routes
-
-    tables = [core_routes, memory_routes, peer_routes, device_routes]
-    for feature in load_features():
-        tables.extend(feature.route_tables())
-    return tables
+    """The tables a node installs: core and every feature's."""
+    return node_route_tables()
 
 
 def _call(node, method: str, path: str, body: bytes | None = None, token: str | None = None,

@@ -4,32 +4,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from crdt import PROFILE_FIELDS, ProfileError
+
 from .middleware import BODY_KEY
+from .openapi import openapi_document
 from .routes import RouteTable
 from .services import SERVICES_KEY
 
-core_routes = RouteTable("core")
+core_routes = RouteTable("core", errors={ProfileError: (400, "Invalid profile")})
 
-# The profile is the owner's own data; the bounds keep one field from
-# swallowing the identity document and the patterns keep timezone/locale
-# usable as identifiers.  Unknown fields are refused rather than stored
-# (OWASP API3, object-property-level authorisation).
+# Shapes only: the profile's rules (bounds, patterns) live in crdt.identity.PROFILE_RULES, the
+# same for the API and the offline CLI; null clears a field. Unknown fields are refused rather
+# than stored (OWASP API3, object-property-level authorisation).
 PROFILE_PATCH_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "minProperties": 1,
     "additionalProperties": False,
-    "properties": {
-        "display_name": {"type": "string", "minLength": 1, "maxLength": 100},
-        "email": {"type": "string", "maxLength": 254, "format": "email"},
-        "timezone": {"type": "string", "maxLength": 64, "pattern": r"^[A-Za-z0-9_+\-/]*$"},
-        "locale": {
-            "type": "string",
-            "maxLength": 35,
-            "pattern": r"^([A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*)?$",
-        },
-        "bio": {"type": "string", "maxLength": 2000},
-    },
+    "properties": {name: {"type": ["string", "null"]} for name in PROFILE_FIELDS},
 }
 
 
@@ -60,6 +52,9 @@ async def update_profile(request: web.Request) -> web.Response:
 @core_routes.get("/v1/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this listener's routes (SPEC-003 §3.8)."""
-    from .openapi import openapi_document  # imported late: `python -m node.api.openapi`
-
     return web.json_response(openapi_document(request.app))
+
+
+# The peer listener's own table (SPEC-003 §2.1): liveness only; features add their sockets.
+listener_routes = RouteTable("peer-listener")
+listener_routes.get("/health", public="liveness probe; answers a constant")(health)

@@ -45,7 +45,7 @@ from .problem import (
     problem_from_http_exception,
 )
 from .ratelimit import RateLimiter
-from .routes import Handler, route_spec
+from .routes import Handler, mapped_error, route_spec
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         return Problem(507, "Insufficient storage", str(full), data_dir=str(full.data_dir),
                        free_bytes=full.free_bytes).to_response(request)
-    except Exception:
-        log.exception("unhandled error answering %s %s", request.method, request.path)
+    except Exception as exc:
         if request.get(_STARTED_KEY):
+            log.exception("unhandled error answering %s %s", request.method, request.path)
             raise
+        declared = mapped_error(route_spec(request), exc)
+        if declared is not None:  # a domain error the route table maps (RouteTable.errors)
+            return Problem(declared[0], declared[1], str(exc)).to_response(request)
+        log.exception("unhandled error answering %s %s", request.method, request.path)
         return Problem(500, detail="internal error; see the node log").to_response(request)
 
 

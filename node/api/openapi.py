@@ -13,9 +13,7 @@ problem+json error answer.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import pkgutil
 import re
 import sys
 from collections.abc import Iterable
@@ -25,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .problem import PROBLEM_CONTENT_TYPE
-from .routes import RouteSpec, RouteTable, route_specs
+from .routes import RouteSpec, route_specs
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
@@ -161,25 +159,12 @@ def _path_template(path: str) -> tuple[str, list[dict[str, Any]]]:
     return "".join(out), params
 
 
-def node_route_tables() -> list[RouteTable]:
-    """The local API's tables: core plus every RouteTable of a ``node.api.routes_*`` module."""
-    import node.api
-
-    found: dict[int, RouteTable] = {}
-    for module_info in sorted(pkgutil.iter_modules(node.api.__path__), key=lambda m: m.name):
-        if not module_info.name.startswith("routes_"):
-            continue
-        module = importlib.import_module(f"node.api.{module_info.name}")
-        for value in vars(module).values():
-            if isinstance(value, RouteTable):
-                found[id(value)] = value
-    return list(found.values())
-
-
 def node_document() -> dict[str, Any]:
     """The whole node's document, without starting a node."""
-    specs = [spec for table in node_route_tables() for spec in table]
-    return document_for(specs)
+    # The one look upward from node/api: only the generator needs the whole node's routes.
+    from node.features import node_route_tables
+
+    return document_for(spec for table in node_route_tables() for spec in table)
 
 
 def render(document: dict[str, Any]) -> str:

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSONSchema = Mapping[str, Any]
+# A domain error class -> (HTTP status, problem title); the problem's detail is ``str(error)``.
+ErrorMap = Mapping[type[Exception], tuple[int, str]]
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _BODYLESS = frozenset({"GET", "DELETE"})
@@ -52,6 +54,7 @@ class RouteSpec:
     streaming: bool = False
     principal_kinds: frozenset[PrincipalKind] = frozenset({"local"})
     summary: str = ""
+    errors: ErrorMap = field(default_factory=dict)
     body_validator: Draft202012Validator | None = field(default=None, repr=False)
     query_validator: Draft202012Validator | None = field(default=None, repr=False)
 
@@ -74,10 +77,17 @@ def _validator(schema: JSONSchema | None) -> Draft202012Validator | None:
 
 
 class RouteTable:
-    """A named group of routes with metadata, installed into an app as one unit."""
+    """A named group of routes with metadata, installed into an app as one unit.
 
-    def __init__(self, name: str) -> None:
+    ``errors`` maps the domain errors its handlers let through to problems, in this one place:
+    a handler calls the domain and lets its error go (SPEC-003 §9), the errors middleware
+    answers ``status`` with ``title`` and the error's own sentence as the detail. The first
+    matching class wins, so list subclasses before their bases.
+    """
+
+    def __init__(self, name: str, *, errors: ErrorMap | None = None) -> None:
         self.name = name
+        self.errors: ErrorMap = dict(errors or {})
         self._specs: list[RouteSpec] = []
 
     def __iter__(self) -> Iterator[RouteSpec]:
@@ -137,6 +147,7 @@ class RouteTable:
                     streaming=streaming,
                     principal_kinds=kinds,
                     summary=((handler.__doc__ or "").strip().splitlines() or [""])[0],
+                    errors=self.errors,
                     body_validator=body_validator,
                     query_validator=query_validator,
                 )
@@ -221,6 +232,16 @@ def route_spec(request: web.Request) -> RouteSpec | None:
 def route_specs(app: web.Application) -> Mapping[web.AbstractRoute, RouteSpec]:
     """All installed routes of ``app`` with their metadata."""
     return app.get(ROUTE_SPECS_KEY, {})
+
+
+def mapped_error(spec: RouteSpec | None, exc: Exception) -> tuple[int, str] | None:
+    """The (status, title) ``spec``'s table declares for ``exc``, or None."""
+    if spec is None:
+        return None
+    for kind, answer in spec.errors.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
 
 
 def inventory(app: web.Application) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..config import Paths
-from . import UserError, say
+from .common import UserError, say
+from .unit import UNIT_NAME, install, plan_unit, uninstall, unit_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_service(args: argparse.Namespace, paths: Paths) -> int:
-    from .unit import UNIT_NAME, install, plan_unit, uninstall, unit_dir
-
     directory = Path(args.unit_dir) if args.unit_dir else None
     if args.service_cmd == "uninstall":
         path = (directory or unit_dir(args.system)) / UNIT_NAME

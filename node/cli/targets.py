@@ -1,19 +1,46 @@
-"""What CLI commands act on: the running node's API, or the store itself when no node runs.
+"""What ``maia`` commands act on: the running node's API, or the store itself when none runs.
 
-Both backends offer the same operations with the same results, so each command is written
-once. The offline backend holds the data-dir lock for its lifetime: it can never write behind
-a running node's back.
+Both targets offer the same operations and call the same rules (``Memory``, ``crdt.identity``,
+``node.devices.members``, ``node.mesh.peerlist``, ``node.status``), so each command is written
+once and answers alike either way (``tests/test_cli_targets.py`` runs every command against
+both). A rule's refusal reaches the user as that rule's own sentence: offline directly, online
+as the detail of the problem the route table mapped it to. The offline target holds the
+data-dir lock for its lifetime: it can never write behind a running node's back.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
-from ..config import NodeConfig, Paths, parse_host_port
-from .client import NodeClient
+from crdt import (
+    DeviceKey,
+    KeyFileError,
+    NoMeshError,
+    Store,
+    get_profile,
+    open_repo,
+    update_profile,
+)
+
+from ..config import ConfigError, NodeConfig, Paths
+from ..datadir import DataDirBusy, DataDirLock
+from ..devices import members
+from ..features import load_features
+from ..memory import Memory
+from ..mesh import peerlist
+from ..status import offline_report
+from .client import ApiError, NodeClient, NodeNotRunning
+from .common import UserError, problem_sentence
+
+T = TypeVar("T")
 
 
-class Backend(Protocol):
+class Target(Protocol):
+    running: bool
+
     def status(self) -> dict[str, Any]: ...
     def profile_get(self) -> dict[str, Any]: ...
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
@@ -33,79 +60,84 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class NotFound(Exception):
-    pass
+class OnlineTarget:
+    """The node is running: every operation is one call of its local API."""
 
+    running = True
 
-class ApiBackend:
     def __init__(self, client: NodeClient) -> None:
-        self.c = client
+        self.client = client
+
+    def _call(self, method: str, path: str, body: Any = None,
+              query: dict[str, Any] | None = None) -> Any:
+        try:
+            return self.client.request(method, path, body, query)
+        except NodeNotRunning:
+            raise UserError("the node stopped answering; is it still running?") from None
+        except ApiError as exc:
+            raise UserError(problem_sentence(exc)) from None
 
     def status(self) -> dict[str, Any]:
-        return self.c.request("GET", "/v1/status") | {"running": True}
+        return self._call("GET", "/v1/status")
 
     def profile_get(self) -> dict[str, Any]:
-        return self.c.request("GET", "/v1/profile")
+        return self._call("GET", "/v1/profile")
 
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]:
-        return self.c.request("PATCH", "/v1/profile", changes)
+        return self._call("PATCH", "/v1/profile", changes)
 
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]:
-        return self.c.request("POST", "/v1/memory", {"text": text, "kind": kind, "tags": tags})
+        return self._call("POST", "/v1/memory", {"text": text, "kind": kind, "tags": tags})
 
     def memory_import(self, items: list[dict[str, Any]]) -> int:
-        return self.c.request("POST", "/v1/memory/import", {"entries": items})["added"]
+        return self._call("POST", "/v1/memory/import", {"entries": items})["added"]
 
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         query = {("q" if k == "query" else k): v for k, v in filters.items() if v is not None}
-        return self.c.request("GET", "/v1/memory", query=query)["entries"]
+        return self._call("GET", "/v1/memory", query=query)["entries"]
 
     def memory_show(self, entry_id: str) -> dict[str, Any]:
-        return self.c.request("GET", f"/v1/memory/{entry_id}")
+        return self._call("GET", f"/v1/memory/{quote(entry_id, safe='')}")
 
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        return self.c.request("PATCH", f"/v1/memory/{entry_id}", changes)
+        return self._call("PATCH", f"/v1/memory/{quote(entry_id, safe='')}", changes)
 
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]:
-        return self.c.request("GET", f"/v1/memory/{entry_id}/history")["history"]
+        return self._call("GET", f"/v1/memory/{quote(entry_id, safe='')}/history")["history"]
 
     def memory_delete(self, entry_id: str) -> dict[str, Any]:
-        return self.c.request("DELETE", f"/v1/memory/{entry_id}")
+        return self._call("DELETE", f"/v1/memory/{quote(entry_id, safe='')}")
 
     def peers(self) -> list[dict[str, Any]]:
-        return self.c.request("GET", "/v1/peers")["peers"]
+        return self._call("GET", "/v1/peers")["peers"]
 
     def peer_add(self, address: str) -> None:
-        self.c.request("POST", "/v1/peers", {"address": address})
+        self._call("POST", "/v1/peers", {"address": address})
 
     def peer_remove(self, address: str) -> None:
-        from urllib.parse import quote
-
-        self.c.request("DELETE", f"/v1/peers/{quote(address, safe='')}")
+        self._call("DELETE", f"/v1/peers/{quote(address, safe='')}")
 
     def devices(self) -> list[dict[str, Any]]:
-        return self.c.request("GET", "/v1/devices")["devices"]
+        return self._call("GET", "/v1/devices")["devices"]
 
     def device_add(self, request: str, name: str) -> dict[str, Any]:
-        return self.c.request("POST", "/v1/devices", {"request": request, "name": name})
+        return self._call("POST", "/v1/devices", {"request": request, "name": name})
 
     def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.c.request("POST", f"/v1/devices/{device}/revoke", body)
+        return self._call("POST", f"/v1/devices/{quote(device, safe='')}/revoke", body)
 
     def close(self) -> None:
         pass
 
 
-class OfflineBackend:
-    """Acts on the store directly; only while no node runs (it takes the node's lock)."""
+class OfflineTarget:
+    """No node runs: acts on the store directly, holding the node's lock."""
+
+    running = False
 
     def __init__(self, paths: Paths) -> None:
-        from crdt import DeviceKey, Store, open_repo
-
-        from ..datadir import DataDirLock
-        from ..memory import Memory
-
         self.paths = paths
+        self.store: Store | None = None
         self.lock = DataDirLock(paths.root)
         self.lock.acquire()
         try:
@@ -118,115 +150,94 @@ class OfflineBackend:
             raise
 
     def close(self) -> None:
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+        if self.store is not None:
+            self.store.close()
             self.store = None
         self.lock.release()
 
     def status(self) -> dict[str, Any]:
-        from ..node import node_status
-
-        cfg = NodeConfig.load(self.paths.config)
-        from ..backup.feature import offline_status
-
-        return node_status(self.store, self.repo, cfg, self.key) | {
-            "running": False,
-            "memory_entries": self.memory.count(),
-            "peers": [{"address": a, "connected": False} for a in cfg.static_peers],
-            "backup": offline_status(self.store, cfg),
-        }
+        assert self.store is not None
+        return offline_report(self.store, self.repo, NodeConfig.load(self.paths.config),
+                              self.key, self.memory, load_features())
 
     def profile_get(self) -> dict[str, Any]:
-        from crdt import get_profile
-
         return get_profile(self.repo)
 
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]:
-        from crdt import update_profile
-
-        return update_profile(self.repo, changes)
+        return _refusal(update_profile, self.repo, changes)
 
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]:
-        return self.memory.add(text, kind, tags)
+        return _refusal(self.memory.add, text, kind, tags)
 
     def memory_import(self, items: list[dict[str, Any]]) -> int:
-        return len(self.memory.add_many(items))
+        return len(_refusal(self.memory.add_many, items))
 
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
 
     def memory_show(self, entry_id: str) -> dict[str, Any]:
-        from ..memory import EntryNotFound
-
-        try:
-            return self.memory.get(entry_id)
-        except EntryNotFound:
-            raise NotFound(entry_id) from None
+        return _refusal(self.memory.get, entry_id)
 
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        from ..memory import EntryNotFound
-
-        try:
-            return self.memory.update(entry_id, **changes)
-        except EntryNotFound:
-            raise NotFound(entry_id) from None
+        return _refusal(self.memory.update, entry_id, **changes)
 
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]:
-        from ..memory import EntryNotFound
-
-        try:
-            return self.memory.history(entry_id)
-        except EntryNotFound:
-            raise NotFound(entry_id) from None
+        return _refusal(self.memory.history, entry_id)
 
     def memory_delete(self, entry_id: str) -> dict[str, Any]:
-        from ..memory import EntryNotFound
-
-        try:
-            return self.memory.delete(entry_id)
-        except EntryNotFound:
-            raise NotFound(entry_id) from None
+        return _refusal(self.memory.delete, entry_id)
 
     def peers(self) -> list[dict[str, Any]]:
-        cfg = NodeConfig.load(self.paths.config)
-        return [{"address": a, "connected": False, "device_id": None} for a in cfg.static_peers]
+        return [{"address": a, "device_id": None, "connected": False}
+                for a in peerlist.static_peers(self.paths.config)]
 
     def peer_add(self, address: str) -> None:
-        parse_host_port(address)
-        cfg = NodeConfig.load(self.paths.config)
-        if address not in cfg.static_peers:
-            cfg.static_peers.append(address)
-            cfg.save(self.paths.config)
+        _refusal(peerlist.add_static_peer, self.paths.config, address)
 
     def peer_remove(self, address: str) -> None:
-        cfg = NodeConfig.load(self.paths.config)
-        if address not in cfg.static_peers:
-            raise NotFound(address)
-        cfg.static_peers.remove(address)
-        cfg.save(self.paths.config)
+        _refusal(peerlist.remove_static_peer, self.paths.config, address)
 
     def devices(self) -> list[dict[str, Any]]:
-        from ..devices.routes import list_devices
-
-        return list_devices(self.repo)
+        return members.list_devices(self.repo)
 
     def device_add(self, request: str, name: str) -> dict[str, Any]:
-        from crdt import device_id, enrol_device, parse_join_request
-
-        subject = parse_join_request(request)
-        invitation = enrol_device(self.repo, subject, name)
-        return {"device_id": device_id(subject), "invitation": invitation}
+        return _refusal(members.enrol, self.repo, request, name)
 
     def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
-        from crdt import device_id, normalize_device_id, revoke_device
+        return _refusal(members.revoke, self.repo, device, keep=body.get("keep"),
+                        keep_all=body.get("keep_all", False), reason=body.get("reason", ""))
 
-        wanted = normalize_device_id(device)
-        keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked]
-                if device_id(k) == wanted]
-        if not keys:
-            raise ValueError(f"{wanted} is not in this mesh")
-        cert = revoke_device(self.repo, keys[0], keep=body.get("keep"),
-                             keep_all=body.get("keep_all", False), reason=body.get("reason", ""))
-        return {"device_id": wanted, "revoked": True, "cutoff": cert.cutoff_summary(),
-                "kept": cert.body["kept"]}
+
+def _refusal(rule: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a domain rule; its refusal becomes the user's sentence (the route tables map the
+    same errors to the problems whose detail the online target shows)."""
+    try:
+        return rule(*args, **kwargs)
+    except (ValueError, LookupError) as exc:  # InvalidEntry, EntryNotFound, ProfileError, ...
+        raise UserError(str(exc)) from None
+
+
+def target_for(paths: Paths) -> Target:
+    """The running node if it answers, else the store (when no other process holds it)."""
+    try:
+        return OnlineTarget(NodeClient(paths))
+    except NodeNotRunning:
+        pass
+    try:
+        return OfflineTarget(paths)
+    except (KeyFileError, NoMeshError, ConfigError) as exc:
+        raise UserError(str(exc)) from None
+    except DataDirBusy:
+        raise UserError(
+            "a node holds this data dir but does not answer on its API; is it starting up?"
+        ) from None
+
+
+@contextmanager
+def opened_target(paths: Paths) -> Iterator[Target]:
+    """``target_for`` as a context: the offline target's lock is released on the way out."""
+    target = target_for(paths)
+    try:
+        yield target
+    finally:
+        target.close()

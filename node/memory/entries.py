@@ -32,8 +32,39 @@ _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 MAX_TEXT = 256 * 1024
 
 
+MAX_TAG = 64
+MAX_TAGS = 64
+
+
 class EntryNotFound(KeyError):
-    pass
+    def __str__(self) -> str:
+        return f"no memory entry has the id {self.args[0]!r}"
+
+
+class InvalidEntry(ValueError):
+    """Text, kind or tags break a rule of this module (one sentence, online and offline alike)."""
+
+
+def check_tags(tags: Iterable[str], what: str = "tags") -> list[str]:
+    """The tag rule, for every caller: 1 to 64 characters without white space, at most 64,
+    each once."""
+    tags = list(tags)
+    if len(tags) > MAX_TAGS:
+        raise InvalidEntry(f"{what}: at most {MAX_TAGS} tags")
+    for tag in tags:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG or any(
+                c.isspace() for c in tag):
+            raise InvalidEntry(f"{what}: {tag!r} is not a tag (1 to {MAX_TAG} characters, "
+                               "no spaces)")
+    if len(set(tags)) != len(tags):
+        raise InvalidEntry(f"{what}: a tag is given twice")
+    return tags
+
+
+def check_text(text: object) -> str:
+    if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
+        raise InvalidEntry(f"text must be 1 to {MAX_TEXT} characters")
+    return text
 
 
 def now_iso() -> str:
@@ -178,19 +209,25 @@ class Memory:
                     db=self._kv)
 
     # -- writes ----------------------------------------------------------------------------------
-    def add(self, text: str, kind: str = "note", tags: Iterable[str] = ()) -> dict[str, Any]:
-        return self.add_many([{"text": text, "kind": kind, "tags": list(tags)}])[0]
+    def add(self, text: str, kind: str = "note", tags: Iterable[str] = (), *,
+            field_tags: bool = False) -> dict[str, Any]:
+        return self.add_many([{"text": text, "kind": kind, "tags": list(tags)}],
+                             field_tags=field_tags)[0]
 
-    def add_many(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Add entries; one signed batch per shard touched, so a bulk import verifies fast."""
+    def add_many(self, items: Iterable[dict[str, Any]], *,
+                 field_tags: bool = False) -> list[dict[str, Any]]:
+        """Add entries; one signed batch per shard touched, so a bulk import verifies fast.
+
+        ``field_tags``: the tags carry a writer's structured fields (the journal's
+        ``project:<id>``), not a person's words, so the tag rule does not apply to them."""
         by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for item in items:
-            text, kind = item.get("text", ""), item.get("kind", "note")
+            text, kind = check_text(item.get("text", "")), item.get("kind", "note")
             tags = list(item.get("tags", []))
+            if not field_tags:
+                check_tags(tags)
             if kind not in KINDS:
-                raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-            if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
-                raise ValueError("text must be 1 to 262144 characters")
+                raise InvalidEntry(f"kind must be one of {', '.join(KINDS)}")
             entry_id = new_entry_id(kind)
             by_shard.setdefault(shard_of(entry_id), []).append(
                 (entry_id, {"text": text, "kind": kind, "tags": tags})
@@ -247,19 +284,23 @@ class Memory:
         text: str | None = None,
         add_tags: Iterable[str] = (),
         remove_tags: Iterable[str] = (),
+        field_tags: bool = False,
     ) -> dict[str, Any]:
         doc_id = shard_of(entry_id)
         self.get(entry_id)  # raises EntryNotFound
         add_tags, remove_tags = list(add_tags), list(remove_tags)
-        if text is not None and (not text or len(text) > MAX_TEXT):
-            raise ValueError("text must be 1 to 262144 characters")
+        if not field_tags:
+            check_tags(add_tags, "add_tags")
+            check_tags(remove_tags, "remove_tags")
+        if text is not None:
+            check_text(text)
         ops = []
         if text is not None:
             ops.append("text")
         if add_tags or remove_tags:
             ops.append("tags")
         if not ops:
-            raise ValueError("nothing to change")
+            raise InvalidEntry("nothing to change")
 
         def edit(tx: Transaction) -> None:
             e = tx.get(ROOT, entry_id)[1]

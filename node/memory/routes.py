@@ -5,15 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..api.middleware import BODY_KEY, QUERY_KEY
-from ..api.problem import Problem
 from ..api.routes import RouteTable
-from .entries import KINDS, EntryNotFound, Memory
+from .entries import KINDS, EntryNotFound, InvalidEntry, Memory
 
-memory_routes = RouteTable("memory")
+memory_routes = RouteTable("memory", errors={
+    EntryNotFound: (404, "No such memory entry"),
+    InvalidEntry: (400, "Invalid memory entry"),
+})
 MEMORY_KEY: web.AppKey[Memory] = web.AppKey("maia_memory", Memory)
 
-_TAG = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\s]+$"}
-_TEXT = {"type": "string", "minLength": 1, "maxLength": 262144}
+# Shapes only: what a valid text or tag is, Memory decides (one rule for the API and the CLI).
+_TAG = {"type": "string"}
+_TEXT = {"type": "string"}
 ADD_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -21,7 +24,7 @@ ADD_SCHEMA = {
     "properties": {
         "text": _TEXT,
         "kind": {"enum": list(KINDS)},
-        "tags": {"type": "array", "items": _TAG, "maxItems": 64, "uniqueItems": True},
+        "tags": {"type": "array", "items": _TAG},
     },
 }
 EDIT_SCHEMA = {
@@ -30,8 +33,8 @@ EDIT_SCHEMA = {
     "minProperties": 1,
     "properties": {
         "text": _TEXT,
-        "add_tags": {"type": "array", "items": _TAG, "maxItems": 64},
-        "remove_tags": {"type": "array", "items": _TAG, "maxItems": 64},
+        "add_tags": {"type": "array", "items": _TAG},
+        "remove_tags": {"type": "array", "items": _TAG},
     },
 }
 IMPORT_SCHEMA = {
@@ -43,7 +46,7 @@ IMPORT_SCHEMA = {
 }
 _FILTERS = {
     "kind": {"enum": list(KINDS)},
-    "tag": _TAG,
+    "tag": {"type": "string", "maxLength": 64},
     "author": {"type": "string", "maxLength": 80},
     "since": {"type": "string", "maxLength": 40},
     "until": {"type": "string", "maxLength": 40},
@@ -64,10 +67,6 @@ SEARCH_QUERY = {
 
 def _memory(request: web.Request) -> Memory:
     return request.app[MEMORY_KEY]
-
-
-def _not_found(entry_id: str) -> Problem:
-    return Problem(404, "No such memory entry", f"no memory entry has the id {entry_id!r}")
 
 
 @memory_routes.post("/v1/memory", body_schema=ADD_SCHEMA)
@@ -110,26 +109,19 @@ async def search_entries(request: web.Request) -> web.Response:
 @memory_routes.get("/v1/memory/{entry_id}")
 async def show_entry(request: web.Request) -> web.Response:
     """One entry."""
-    entry_id = request.match_info["entry_id"]
-    try:
-        return web.json_response(_memory(request).get(entry_id))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+    return web.json_response(_memory(request).get(request.match_info["entry_id"]))
 
 
 @memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA)
 async def edit_entry(request: web.Request) -> web.Response:
     """Change an entry's text or tags; concurrent edits on other devices merge."""
     entry_id, body = request.match_info["entry_id"], request[BODY_KEY]
-    try:
-        entry = _memory(request).update(
-            entry_id,
-            text=body.get("text"),
-            add_tags=body.get("add_tags", []),
-            remove_tags=body.get("remove_tags", []),
-        )
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+    entry = _memory(request).update(
+        entry_id,
+        text=body.get("text"),
+        add_tags=body.get("add_tags", []),
+        remove_tags=body.get("remove_tags", []),
+    )
     return web.json_response(entry)
 
 
@@ -137,17 +129,10 @@ async def edit_entry(request: web.Request) -> web.Response:
 async def entry_history(request: web.Request) -> web.Response:
     """Who changed the entry and when, each edit's author taken from its signed operation."""
     entry_id = request.match_info["entry_id"]
-    try:
-        return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+    return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
 
 
 @memory_routes.delete("/v1/memory/{entry_id}")
 async def delete_entry(request: web.Request) -> web.Response:
     """Forget an entry (hidden everywhere; the signed history records who and when)."""
-    entry_id = request.match_info["entry_id"]
-    try:
-        return web.json_response(_memory(request).delete(entry_id))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+    return web.json_response(_memory(request).delete(request.match_info["entry_id"]))

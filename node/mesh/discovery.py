@@ -25,6 +25,8 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from crdt import device_id
 
+from ..features import FeatureBase
+
 if TYPE_CHECKING:
     from ..node import Node
 
@@ -52,7 +54,7 @@ def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
     return sorted(set(out))
 
 
-class Discovery:
+class Discovery(FeatureBase):
     """The mDNS feature of a node (see node/features.py)."""
 
     name = "discovery"
@@ -80,12 +82,6 @@ class Discovery:
             self.enabled = False
         self.interfaces = [str(i) for i in cfg.get("interfaces", [])]
         node.repo.subscribe(self._on_doc_change)
-
-    def route_tables(self) -> list:
-        return []
-
-    def configure_app(self, app) -> None:
-        pass
 
     async def start(self) -> None:
         if not self.enabled:

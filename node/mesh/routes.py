@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from ..api.middleware import BODY_KEY
-from ..api.problem import Problem
 from ..api.routes import RouteTable
-from ..config import ConfigError, parse_host_port
+from .peerlist import BadPeerAddress, NotAStaticPeer, add_static_peer, remove_static_peer
 from .peers import PeerManager
 
-peer_routes = RouteTable("peers")
+peer_routes = RouteTable("peers", errors={
+    BadPeerAddress: (400, "Bad peer address"),
+    NotAStaticPeer: (404, "No such static peer"),
+})
+# The peer listener's table (SPEC-003 §2.1): the same socket, alone with pairing and liveness.
+peer_listener_routes = RouteTable("peer-listener")
 
 PEERS_KEY: web.AppKey[PeerManager] = web.AppKey("maia_peers", PeerManager)
-PEER_CONFIG_KEY: web.AppKey[Callable[[str, bool], None]] = web.AppKey(
-    "maia_peer_config", object
-)
+CONFIG_PATH_KEY: web.AppKey[Path] = web.AppKey("maia_config_path", Path)
 
 ADD_PEER_SCHEMA = {
     "type": "object",
@@ -34,6 +36,7 @@ PEER_REASON = (
 
 
 @peer_routes.get("/v1/peer", public=PEER_REASON, streaming=True)
+@peer_listener_routes.get("/v1/peer", public=PEER_REASON, streaming=True)
 async def peer_socket(request: web.Request) -> web.StreamResponse:
     """WebSocket entry for peer nodes."""
     return await request.app[PEERS_KEY].handle_incoming(request)
@@ -49,11 +52,7 @@ async def list_peers(request: web.Request) -> web.Response:
 async def add_peer(request: web.Request) -> web.Response:
     """Add a static peer (HOST:PORT) and start dialling it."""
     address = request[BODY_KEY]["address"]
-    try:
-        parse_host_port(address)
-    except ConfigError as exc:
-        raise Problem(400, "Bad peer address", str(exc)) from None
-    request.app[PEER_CONFIG_KEY](address, True)
+    add_static_peer(request.app[CONFIG_PATH_KEY], address)
     request.app[PEERS_KEY].add_static(address)
     return web.json_response({"address": address, "added": True}, status=201)
 
@@ -62,8 +61,6 @@ async def add_peer(request: web.Request) -> web.Response:
 async def remove_peer(request: web.Request) -> web.Response:
     """Forget a static peer."""
     address = request.match_info["address"]
-    if address not in request.app[PEERS_KEY].static:
-        raise Problem(404, "No such static peer", f"{address!r} is not a static peer")
-    request.app[PEER_CONFIG_KEY](address, False)
+    remove_static_peer(request.app[CONFIG_PATH_KEY], address)
     request.app[PEERS_KEY].remove_static(address)
     return web.json_response({"address": address, "removed": True})

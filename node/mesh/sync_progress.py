@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-from ..cli import UserError, backend_for, print_json, say
+from ..cli.client import NodeClient, NodeNotRunning
+from ..cli.common import UserError, print_json, say
 from ..config import Paths
 
 
@@ -68,13 +69,10 @@ def _in_step(snap: dict[str, Any]) -> bool:
 
 
 def cmd_sync(args: argparse.Namespace, paths: Paths) -> int:
-    from ..cli.targets import ApiBackend
-
-    backend = backend_for(paths)
-    if not isinstance(backend, ApiBackend):
-        backend.close()
-        raise UserError("the node is not running: start it with 'maia up'")
-    client = backend.c
+    try:
+        client = NodeClient(paths)
+    except NodeNotRunning:
+        raise UserError("the node is not running: start it with 'maia up'") from None
     snap = _snapshot(client)
     if args.json:
         print_json(snap)

@@ -8,11 +8,14 @@ loaded every time ``maia`` starts.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
+import urllib.parse
 from typing import Any
 
-from ..cli import UserError, print_json, say
+from ..cli.client import ApiError, NodeClient, NodeNotRunning
+from ..cli.common import UserError, print_json, say
 from ..config import Paths
 
 STREAM_READ_TIMEOUT = 120.0
@@ -35,8 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(paths: Paths):
-    from ..cli.client import NodeClient, NodeNotRunning
-
     try:
         return NodeClient(paths)
     except NodeNotRunning:
@@ -44,8 +45,6 @@ def _client(paths: Paths):
 
 
 def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
-    from ..cli.client import ApiError, NodeNotRunning
-
     client = _client(paths)
     try:
         models = client.request("GET", "/v1/models")["data"]
@@ -83,9 +82,6 @@ def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_ask(args: argparse.Namespace, paths: Paths) -> int:
-    import http.client
-    import urllib.parse
-
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise UserError("the prompt is empty")

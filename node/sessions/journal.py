@@ -98,7 +98,7 @@ class Journal:
             tags.append(f"agent:{agent}")
         if source:
             tags.append(f"source:{source}")
-        return to_entry(self.memory.add(text, kind="journal", tags=tags))
+        return to_entry(self.memory.add(text, kind="journal", tags=tags, field_tags=True))
 
     def list(
         self,
@@ -132,7 +132,8 @@ class Journal:
         if entry["journal_kind"] not in WITH_STATUS or status not in STATUSES:
             raise JournalError("only todo and blocker entries have a status: open or done")
         old = [f"status:{s}" for s in STATUSES if s != status]
-        self.memory.update(entry_id, add_tags=[f"status:{status}"], remove_tags=old)
+        self.memory.update(entry_id, add_tags=[f"status:{status}"], remove_tags=old,
+                           field_tags=True)
         return self.get(entry_id)
 
     def digest(self, project: str, budget: Budget) -> str:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import select
 import sys
 import time
 
-from ...cli import UserError, backend_for, say
+from crdt import DeviceKey, stored_mesh_id
+
+from ...cli.client import ApiError, NodeClient, NodeNotRunning
+from ...cli.common import UserError, say
 from ...config import NodeConfig, Paths
+from ...datadir import DataDirBusy, locked_store
+from .client import PairFailed, default_device_name, find_pairing_members, pair_with
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,14 +48,10 @@ def cmd_pair(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _accept(args: argparse.Namespace, paths: Paths) -> int:
-    from ...cli.client import ApiError
-    from ...cli.targets import ApiBackend
-
-    backend = backend_for(paths)
-    if not isinstance(backend, ApiBackend):
-        backend.close()
-        raise UserError("start the node first ('maia up'): pairing runs inside it")
-    c = backend.c
+    try:
+        c = NodeClient(paths)
+    except NodeNotRunning:
+        raise UserError("start the node first ('maia up'): pairing runs inside it") from None
     try:
         opened = c.request("POST", "/v1/pairing", {"ttl": args.ttl})
     except ApiError as exc:
@@ -102,8 +105,6 @@ def _wait_while(c, state: dict, states: tuple[str, ...]) -> dict:
 
 def _read_answer_while(c) -> str | None:
     """The owner's typed answer, or None once the window is decided without it."""
-    import select
-
     while True:
         ready, _, _ = select.select([sys.stdin], [], [], 0.3)
         if ready:
@@ -113,13 +114,6 @@ def _read_answer_while(c) -> str | None:
 
 
 def _join(args: argparse.Namespace, paths: Paths) -> int:
-    import asyncio
-
-    from crdt import DeviceKey
-
-    from ...datadir import DataDirBusy, locked_store
-    from .client import find_pairing_members
-
     if not args.code:
         raise UserError("give the code the member shows: maia pair --code XXXX-XXXX")
     if not args.yes and not sys.stdin.isatty():
@@ -146,12 +140,6 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _pair_into(store, key, target: str, args: argparse.Namespace, paths: Paths) -> int:
-    import asyncio
-
-    from crdt import stored_mesh_id
-
-    from .client import PairFailed, default_device_name, pair_with
-
     try:
         if stored_mesh_id(store) is not None:
             raise UserError("this device already belongs to a mesh")

@@ -164,16 +164,6 @@ class Pairing:
     def setup(self, node: Node) -> None:
         self.node = node
 
-    def route_tables(self) -> list:
-        from .routes import pairing_routes
-
-        return [pairing_routes]
-
-    def configure_app(self, app: web.Application) -> None:
-        from .routes import PAIRING_KEY
-
-        app[PAIRING_KEY] = self
-
     async def start(self) -> None:
         pass
 
@@ -374,8 +364,3 @@ class Pairing:
 async def _send_quietly(channel, frame: dict[str, Any]) -> None:
     with contextlib.suppress(TransportError):
         await channel.send(frame)
-
-
-def create() -> Pairing:
-    return Pairing()
-

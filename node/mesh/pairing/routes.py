@@ -9,11 +9,14 @@ from aiohttp import web
 from ...api.middleware import BODY_KEY
 from ...api.problem import Problem
 from ...api.routes import RouteTable
+from .member import PairingError
 
 if TYPE_CHECKING:
     from .member import Pairing
 
-pairing_routes = RouteTable("pairing")
+pairing_routes = RouteTable("pairing", errors={PairingError: (409, "Nothing to confirm")})
+# The peer listener's table (SPEC-003 §2.1): the new device's socket arrives there.
+pairing_listener_routes = RouteTable("peer-listener")
 PAIRING_KEY: web.AppKey[Pairing] = web.AppKey("maia_pairing", object)  # type: ignore[arg-type]
 
 PAIR_REASON = (
@@ -39,6 +42,7 @@ def _pairing(request: web.Request) -> Pairing:
 
 
 @pairing_routes.get("/v1/pair", public=PAIR_REASON, streaming=True)
+@pairing_listener_routes.get("/v1/pair", public=PAIR_REASON, streaming=True)
 async def pair_socket(request: web.Request) -> web.StreamResponse:
     """WebSocket for a new device proving it knows the pairing code (SPEC-005 §12.5)."""
     return await _pairing(request).handle_socket(request)
@@ -65,12 +69,7 @@ async def window_state(request: web.Request) -> web.Response:
 async def confirm(request: web.Request) -> web.Response:
     """The owner's decision after comparing the short authentication strings. The device is
     enrolled only when its own user confirmed too (SPEC-005 §12.7)."""
-    from .member import PairingError
-
-    try:
-        return web.json_response(await _pairing(request).decide(request[BODY_KEY]["accept"]))
-    except PairingError as exc:
-        raise Problem(409, "Nothing to confirm", exc.detail) from None
+    return web.json_response(await _pairing(request).decide(request[BODY_KEY]["accept"]))
 
 
 @pairing_routes.delete("/v1/pairing")

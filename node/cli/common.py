@@ -1,0 +1,56 @@
+"""What every ``maia`` command shares: the one-sentence error, output helpers, and the way to
+reach the node (its API when it runs, its store when it does not)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ..config import Paths
+from .client import ApiError, NodeClient, NodeNotRunning
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+class UserError(Exception):
+    """A mistake or a state the user can fix; shown as one sentence."""
+
+
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def running_node(paths: Paths, why: str = "", timeout: float = 30.0) -> NodeClient:
+    """The running node's API client, or a UserError saying to start it (``why`` says why
+    the command needs it)."""
+    try:
+        return NodeClient(paths, timeout=timeout)
+    except NodeNotRunning:
+        raise UserError("no node is running for this data dir; start it with 'maia up'"
+                        + (f" ({why})" if why else "")) from None
+
+
+def call(client: NodeClient, method: str, path: str, body: Any = None,
+         query: dict[str, Any] | None = None) -> Any:
+    """One API call; its problem becomes the user's one sentence."""
+    try:
+        return client.request(method, path, body, query)
+    except NodeNotRunning:
+        raise UserError("the node stopped answering; is it still running?") from None
+    except ApiError as exc:
+        raise UserError(str(exc)) from None
+
+
+def problem_sentence(exc: ApiError) -> str:
+    """A domain error's own sentence when the node mapped one (RouteTable.errors), so the
+    online and offline targets word it alike; else the problem's title, detail and errors."""
+    detail = exc.problem.get("detail")
+    if detail and not exc.problem.get("errors"):
+        return str(detail)
+    return str(exc)
