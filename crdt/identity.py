@@ -7,9 +7,8 @@ sync are fed back into the roster.
 
 from __future__ import annotations
 
-import re
-
 import base64
+import re
 from collections.abc import Mapping
 from typing import Any
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from .api.core import core_routes
+from .api.openapi import openapi_routes
 from .api.routes import RouteTable
 
 if TYPE_CHECKING:
@@ -132,4 +133,4 @@ def local_api_tables(features: Sequence[Feature]) -> list[RouteTable]:
 def node_route_tables() -> list[RouteTable]:
     """Every table of a node's local API, core first, without starting a node (the OpenAPI
     document and the conformance tests read them)."""
-    return [core_routes, *local_api_tables(load_features())]
+    return [core_routes, openapi_routes, *local_api_tables(load_features())]

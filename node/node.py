@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from .config import NodeConfig, Paths
 from .datadir import DataDirLock
 from .features import Feature, load_features, local_api_tables
 from .memory import Memory
+from .memtrim import release
 from .mesh.peers import PeerManager
 from .status import node_status
 
@@ -220,7 +222,6 @@ class Node:
         pages the work left mapped back to the system, so a node idles small again after a
         catch-up or a burst of work (docs/benchmarks.md: idle memory).
         """
-        from .memtrim import release
 
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
@@ -267,8 +268,6 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
-
     if host == "localhost":
         return True
     try:

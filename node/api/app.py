@@ -31,6 +31,7 @@ from .middleware import (
     expectation_problem,
     security_headers,
 )
+from .openapi import openapi_routes
 from .problem import Problem, problem_from_http_exception
 from .ratelimit import RateLimiter
 from .routes import RouteTable
@@ -65,7 +66,8 @@ def build_app(
     app[RATE_LIMITER_KEY] = RateLimiter(
         limits.rate_per_second, limits.rate_burst, max_clients=limits.rate_max_clients
     )
-    for table in ((core_routes,) if include_core else ()) + tuple(extra_tables):
+    core = (core_routes, openapi_routes) if include_core else ()
+    for table in core + tuple(extra_tables):
         table.install(app)
     app.on_response_prepare.append(security_headers)
     return app

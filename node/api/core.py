@@ -7,7 +7,6 @@ from aiohttp import web
 from crdt import PROFILE_FIELDS, ProfileError
 
 from .middleware import BODY_KEY
-from .openapi import openapi_document
 from .routes import RouteTable
 from .services import SERVICES_KEY
 
@@ -47,12 +46,6 @@ async def get_profile(request: web.Request) -> web.Response:
 async def update_profile(request: web.Request) -> web.Response:
     """Change some profile fields; answers with the whole new profile."""
     return web.json_response(await request.app[SERVICES_KEY].update_profile(request[BODY_KEY]))
-
-
-@core_routes.get("/v1/openapi.json")
-async def openapi(request: web.Request) -> web.Response:
-    """The OpenAPI 3.1 document of this listener's routes (SPEC-003 §3.8)."""
-    return web.json_response(openapi_document(request.app))
 
 
 # The peer listener's own table (SPEC-003 §2.1): liveness only; features add their sockets.

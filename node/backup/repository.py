@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import zlib
@@ -553,6 +554,4 @@ def _read_lock(path: Path) -> dict[str, Any]:
 
 
 def _remove_tree_quietly(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)

@@ -35,6 +35,8 @@ from crdt import (
     verify_changes,
 )
 
+from ..datadir import DataDirBusy, DataDirLock
+from .anchors import remember
 from .crypto import unseal_device_key
 from .format import BACKED_UP_LAYERS, BackupError, Corrupt, Manifest, Pack, stamp, utcnow
 from .repository import ManifestRef, Repository, fsync_dir
@@ -215,7 +217,6 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore ``ref`` into the data dir ``target`` (SPEC-002 §8). Nothing is written to the
     target unless every check passed; an existing data dir is only moved aside, with force."""
-    from ..datadir import DataDirBusy, DataDirLock
 
     target = Path(target).absolute()
     manifest = repo.load_manifest(ref)
@@ -276,7 +277,6 @@ def restore_backup(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     try:  # the restored data dir now knows this target (SPEC-002 §12.1)
-        from .anchors import remember
 
         remember(target, repo, manifest)
     except OSError as exc:

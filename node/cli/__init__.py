@@ -19,6 +19,7 @@ from ..features import load_features
 from ..logs import configure_logging
 from . import core, service
 from .common import EXIT_FAIL, EXIT_USAGE, UserError
+from .targets import opened_target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level, args.log_format)
     paths = Paths(resolve_data_dir(args.data_dir))
     try:
+        if getattr(args, "on_target", False):
+            with opened_target(paths) as target:
+                return args.func(args, target) or 0
         return args.func(args, paths)
     except UserError as exc:
         sys.stderr.write(f"maia: {exc}\n")

@@ -23,8 +23,7 @@ from crdt import (
 from ..config import NodeConfig, Paths
 from ..datadir import DataDirBusy, locked_store
 from ..node import Node
-from .common import UserError, print_json, say
-from .targets import opened_target
+from .common import Target, UserError, on_target, print_json, say
 
 log = logging.getLogger("maia")
 
@@ -53,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     s = commands.add_parser("status", help="show the device, mesh, layers and peers")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_status)
+    on_target(s, cmd_status)
 
     s = commands.add_parser("profile", help="read or change the owner's profile (Identity layer)")
     psub = s.add_subparsers(dest="profile_cmd", required=True, metavar="get|set")
@@ -62,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     st = psub.add_parser("set", help="set fields: FIELD=VALUE (an empty VALUE clears)")
     st.add_argument("fields", nargs="+", metavar="FIELD=VALUE")
     st.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_profile)
+    on_target(s, cmd_profile)
 
 
 # -- init ---------------------------------------------------------------------------------------
@@ -154,9 +153,8 @@ async def _run_node(paths: Paths, cfg: NodeConfig) -> None:
 
 
 # -- status & profile ---------------------------------------------------------------------------
-def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        st = target.status()
+def cmd_status(args: argparse.Namespace, target: Target) -> int:
+    st = target.status()
     if args.json:
         print_json(st)
         return 0
@@ -178,12 +176,11 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
-def cmd_profile(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        if args.profile_cmd == "set":
-            profile = target.profile_set(_profile_changes(args.fields))
-        else:
-            profile = target.profile_get()
+def cmd_profile(args: argparse.Namespace, target: Target) -> int:
+    if args.profile_cmd == "set":
+        profile = target.profile_set(_profile_changes(args.fields))
+    else:
+        profile = target.profile_get()
     if args.json:
         print_json(profile)
     elif not profile:

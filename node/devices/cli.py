@@ -8,8 +8,7 @@ from typing import Any
 
 from crdt import DeviceKey, accept_invitation, join_request
 
-from ..cli.common import UserError, print_json, say
-from ..cli.targets import opened_target
+from ..cli.common import Target, UserError, on_target, print_json, say
 from ..config import Paths
 from ..datadir import DataDirBusy, locked_store
 
@@ -23,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     x = dsub.add_parser("add", help="on a member: admit a device by its join request")
     x.add_argument("request", metavar="JOIN_REQUEST")
     x.add_argument("--name", required=True, help="a name for the new device")
-    x.set_defaults(func=cmd_add)
+    on_target(x, cmd_add)
     x = dsub.add_parser("revoke", help="remove a device for good (lost or stolen)")
     x.add_argument("device", metavar="DEVICE_ID")
     x.add_argument("--keep", action="append", metavar="CERT_ID",
@@ -32,14 +31,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     x.add_argument("--keep-all", action="store_true",
                    help="keep every device the revoked one admitted and every revocation it made")
     x.add_argument("--reason", help="a note kept with the revocation")
-    x.set_defaults(func=cmd_revoke)
+    on_target(x, cmd_revoke)
     x = dsub.add_parser("list", help="members and revoked devices")
     x.add_argument("--json", action="store_true")
-    x.set_defaults(func=cmd_list)
+    on_target(x, cmd_list)
 
     s = commands.add_parser("devices", help="members of the mesh and revoked devices")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_list, device_cmd="list")
+    on_target(s, cmd_list)
+    s.set_defaults(device_cmd="list")
 
     s = commands.add_parser("join", help="on a new device: join the mesh an invitation names")
     s.add_argument("invitation", metavar="INVITATION")
@@ -53,28 +53,25 @@ def cmd_request(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
-def cmd_add(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        result = target.device_add(args.request, args.name)
+def cmd_add(args: argparse.Namespace, target: Target) -> int:
+    result = target.device_add(args.request, args.name)
     say(f"Added {result['device_id']} to the mesh. On that device, run:")
     say(f"  maia join {result['invitation']}")
     return 0
 
 
-def cmd_revoke(args: argparse.Namespace, paths: Paths) -> int:
+def cmd_revoke(args: argparse.Namespace, target: Target) -> int:
     body: dict[str, Any] = {"keep_all": args.keep_all, "reason": args.reason or ""}
     if args.keep:
         body["keep"] = args.keep
-    with opened_target(paths) as target:
-        result = target.device_revoke(args.device, body)
+    result = target.device_revoke(args.device, body)
     say(f"Revoked {result['device_id']}. It is cut off now and can never rejoin; its "
         "changes after this point are refused by every device.")
     return 0
 
 
-def cmd_list(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        rows = target.devices()
+def cmd_list(args: argparse.Namespace, target: Target) -> int:
+    rows = target.devices()
     if args.json:
         print_json(rows)
     for r in [] if args.json else rows:

@@ -12,9 +12,7 @@ import sys
 import time
 from typing import Any
 
-from ..cli.common import UserError, print_json, say
-from ..cli.targets import Target, opened_target
-from ..config import Paths
+from ..cli.common import Target, UserError, on_target, print_json, say
 from .entries import KINDS, MAX_TEXT
 
 
@@ -26,7 +24,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     a.add_argument("--kind", default="note", choices=list(KINDS))
     a.add_argument("--tag", action="append", help="a tag (repeatable)")
     a.add_argument("--json", action="store_true")
-    a.set_defaults(func=_run(_add))
+    on_target(a, _add)
     im = msub.add_parser(
         "import", help="add many entries from a file (JSON Lines or text lines)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,7 +43,7 @@ example (notes.jsonl):
     im.add_argument("file", help="path, or - for stdin")
     im.add_argument("--kind", default="note", choices=list(KINDS),
                     help="the kind of entries that do not name one (default: note)")
-    im.set_defaults(func=_run(_import))
+    on_target(im, _import)
     for name, helptext in (("list", "list entries, newest first"),
                            ("search", "entries containing every word")):
         lst = msub.add_parser(name, help=helptext)
@@ -60,45 +58,34 @@ example (notes.jsonl):
         lst.add_argument("--until", help="ISO date/time, exclusive")
         lst.add_argument("--limit", type=int, default=50)
         lst.add_argument("--json", action="store_true")
-        lst.set_defaults(func=_run(_list))
+        on_target(lst, _list)
     sh = msub.add_parser("show", help="show one entry")
     sh.add_argument("id")
     sh.add_argument("--json", action="store_true")
-    sh.set_defaults(func=_run(_show))
+    on_target(sh, _show)
     ed = msub.add_parser("edit", help="change an entry's text or tags")
     ed.add_argument("id")
     ed.add_argument("--text")
     ed.add_argument("--add-tag", action="append")
     ed.add_argument("--remove-tag", action="append")
     ed.add_argument("--json", action="store_true")
-    ed.set_defaults(func=_run(_edit))
+    on_target(ed, _edit)
     de = msub.add_parser("delete", help="forget an entry on every device")
     de.add_argument("id")
-    de.set_defaults(func=_run(_delete))
+    on_target(de, _delete)
     hi = msub.add_parser("history", help="who changed an entry and when (signed, verified)")
     hi.add_argument("id")
     hi.add_argument("--json", action="store_true")
-    hi.set_defaults(func=_run(_history))
+    on_target(hi, _history)
 
 
-def _run(command):
-    """A sub-command over the target of this data dir, closed afterwards."""
-
-    def run(args: argparse.Namespace, paths: Paths) -> int:
-        with opened_target(paths) as target:
-            command(target, args)
-        return 0
-
-    return run
-
-
-def _add(target: Target, args: argparse.Namespace) -> None:
+def _add(args: argparse.Namespace, target: Target) -> None:
     text = args.text if args.text != "-" else sys.stdin.read()
     entry = target.memory_add(text, args.kind, args.tag or [])
     print_json(entry) if args.json else say(f"Added {entry['id']}")
 
 
-def _list(target: Target, args: argparse.Namespace) -> None:
+def _list(args: argparse.Namespace, target: Target) -> None:
     filters = {
         "kind": args.kind, "tag": args.tag, "author": args.author,
         "since": args.since, "until": args.until, "limit": args.limit,
@@ -113,12 +100,12 @@ def _list(target: Target, args: argparse.Namespace) -> None:
         _print_entry(e)
 
 
-def _show(target: Target, args: argparse.Namespace) -> None:
+def _show(args: argparse.Namespace, target: Target) -> None:
     e = target.memory_show(args.id)
     print_json(e) if args.json else _print_entry(e, full=True)
 
 
-def _edit(target: Target, args: argparse.Namespace) -> None:
+def _edit(args: argparse.Namespace, target: Target) -> None:
     changes: dict[str, Any] = {}
     if args.text is not None:
         changes["text"] = args.text
@@ -132,12 +119,12 @@ def _edit(target: Target, args: argparse.Namespace) -> None:
     print_json(e) if args.json else say(f"Updated {e['id']}")
 
 
-def _delete(target: Target, args: argparse.Namespace) -> None:
+def _delete(args: argparse.Namespace, target: Target) -> None:
     target.memory_delete(args.id)
     say(f"Deleted {args.id} (on every device; its history keeps who deleted it).")
 
 
-def _history(target: Target, args: argparse.Namespace) -> None:
+def _history(args: argparse.Namespace, target: Target) -> None:
     rows = target.memory_history(args.id)
     if args.json:
         print_json(rows)
@@ -184,7 +171,7 @@ def _read_import(path: str, kind: str) -> list[dict[str, Any]]:
     return items
 
 
-def _import(target: Target, args: argparse.Namespace) -> None:
+def _import(args: argparse.Namespace, target: Target) -> None:
     try:
         items = _read_import(args.file, args.kind)
     except OSError as exc:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli.common import print_json, say
-from ..cli.targets import opened_target
-from ..config import Paths
+from ..cli.common import Target, on_target, print_json, say
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -14,36 +12,33 @@ def register(commands: argparse._SubParsersAction) -> None:
     psub = s.add_subparsers(dest="peer_cmd", required=True, metavar="add|remove")
     x = psub.add_parser("add", help="add a static peer")
     x.add_argument("address", metavar="HOST:PORT")
-    x.set_defaults(func=cmd_add)
+    on_target(x, cmd_add)
     x = psub.add_parser("remove", help="remove a static peer")
     x.add_argument("address", metavar="HOST:PORT")
-    x.set_defaults(func=cmd_remove)
+    on_target(x, cmd_remove)
 
     s = commands.add_parser("peers", help="list peers and their connection state")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_peers)
+    on_target(s, cmd_peers)
 
 
-def cmd_add(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        target.peer_add(args.address)
-        when = "the node dials it now" if target.running else (
-            "no node is running, so the node will dial it when it starts ('maia up')")
+def cmd_add(args: argparse.Namespace, target: Target) -> int:
+    target.peer_add(args.address)
+    when = "the node dials it now" if target.running else (
+        "no node is running, so the node will dial it when it starts ('maia up')")
     say(f"Added static peer {args.address}; {when}, retrying with backoff.")
     return 0
 
 
-def cmd_remove(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        target.peer_remove(args.address)
+def cmd_remove(args: argparse.Namespace, target: Target) -> int:
+    target.peer_remove(args.address)
     say(f"Removed static peer {args.address}.")
     return 0
 
 
-def cmd_peers(args: argparse.Namespace, paths: Paths) -> int:
-    with opened_target(paths) as target:
-        peers = target.peers()
-        nearby = (target.status().get("discovery") or {}).get("nearby", [])
+def cmd_peers(args: argparse.Namespace, target: Target) -> int:
+    peers = target.peers()
+    nearby = (target.status().get("discovery") or {}).get("nearby", [])
     if args.json:
         print_json({"peers": peers, "nearby": nearby})
         return 0

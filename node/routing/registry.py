@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from crdt import Rejected
 
+from ..transport import TransportError
 from .config import CAPABILITIES, KINDS, MAX_CORTICES, NAME_RE
 
 if TYPE_CHECKING:
@@ -183,8 +184,6 @@ class Registry:
         self._pings = {k: v for k, v in self._pings.items() if k[0] != conn.peer_key}
 
     async def _send(self, conn: PeerConnection, frame: dict[str, Any]) -> None:
-        from ..transport import TransportError
-
         with contextlib.suppress(TransportError):
             await conn.send(frame)
 

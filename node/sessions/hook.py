@@ -95,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
 def _sha256(data: bytes):
     """SHA-256 without ``hashlib``, whose OpenSSL binding costs ~6 ms to load per hook call."""
     try:
+        # the hook starts per tool call: the built-in module is cheaper than hashlib's OpenSSL
         from _sha256 import sha256  # CPython 3.11 built-in
     except ImportError:
         try:
             from _sha2 import sha256  # CPython 3.12+
         except ImportError:
-            from hashlib import sha256
+            from hashlib import sha256  # the fallback when neither built-in exists
     return sha256(data)
 
 
@@ -172,6 +173,7 @@ def register(
     agent_pid: int,
     debug: _Debug,
 ) -> dict[str, Any] | None:
+    # only the first call of a session takes this lock: its cost stays off the common path
     import fcntl
 
     cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -219,6 +221,7 @@ def register(
 
 def start_heartbeat(data_dir: Path, cache: Path, agent_pid: int) -> None:
     """Detach ``python -m node.sessions.heartbeat`` (SPEC-004 §2.5); it outlives this hook."""
+    # subprocess costs a few ms to import; most hook calls start no heartbeat
     import subprocess
 
     subprocess.Popen(

@@ -18,6 +18,7 @@ from ..api.middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
 from ..api.pagination import page as _page
 from ..api.problem import Problem
 from ..api.routes import RouteTable
+from ..memory import EntryNotFound
 from .clock import mono_ns
 from .coordinator import (
     OWNER,
@@ -408,8 +409,6 @@ async def list_journal(request: web.Request) -> web.Response:
                       body_schema=JOURNAL_PATCH_SCHEMA)
 async def patch_journal_entry(request: web.Request) -> web.Response:
     """Mark a todo or blocker open or done (last writer wins)."""
-    from ..memory import EntryNotFound
-
     try:
         entry = _coordinator(request).journal.set_status(
             request.match_info["entry_id"], request[BODY_KEY]["status"]

@@ -21,10 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+from zeroconf import IPVersion, ServiceStateChange
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from crdt import DeviceKey, Roster, Store, accept_invitation, device_id, parse_invitation
 
 from ...transport import TransportError, connect
+from ..discovery import SERVICE_TYPE, lan_addresses
 from .member import (
     PAIRING_MESH,
     commitment,
@@ -214,11 +217,6 @@ async def _expect(channel, kind: str) -> dict:
 
 async def find_pairing_members(wait: float = 3.0) -> list[tuple[str, str]]:
     """Members on the LAN with an open pairing window: [(device id, HOST:PORT)]."""
-    from zeroconf import IPVersion, ServiceStateChange
-    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
-
-    from ..discovery import SERVICE_TYPE, lan_addresses
-
     addresses = lan_addresses()
     if not addresses:
         return []
