@@ -258,10 +258,6 @@ def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
 
 
 # -- revocation -------------------------------------------------------------------------------
-def endorsements_by(repo: Repo, issuer: bytes) -> list[Cert]:
-    return [c for c in repo.roster.certs.values() if c.kind == "endorse" and c.signer == issuer]
-
-
 def issued_by(repo: Repo, issuer: bytes) -> list[Cert]:
     """Endorsements and tombstones ``issuer`` signed: what a revocation of it must keep or drop."""
     return sorted(

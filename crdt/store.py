@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -542,19 +541,6 @@ class Store:
             for h in hashes:
                 txn.delete(_key(doc_id, h))
 
-    def quarantined(self, doc_id: str) -> int:
-        env, db = self._db(doc_id, b"quarantine")
-        prefix = _key(doc_id)
-        with env.begin(db=db) as txn:
-            cur = txn.cursor()
-            n = 0
-            if cur.set_range(prefix):
-                for k in cur.iternext(values=False):
-                    if not k.startswith(prefix):
-                        break
-                    n += 1
-            return n
-
     # -- roster certificates (identity layer) -----------------------------------------------------
     def put_certs(self, certs: Sequence[tuple[str, bytes]]) -> int:
         env, db = self.envs["identity"], self.dbs["identity"][b"certs"]
@@ -649,12 +635,3 @@ class LayerView:
                 return
             yield k, v
 
-
-def wipe_layer(data_dir: Path, layer: str) -> None:
-    """Delete one layer's environment (used for Runtime, which is rebuilt at start)."""
-    path = Path(data_dir) / layer
-    if path.is_dir():
-        for child in path.iterdir():
-            if child.is_file():
-                os.unlink(child)
-        path.rmdir()

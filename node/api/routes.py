@@ -243,19 +243,3 @@ def mapped_error(spec: RouteSpec | None, exc: Exception) -> tuple[int, str] | No
             return answer
     return None
 
-
-def inventory(app: web.Application) -> list[dict[str, Any]]:
-    """A plain listing of every installed route, for documentation and audits (OWASP API9)."""
-    return [
-        {
-            "method": spec.method,
-            "path": spec.path,
-            "table": spec.table,
-            "public": spec.public,
-            "public_reason": spec.public_reason,
-            "principal_kinds": sorted(spec.principal_kinds),
-            "streaming": spec.streaming,
-            "summary": spec.summary,
-        }
-        for spec in sorted(route_specs(app).values(), key=lambda s: (s.path, s.method))
-    ]

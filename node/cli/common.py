@@ -68,17 +68,6 @@ def running_node(paths: Paths, why: str = "", timeout: float = 30.0) -> NodeClie
                         + (f" ({why})" if why else "")) from None
 
 
-def call(client: NodeClient, method: str, path: str, body: Any = None,
-         query: dict[str, Any] | None = None) -> Any:
-    """One API call; its problem becomes the user's one sentence."""
-    try:
-        return client.request(method, path, body, query)
-    except NodeNotRunning:
-        raise UserError("the node stopped answering; is it still running?") from None
-    except ApiError as exc:
-        raise UserError(str(exc)) from None
-
-
 def problem_sentence(exc: ApiError) -> str:
     """A domain error's own sentence when the node mapped one (RouteTable.errors), so the
     online and offline targets word it alike; else the problem's title, detail and errors."""

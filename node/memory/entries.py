@@ -427,11 +427,6 @@ class Memory:
             {k: v for k, v in r.items() if k != "doc"} for r in out[: max(1, limit)]
         ]
 
-    def search(self, query: str, **filters: Any) -> list[dict[str, Any]]:
-        if not query.strip():
-            raise ValueError("search needs at least one word")
-        return self.list(query=query, **filters)
-
     def count(self) -> int:
         """Entries indexed; refreshed at most once a second so a polled status stays cheap."""
         if time.monotonic() - self._last_flush >= 1.0:

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE = "_maia._tcp.local."
 PROTOCOL_VERSION = "1"
 RESOLVE_TIMEOUT_MS = 3000
-NEARBY_TTL = 600.0
 
 
 def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:

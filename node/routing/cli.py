@@ -14,8 +14,8 @@ import sys
 import urllib.parse
 from typing import Any
 
-from ..cli.client import ApiError, NodeClient, NodeNotRunning
-from ..cli.common import UserError, print_json, say
+from ..cli.client import ApiError, NodeNotRunning
+from ..cli.common import UserError, print_json, running_node, say
 from ..config import Paths
 
 STREAM_READ_TIMEOUT = 120.0
@@ -37,15 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_ask)
 
 
-def _client(paths: Paths):
-    try:
-        return NodeClient(paths)
-    except NodeNotRunning:
-        raise UserError("no node is running for this data dir; start it with 'maia up'") from None
-
-
 def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
-    client = _client(paths)
+    client = running_node(paths)
     try:
         models = client.request("GET", "/v1/models")["data"]
     except (ApiError, NodeNotRunning) as exc:
@@ -85,7 +78,7 @@ def cmd_ask(args: argparse.Namespace, paths: Paths) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise UserError("the prompt is empty")
-    client = _client(paths)
+    client = running_node(paths)
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 AD_VERSION = 1
 AD_INTERVAL = 5.0
 AD_MIN_GAP = 1.0
-PING_INTERVAL = 5.0
 RTT_WEIGHT = 0.3
 MAX_KNOWN_NAMES = 1024
 MAX_PINGS_OUT = 16
