@@ -67,12 +67,14 @@ class Feature(Protocol):
 
 
 class FeatureBase:
-    """The do-nothing answer to every :class:`Feature` method; a feature overrides its own."""
+    """The do-nothing answer to every :class:`Feature` method (``setup`` keeps the node); a
+    feature overrides its own."""
 
     name = ""
+    node: Node | None = None
 
     def setup(self, node: Node) -> None:
-        pass
+        self.node = node
 
     def route_tables(self) -> Sequence[RouteTable]:
         return ()

@@ -4,7 +4,6 @@ commands."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,18 +12,9 @@ from ..features import Commands, FeatureBase
 from . import cli
 from .routes import PEERS_STATE_KEY, REPO_KEY, device_routes
 
-if TYPE_CHECKING:
-    from ..node import Node
-
 
 class DevicesFeature(FeatureBase):
     name = "devices"
-
-    def __init__(self) -> None:
-        self.node: Node | None = None
-
-    def setup(self, node: Node) -> None:
-        self.node = node
 
     def route_tables(self) -> Sequence[RouteTable]:
         return [device_routes]

@@ -7,7 +7,6 @@ journal in it, upkeep indexes it), so the feature only hands it to the routes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,18 +15,9 @@ from ..features import Commands, FeatureBase
 from . import cli
 from .routes import MEMORY_KEY, memory_routes
 
-if TYPE_CHECKING:
-    from ..node import Node
-
 
 class MemoryFeature(FeatureBase):
     name = "memory"
-
-    def __init__(self) -> None:
-        self.node: Node | None = None
-
-    def setup(self, node: Node) -> None:
-        self.node = node
 
     def route_tables(self) -> Sequence[RouteTable]:
         return [memory_routes]

@@ -8,7 +8,6 @@ the web page all use it, so it exists before any feature is set up.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,18 +16,9 @@ from ..features import Commands, FeatureBase
 from . import cli, sync_progress
 from .routes import CONFIG_PATH_KEY, PEERS_KEY, peer_listener_routes, peer_routes
 
-if TYPE_CHECKING:
-    from ..node import Node
-
 
 class MeshFeature(FeatureBase):
     name = "mesh"
-
-    def __init__(self) -> None:
-        self.node: Node | None = None
-
-    def setup(self, node: Node) -> None:
-        self.node = node
 
     def route_tables(self) -> Sequence[RouteTable]:
         return [peer_routes]
