@@ -50,7 +50,6 @@ def _runtime_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
 def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
     """Format 2 adds ``actors`` ((doc, actor) -> highest seq held), which verification needs
     to refuse a second change with an (actor, seq) already held (SPEC-005 §6.1 d)."""
-
     dbs = {name: env.open_db(name, txn=txn) for name in (b"docs", b"snapshots", b"changes",
                                                           b"actors", b"quarantine")}
     for doc_key in [bytes(k) for k in txn.cursor(db=dbs[b"docs"]).iternext(values=False)]:

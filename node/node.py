@@ -222,7 +222,6 @@ class Node:
         pages the work left mapped back to the system, so a node idles small again after a
         catch-up or a burst of work (docs/benchmarks.md: idle memory).
         """
-
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:

@@ -105,7 +105,6 @@ def create_backup(
     With ``anchor_root`` (the data dir), the target is first checked for a rollback, and the
     new manifest is then remembered there (§12.1, §12.3), both under the repository lock.
     """
-
     started = time.monotonic()
     config = config_path.read_bytes() if config_path and config_path.is_file() else None
     try:
