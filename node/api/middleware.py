@@ -365,6 +365,9 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
     spec = route_spec(request)
     await _continue_if_expected(request)  # SPEC-003 §4.3: only once limits and auth passed
     if spec is not None:
+        if any(key not in request.app for key in spec.requires):
+            raise Problem(503, f"{spec.table.capitalize()} unavailable",
+                          f"this node runs without what the {spec.table} routes need")
         limits = request.app[LIMITS_KEY]
         if spec.query_validator is not None:
             request[QUERY_KEY] = _validated_query(request, spec.query_validator, limits)

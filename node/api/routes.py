@@ -55,6 +55,7 @@ class RouteSpec:
     principal_kinds: frozenset[PrincipalKind] = frozenset({"local"})
     summary: str = ""
     errors: ErrorMap = field(default_factory=dict)
+    requires: tuple[web.AppKey, ...] = ()
     body_validator: Draft202012Validator | None = field(default=None, repr=False)
     query_validator: Draft202012Validator | None = field(default=None, repr=False)
 
@@ -83,11 +84,17 @@ class RouteTable:
     a handler calls the domain and lets its error go (SPEC-003 §9), the errors middleware
     answers ``status`` with ``title`` and the error's own sentence as the detail. The first
     matching class wins, so list subclasses before their bases.
+
+    ``requires`` names the app keys its handlers read (the state a feature puts there): a
+    request reaching the table while one is missing gets 503 "<name> unavailable", once here
+    instead of in every handler.
     """
 
-    def __init__(self, name: str, *, errors: ErrorMap | None = None) -> None:
+    def __init__(self, name: str, *, errors: ErrorMap | None = None,
+                 requires: Iterable[web.AppKey] = ()) -> None:
         self.name = name
         self.errors: ErrorMap = dict(errors or {})
+        self.requires = tuple(requires)
         self._specs: list[RouteSpec] = []
 
     def __iter__(self) -> Iterator[RouteSpec]:
@@ -148,6 +155,7 @@ class RouteTable:
                     principal_kinds=kinds,
                     summary=((handler.__doc__ or "").strip().splitlines() or [""])[0],
                     errors=self.errors,
+                    requires=self.requires,
                     body_validator=body_validator,
                     query_validator=query_validator,
                 )

@@ -9,12 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from ..api.middleware import BODY_KEY
-from ..api.problem import Problem
 from ..api.routes import RouteTable
 
-backup_routes = RouteTable("backup")
-
 BACKUP_KEY: web.AppKey[Any] = web.AppKey("maia_backup", object)
+backup_routes = RouteTable("backup", requires=[BACKUP_KEY])
 
 VERIFIED_SCHEMA = {
     "type": "object",
@@ -31,17 +29,10 @@ VERIFIED_SCHEMA = {
 }
 
 
-def _feature(request: web.Request) -> Any:
-    feature = request.app.get(BACKUP_KEY)
-    if feature is None:
-        raise Problem(503, "Backups unavailable", "this node runs without the backup feature")
-    return feature
-
-
 @backup_routes.get("/v1/backup")
 async def backup_status(request: web.Request) -> web.Response:
     """Backup schedule, last run, last verified backup and any warning."""
-    return web.json_response(_feature(request).status())
+    return web.json_response(request.app[BACKUP_KEY].status())
 
 
 @backup_routes.post("/v1/backup/verified", body_schema=VERIFIED_SCHEMA)
@@ -49,5 +40,5 @@ async def backup_verified(request: web.Request) -> web.Response:
     """Record that ``maia backup verify`` verified a backup (the record itself is in the
     repository; this only updates the node's status)."""
     body = request[BODY_KEY]
-    return web.json_response(_feature(request).record_verified(body["manifest"],
+    return web.json_response(request.app[BACKUP_KEY].record_verified(body["manifest"],
                                                                body["verified_at"]))

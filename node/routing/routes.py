@@ -24,8 +24,8 @@ from .router import Candidate, Opened, Plan, Router
 
 log = logging.getLogger(__name__)
 
-openai_routes = RouteTable("openai")
 ROUTER_KEY: web.AppKey[Router] = web.AppKey("maia_router", Router)
+openai_routes = RouteTable("openai", requires=[ROUTER_KEY])
 
 _TEXT = {"type": "string", "maxLength": 262_144}
 _OBJECT = {"type": "object"}
@@ -123,13 +123,6 @@ _TITLES = {
 }
 
 
-def _router(request: web.Request) -> Router:
-    router = request.app.get(ROUTER_KEY)
-    if router is None:
-        raise Problem(503, "Routing is not running", "this node serves no cortex routing")
-    return router
-
-
 def _problem(exc: RoutingError) -> Problem:
     headers = {"Retry-After": "5"} if exc.status == 503 else None
     return Problem(
@@ -152,7 +145,7 @@ def _dumps(obj: Any) -> bytes:
 @openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """An OpenAI chat completion, answered by the cortex the request names (or auto)."""
-    router = _router(request)
+    router = request.app[ROUTER_KEY]
     try:
         plan = router.plan(request[BODY_KEY])
         if not plan.stream:
@@ -198,4 +191,4 @@ async def _stream(request: web.Request, plan: Plan, opened: Opened) -> web.Strea
 @openai_routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """Every cortex reachable in the mesh now, plus the auto and cortex/<kind> aliases."""
-    return web.json_response({"object": "list", "data": _router(request).models()})
+    return web.json_response({"object": "list", "data": request.app[ROUTER_KEY].models()})

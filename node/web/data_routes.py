@@ -10,14 +10,13 @@ from aiohttp import web
 
 from ..api.middleware import PRINCIPAL_KEY, QUERY_KEY
 from ..api.pagination import page as _page
-from ..api.problem import Problem
 from ..api.routes import RouteTable
 from ..devices.routes import REPO_KEY
 from ..mesh.routes import PEERS_KEY
 from .documents import describe, document_ids
 from .routes import WEB_KEY
 
-ui_data_routes = RouteTable("ui-data")
+ui_data_routes = RouteTable("ui-data", requires=[REPO_KEY, WEB_KEY])
 
 PAGE_QUERY = {
     "type": "object",
@@ -32,9 +31,7 @@ PAGE_QUERY = {
 @ui_data_routes.get("/v1/documents", query_schema=PAGE_QUERY)
 async def documents(request: web.Request) -> web.Response:
     """Documents with their heads, change count, stored size and sync state per peer."""
-    repo = request.app.get(REPO_KEY)
-    if repo is None:
-        raise Problem(503, "Documents unavailable", "this node has no document repository")
+    repo = request.app[REPO_KEY]
     ids, cursor = _page(document_ids(repo), request[QUERY_KEY])
     peers = request.app.get(PEERS_KEY)
     return web.json_response({
@@ -46,9 +43,7 @@ async def documents(request: web.Request) -> web.Response:
 @ui_data_routes.get("/v1/live", streaming=True)
 async def live(request: web.Request) -> web.StreamResponse:
     """Server-sent events: a document changed, a peer connected or left (ids only)."""
-    page = request.app.get(WEB_KEY)
-    if page is None:
-        raise Problem(503, "Live events unavailable", "this node runs without the web page")
+    page = request.app[WEB_KEY]
     principal = request[PRINCIPAL_KEY]
     owner = principal.id.removeprefix("browser:") if principal.id.startswith("browser:") else None
     if owner is None:

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ui_routes = RouteTable("ui")
 WEB_KEY: web.AppKey[WebPage] = web.AppKey("maia_web", object)  # type: ignore[arg-type]
+ui_routes = RouteTable("ui", requires=[WEB_KEY])
 
 CSP = "default-src 'self'; frame-ancestors 'none'"
 LOGIN_REASON = (
@@ -55,13 +55,6 @@ _STATIC_TYPES = {
 }
 
 
-def _web(request: web.Request) -> WebPage:
-    page = request.app.get(WEB_KEY)
-    if page is None:
-        raise Problem(503, "Web page unavailable", "this node runs without the web page")
-    return page
-
-
 def _files():
     return resources.files("node.web") / "static"
 
@@ -82,7 +75,7 @@ def _iso(epoch: float) -> str:
 @ui_routes.get("/ui/login", public=LOGIN_REASON)
 async def login_page(request: web.Request) -> web.StreamResponse:
     """The login form; a browser already logged in goes on to the page."""
-    page = _web(request)
+    page = request.app[WEB_KEY]
     if page.authenticator is not None and page.authenticator.login_of(request) is not None:
         raise web.HTTPSeeOther(location="/ui/")
     return _page("login.html")
@@ -91,7 +84,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 @ui_routes.post("/ui/login", public=LOGIN_POST_REASON, body_schema=LOGIN_SCHEMA)
 async def login(request: web.Request) -> web.Response:
     """Exchange the local API token for a login cookie (HttpOnly, SameSite=Strict)."""
-    page = _web(request)
+    page = request.app[WEB_KEY]
     if not page.token_matches(request[BODY_KEY]["token"]):
         log.info("web page login refused from %s: wrong token", request.remote)
         raise Problem(401, "Wrong token",
@@ -111,7 +104,7 @@ async def login(request: web.Request) -> web.Response:
 @ui_routes.post("/ui/logout")
 async def logout(request: web.Request) -> web.Response:
     """End this browser's login now: the cookie stops working and its live stream closes."""
-    page = _web(request)
+    page = request.app[WEB_KEY]
     ended = page.logins.end(request.cookies.get(page.cookie_name))
     response = web.json_response({"logged_out": ended})
     response.del_cookie(page.cookie_name, path="/", samesite="Strict", secure=request.secure)
@@ -121,7 +114,7 @@ async def logout(request: web.Request) -> web.Response:
 @ui_routes.get("/ui/session")
 async def session(request: web.Request) -> web.Response:
     """This browser login: its CSRF token (for every write the page sends) and its expiry."""
-    page = _web(request)
+    page = request.app[WEB_KEY]
     principal = request[PRINCIPAL_KEY]
     current = page.authenticator.login_of(request) if page.authenticator else None
     if current is None or principal.id != f"browser:{current.label}":
@@ -137,7 +130,6 @@ async def session(request: web.Request) -> web.Response:
 @ui_routes.get("/ui/")
 async def index(request: web.Request) -> web.Response:
     """The web page: devices, peers, documents, memory, sessions, cortices and backups."""
-    _web(request)
     return _page("index.html")
 
 
