@@ -485,7 +485,7 @@ async def thing(request: web.Request) -> web.Response:
 
 
 async def test_a_table_maps_its_domain_errors_to_problems_in_one_place() -> None:
-    """SPEC-003 §9: a domain error the table declares becomes its problem, with the error's own
+    """SPEC-003 003.3.9: a domain error the table declares becomes its problem, with the error's own
     sentence as the detail; one it does not declare is a 500 that leaks nothing."""
     app = build_app(DictServices(), token=TOKEN, extra_tables=[mapped_routes])
     app[THING_KEY] = {"kettle": 1}
@@ -502,7 +502,7 @@ async def test_a_table_maps_its_domain_errors_to_problems_in_one_place() -> None
 
 
 async def test_a_table_missing_its_state_answers_503_after_authentication() -> None:
-    """A table's declared state (``requires``) missing from the app is one 503, and only for
+    """SPEC-003 003.3.9: a table's declared state (``requires``) missing from the app is one 503, and only for
     an authenticated caller: without a credential the answer stays 401."""
     app = build_app(DictServices(), token=TOKEN, extra_tables=[mapped_routes])
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
