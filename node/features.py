@@ -2,10 +2,10 @@
 
 A feature (memory, devices, the peer mesh, discovery, pairing, cortex routing, agent sessions,
 backups, the web page) owns its routes, its CLI commands and its background work, and hands
-them to the node and to ``maia`` only through :class:`Feature`. The node gives it the node after
-its store, documents and peer manager exist; it may add route tables for the local API and for
-the peer listener, credential kinds, background tasks, a section of the status, and ``maia``
-sub-commands. ``FEATURES`` lists what a node runs; nothing below it imports a feature by name.
+them to the node only through :class:`Feature` and to ``maia`` through its ``FEATURES`` entry.
+The node gives it the node after its store, documents and peer manager exist; it may add route
+tables for the local API and for the peer listener, credential kinds, background tasks and a
+section of the status. Nothing below this module imports a feature by name.
 """
 
 from __future__ import annotations
@@ -13,22 +13,20 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
-
-from .api.core import core_routes
-from .api.openapi import openapi_routes
-from .api.routes import RouteTable
-
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from crdt import Store
 
     from .api.auth import Authenticator
+    from .api.routes import RouteTable
     from .config import NodeConfig
     from .node import Node
 
-Commands = argparse._SubParsersAction  # what ``register_cli`` adds its sub-commands to
+Commands = argparse._SubParsersAction  # what a commands module's ``register`` adds to
 
 
 class Feature(Protocol):
@@ -49,9 +47,6 @@ class Feature(Protocol):
 
     def configure_app(self, app: web.Application) -> None:
         """Put what the routes need into the app (AppKeys)."""
-
-    def register_cli(self, commands: Commands) -> None:
-        """Add this feature's ``maia`` sub-commands; called without a node (no setup)."""
 
     async def start(self) -> None:
         """Start background work; the HTTP server is already listening."""
@@ -88,9 +83,6 @@ class FeatureBase:
     def configure_app(self, app: web.Application) -> None:
         pass
 
-    def register_cli(self, commands: Commands) -> None:
-        pass
-
     async def start(self) -> None:
         pass
 
@@ -104,35 +96,47 @@ class FeatureBase:
         return {}
 
 
-# "module:factory" entries; the factory takes no arguments and returns a Feature. Its
-# constructor does no I/O: ``maia`` builds every feature to collect its commands.
-FEATURES: list[str] = [
-    "node.memory.feature:create",
-    "node.devices.feature:create",
-    "node.mesh.feature:create",
-    "node.mesh.discovery:create",
-    "node.mesh.pairing.feature:create",
-    "node.routing.feature:routing_feature",
-    "node.backup.feature:feature",
-    "node.sessions.feature:create",
-    "node.web.feature:create",
+@dataclass(frozen=True)
+class Entry:
+    """One feature: ``feature`` is the "module:factory" building it (the factory takes no
+    arguments and does no I/O); ``commands`` is the module whose ``register(commands)`` adds its
+    ``maia`` sub-commands. The commands module is named here rather than reached through the
+    feature object so that ``maia`` starts without loading the features' HTTP and peer code
+    (it keeps to the standard library, ``crdt`` and the feature's own domain modules)."""
+
+    feature: str
+    commands: str | None = None
+
+
+FEATURES: list[Entry] = [
+    Entry("node.memory.feature:create", "node.memory.cli"),
+    Entry("node.devices.feature:create", "node.devices.cli"),
+    Entry("node.mesh.feature:create", "node.mesh.cli"),
+    Entry("node.mesh.discovery:create"),
+    Entry("node.mesh.pairing.feature:create", "node.mesh.pairing.cli"),
+    Entry("node.routing.feature:routing_feature", "node.routing.cli"),
+    Entry("node.backup.feature:feature", "node.backup.cli"),
+    Entry("node.sessions.feature:create", "node.sessions.cli"),
+    Entry("node.web.feature:create"),
 ]
 
 
 def load_features(names: Sequence[str] | None = None) -> list[Feature]:
+    """Build the features (``names``: "module:factory" entries; default: every feature)."""
     out = []
-    for entry in FEATURES if names is None else names:
+    for entry in [e.feature for e in FEATURES] if names is None else names:
         module, _, factory = entry.partition(":")
         out.append(getattr(importlib.import_module(module), factory)())
     return out
 
 
+def register_commands(commands: Commands) -> None:
+    """Add every feature's ``maia`` sub-commands (without building the features)."""
+    for entry in FEATURES:
+        if entry.commands is not None:
+            importlib.import_module(entry.commands).register(commands)
+
+
 def local_api_tables(features: Sequence[Feature]) -> list[RouteTable]:
     """The local API's tables of ``features`` (the core table comes with ``build_app``)."""
     return [table for feature in features for table in feature.route_tables()]
-
-
-def node_route_tables() -> list[RouteTable]:
-    """Every table of a node's local API, core first, without starting a node (the OpenAPI
-    document and the conformance tests read them)."""
-    return [core_routes, openapi_routes, *local_api_tables(load_features())]

@@ -502,8 +502,8 @@ async def test_a_table_maps_its_domain_errors_to_problems_in_one_place() -> None
 
 
 async def test_a_table_missing_its_state_answers_503_after_authentication() -> None:
-    """SPEC-003 003.3.9: a table's declared state (``requires``) missing from the app is one 503, and only for
-    an authenticated caller: without a credential the answer stays 401."""
+    """SPEC-003 003.3.9: a table's declared state (``requires``) missing from the app is one 503,
+    and only for an authenticated caller: without a credential the answer stays 401."""
     app = build_app(DictServices(), token=TOKEN, extra_tables=[mapped_routes])
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         assert (await client.get("/v1/test/things/kettle")).status == 401

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from node.api.routes import RouteTable
-from node.features import node_route_tables
+from node.apidoc import node_route_tables
 from tests.test_api_conformance import EXPECTED_PUBLIC as PUBLIC
 
 

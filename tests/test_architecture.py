@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,3 +226,16 @@ def test_few_imports_inside_functions_and_each_says_why() -> None:
                             above.startswith("#") or "#" in lines[sub.lineno - 1])
     assert len(inside) < MAX_FUNCTION_IMPORTS, sorted(inside)
     assert all(inside.values()), sorted(where for where, reason in inside.items() if not reason)
+
+
+def test_maia_starts_without_the_features_http_and_peer_code() -> None:
+    """``maia`` builds its whole parser (every feature's commands, registered through the
+    FEATURES entries) without importing aiohttp, zeroconf, SPAKE2 or litellm: only ``maia up``
+    and ``maia pair`` load them."""
+    code = ("import sys, node.cli; node.cli.build_parser(); "
+            "print(sorted(m for m in ('aiohttp', 'zeroconf', 'spake2', 'litellm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

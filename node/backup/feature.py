@@ -24,8 +24,7 @@ from aiohttp import web
 
 from ..api.routes import RouteTable
 from ..config import ConfigError
-from ..features import Commands, FeatureBase
-from . import cli
+from ..features import FeatureBase
 from .format import parse_iso, parse_manifest_filename
 from .routes import BACKUP_KEY, backup_routes
 from .runtime_status import newer_verification, read_status, update_status
@@ -68,8 +67,6 @@ class BackupFeature(FeatureBase):
     def route_tables(self) -> Sequence[RouteTable]:
         return [backup_routes]
 
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
 
     def configure_app(self, app: web.Application) -> None:
         app[BACKUP_KEY] = self

@@ -1,10 +1,11 @@
 """The ``maia`` command: set up a device, run its node, and work with its identity and memory.
 
 Sub-commands register themselves: the node's own (``core``, ``service``) here, every feature's
-through ``Feature.register_cli`` (memory, devices, the mesh, pairing, cortex routing, backup,
-sessions). Commands talk to the running node over its local API; when no node runs they act on
-the store directly, holding the node's lock (``targets``). Mistakes get one clear sentence and
-a non-zero exit, never a traceback.
+through its ``FEATURES`` entry (memory, devices, the mesh, pairing, cortex routing, backup,
+sessions), without loading the features' HTTP and peer code, so ``maia`` starts fast. Commands
+talk to the running node over its local API; when no node runs they act on the store directly,
+holding the node's lock (``targets``). Mistakes get one clear sentence and a non-zero exit, never
+a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from crdt import KeyFileError, StoreError
 
 from ..config import ENV_DATA_DIR, ConfigError, Paths, resolve_data_dir
-from ..features import load_features
+from ..features import register_commands
 from ..logs import configure_logging
 from . import core, service
 from .common import EXIT_FAIL, EXIT_USAGE, UserError
@@ -35,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="json: one JSON object per line, for a service's journal")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
     core.register(commands)
-    for feature in load_features():
-        feature.register_cli(commands)
+    register_commands(commands)
     service.register(commands)
     return p
 

@@ -22,7 +22,6 @@ from crdt import (
 
 from ..config import NodeConfig, Paths
 from ..datadir import DataDirBusy, locked_store
-from ..node import Node
 from .common import Target, UserError, on_target, print_json, say
 
 log = logging.getLogger("maia")
@@ -135,6 +134,9 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
 
 
 async def _run_node(paths: Paths, cfg: NodeConfig) -> None:
+    # only `maia up` runs a node: every other command starts without aiohttp and the features
+    from ..node import Node
+
     node = Node(paths.root, cfg)
     await node.start()
     say(f"maia node {node.key.device_id} ({cfg.name})")

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from ..api.routes import RouteTable
-from ..features import Commands, FeatureBase
-from . import cli
+from ..features import FeatureBase
 from .routes import PEERS_STATE_KEY, REPO_KEY, device_routes
 
 
@@ -24,8 +23,6 @@ class DevicesFeature(FeatureBase):
         app[REPO_KEY] = self.node.repo
         app[PEERS_STATE_KEY] = self.node.peers
 
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
 
 
 def create() -> DevicesFeature:

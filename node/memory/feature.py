@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from ..api.routes import RouteTable
-from ..features import Commands, FeatureBase
-from . import cli
+from ..features import FeatureBase
 from .routes import MEMORY_KEY, memory_routes
 
 
@@ -26,8 +25,6 @@ class MemoryFeature(FeatureBase):
         assert self.node is not None
         app[MEMORY_KEY] = self.node.memory
 
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
 
 
 def create() -> MemoryFeature:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli.common import Target, on_target, print_json, say
+from . import sync_progress
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,6 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     s = commands.add_parser("peers", help="list peers and their connection state")
     s.add_argument("--json", action="store_true")
     on_target(s, cmd_peers)
+    sync_progress.register(commands)
 
 
 def cmd_add(args: argparse.Namespace, target: Target) -> int:

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from ..api.routes import RouteTable
-from ..features import Commands, FeatureBase
-from . import cli, sync_progress
+from ..features import FeatureBase
 from .routes import CONFIG_PATH_KEY, PEERS_KEY, peer_listener_routes, peer_routes
 
 
@@ -30,10 +29,6 @@ class MeshFeature(FeatureBase):
         assert self.node is not None
         app[PEERS_KEY] = self.node.peers
         app[CONFIG_PATH_KEY] = self.node.paths.config
-
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
-        sync_progress.register(commands)
 
     async def start(self) -> None:
         assert self.node is not None

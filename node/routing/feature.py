@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..api.routes import RouteTable
-from ..features import Commands, FeatureBase
-from . import cli
+from ..features import FeatureBase
 from .backend import LocalCortices
 from .config import load_routing_config
 from .protocol import RoutingProtocol
@@ -64,8 +63,6 @@ class RoutingFeature(FeatureBase):
     def route_tables(self) -> Sequence[RouteTable]:
         return [openai_routes]
 
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
 
     def configure_app(self, app: web.Application) -> None:
         app[ROUTER_KEY] = self.router

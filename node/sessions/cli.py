@@ -1,7 +1,7 @@
 """CLI commands of SPEC-004: ``maia sessions``, ``claim``, ``release``, ``send``, ``inbox``,
 ``journal add|list|done``, ``hooks install|uninstall`` and ``run -- aider …``.
 
-Registered by the sessions feature (``Feature.register_cli``). Live state exists only in a
+Registered through the sessions feature's ``FEATURES`` entry. Live state exists only in a
 running node, so these commands talk to it over the local API (``node/cli/client.py``);
 ``hooks`` works without a node.
 """

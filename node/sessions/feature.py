@@ -14,8 +14,7 @@ from aiohttp import web
 
 from ..api.routes import RouteTable
 from ..config import ConfigError
-from ..features import Commands, FeatureBase
-from . import cli
+from ..features import FeatureBase
 from .auth import SessionAuthenticator
 from .config import SessionsConfig
 from .coordinator import Coordinator
@@ -43,8 +42,6 @@ class SessionsFeature(FeatureBase):
     def route_tables(self) -> Sequence[RouteTable]:
         return [session_routes]
 
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
 
     def authenticators(self) -> Sequence[Authenticator]:
         assert self.coordinator is not None

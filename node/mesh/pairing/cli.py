@@ -14,7 +14,6 @@ from ...cli.client import ApiError, NodeClient, NodeNotRunning
 from ...cli.common import UserError, say
 from ...config import NodeConfig, Paths
 from ...datadir import DataDirBusy, locked_store
-from .client import PairFailed, default_device_name, find_pairing_members, pair_with
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,6 +113,9 @@ def _read_answer_while(c) -> str | None:
 
 
 def _join(args: argparse.Namespace, paths: Paths) -> int:
+    # the new device's side (aiohttp, SPAKE2, mDNS) loads only for `maia pair`, not with maia
+    from .client import find_pairing_members
+
     if not args.code:
         raise UserError("give the code the member shows: maia pair --code XXXX-XXXX")
     if not args.yes and not sys.stdin.isatty():
@@ -140,6 +142,9 @@ def _join(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _pair_into(store, key, target: str, args: argparse.Namespace, paths: Paths) -> int:
+    # the new device's side (aiohttp, SPAKE2) loads only for `maia pair`, not with maia
+    from .client import PairFailed, default_device_name, pair_with
+
     try:
         if stored_mesh_id(store) is not None:
             raise UserError("this device already belongs to a mesh")

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from ...api.routes import RouteTable
-from ...features import Commands, FeatureBase
-from . import cli
+from ...features import FeatureBase
 from .member import Pairing
 from .routes import PAIRING_KEY, pairing_listener_routes, pairing_routes
 
@@ -23,8 +22,6 @@ class PairingFeature(Pairing, FeatureBase):
     def configure_app(self, app: web.Application) -> None:
         app[PAIRING_KEY] = self
 
-    def register_cli(self, commands: Commands) -> None:
-        cli.register(commands)
 
 
 def create() -> PairingFeature:
