@@ -34,7 +34,8 @@ class CannotRevoke(ValueError):
 
 
 def list_devices(repo: Repo, last_seen: Mapping[bytes, float | None] | None = None) -> list[dict]:
-    """Members first, then revoked devices, with the name each was admitted under."""
+    """Members first, then revoked devices, each group by name (the same order whoever asks:
+    the roster's own order depends on the order its certificates arrived in)."""
     roster = repo.roster
     seen = last_seen or {}
     names = {c.body["subject"]: c.body["name"] for c in roster.certs.values()
@@ -42,13 +43,13 @@ def list_devices(repo: Repo, last_seen: Mapping[bytes, float | None] | None = No
     out = [
         {"device_id": device_id(k), "name": n, "status": "member",
          "this_device": k == repo.key.public_key, "last_seen": seen.get(k)}
-        for k, n in roster.members.items()
+        for k, n in sorted(roster.members.items(), key=lambda kn: (kn[1], device_id(kn[0])))
     ]
     out += [
         {"device_id": device_id(k), "name": names.get(k, ""), "status": "revoked",
          "this_device": False, "last_seen": seen.get(k),
          "revoked_at": roster.revoked_info[k].body["at"] if k in roster.revoked_info else None}
-        for k in roster.revoked
+        for k in sorted(roster.revoked, key=lambda k: (names.get(k, ""), device_id(k)))
     ]
     return out
 
