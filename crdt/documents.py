@@ -508,10 +508,23 @@ class Repo:
             doc_id, handle.doc.save(), meta.changes, tuple(handle.doc.get_heads())
         )
         if not was_loaded:
-            # One document at a time: upkeep after a large import would otherwise hold every
-            # document it compacted until they go idle (issue 18.8).
             self.evict(doc_id)
         return True
+
+    def compact_loaded(self, quiet: float = 0.0) -> list[str]:
+        """Compact the documents already in memory whose change log has grown.
+
+        Only loaded documents: saving one in memory is cheap, while loading one from a long
+        change log just to fold it costs several times its own size at the peak (a 6,000-entry
+        shard: about 90 MB for a moment). A document nobody opens keeps its log, which costs
+        disk only, and is folded after its next use; so a node started on a large import does
+        no work proportional to it (issue 18.8).
+        """
+        return [d for d in self.loaded_ids() if self.compact(d, quiet)]
+
+    def loaded_ids(self) -> list[str]:
+        """Ids of the documents in memory now (a copy: callers may load or evict)."""
+        return list(self._loaded)
 
     def batches_covering(self, doc_id: str, chunks: Sequence[bytes]) -> list[bytes]:
         hashes = [change_hash(bytes(c)) for c in chunks]

@@ -7,10 +7,13 @@ a running node's back.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from .client import NodeClient
 from .config import NodeConfig, Paths, parse_host_port
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -122,6 +125,14 @@ class OfflineBackend:
     def close(self) -> None:
         store = getattr(self, "store", None)
         if store is not None:
+            # fold what this command wrote while its documents are still in memory: the node
+            # only compacts documents it has loaded anyway (crdt Repo.compact_loaded)
+            repo = getattr(self, "repo", None)
+            try:
+                for doc_id in repo.compact_loaded() if repo is not None else ():
+                    log.info("compacted %s", doc_id)
+            except Exception as exc:  # the log stays as it is; the node folds it later
+                log.warning("could not compact after this command: %s", exc)
             store.close()
             self.store = None
         self.lock.release()

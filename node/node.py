@@ -271,10 +271,11 @@ class Node:
                     + self.repo.add_certs(self.repo.take_cert_backlog())
                 ):
                     self.roster_changed()  # the rest of a large batch of certificates
-                for doc_id in self.repo.store.doc_ids():
+                # only documents already in memory (Repo.compact_loaded says why)
+                for doc_id in self.repo.loaded_ids():
                     if self.repo.compact(doc_id, quiet=2.0):
                         log.info("compacted %s", doc_id)
-                        release(self.paths.root)  # give each document's memory back at once
+                        release(self.paths.root)
                     await asyncio.sleep(0)
                 indexed = self.memory.flush_index(
                     quiet=2.0, after_each=lambda: release(self.paths.root))

@@ -145,3 +145,31 @@ def test_sigint_and_sigterm_stop_cleanly(mesh_factory):
         assert "Node stopped." in node.log()
         node.start()
     assert [e["text"] for e in node.entries()] == ["before stop"]
+
+
+def test_only_documents_in_memory_are_compacted(tmp_path):
+    """Issue 18.8: upkeep folds the change log of documents already loaded, never loads one
+    just to fold it (a long log costs several times the document's size at load), and the
+    fold keeps every change: the document reloads with the same heads and content."""
+    from automerge.core import ROOT, ScalarType, extract
+
+    from crdt.documents import Repo
+    from tests.trust_helpers import NOTE_DOC, Device
+
+    device = Device.found(tmp_path, "laptop")
+    repo = Repo(device.store, device.key, device.repo.mesh_id, compact_after=3)
+    for i in range(5):
+        repo.change(NOTE_DOC, lambda tx, i=i: tx.put(ROOT, f"k{i}", ScalarType.Int, i))
+    heads = sorted(repo.heads(NOTE_DOC))
+    repo.evict(NOTE_DOC)
+    assert repo.compact_loaded() == []  # not in memory: left alone
+    assert device.store.doc_meta(NOTE_DOC).pending == 5
+    repo.open(NOTE_DOC)
+    assert repo.compact_loaded() == [NOTE_DOC]
+    assert device.store.doc_meta(NOTE_DOC).pending == 0
+    repo.evict(NOTE_DOC)
+    doc = repo.open(NOTE_DOC).doc
+    assert sorted(doc.get_heads()) == heads
+    assert {k: v for k, v in extract(doc, ROOT).items() if k.startswith("k")} == {
+        f"k{i}": i for i in range(5)}
+    device.close()
