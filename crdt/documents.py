@@ -13,19 +13,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from automerge.core import Document, Message, SyncState, Transaction
+from automerge.core import ROOT, Document, Message, ScalarType, SyncState, Transaction
 
 from .batches import SignedBatch
 from .chunks import ChangeInfo, change_hash, changes_message
 from .docids import valid_doc_id
 from .keys import DeviceKey, device_id
 from .roster import CertError, Roster, actor_key, parse_cert
-from .store import DocMeta, Store
+from .store import DocMeta, Store, StoreError
 from .verify import Rejected, Verified, verify_changes
 
 log = logging.getLogger(__name__)
 
 COMPACT_AFTER = 2000
+# SPEC-001 §6.5: the document schema this version writes. Every document's root carries it; a
+# node never writes to a document whose schema is newer (it still stores and forwards it).
+DOC_SCHEMA = 1
 MAX_CERTS_PER_CALL = 10_000
 #: Signatures checked per call; the rest wait for the next call, so a member that floods the
 #: Identity document with certificates cannot hold the event loop (SPEC-005 §5.1).
@@ -40,6 +43,25 @@ ChangeListener = Callable[[str, bool], None]
 NEW_DOCS_BURST = 20_000
 AUTHOR_BYTES_BURST = 2 << 30
 REFILL_SECONDS = 86_400.0
+
+
+class SchemaTooNew(StoreError):
+    """A document written by a newer maia-node: this one must not write to it (SPEC-001
+    §6.5). Its changes are still stored, verified and forwarded."""
+
+    def __init__(self, doc_id: str, schema: int) -> None:
+        super().__init__(f"{doc_id} has document schema {schema}, newer than this version "
+                         f"writes ({DOC_SCHEMA}); upgrade maia-node on this device to change it")
+        self.doc_id, self.schema = doc_id, schema
+
+
+def doc_schema(doc: Document) -> int | None:
+    """The ``schema`` at a document's root, or None when it has none (written before §6.5)."""
+    got = doc.get(ROOT, "schema")
+    value = got[0] if got is not None else None
+    if isinstance(value, tuple):  # (ScalarType, value) in the binding's scalar form
+        value = value[1]
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class AuthorBudget:
@@ -283,9 +305,14 @@ class Repo:
             for doc_id, edits in edits_by_doc.items():
                 handle = self.open(doc_id)
                 touched.append(doc_id)
+                schema = doc_schema(handle.doc)
+                if schema is not None and schema > DOC_SCHEMA:
+                    raise SchemaTooNew(doc_id, schema)
                 before = handle.doc.get_heads()
-                for edit in edits:
+                for n, edit in enumerate(edits):
                     with handle.doc.transaction() as tx:
+                        if n == 0 and schema is None:  # §6.5: every document carries it
+                            tx.put(ROOT, "schema", ScalarType.Int, DOC_SCHEMA)
                         edit(tx)
                 new = handle.doc.get_changes(before)
                 if not new:

@@ -173,3 +173,40 @@ def test_only_documents_in_memory_are_compacted(tmp_path):
     assert {k: v for k, v in extract(doc, ROOT).items() if k.startswith("k")} == {
         f"k{i}": i for i in range(5)}
     device.close()
+
+
+def test_a_compacted_copy_is_taken_before_a_memory_migration(tmp_path, monkeypatch):
+    """SPEC-001 §5.7: before Identity or Memory is migrated, a compacted copy of the
+    environment lands in pre-migration/<layer>-v<old>/; a migration that fails leaves the
+    store as it was and the copy readable, and the next attempt migrates."""
+    from automerge.core import ROOT, ScalarType
+
+    from crdt import store as store_mod
+    from tests.trust_helpers import NOTE_DOC, Device
+
+    device = Device.found(tmp_path, "laptop")
+    device.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "kept", ScalarType.Str, "yes"))
+    heads = device.repo.heads(NOTE_DOC)
+    device.close()
+    old = store_mod.format_version("memory")
+
+    def broken(env, txn):
+        raise RuntimeError("a bug in a migration")
+
+    monkeypatch.setitem(store_mod.MIGRATIONS, "memory", [*store_mod.MIGRATIONS["memory"], broken])
+    with pytest.raises(RuntimeError):
+        Store(device.path)
+    copy = device.path / "pre-migration" / f"memory-v{old}"
+    assert (copy / "data.mdb").is_file()
+    env = lmdb.open(str(copy), readonly=True, max_dbs=10, lock=False)
+    with env.begin(db=env.open_db(b"docs", create=False)) as txn:
+        assert txn.get(NOTE_DOC.encode()) is not None
+    env.close()
+
+    monkeypatch.setitem(store_mod.MIGRATIONS, "memory",
+                        [*store_mod.MIGRATIONS["memory"][:-1], lambda env, txn: None])
+    store = Store(device.path)
+    assert store.layer_format("memory") == old + 1
+    assert tuple(store.doc_meta(NOTE_DOC).heads) == tuple(heads)
+    store.close()
+    assert not (device.path / "pre-migration" / "identity-v1").exists()  # no migration there
