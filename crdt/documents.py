@@ -55,6 +55,21 @@ class SchemaTooNew(StoreError):
         self.doc_id, self.schema = doc_id, schema
 
 
+class DeviceRevoked(StoreError):
+    """This device's own key is revoked in the roster it holds: it must not write, and says
+    so in words a person can act on (issue 15.6). Its changes would be refused everywhere."""
+
+    def __init__(self, info: dict[str, str]) -> None:
+        who = info.get("by_name") or "another device"
+        reason = f" ({info['reason']})" if info.get("reason") else ""
+        super().__init__(
+            f"this device was revoked by {who} ({info.get('by', '?')[:15]}) at "
+            f"{info.get('at') or 'an unknown time'}{reason}; it can no longer change the "
+            "mesh's documents. To use it again, set it up as a new device: 'maia init' in an "
+            "empty data dir, then pair it.")
+        self.info = info
+
+
 def doc_schema(doc: Document) -> int | None:
     """The ``schema`` at a document's root, or None when it has none (written before §6.5)."""
     got = doc.get(ROOT, "schema")
@@ -301,6 +316,9 @@ class Repo:
         touched: list[str] = []
         writes = []
         out: dict[str, list[ChangeInfo]] = {}
+        revoked = self.roster.revocation(self.key.public_key)
+        if revoked is not None:
+            raise DeviceRevoked(revoked)
         try:
             for doc_id, edits in edits_by_doc.items():
                 handle = self.open(doc_id)

@@ -8,6 +8,7 @@ a running node's back.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Protocol
 
 from .client import NodeClient
@@ -118,6 +119,11 @@ class OfflineBackend:
             self.store = Store(paths.root)
             self.repo = open_repo(self.store, self.key)
             self.memory = Memory(self.repo)
+            revoked = self.repo.roster.revocation(self.key.public_key)
+            if revoked is not None:  # every command says so (issue 15.6)
+                print(f"Warning: this device was revoked by {revoked['by_name'] or revoked['by']}"
+                      f" at {revoked['at']}; it can no longer change the mesh's documents.",
+                      file=sys.stderr)
         except BaseException:
             self.close()
             raise

@@ -142,6 +142,7 @@ class Node:
             app[PEER_CONFIG_KEY] = self._persist_peer
             for feature in self.features:
                 feature.configure_app(app)
+            app.on_response_prepare.append(self._say_if_revoked)
             await self.peers.start()
             self._runner = make_runner(app, name="local API")
             await self._runner.setup()
@@ -254,6 +255,14 @@ class Node:
         self.peers.enforce_roster()
         self.peers.share_certs()
 
+    async def _say_if_revoked(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer of a revoked device carries who revoked it and when, so each CLI
+        command and client can say so (issue 15.6); a dict lookup when it is not revoked."""
+        info = self.repo.roster.revocation(self.key.public_key)
+        if info is not None:
+            response.headers["X-Maia-Device-Revoked"] = (
+                f"by {info['by_name'] or info['by']} at {info['at']}")
+
     async def _upkeep(self) -> None:
         """Background care: compact grown change logs, index, and unload idle documents.
 
@@ -359,6 +368,7 @@ def node_status(store: Store, repo: Any, config: NodeConfig, key: DeviceKey) -> 
             if layer != "runtime" else 0,
         }
     mesh = mesh_info(repo) if repo is not None else None
+    revoked = repo.roster.revocation(key.public_key) if repo is not None else None
     members = (
         [{"device_id": device_id(k), "name": n} for k, n in repo.roster.members.items()]
         if repo is not None else []
@@ -369,6 +379,8 @@ def node_status(store: Store, repo: Any, config: NodeConfig, key: DeviceKey) -> 
         "name": config.name,
         "mesh": mesh,
         "members": members,
+        # Set when this device's own key is revoked in the roster it holds (issue 15.6).
+        "revoked": revoked,
         "layers": layers,
         # Bytes of signed changes held, by the device that signed them (issue 18.5).
         "storage_by_device": [
