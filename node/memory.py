@@ -110,15 +110,18 @@ class Memory:
             log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
 
     def flush_index(
-        self, quiet: float = 0.0, after_each: Callable[[], None] | None = None
+        self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,
+        limit: int | None = None,
     ) -> int:
         """Bring the Runtime index up to date; returns shards done.
 
         With ``quiet`` > 0 (background upkeep) only shards unchanged for that long are done, so
         a shard still growing during a catch-up is indexed once at the end, not every pass.
+        With ``limit``, at most that many shards: the caller yields between calls, so a node
+        with thousands of changed shards (a catch-up, a member's flood) keeps answering.
         """
         now = time.monotonic()
-        due = [d for d, at in self._dirty.items() if now - at >= quiet]
+        due = [d for d, at in self._dirty.items() if now - at >= quiet][:limit]
         for doc_id in due:
             self._dirty.pop(doc_id, None)
             was_loaded = self.repo.is_loaded(doc_id)

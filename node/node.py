@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 5.0
 IDLE_EVICT_SECONDS = 30.0
+INDEX_SHARDS_PER_TURN = 8  # memory index shards per event-loop turn in upkeep
 
 
 class DataDirBusy(Exception):
@@ -286,8 +287,15 @@ class Node:
                         log.info("compacted %s", doc_id)
                         release(self.paths.root)
                     await asyncio.sleep(0)
-                indexed = self.memory.flush_index(
-                    quiet=2.0, after_each=lambda: release(self.paths.root))
+                indexed = 0
+                while True:  # a few shards a turn: the node keeps answering meanwhile
+                    done = self.memory.flush_index(quiet=2.0, limit=INDEX_SHARDS_PER_TURN)
+                    indexed += done
+                    if done:
+                        release(self.paths.root)
+                    if done < INDEX_SHARDS_PER_TURN:
+                        break
+                    await asyncio.sleep(0)
                 if self.repo.evict_idle(IDLE_EVICT_SECONDS) or indexed:
                     release(self.paths.root)
             except Exception:

@@ -92,14 +92,24 @@ def p(values: list[float], q: float) -> float:
 async def flood(node: harness.NodeProc, key: DeviceKey, mesh_id: bytes, certs: list[bytes],
                 docs: int, bytes_mb: int) -> dict[str, Any]:
     answers: collections.Counter[str] = collections.Counter()
+    received: collections.Counter[str] = collections.Counter()
     sent = 0
     async with hostile_peer(node.peer_port, key, mesh_id, certs) as peer:
 
         async def drain() -> None:
+            # Read everything the receiver says, as a peer must: a peer that stops reading
+            # stalls the receiver's writes and, through them, its own flood.
             while True:
-                frame = await peer.recv(timeout=3600)
-                if isinstance(frame, dict) and frame.get("t") in ("reject", "error"):
-                    answers[f"{frame['t']}:{frame.get('code')}"] += 1
+                try:
+                    frame = await peer.recv(timeout=3600)
+                except Exception as exc:  # closed, or undecodable: the flood is over
+                    answers[f"ended: {type(exc).__name__} {exc}"[:80]] += 1
+                    return
+                kind = frame.get("t") if isinstance(frame, dict) else type(frame).__name__
+                if kind in ("reject", "error"):
+                    answers[f"{kind}:{frame.get('code')}"] += 1
+                else:
+                    received[str(kind)] += 1
 
         reader = asyncio.ensure_future(drain())
         started = time.monotonic()
@@ -136,7 +146,7 @@ async def flood(node: harness.NodeProc, key: DeviceKey, mesh_id: bytes, certs: l
         settled = time.monotonic() - started
         reader.cancel()
     return {"frames": sent, "seconds": round(seconds, 1), "settled_s": round(settled, 1),
-            "answers": dict(answers)}
+            "answers": dict(answers), "received": dict(received)}
 
 
 def one_run(docs: int, bytes_mb: int, idle_after: float) -> dict[str, Any]:
@@ -195,7 +205,8 @@ def main() -> int:
         say(f"  {r['frames']:,} frames in {r['seconds']} s, worked through by "
             f"{r['settled_s']} s; peak {mb(r['peak_kib'])} = "
             f"{r['ratio']:.2f}x idle {mb(r['idle_kib'])}; {r['docs_stored']:,} documents "
-            f"stored; answers {r['answers']}; /health p50 {r['health_p50']:.1f} ms "
+            f"stored; answers {r['answers']}; frames back {r['received']}; "
+            f"/health p50 {r['health_p50']:.1f} ms "
             f"(idle {r['health_idle_p50']:.1f} ms)")
         runs.append(r)
     ratios = sorted(r["ratio"] for r in runs)
