@@ -7,7 +7,7 @@ may change without touching the node.
 
 from .chunks import CHUNK_CHANGE, inflate_change
 from .docids import MEMORY_KINDS
-from .documents import Repo, valid_doc_id
+from .documents import DeviceRevoked, Repo, SchemaTooNew, valid_doc_id
 from .identity import (
     IDENTITY_DOC,
     PROFILE_FIELDS,
@@ -45,6 +45,7 @@ from .store import (
     Store,
     StoreError,
     format_version,
+    fsync_path,
     layer_of,
 )
 from .sync import ROSTER_CODES, PeerSync
@@ -60,6 +61,7 @@ __all__ = [
     "CertError",
     "DeviceIdError",
     "DeviceKey",
+    "DeviceRevoked",
     "KeyFileError",
     "LayerView",
     "NoMeshError",
@@ -68,6 +70,7 @@ __all__ = [
     "Rejected",
     "Repo",
     "Roster",
+    "SchemaTooNew",
     "StorageFull",
     "Store",
     "StoreError",
@@ -78,6 +81,7 @@ __all__ = [
     "device_id",
     "enrol_device",
     "format_version",
+    "fsync_path",
     "get_profile",
     "import_roster_from_doc",
     "inflate_change",

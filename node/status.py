@@ -34,6 +34,7 @@ def node_status(
             if layer != "runtime" else 0,
         }
     mesh = mesh_info(repo) if repo is not None else None
+    revoked = repo.roster.revocation(key.public_key) if repo is not None else None
     members = (
         [{"device_id": device_id(k), "name": n} for k, n in repo.roster.members.items()]
         if repo is not None else []
@@ -44,6 +45,8 @@ def node_status(
         "name": config.name,
         "mesh": mesh,
         "members": members,
+        # Set when this device's own key is revoked in the roster it holds (issue 15.6).
+        "revoked": revoked,
         "layers": layers,
         # Bytes of signed changes held, by the device that signed them (issue 18.5).
         "storage_by_device": [

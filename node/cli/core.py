@@ -162,6 +162,11 @@ def cmd_status(args: argparse.Namespace, target: Target) -> int:
         return 0
     mesh = st.get("mesh") or {}
     say(f"Device     {st['device_id']}  ({st['name']})")
+    if st.get("revoked"):
+        r = st["revoked"]
+        say(f"REVOKED    this device was revoked by {r.get('by_name') or r.get('by')} at "
+            f"{r.get('at')}{' (' + r['reason'] + ')' if r.get('reason') else ''}; it can no "
+            "longer change the mesh's documents")
     say(f"Node       {'running on ' + st['listening'] if st.get('running') else 'not running'}")
     say(f"Mesh       {mesh.get('name', '-')}  ({str(mesh.get('id', ''))[:16]})")
     say(f"Members    {len(st.get('members', []))}")

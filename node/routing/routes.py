@@ -19,7 +19,7 @@ from aiohttp import web
 from ..api.middleware import BODY_KEY
 from ..api.problem import Problem
 from ..api.routes import RouteTable
-from .errors import AttemptFailed, RoutingError
+from .errors import AttemptFailed, NoRoute, RoutingError
 from .router import Candidate, Opened, Plan, Router
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,10 @@ _TITLES = {
 
 
 def _problem(exc: RoutingError) -> Problem:
-    headers = {"Retry-After": "5"} if exc.status == 503 else None
+    headers = None
+    if isinstance(exc, NoRoute):  # SPEC-006 §10.4: retry only when it can help
+        headers = ({"Retry-After": str(exc.retry_after)} if exc.retry_after
+                   else {"x-should-retry": "false"})
     return Problem(
         exc.status, _TITLES.get(exc.slug), exc.detail,
         type=f"urn:maia-node:problem:{exc.slug}", headers=headers, **exc.extra,
