@@ -243,7 +243,8 @@ class OfflineBackend:
         from crdt.keys import device_id, normalize_device_id
 
         wanted = normalize_device_id(device)
-        keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked]
+        keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked,
+                                  *self.repo.roster.ever]
                 if device_id(k) == wanted]
         if not keys:
             raise ValueError(f"{wanted} is not in this mesh")
