@@ -33,6 +33,7 @@ from .middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
 from .pagination import page as _page
 from .problem import Problem
 from .routes import RouteTable
+from .scopes import SCOPES
 
 session_routes = RouteTable("sessions")
 SESSIONS_KEY: web.AppKey[Coordinator] = web.AppKey("maia_sessions", Coordinator)
@@ -77,6 +78,9 @@ REGISTER_SCHEMA = {
         "task": {**_STR, "maxLength": 200},
         "cli_session_id": {**_STR, "maxLength": 200},
         "event": EVENT_SCHEMA,
+        # SPEC-004 §2.11: what the session may do; the default agent scopes when absent
+        "scopes": {"type": "array", "items": {"enum": list(SCOPES)}, "uniqueItems": True,
+                   "maxItems": len(SCOPES)},
     },
 }
 _SESSION_FIELD = {**_STR, "pattern": "^[a-z2-7]{26}$"}

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..api.scopes import DEFAULT_AGENT_SCOPES
 from . import entities, leases
 from .clock import NS, iso, local_time, mono_ns, now_ns, wall_of
 from .config import SessionsConfig
@@ -168,6 +169,7 @@ class Coordinator:
             repository=repository, branch=branch, task=body.get("task", "")[:200],
             cli_session_id=body.get("cli_session_id", ""), device=self.device,
             device_name=self.device_name, started_ns=now, last_seen_ns=now,
+            scopes=tuple(body.get("scopes", DEFAULT_AGENT_SCOPES)),
         )
         if repository:
             s.touch_tags([repo_tag(repository)], now)
@@ -183,6 +185,7 @@ class Coordinator:
             "token": token,
             "heartbeat_s": _seconds(self.cfg.heartbeat_s),
             "expires_after_s": _seconds(self.cfg.expires_after_s),
+            "scopes": list(s.scopes),
         }
         if body.get("event"):
             out["answer"] = self.hook(s.id, body["event"])

@@ -60,6 +60,7 @@ class Session:
     started_ns: int
     last_seen_ns: int
     status: str = "active"
+    scopes: tuple[str, ...] = ()  # granted at registration (SPEC-004 §2.11)
     recent_action: str = ""
     recent_action_ns: int = 0
     tags: OrderedDict[str, int] = field(default_factory=OrderedDict)
