@@ -632,6 +632,7 @@ COMMAND_MODULES: list[str] = [
     "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",
+    "node.mcp.cli",
 ]
 
 

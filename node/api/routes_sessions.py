@@ -216,9 +216,10 @@ async def register_session(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
-@session_routes.get("/v1/sessions", query_schema=PAGE_QUERY)
+@session_routes.get("/v1/sessions", query_schema=PAGE_QUERY, principal_kinds=BOTH)
 async def list_sessions(request: web.Request) -> web.Response:
-    """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10)."""
+    """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10); a session reads
+    it too (MCP sessions_list): it is what the tiers already tell it, in full."""
     items, cursor = _page(_coordinator(request).sessions_view(), request[QUERY_KEY])
     return web.json_response({"sessions": items, "cursor": cursor})
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..sessions.scopes import (  # noqa: F401  (re-exported for the routes)
+    DEFAULT_AGENT_SCOPES,
+    MEMORY_ADMIN,
+    MEMORY_READ,
+    MEMORY_WRITE,
+    MODELS_ASK,
+    SCOPES,
+)
 from .auth import Principal
 from .problem import Problem
 
-MEMORY_READ = "memory:read"
-MEMORY_WRITE = "memory:write"
-MEMORY_ADMIN = "memory:admin"
-MODELS_ASK = "models:ask"
-SCOPES = (MEMORY_READ, MEMORY_WRITE, MEMORY_ADMIN, MODELS_ASK)
-# What agents need: recall, record, ask a cortex. Never memory:admin (SPEC-004 §2.11).
-DEFAULT_AGENT_SCOPES = (MEMORY_READ, MEMORY_WRITE, MODELS_ASK)
 TYPE_INSUFFICIENT_SCOPE = "urn:maia-node:problem:insufficient-scope"
 
 
