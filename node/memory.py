@@ -428,7 +428,10 @@ class Memory:
         query: str | None = None,
         limit: int = 50,
         include_superseded: bool = False,
+        any_words: bool = False,
     ) -> list[dict[str, Any]]:
+        """Entries newest first; ``query`` matches entries containing every word of it, or any
+        word with ``any_words`` (the relevance scan of SPEC-004 §6.7 ranks those itself)."""
         self.flush_index()
         needle = query.casefold() if query else None
         words = needle.split() if needle else []
@@ -450,7 +453,7 @@ class Memory:
                     continue
                 if words:
                     hay = (row["text"] + " " + " ".join(row["tags"])).casefold()
-                    if not all(w in hay for w in words):
+                    if not (any if any_words else all)(w in hay for w in words):
                         continue
                 out.append(row)
         out.sort(key=lambda r: r["created_at"], reverse=True)

@@ -285,7 +285,8 @@ class Coordinator:
             if prompt and not s.task:
                 s.task = prompt.splitlines()[0][:120]
                 self._refresh(s)
-            context = self._context(s, now)
+            context = "\n\n".join(x for x in (self._memory_context(s, prompt),
+                                                 self._context(s, now)) if x)
         elif kind == "stop":
             message = " ".join((ev.get("message") or "").split())
             previous = s.recent_action.removeprefix("finished a turn; last: ")
@@ -296,11 +297,28 @@ class Coordinator:
             self._refresh(s)
         elif kind == "session_start":
             digest = self.journal.digest(self._project(s), self.cfg.budget)
-            context = "\n\n".join(x for x in (digest, self._context(s, now)) if x)
+            memory = self._memory_context(s, s.task)
+            context = "\n\n".join(x for x in (digest, memory, self._context(s, now)) if x)
         answer: dict[str, Any] = {"decision": "allow"}
         if context:
             answer["context"] = context
         return answer
+
+    def _memory_context(self, s: Session, query: str) -> str:
+        """SPEC-004 §6.7: the memory entries most relevant to the prompt (or, at start, the
+        task) and the repository, each shown once per session. Never fails a hook."""
+        from ..mcp.relevance import relevant_entries, render_block
+
+        budget = self.cfg.budget
+        try:
+            rows = relevant_entries(self.journal.memory, query or "", s.repository,
+                                    budget.memory, exclude=s.memory_shown)
+        except Exception:
+            log.exception("relevant memory for session %s not found", s.id)
+            return ""
+        block = render_block(rows, budget.memory, budget.detail)
+        s.memory_shown.update(r["id"] for r in rows if r["id"] in block)
+        return block
 
     def _apply(self, s: Session, ev: dict[str, Any], now: int) -> None:
         facts = entities.infer(ev, self.locator)
