@@ -17,7 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.mcp_helpers import call, mcp_client
-from tests.nodes import NodeProc, cli_out, connected_pair, wait_for
+from tests.nodes import NodeProc, cli_out, connected_pair, make_mesh, wait_for
 from tests.sessions_helpers import api, register
 
 
@@ -205,3 +205,48 @@ async def test_the_http_transport_is_authenticated_and_scoped(pair, tmp_path: Pa
         assert not failed and found["count"] == 1
         profile = await client.read_resource("maia://profile")
         assert isinstance(json.loads(profile.contents[0].text), dict)
+
+
+async def test_the_server_renews_its_session_when_the_node_restarts(tmp_path: Path) -> None:
+    """SPEC-004 §15.2: a node restart ends every session (Runtime); the next tool call gets a
+    fresh session from `maia mcp` over its private socket and succeeds."""
+    (node,) = make_mesh(tmp_path, ["solo"])
+    node.start()
+    try:
+        async with mcp_client(node, "--agent", "codex") as client:
+            failed, first = await call(client, "memory_add", text="before the restart")
+            assert not failed, first
+            node.stop()
+            node.start()
+            failed, second = await call(client, "memory_add", text="after the restart")
+            assert not failed, second
+            assert second["session"] != first["session"] and second["agent"] == "codex"
+    finally:
+        node.stop()
+
+
+async def test_ask_reaches_a_cortex_through_the_router_with_models_ask(tmp_path: Path) -> None:
+    """SPEC-003 §6.7: `ask` with models:ask is answered by a cortex (a fake model server, the
+    only fake part); without the scope it is refused and the model is never called."""
+    from tests.fake_llm_server import FakeLLM
+    from tests.routing_helpers import configure, wait_for_cortices
+
+    with FakeLLM("local") as fake:
+        (node,) = make_mesh(tmp_path, ["solo"])
+        configure(node, cortex={"small": {"kind": "chat", "model": "openai/small",
+                                          "api_base": fake.api_base}})
+        node.start()
+        try:
+            wait_for_cortices(node, {"small"})
+            async with mcp_client(node) as client:
+                failed, answer = await call(client, "ask", prompt="what is 2+2?",
+                                            cortex="small")
+            assert not failed, answer
+            assert answer["answer"].startswith("[local] you said: what is 2+2?")
+            calls = fake.stats()
+            async with mcp_client(node, "--scopes", "memory:read") as client:
+                failed, text = await call(client, "ask", prompt="hello", cortex="small")
+            assert failed and "models:ask" in text
+            assert fake.stats() == calls
+        finally:
+            node.stop()

@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S = 30.0
 ASK_TIMEOUT_S = 600.0
-TYPE_SESSION_ENDED = "urn:maia-node:problem:session-ended"
 
 
 class Refused(Exception):
@@ -33,7 +32,8 @@ class NodeAPI:
     """A bearer-token client of one node's local API.
 
     ``renew`` (stdio only) is called once when the node says the session ended (a node restart
-    ends every session, SPEC-004 §2.1); it returns a fresh token, or None to give up.
+    ends every session, SPEC-004 §2.1) or does not know the token; it returns a fresh token, or
+    None to give up.
     """
 
     def __init__(self, base_url: str, token: str, *,
@@ -63,7 +63,9 @@ class NodeAPI:
                       query: dict[str, Any] | None = None, *,
                       timeout: float = TIMEOUT_S) -> Any:
         status, answer = await self._once(method, path, body, query, timeout)
-        if status == 401 and self._renew is not None and _type(answer) == TYPE_SESSION_ENDED:
+        # 401: the session ended or expired, or the node restarted and knows the token no more
+        # (sessions are Runtime, SPEC-004 §2.1): one fresh session, one retry
+        if status == 401 and self._renew is not None:
             fresh = await self._renew()
             if fresh:
                 self.token = fresh

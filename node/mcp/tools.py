@@ -244,12 +244,14 @@ def build_server() -> MCPServer:
     async def ask(
         prompt: Annotated[str, Field(min_length=1, max_length=100_000)],
         cortex: Annotated[str, Field(min_length=1, max_length=200, description=(
-            "a model name, cortex/<kind> (e.g. cortex/local, cortex/code), or auto"))] = "auto",
+            "a model name, cortex/<kind> (e.g. cortex/reasoning, cortex/chat), or auto"))
+        ] = "auto",
         system: Annotated[str | None, Field(max_length=20_000)] = None,
     ) -> dict[str, Any]:
-        """Ask another model (a cortex) of the owner's mesh through maia-node's router: a local
-        model for private or cheap work, or the one configured for a kind of task. Returns its
-        answer and which model answered."""
+        """Ask another model (a cortex) of the owner's mesh through maia-node's router: a
+        model on one of the owner's devices for private or cheap work, or the one configured
+        for a kind of task (reasoning, chat, creative, vision, ...). Returns its answer and
+        which model answered."""
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
         answer = await call("POST", "/v1/chat/completions",
