@@ -370,6 +370,27 @@ class Memory:
         item = {"id": new_id, "text": text, "kind": kind, "tags": tags, "supersedes": old_id}
         return self.add_many([item], by=by, extra={shard_of(old_id): [mark]})[0]
 
+    def restore(self, entry_id: str) -> dict[str, Any]:
+        """Undo a supersede (the owner's remedy, SPEC-004 §2.12): the entry surfaces again;
+        the correction stays, and the signed log records the restore."""
+        entry = self.get(entry_id)
+        if not entry.get("superseded_by"):
+            raise ValueError(f"{entry_id} is not superseded")
+        doc_id = shard_of(entry_id)
+
+        def edit(tx: Transaction) -> None:
+            e = tx.get(ROOT, entry_id)[1]
+            tx.delete(e, "superseded_by")
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "restored (was superseded by "
+                   f"{entry['superseded_by']})")
+
+        self.repo.change(doc_id, edit)
+        self._dirty[doc_id] = time.monotonic()
+        return self.get(entry_id)
+
     # -- reads -----------------------------------------------------------------------------------
     def get(self, entry_id: str) -> dict[str, Any]:
         doc_id = shard_of(entry_id)

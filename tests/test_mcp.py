@@ -145,6 +145,13 @@ async def test_a_prompt_injected_agent_cannot_destroy_what_it_did_not_write(
         failed, text = await call(client, "memory_supersede", entry_id=owners["id"], text="again")
         assert failed and "409" in text
     assert a.entry(owners["id"]) is not None  # the owner's entry is still there
+    # the owner undoes the agent's correction: the old entry surfaces again (SPEC-004 §2.12)
+    restored = a.request("POST", f"/v1/memory/{owners['id']}/restore")
+    assert restored["superseded_by"] is None
+    assert owners["id"] in [e["id"] for e in a.entries()]
+    status, _, _ = api(a, "POST", f"/v1/memory/{owners['id']}/restore",
+                       token=register(a, tmp_path)["token"])
+    assert status == 403  # only the owner restores
     session = register(a, tmp_path)
     token = session["token"]
     for method, path, body in [

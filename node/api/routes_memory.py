@@ -210,6 +210,18 @@ async def supersede_entry(request: web.Request) -> web.Response:
     return web.json_response(entry, status=201)
 
 
+@memory_routes.post("/v1/memory/{entry_id}/restore")
+async def restore_entry(request: web.Request) -> web.Response:
+    """Undo a supersede: the entry surfaces again (the owner's remedy; local principal only)."""
+    entry_id = request.match_info["entry_id"]
+    try:
+        return web.json_response(_memory(request).restore(entry_id))
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
+    except ValueError as exc:
+        raise Problem(409, "Not superseded", str(exc)) from None
+
+
 @memory_routes.get("/v1/memory/{entry_id}/history", principal_kinds=BOTH)
 async def entry_history(request: web.Request) -> web.Response:
     """Who changed the entry and when, each edit's author taken from its signed operation."""
