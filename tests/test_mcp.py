@@ -257,3 +257,36 @@ async def test_ask_reaches_a_cortex_through_the_router_with_models_ask(tmp_path:
             assert fake.stats() == calls
         finally:
             node.stop()
+
+
+def test_garbage_on_stdin_never_kills_the_server(pair) -> None:
+    """SPEC-004 §15.3: lines that are not JSON-RPC get errors or are skipped; the server then
+    answers a proper initialize."""
+    import select
+    import subprocess
+    import sys
+    import time
+
+    a, _ = pair
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(a.data_dir), "mcp"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        initialize = {"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}
+        for line in [b"not json at all", b'{"jsonrpc":"2.0","id":1}', b"[1,2,3]",
+                     b"\xff\xfe\x00garbage", b'{"jsonrpc":"2.0","id":7,"method":"tools/call",'
+                     b'"params":{"name":"memory_search","arguments":{"query":5}}}',
+                     json.dumps(initialize).encode()]:
+            proc.stdin.write(line + b"\n")
+        proc.stdin.flush()
+        out, deadline = b"", time.monotonic() + 30
+        while time.monotonic() < deadline and b'"id":2,"result"' not in out:
+            if select.select([proc.stdout], [], [], 1)[0]:
+                out += proc.stdout.read1(65536)
+        assert b'"id":2,"result"' in out and b'"name":"maia"' in out
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
