@@ -290,3 +290,27 @@ def test_garbage_on_stdin_never_kills_the_server(pair) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_lease_taken_through_mcp_never_denies_its_own_agent(pair, tmp_path: Path) -> None:
+    """SPEC-004 §15.2: the agent's hook session and its MCP session (same pid and agent, one
+    registered with mcp: true) are siblings: the MCP lease denies other agents' edits, not the
+    agent's own, and neither shows up in the other's context as another agent."""
+    from tests.sessions_helpers import edit, hook_call, make_repo
+
+    a, _ = pair
+    repo = make_repo(tmp_path / "shop", "git@github.com:acme/sibling-shop.git")
+    hooks = register(a, repo, pid=4242)
+    server = register(a, repo, pid=4242, mcp=True)
+    other = register(a, repo, pid=4343)
+    status, lease, _ = api(a, "POST", "/v1/leases", {"pattern": "src/**"}, token=server["token"])
+    assert status == 201, lease
+    target = repo / "src" / "app.py"
+    own = hook_call(a, hooks, edit(repo, target, event="pre_tool"))
+    assert own["decision"] == "allow"
+    assert server["session_id"] not in json.dumps(own)
+    theirs = hook_call(a, other, edit(repo, target, event="pre_tool"))
+    assert theirs["decision"] == "deny"
+    start = hook_call(a, hooks, {"event": "prompt", "cwd": str(repo), "prompt": "go on"})
+    lines = [x for x in start.get("context", "").splitlines() if x.startswith("- claude on")]
+    assert len(lines) == 1  # the other agent is told; the agent's own MCP session is not

@@ -81,6 +81,7 @@ REGISTER_SCHEMA = {
         # SPEC-004 §2.11: what the session may do; the default agent scopes when absent
         "scopes": {"type": "array", "items": {"enum": list(SCOPES)}, "uniqueItems": True,
                    "maxItems": len(SCOPES)},
+        "mcp": {"type": "boolean"},  # SPEC-004 §15.2: the agent's MCP server registers
     },
 }
 _SESSION_FIELD = {**_STR, "pattern": "^[a-z2-7]{26}$"}

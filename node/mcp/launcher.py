@@ -62,7 +62,8 @@ class Broker:
         from ..hook import agent_process
 
         body: dict[str, Any] = {"agent": self.agent, "pid": agent_process(),
-                                "cwd": os.getcwd(), "task": "", "cli_session_id": ""}
+                                "cwd": os.getcwd(), "task": "", "cli_session_id": "",
+                                "mcp": True}
         body = {k: v for k, v in body.items() if v != ""}
         if self.scopes is not None:
             body["scopes"] = self.scopes
