@@ -13,19 +13,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from automerge.core import Document, Message, SyncState, Transaction
+from automerge.core import ROOT, Document, Message, ScalarType, SyncState, Transaction
 
 from .batches import SignedBatch
 from .chunks import ChangeInfo, change_hash, changes_message
 from .docids import valid_doc_id
 from .keys import DeviceKey, device_id
 from .roster import CertError, Roster, actor_key, parse_cert
-from .store import DocMeta, Store
+from .store import DocMeta, Store, StoreError
 from .verify import Rejected, Verified, verify_changes
 
 log = logging.getLogger(__name__)
 
 COMPACT_AFTER = 2000
+# SPEC-001 §6.5: the document schema this version writes. Every document's root carries it; a
+# node never writes to a document whose schema is newer (it still stores and forwards it).
+DOC_SCHEMA = 1
 MAX_CERTS_PER_CALL = 10_000
 #: Signatures checked per call; the rest wait for the next call, so a member that floods the
 #: Identity document with certificates cannot hold the event loop (SPEC-005 §5.1).
@@ -40,6 +43,40 @@ ChangeListener = Callable[[str, bool], None]
 NEW_DOCS_BURST = 20_000
 AUTHOR_BYTES_BURST = 2 << 30
 REFILL_SECONDS = 86_400.0
+
+
+class SchemaTooNew(StoreError):
+    """A document written by a newer maia-node: this one must not write to it (SPEC-001
+    §6.5). Its changes are still stored, verified and forwarded."""
+
+    def __init__(self, doc_id: str, schema: int) -> None:
+        super().__init__(f"{doc_id} has document schema {schema}, newer than this version "
+                         f"writes ({DOC_SCHEMA}); upgrade maia-node on this device to change it")
+        self.doc_id, self.schema = doc_id, schema
+
+
+class DeviceRevoked(StoreError):
+    """This device's own key is revoked in the roster it holds: it must not write, and says
+    so in words a person can act on (issue 15.6). Its changes would be refused everywhere."""
+
+    def __init__(self, info: dict[str, str]) -> None:
+        who = info.get("by_name") or "another device"
+        reason = f" ({info['reason']})" if info.get("reason") else ""
+        super().__init__(
+            f"this device was revoked by {who} ({info.get('by', '?')[:15]}) at "
+            f"{info.get('at') or 'an unknown time'}{reason}; it can no longer change the "
+            "mesh's documents. To use it again, set it up as a new device: 'maia init' in an "
+            "empty data dir, then pair it.")
+        self.info = info
+
+
+def doc_schema(doc: Document) -> int | None:
+    """The ``schema`` at a document's root, or None when it has none (written before §6.5)."""
+    got = doc.get(ROOT, "schema")
+    value = got[0] if got is not None else None
+    if isinstance(value, tuple):  # (ScalarType, value) in the binding's scalar form
+        value = value[1]
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class AuthorBudget:
@@ -279,13 +316,21 @@ class Repo:
         touched: list[str] = []
         writes = []
         out: dict[str, list[ChangeInfo]] = {}
+        revoked = self.roster.revocation(self.key.public_key)
+        if revoked is not None:
+            raise DeviceRevoked(revoked)
         try:
             for doc_id, edits in edits_by_doc.items():
                 handle = self.open(doc_id)
                 touched.append(doc_id)
+                schema = doc_schema(handle.doc)
+                if schema is not None and schema > DOC_SCHEMA:
+                    raise SchemaTooNew(doc_id, schema)
                 before = handle.doc.get_heads()
-                for edit in edits:
+                for n, edit in enumerate(edits):
                     with handle.doc.transaction() as tx:
+                        if n == 0 and schema is None:  # §6.5: every document carries it
+                            tx.put(ROOT, "schema", ScalarType.Int, DOC_SCHEMA)
                         edit(tx)
                 new = handle.doc.get_changes(before)
                 if not new:
@@ -508,10 +553,23 @@ class Repo:
             doc_id, handle.doc.save(), meta.changes, tuple(handle.doc.get_heads())
         )
         if not was_loaded:
-            # One document at a time: upkeep after a large import would otherwise hold every
-            # document it compacted until they go idle (issue 18.8).
             self.evict(doc_id)
         return True
+
+    def compact_loaded(self, quiet: float = 0.0) -> list[str]:
+        """Compact the documents already in memory whose change log has grown.
+
+        Only loaded documents: saving one in memory is cheap, while loading one from a long
+        change log just to fold it costs several times its own size at the peak (a 6,000-entry
+        shard: about 90 MB for a moment). A document nobody opens keeps its log, which costs
+        disk only, and is folded after its next use; so a node started on a large import does
+        no work proportional to it (issue 18.8).
+        """
+        return [d for d in self.loaded_ids() if self.compact(d, quiet)]
+
+    def loaded_ids(self) -> list[str]:
+        """Ids of the documents in memory now (a copy: callers may load or evict)."""
+        return list(self._loaded)
 
     def batches_covering(self, doc_id: str, chunks: Sequence[bytes]) -> list[bytes]:
         hashes = [change_hash(bytes(c)) for c in chunks]

@@ -118,6 +118,15 @@ def format_version(layer: str) -> int:
     return len(MIGRATIONS[layer]) + 1
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename in it is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class StoreError(Exception):
     """The store cannot be opened or used (user-facing: says what to do)."""
 
@@ -223,6 +232,10 @@ class Store:
 
     def _migrate(self, layer: str, env: lmdb.Environment, meta: object) -> None:
         target = format_version(layer)
+        with env.begin(db=meta) as txn:
+            raw = txn.get(b"format_version")
+        if raw is not None and int(raw) < target and layer != "runtime":
+            self._copy_before_migration(layer, env, int(raw))
         with env.begin(write=True, db=meta) as txn:
             raw = txn.get(b"format_version")
             if raw is None:
@@ -239,6 +252,33 @@ class Store:
                 log.info("migrating %s store from format %d to %d", layer, step, step + 1)
                 MIGRATIONS[layer][step - 1](env, txn)
             txn.put(b"format_version", str(target).encode())
+
+    def _copy_before_migration(self, layer: str, env: lmdb.Environment, old: int) -> None:
+        """SPEC-001 §5.7: a compacted, fsynced copy of the environment before its migration,
+        so a bug in a migration can never cost irreplaceable data. Older copies of the same
+        layer go once the new one is complete; a failed copy stops the migration."""
+        base = self.data_dir / "pre-migration"
+        dest = base / f"{layer}-v{old}"
+        partial = base / f".{layer}-v{old}.partial"
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if (dest / "data.mdb").is_file():
+            return  # taken by an earlier attempt that stopped before the migration committed
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(mode=0o700)
+        try:
+            env.copy(str(partial), compact=True)
+            fsync_path(partial / "data.mdb")
+            partial.rename(dest)
+            fsync_path(base)
+        except (OSError, lmdb.Error) as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StoreError(f"could not copy the {layer} store to {dest} before migrating it "
+                             f"({exc}); nothing was changed") from exc
+        for older in base.glob(f"{layer}-v*"):
+            if older != dest and older.name.removeprefix(f"{layer}-v").isdigit() and int(
+                    older.name.removeprefix(f"{layer}-v")) < old:
+                shutil.rmtree(older, ignore_errors=True)
+        log.info("copied the %s store (format %d) to %s before migrating it", layer, old, dest)
 
     def _open_layer_readonly(self, layer: str) -> None:
         path = self.data_dir / layer

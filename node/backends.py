@@ -7,10 +7,14 @@ a running node's back.
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any, Protocol
 
 from .client import NodeClient
 from .config import NodeConfig, Paths, parse_host_port
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -115,6 +119,11 @@ class OfflineBackend:
             self.store = Store(paths.root)
             self.repo = open_repo(self.store, self.key)
             self.memory = Memory(self.repo)
+            revoked = self.repo.roster.revocation(self.key.public_key)
+            if revoked is not None:  # every command says so (issue 15.6)
+                print(f"Warning: this device was revoked by {revoked['by_name'] or revoked['by']}"
+                      f" at {revoked['at']}; it can no longer change the mesh's documents.",
+                      file=sys.stderr)
         except BaseException:
             self.close()
             raise
@@ -122,6 +131,14 @@ class OfflineBackend:
     def close(self) -> None:
         store = getattr(self, "store", None)
         if store is not None:
+            # fold what this command wrote while its documents are still in memory: the node
+            # only compacts documents it has loaded anyway (crdt Repo.compact_loaded)
+            repo = getattr(self, "repo", None)
+            try:
+                for doc_id in repo.compact_loaded() if repo is not None else ():
+                    log.info("compacted %s", doc_id)
+            except Exception as exc:  # the log stays as it is; the node folds it later
+                log.warning("could not compact after this command: %s", exc)
             store.close()
             self.store = None
         self.lock.release()

@@ -182,6 +182,11 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
         return 0
     mesh = st.get("mesh") or {}
     _say(f"Device     {st['device_id']}  ({st['name']})")
+    if st.get("revoked"):
+        r = st["revoked"]
+        _say(f"REVOKED    this device was revoked by {r.get('by_name') or r.get('by')} at "
+             f"{r.get('at')}{' (' + r['reason'] + ')' if r.get('reason') else ''}; it can no "
+             "longer change the mesh's documents")
     _say(f"Node       {'running on ' + st['listening'] if st.get('running') else 'not running'}")
     _say(f"Mesh       {mesh.get('name', '-')}  ({str(mesh.get('id', ''))[:16]})")
     _say(f"Members    {len(st.get('members', []))}")

@@ -32,6 +32,7 @@ BUCKETS = 8
 ENTRY_ID_RE = re.compile(r"^([a-z]+)-(\d{4})(\d{2})-([A-Z2-7]{10})$")
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 MAX_TEXT = 256 * 1024
+REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 
 
 class EntryNotFound(KeyError):
@@ -125,15 +126,18 @@ class Memory:
             log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
 
     def flush_index(
-        self, quiet: float = 0.0, after_each: Callable[[], None] | None = None
+        self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,
+        limit: int | None = None,
     ) -> int:
         """Bring the Runtime index up to date; returns shards done.
 
         With ``quiet`` > 0 (background upkeep) only shards unchanged for that long are done, so
         a shard still growing during a catch-up is indexed once at the end, not every pass.
+        With ``limit``, at most that many shards: the caller yields between calls, so a node
+        with thousands of changed shards (a catch-up, a member's flood) keeps answering.
         """
         now = time.monotonic()
-        due = [d for d, at in self._dirty.items() if now - at >= quiet]
+        due = [d for d, at in self._dirty.items() if now - at >= quiet][:limit]
         for doc_id in due:
             self._dirty.pop(doc_id, None)
             was_loaded = self.repo.is_loaded(doc_id)
@@ -167,33 +171,50 @@ class Memory:
         """
         doc = self.repo.open(doc_id).doc
         prefix = _row_prefix(doc_id)
-        with self._env.begin(write=True) as txn:
-            indexed: dict[str, int] = {}
+        indexed: dict[str, int] = {}
+        with self._env.begin() as txn:
             cur = txn.cursor(db=self._index_db)
             if cur.set_range(prefix):
                 for key, raw in cur:
                     if not key.startswith(prefix):
                         break
                     indexed[key[len(prefix):].decode()] = msgpack.unpackb(raw)["edits"]
-            present: set[str] = set()
-            for entry_id in doc.keys(ROOT):
-                got = doc.get(ROOT, entry_id)
-                if got is None or got[0] != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
-                    continue
-                obj = got[1]
-                if doc.get(obj, "deleted_at") is not None:
-                    continue
-                present.add(entry_id)
-                log_obj = doc.get(obj, "log")
-                edits = doc.length(log_obj[1]) if log_obj is not None else 0
-                if indexed.get(entry_id) == edits:
-                    continue
-                txn.put(_row_key(doc_id, entry_id),
-                        _index_row(doc_id, entry_id, extract(doc, obj)), db=self._index_db)
+        present: set[str] = set()
+        rows: list[tuple[bytes, bytes]] = []
+        for entry_id in doc.keys(ROOT):
+            got = doc.get(ROOT, entry_id)
+            if got is None or got[0] != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
+                continue
+            obj = got[1]
+            if doc.get(obj, "deleted_at") is not None:
+                continue
+            present.add(entry_id)
+            log_obj = doc.get(obj, "log")
+            edits = doc.length(log_obj[1]) if log_obj is not None else 0
+            if indexed.get(entry_id) == edits:
+                continue
+            rows.append((_row_key(doc_id, entry_id),
+                         _index_row(doc_id, entry_id, extract(doc, obj))))
+            if len(rows) >= REINDEX_TXN_ROWS:
+                self._put_rows(rows)
+        # The heads are written last, with the deletions: until then the shard still counts
+        # as stale, so a crash part-way leaves it to be indexed again, never half-marked.
+        with self._env.begin(write=True) as txn:
+            for key, value in rows:
+                txn.put(key, value, db=self._index_db)
             for gone in set(indexed) - present:  # deleted, or quarantined (SPEC-005 §5.10)
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
             txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
                     db=self._kv)
+
+    def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
+        """Write index rows in a transaction of their own and empty ``rows``: a write
+        transaction holds its dirty pages in memory, so one per shard of thousands of entries
+        would add tens of MB to a rebuild's peak (issue 18.8)."""
+        with self._env.begin(write=True) as txn:
+            for key, value in rows:
+                txn.put(key, value, db=self._index_db)
+        rows.clear()
 
     # -- writes ----------------------------------------------------------------------------------
     def add(self, text: str, kind: str = "note", tags: Iterable[str] = (),

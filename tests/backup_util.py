@@ -56,7 +56,8 @@ def entries_of(data: Path) -> dict[str, str]:
         from automerge.core import ROOT, extract
 
         for entry_id, e in extract(doc, ROOT).items():
-            out[entry_id] = e["text"]
+            if isinstance(e, dict):  # entries; the root also holds `schema` (SPEC-001 §6.5)
+                out[entry_id] = e["text"]
     return out
 
 

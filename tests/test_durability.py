@@ -145,3 +145,68 @@ def test_sigint_and_sigterm_stop_cleanly(mesh_factory):
         assert "Node stopped." in node.log()
         node.start()
     assert [e["text"] for e in node.entries()] == ["before stop"]
+
+
+def test_only_documents_in_memory_are_compacted(tmp_path):
+    """Issue 18.8: upkeep folds the change log of documents already loaded, never loads one
+    just to fold it (a long log costs several times the document's size at load), and the
+    fold keeps every change: the document reloads with the same heads and content."""
+    from automerge.core import ROOT, ScalarType, extract
+
+    from crdt.documents import Repo
+    from tests.trust_helpers import NOTE_DOC, Device
+
+    device = Device.found(tmp_path, "laptop")
+    repo = Repo(device.store, device.key, device.repo.mesh_id, compact_after=3)
+    for i in range(5):
+        repo.change(NOTE_DOC, lambda tx, i=i: tx.put(ROOT, f"k{i}", ScalarType.Int, i))
+    heads = sorted(repo.heads(NOTE_DOC))
+    repo.evict(NOTE_DOC)
+    assert repo.compact_loaded() == []  # not in memory: left alone
+    assert device.store.doc_meta(NOTE_DOC).pending == 5
+    repo.open(NOTE_DOC)
+    assert repo.compact_loaded() == [NOTE_DOC]
+    assert device.store.doc_meta(NOTE_DOC).pending == 0
+    repo.evict(NOTE_DOC)
+    doc = repo.open(NOTE_DOC).doc
+    assert sorted(doc.get_heads()) == heads
+    assert {k: v for k, v in extract(doc, ROOT).items() if k.startswith("k")} == {
+        f"k{i}": i for i in range(5)}
+    device.close()
+
+
+def test_a_compacted_copy_is_taken_before_a_memory_migration(tmp_path, monkeypatch):
+    """SPEC-001 §5.7: before Identity or Memory is migrated, a compacted copy of the
+    environment lands in pre-migration/<layer>-v<old>/; a migration that fails leaves the
+    store as it was and the copy readable, and the next attempt migrates."""
+    from automerge.core import ROOT, ScalarType
+
+    from crdt import store as store_mod
+    from tests.trust_helpers import NOTE_DOC, Device
+
+    device = Device.found(tmp_path, "laptop")
+    device.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "kept", ScalarType.Str, "yes"))
+    heads = device.repo.heads(NOTE_DOC)
+    device.close()
+    old = store_mod.format_version("memory")
+
+    def broken(env, txn):
+        raise RuntimeError("a bug in a migration")
+
+    monkeypatch.setitem(store_mod.MIGRATIONS, "memory", [*store_mod.MIGRATIONS["memory"], broken])
+    with pytest.raises(RuntimeError):
+        Store(device.path)
+    copy = device.path / "pre-migration" / f"memory-v{old}"
+    assert (copy / "data.mdb").is_file()
+    env = lmdb.open(str(copy), readonly=True, max_dbs=10, lock=False)
+    with env.begin(db=env.open_db(b"docs", create=False)) as txn:
+        assert txn.get(NOTE_DOC.encode()) is not None
+    env.close()
+
+    monkeypatch.setitem(store_mod.MIGRATIONS, "memory",
+                        [*store_mod.MIGRATIONS["memory"][:-1], lambda env, txn: None])
+    store = Store(device.path)
+    assert store.layer_format("memory") == old + 1
+    assert tuple(store.doc_meta(NOTE_DOC).heads) == tuple(heads)
+    store.close()
+    assert not (device.path / "pre-migration" / "identity-v1").exists()  # no migration there

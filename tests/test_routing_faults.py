@@ -114,9 +114,13 @@ def test_a_peer_killed_mid_stream_ends_the_stream_with_an_error_event(mesh: Mesh
 
 
 def test_with_b_gone_c_answers(mesh: Mesh) -> None:
-    """SPEC-006 §3.3, §6.2: B's cortices leave A's registry when its connection drops; a
-    request for big is answered by C's remote cortex, plain and streamed."""
-    wait_for(lambda: "big" not in models(mesh.a), what="big to leave A's registry")
+    """SPEC-006 §3.3, §4.7, §6.2: B's cortices stop being candidates when its connection
+    drops, but A still lists them, unavailable, with B offline since then; a request for big
+    is answered by C's remote cortex, plain and streamed."""
+    wait_for(lambda: models(mesh.a)["big"]["maia"]["available"] is False,
+             what="big to be unavailable at A")
+    (host,) = models(mesh.a)["big"]["maia"]["hosts"]
+    assert (host["device_id"], host["online"]) == (mesh.ids["b"], False) and host["last_seen"]
     for stream in (False, True):
         answer = chat(mesh.a, "big", "b is gone", stream=stream)
         assert answer.status == 200, answer.body
@@ -126,17 +130,21 @@ def test_with_b_gone_c_answers(mesh: Mesh) -> None:
 
 def test_no_route_is_a_503_with_the_reasons(mesh: Mesh) -> None:
     """SPEC-006 §10.4, §3.4: solo lived only on B and has no remote fallback of its kind:
-    A, which has seen it, answers 503 no-route with reasons and Retry-After (not 404)."""
+    A, which has seen it, answers 503 no-route with reasons (not 404). B is offline, so a
+    retry cannot help: no Retry-After, x-should-retry false, and the detail says B is away."""
     for model in ("solo", "cortex/creative"):
         answer = chat(mesh.a, model, "anyone?")
         assert answer.status == 503, (model, answer.body)
         assert answer.headers["content-type"].startswith("application/problem+json")
-        assert answer.headers["retry-after"]
+        assert "retry-after" not in answer.headers
+        assert answer.headers["x-should-retry"] == "false"
         body = answer.json()
         assert body["type"] == "urn:maia-node:problem:no-route"
+        assert body["retry"] is False and "will not help" in body["detail"]
         assert body["reasons"] and all({"host", "cortex", "reason"} <= set(r)
                                        for r in body["reasons"])
-    assert "solo" in json.dumps(chat(mesh.a, "solo").json()["reasons"])
+    reasons = json.dumps(chat(mesh.a, "solo").json()["reasons"])
+    assert "solo" in reasons and "offline" in reasons and "last seen" in reasons
 
 
 # -- a peer answering garbage itself ---------------------------------------------------------------

@@ -363,6 +363,67 @@ def test_cooldown_leaves_a_peer_out_then_lets_it_back() -> None:
     assert any("cooling down" in r["reason"] for r in plan.reasons)
 
 
+def test_a_peer_that_reconnects_leaves_its_cooldowns_at_once() -> None:
+    """SPEC-006 §6.3: the reason for a peer's cooldown (a drop, a timeout) ends with a new
+    connection; its cooldowns are cleared, other peers' are kept."""
+    clock = Clock()
+    router = make_router([], {b"b" * 32: (1.0, [ad("big")]), b"c" * 32: (5.0, [ad("big")])},
+                         clock=clock)
+    router.cooldowns.fail(b"b" * 32, None, "peer_lost")
+    router.cooldowns.fail(b"b" * 32, "big", "backend: 500")
+    router.cooldowns.fail(b"c" * 32, "big", "backend: 500")
+    router.peer_back(b"b" * 32)
+    assert router.cooldowns.blocked(b"b" * 32, "big") is None
+    assert router.cooldowns.blocked(b"c" * 32, "big") is not None
+    plan = router.plan({"model": "big", "messages": [{"role": "user", "content": "x"}]})
+    assert [c.where for c in plan.candidates] == ["BB"]
+
+
+@pytest.mark.parametrize(("cooldown", "retry_after"), [(4.0, 4), (30.0, None)])
+def test_no_route_says_when_a_retry_can_help(cooldown: float, retry_after: int | None) -> None:
+    """SPEC-006 §10.4: the only host cools down for a few seconds: Retry-After is the seconds
+    left; for longer, the client is told not to retry (retry false, no Retry-After)."""
+    clock = Clock()
+    router = make_router([], {b"b" * 32: (1.0, [ad("big")])}, clock=clock,
+                         cooldown_seconds=cooldown)
+    router.cooldowns.fail(b"b" * 32, None, "peer_lost")
+    plan = router.plan({"model": "big", "messages": [{"role": "user", "content": "x"}]})
+    assert plan.candidates == []
+    err = router._no_route(plan, [])
+    assert err.retry_after == retry_after and err.extra["retry"] is (retry_after is not None)
+    assert ("retry in" in err.detail) is (retry_after is not None)
+
+
+def test_an_offline_peer_s_cortices_are_kept_and_shown_not_chosen() -> None:
+    """SPEC-006 §3.3, §4.7: when B's connection closes its cortex is no candidate, but
+    /v1/models still lists it, unavailable, with B offline since then; B's next
+    advertisement makes it a candidate again."""
+    router = make_router([], {b"b" * 32: (1.0, [ad("big")])})
+    key = b"b" * 32
+    conn = SimpleNamespace(peer_key=key, peer_device_id="BB")
+    router.registry._manager = SimpleNamespace(connections={})
+    router.registry._disconnected(conn)
+    router.peers.connections.pop(key)
+    (entry,) = [m for m in router.models() if m["id"] == "big"]
+    assert entry["maia"]["available"] is False
+    (host,) = entry["maia"]["hosts"]
+    assert host["online"] is False and host["last_seen"].endswith("Z")
+    plan = router.plan({"model": "big", "messages": [{"role": "user", "content": "x"}]})
+    assert plan.candidates == []
+    assert "offline" in plan.reasons[0]["reason"] and "last seen" in plan.reasons[0]["reason"]
+    router.peers.connections[key] = object()
+    asyncio.run(router.registry._on_ad(SimpleNamespace(peer_key=key, peer_device_id="BB"), {
+        "t": "cx.ad", "v": 1, "cortices": [{
+            "name": "big", "kind": "reasoning", "model": "m", "capabilities": ["text"],
+            "context_window": 8192, "max_concurrency": 4, "remote": False, "healthy": True,
+            "in_flight": 0}]}))
+    assert not router.registry.offline
+    (entry,) = [m for m in router.models() if m["id"] == "big"]
+    assert entry["maia"]["available"] is True and entry["maia"]["hosts"][0]["online"] is True
+    plan = router.plan({"model": "big", "messages": [{"role": "user", "content": "x"}]})
+    assert [c.where for c in plan.candidates] == ["BB"]
+
+
 # -- the backend, against a real model server process ---------------------------------------------
 def test_litellm_is_not_imported_when_the_node_or_the_cli_starts() -> None:
     """SPEC-006 §8.2: importing the node, the CLI (with every command module) and the routing

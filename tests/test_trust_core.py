@@ -415,3 +415,24 @@ def test_what_a_thiefs_early_revocation_quarantined_comes_back(devices):
     for d in (founder, desktop):
         assert d.read("e1") == "desktop's note" and d.read("e2") == "founder's note on top"
     assert founder.heads() == desktop.heads()
+
+
+def test_a_document_of_a_newer_schema_is_stored_and_forwarded_but_never_written(devices):
+    """SPEC-001 §6.5: the first write to a document puts `schema: 1` at its root; a document
+    whose schema is newer (a device running a later version) still arrives, verifies and is
+    held whole, but a write to it fails with SchemaTooNew and changes nothing."""
+    from crdt.documents import DOC_SCHEMA, SchemaTooNew, doc_schema
+
+    a, b = devices("a", "b")
+    a.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "first", ScalarType.Str, "x"))
+    assert doc_schema(a.repo.open(NOTE_DOC).doc) == DOC_SCHEMA == 1
+    a.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "schema", ScalarType.Int, DOC_SCHEMA + 1))
+    pump(a, b)
+    assert sorted(b.repo.heads(NOTE_DOC)) == sorted(a.repo.heads(NOTE_DOC))
+    held = b.store.doc_meta(NOTE_DOC).changes
+    for dev in (a, b):
+        with pytest.raises(SchemaTooNew) as refused:
+            dev.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "late", ScalarType.Str, "y"))
+        assert refused.value.schema == DOC_SCHEMA + 1 and "upgrade" in str(refused.value)
+    assert b.store.doc_meta(NOTE_DOC).changes == held
+    assert b.repo.open(NOTE_DOC).doc.get(ROOT, "late") is None

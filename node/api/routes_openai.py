@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..routing.errors import AttemptFailed, RoutingError
+from ..routing.errors import AttemptFailed, NoRoute, RoutingError
 from ..routing.router import Candidate, Opened, Plan, Router
 from .middleware import BODY_KEY
 from .problem import Problem
@@ -132,7 +132,10 @@ def _router(request: web.Request) -> Router:
 
 
 def _problem(exc: RoutingError) -> Problem:
-    headers = {"Retry-After": "5"} if exc.status == 503 else None
+    headers = None
+    if isinstance(exc, NoRoute):  # SPEC-006 §10.4: retry only when it can help
+        headers = ({"Retry-After": str(exc.retry_after)} if exc.retry_after
+                   else {"x-should-retry": "false"})
     return Problem(
         exc.status, _TITLES.get(exc.slug), exc.detail,
         type=f"urn:maia-node:problem:{exc.slug}", headers=headers, **exc.extra,

@@ -67,13 +67,17 @@ def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
             where = "this device" if host["local"] else (host.get("name") or "peer")
             where = f"{where} {host['device_id'][:7]}"
             health = "ok" if host["healthy"] else "unhealthy"
+            if host.get("online") is False:
+                health = "offline"
             if host.get("cooling_down"):
                 health = "cooling down"
             if host.get("name_conflict"):
                 health = "NAME CONFLICT"
             rtt = f"  rtt {host['rtt_ms']:.1f} ms" if host.get("rtt_ms") is not None else ""
-            say(f"{m['id']:<20} {kind:<21} {where:<34} {health:<13} "
-                f"{host['in_flight']}/{host['max_concurrency']}{rtt}")
+            load = f"{host['in_flight']}/{host['max_concurrency']}{rtt}"
+            if host.get("online") is False:
+                load = f"last seen {host.get('last_seen') or 'unknown'}"
+            say(f"{m['id']:<20} {kind:<21} {where:<34} {health:<13} {load}")
     for m in cortices:
         for c in m["maia"].get("conflicts", []):
             say(f"Name conflict: {c.get('name') or 'a peer'} {c['device_id'][:7]} also calls "

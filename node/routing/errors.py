@@ -65,7 +65,14 @@ class BadUpstreamRequest(RoutingError):
 
 
 class NoRoute(RoutingError):
+    """No candidate answered. ``retry_after`` (seconds) when a retry soon can succeed, else
+    None: the client is told not to retry (SPEC-006 §10.4)."""
+
     status, slug = 503, "no-route"
+
+    def __init__(self, detail: str, *, retry_after: int | None = None, **extra: Any) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
 
 
 class RouteTimeout(RoutingError):

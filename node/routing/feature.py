@@ -20,7 +20,7 @@ from .backend import LocalCortices
 from .config import load_routing_config
 from .protocol import RoutingProtocol
 from .registry import Registry
-from .router import Router
+from .router import Router, utc_iso
 
 if TYPE_CHECKING:
     from ..api.routes import RouteTable
@@ -53,6 +53,7 @@ class RoutingFeature:
         )
         self.registry.attach(node.peers)
         self.protocol.attach(node.peers)
+        node.peers.on_connected.append(lambda conn: self.router.peer_back(conn.peer_key))
 
     def _peer_fault(self, key: bytes, why: str) -> None:
         self.router.note_peer_fault(key, why)
@@ -100,6 +101,11 @@ class RoutingFeature:
             "reachable": self.registry.reachable_names(),
             "peers_hosting": {
                 host.device_id: sorted(host.cortices) for host in self.registry.peers.values()
+            },
+            "peers_offline": {  # SPEC-006 §3.3: what an away peer hosts, and since when
+                host.device_id: {"cortices": sorted(host.cortices), "name": host.name,
+                                 "last_seen": utc_iso(host.last_seen)}
+                for host in self.registry.offline.values()
             },
             "requests": dict(self.router.counts),
             "served_for_peers": self.protocol.served,

@@ -2,8 +2,10 @@
 
 Runtime state only: advertisements (``cx.ad``) arrive over the peer channel when a connection
 opens, when a host's cortices or their health change, and every few seconds with fresh load;
-``cx.ping``/``cx.pong`` measure each peer's round-trip time. A peer's cortices vanish the moment
-its connection closes. Nothing here is persisted or synced.
+``cx.ping``/``cx.pong`` measure each peer's round-trip time. A peer's cortices stop being
+candidates the moment its connection closes, but are kept as *offline*, with when the peer was
+last connected, so a person can see what the mesh hosts while a device is away (SPEC-006 §3.3).
+Nothing here is persisted or synced.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ PING_INTERVAL = 5.0
 RTT_WEIGHT = 0.3
 MAX_KNOWN_NAMES = 1024
 MAX_PINGS_OUT = 16
+MAX_OFFLINE_HOSTS = 256  # SPEC-006 §3.3
+OFFLINE_FORGET_S = 7 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class Host:
     rtt_ms: float | None = None
     ours_in_flight: int = 0  # our own open calls to it, fresher than its advertisement
     updated: float = 0.0
+    last_seen: float | None = None  # wall-clock time its connection closed; None while online
 
     def load(self, cortex: Advertised) -> float:
         busy = max(cortex.in_flight, self.ours_in_flight)
@@ -119,6 +124,7 @@ class Registry:
         self.local = local
         self.me = Host(key, device_id, name, local=True)
         self.peers: dict[bytes, Host] = {}
+        self.offline: OrderedDict[bytes, Host] = OrderedDict()  # oldest first (§3.3)
         self.known_kinds: OrderedDict[str, str] = OrderedDict()
         self._peer_name = peer_name
         self._on_fault = on_fault
@@ -179,8 +185,19 @@ class Registry:
         if still is None or still is conn:
             host = self.peers.pop(conn.peer_key, None)
             if host is not None and host.cortices:
-                log.info("cortices of %s are gone (disconnected)", conn.peer_device_id)
+                log.info("cortices of %s are offline (disconnected)", conn.peer_device_id)
+                self._keep_offline(host)
         self._pings = {k: v for k, v in self._pings.items() if k[0] != conn.peer_key}
+
+    def _keep_offline(self, host: Host) -> None:
+        host.last_seen = time.time()
+        host.rtt_ms, host.ours_in_flight = None, 0
+        self.offline.pop(host.key, None)
+        self.offline[host.key] = host
+        cutoff = host.last_seen - OFFLINE_FORGET_S
+        while self.offline and (len(self.offline) > MAX_OFFLINE_HOSTS
+                                or next(iter(self.offline.values())).last_seen < cutoff):
+            self.offline.popitem(last=False)
 
     async def _send(self, conn: PeerConnection, frame: dict[str, Any]) -> None:
         from ..transport import TransportError
@@ -201,6 +218,7 @@ class Registry:
             )
             log.info("peer %s hosts %s", conn.peer_device_id,
                      ", ".join(c.name for c in cortices) or "no cortex")
+        self.offline.pop(conn.peer_key, None)  # back: its advertisement replaces the old entry
         host.cortices = {c.name: c for c in cortices}
         host.updated = self._clock()
         for cortex in cortices:
@@ -275,6 +293,12 @@ class Registry:
     def offers(self) -> Iterator[tuple[Host, Advertised]]:
         """Every (host, cortex) reachable now, this node first."""
         for host in self.hosts():
+            for cortex in host.cortices.values():
+                yield host, cortex
+
+    def offline_offers(self) -> Iterator[tuple[Host, Advertised]]:
+        """Every (host, cortex) of a peer that is away now, most recently seen first."""
+        for host in reversed(self.offline.values()):
             for cortex in host.cortices.values():
                 yield host, cortex
 

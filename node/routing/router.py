@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .backend import BackendError, Event, LocalCortices
@@ -48,6 +50,7 @@ CHUNK_IDLE_LIMIT = 60.0  # SPEC-003 §7.2: a stream never sits silent longer
 LOAD_WEIGHT_MS = 25.0
 UNKNOWN_RTT_MS = 10.0
 MAX_COOLDOWNS = 4096
+RETRY_SOON_S = 10.0  # SPEC-006 §10.4: beyond this a client is told not to retry
 _RESERVED_BODY_KEYS = ("model", "stream", "metadata")
 
 
@@ -65,6 +68,20 @@ class Cooldowns:
             if len(self._until) >= MAX_COOLDOWNS:
                 self._until.pop(next(iter(self._until)))
         self._until[(key, cortex)] = (self._clock() + self.seconds, why[:200])
+
+    def left(self, key: bytes, cortex: str) -> float | None:
+        """Seconds until (key, cortex) may be chosen again, or None if it is not cooling down."""
+        now = self._clock()
+        ends = [e[0] for k in ((key, None), (key, cortex))
+                if (e := self._until.get(k)) is not None and e[0] > now]
+        return max(ends) - now if ends else None
+
+    def clear_peer(self, key: bytes) -> int:
+        """Forget every cooldown of a peer whose connection is back (§6.3); returns how many."""
+        gone = [k for k in self._until if k[0] == key]
+        for k in gone:
+            del self._until[k]
+        return len(gone)
 
     def blocked(self, key: bytes, cortex: str) -> str | None:
         """Why (key, cortex) is cooling down, or None."""
@@ -104,6 +121,10 @@ class Plan:
     reasons: list[dict[str, str]] = field(default_factory=list)
     decision: Decision | None = None
     decision_note: str = ""
+    retry_after: float | None = None  # when a retry could succeed (SPEC-006 §10.4)
+
+    def retry_in(self, seconds: float) -> None:
+        self.retry_after = seconds if self.retry_after is None else min(self.retry_after, seconds)
 
     @property
     def decision_header(self) -> str | None:
@@ -253,7 +274,8 @@ class Router:
                         "reason": f"name conflict: this node defines {name} itself "
                                   f"({mine.model}); the peer's is {c.model}"})
             offers = [(h, c) for h, c in offers if not self.name_conflict(h, c)]
-        kind = offers[0][1].kind if offers else self.registry.known_kinds.get(name)
+        kind = offers[0][1].kind if offers else self.registry.known_kinds.get(name) or next(
+            (c.kind for _, c in self.registry.offline_offers() if c.name == name), None)
         if not offers and kind is None:
             raise UnknownCortex(f"no cortex named {name!r} is reachable in the mesh",
                                 available=self.available())
@@ -261,8 +283,11 @@ class Router:
             missing = sorted(needs - offers[0][1].capabilities)
             raise UnsupportedInput(f"cortex {name} does not take {' or '.join(missing)} input")
         if not offers:
-            plan.reasons.append({"host": "-", "cortex": name,
-                                 "reason": "no connected node hosts it now"})
+            away = [h for h, c in self.registry.offline_offers() if c.name == name]
+            plan.reasons.append({"host": "-", "cortex": name, "reason": (
+                "no connected node hosts it now" + ("; offline: " + ", ".join(
+                    f"{h.name or h.device_id[:7]} (last seen {utc_iso(h.last_seen)})"
+                    for h in away[:5]) if away else ""))})
         self._add(plan, offers, needs, estimate, own_first=mine is not None)
         if self.settings.remote_fallback and kind is not None:
             extra = [(h, c) for h, c in self.registry.offers()
@@ -294,6 +319,8 @@ class Router:
         found = []
         for host, cortex in offers:
             why = self._excluded(host, cortex, needs, estimate)
+            if why is not None and (left := self.cooldowns.left(host.key, cortex.name)):
+                plan.retry_in(left)
             if why is not None:
                 plan.reasons.append({"host": host.device_id, "cortex": cortex.name, "reason": why})
                 continue
@@ -472,6 +499,11 @@ class Router:
         failures.append(exc)
         plan.reasons.append({"host": candidate.where, "cortex": candidate.cortex.name,
                              "reason": f"{exc.code}: {exc.detail}"})
+        if exc.code == "busy":
+            plan.retry_in(1.0)
+        elif exc.code == "cooldown" and (
+                left := self.cooldowns.left(candidate.host.key, candidate.cortex.name)):
+            plan.retry_in(left)
         log.info("cortex %s on %s failed before its first chunk (%s); trying the next host",
                  candidate.cortex.name, candidate.where, exc.code)
         self.note_failure(candidate, exc)
@@ -488,6 +520,11 @@ class Router:
             self.cooldowns.fail(candidate.host.key, candidate.cortex.name,
                                 f"{exc.code}: {exc.detail}")
 
+    def peer_back(self, key: bytes) -> None:
+        """A peer's connection is established again: its cooldowns end now (§6.3)."""
+        if self.cooldowns.clear_peer(key):
+            log.info("peer %s is back; its cooldowns are cleared", key.hex()[:12])
+
     def note_peer_fault(self, key: bytes, why: str) -> None:
         """A peer sent something out of shape outside any one stream (an advertisement, a frame)."""
         self.cooldowns.fail(key, None, why)
@@ -498,15 +535,24 @@ class Router:
             return ContextTooLarge(failures[0].detail, reasons=plan.reasons)
         if failures and all(f.code == "bad_request" for f in failures):
             return BadUpstreamRequest(failures[0].detail, reasons=plan.reasons)
+        soon = plan.retry_after is not None and plan.retry_after <= RETRY_SOON_S
+        if soon:
+            advice = f"; a retry in {math.ceil(plan.retry_after or 1)} s may succeed"
+        else:
+            advice = "; retrying now will not help: " + "; ".join(
+                r["reason"] for r in plan.reasons[-3:])
         return NoRoute(
-            f"no host could answer {plan.model!r}", reasons=plan.reasons[-50:],
+            f"no host could answer {plan.model!r}{advice}", retry=soon,
+            retry_after=max(1, math.ceil(plan.retry_after or 1)) if soon else None,
+            reasons=plan.reasons[-50:],
         )
 
     # -- listing ------------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
         """``/v1/models`` entries: each reachable cortex once, with where it runs (§4.7)."""
         by_name: dict[str, dict[str, Any]] = {}
-        for host, cortex in self.registry.offers():
+
+        def entry_for(cortex: Advertised) -> dict[str, Any]:
             entry = by_name.get(cortex.name)
             if entry is None:
                 entry = by_name[cortex.name] = {
@@ -514,8 +560,13 @@ class Router:
                     "maia": {"kind": cortex.kind, "model": cortex.model,
                              "capabilities": sorted(cortex.capabilities),
                              "context_window": cortex.context_window,
-                             "remote": cortex.remote, "hosts": []},
+                             "remote": cortex.remote, "available": False, "hosts": []},
                 }
+            return entry
+
+        for host, cortex in self.registry.offers():
+            entry = entry_for(cortex)
+            entry["maia"]["available"] = True
             healthy = (self.local.health(cortex.name) is None) if host.local else cortex.healthy
             conflict = self.name_conflict(host, cortex)
             if conflict:
@@ -529,7 +580,14 @@ class Router:
                 "max_concurrency": cortex.max_concurrency,
                 "rtt_ms": None if host.rtt_ms is None else round(host.rtt_ms, 2),
                 "cooling_down": self.cooldowns.blocked(host.key, cortex.name),
-                "name_conflict": conflict,
+                "name_conflict": conflict, "online": True, "last_seen": None,
+            })
+        for host, cortex in self.registry.offline_offers():  # SPEC-006 §3.3, §4.7
+            entry_for(cortex)["maia"]["hosts"].append({
+                "device_id": host.device_id, "name": host.name, "local": False,
+                "healthy": False, "in_flight": 0, "max_concurrency": cortex.max_concurrency,
+                "rtt_ms": None, "cooling_down": None, "name_conflict": False,
+                "online": False, "last_seen": utc_iso(host.last_seen),
             })
         out = [by_name[n] for n in sorted(by_name)]
         out.append({"id": "auto", "object": "model", "created": 0, "owned_by": "maia-node",
@@ -538,3 +596,10 @@ class Router:
             out.append({"id": f"cortex/{kind}", "object": "model", "created": 0,
                         "owned_by": "maia-node", "maia": {"alias": f"any {kind} cortex"}})
         return out
+
+
+def utc_iso(wall: float | None) -> str | None:
+    """RFC 3339 UTC, to the second, of a wall-clock time (when an offline peer was last seen)."""
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

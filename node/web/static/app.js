@@ -247,6 +247,14 @@ function renderCortices(routing) {
         el("div", {class: "meta", text: state.connected.has(dev) ? "reachable" : "peer offline"})));
     }
   }
+  for (const [dev, away] of Object.entries(routing.peers_offline || {})) {
+    for (const name of away.cortices || []) {
+      items.push(el("li", {class: "cortex offline"},
+        el("div", {class: "line"}, el("strong", {text: name}), badge(nameOf(dev), ""),
+          badge("offline", "bad")),
+        el("div", {class: "meta"}, "last seen ", timeEl(away.last_seen))));
+    }
+  }
   fill("cortices", items, "no cortex hosted in the mesh (configure [cortex.*] in config.toml)");
 }
 
