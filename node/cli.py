@@ -348,7 +348,8 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
                 mark = "verified" if r["verified"] else "UNVERIFIED"
                 who = r["device_id"] or "?"
                 name = f" ({r['device_name']})" if r.get("device_name") else ""
-                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}")
+                agent = f"  by {r['agent']} session {r['session']}" if r.get("session") else ""
+                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}{agent}")
     except (NotFound, ApiError) as exc:
         if isinstance(exc, ApiError) and exc.status != 404:
             raise UserError(str(exc)) from None
@@ -637,6 +638,7 @@ COMMAND_MODULES: list[str] = [
     "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",
+    "node.mcp.cli",
 ]
 
 
