@@ -359,6 +359,14 @@ def test_a_busy_mesh_reads_in_words(busy_mesh: dict[str, Any], browser: BrowserC
     expect(lease).not_to_contain_text("device offline")
     session = page.locator(f'#sessions li[data-session="{busy_mesh["session"]}"]')
     expect(session).to_contain_text(f"{REPOSITORY} @ main")
+    # a session that starts while the page is open shows up by itself (no live event for it:
+    # the page reads sessions again every 15 s)
+    later = b.request("POST", "/v1/sessions", {
+        "agent": "codex", "pid": os.getpid(), "cwd": "/home/dev/garden",
+        "repository": REPOSITORY, "branch": "paths", "task": "lay the gravel"})
+    expect(page.locator(f'#sessions li[data-session="{later["session_id"]}"]')).to_contain_text(
+        "lay the gravel", timeout=40_000)
+    b.request("DELETE", f"/v1/sessions/{later['session_id']}")
 
     # 3. b's cortex: kind, model, where it runs, its health and load, as /v1/models says
     info = models(a)["helper"]["maia"]

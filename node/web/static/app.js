@@ -441,7 +441,15 @@ async function refreshDocuments() {
 }
 
 // -- refresh scheduling --------------------------------------------------------------------------
-const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments};
+// Sessions, leases and cortex load change without a live event (they are not documents): the
+// "activity" panels are read again every 15 s, and with everything else on any event.
+async function refreshActivity() {
+  if (!state.status) return;
+  await Promise.all([refreshCortices(state.status.routing), refreshSessions(state.status.sessions)]);
+}
+
+const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments,
+  activity: refreshActivity};
 const pending = new Set();
 let timer = null;
 let running = false;
@@ -460,7 +468,9 @@ async function runRefresh() {
   // status first: the other panels use the device names it loads.
   try {
     if (panels.includes("status")) await REFRESHERS.status();
-    await Promise.all(panels.filter((p) => p !== "status").map((p) => REFRESHERS[p]()));
+    // status already read the activity panels
+    const rest = panels.filter((p) => p !== "status" && !(p === "activity" && panels.includes("status")));
+    await Promise.all(rest.map((p) => REFRESHERS[p]()));
     banner(null);
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
@@ -487,13 +497,16 @@ function setLive(stateName) {
 function renderLive() {
   const node = document.getElementById("live");
   node.dataset.state = state.stream;
-  const away = state.others.filter((d) => !state.connected.has(d.device_id));
+  // Without the live stream the page cannot know who is connected now: no count then.
+  const away = state.stream !== "live" ? []
+    : state.others.filter((d) => !state.connected.has(d.device_id));
   node.dataset.away = String(away.length);
   const words = {live: "live", connecting: "reconnecting", off: "offline"}[state.stream] || state.stream;
   if (!away.length) {
     node.textContent = words;
-    node.title = state.others.length ? `live updates; all ${plural(state.others.length, "peer")} connected`
-      : "live updates";
+    if (state.stream !== "live") node.title = "no live updates from the node now; the page retries by itself";
+    else if (state.others.length) node.title = `live updates; all ${plural(state.others.length, "peer")} connected`;
+    else node.title = "live updates; no other device in the mesh yet";
     return;
   }
   const total = state.others.length;
@@ -588,6 +601,7 @@ async function start() {
   schedule("status", "memory", "documents");
   connectLive();
   setInterval(tickTimes, 10000);
+  setInterval(() => schedule("activity"), 15000);
   setInterval(() => schedule("status", "documents"), 60000);  // a slow safety net
 }
 
