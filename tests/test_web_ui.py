@@ -367,9 +367,13 @@ def test_a_busy_mesh_reads_in_words(busy_mesh: dict[str, Any], browser: BrowserC
     # the page reads sessions again every 15 s)
     later = b.request("POST", "/v1/sessions", {
         "agent": "codex", "pid": os.getpid(), "cwd": "/home/dev/garden",
-        "repository": REPOSITORY, "branch": "paths", "task": "lay the gravel"})
+        "repository": REPOSITORY, "branch": "paths",
+        "task": "lay the gravel <img src=x onerror=window.__pwned=1>"})
     expect(page.locator(f'#sessions li[data-session="{later["session_id"]}"]')).to_contain_text(
-        "lay the gravel", timeout=40_000)
+        "lay the gravel <img src=x onerror=window.__pwned=1>", timeout=40_000)
+    # what a peer announces is text, never markup (SPEC-003 §11.9)
+    assert page.locator("#sessions img").count() == 0
+    assert page.evaluate("window.__pwned") is None
 
     # 3. b's cortex: kind, model, where it runs, its health and load, as /v1/models says
     info = models(a)["helper"]["maia"]
