@@ -387,6 +387,8 @@ def test_a_busy_mesh_reads_in_words(busy_mesh: dict[str, Any], browser: BrowserC
     expect(row.locator(".load")).to_contain_text(
         f"load {host['in_flight']}/{host['max_concurrency']}")
     assert host["max_concurrency"] == 3
+    expect(page.locator("#cortices .hint")).to_contain_text(
+        f"{a.base}/v1) may ask for a cortex by name, or for auto, cortex/")
     own = page.locator(f'#cortices li[data-cortex="scribe"] .host[data-device-id="{a_id}"]')
     expect(own.locator(".where")).to_have_text("this device")
     expect(own.locator(".load")).to_contain_text("load 0/4")

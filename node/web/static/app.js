@@ -313,7 +313,14 @@ async function refreshCortices(routing) {
   const models = await optional("/v1/models");
   if (!models) return notAvailable("cortices", "the node did not answer");
   const cortices = models.data.filter((m) => m.maia && Array.isArray(m.maia.hosts));
-  fill("cortices", cortices.map(cortexRow),
+  const aliases = models.data.filter((m) => m.maia && m.maia.alias).map((m) => m.id);
+  const rows = cortices.map(cortexRow);
+  if (rows.length && aliases.length) {
+    // What to put in an OpenAI client's "model": a cortex's name, or one of these.
+    rows.push(el("li", {class: "hint meta", text: `OpenAI clients (base URL ${location.origin}/v1) ` +
+      `may ask for a cortex by name, or for ${aliases.join(", ")}`}));
+  }
+  fill("cortices", rows,
     "no cortex in the mesh: add a [cortex.<name>] table to config.toml on a device");
 }
 
