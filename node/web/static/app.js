@@ -508,7 +508,8 @@ function renderLive() {
   const away = state.stream !== "live" ? []
     : state.others.filter((d) => !state.connected.has(d.device_id));
   node.dataset.away = String(away.length);
-  const words = {live: "live", connecting: "reconnecting", off: "offline"}[state.stream] || state.stream;
+  const words = {live: "live", connecting: state.liveOpenedOnce ? "reconnecting" : "connecting",
+    off: "offline"}[state.stream] || state.stream;
   if (!away.length) {
     node.textContent = words;
     if (state.stream !== "live") node.title = "no live updates from the node now; the page retries by itself";
