@@ -341,6 +341,22 @@ class Roster:
     def is_member(self, key: bytes) -> bool:
         return key in self._d.members
 
+    def revocation(self, key: bytes) -> dict[str, str] | None:
+        """Who revoked ``key``, when and why, from its counted tombstone; None if not revoked."""
+        cert = self._d.revoked_info.get(key)
+        if key not in self._d.revoked or cert is None:
+            return None
+        return {"by": device_id(cert.signer), "by_name": self._d.ever.get(cert.signer, ""),
+                "at": str(cert.body.get("at", "")), "reason": str(cert.body.get("reason", ""))}
+
+    def revocation_proof(self, key: bytes) -> list[Cert]:
+        """The tombstone that revokes ``key`` and the chain that admits its issuer: what a
+        revoked device needs to verify, by itself, that it was revoked (SPEC-005 §9.8)."""
+        cert = self._d.revoked_info.get(key)
+        if key not in self._d.revoked or cert is None:
+            return []
+        return [*self.chain_of(cert.signer), cert]
+
     def chain_of(self, key: bytes) -> list[Cert]:
         """The genesis and the endorsements leading from the founder to ``key`` (shortest)."""
         d = self._d

@@ -118,7 +118,8 @@ def format_version(layer: str) -> int:
     return len(MIGRATIONS[layer]) + 1
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -266,13 +267,9 @@ class Store:
         partial.mkdir(mode=0o700)
         try:
             env.copy(str(partial), compact=True)
-            fd = os.open(partial / "data.mdb", os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(partial / "data.mdb")
             partial.rename(dest)
-            _fsync_dir(base)
+            fsync_path(base)
         except (OSError, lmdb.Error) as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise StoreError(f"could not copy the {layer} store to {dest} before migrating it "

@@ -8,6 +8,7 @@ a running node's back.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Protocol
 
 from .client import NodeClient
@@ -118,6 +119,11 @@ class OfflineBackend:
             self.store = Store(paths.root)
             self.repo = open_repo(self.store, self.key)
             self.memory = Memory(self.repo)
+            revoked = self.repo.roster.revocation(self.key.public_key)
+            if revoked is not None:  # every command says so (issue 15.6)
+                print(f"Warning: this device was revoked by {revoked['by_name'] or revoked['by']}"
+                      f" at {revoked['at']}; it can no longer change the mesh's documents.",
+                      file=sys.stderr)
         except BaseException:
             self.close()
             raise
@@ -237,7 +243,8 @@ class OfflineBackend:
         from crdt.keys import device_id, normalize_device_id
 
         wanted = normalize_device_id(device)
-        keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked]
+        keys = [k for k in [*self.repo.roster.members, *self.repo.roster.revoked,
+                                  *self.repo.roster.ever]
                 if device_id(k) == wanted]
         if not keys:
             raise ValueError(f"{wanted} is not in this mesh")

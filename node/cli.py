@@ -182,6 +182,11 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
         return 0
     mesh = st.get("mesh") or {}
     _say(f"Device     {st['device_id']}  ({st['name']})")
+    if st.get("revoked"):
+        r = st["revoked"]
+        _say(f"REVOKED    this device was revoked by {r.get('by_name') or r.get('by')} at "
+             f"{r.get('at')}{' (' + r['reason'] + ')' if r.get('reason') else ''}; it can no "
+             "longer change the mesh's documents")
     _say(f"Node       {'running on ' + st['listening'] if st.get('running') else 'not running'}")
     _say(f"Mesh       {mesh.get('name', '-')}  ({str(mesh.get('id', ''))[:16]})")
     _say(f"Members    {len(st.get('members', []))}")
@@ -343,7 +348,8 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
                 mark = "verified" if r["verified"] else "UNVERIFIED"
                 who = r["device_id"] or "?"
                 name = f" ({r['device_name']})" if r.get("device_name") else ""
-                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}")
+                agent = f"  by {r['agent']} session {r['session']}" if r.get("session") else ""
+                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}{agent}")
     except (NotFound, ApiError) as exc:
         if isinstance(exc, ApiError) and exc.status != 404:
             raise UserError(str(exc)) from None
@@ -632,6 +638,7 @@ COMMAND_MODULES: list[str] = [
     "node.routing.cli",
     "node.backup.cli",
     "node.sessions.cli",
+    "node.mcp.cli",
 ]
 
 

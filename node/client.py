@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -61,8 +62,10 @@ class NodeClient:
             req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                self._say_if_revoked(resp.headers)
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
+            self._say_if_revoked(exc.headers)
             try:
                 problem = json.loads(exc.read())
             except ValueError:
@@ -70,6 +73,17 @@ class NodeClient:
             raise ApiError(exc.code, problem) from None
         except (urllib.error.URLError, ConnectionError) as exc:
             raise NodeNotRunning(str(exc)) from exc
+
+
+    _warned = False
+
+    def _say_if_revoked(self, headers: Any) -> None:
+        """Once per command: a revoked device says so, whatever was asked (issue 15.6)."""
+        revoked = headers.get("X-Maia-Device-Revoked") if headers is not None else None
+        if revoked and not self._warned:
+            self._warned = True
+            print(f"Warning: this device was revoked {revoked}; it can no longer change the "
+                  "mesh's documents.", file=sys.stderr)
 
 
 def pid_alive(pid: int) -> bool:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+MEMBER_REFUSED_RETRY = 3.0  # a member refused as not_member/revoked redials this soon
 MAX_REJECTS = 8
 ROSTER_RETRIES = 3  # answers to roster refusals of one document per REJECT_WINDOW
 REJECT_WINDOW = 10.0
@@ -231,6 +232,7 @@ class PeerConnection:
                 log.exception("handler for %r frames failed", kind)
         elif kind == "error":
             self.remote_error = str(frame.get("code"))
+            self.manager.learn_revocation(frame)
             log.warning(
                 "peer %s closed the session: %s %s",
                 self.channel.peer_device_id, frame.get("code"), frame.get("detail"),
@@ -361,9 +363,31 @@ class PeerManager:
             self._spawn(self._cut(conn, code), f"cut-{conn.peer_device_id[:7]}")
         return len(closing)
 
+    def refusal(self, key: bytes, code: str, detail: str) -> dict[str, Any]:
+        """An error frame; for a revoked device it carries the signed tombstone and its
+        issuer's chain, so the device can verify it was revoked and say so (issue 15.6)."""
+        frame: dict[str, Any] = {"t": "error", "code": code, "detail": detail}
+        if code == "revoked":
+            frame["certs"] = [c.encode() for c in self.repo.roster.revocation_proof(key)]
+        return frame
+
+    def learn_revocation(self, frame: dict[str, Any]) -> None:
+        """A peer says we are revoked: merge the certificates it sent. They are verified
+        like any others, so a peer that lies changes nothing."""
+        certs = frame.get("certs")
+        if (frame.get("code") != "revoked" or not isinstance(certs, list)
+                or len(certs) > MAX_CHAIN or not all(isinstance(c, bytes) for c in certs)):
+            return
+        if self.repo.add_certs(certs) and self.on_roster_change:
+            self.on_roster_change()
+        info = self.repo.roster.revocation(self.repo.key.public_key)
+        if info is not None:
+            log.error("this device was revoked by %s (%s) at %s",
+                      info["by_name"] or "another device", info["by"], info["at"])
+
     async def _cut(self, conn: PeerConnection, code: str) -> None:
         with contextlib.suppress(TransportError):
-            await conn.channel.send({"t": "error", "code": code, "detail": "removed from mesh"})
+            await conn.channel.send(self.refusal(conn.peer_key, code, "removed from mesh"))
         await conn.channel.close(1008, code)
 
     def connection(self, key: bytes) -> PeerConnection | None:
@@ -469,6 +493,7 @@ class PeerManager:
                     await channel.send({"t": "chain", "certs": self.own_chain() if known else []})
                 frame = await channel.recv()
                 if isinstance(frame, dict) and frame.get("t") == "error":
+                    self.learn_revocation(frame)
                     return f"remote:{frame.get('code')}"
                 certs = frame.get("certs") if isinstance(frame, dict) else None
                 if (not isinstance(frame, dict) or frame.get("t") != "chain"
@@ -542,6 +567,15 @@ class PeerManager:
         if sp and sp.task:
             sp.task.cancel()
 
+    def redial_now(self) -> None:
+        """Dial every known address that is not connected now, without waiting out its
+        backoff: after the roster changed, a refusal (``not_member``, ``revoked``) may no
+        longer hold on either side, and a backed-off dialler would keep the mesh apart for up
+        to the backoff's cap."""
+        for sp in [*self.static.values(), *self.discovered.values()]:
+            if sp.peer_key is None or sp.peer_key not in self.connections:
+                sp.wake.set()
+
     # -- discovered peers (mDNS candidates) ------------------------------------------------------
     def add_discovered(self, device: str, addresses: list[str], *, delay: float = 0.0) -> None:
         """Dial a discovered member at ``addresses`` (HOST:PORT), proving it is ``device``."""
@@ -602,7 +636,13 @@ class PeerManager:
                 elif (served.remote_error if served is not None else sp.last_error) in (
                     "revoked", "not_member"
                 ):
-                    delays = backoff_delays(BACKOFF_MAX)  # refused by the mesh: no hammering
+                    # Refused by the mesh. A device that its own roster counts as a member is
+                    # most likely seeing two rosters disagree for a moment (a revocation and
+                    # the more senior one that undoes it, crossing): retry soon. Otherwise no
+                    # hammering.
+                    me = self.repo.key.public_key
+                    delays = (backoff_delays(MEMBER_REFUSED_RETRY, MEMBER_REFUSED_RETRY)
+                              if self.repo.roster.is_member(me) else backoff_delays(BACKOFF_MAX))
                 break
             sp.wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -654,7 +694,7 @@ class PeerManager:
             # more senior revocation undoing a thief's), and a backed-off honest device would
             # then stay cut off for minutes. Its attempts cost a bounded, linear derivation.
             with contextlib.suppress(TransportError):
-                await channel.send({"t": "error", "code": code, "detail": "not in this mesh"})
+                await channel.send(self.refusal(key, code, "not in this mesh"))
             await channel.close(1008, code)
             return None
         conn = PeerConnection(self, channel, initiator=initiator, address=address)

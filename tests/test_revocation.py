@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+
+import pytest
 
 from tests.nodes import cli, wait_for
 
@@ -27,9 +31,11 @@ def test_revoked_device_is_cut_off_and_its_new_writes_never_spread(mesh_factory)
     assert res["revoked"]
     wait_for(lambda: c_id not in a.connected() and c_id not in b.connected(),
              what="c disconnected by a and (after the tombstone synced) by b")
-    after = c.add_memory("c after revocation")["id"]
+    # c was told (with the signed tombstone) and refuses to write at all; a modified client
+    # writing anyway is refused by every member (tests/test_sync_bad_input.py, revocation)
+    code, problem = _problem(c, "POST", "/v1/memory", {"text": "c after revocation"})
+    assert code == 403 and problem["type"] == "urn:maia-node:problem:device-revoked"
     time.sleep(2.0)  # c keeps redialling a and b meanwhile
-    assert after not in _ids(a) and after not in _ids(b)
     assert before in _ids(a) and before in _ids(b)  # pre-revocation work stays
     assert c_id not in a.connected() and c_id not in b.connected()
     devices = {d["device_id"]: d for d in b.request("GET", "/v1/devices")["devices"]}
@@ -97,3 +103,65 @@ def test_changes_accepted_before_the_tombstone_arrived_are_quarantined(mesh_fact
     assert first in _ids(b)
     st = b.request("GET", "/v1/status")
     assert st["device_id"]
+
+
+def _problem(node, method: str, path: str, body=None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+
+    try:
+        node.request(method, path, body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    raise AssertionError(f"{method} {path} succeeded on a revoked device")
+
+
+@pytest.mark.parametrize("online", [True, False], ids=["connected", "offline-then-dials"])
+def test_a_revoked_device_is_told_and_refuses_to_write(mesh_factory, online):
+    """Issue 15.6, SPEC-005 §9.8: whether it was connected when revoked or dials in later,
+    the revoked device receives the signed tombstone, verifies it, and then says on every
+    command and in its status who revoked it and when, and refuses new writes with that
+    sentence (403 device-revoked; the CLI exits 1 with it)."""
+    a, c = mesh_factory("a", "c")
+    c.add_peer(a)
+    wait_for(lambda: a.connected(), what="connected")
+    a_id, c_id = a.device_id(), c.device_id()
+    if not online:
+        c.stop()
+    a.request("POST", f"/v1/devices/{c_id}/revoke", {"reason": "left on a train"})
+    if not online:
+        c.start()
+    status = wait_for(lambda: c.request("GET", "/v1/status").get("revoked"), timeout=20,
+                      what="c to learn it was revoked")
+    assert status["by"] == a_id and status["by_name"] == "a"
+    assert status["reason"] == "left on a train" and status["at"]
+    code, problem = _problem(c, "POST", "/v1/memory", {"text": "after the revocation"})
+    assert code == 403 and problem["type"] == "urn:maia-node:problem:device-revoked"
+    assert "this device was revoked by a" in problem["detail"]
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(c.data_dir), "memory", "add", "x"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "this device was revoked by a" in out.stderr, out
+    listed = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(c.data_dir), "status"],
+        capture_output=True, text=True, timeout=60)
+    assert "REVOKED" in listed.stdout and "revoked by a" in listed.stderr, listed
+
+
+def test_a_stranger_s_tombstone_does_not_make_a_device_believe_it_is_revoked(tmp_path):
+    """Issue 15.6: the proof a refusal carries is verified like any certificate, so a
+    tombstone signed by a key outside the mesh changes nothing and the device still writes."""
+    from automerge.core import ROOT, ScalarType
+
+    from crdt.keys import DeviceKey
+    from crdt.roster import new_tombstone
+    from tests.trust_helpers import NOTE_DOC, Device
+
+    device = Device.found(tmp_path, "laptop")
+    stranger = DeviceKey.generate()
+    forged = new_tombstone(stranger, device.repo.mesh_id, device.key.public_key, {},
+                           reason="you are out")
+    device.repo.add_certs([forged.encode()])
+    assert device.repo.roster.revocation(device.key.public_key) is None
+    device.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "still", ScalarType.Str, "writes"))
+    device.close()

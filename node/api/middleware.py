@@ -30,7 +30,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from jsonschema import Draft202012Validator
 
-from crdt.documents import SchemaTooNew
+from crdt.documents import DeviceRevoked, SchemaTooNew
 from crdt.store import StorageFull
 
 from .auth import Authenticator
@@ -225,6 +225,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400 or request.get(_STARTED_KEY):
             raise  # redirects are not errors; see above for started responses
         return problem_from_http_exception(exc).to_response(request)
+    except DeviceRevoked as revoked:  # issue 15.6: this device may no longer write
+        if request.get(_STARTED_KEY):
+            raise
+        return Problem(403, "This device was revoked", str(revoked),
+                       type="urn:maia-node:problem:device-revoked",
+                       revoked=revoked.info).to_response(request)
     except SchemaTooNew as newer:  # SPEC-001 §6.5: a newer version's document, read-only here
         if request.get(_STARTED_KEY):
             raise

@@ -63,7 +63,9 @@ def key_of(repo: Repo, text: str) -> bytes:
         wanted = normalize_device_id(text)
     except DeviceIdError as exc:
         raise Problem(400, "Bad device id", str(exc)) from None
-    for key in [*repo.roster.members, *repo.roster.revoked]:
+    # ever: a founder that a thief revoked first sees nobody as a member until it revokes the
+    # thief, and must still be able to name it (SPEC-005 §5.4)
+    for key in [*repo.roster.members, *repo.roster.revoked, *repo.roster.ever]:
         if device_id(key) == wanted:
             return key
     raise Problem(404, "No such device", f"{wanted} is not in this mesh")

@@ -21,6 +21,7 @@ from ..routing.router import Candidate, Opened, Plan, Router
 from .middleware import BODY_KEY
 from .problem import Problem
 from .routes import RouteTable
+from .scopes import MODELS_ASK, require_scope
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,11 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True)
+@openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True,
+                     principal_kinds=("local", "session"))
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """An OpenAI chat completion, answered by the cortex the request names (or auto)."""
+    require_scope(request, MODELS_ASK)  # a session asks a cortex only when granted (SPEC-003 §6.7)
     router = _router(request)
     try:
         plan = router.plan(request[BODY_KEY])

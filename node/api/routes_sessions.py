@@ -33,6 +33,7 @@ from .middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
 from .pagination import page as _page
 from .problem import Problem
 from .routes import RouteTable
+from .scopes import SCOPES
 
 session_routes = RouteTable("sessions")
 SESSIONS_KEY: web.AppKey[Coordinator] = web.AppKey("maia_sessions", Coordinator)
@@ -77,6 +78,10 @@ REGISTER_SCHEMA = {
         "task": {**_STR, "maxLength": 200},
         "cli_session_id": {**_STR, "maxLength": 200},
         "event": EVENT_SCHEMA,
+        # SPEC-004 §2.11: what the session may do; the default agent scopes when absent
+        "scopes": {"type": "array", "items": {"enum": list(SCOPES)}, "uniqueItems": True,
+                   "maxItems": len(SCOPES)},
+        "mcp": {"type": "boolean"},  # SPEC-004 §15.2: the agent's MCP server registers
     },
 }
 _SESSION_FIELD = {**_STR, "pattern": "^[a-z2-7]{26}$"}
@@ -212,9 +217,10 @@ async def register_session(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
-@session_routes.get("/v1/sessions", query_schema=PAGE_QUERY)
+@session_routes.get("/v1/sessions", query_schema=PAGE_QUERY, principal_kinds=BOTH)
 async def list_sessions(request: web.Request) -> web.Response:
-    """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10)."""
+    """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10); a session reads
+    it too (MCP sessions_list): it is what the tiers already tell it, in full."""
     items, cursor = _page(_coordinator(request).sessions_view(), request[QUERY_KEY])
     return web.json_response({"sessions": items, "cursor": cursor})
 

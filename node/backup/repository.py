@@ -24,6 +24,8 @@ from typing import Any
 
 from nacl.exceptions import CryptoError
 
+from crdt.store import fsync_path as fsync_dir  # one fsync helper: files and directories
+
 from ..client import pid_alive
 from .crypto import KDF_LIMITS, RepoKeys, check_kdf_limits, derive_kek, new_master, unwrap, wrap
 from .format import (
@@ -67,14 +69,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(
