@@ -472,3 +472,26 @@ def test_when_a_peer_stops_the_page_says_so(busy_mesh: dict[str, Any],
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "web-peer-away-phone.png")
     assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_a_revoked_device_s_page_says_who_revoked_it(busy_mesh: dict[str, Any],
+                                                      browser: BrowserContext) -> None:
+    """Issue 15.6, SPEC-005 §9.8: b, stopped by the test before, is revoked on a; when b
+    starts again and dials a, it receives the signed tombstone, and its own page says who
+    revoked it and when, in the banner, for as long as it is revoked."""
+    a, b = busy_mesh["a"], busy_mesh["b"]
+    b_id = next(d["device_id"] for d in a.request("GET", "/v1/devices")["devices"]
+                if d["name"] == "b")
+    a.request("POST", f"/v1/devices/{b_id}/revoke", {"keep": [], "reason": "sold"})
+    b.start()
+    b.add_peer(a)
+    wait_for(lambda: b.request("GET", "/v1/status").get("revoked"), timeout=30,
+             what="b to learn it was revoked")
+    page = new_page(browser)
+    log_in(page, b)
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible(timeout=20_000)
+    expect(banner).to_contain_text("This device was revoked by a")
+    expect(banner).to_contain_text("(sold)")
+    screenshot(page, "web-revoked.png")
+    assert page.script_errors == []  # type: ignore[attr-defined]

@@ -478,13 +478,20 @@ async function runRefresh() {
     // status already read the activity panels
     const rest = panels.filter((p) => p !== "status" && !(p === "activity" && panels.includes("status")));
     await Promise.all(rest.map((p) => REFRESHERS[p]()));
-    banner(null);
+    banner(revokedNotice(state.status));  // stays up while this device is revoked
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) banner(`Could not refresh: ${err.message}`);
   } finally {
     running = false;
   }
+}
+
+function revokedNotice(status) {
+  const r = status && status.revoked;
+  if (!r) return null;
+  return `This device was revoked by ${r.by_name || r.by} at ${r.at}` +
+    (r.reason ? ` (${r.reason})` : "") + "; it can no longer change the mesh's documents.";
 }
 
 function banner(text) {
