@@ -107,14 +107,23 @@ async def search_entries(request: web.Request) -> web.Response:
     return web.json_response({"entries": entries, "count": len(entries)})
 
 
-@memory_routes.get("/v1/memory/{entry_id}")
+SHOW_QUERY = {"type": "object", "additionalProperties": False,
+              "properties": {"at": {"type": "string", "pattern": "^[0-9a-f]{8,64}$"}}}
+
+
+@memory_routes.get("/v1/memory/{entry_id}", query_schema=SHOW_QUERY)
 async def show_entry(request: web.Request) -> web.Response:
-    """One entry."""
-    entry_id = request.match_info["entry_id"]
+    """One entry (with ``concurrent`` texts if edited on two devices at once), or ``at`` a
+    version of its history (SPEC-005 §10.7, §10.8)."""
+    from ..memory_versions import versions_of
+    from .routes_memory_versions import entry_problem
+
+    entry_id, at = request.match_info["entry_id"], request[QUERY_KEY].get("at")
+    versions = versions_of(_memory(request))
     try:
-        return web.json_response(_memory(request).get(entry_id))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+        return web.json_response(versions.show_at(entry_id, at) if at else versions.get(entry_id))
+    except (EntryNotFound, LookupError, ValueError) as exc:
+        raise entry_problem(entry_id, exc) from None
 
 
 @memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA)
@@ -135,7 +144,8 @@ async def edit_entry(request: web.Request) -> web.Response:
 
 @memory_routes.get("/v1/memory/{entry_id}/history")
 async def entry_history(request: web.Request) -> web.Response:
-    """Who changed the entry and when, each edit's author taken from its signed operation."""
+    """Every version with its values; each device taken from its signed change (also for a
+    deleted entry)."""
     entry_id = request.match_info["entry_id"]
     try:
         return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
