@@ -97,8 +97,14 @@ class EntryVersions:
             record = _record(doc, rec_id)
             out.append(self._version(doc, e, log_obj, index, ref.hash, ref.actor, record,
                                      rec_id, need_past))
-        # A current value written without a log record (a member key writing by hand) is still
-        # a version: nothing the entry shows may come from nowhere (SPEC-005 §10.7).
+        # Writes without a log record (an entry made by hand or by an older writer, a member
+        # key rewriting a field) are still versions: the change that created the entry object
+        # comes first, and nothing the entry shows now may come from nowhere (SPEC-005 §10.7).
+        created = index.change_of(e)
+        if created is not None and created.hash not in seen:
+            seen.add(created.hash)
+            out.insert(0, self._version(doc, e, log_obj, index, created.hash, created.actor,
+                                        {"op": "unlogged"}, b"", need_past))
         for prop in ("text", "deleted_at"):
             got = doc.get(e, prop)
             if got is None:
@@ -180,8 +186,8 @@ class EntryVersions:
             v for v in writers
             if not any(w is not v and v.record_id and v.record_id in w.past for w in writers)
         ]
-        if len(live) < 2:
-            return []
+        if len({v.values.get("text") for v in live}) < 2:
+            return []  # one value, or the same text typed on two devices: nothing to pick
         numbered = {v.hash: i for i, v in enumerate(versions, 1)}
         out = []
         for v in live:
