@@ -233,7 +233,9 @@ def test_random_interleavings_converge_and_lose_no_text(ops):
                     pump(devs[i], devs[j])
         doc_id = shard_of(entry["id"])
         assert len({tuple(sorted(d.repo.heads(doc_id))) for d in devs}) == 1
-        assert all(d.rejects == [] for d in devs)
+        # The sync protocol's Bloom filters miss now and then (SPEC-005 §8.6): a
+        # ``missing_dependency`` is its normal recovery; any other refusal is a bug here.
+        assert {code for d in devs for code in d.rejects} <= {"missing_dependency"}
         views = []
         for m in mems:
             try:
