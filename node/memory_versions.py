@@ -8,6 +8,7 @@ history the store accepted is the only source. Restore and undelete are new sign
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import weakref
@@ -143,7 +144,7 @@ class EntryVersions:
             "n": n,
             "at": _str(rec.get("at")),
             "op": _str(rec.get("op")) or "?",
-            "device_id": device_id(key),
+            "device_id": _device_id(key),
             "device_name": roster.members.get(key, ""),
             # Held changes were verified when accepted (SPEC-005 §6): the device signed it.
             "verified": status != "unknown",
@@ -293,7 +294,7 @@ class EntryVersions:
                 "id": entry_id,
                 "kind": _str(kind[0][1]) if kind and not isinstance(kind[0], ObjType) else "",
                 "deleted_at": _str(when[0][1]) if not isinstance(when[0], ObjType) else "",
-                "deleted_by": device_id(deleter) if deleter else None,
+                "deleted_by": _device_id(deleter) if deleter else None,
                 "deleted_by_name": roster.members.get(deleter, "") if deleter else "",
                 "text": (_str(text[0][1]) if text and not isinstance(text[0], ObjType)
                          else "")[:PREVIEW],
@@ -329,6 +330,12 @@ def versions_of(memory: Memory) -> EntryVersions:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
+def _device_id(key: bytes) -> str:
+    """A device id is a hash with check characters: computed once per key, not per version."""
+    return device_id(key)
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
