@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 VERSION_RE = re.compile(r"^[0-9a-f]{8,64}$")
 MIN_PREFIX = 8
 PREVIEW = 200
+#: Log records looked at for concurrent text (SPEC-005 §10.8).
+LIVE_SCAN = 64
 _DELETED = b"deleted:"
 _DELETED_HEADS = b"deleted-heads:"
 
@@ -81,14 +83,19 @@ class EntryVersions:
             raise EntryNotFound(entry_id)
         return doc_id, doc, got[1]
 
-    def _versions(self, entry_id: str, *, need_past: bool = True) -> list[Version]:
+    def _versions(self, entry_id: str, *, need_past: bool = True,
+                  tail: int | None = None) -> list[Version]:
+        """The entry's versions in log order; with ``tail``, only the last ``tail`` log
+        records (and the current values), which is all that concurrency can concern."""
         doc_id, doc, e = self._entry_obj(entry_id)
         index = self.indexes.index(doc_id, doc)
         log_got = doc.get(e, "log")
         log_obj = log_got[1] if log_got is not None and log_got[0] == ObjType.List else None
         out: list[Version] = []
         seen: set[bytes] = set()
-        for value, rec_id in doc.values(log_obj) if log_obj is not None else []:
+        records = doc.values(log_obj) if log_obj is not None else []
+        skipped = max(0, len(records) - tail) if tail else 0
+        for value, rec_id in records[skipped:]:
             if value != ObjType.Map:
                 continue
             ref = index.change_of(rec_id)
@@ -102,7 +109,7 @@ class EntryVersions:
         # key rewriting a field) are still versions: the change that created the entry object
         # comes first, and nothing the entry shows now may come from nowhere (SPEC-005 §10.7).
         created = index.change_of(e)
-        if created is not None and created.hash not in seen:
+        if created is not None and created.hash not in seen and not skipped:
             seen.add(created.hash)
             out.insert(0, self._version(doc, e, log_obj, index, created.hash, created.actor,
                                         {"op": "unlogged"}, b"", need_past))
@@ -181,7 +188,10 @@ class EntryVersions:
     def concurrent(self, entry_id: str) -> list[dict[str, Any]]:
         """Text values written concurrently and not yet superseded (SPEC-005 §10.8); empty
         unless there are at least two."""
-        versions = self._versions(entry_id)
+        # Only the last LIVE_SCAN log records: each text writer costs one read of the log at
+        # its head, so a log forged to hold 100k records cannot make a read quadratic. Older
+        # concurrent values, were there any, stay in the history.
+        versions = self._versions(entry_id, tail=LIVE_SCAN)
         writers = [v for v in versions if v.wrote_text]
         live = [
             v for v in writers
@@ -189,13 +199,20 @@ class EntryVersions:
         ]
         if len({v.values.get("text") for v in live}) < 2:
             return []  # one value, or the same text typed on two devices: nothing to pick
-        numbered = {v.hash: i for i, v in enumerate(versions, 1)}
+        total = self._log_length(entry_id)
+        first = max(0, total - LIVE_SCAN)
+        numbered = {v.hash: first + i for i, v in enumerate(versions, 1)}
         out = []
         for v in live:
             row = self._public(numbered[v.hash], v)
             out.append({k: row[k] for k in ("version", "n", "text", "device_id", "device_name",
                                              "at", "session", "agent")})
         return out
+
+    def _log_length(self, entry_id: str) -> int:
+        _, doc, e = self._entry_obj(entry_id)
+        got = doc.get(e, "log")
+        return doc.length(got[1]) if got is not None and got[0] == ObjType.List else 0
 
     def get(self, entry_id: str) -> dict[str, Any]:
         """The entry as :meth:`Memory.get` shows it, plus ``concurrent`` when its text was
