@@ -58,6 +58,7 @@ class Version:
     wrote_text: bool = False
     past: set[bytes] = field(default_factory=set)  # log record ids visible at this version
     record_id: bytes = b""
+    creation: bool = False  # the change that created the entry's map (no log record)
 
 
 def _hex(h: bytes) -> str:
@@ -111,8 +112,10 @@ class EntryVersions:
         created = index.change_of(e)
         if created is not None and created.hash not in seen and not skipped:
             seen.add(created.hash)
-            out.insert(0, self._version(doc, e, log_obj, index, created.hash, created.actor,
-                                        {"op": "unlogged"}, b"", need_past))
+            first = self._version(doc, e, log_obj, index, created.hash, created.actor,
+                                  {"op": "unlogged"}, b"", need_past)
+            first.creation = True
+            out.insert(0, first)
         for prop in ("text", "deleted_at"):
             got = doc.get(e, prop)
             if got is None:
@@ -193,10 +196,7 @@ class EntryVersions:
         # concurrent values, were there any, stay in the history.
         versions = self._versions(entry_id, tail=LIVE_SCAN)
         writers = [v for v in versions if v.wrote_text]
-        live = [
-            v for v in writers
-            if not any(w is not v and v.record_id and v.record_id in w.past for w in writers)
-        ]
+        live = [v for v in writers if not any(_supersedes(w, v) for w in writers if w is not v)]
         if len({v.values.get("text") for v in live}) < 2:
             return []  # one value, or the same text typed on two devices: nothing to pick
         total = self._log_length(entry_id)
@@ -364,6 +364,12 @@ def _record(doc: Document, rec_id: bytes) -> dict[str, Any]:
         if got is not None and not isinstance(got[0], ObjType):
             out[k] = got[0][1]
     return out
+
+
+def _supersedes(w: Version, v: Version) -> bool:
+    """Whether text writer ``w`` had seen ``v``: its log record is in ``w``'s past, or ``v``
+    created the entry (every write to the entry's map has its creation in its past)."""
+    return v.creation or bool(v.record_id and v.record_id in w.past)
 
 
 def _values_at(doc: Document, e: bytes, head: bytes) -> dict[str, Any]:

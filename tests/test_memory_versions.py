@@ -175,8 +175,31 @@ def test_an_entry_written_in_the_old_layout_still_reads(pair):
     back = versions_of(ma).restore(entry_id, hist[0]["version"])
     assert back["text"] == "bare map"
     assert [h["op"] for h in ma.history(entry_id)] == ["unlogged", "restore"]
+    ma.update(entry_id, text="edited once")  # its creation is superseded, not concurrent
+    assert "concurrent" not in versions_of(ma).get(entry_id)
+    assert [h["text"] for h in ma.history(entry_id)] == ["bare map", "bare map", "edited once"]
     ma.delete(entry_id)
     assert [r["id"] for r in versions_of(ma).deleted()] == [entry_id]
+
+
+def test_picking_the_winning_text_ends_the_concurrency(pair):
+    """SPEC-005 §10.8: restoring the value that already shows (the deterministic winner) is
+    still a write that has seen both, so the notice ends on both replicas."""
+    a, b, ma, mb = pair
+    e = ma.add("start")
+    pump(a, b)
+    ma.update(e["id"], text="from a")
+    mb.update(e["id"], text="from b")
+    pump(a, b)
+    live = versions_of(ma).get(e["id"])["concurrent"]
+    winner = versions_of(ma).get(e["id"])["text"]
+    assert {c["text"] for c in live} == {"from a", "from b"}
+    pick = next(c["version"] for c in live if c["text"] == winner)
+    versions_of(mb).restore(e["id"], pick)
+    pump(a, b)
+    for m in (ma, mb):
+        shown = versions_of(m).get(e["id"])
+        assert shown["text"] == winner and "concurrent" not in shown
 
 
 # -- property: random interleavings on three replicas ------------------------------------------
