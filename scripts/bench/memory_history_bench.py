@@ -76,6 +76,9 @@ def main() -> int:
         status, got = api.request("GET", path)
         assert status == 200 and len(got["history"]) == VERSIONS, got
         api_warm = timed(lambda: api.request("GET", path), runs * 3)
+        status, single = api.request("POST", "/v1/memory", {"text": "edited never"})
+        show_one = timed(lambda: api.request("GET", f"/v1/memory/{single['id']}"), runs * 3)
+        show_many = timed(lambda: api.request("GET", f"/v1/memory/{e['id']}"), runs * 3)
         api.close()
         cold: dict[str, list[float]] = {"show": [], "history": []}
         for what in ("show", "history") * runs:  # one request per restart: the shard loads
@@ -137,6 +140,11 @@ def main() -> int:
         ("GET /v1/memory/{id}/history, warm", *stats(api_warm),
          f"{statistics.median(api_warm) / ref_med:.1f}x",
          harness.verdict(statistics.median(api_warm) < TARGET_MS)),
+        ("reference: GET /v1/memory/{id} of an entry never edited", *stats(show_one),
+         "1.0x (show)", ""),
+        ("GET /v1/memory/{id} of the entry with 100 versions (concurrency check, §10.8)",
+         *stats(show_many),
+         f"{statistics.median(show_many) / statistics.median(show_one):.1f}x (show)", ""),
         ("after a restart, reference: GET /v1/memory/{id} (show; the shard loads)",
          *stats(show_cold), "1.0x (after restart)", ""),
         ("after a restart: GET .../history (the shard loads, its change index is built)",
