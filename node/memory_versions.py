@@ -191,6 +191,8 @@ class EntryVersions:
     def concurrent(self, entry_id: str) -> list[dict[str, Any]]:
         """Text values written concurrently and not yet superseded (SPEC-005 §10.8); empty
         unless there are at least two."""
+        if self._text_settled(entry_id):
+            return []
         # Only the last LIVE_SCAN log records: each text writer costs one read of the log at
         # its head, so a log forged to hold 100k records cannot make a read quadratic. Older
         # concurrent values, were there any, stay in the history.
@@ -208,6 +210,31 @@ class EntryVersions:
             out.append({k: row[k] for k in ("version", "n", "text", "device_id", "device_name",
                                              "at", "session", "agent")})
         return out
+
+    def _text_settled(self, entry_id: str) -> bool:
+        """The cheap common case: every log record that the change holding the current text
+        had not seen wrote no text, so nothing is concurrent with it. One read of the log at
+        that change, plus one value read per record it had not seen (usually none)."""
+        doc_id, doc, e = self._entry_obj(entry_id)
+        got, log_got = doc.get(e, "text"), doc.get(e, "log")
+        if got is None or log_got is None or log_got[0] != ObjType.List:
+            return False
+        index = self.indexes.index(doc_id, doc)
+        winner = index.change_of(got[1])
+        if winner is None:
+            return False
+        seen = visible_ids(doc, log_got[1], winner.hash)
+        for _, rec_id in doc.values(log_got[1]):
+            if rec_id in seen:
+                continue
+            ref = index.change_of(rec_id)
+            if ref is None:
+                return False
+            text = doc.get(e, "text", [ref.hash])
+            writer = index.change_of(text[1]) if text is not None else None
+            if writer is not None and writer.hash == ref.hash:
+                return False  # a text write the current value's author had not seen
+        return True
 
     def _log_length(self, entry_id: str) -> int:
         _, doc, e = self._entry_obj(entry_id)

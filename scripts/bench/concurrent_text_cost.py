@@ -105,6 +105,11 @@ def section(base: str, before: Path, after: Path, loads: dict[str, list[float]])
                 rows.append((label, f"{statistics.median(b):,.2f} ({min(b):,.2f}-{max(b):,.2f})",
                              f"{statistics.median(a):,.2f} ({min(a):,.2f}-{max(a):,.2f})",
                              _ratio(statistics.median(a), statistics.median(b))))
+        nb, na = (cb.get("net") or {}), (ca.get("net") or {})
+        key = next((k for k in nb if "a_to_b" in k or k.endswith("sent")), None)
+        if key and isinstance(nb.get(key), int | float) and isinstance(na.get(key), int | float):
+            rows.append(("catch-up, bytes A→B on the wire (median run)", f"{nb[key]:,}",
+                         f"{na[key]:,}", _ratio(na[key], nb[key])))
         other = [x.get("other_load") or 0 for r in (cb, ca) for x in r.get("runs", [])]
     else:
         other = []
@@ -114,8 +119,10 @@ def section(base: str, before: Path, after: Path, loads: dict[str, list[float]])
         if not (b and a):
             continue
         label = "(a) fresh mesh" if case == "fresh" else "(b) 10,000 entries held"
-        for key in ("p50_ms", "p99_ms", "poll_rtt_p50_ms"):
-            rows.append((f"propagation {label}, {key.replace('_ms', '')} ms", f"{b[key]:.2f}",
+        for key, what in (("p50_ms", "p50"), ("p99_ms", "p99"),
+                          ("poll_rtt_p50_ms", "B's poll round trip p50 (the changed read)"),
+                          ("write_p50_ms", "A's POST p50 (code unchanged: the noise)")):
+            rows.append((f"propagation {label}, {what}, ms", f"{b[key]:.2f}",
                          f"{a[key]:.2f}", _ratio(a[key], b[key])))
         other += [b.get("other_load") or 0, a.get("other_load") or 0]
     s, t = statistics.median(loads["string"]), statistics.median(loads["text object"])
@@ -125,7 +132,8 @@ def section(base: str, before: Path, after: Path, loads: dict[str, list[float]])
     ]
     busy = f"{min(other):.0%} to {max(other):.0%}" if other else "not measured"
     return (
-        f"`scripts/bench/sync_catchup.py --quick --runs 5` and `sync_propagation.py --quick` "
+        f"`scripts/bench/sync_catchup.py --quick --runs 5` and `sync_propagation.py --quick "
+        "--fresh-only` "
         f"on the code before the change (commit {base}) and on this tree, one after the other "
         "on this machine in the same session (median, with min-max over the runs). Writes "
         "are unchanged by the choice (an entry's text stays one string; restore and undelete "
@@ -154,7 +162,7 @@ def main() -> int:
     else:
         before, after = unpack(args.base), ROOT
         for script, extra in (("sync_catchup.py", ["--quick", "--runs", str(args.runs)]),
-                              ("sync_propagation.py", ["--quick"])):
+                              ("sync_propagation.py", ["--quick", "--fresh-only"])):
             for tree in (before, after):
                 bench(tree, script, *extra)
     say("measuring the binding alone: text object against string...")
