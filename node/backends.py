@@ -28,6 +28,10 @@ class Backend(Protocol):
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]: ...
     def memory_delete(self, entry_id: str) -> dict[str, Any]: ...
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]: ...
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]: ...
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]: ...
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def peer_add(self, address: str) -> None: ...
     def peer_remove(self, address: str) -> None: ...
@@ -75,6 +79,18 @@ class ApiBackend:
 
     def memory_delete(self, entry_id: str) -> dict[str, Any]:
         return self.c.request("DELETE", f"/v1/memory/{entry_id}")
+
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self.c.request("GET", f"/v1/memory/{entry_id}", query={"at": version})
+
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self.c.request("POST", f"/v1/memory/{entry_id}/restore", {"version": version})
+
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]:
+        return self.c.request("POST", f"/v1/memory/{entry_id}/undelete")
+
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]:
+        return self.c.request("GET", "/v1/memory/deleted", query={"limit": limit})["entries"]
 
     def peers(self) -> list[dict[str, Any]]:
         return self.c.request("GET", "/v1/peers")["peers"]
@@ -177,9 +193,10 @@ class OfflineBackend:
 
     def memory_show(self, entry_id: str) -> dict[str, Any]:
         from .memory import EntryNotFound
+        from .memory_versions import versions_of
 
         try:
-            return self.memory.get(entry_id)
+            return versions_of(self.memory).get(entry_id)
         except EntryNotFound:
             raise NotFound(entry_id) from None
 
@@ -206,6 +223,32 @@ class OfflineBackend:
             return self.memory.delete(entry_id)
         except EntryNotFound:
             raise NotFound(entry_id) from None
+
+    def _versions(self, op: str, *args: Any) -> Any:
+        """A version operation (node/memory_versions.py); an unknown entry is NotFound, an
+        unknown version a ValueError naming it, as the API's 404 problems say."""
+        from .memory import EntryNotFound
+        from .memory_versions import UnknownVersion, versions_of
+
+        try:
+            return getattr(versions_of(self.memory), op)(*args)
+        except EntryNotFound:
+            raise NotFound(args[0] if args else "") from None
+        except UnknownVersion as exc:
+            raise ValueError(f"{exc.args[0]!r} is not a version of {args[0]} "
+                             "(see its history)") from None
+
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self._versions("show_at", entry_id, version)
+
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self._versions("restore", entry_id, version)
+
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]:
+        return self._versions("undelete", entry_id)
+
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]:
+        return self._versions("deleted", limit)
 
     def peers(self) -> list[dict[str, Any]]:
         cfg = NodeConfig.load(self.paths.config)

@@ -299,7 +299,11 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
     backend = _backend(paths)
     try:
         sub = args.memory_cmd
-        if sub == "add":
+        from . import cli_memory_versions as versions
+
+        if versions.wants(args):  # history, show --at, restore, undelete, deleted
+            versions.run(args, backend, _say, _json)
+        elif sub == "add":
             text = args.text if args.text != "-" else sys.stdin.read()
             entry = backend.memory_add(text, args.kind, args.tag or [])
             if args.json:
@@ -324,7 +328,11 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
                     _print_entry(e)
         elif sub == "show":
             e = backend.memory_show(args.id)
-            _json(e) if args.json else _print_entry(e, full=True)
+            if args.json:
+                _json(e)
+            else:
+                _print_entry(e, full=True)
+                versions.print_concurrent(e, _say)
         elif sub == "edit":
             changes: dict[str, Any] = {}
             if args.text is not None:
@@ -340,16 +348,6 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
         elif sub == "delete":
             backend.memory_delete(args.id)
             _say(f"Deleted {args.id} (on every device; its history keeps who deleted it).")
-        elif sub == "history":
-            rows = backend.memory_history(args.id)
-            if args.json:
-                _json(rows)
-            for r in [] if args.json else rows:
-                mark = "verified" if r["verified"] else "UNVERIFIED"
-                who = r["device_id"] or "?"
-                name = f" ({r['device_name']})" if r.get("device_name") else ""
-                agent = f"  by {r['agent']} session {r['session']}" if r.get("session") else ""
-                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}{agent}")
     except (NotFound, ApiError) as exc:
         if isinstance(exc, ApiError) and exc.status != 404:
             raise UserError(str(exc)) from None
@@ -572,6 +570,7 @@ example (notes.jsonl):
         lst.add_argument("--json", action="store_true")
     sh = msub.add_parser("show", help="show one entry")
     sh.add_argument("id")
+    sh.add_argument("--at", metavar="VERSION", help="as it was at a version (see history)")
     sh.add_argument("--json", action="store_true")
     ed = msub.add_parser("edit", help="change an entry's text or tags")
     ed.add_argument("id")
@@ -581,9 +580,13 @@ example (notes.jsonl):
     ed.add_argument("--json", action="store_true")
     de = msub.add_parser("delete", help="forget an entry on every device")
     de.add_argument("id")
-    hi = msub.add_parser("history", help="who changed an entry and when (signed, verified)")
+    hi = msub.add_parser("history", help="every version: values, device (verified), time")
     hi.add_argument("id")
+    hi.add_argument("--full", action="store_true", help="whole texts, not first lines")
     hi.add_argument("--json", action="store_true")
+    from .cli_memory_versions import add_parsers as add_version_parsers
+
+    add_version_parsers(msub)
     s.set_defaults(func=cmd_memory)
 
     s = sub.add_parser("peer", help="add or remove a static peer (HOST:PORT)")

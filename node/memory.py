@@ -23,7 +23,6 @@ from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
 from crdt.docids import MEMORY_KINDS
 from crdt.documents import Repo
-from crdt.keys import device_id
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +80,6 @@ def _entries_obj(doc: Any) -> bytes:
     and hide the other device's entries (SPEC-005 §10.2).
     """
     return ROOT
-
-
-def _actor_of(obj_id: bytes) -> bytes | None:
-    """The device key of the actor in an Automerge object id (``0x10, len, actor, idx,
-    counter``): the actor is the key plus this process's incarnation (SPEC-005 §2.2)."""
-    if len(obj_id) >= 2 and obj_id[0] == 0x10:
-        n = obj_id[1]
-        return bytes(obj_id[2 : 2 + min(n, 32)])
-    return None
 
 
 class Memory:
@@ -391,7 +381,7 @@ class Memory:
         item = {"id": new_id, "text": text, "kind": kind, "tags": tags, "supersedes": old_id}
         return self.add_many([item], by=by, extra={shard_of(old_id): [mark]})[0]
 
-    def restore(self, entry_id: str) -> dict[str, Any]:
+    def unsupersede(self, entry_id: str) -> dict[str, Any]:
         """Undo a supersede (the owner's remedy, SPEC-004 §2.12): the entry surfaces again;
         the correction stays, and the signed log records the restore."""
         entry = self.get(entry_id)
@@ -427,37 +417,11 @@ class Memory:
         return _public(entry_id, entry)
 
     def history(self, entry_id: str) -> list[dict[str, Any]]:
-        """Who changed the entry and when; the author is read from the signed operation."""
-        doc_id = shard_of(entry_id)
-        self.get(entry_id)
-        doc = self.repo.open(doc_id).doc
-        e = doc.get(_entries_obj(doc), entry_id)[1]
-        log_obj = doc.get(e, "log")[1]
-        roster = self.repo.roster
-        # the creation record's session and agent live on the signed entry itself
-        signed = extract(doc, e)
-        e_fields = {f: signed[f] for f in ("session", "agent") if isinstance(signed.get(f), str)}
-        out = []
-        for i in range(doc.length(log_obj)):
-            _, rec_id = doc.get(log_obj, i)
-            rec = extract(doc, rec_id)
-            actor = _actor_of(rec_id)
-            status = (
-                "member" if actor in roster.members
-                else "revoked" if actor in roster.revoked else "unknown"
-            )
-            out.append({
-                "at": rec.get("at"),
-                "op": rec.get("op"),
-                "session": rec.get("session") or (e_fields.get("session") if i == 0 else None),
-                "agent": rec.get("agent") or (e_fields.get("agent") if i == 0 else None),
-                "device_id": device_id(actor) if actor else None,
-                "device_name": roster.members.get(actor, "") if actor else "",
-                "verified": actor is not None and status != "unknown",
-                "signer_status": status,
-            })
-        out.sort(key=lambda r: r["at"] or "")
-        return out
+        """Every version with its values and verified device, also once deleted (SPEC-005
+        §10.7): read from the document's own history by node/memory_versions.py."""
+        from node.memory_versions import versions_of
+
+        return versions_of(self).history(entry_id)
 
     def list(
         self,
@@ -564,6 +528,7 @@ def _creator(entry_id: str, e: dict[str, Any], at: str, me: str, by: WriteBy | N
         log_list = tx.put_object(obj, "log", ObjType.List)
         rec = tx.insert_object(log_list, 0, ObjType.Map)
         tx.put(rec, "at", ScalarType.Str, at)
+        _stamp(tx, rec, by)  # history reads who made each version from its record
         tx.put(rec, "op", ScalarType.Str, "create")
 
     return edit

@@ -146,10 +146,10 @@ async def test_a_prompt_injected_agent_cannot_destroy_what_it_did_not_write(
         assert failed and "409" in text
     assert a.entry(owners["id"]) is not None  # the owner's entry is still there
     # the owner undoes the agent's correction: the old entry surfaces again (SPEC-004 §2.12)
-    restored = a.request("POST", f"/v1/memory/{owners['id']}/restore")
+    restored = a.request("POST", f"/v1/memory/{owners['id']}/unsupersede")
     assert restored["superseded_by"] is None
     assert owners["id"] in [e["id"] for e in a.entries()]
-    status, _, _ = api(a, "POST", f"/v1/memory/{owners['id']}/restore",
+    status, _, _ = api(a, "POST", f"/v1/memory/{owners['id']}/unsupersede",
                        token=register(a, tmp_path)["token"])
     assert status == 403  # only the owner restores
     session = register(a, tmp_path)

@@ -494,4 +494,37 @@ def test_a_revoked_device_s_page_says_who_revoked_it(busy_mesh: dict[str, Any],
     expect(banner).to_contain_text("This device was revoked by a")
     expect(banner).to_contain_text("(sold)")
     screenshot(page, "web-revoked.png")
+
+
+def test_the_history_panel_shows_each_version_as_a_diff_and_restores_one(
+    mesh: tuple[NodeProc, NodeProc], browser: BrowserContext
+) -> None:
+    """SPEC-005 §10.7, §10.9 on the page: an edited entry opens a history panel listing every
+    version (newest first) with the words each one removed and added; "Restore this version"
+    writes the old text again (a new signed change, with the CSRF header) and the panel grows
+    by one version. Entry text is shown as text, never as markup."""
+    a, b = mesh
+    tag = secrets.token_hex(3)
+    e = a.add_memory(f"buy <b>milk</b> and bread {tag}")
+    a.request("PATCH", f"/v1/memory/{e['id']}", {"text": f"buy milk and eggs {tag}"})
+    page = new_page(browser)
+    log_in(page, a)
+    row = page.locator(f"#memory li[data-entry-id='{e['id']}']")
+    row.locator("button.history-open").click()
+    panel = page.locator("#history")
+    expect(panel).to_be_visible()
+    versions = panel.locator("li.version")
+    expect(versions).to_have_count(2)
+    newest = versions.first
+    expect(newest).to_contain_text("v2 update text")
+    expect(newest.locator("del")).to_have_text(["<b>milk</b>", "bread"])
+    expect(newest.locator("ins")).to_have_text(["milk", "eggs"])
+    expect(versions.nth(1).locator("ins")).to_contain_text("<b>milk</b>")  # as text
+    assert page.locator("#history b").count() == 0
+    screenshot(page, "web-history-panel.png")
+    versions.nth(1).locator("button.restore").click()
+    expect(versions).to_have_count(3, timeout=10_000)
+    expect(versions.first).to_contain_text("restore")
+    wait_for(lambda: (x := b.entry(e["id"])) and x["text"].startswith("buy <b>milk</b>"),
+             what="the restore reached b")
     assert page.script_errors == []  # type: ignore[attr-defined]

@@ -164,15 +164,24 @@ async def search_entries(request: web.Request) -> web.Response:
     return web.json_response({"entries": entries, "count": len(entries)})
 
 
-@memory_routes.get("/v1/memory/{entry_id}", principal_kinds=BOTH)
+SHOW_QUERY = {"type": "object", "additionalProperties": False,
+              "properties": {"at": {"type": "string", "pattern": "^[0-9a-f]{8,64}$"}}}
+
+
+@memory_routes.get("/v1/memory/{entry_id}", query_schema=SHOW_QUERY, principal_kinds=BOTH)
 async def show_entry(request: web.Request) -> web.Response:
-    """One entry."""
+    """One entry (with ``concurrent`` texts if edited on two devices at once), or ``at`` a
+    version of its history (SPEC-005 §10.7, §10.8)."""
+    from ..memory_versions import versions_of
+    from .routes_memory_versions import entry_problem
+
     require_scope(request, MEMORY_READ)
-    entry_id = request.match_info["entry_id"]
+    entry_id, at = request.match_info["entry_id"], request[QUERY_KEY].get("at")
+    versions = versions_of(_memory(request))
     try:
-        return web.json_response(_memory(request).get(entry_id))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+        return web.json_response(versions.show_at(entry_id, at) if at else versions.get(entry_id))
+    except (EntryNotFound, LookupError, ValueError) as exc:
+        raise entry_problem(entry_id, exc) from None
 
 
 @memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA, principal_kinds=BOTH)
@@ -210,12 +219,12 @@ async def supersede_entry(request: web.Request) -> web.Response:
     return web.json_response(entry, status=201)
 
 
-@memory_routes.post("/v1/memory/{entry_id}/restore")
-async def restore_entry(request: web.Request) -> web.Response:
+@memory_routes.post("/v1/memory/{entry_id}/unsupersede")
+async def unsupersede_entry(request: web.Request) -> web.Response:
     """Undo a supersede: the entry surfaces again (the owner's remedy; local principal only)."""
     entry_id = request.match_info["entry_id"]
     try:
-        return web.json_response(_memory(request).restore(entry_id))
+        return web.json_response(_memory(request).unsupersede(entry_id))
     except EntryNotFound:
         raise _not_found(entry_id) from None
     except ValueError as exc:
@@ -224,7 +233,8 @@ async def restore_entry(request: web.Request) -> web.Response:
 
 @memory_routes.get("/v1/memory/{entry_id}/history", principal_kinds=BOTH)
 async def entry_history(request: web.Request) -> web.Response:
-    """Who changed the entry and when, each edit's author taken from its signed operation."""
+    """Every version with its values; each device taken from its signed change (also for a
+    deleted entry)."""
     require_scope(request, MEMORY_READ)
     entry_id = request.match_info["entry_id"]
     try:

@@ -13,6 +13,7 @@ const state = {
   stream: "connecting",  // the live stream: "live", "connecting" or "off"
   status: null,
   liveOpenedOnce: false,
+  historyId: null,       // the entry whose history panel is open
 };
 
 // -- talking to the node -------------------------------------------------------------------------
@@ -400,7 +401,9 @@ async function refreshMemory() {
     el("div", {class: "meta"},
       badge(e.kind, "kind"), " ",
       ...(e.tags || []).map((t) => el("span", {class: "tag", text: `#${t}`})),
-      " ", nameOf(e.author), " · ", timeEl(e.created_at)))),
+      " ", nameOf(e.author), " · ", timeEl(e.created_at), " ",
+      e.edits > 1 ? el("button", {type: "button", class: "quiet history-open",
+        text: `history (${e.edits})`, onclick: () => openHistory(e.id)}) : null))),
   "no entries yet");
 }
 
@@ -433,6 +436,110 @@ function syncBadge(p) {
   return node;
 }
 
+// -- the history panel: every version of one entry, each as a word diff of the one before -------
+// (SPEC-005 §10.7; the versions come from the node, read from the document's signed history)
+function wordDiff(before, after) {
+  const a = before.split(/(\s+)/);
+  const b = after.split(/(\s+)/);
+  if (a.length * b.length > 1e6) return [["del", before], ["ins", after]];  // too long to align
+  const n = a.length;
+  const m = b.length;
+  const lcs = Array.from({length: n + 1}, () => new Uint32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out = [];
+  const push = (kind, text) => {
+    const last = out[out.length - 1];
+    if (last && last[0] === kind) last[1] += text; else out.push([kind, text]);
+  };
+  let i = 0;
+  let j = 0;
+  while (i < n && j < m) {
+    if (a[i] === b[j]) { push("same", a[i]); i++; j++; }
+    else if (lcs[i + 1][j] >= lcs[i][j + 1]) push("del", a[i++]);
+    else push("ins", b[j++]);
+  }
+  while (i < n) push("del", a[i++]);
+  while (j < m) push("ins", b[j++]);
+  return out.filter(([, text]) => text);
+}
+
+function diffEl(before, after) {
+  const node = el("p", {class: "diff"});
+  for (const [kind, text] of wordDiff(before || "", after || "")) {
+    node.append(kind === "same" ? document.createTextNode(text) : el(kind, {text}));
+  }
+  return node;
+}
+
+async function openHistory(id) {
+  state.historyId = id;
+  const panel = document.getElementById("history");
+  panel.hidden = false;
+  await refreshHistory();
+  panel.scrollIntoView({block: "nearest"});
+}
+
+function closeHistory() {
+  state.historyId = null;
+  document.getElementById("history").hidden = true;
+}
+
+async function restoreVersion(id, version) {
+  const error = document.getElementById("history-error");
+  error.hidden = true;
+  try {
+    await api("POST", `/v1/memory/${encodeURIComponent(id)}/restore`, {version});
+    schedule("memory", "history", "documents", "status");
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+  }
+}
+
+async function refreshHistory() {
+  const id = state.historyId;
+  if (!id) return;
+  const path = `/v1/memory/${encodeURIComponent(id)}`;
+  const [data, entry] = await Promise.all([api("GET", `${path}/history`), optional(path)]);
+  if (state.historyId !== id) return;  // another entry was opened meanwhile
+  document.getElementById("history-title").textContent = id;
+  const notice = document.getElementById("history-concurrent");
+  const live = (entry && entry.concurrent) || [];
+  notice.hidden = live.length < 2;
+  notice.textContent = live.length < 2 ? "" : `Edited on ${live.map((c) => c.device_name ||
+    shortId(c.device_id)).join(" and ")} at the same time. Every text is kept below: restore the one to keep.`;
+  const concurrent = new Set(live.map((c) => c.version));
+  const versions = data.history;
+  const latest = versions.length ? versions[versions.length - 1].version : null;
+  const items = versions.map((v, i) => {
+    const before = i > 0 ? versions[i - 1] : null;
+    const tagsBefore = new Set(before ? before.tags : []);
+    const tagsNow = new Set(v.tags || []);
+    const tagChanges = [
+      ...[...tagsNow].filter((t) => !tagsBefore.has(t)).map((t) => el("ins", {class: "tag", text: `#${t}`})),
+      ...[...tagsBefore].filter((t) => !tagsNow.has(t)).map((t) => el("del", {class: "tag", text: `#${t}`})),
+    ];
+    return el("li", {class: "version", "data-version": v.version},
+      el("div", {class: "line"},
+        el("strong", {text: `v${v.n} ${v.op}`}), " ",
+        badge(v.verified ? "verified" : "unverified", v.verified ? "good" : "bad"),
+        concurrent.has(v.version) ? badge("concurrent", "warn") : null,
+        v.deleted ? badge("deleted", "off") : null),
+      el("div", {class: "meta"}, el("code", {text: v.version.slice(0, 12)}), " · ",
+        v.device_name || shortId(v.device_id), " · ", timeEl(v.at),
+        v.session ? ` · session ${v.session}` : "", v.agent ? ` · ${v.agent}` : ""),
+      diffEl(before ? before.text : "", v.text),
+      tagChanges.length ? el("div", {class: "meta"}, ...tagChanges) : null,
+      v.version !== latest || v.deleted ? el("button", {type: "button", class: "quiet restore",
+        text: "Restore this version", onclick: () => restoreVersion(id, v.version)}) : null);
+  });
+  fill("history-list", items.reverse(), "no versions");
+}
+
 async function refreshDocuments() {
   const data = await api("GET", "/v1/documents?limit=100");
   setCount("documents-count", data.documents.length + (data.cursor ? "+" : ""));
@@ -456,7 +563,7 @@ async function refreshActivity() {
 }
 
 const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments,
-  activity: refreshActivity};
+  activity: refreshActivity, history: refreshHistory};
 const pending = new Set();
 let timer = null;
 let running = false;
@@ -540,7 +647,7 @@ function connectLive() {
   source.addEventListener("doc", (event) => {
     const {doc} = JSON.parse(event.data);
     if (doc === "identity") schedule("status", "documents");
-    else schedule("memory", "documents", "status");
+    else schedule("memory", "documents", "status", "history");
   });
   source.addEventListener("peer", () => schedule("status", "documents"));
   source.addEventListener("resync", () => schedule("status", "memory", "documents"));
@@ -613,6 +720,7 @@ async function start() {
   }
   setupMemoryForm();
   setupLogout();
+  document.getElementById("history-close").addEventListener("click", closeHistory);
   schedule("status", "memory", "documents");
   connectLive();
   setInterval(tickTimes, 10000);
