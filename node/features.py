@@ -48,6 +48,7 @@ FEATURES: list[str] = [
     "node.backup.feature:feature",
     "node.sessions.feature:create",
     "node.web.feature:create",
+    "node.search.feature:create",
 ]
 
 

@@ -1,4 +1,7 @@
-"""Memory routes: add, list, search, show, edit and the signed history of memory entries."""
+"""Memory routes: add, list, show, edit and the signed history of memory entries.
+
+Ranked search (`GET /v1/memory/search`) is node/search/routes.py.
+"""
 
 from __future__ import annotations
 
@@ -54,12 +57,6 @@ LIST_QUERY = {
     "additionalProperties": False,
     "properties": {**_FILTERS, "q": {"type": "string", "maxLength": 500}},
 }
-SEARCH_QUERY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["q"],
-    "properties": {**_FILTERS, "q": {"type": "string", "minLength": 1, "maxLength": 500}},
-}
 
 
 def _memory(request: web.Request) -> Memory:
@@ -96,13 +93,6 @@ def _filters(query: dict) -> dict:
 @memory_routes.get("/v1/memory", query_schema=LIST_QUERY)
 async def list_entries(request: web.Request) -> web.Response:
     """List entries, newest first, with optional filters."""
-    entries = _memory(request).list(**_filters(request[QUERY_KEY]))
-    return web.json_response({"entries": entries, "count": len(entries)})
-
-
-@memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY)
-async def search_entries(request: web.Request) -> web.Response:
-    """Entries containing every word of ``q`` (case-insensitive), newest first."""
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
     return web.json_response({"entries": entries, "count": len(entries)})
 

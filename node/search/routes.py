@@ -1,0 +1,49 @@
+"""``GET /v1/memory/search``: ranked text, semantic or hybrid search (SPEC-003 §12)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..api.middleware import QUERY_KEY
+from ..api.problem import TYPE_VALIDATION, Problem
+from ..api.routes import RouteTable
+from ..memory import KINDS
+from .index import MODES, SearchError, SearchIndex, SemanticUnavailable
+
+search_routes = RouteTable("search")
+SEARCH_KEY: web.AppKey[SearchIndex] = web.AppKey("maia_search", SearchIndex)
+TYPE_SEMANTIC_UNAVAILABLE = "urn:maia-node:problem:semantic-unavailable"
+
+_STAMP = {"type": "string", "minLength": 4, "maxLength": 40, "pattern": r"^[0-9][0-9T:.+\-Z]*$"}
+SEARCH_QUERY = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["q"],
+    "properties": {
+        "q": {"type": "string", "minLength": 1, "maxLength": 500},
+        "mode": {"enum": list(MODES)},
+        "kind": {"enum": list(KINDS)},
+        "tag": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[^\s]+$"},
+        "device": {"type": "string", "minLength": 1, "maxLength": 80},
+        "since": _STAMP,
+        "until": _STAMP,
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+}
+
+
+@search_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY)
+async def search_entries(request: web.Request) -> web.Response:
+    """Memory entries ranked for ``q``: BM25 text, semantic (vectors) or both fused (hybrid)."""
+    query = dict(request[QUERY_KEY])
+    q = query.pop("q")
+    try:
+        result = request.app[SEARCH_KEY].search(
+            q, mode=query.pop("mode", "hybrid"), limit=query.pop("limit", 20), **query)
+    except SearchError as exc:
+        raise Problem(400, "Invalid search", str(exc), type=TYPE_VALIDATION,
+                      errors=[{"path": "/q", "message": str(exc)}]) from None
+    except SemanticUnavailable as exc:
+        raise Problem(503, "Semantic search unavailable", str(exc),
+                      type=TYPE_SEMANTIC_UNAVAILABLE) from None
+    return web.json_response(result)
