@@ -40,7 +40,7 @@ ANN_NAME = "vectors.usearch"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): damps the top ranks' weight
 MODES = ("text", "semantic", "hybrid")
 EMBED_BATCH = 256
-EXACT_SCAN_MAX = 5000  # filtered semantic search scans vectors exactly up to this many entries
+EXACT_SCAN_MAX = 2000  # up to this many candidates, semantic search scans vectors exactly
 TAG_SEP = "\x1f"  # tags are joined with a separator no tag holds and FTS5 splits on
 BM25_WEIGHTS = (1.0, 2.0)  # text, tags: a tag is a deliberate label, worth more than a word
 
@@ -440,7 +440,12 @@ class SearchIndex:
             if not parsed.empty:
                 text_ranked = self._text(parsed, where, args, depth)
         if mode in ("semantic", "hybrid") and self.embedder is not None and self.ann is not None:
-            semantic_ranked = self._semantic(query, where, args, depth)
+            try:
+                semantic_ranked = self._semantic(query, where, args, depth)
+            except SemanticUnavailable:
+                if mode == "semantic":
+                    raise
+                # hybrid: the text ranking alone
         if mode == "text":
             scores = {r: 1.0 / (RRF_K + i + 1) for i, r in enumerate(text_ranked)}
         elif mode == "semantic":
@@ -450,9 +455,13 @@ class SearchIndex:
             for ranking in (text_ranked, semantic_ranked):
                 for i, r in enumerate(ranking):
                     scores[r] = scores.get(r, 0.0) + 1.0 / (RRF_K + i + 1)
-        top = sorted(scores, key=lambda r: -scores[r])[:limit]
         text_rank = {r: i + 1 for i, r in enumerate(text_ranked)}
         sem_rank = {r: i + 1 for i, r in enumerate(semantic_ranked)}
+        # Ties (text rank 1 + semantic 3 against 3 + 1) go to the better text rank, so the
+        # order depends on the rankings only, never on row ids (a rebuild answers the same).
+        never = len(scores) + 1
+        top = sorted(scores, key=lambda r: (-scores[r], text_rank.get(r, never),
+                                            sem_rank.get(r, never)))[:limit]
         rows = self._rows(top)
         entries = []
         for r in top:
@@ -468,7 +477,8 @@ class SearchIndex:
 
     def _text(self, parsed, where: str, args: list, depth: int) -> list[int]:
         sql = (f"SELECT d.rowid FROM fts JOIN docs d ON d.rowid=fts.rowid WHERE fts MATCH ? "
-               f"{where} ORDER BY bm25(fts, {BM25_WEIGHTS[0]}, {BM25_WEIGHTS[1]}) LIMIT ?")
+               f"{where} ORDER BY bm25(fts, {BM25_WEIGHTS[0]}, {BM25_WEIGHTS[1]}), d.entry_id "
+               f"LIMIT ?")
         with self._lock:
             try:
                 found = [r for (r,) in self._db.execute(sql, (parsed.all_terms(), *args, depth))]
@@ -483,26 +493,33 @@ class SearchIndex:
 
     def _semantic(self, query: str, where: str, args: list, depth: int) -> list[int]:
         assert self.embedder is not None and self.ann is not None
-        vectors, ok = checked_vectors(self.embedder, [query])
+        try:
+            vectors, ok = checked_vectors(self.embedder, [query])
+        except Exception as exc:  # a model is untrusted and may be unreachable (a cortex)
+            log.warning("embedder %s failed on a query: %s", self.model_id, exc)
+            raise SemanticUnavailable(f"the embedding model failed: {type(exc).__name__}") \
+                from None
         if not ok[0]:
             return []
         qv = vectors[0]
-        if where:
+        small = self.counts()["vectors"] <= EXACT_SCAN_MAX
+        if where or small:
             with self._lock:
                 n = self._db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
-                                     args).fetchone()[0]
-                if n <= EXACT_SCAN_MAX:
-                    rows = self._db.execute(
-                        f"SELECT d.rowid, v.vec FROM docs d JOIN vectors v ON v.doc=d.rowid "
-                        f"AND v.model=? WHERE v.vec IS NOT NULL {where}",
-                        (self.model_id, *args)).fetchall()
-            if n <= EXACT_SCAN_MAX:
+                                     args).fetchone()[0] if where else 0
+                rows = self._db.execute(
+                    f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
+                    f"v.doc=d.rowid AND v.model=? WHERE v.vec IS NOT NULL {where}",
+                    (self.model_id, *args)).fetchall() if small or n <= EXACT_SCAN_MAX else None
+            if rows is not None:
+                # Exact, and ordered by entry id on equal similarity: a rebuilt index (other
+                # row ids, another graph) ranks the same.
                 if not rows:
                     return []
-                mat = np.frombuffer(b"".join(v for _, v in rows), dtype=np.float16)
+                mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16)
                 sims = mat.reshape(len(rows), -1).astype(np.float32) @ qv
-                order = np.argsort(-sims)[:depth]
-                return [rows[i][0] for i in order]
+                order = sorted(range(len(rows)), key=lambda i: (-sims[i], rows[i][2]))
+                return [rows[i][0] for i in order[:depth]]
             hits = self.ann.search(qv, max(depth * 20, 400))
             keep = self._existing([k for k, _ in hits], where, args)
         else:

@@ -12,6 +12,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Words that say nothing on their own: left out of the any-word fallback, where they would let
+# every entry that contains "the" or "my" in.
+STOPWORDS = frozenset((
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "before", "but", "by", "can", "could", "did", "do", "does", "each", "for", "from",
+    "had", "has", "have", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me",
+    "more", "most", "my", "no", "not", "of", "on", "or", "our", "out", "so", "some", "than",
+    "that", "the", "their", "them", "then", "there", "these", "they", "this", "to", "up", "us",
+    "was", "we", "were", "what", "when", "where", "which", "who", "why", "will", "with",
+    "would", "you", "your",
+))
 MAX_TERMS = 32  # a longer query says nothing more to BM25 and costs a join per term
 _PHRASE = re.compile(r'"([^"]*)"')
 _WORD = re.compile(r"\w+\*?", re.UNICODE)
@@ -31,7 +42,9 @@ class TextQuery:
         return " AND ".join(self.terms)
 
     def any_term(self) -> str:
-        return " OR ".join(self.terms)
+        """Any of the terms that carry meaning (all of them if none does)."""
+        telling = [t for t in self.terms if t.strip('"*').casefold() not in STOPWORDS]
+        return " OR ".join(telling or self.terms)
 
 
 def _quote(words: list[str]) -> str:
