@@ -1,4 +1,4 @@
-"""The search index over Memory: SQLite FTS5 for text, usearch for vectors, fused by rank.
+"""The search index over Memory: SQLite FTS5 for text, exact vector search, fused by rank.
 
 Everything here is Runtime (SPEC-001 §7.5): the database and the vector file can be deleted at
 any time the node is stopped, and the next start rebuilds them from the memory documents. Like
@@ -28,19 +28,20 @@ from automerge.core import ROOT, ObjType, extract
 from crdt.documents import Repo
 
 from ..memory import ENTRY_ID_RE
-from .ann import VectorIndex
 from .embedder import Embedder, checked_vectors
 from .query import parse
+from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME = "index.sqlite3"
-ANN_NAME = "vectors.usearch"
+VEC_NAME = "vectors.npz"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): damps the top ranks' weight
 MODES = ("text", "semantic", "hybrid")
 EMBED_BATCH = 256
-EXACT_SCAN_MAX = 2000  # up to this many candidates, semantic search scans vectors exactly
+EXACT_SCAN_MAX = 2000  # a filter matching at most this many entries: read their vectors
+RERANK = 200  # int8 candidates re-ranked with their float16 vectors
 TAG_SEP = "\x1f"  # tags are joined with a separator no tag holds and FTS5 splits on
 BM25_WEIGHTS = (1.0, 2.0)  # text, tags: a tag is a deliberate label, worth more than a word
 
@@ -128,7 +129,7 @@ class SearchIndex:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = self._open()
         self._drop_other_models()
-        self.ann: VectorIndex | None = None  # loaded by load_vectors (it may take a while)
+        self.vecindex: VectorIndex | None = None  # loaded by load_vectors (it may take a while)
         repo.subscribe(self._on_change)
         self._mark_stale()
 
@@ -166,7 +167,7 @@ class SearchIndex:
         return db
 
     def _delete_files(self) -> None:
-        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", ANN_NAME):
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", VEC_NAME):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
 
@@ -193,7 +194,7 @@ class SearchIndex:
             if gone:
                 log.info("search index: dropped %d vector(s) of another model; re-embedding "
                          "with %s", gone, self.model_id)
-                db.execute("DELETE FROM meta WHERE key='ann_stamp'")
+                db.execute("DELETE FROM meta WHERE key='vec_stamp'")
             if self._meta("vec_gen") is None:
                 db.execute("INSERT INTO meta VALUES('vec_gen', '0')")
 
@@ -274,8 +275,9 @@ class SearchIndex:
                 db.execute("DELETE FROM shards WHERE doc_id=?", (doc_id,))
             if changed or gone:
                 db.execute("UPDATE meta SET value=value+1 WHERE key='vec_gen'")
-        if self.ann is not None:
-            self.ann.remove(gone + [indexed[r["id"]][0] for r in changed if r["id"] in indexed])
+        if self.vecindex is not None:
+            self.vecindex.remove(
+                gone + [indexed[r["id"]][0] for r in changed if r["id"] in indexed])
         if changed or gone:
             self._counts = (0.0, {})
 
@@ -317,14 +319,14 @@ class SearchIndex:
         """Load the vector file if it matches the stored vectors, else rebuild it from them."""
         if self.embedder is None:
             return
-        path = self.dir / ANN_NAME
+        path = self.dir / VEC_NAME
         with self._lock:
             stamp = f"{self.model_id} {self._meta('vec_gen')}"
-            saved = self._meta("ann_stamp")
-        ann = VectorIndex.load(path, self.embedder.dim) if saved == stamp else None
-        if ann is None:
-            ann = VectorIndex(self.embedder.dim)
-            self.ann = ann  # searches see the vectors as they arrive
+            saved = self._meta("vec_stamp")
+        vi = VectorIndex.load(path, self.embedder.dim) if saved == stamp else None
+        if vi is None:
+            vi = VectorIndex(self.embedder.dim)
+            self.vecindex = vi  # searches see the vectors as they arrive
             after = 0
             while True:
                 with self._lock:
@@ -333,14 +335,14 @@ class SearchIndex:
                         "ORDER BY doc LIMIT 4096", (self.model_id, after)).fetchall()
                 if not rows:
                     break
-                keys = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
+                keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
                 vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16)
-                ann.add(keys, vecs.reshape(len(rows), -1).astype(np.float32))
+                vi.add(keys, vecs.reshape(len(rows), -1).astype(np.float32))
                 after = rows[-1][0]
-            if len(ann):
-                log.info("search index: vector index rebuilt (%d vectors)", len(ann))
-                self._vectors_changed = len(ann)
-        self.ann = ann
+            if len(vi):
+                log.info("search index: vector index rebuilt (%d vectors)", len(vi))
+                self._vectors_changed = len(vi)
+        self.vecindex = vi
 
     def embed_pending(self, batch: int = EMBED_BATCH) -> int:
         """Embed up to ``batch`` entries that have no vector for the model; returns how many.
@@ -348,7 +350,7 @@ class SearchIndex:
         The entry's edit count is read with its text, and the vector is stored only if that
         count is unchanged: an entry edited meanwhile is embedded again from its new text.
         """
-        if self.embedder is None or self.ann is None:
+        if self.embedder is None or self.vecindex is None:
             return 0
         sql = ("SELECT d.rowid, d.edits, d.text, d.tags FROM docs d WHERE d.rowid>? AND NOT "
                "EXISTS(SELECT 1 FROM vectors v WHERE v.model=? AND v.doc=d.rowid) "
@@ -377,7 +379,7 @@ class SearchIndex:
         self.skipped += int((~ok).sum())
         if stored:
             idx = np.asarray(stored)
-            self.ann.add(np.asarray([rows[i][0] for i in stored], dtype=np.uint64),
+            self.vecindex.add(np.asarray([rows[i][0] for i in stored], dtype=np.int64),
                          vectors[idx])
         self._embed_cursor = rows[-1][0]
         self._vectors_changed += len(rows)
@@ -386,12 +388,12 @@ class SearchIndex:
 
     def save_vectors(self, force: bool = False) -> bool:
         """Write the vector file if vectors changed since it was written; True if written."""
-        if self.ann is None or not (self._vectors_changed or force):
+        if self.vecindex is None or not (self._vectors_changed or force):
             return False
         with self._lock:  # no vector changes while the file and its stamp are written
-            self.ann.save(self.dir / ANN_NAME)
+            self.vecindex.save(self.dir / VEC_NAME)
             stamp = f"{self.model_id} {self._meta('vec_gen')}"
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES('ann_stamp', ?)", (stamp,))
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES('vec_stamp', ?)", (stamp,))
             self._vectors_changed = 0
         return True
 
@@ -426,7 +428,7 @@ class SearchIndex:
         """Ranked entries for ``query`` (SPEC-003 §12); filters narrow both rankings."""
         if mode not in MODES:
             raise SearchError(f"mode must be one of {', '.join(MODES)}")
-        if mode == "semantic" and (self.embedder is None or self.ann is None):
+        if mode == "semantic" and (self.embedder is None or self.vecindex is None):
             raise SemanticUnavailable("no embedding model is loaded on this node")
         self.flush()
         where, args = _filters(kind, tag, device, since, until)
@@ -439,7 +441,8 @@ class SearchIndex:
                 raise SearchError("the query has no word to search for")
             if not parsed.empty:
                 text_ranked = self._text(parsed, where, args, depth)
-        if mode in ("semantic", "hybrid") and self.embedder is not None and self.ann is not None:
+        semantic_ready = self.embedder is not None and self.vecindex is not None
+        if mode in ("semantic", "hybrid") and semantic_ready:
             try:
                 semantic_ranked = self._semantic(query, where, args, depth)
             except SemanticUnavailable:
@@ -492,7 +495,7 @@ class SearchIndex:
         return found
 
     def _semantic(self, query: str, where: str, args: list, depth: int) -> list[int]:
-        assert self.embedder is not None and self.ann is not None
+        assert self.embedder is not None and self.vecindex is not None
         try:
             vectors, ok = checked_vectors(self.embedder, [query])
         except Exception as exc:  # a model is untrusted and may be unreachable (a cortex)
@@ -502,39 +505,31 @@ class SearchIndex:
         if not ok[0]:
             return []
         qv = vectors[0]
-        small = self.counts()["vectors"] <= EXACT_SCAN_MAX
-        if where or small:
+        if where:
             with self._lock:
                 n = self._db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
-                                     args).fetchone()[0] if where else 0
+                                     args).fetchone()[0]
                 rows = self._db.execute(
                     f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                     f"v.doc=d.rowid AND v.model=? WHERE v.vec IS NOT NULL {where}",
-                    (self.model_id, *args)).fetchall() if small or n <= EXACT_SCAN_MAX else None
-            if rows is not None:
-                # Exact, and ordered by entry id on equal similarity: a rebuilt index (other
-                # row ids, another graph) ranks the same.
-                if not rows:
-                    return []
-                mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16)
-                sims = mat.reshape(len(rows), -1).astype(np.float32) @ qv
-                order = sorted(range(len(rows)), key=lambda i: (-sims[i], rows[i][2]))
-                return [rows[i][0] for i in order[:depth]]
-            hits = self.ann.search(qv, max(depth * 20, 400))
-            keep = self._existing([k for k, _ in hits], where, args)
+                    (self.model_id, *args)).fetchall() if n <= EXACT_SCAN_MAX else None
+            if rows is None:  # a broad filter: the best of all, filtered
+                rows = self._candidates(self.vecindex.search(qv, max(20 * depth, 2000)),
+                                        where, args)
         else:
-            hits = self.ann.search(qv, depth + 16)  # a few spare for entries gone meanwhile
-            keep = self._existing([k for k, _ in hits], "", [])
-        return [k for k, _ in hits if k in keep][:depth]
+            rows = self._candidates(self.vecindex.search(qv, max(4 * depth, RERANK)), "", [])
+        return _by_similarity(rows, qv)[:depth]
 
-    def _existing(self, rowids: list[int], where: str, args: list) -> set[int]:
+    def _candidates(self, rowids: list[int], where: str, args: list) -> list[tuple]:
+        """(row id, float16 vector, entry id) of those ``rowids`` that pass the filters."""
         if not rowids:
-            return set()
+            return []
         marks = ",".join("?" * len(rowids))
         with self._lock:
-            return {r for (r,) in self._db.execute(
-                f"SELECT d.rowid FROM docs d WHERE d.rowid IN ({marks}) {where}",
-                (*rowids, *args))}
+            return self._db.execute(
+                f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
+                f"v.doc=d.rowid AND v.model=? WHERE d.rowid IN ({marks}) AND v.vec IS NOT "
+                f"NULL {where}", (self.model_id, *rowids, *args)).fetchall()
 
     def _rows(self, rowids: list[int]) -> dict[int, dict[str, Any]]:
         if not rowids:
@@ -554,9 +549,20 @@ class SearchIndex:
     def status(self) -> dict[str, Any]:
         return self.counts() | {
             "model": self.model_id,
-            "vector_index": len(self.ann) if self.ann is not None else None,
+            "vector_index": len(self.vecindex) if self.vecindex is not None else None,
             "shards_to_index": len(self._dirty),
         }
+
+
+def _by_similarity(rows: list[tuple], qv: np.ndarray) -> list[int]:
+    """Row ids by exact cosine with the stored float16 vectors; equal similarity goes to the
+    smaller entry id, so a rebuilt index (other row ids) ranks the same."""
+    if not rows:
+        return []
+    mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16)
+    sims = mat.reshape(len(rows), -1).astype(np.float32) @ qv
+    order = sorted(range(len(rows)), key=lambda i: (-sims[i], rows[i][2]))
+    return [rows[i][0] for i in order]
 
 
 def _filters(kind: str | None, tag: str | None, device: str | None, since: str | None,
