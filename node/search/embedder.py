@@ -6,13 +6,15 @@ the router can later stand in for the local model without the index changing. Th
 ``wordllama`` wheel (token embeddings averaged, then normalised). It reads the wheel's files
 itself instead of calling ``WordLlama.load``: that loader looks for the tokenizer under a
 directory name the wheel does not use and then tries to download it, and it widens the weights
-to float32 (twice the memory). Nothing here touches the network (SPEC-001 §7.5).
+to float32 (twice the memory); here they stay float16, mapped from the wheel's file. Nothing
+here touches the network (SPEC-001 §7.5).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -22,6 +24,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_EMBED_CHARS = 4000  # an average over more tokens than this says little more about meaning
+SUB_BATCH = 64  # texts pooled at once: keeps the gathered token vectors near a megabyte
 
 
 @runtime_checkable
@@ -56,7 +59,6 @@ class WordLlamaEmbedder:
     dim = 256
 
     def __init__(self) -> None:
-        from safetensors import safe_open
         from tokenizers import Tokenizer
 
         base = _package_dir("wordllama")
@@ -64,9 +66,7 @@ class WordLlamaEmbedder:
         tokenizer = base / "tokenizers" / f"{self.CONFIG}_tokenizer_config.json"
         if not weights.is_file() or not tokenizer.is_file():
             raise EmbedderUnavailable(f"the wordllama model files are missing under {base}")
-        with safe_open(str(weights), framework="np") as fh:
-            # Kept as stored (float16): 16 MB resident instead of 32.
-            self._table = np.ascontiguousarray(fh.get_tensor("embedding.weight"))
+        self._table = _map_safetensor(weights, "embedding.weight", self.dim)
         self._tokenizer = Tokenizer.from_file(str(tokenizer))
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
@@ -75,6 +75,12 @@ class WordLlamaEmbedder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean of the token vectors of each text; a text with no token gives a zero row."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for at in range(0, len(texts), SUB_BATCH):
+            out[at : at + SUB_BATCH] = self._embed(texts[at : at + SUB_BATCH])
+        return out
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         encoded = self._tokenizer.encode_batch(
             [t[:MAX_EMBED_CHARS] for t in texts], add_special_tokens=False
         )
@@ -84,11 +90,33 @@ class WordLlamaEmbedder:
             return out
         ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encoded if e.ids])
         np.clip(ids, 0, self._table.shape[0] - 1, out=ids)
-        rows = self._table[ids].astype(np.float32)
+        rows = self._table[ids]  # float16, gathered from the mapped file
         nonempty = lengths > 0
         starts = np.concatenate(([0], np.cumsum(lengths[nonempty])[:-1]))
-        out[nonempty] = np.add.reduceat(rows, starts, axis=0) / lengths[nonempty, None]
+        sums = np.add.reduceat(rows, starts, axis=0, dtype=np.float32)
+        out[nonempty] = sums / lengths[nonempty, None]
         return out
+
+
+def _map_safetensor(path: Path, name: str, dim: int) -> np.ndarray:
+    """One float16 tensor of a safetensors file, mapped read-only instead of read.
+
+    The mapped pages are the page cache's: resident only while used, and the kernel can drop
+    them, so an idle node does not carry the model's 16 MB in its heap.
+    """
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if not 0 < size < 1 << 24:
+            raise EmbedderUnavailable(f"{path} is not a safetensors file")
+        header = json.loads(fh.read(size))
+    meta = header.get(name)
+    if not isinstance(meta, dict) or meta.get("dtype") != "F16":
+        raise EmbedderUnavailable(f"{path} holds no float16 tensor {name!r}")
+    rows, cols = meta["shape"]
+    start, end = meta["data_offsets"]
+    if cols != dim or end - start != rows * cols * 2:
+        raise EmbedderUnavailable(f"{path}: tensor {name!r} has shape {meta['shape']}")
+    return np.memmap(path, dtype="<f2", mode="r", offset=8 + size + start, shape=(rows, cols))
 
 
 def default_embedder() -> Embedder | None:
