@@ -350,3 +350,33 @@ def test_the_int8_matrix_ranks_like_the_exact_float16_scan(world: World) -> None
         fast = world.index.search(q["q"], mode="semantic", limit=10)["entries"]
         full = world.index.search(q["q"], mode="semantic", limit=10, since="2000-01-01")
         assert [e["id"] for e in fast] == [e["id"] for e in full["entries"]], q["q"]
+
+
+def test_a_members_malformed_entry_is_indexed_safely(world: World) -> None:
+    """A mesh member (or a bug) writes an entry whose fields have the wrong types; the index
+    coerces them and keeps answering (SPEC-001 §7.5: a synced document is untrusted input)."""
+    from automerge.core import ROOT, ObjType, ScalarType
+
+    from node.memory import new_entry_id, shard_of
+
+    entry_id = new_entry_id("note")
+
+    def hostile(tx) -> None:
+        obj = tx.put_object(ROOT, entry_id, ObjType.Map)
+        tx.put(obj, "text", ScalarType.Int, 42)  # not a string
+        tx.put(obj, "kind", ScalarType.Str, "note")
+        tags = tx.put_object(obj, "tags", ObjType.Map)
+        tx.put(tags, "fine", ScalarType.Boolean, True)
+        tx.put(tags, "no\x1fsep", ScalarType.Boolean, True)  # holds the tag separator
+        tx.put(tags, "off", ScalarType.Str, "yes")  # not True
+        log_list = tx.put_object(obj, "log", ObjType.List)
+        tx.insert(log_list, 0, ScalarType.Str, "not a record")
+
+    world.memory.add("a plain note about plovers", tags=["fine"])
+    world.repo.change(shard_of(entry_id), hostile)
+    world.settle()
+    got = world.index.search("plovers", mode="hybrid", tag="fine", limit=10)["entries"]
+    assert len(got) == 2 and entry_id in {e["id"] for e in got}
+    row = [e for e in world.index.search("x", mode="semantic", tag="fine", limit=10)["entries"]
+           if e["id"] == entry_id]
+    assert row and row[0]["text"] == "" and row[0]["tags"] == ["fine"]

@@ -114,3 +114,23 @@ def test_offline_cli_search(mesh_factory) -> None:
     out = json.loads(cli_out(node.data_dir, "memory", "search", "--mode", "text", "--json",
                              "tyre*"))
     assert [e["text"] for e in out] == ["Swap the winter tyres at the garage"]
+
+
+def test_a_deletion_synced_from_a_peer_leaves_the_results(mesh_factory) -> None:
+    """SPEC-001 §7.5: once B has stored A's deletion, B's search never returns the entry, in
+    any mode, and entries A adds are found on B by meaning."""
+    a, b = mesh_factory("a", "b")
+    b.add_peer(a)
+    wait_for(lambda: a.connected() and b.connected(), what="a and b connected")
+    keep = a.add_memory("The swallows came back to the barn in April", tags=["birds"])
+    gone = a.add_memory("The swallows nest under the eaves of the barn", tags=["birds"])
+    wait_for(lambda: b.entry(gone["id"]) is not None, what="b has the entries")
+    wait_for(lambda: settled(b), timeout=60, what="b embeds them")
+    ids = {e["id"] for e in search(b, "migrating birds returning in spring", mode="semantic")[
+        "entries"]}
+    assert {keep["id"], gone["id"]} <= ids
+    a.request("DELETE", f"/v1/memory/{gone['id']}")
+    wait_for(lambda: b.entry(gone["id"]) is None, what="b has the deletion")
+    for mode in ("text", "semantic", "hybrid"):
+        ids = {e["id"] for e in search(b, "swallows barn", mode=mode)["entries"]}
+        assert gone["id"] not in ids and keep["id"] in ids, mode
