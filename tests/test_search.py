@@ -380,3 +380,41 @@ def test_a_members_malformed_entry_is_indexed_safely(world: World) -> None:
     row = [e for e in world.index.search("x", mode="semantic", tag="fine", limit=10)["entries"]
            if e["id"] == entry_id]
     assert row and row[0]["text"] == "" and row[0]["tags"] == ["fine"]
+
+
+class PoisonedEmbedder:
+    """The local model, except that it fails on any text holding a trigger word."""
+
+    dim = 256
+    model_id = "poisoned"
+
+    def embed(self, texts: list[str]) -> Any:
+        if any("ZALGO" in t for t in texts):
+            raise ValueError("the model choked")
+        return local_model().embed(texts)
+
+
+def test_an_entry_the_model_fails_on_does_not_block_the_others(tmp_path: Path) -> None:
+    """A member can write any text: one the model fails on is skipped alone, and every other
+    entry of its batch (and after it) is embedded."""
+    w = World(tmp_path, PoisonedEmbedder())
+    w.memory.add_many([{"text": f"terns dive for fish {i}"} for i in range(10)]
+                      + [{"text": "ZALGO text that breaks the model"}])
+    w.settle()
+    counts = w.index.counts()
+    assert counts == {"entries": 11, "vectors": 10, "skipped": 1, "pending": 0}
+    assert w.index.search("seabirds fishing", mode="semantic")["count"] == 10
+    w.close()
+
+
+def test_counts_follow_edits_and_deletes(world: World) -> None:
+    a = world.memory.add("avocets sweep the mud")
+    b = world.memory.add("avocets nest on islands")
+    world.settle()
+    assert world.index.counts() == {"entries": 2, "vectors": 2, "skipped": 0, "pending": 0}
+    world.memory.update(a["id"], text="avocets sweep the shallow mud")
+    world.memory.delete(b["id"])
+    world.index.flush()
+    assert world.index.counts() == {"entries": 1, "vectors": 0, "skipped": 0, "pending": 1}
+    world.settle()
+    assert world.index.counts() == {"entries": 1, "vectors": 1, "skipped": 0, "pending": 0}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+
 from aiohttp import web
 
 from ..api.middleware import QUERY_KEY
@@ -37,9 +40,13 @@ async def search_entries(request: web.Request) -> web.Response:
     """Memory entries ranked for ``q``: BM25 text, semantic (vectors) or both fused (hybrid)."""
     query = dict(request[QUERY_KEY])
     q = query.pop("q")
+    index = request.app[SEARCH_KEY]
+    index.flush()  # on the loop: it reads the documents the loop owns
     try:
-        result = request.app[SEARCH_KEY].search(
-            q, mode=query.pop("mode", "hybrid"), limit=query.pop("limit", 20), **query)
+        # The ranking itself runs off the loop, so a search never stalls sync or other calls.
+        result = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+            index.search, q, mode=query.pop("mode", "hybrid"), limit=query.pop("limit", 20),
+            refresh=False, **query))
     except SearchError as exc:
         raise Problem(400, "Invalid search", str(exc), type=TYPE_VALIDATION,
                       errors=[{"path": "/q", "message": str(exc)}]) from None
