@@ -23,6 +23,8 @@ class Backend(Protocol):
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]: ...
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]: ...
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]: ...
     def memory_import(self, items: list[dict[str, Any]]) -> int: ...
     def memory_show(self, entry_id: str) -> dict[str, Any]: ...
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
@@ -67,6 +69,11 @@ class ApiBackend:
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         query = {("q" if k == "query" else k): v for k, v in filters.items() if v is not None}
         return self.c.request("GET", "/v1/memory", query=query)["entries"]
+
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]:
+        params = {"q": query, "mode": mode} | {k: v for k, v in filters.items() if v is not None}
+        return self.c.request("GET", "/v1/memory/search", query=params)["entries"]
 
     def memory_show(self, entry_id: str) -> dict[str, Any]:
         return self.c.request("GET", f"/v1/memory/{entry_id}")
@@ -190,6 +197,13 @@ class OfflineBackend:
 
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
+
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]:
+        from .search.offline import search_offline
+
+        return search_offline(self.repo, self.paths.root, query, mode,
+                              {k: v for k, v in filters.items() if v is not None})
 
     def memory_show(self, entry_id: str) -> dict[str, Any]:
         from .memory import EntryNotFound

@@ -316,9 +316,12 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
             filters = {
                 "kind": args.kind, "tag": args.tag, "author": args.author,
                 "since": args.since, "until": args.until, "limit": args.limit,
-                "query": " ".join(args.words) if sub == "search" else args.query,
             }
-            entries = backend.memory_list(filters)
+            if sub == "search":  # ranked (SPEC-003 §12): the author filter is called device
+                filters["device"] = filters.pop("author")
+                entries = backend.memory_search(" ".join(args.words), args.mode, filters)
+            else:
+                entries = backend.memory_list(filters | {"query": args.query})
             if args.json:
                 _json(entries)
             elif not entries:
@@ -555,10 +558,14 @@ example (notes.jsonl):
                     choices=["note", "conversation", "fact", "skill", "journal"],
                     help="the kind of entries that do not name one (default: note)")
     for name, helptext in (("list", "list entries, newest first"),
-                           ("search", "entries containing every word")):
+                           ("search", "entries ranked for a query (text, meaning, or both)")):
         lst = msub.add_parser(name, help=helptext)
         if name == "search":
-            lst.add_argument("words", nargs="+")
+            lst.add_argument("words", nargs="+",
+                             help='words; "a phrase" and prefix* work in text ranking')
+            lst.add_argument("--mode", choices=["text", "semantic", "hybrid"], default="hybrid",
+                             help="text: BM25 over words; semantic: by meaning (vectors); "
+                                  "hybrid (default): both, fused")
         else:
             lst.add_argument("--query", "-q", help="only entries containing these words")
         lst.add_argument("--kind")
@@ -566,7 +573,7 @@ example (notes.jsonl):
         lst.add_argument("--author", help="device id of the author")
         lst.add_argument("--since", help="ISO date/time, inclusive")
         lst.add_argument("--until", help="ISO date/time, exclusive")
-        lst.add_argument("--limit", type=int, default=50)
+        lst.add_argument("--limit", type=int, default=20 if name == "search" else 50)
         lst.add_argument("--json", action="store_true")
     sh = msub.add_parser("show", help="show one entry")
     sh.add_argument("id")

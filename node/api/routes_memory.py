@@ -1,9 +1,11 @@
-"""Memory routes: add, list, search, show, edit, supersede and the signed history of entries.
+"""Memory routes: add, list, show, edit, supersede and the signed history of entries.
 
 Function level: every route but bulk import admits session tokens too, by scope (SPEC-003
 §6.3a, §6.7): reads need ``memory:read``; add and supersede need ``memory:write``; edit and delete
 need ``memory:write`` and an entry this session created, or ``memory:admin``. A session's writes
 carry its id and agent into the signed entry (SPEC-004 §2.11).
+
+Ranked search (`GET /v1/memory/search`) is node/search/routes.py.
 """
 
 from __future__ import annotations
@@ -72,12 +74,6 @@ LIST_QUERY = {
     "type": "object",
     "additionalProperties": False,
     "properties": {**_FILTERS, "q": {"type": "string", "maxLength": 500}},
-}
-SEARCH_QUERY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["q"],
-    "properties": {**_FILTERS, "q": {"type": "string", "minLength": 1, "maxLength": 500}},
 }
 
 
@@ -151,14 +147,6 @@ def _filters(query: dict) -> dict:
 @memory_routes.get("/v1/memory", query_schema=LIST_QUERY, principal_kinds=BOTH)
 async def list_entries(request: web.Request) -> web.Response:
     """List entries, newest first, with optional filters."""
-    require_scope(request, MEMORY_READ)
-    entries = _memory(request).list(**_filters(request[QUERY_KEY]))
-    return web.json_response({"entries": entries, "count": len(entries)})
-
-
-@memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY, principal_kinds=BOTH)
-async def search_entries(request: web.Request) -> web.Response:
-    """Entries containing every word of ``q`` (case-insensitive), newest first."""
     require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
     return web.json_response({"entries": entries, "count": len(entries)})
