@@ -66,7 +66,7 @@ async def test_an_entry_added_through_mcp_on_a_is_found_by_mcp_search_on_b(pair)
     assert not failed, found
     assert [r["id"] for r in found["results"]] == [added["id"]]
     hit = found["results"][0]
-    assert hit["score"] is None and hit["author_device"] == a.device_id()
+    assert hit["score"] > 0 and hit["author_device"] == a.device_id()  # ranked (SPEC-003 §12)
     assert hit["agent"] == "claude" and hit["created_at"] == added["created_at"]
     # SPEC-004 §2.11: the signed history names device, session and agent
     history = json.loads(cli_out(b.data_dir, "memory", "history", added["id"], "--json"))
