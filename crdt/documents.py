@@ -317,7 +317,10 @@ class Repo:
                 new = handle.doc.get_changes(before)
                 if not new:
                     continue
-                infos = [ChangeInfo(c.hash, c.actor_id, c.seq, tuple(c.deps), c.bytes)
+                # ``raw_bytes``: the uncompressed chunk. ``bytes`` deflates each change, which
+                # costs as much as the change itself (issue 17); both hash alike and load alike,
+                # and compaction folds the log into a compressed snapshot anyway.
+                infos = [ChangeInfo(c.hash, c.actor_id, c.seq, tuple(c.deps), c.raw_bytes)
                          for c in new]
                 batch = SignedBatch.sign(self.key, self.mesh_id, doc_id, [i.hash for i in infos])
                 writes.append((doc_id, infos, [batch], handle.doc.get_heads()))

@@ -9,6 +9,7 @@ documents whenever it is missing or stale (SPEC-001: deleting Runtime loses noth
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 import re
@@ -33,6 +34,8 @@ ENTRY_ID_RE = re.compile(r"^([a-z]+)-(\d{4})(\d{2})-([A-Z2-7]{10})$")
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 MAX_TEXT = 256 * 1024
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
+#: Index rows of local writes held before they are written in one Runtime transaction.
+PENDING_ROWS = 5000
 
 
 class EntryNotFound(KeyError):
@@ -47,6 +50,14 @@ def new_entry_id(kind: str, when: datetime | None = None) -> str:
     when = when or datetime.now(UTC)
     rand = base64.b32encode(os.urandom(7)).decode()[:10]
     return f"{kind}-{when:%Y%m}-{rand}"
+
+
+def _random_parts(n: int) -> list[str]:
+    """``n`` random 10-character base32 parts of entry ids (50 random bits each), drawn with
+    one system call: per id, ``urandom`` and ``b32encode`` cost a third of what Automerge
+    spends writing the entry (issue 17)."""
+    chars = base64.b32encode(os.urandom(((10 * n + 7) // 8) * 5)).decode()
+    return [chars[i : i + 10] for i in range(0, 10 * n, 10)]
 
 
 def shard_of(entry_id: str) -> str:
@@ -87,6 +98,10 @@ class Memory:
         env, self._index_db = repo.store.runtime_db("entries")
         self._env = env
         self._kv = repo.store.runtime_db("kv")[1]
+        # Index rows of local writes not yet in the Runtime index (see write_pending), per
+        # shard, with the heads to mark indexed (None: the shard was stale before the write).
+        self._pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]] = {}
+        self._pending_rows = 0
         repo.subscribe(self._on_change)
         self._mark_stale()
 
@@ -117,6 +132,7 @@ class Memory:
         With ``quiet`` > 0 (background upkeep) only shards unchanged for that long are done, so
         a shard still growing during a catch-up is indexed once at the end, not every pass.
         """
+        self.write_pending()
         now = time.monotonic()
         due = [d for d, at in self._dirty.items() if now - at >= quiet]
         for doc_id in due:
@@ -203,16 +219,19 @@ class Memory:
 
     def add_many(self, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Add entries; one signed batch per shard touched, so a bulk import verifies fast."""
+        items = list(items)
         by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for item in items:
+        month = f"{datetime.now(UTC):%Y%m}"
+        for item, rand in zip(items, _random_parts(len(items)), strict=True):
             text, kind = item.get("text", ""), item.get("kind", "note")
             tags = list(item.get("tags", []))
             if kind not in KINDS:
                 raise ValueError(f"kind must be one of {', '.join(KINDS)}")
             if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
                 raise ValueError("text must be 1 to 262144 characters")
-            entry_id = new_entry_id(kind)
-            by_shard.setdefault(shard_of(entry_id), []).append(
+            entry_id = f"{kind}-{month}-{rand}"
+            shard = f"memory/{kind}/{month[:4]}-{month[4:]}/{_B32.index(rand[0]) % BUCKETS}"
+            by_shard.setdefault(shard, []).append(
                 (entry_id, {"text": text, "kind": kind, "tags": tags})
             )
         me = self.repo.key.device_id
@@ -229,36 +248,84 @@ class Memory:
             doc_id: [_creator(entry_id, e, at, me) for entry_id, e in entries]
             for doc_id, entries in by_shard.items()
         })
+        rows_by_shard: dict[str, list[dict[str, Any]]] = {}
         for doc_id, entries in by_shard.items():
             self._dirty.pop(doc_id, None)
-            rows = [
+            rows_by_shard[doc_id] = rows = [
                 _public(entry_id, {**e, "created_at": at, "author": me,
                                    "tags": dict.fromkeys(e["tags"], True), "log": [None]})
                 for entry_id, e in entries
             ]
-            try:
-                self._index_rows(doc_id, rows, mark_current=doc_id not in stale)
-            except Exception as exc:  # Runtime only: the entries are durable; index later
-                log.warning("memory index of %s not written (%s); it is rebuilt later",
-                            doc_id, exc)
-                stale.add(doc_id)
-            if doc_id in stale:
-                self._dirty[doc_id] = time.monotonic()
             out.extend(rows)
+        self._hold_rows(rows_by_shard, current=set(by_shard) - stale)
+        for doc_id in stale:
+            self._dirty[doc_id] = time.monotonic()
         return out
 
-    def _heads_indexed(self, doc_id: str) -> list[bytes]:
+    def _hold_rows(self, rows_by_shard: dict[str, list[dict[str, Any]]], *,
+                   current: set[str]) -> None:
+        """Keep index rows of a durable local write for :meth:`write_pending`.
+
+        The entries are durable once ``change_many`` returns; their index rows are Runtime,
+        rebuilt from the documents whenever the indexed heads differ. Writing them in a
+        transaction of their own would cost a second fsync on every write (more than the
+        write itself: issue 17), so they are written with later ones, before any read of the
+        index, at the next upkeep, at close, or once ``PENDING_ROWS`` are held. A crash before
+        that leaves the indexed heads behind, so the shard is re-indexed at the next start.
+        """
+        for doc_id, rows in rows_by_shard.items():
+            held, heads = self._pending.get(doc_id, ([], []))
+            held.extend(rows)
+            if doc_id not in current or heads is None:
+                heads = None  # stale before (or since): marked only by a re-index
+            else:
+                heads = list(self.repo.heads(doc_id))
+            self._pending[doc_id] = (held, heads)
+            self._pending_rows += len(rows)
+        if self._pending_rows >= PENDING_ROWS:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write held index rows of local writes in one Runtime transaction (see
+        :meth:`_hold_rows`); a shard that fails is left to the re-index."""
+        if not self._pending:
+            return
+        try:
+            self._index_rows(self._pending)
+        except Exception as exc:  # Runtime only (a full disk, say): keep them, try later
+            log.warning("memory index of %d shard(s) not written (%s); reads include the "
+                        "rows held meanwhile", len(self._pending), exc)
+            return
+        self._pending, self._pending_rows = {}, 0
+
+    def _held(self) -> dict[bytes, dict[str, Any]]:
+        """Index rows held by :meth:`_hold_rows` and not yet written, by row key."""
+        return {_row_key(doc_id, row["id"]): {**row, "doc": doc_id}
+                for doc_id, (rows, _) in self._pending.items() for row in rows}
+
+    def _heads_indexed(self, doc_id: str) -> list[bytes] | None:
+        """Heads the index covers: those of held rows first (None when those cannot mark it)."""
+        held = self._pending.get(doc_id)
+        if held is not None:
+            return sorted(held[1]) if held[1] is not None else None
         with self._env.begin() as txn:
             return sorted(self._indexed_heads(txn, doc_id) or [])
 
-    def _index_rows(self, doc_id: str, rows: list[dict[str, Any]], *, mark_current: bool) -> None:
+    def _index_rows(
+        self, pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]]
+    ) -> None:
+        """Write index rows of several shards in one transaction; a shard with heads was up
+        to date before its writes, so its indexed heads move on to those heads."""
+        pack = msgpack.Packer(use_bin_type=True).pack
+        packb = msgpack.packb
         with self._env.begin(write=True) as txn:
-            for row in rows:
-                txn.put(_row_key(doc_id, row["id"]), msgpack.packb({**row, "doc": doc_id},
-                        use_bin_type=True), db=self._index_db)
-            if mark_current:
-                txn.put(b"heads:" + doc_id.encode(),
-                        msgpack.packb(list(self.repo.heads(doc_id))), db=self._kv)
+            cur = txn.cursor(db=self._index_db)
+            for doc_id, (rows, heads) in pending.items():
+                prefix = _row_prefix(doc_id)
+                cur.putmulti([(prefix + row["id"].encode(), pack({**row, "doc": doc_id}))
+                              for row in rows])
+                if heads is not None:
+                    txn.put(b"heads:" + doc_id.encode(), packb(heads), db=self._kv)
 
     def update(
         self,
@@ -302,7 +369,7 @@ class Memory:
         self.repo.change(doc_id, edit)
         self._dirty.pop(doc_id, None)
         entry = self.get(entry_id)
-        self._index_rows(doc_id, [entry], mark_current=not stale)
+        self._hold_rows({doc_id: [entry]}, current=set() if stale else {doc_id})
         if stale:
             self._dirty[doc_id] = time.monotonic()
         return entry
@@ -379,13 +446,15 @@ class Memory:
         query: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        self.flush_index()
+        self.flush_index()  # writes held rows first: a read sees every write before it
         needle = query.casefold() if query else None
         words = needle.split() if needle else []
         out = []
+        held = self._held()  # only when the Runtime index could not be written
         with self._env.begin(db=self._index_db) as txn:
-            for _, raw in txn.cursor():
-                row = msgpack.unpackb(raw, raw=False)
+            written = ((k, msgpack.unpackb(raw, raw=False)) for k, raw in txn.cursor()
+                       if bytes(k) not in held)
+            for _, row in itertools.chain(written, held.items()):
                 if kind and row["kind"] != kind:
                     continue
                 if tag and tag not in row["tags"]:
@@ -415,8 +484,11 @@ class Memory:
         """Entries indexed; refreshed at most once a second so a polled status stays cheap."""
         if time.monotonic() - self._last_flush >= 1.0:
             self.flush_index()
+        self.write_pending()
+        held = self._held()
         with self._env.begin(db=self._index_db) as txn:
-            return txn.stat(self._index_db)["entries"]
+            return txn.stat(self._index_db)["entries"] + sum(
+                1 for k in held if txn.get(k, db=self._index_db) is None)
 
 
 def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
