@@ -158,6 +158,8 @@ class OfflineBackend:
             # only compacts documents it has loaded anyway (crdt Repo.compact_loaded)
             repo = getattr(self, "repo", None)
             try:
+                if getattr(self, "memory", None) is not None:
+                    self.memory.write_pending()  # index rows held back from the last writes
                 for doc_id in repo.compact_loaded() if repo is not None else ():
                     log.info("compacted %s", doc_id)
             except Exception as exc:  # the log stays as it is; the node folds it later
