@@ -83,7 +83,8 @@ async def test_a_token_without_write_scope_is_refused_with_a_clear_error(pair) -
         failed, text = await call(client, "memory_add", text="should not land")
         assert failed
         assert "403" in text and "memory:write" in text and "Insufficient scope" in text
-        failed, found = await call(client, "memory_search", query="read-only sessions")
+        failed, found = await call(client, "memory_search", query="read-only sessions",
+                                   mode="text")
         assert not failed and found["results"][0]["text"].startswith("read-only sessions")
     assert not [e for e in a.entries() if e["text"] == "should not land"]
 
@@ -137,7 +138,7 @@ async def test_a_prompt_injected_agent_cannot_destroy_what_it_did_not_write(
         failed, fixed = await call(client, "memory_supersede", entry_id=owners["id"],
                                    text="the owner's bank is on the fourth floor")
         assert not failed and fixed["supersedes"] == owners["id"]
-        failed, found = await call(client, "memory_search", query="bank floor")
+        failed, found = await call(client, "memory_search", query="bank floor", mode="text")
         ids = [r["id"] for r in found["results"]]  # ranked: other entries may follow
         assert ids[0] == fixed["id"] and owners["id"] not in ids
         failed, old = await call(client, "memory_get", entry_id=owners["id"])
@@ -209,7 +210,8 @@ async def test_the_http_transport_is_authenticated_and_scoped(pair, tmp_path: Pa
         failed, text = await call(client, "memory_add", text="over http")
         assert failed and "memory:write" in text
         a.add_memory("the http transport reads this")
-        failed, found = await call(client, "memory_search", query="http transport reads")
+        failed, found = await call(client, "memory_search", query="http transport reads",
+                                   mode="text")
         assert not failed and found["results"][0]["text"] == "the http transport reads this"
         profile = await client.read_resource("maia://profile")
         assert isinstance(json.loads(profile.contents[0].text), dict)
