@@ -530,7 +530,14 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
         "agent": e.get("agent") or None,
         "supersedes": e.get("supersedes") or None,
         "superseded_by": e.get("superseded_by") or None,
+        # signed fields of facts, skills and pins (SPEC-006 §12), only when the entry has them
+        **{f: e[f] for f in SIGNED_EXTRA_FIELDS if e.get(f) not in (None, "", [])},
     }
+
+
+# Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
+SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
+                       "name", "when_to_use", "steps")
 
 
 def _row_prefix(doc_id: str) -> bytes:

@@ -153,7 +153,16 @@ async def list_entries(request: web.Request) -> web.Response:
     """List entries, newest first, with optional filters."""
     require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
+    if "q" in request[QUERY_KEY]:
+        _recalled(request, entries)
     return web.json_response({"entries": entries, "count": len(entries)})
+
+
+def _recalled(request: web.Request, entries: list[dict]) -> None:
+    """Count a recall of each entry returned (salience, SPEC-006 §12.5.1), if wired."""
+    salience = getattr(_memory(request), "salience", None)
+    if salience is not None:
+        salience.recalled(e["id"] for e in entries)
 
 
 @memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY, principal_kinds=BOTH)
@@ -161,6 +170,7 @@ async def search_entries(request: web.Request) -> web.Response:
     """Entries containing every word of ``q`` (case-insensitive), newest first."""
     require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
+    _recalled(request, entries)
     return web.json_response({"entries": entries, "count": len(entries)})
 
 
@@ -170,9 +180,11 @@ async def show_entry(request: web.Request) -> web.Response:
     require_scope(request, MEMORY_READ)
     entry_id = request.match_info["entry_id"]
     try:
-        return web.json_response(_memory(request).get(entry_id))
+        entry = _memory(request).get(entry_id)
     except EntryNotFound:
         raise _not_found(entry_id) from None
+    _recalled(request, [entry])
+    return web.json_response(entry)
 
 
 @memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA, principal_kinds=BOTH)

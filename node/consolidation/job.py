@@ -1,0 +1,237 @@
+"""The consolidation job: new notes, conversations and journal entries become `fact` entries.
+
+One run (SPEC-006 §12.2-12.4): pick this device's unprocessed entries, send them in batches to
+the configured cortex through the in-process router, validate each answer strictly
+(``answer.parse_answer``), and write the facts, signed by this device, with their sources, the
+cortex and the model. A bad answer changes nothing and is logged. Between batches the job
+yields to the event loop, so sync and the API go on while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..memory import Memory, new_entry_id, now_iso, shard_of
+from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
+from .config import ConsolidationConfig
+from .fields import Edit, mark_superseded, set_fields
+
+log = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("note", "conversation", "journal")
+PENDING = "review:pending"
+CONSOLIDATED = "consolidated"
+MAX_SHOWN_FACTS = 200
+MAX_SOURCE_TEXT = 4000
+SEEN = b"consolidation:seen:"
+REJECTED = b"consolidation:rejected:"
+ALL = 10**9  # list limit: every row
+
+
+class Busy(RuntimeError):
+    """A run is in progress on this node already."""
+
+
+@dataclass
+class RunReport:
+    dry_run: bool
+    considered: int = 0
+    batches: int = 0
+    written: list[dict[str, Any]] = field(default_factory=list)
+    proposed: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    rejected_answers: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "considered": self.considered,
+                "batches": self.batches, "written": self.written, "proposed": self.proposed,
+                "skipped": self.skipped, "rejected_answers": self.rejected_answers}
+
+
+class Consolidator:
+    def __init__(self, memory: Memory, router: Any, config: ConsolidationConfig) -> None:
+        self.memory = memory
+        self.router = router
+        self.config = config
+        self.me = memory.repo.key.device_id
+        self._env, self._kv = memory.repo.store.runtime_db("kv")
+        self._lock = asyncio.Lock()
+        self.counts = {"runs": 0, "facts_written": 0, "rejected_answers": 0}
+        self.last_run: str | None = None
+
+    # -- Runtime state: watermark and rejections -------------------------------------------------
+    def _has(self, prefix: bytes, key: str) -> bool:
+        with self._env.begin(db=self._kv) as txn:
+            return txn.get(prefix + key.encode()) is not None
+
+    def _mark(self, prefix: bytes, keys: list[str]) -> None:
+        with self._env.begin(write=True, db=self._kv) as txn:
+            for key in keys:
+                txn.put(prefix + key.encode(), b"1")
+
+    def remember_rejection(self, text: str) -> None:
+        self._mark(REJECTED, [fact_digest(text)])
+
+    # -- what to read ----------------------------------------------------------------------------
+    def pending_sources(self) -> list[dict[str, Any]]:
+        """Entries this device consolidates and has not yet (§12.2.1), oldest first."""
+        authors = {self.me, *self.config.authors}
+        cited: dict[str, str] = {}
+        for fact in self.memory.list(kind="fact", limit=ALL, include_superseded=True):
+            for src in fact.get("sources") or ():
+                cited.setdefault(src, fact["author"])
+        out = []
+        with self._env.begin(db=self._kv) as txn:
+            for kind in SOURCE_KINDS:
+                for row in self.memory.list(kind=kind, limit=ALL):
+                    if row["author"] not in authors or txn.get(SEEN + row["id"].encode()):
+                        continue
+                    if row["id"] in cited:
+                        if cited[row["id"]] != self.me:
+                            log.warning("consolidation: %s is cited by a fact of %s already; "
+                                        "skipped (overlapping [consolidation] authors?)",
+                                        row["id"], cited[row["id"]])
+                        continue
+                    out.append(row)
+        out.sort(key=lambda r: (r["created_at"], r["id"]))
+        return out
+
+    # -- one run ---------------------------------------------------------------------------------
+    async def run(self, *, dry_run: bool = False) -> RunReport:
+        if not self.config.enabled:
+            raise RuntimeError("consolidation is not configured ([consolidation] cortex)")
+        if self._lock.locked():
+            raise Busy("a consolidation run is in progress on this node")
+        async with self._lock:
+            report = RunReport(dry_run)
+            sources = self.pending_sources()
+            report.considered = len(sources)
+            for i in range(0, len(sources), self.config.batch):
+                await self._batch(sources[i:i + self.config.batch], report)
+                await asyncio.sleep(0)  # sync and the API go on between batches
+            if not dry_run:
+                self.counts["runs"] += 1
+                self.last_run = now_iso()
+            return report
+
+    async def _batch(self, batch: list[dict[str, Any]], report: RunReport) -> None:
+        report.batches += 1
+        facts = self.memory.list(kind="fact", limit=MAX_SHOWN_FACTS)
+        first = batch[0]["id"]
+        try:
+            cortex, model, text = await self._ask(batch, facts)
+            proposals = parse_answer(text, {r["id"] for r in batch}, {f["id"] for f in facts},
+                                     max_facts=4 * len(batch))
+        except BadAnswer as exc:
+            self._rejected(report, first, str(exc))
+            return
+        except Exception as exc:  # the router's refusals, timeouts, no route
+            self._rejected(report, first, f"the cortex did not answer: {exc}"[:300])
+            return
+        keep = self._new_only(proposals, facts, report)
+        if report.dry_run:
+            report.proposed.extend(
+                {"text": p.text, "sources": list(p.sources), "supersedes": p.supersedes,
+                 "cortex": cortex, "model": model} for p in keep)
+            return
+        report.written.extend(self._write(keep, cortex, model))
+        self._mark(SEEN, [r["id"] for r in batch])
+
+    def _rejected(self, report: RunReport, first: str, why: str) -> None:
+        self.counts["rejected_answers"] += 1
+        report.rejected_answers.append(why)
+        log.warning("consolidation: answer for the batch from %s rejected, nothing written: %s",
+                    first, why)
+
+    def _new_only(self, proposals: list[Proposal], facts: list[dict[str, Any]],
+                  report: RunReport) -> list[Proposal]:
+        """Drop facts already known, rejected before, or repeated within the answer."""
+        known = {fact_digest(f["text"]) for f in facts}
+        out = []
+        for p in proposals:
+            if p.digest in known or self._has(REJECTED, p.digest):
+                report.skipped += 1
+                continue
+            known.add(p.digest)
+            out.append(p)
+        return out
+
+    async def _ask(self, batch: list[dict[str, Any]],
+                   facts: list[dict[str, Any]]) -> tuple[str, str, str]:
+        payload = {
+            "new_entries": [{"id": r["id"], "kind": r["kind"], "created_at": r["created_at"],
+                             "text": r["text"][:MAX_SOURCE_TEXT]} for r in batch],
+            "current_facts": [{"id": f["id"], "text": f["text"][:MAX_SOURCE_TEXT]}
+                              for f in facts],
+        }
+        body = {"model": self.config.cortex, "stream": False, "messages": [
+            {"role": "system", "content": INSTRUCTIONS},
+            {"role": "user", "content": json.dumps(payload, ensure_ascii=False)},
+        ]}
+        plan = self.router.plan(body)
+        candidate, answer = await self.router.complete(plan)
+        model = answer.get("model") if isinstance(answer, dict) else None
+        return (candidate.cortex.name, str(model or candidate.cortex.name)[:200],
+                message_text(answer))
+
+    def _write(self, keep: list[Proposal], cortex: str, model: str) -> list[dict[str, Any]]:
+        if not keep:
+            return []
+        at = now_iso()
+        items, extra, fields_of = [], {}, {}
+        for p in keep:
+            new_id = new_entry_id("fact")
+            fields = {"sources": list(p.sources), "cortex": cortex, "model": model,
+                      "valid_from": at}
+            fields_of[new_id] = fields
+            item: dict[str, Any] = {"id": new_id, "text": p.text, "kind": "fact",
+                                    "tags": list(dict.fromkeys(
+                                        [CONSOLIDATED, PENDING, *p.tags]))}
+            edits: list[Edit] = [set_fields(new_id, fields)]
+            extra.setdefault(shard_of(new_id), []).extend(edits)
+            if p.supersedes:
+                item["supersedes"] = p.supersedes
+                extra.setdefault(shard_of(p.supersedes), []).append(
+                    mark_superseded(p.supersedes, new_id, at))
+            items.append(item)
+        rows = self.memory.add_many(items, extra=extra)
+        rows = [{**r, **fields_of[r["id"]]} for r in rows]
+        # add_many indexed the rows without the extra fields; the log length is unchanged by
+        # them, so the index upkeep would not notice: write the full rows now.
+        by_doc: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_doc.setdefault(shard_of(r["id"]), []).append(r)
+        for doc_id, doc_rows in by_doc.items():
+            self.memory._index_rows(doc_id, doc_rows, mark_current=False)
+        self.counts["facts_written"] += len(rows)
+        log.info("consolidation: %d fact(s) written (cortex %s, model %s)", len(rows), cortex,
+                 model)
+        return rows
+
+    # -- review ----------------------------------------------------------------------------------
+    def pending_review(self) -> list[dict[str, Any]]:
+        return self.memory.list(kind="fact", tag=PENDING, limit=ALL)
+
+    def review(self, entry_id: str, action: str, text: str | None = None) -> dict[str, Any]:
+        entry = self.memory.get(entry_id)  # EntryNotFound
+        if entry["kind"] != "fact" or PENDING not in entry["tags"]:
+            raise ValueError(f"{entry_id} is not a fact pending review")
+        if action == "accept":
+            return self.memory.update(entry_id, remove_tags=[PENDING])
+        if action == "edit":
+            if not text:
+                raise ValueError("edit needs the new text")
+            return self.memory.update(entry_id, text=text, remove_tags=[PENDING])
+        if action == "reject":
+            self.remember_rejection(entry["text"])
+            return self.memory.delete(entry_id) | {"rejected": True}
+        raise ValueError("action must be accept, edit or reject")
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.config.enabled, "cortex": self.config.cortex,
+                "interval_s": self.config.interval_s, "last_run": self.last_run,
+                "running": self._lock.locked(), **self.counts}
