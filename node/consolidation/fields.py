@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction
 
-from ..memory import Memory, now_iso, shard_of
+from ..memory import Memory, _row_key, now_iso, shard_of
 
 Edit = Callable[[Transaction], None]
 
@@ -73,3 +74,15 @@ def set_pin(memory: Memory, entry_id: str, pinned: bool) -> dict[str, Any]:
     memory.repo.change(doc_id, edit)
     memory._dirty[doc_id] = 0.0  # re-index at the next read (the pin is in the row)
     return memory.get(entry_id)
+
+
+def index_rows(memory: Memory, rows: list[dict[str, Any]]) -> None:
+    """Write the full index rows (with the signed extra fields) of entries just created, in
+    one Runtime transaction. ``add_many`` indexed them without those fields, and the index
+    upkeep compares log lengths, which the extra fields do not change."""
+    with memory._env.begin(write=True) as txn:
+        for row in rows:
+            doc_id = shard_of(row["id"])
+            txn.put(_row_key(doc_id, row["id"]),
+                    msgpack.packb({**row, "doc": doc_id}, use_bin_type=True),
+                    db=memory._index_db)

@@ -18,7 +18,7 @@ from typing import Any
 from ..memory import Memory, new_entry_id, now_iso, shard_of
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
-from .fields import Edit, mark_superseded, set_fields
+from .fields import Edit, index_rows, mark_superseded, set_fields
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,24 @@ class Consolidator:
             report = RunReport(dry_run)
             sources = self.pending_sources()
             report.considered = len(sources)
+            # the facts shown to the cortex: read once (a scan of the index), then kept up to
+            # date with what each batch writes, so a batch costs no scan
+            facts = self.memory.list(kind="fact", limit=MAX_SHOWN_FACTS) if sources else []
             for i in range(0, len(sources), self.config.batch):
-                await self._batch(sources[i:i + self.config.batch], report)
+                written = await self._batch(sources[i:i + self.config.batch], facts, report)
+                gone = {r["supersedes"] for r in written if r.get("supersedes")}
+                facts[:] = ([*reversed(written), *(f for f in facts if f["id"] not in gone)]
+                            [:MAX_SHOWN_FACTS])
                 await asyncio.sleep(0)  # sync and the API go on between batches
             if not dry_run:
                 self.counts["runs"] += 1
                 self.last_run = now_iso()
             return report
 
-    async def _batch(self, batch: list[dict[str, Any]], report: RunReport) -> None:
+    async def _batch(self, batch: list[dict[str, Any]], facts: list[dict[str, Any]],
+                     report: RunReport) -> list[dict[str, Any]]:
+        """One cortex request; returns the facts written (none in a dry run)."""
         report.batches += 1
-        facts = self.memory.list(kind="fact", limit=MAX_SHOWN_FACTS)
         first = batch[0]["id"]
         try:
             cortex, model, text = await self._ask(batch, facts)
@@ -128,18 +135,20 @@ class Consolidator:
                                      max_facts=4 * len(batch))
         except BadAnswer as exc:
             self._rejected(report, first, str(exc))
-            return
+            return []
         except Exception as exc:  # the router's refusals, timeouts, no route
             self._rejected(report, first, f"the cortex did not answer: {exc}"[:300])
-            return
+            return []
         keep = self._new_only(proposals, facts, report)
         if report.dry_run:
             report.proposed.extend(
                 {"text": p.text, "sources": list(p.sources), "supersedes": p.supersedes,
                  "cortex": cortex, "model": model} for p in keep)
-            return
-        report.written.extend(self._write(keep, cortex, model))
+            return []
+        written = self._write(keep, cortex, model)
+        report.written.extend(written)
         self._mark(SEEN, [r["id"] for r in batch])
+        return written
 
     def _rejected(self, report: RunReport, first: str, why: str) -> None:
         self.counts["rejected_answers"] += 1
@@ -202,11 +211,7 @@ class Consolidator:
         rows = [{**r, **fields_of[r["id"]]} for r in rows]
         # add_many indexed the rows without the extra fields; the log length is unchanged by
         # them, so the index upkeep would not notice: write the full rows now.
-        by_doc: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_doc.setdefault(shard_of(r["id"]), []).append(r)
-        for doc_id, doc_rows in by_doc.items():
-            self.memory._index_rows(doc_id, doc_rows, mark_current=False)
+        index_rows(self.memory, rows)
         self.counts["facts_written"] += len(rows)
         log.info("consolidation: %d fact(s) written (cortex %s, model %s)", len(rows), cortex,
                  model)

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from ..memory import Memory, new_entry_id, shard_of
-from .fields import mark_superseded, set_fields
+from .fields import index_rows, mark_superseded, set_fields
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 MAX_WHEN = 500
@@ -87,5 +87,5 @@ def add_skill(memory: Memory, name: str, when_to_use: str, steps: list[str],
         extra.setdefault(shard_of(old["id"]), []).append(
             mark_superseded(old["id"], new_id, now_iso()))
     row = memory.add_many([item], by=by, extra=extra)[0] | fields
-    memory._index_rows(shard_of(new_id), [row], mark_current=False)
+    index_rows(memory, [row])
     return row
