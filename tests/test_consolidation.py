@@ -28,7 +28,8 @@ from node.consolidation.skills import add_skill, get_skill, list_skills
 from node.mcp.relevance import relevant_entries
 from node.memory import Memory
 from tests.fake_llm_server import FakeLLM
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.mcp_helpers import call, mcp_client
+from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
 from tests.routing_helpers import configure, wait_for_cortices
 
 pytestmark = pytest.mark.slow
@@ -307,6 +308,36 @@ def test_skills_are_listed_fetched_and_validated_over_http(pair: Pair) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         b.request("GET", "/v1/skills/no-such-skill")
     assert err.value.code == 404
+
+
+async def test_agents_list_and_fetch_skills_through_mcp(pair: Pair) -> None:
+    """SPEC-006 §12.6.2, SPEC-004 §15.3: skills_list and skill_get with a session token."""
+    a = pair.a
+    a.request("POST", "/v1/skills", {"name": "rotate-keys", "when_to_use": "every quarter",
+                                     "steps": ["list keys", "rotate", "revoke the old"]})
+    async with mcp_client(a, "--agent", "claude") as client:
+        failed, listed = await call(client, "skills_list")
+        assert not failed and "rotate-keys" in {s["name"] for s in listed["skills"]}
+        failed, got = await call(client, "skill_get", name="rotate-keys")
+        assert not failed and got["steps"] == ["list keys", "rotate", "revoke the old"]
+        failed, why = await call(client, "skill_get", name="../../etc")
+        assert failed and why
+
+
+def test_the_cli_consolidates_reviews_and_pins(pair: Pair) -> None:
+    """SPEC-006 §12.4.2, §12.4.3, §12.5.2: maia memory consolidate [--dry-run], review, pin."""
+    a = pair.a
+    drain(a, pair.fa)
+    a.add_memory("the plumber comes on monday")
+    dry = cli_out(a.data_dir, "memory", "consolidate", "--dry-run")
+    assert "Would write 1 fact(s)" in dry and "the plumber comes on monday" in dry
+    assert "Wrote 1 fact(s)" in cli_out(a.data_dir, "memory", "consolidate")
+    listed = json.loads(cli_out(a.data_dir, "memory", "review", "--json"))
+    fact = next(f for f in listed if "plumber" in f["text"])
+    assert "Accepted" in cli_out(a.data_dir, "memory", "review", "accept", fact["id"])
+    assert "Pinned" in cli_out(a.data_dir, "memory", "pin", fact["id"])
+    assert a.entry(fact["id"])["pinned"] is True
+    assert "Unpinned" in cli_out(a.data_dir, "memory", "unpin", fact["id"])
 
 
 # -- in-process: the answer parser, salience and skills over a real Memory --------------------
