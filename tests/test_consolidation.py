@@ -408,3 +408,28 @@ def test_a_skill_relevant_to_the_prompt_is_injected_and_a_name_means_one_skill(
     assert rows and rows[0]["id"] == second["id"] and rows[0]["kind"] == "skill"
     with pytest.raises(ValueError):
         add_skill(memory, "x", "", ["a"])
+
+
+def test_malformed_signed_fields_from_a_member_are_ignored(memory: Memory) -> None:
+    """SPEC-006 §12.6.1, §12.2.1: a member's device may sign any shape; a skill with steps as
+    a string is not listed, and a fact with sources as a string breaks no run."""
+    from node.consolidation.config import ConsolidationConfig
+    from node.consolidation.fields import index_rows, set_fields
+    from node.consolidation.job import Consolidator
+    from node.memory import new_entry_id, shard_of
+
+    bad_skill, bad_fact = new_entry_id("skill"), new_entry_id("fact")
+    memory.add_many(
+        [{"id": bad_skill, "text": "skill evil", "kind": "skill"},
+         {"id": bad_fact, "text": "fact evil", "kind": "fact"}],
+        extra={shard_of(bad_skill): [set_fields(bad_skill, {"name": "evil",
+                                                            "when_to_use": "always",
+                                                            "steps": "rm -rf /"})],
+               shard_of(bad_fact): [set_fields(bad_fact, {"sources": "note-202612-AAAAAAAAAA"})]})
+    # index the full signed entries, as a peer that receives them does
+    index_rows(memory, [memory.get(bad_skill), memory.get(bad_fact)])
+    assert memory.get(bad_skill)["steps"] == "rm -rf /"
+    assert list_skills(memory) == []
+    note = memory.add("a real note", "note")
+    job = Consolidator(memory, None, ConsolidationConfig("x"))
+    assert [r["id"] for r in job.pending_sources()] == [note["id"]]

@@ -82,8 +82,12 @@ class Consolidator:
         authors = {self.me, *self.config.authors}
         cited: dict[str, str] = {}
         for fact in self.memory.list(kind="fact", limit=ALL, include_superseded=True):
-            for src in fact.get("sources") or ():
-                cited.setdefault(src, fact["author"])
+            sources = fact.get("sources")
+            if not isinstance(sources, list):  # written by another member: any shape
+                continue
+            for src in sources:
+                if isinstance(src, str):
+                    cited.setdefault(src, fact["author"])
         out = []
         with self._env.begin(db=self._kv) as txn:
             for kind in SOURCE_KINDS:

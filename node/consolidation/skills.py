@@ -56,8 +56,13 @@ def list_skills(memory: Memory) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for row in memory.list(kind="skill", limit=ALL):  # newest first
         name = row.get("name")
-        if isinstance(name, str) and NAME_RE.match(name) and name not in seen:
-            seen[name] = row
+        if not isinstance(name, str) or name in seen:
+            continue
+        try:  # a member's device may have written any shape: only well-formed skills list
+            validate_skill(name, row.get("when_to_use"), row.get("steps"))
+        except ValueError:
+            continue
+        seen[name] = row
     return [seen[n] for n in sorted(seen)]
 
 
