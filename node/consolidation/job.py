@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from ..memory import Memory, new_entry_id, now_iso, shard_of
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
@@ -30,6 +32,7 @@ MAX_SOURCE_TEXT = 4000
 SEEN = b"consolidation:seen:"
 REJECTED = b"consolidation:rejected:"
 ALL = 10**9  # list limit: every row
+SCAN_SLICE = 500  # index rows read per event-loop turn
 
 
 class Busy(RuntimeError):
@@ -77,32 +80,71 @@ class Consolidator:
         self._mark(REJECTED, [fact_digest(text)])
 
     # -- what to read ----------------------------------------------------------------------------
-    def pending_sources(self) -> list[dict[str, Any]]:
-        """Entries this device consolidates and has not yet (§12.2.1), oldest first."""
+    async def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """One pass over the Memory index, a slice per event-loop turn (a scan of 10,000
+        rows in one go would stall sync and the API for hundreds of ms): the entries to
+        consolidate, oldest first (§12.2.1), and the current facts to show, newest first."""
+        self.memory.flush_index()
+        env, db = self.memory._env, self.memory._index_db
+        rows: list[dict[str, Any]] = []
+        after = b""
+        while True:
+            with env.begin(db=db) as txn:
+                cur = txn.cursor()
+                more = cur.set_range(after)
+                n = 0
+                while more and n < SCAN_SLICE:
+                    key, raw = cur.item()
+                    if key != after:
+                        row = msgpack.unpackb(raw, raw=False)
+                        if row.get("kind") in (*SOURCE_KINDS, "fact"):
+                            rows.append(row)
+                        n += 1
+                    after = bytes(key)
+                    more = cur.next()
+            if not more:
+                break
+            await asyncio.sleep(0)
+        return self._select(rows)
+
+    def _select(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
         authors = {self.me, *self.config.authors}
         cited: dict[str, str] = {}
-        for fact in self.memory.list(kind="fact", limit=ALL, include_superseded=True):
+        facts = []
+        for fact in rows:
+            if fact.get("kind") != "fact":
+                continue
+            if not fact.get("superseded_by"):
+                facts.append(fact)
             sources = fact.get("sources")
             if not isinstance(sources, list):  # written by another member: any shape
                 continue
             for src in sources:
                 if isinstance(src, str):
-                    cited.setdefault(src, fact["author"])
+                    cited.setdefault(src, fact.get("author", ""))
         out = []
         with self._env.begin(db=self._kv) as txn:
-            for kind in SOURCE_KINDS:
-                for row in self.memory.list(kind=kind, limit=ALL):
-                    if row["author"] not in authors or txn.get(SEEN + row["id"].encode()):
-                        continue
-                    if row["id"] in cited:
-                        if cited[row["id"]] != self.me:
-                            log.warning("consolidation: %s is cited by a fact of %s already; "
-                                        "skipped (overlapping [consolidation] authors?)",
-                                        row["id"], cited[row["id"]])
-                        continue
-                    out.append(row)
-        out.sort(key=lambda r: (r["created_at"], r["id"]))
-        return out
+            for row in rows:
+                if row.get("kind") not in SOURCE_KINDS or row.get("superseded_by"):
+                    continue
+                if row.get("author") not in authors or txn.get(SEEN + row["id"].encode()):
+                    continue
+                if row["id"] in cited:
+                    if cited[row["id"]] != self.me:
+                        log.warning("consolidation: %s is cited by a fact of %s already; "
+                                    "skipped (overlapping [consolidation] authors?)",
+                                    row["id"], cited[row["id"]])
+                    continue
+                out.append({k: v for k, v in row.items() if k != "doc"})
+        out.sort(key=lambda r: (r.get("created_at", ""), r["id"]))
+        facts.sort(key=lambda r: r.get("created_at", ""), reverse=True)
+        return out, [{k: v for k, v in f.items() if k != "doc"}
+                     for f in facts[:MAX_SHOWN_FACTS]]
+
+    def pending_sources(self) -> list[dict[str, Any]]:
+        """The entries a run would consolidate now (for tests and the CLI)."""
+        return asyncio.run(self.scan())[0]
 
     # -- one run ---------------------------------------------------------------------------------
     async def run(self, *, dry_run: bool = False) -> RunReport:
@@ -112,11 +154,10 @@ class Consolidator:
             raise Busy("a consolidation run is in progress on this node")
         async with self._lock:
             report = RunReport(dry_run)
-            sources = self.pending_sources()
+            # the facts shown to the cortex are read in the same scan, then kept up to date
+            # with what each batch writes, so a batch costs no scan
+            sources, facts = await self.scan()
             report.considered = len(sources)
-            # the facts shown to the cortex: read once (a scan of the index), then kept up to
-            # date with what each batch writes, so a batch costs no scan
-            facts = self.memory.list(kind="fact", limit=MAX_SHOWN_FACTS) if sources else []
             for i in range(0, len(sources), self.config.batch):
                 written = await self._batch(sources[i:i + self.config.batch], facts, report)
                 gone = {r["supersedes"] for r in written if r.get("supersedes")}
