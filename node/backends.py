@@ -23,11 +23,17 @@ class Backend(Protocol):
     def profile_set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_add(self, text: str, kind: str, tags: list[str]) -> dict[str, Any]: ...
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]: ...
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]: ...
     def memory_import(self, items: list[dict[str, Any]]) -> int: ...
     def memory_show(self, entry_id: str) -> dict[str, Any]: ...
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
     def memory_history(self, entry_id: str) -> list[dict[str, Any]]: ...
     def memory_delete(self, entry_id: str) -> dict[str, Any]: ...
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]: ...
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]: ...
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]: ...
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def peer_add(self, address: str) -> None: ...
     def peer_remove(self, address: str) -> None: ...
@@ -64,6 +70,11 @@ class ApiBackend:
         query = {("q" if k == "query" else k): v for k, v in filters.items() if v is not None}
         return self.c.request("GET", "/v1/memory", query=query)["entries"]
 
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]:
+        params = {"q": query, "mode": mode} | {k: v for k, v in filters.items() if v is not None}
+        return self.c.request("GET", "/v1/memory/search", query=params)["entries"]
+
     def memory_show(self, entry_id: str) -> dict[str, Any]:
         return self.c.request("GET", f"/v1/memory/{entry_id}")
 
@@ -75,6 +86,18 @@ class ApiBackend:
 
     def memory_delete(self, entry_id: str) -> dict[str, Any]:
         return self.c.request("DELETE", f"/v1/memory/{entry_id}")
+
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self.c.request("GET", f"/v1/memory/{entry_id}", query={"at": version})
+
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self.c.request("POST", f"/v1/memory/{entry_id}/restore", {"version": version})
+
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]:
+        return self.c.request("POST", f"/v1/memory/{entry_id}/undelete")
+
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]:
+        return self.c.request("GET", "/v1/memory/deleted", query={"limit": limit})["entries"]
 
     def peers(self) -> list[dict[str, Any]]:
         return self.c.request("GET", "/v1/peers")["peers"]
@@ -135,6 +158,8 @@ class OfflineBackend:
             # only compacts documents it has loaded anyway (crdt Repo.compact_loaded)
             repo = getattr(self, "repo", None)
             try:
+                if getattr(self, "memory", None) is not None:
+                    self.memory.write_pending()  # index rows held back from the last writes
                 for doc_id in repo.compact_loaded() if repo is not None else ():
                     log.info("compacted %s", doc_id)
             except Exception as exc:  # the log stays as it is; the node folds it later
@@ -175,11 +200,19 @@ class OfflineBackend:
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
 
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]:
+        from .search.offline import search_offline
+
+        return search_offline(self.repo, self.paths.root, query, mode,
+                              {k: v for k, v in filters.items() if v is not None})
+
     def memory_show(self, entry_id: str) -> dict[str, Any]:
         from .memory import EntryNotFound
+        from .memory_versions import versions_of
 
         try:
-            return self.memory.get(entry_id)
+            return versions_of(self.memory).get(entry_id)
         except EntryNotFound:
             raise NotFound(entry_id) from None
 
@@ -206,6 +239,32 @@ class OfflineBackend:
             return self.memory.delete(entry_id)
         except EntryNotFound:
             raise NotFound(entry_id) from None
+
+    def _versions(self, op: str, *args: Any) -> Any:
+        """A version operation (node/memory_versions.py); an unknown entry is NotFound, an
+        unknown version a ValueError naming it, as the API's 404 problems say."""
+        from .memory import EntryNotFound
+        from .memory_versions import UnknownVersion, versions_of
+
+        try:
+            return getattr(versions_of(self.memory), op)(*args)
+        except EntryNotFound:
+            raise NotFound(args[0] if args else "") from None
+        except UnknownVersion as exc:
+            raise ValueError(f"{exc.args[0]!r} is not a version of {args[0]} "
+                             "(see its history)") from None
+
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self._versions("show_at", entry_id, version)
+
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self._versions("restore", entry_id, version)
+
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]:
+        return self._versions("undelete", entry_id)
+
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]:
+        return self._versions("deleted", limit)
 
     def peers(self) -> list[dict[str, Any]]:
         cfg = NodeConfig.load(self.paths.config)

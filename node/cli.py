@@ -299,7 +299,11 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
     backend = _backend(paths)
     try:
         sub = args.memory_cmd
-        if sub == "add":
+        from . import cli_memory_versions as versions
+
+        if versions.wants(args):  # history, show --at, restore, undelete, deleted
+            versions.run(args, backend, _say, _json)
+        elif sub == "add":
             text = args.text if args.text != "-" else sys.stdin.read()
             entry = backend.memory_add(text, args.kind, args.tag or [])
             if args.json:
@@ -312,9 +316,12 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
             filters = {
                 "kind": args.kind, "tag": args.tag, "author": args.author,
                 "since": args.since, "until": args.until, "limit": args.limit,
-                "query": " ".join(args.words) if sub == "search" else args.query,
             }
-            entries = backend.memory_list(filters)
+            if sub == "search":  # ranked (SPEC-003 §12): the author filter is called device
+                filters["device"] = filters.pop("author")
+                entries = backend.memory_search(" ".join(args.words), args.mode, filters)
+            else:
+                entries = backend.memory_list(filters | {"query": args.query})
             if args.json:
                 _json(entries)
             elif not entries:
@@ -324,7 +331,11 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
                     _print_entry(e)
         elif sub == "show":
             e = backend.memory_show(args.id)
-            _json(e) if args.json else _print_entry(e, full=True)
+            if args.json:
+                _json(e)
+            else:
+                _print_entry(e, full=True)
+                versions.print_concurrent(e, _say)
         elif sub == "edit":
             changes: dict[str, Any] = {}
             if args.text is not None:
@@ -340,16 +351,6 @@ def cmd_memory(args: argparse.Namespace, paths: Paths) -> int:
         elif sub == "delete":
             backend.memory_delete(args.id)
             _say(f"Deleted {args.id} (on every device; its history keeps who deleted it).")
-        elif sub == "history":
-            rows = backend.memory_history(args.id)
-            if args.json:
-                _json(rows)
-            for r in [] if args.json else rows:
-                mark = "verified" if r["verified"] else "UNVERIFIED"
-                who = r["device_id"] or "?"
-                name = f" ({r['device_name']})" if r.get("device_name") else ""
-                agent = f"  by {r['agent']} session {r['session']}" if r.get("session") else ""
-                _say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}{agent}")
     except (NotFound, ApiError) as exc:
         if isinstance(exc, ApiError) and exc.status != 404:
             raise UserError(str(exc)) from None
@@ -557,10 +558,14 @@ example (notes.jsonl):
                     choices=["note", "conversation", "fact", "skill", "journal"],
                     help="the kind of entries that do not name one (default: note)")
     for name, helptext in (("list", "list entries, newest first"),
-                           ("search", "entries containing every word")):
+                           ("search", "entries ranked for a query (text, meaning, or both)")):
         lst = msub.add_parser(name, help=helptext)
         if name == "search":
-            lst.add_argument("words", nargs="+")
+            lst.add_argument("words", nargs="+",
+                             help='words; "a phrase" and prefix* work in text ranking')
+            lst.add_argument("--mode", choices=["text", "semantic", "hybrid"], default="hybrid",
+                             help="text: BM25 over words; semantic: by meaning (vectors); "
+                                  "hybrid (default): both, fused")
         else:
             lst.add_argument("--query", "-q", help="only entries containing these words")
         lst.add_argument("--kind")
@@ -568,10 +573,11 @@ example (notes.jsonl):
         lst.add_argument("--author", help="device id of the author")
         lst.add_argument("--since", help="ISO date/time, inclusive")
         lst.add_argument("--until", help="ISO date/time, exclusive")
-        lst.add_argument("--limit", type=int, default=50)
+        lst.add_argument("--limit", type=int, default=20 if name == "search" else 50)
         lst.add_argument("--json", action="store_true")
     sh = msub.add_parser("show", help="show one entry")
     sh.add_argument("id")
+    sh.add_argument("--at", metavar="VERSION", help="as it was at a version (see history)")
     sh.add_argument("--json", action="store_true")
     ed = msub.add_parser("edit", help="change an entry's text or tags")
     ed.add_argument("id")
@@ -581,9 +587,13 @@ example (notes.jsonl):
     ed.add_argument("--json", action="store_true")
     de = msub.add_parser("delete", help="forget an entry on every device")
     de.add_argument("id")
-    hi = msub.add_parser("history", help="who changed an entry and when (signed, verified)")
+    hi = msub.add_parser("history", help="every version: values, device (verified), time")
     hi.add_argument("id")
+    hi.add_argument("--full", action="store_true", help="whole texts, not first lines")
     hi.add_argument("--json", action="store_true")
+    from .cli_memory_versions import add_parsers as add_version_parsers
+
+    add_version_parsers(msub)
     s.set_defaults(func=cmd_memory)
 
     s = sub.add_parser("peer", help="add or remove a static peer (HOST:PORT)")

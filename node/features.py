@@ -49,6 +49,7 @@ FEATURES: list[str] = [
     "node.sessions.feature:create",
     "node.web.feature:create",
     "node.mcp.feature:create",
+    "node.search.feature:create",
     "node.consolidation.feature:create",
 ]
 

@@ -36,6 +36,7 @@ from .api.middleware import HostPolicy, Limits
 from .api.peer_listener import peer_listener_routes
 from .api.routes_devices import PEERS_STATE_KEY, REPO_KEY, device_routes
 from .api.routes_memory import MEMORY_KEY, memory_routes
+from .api.routes_memory_versions import memory_version_routes
 from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
 from .features import Feature, load_features
@@ -124,7 +125,8 @@ class Node:
             for feature in self.features:
                 feature.setup(self)
             token = load_or_create_token(self.paths.token)
-            tables = [memory_routes, peer_routes, device_routes]
+            # memory_version_routes first: /v1/memory/deleted before /v1/memory/{entry_id}
+            tables = [memory_version_routes, memory_routes, peer_routes, device_routes]
             for feature in self.features:
                 tables.extend(feature.route_tables())
             # Features may add credential kinds (SPEC-004 session tokens) via authenticators().
@@ -215,6 +217,8 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             self.paths.node_info.unlink()
         if self.store is not None:
+            if getattr(self, "memory", None) is not None:
+                self.memory.write_pending()  # index rows held back from the last writes
             self.store.close()
             self.store = None
         self.lock.release()

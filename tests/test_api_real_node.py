@@ -18,9 +18,10 @@ def _node_route_tables() -> list[RouteTable]:
     from node.api.routes_core import core_routes
     from node.api.routes_devices import device_routes
     from node.api.routes_memory import memory_routes
+    from node.api.routes_memory_versions import memory_version_routes
     from node.api.routes_peers import peer_routes
 
-    tables = [core_routes, memory_routes, peer_routes, device_routes]
+    tables = [core_routes, memory_version_routes, memory_routes, peer_routes, device_routes]
     for feature in load_features():
         tables.extend(feature.route_tables())
     return tables

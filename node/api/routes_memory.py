@@ -1,9 +1,11 @@
-"""Memory routes: add, list, search, show, edit, supersede and the signed history of entries.
+"""Memory routes: add, list, show, edit, supersede and the signed history of entries.
 
 Function level: every route but bulk import admits session tokens too, by scope (SPEC-003
 §6.3a, §6.7): reads need ``memory:read``; add and supersede need ``memory:write``; edit and delete
 need ``memory:write`` and an entry this session created, or ``memory:admin``. A session's writes
 carry its id and agent into the signed entry (SPEC-004 §2.11).
+
+Ranked search (`GET /v1/memory/search`) is node/search/routes.py.
 """
 
 from __future__ import annotations
@@ -72,12 +74,6 @@ LIST_QUERY = {
     "type": "object",
     "additionalProperties": False,
     "properties": {**_FILTERS, "q": {"type": "string", "maxLength": 500}},
-}
-SEARCH_QUERY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["q"],
-    "properties": {**_FILTERS, "q": {"type": "string", "minLength": 1, "maxLength": 500}},
 }
 
 
@@ -165,25 +161,26 @@ def _recalled(request: web.Request, entries: list[dict]) -> None:
         salience.recalled(e["id"] for e in entries)
 
 
-@memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY, principal_kinds=BOTH)
-async def search_entries(request: web.Request) -> web.Response:
-    """Entries containing every word of ``q`` (case-insensitive), newest first."""
-    require_scope(request, MEMORY_READ)
-    entries = _memory(request).list(**_filters(request[QUERY_KEY]))
-    _recalled(request, entries)
-    return web.json_response({"entries": entries, "count": len(entries)})
+SHOW_QUERY = {"type": "object", "additionalProperties": False,
+              "properties": {"at": {"type": "string", "pattern": "^[0-9a-f]{8,64}$"}}}
 
 
-@memory_routes.get("/v1/memory/{entry_id}", principal_kinds=BOTH)
+@memory_routes.get("/v1/memory/{entry_id}", query_schema=SHOW_QUERY, principal_kinds=BOTH)
 async def show_entry(request: web.Request) -> web.Response:
-    """One entry."""
+    """One entry (with ``concurrent`` texts if edited on two devices at once), or ``at`` a
+    version of its history (SPEC-005 §10.7, §10.8)."""
+    from ..memory_versions import versions_of
+    from .routes_memory_versions import entry_problem
+
     require_scope(request, MEMORY_READ)
-    entry_id = request.match_info["entry_id"]
+    entry_id, at = request.match_info["entry_id"], request[QUERY_KEY].get("at")
+    versions = versions_of(_memory(request))
     try:
-        entry = _memory(request).get(entry_id)
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
-    _recalled(request, [entry])
+        entry = versions.show_at(entry_id, at) if at else versions.get(entry_id)
+    except (EntryNotFound, LookupError, ValueError) as exc:
+        raise entry_problem(entry_id, exc) from None
+    if not at:
+        _recalled(request, [entry])
     return web.json_response(entry)
 
 
@@ -222,12 +219,12 @@ async def supersede_entry(request: web.Request) -> web.Response:
     return web.json_response(entry, status=201)
 
 
-@memory_routes.post("/v1/memory/{entry_id}/restore")
-async def restore_entry(request: web.Request) -> web.Response:
+@memory_routes.post("/v1/memory/{entry_id}/unsupersede")
+async def unsupersede_entry(request: web.Request) -> web.Response:
     """Undo a supersede: the entry surfaces again (the owner's remedy; local principal only)."""
     entry_id = request.match_info["entry_id"]
     try:
-        return web.json_response(_memory(request).restore(entry_id))
+        return web.json_response(_memory(request).unsupersede(entry_id))
     except EntryNotFound:
         raise _not_found(entry_id) from None
     except ValueError as exc:
@@ -236,7 +233,8 @@ async def restore_entry(request: web.Request) -> web.Response:
 
 @memory_routes.get("/v1/memory/{entry_id}/history", principal_kinds=BOTH)
 async def entry_history(request: web.Request) -> web.Response:
-    """Who changed the entry and when, each edit's author taken from its signed operation."""
+    """Every version with its values; each device taken from its signed change (also for a
+    deleted entry)."""
     require_scope(request, MEMORY_READ)
     entry_id = request.match_info["entry_id"]
     try:

@@ -79,7 +79,11 @@ def set_pin(memory: Memory, entry_id: str, pinned: bool) -> dict[str, Any]:
 def index_rows(memory: Memory, rows: list[dict[str, Any]]) -> None:
     """Write the full index rows (with the signed extra fields) of entries just created, in
     one Runtime transaction. ``add_many`` indexed them without those fields, and the index
-    upkeep compares log lengths, which the extra fields do not change."""
+    upkeep compares log lengths, which the extra fields do not change. Rows add_many holds
+    back are written first, so they cannot overwrite these later."""
+    write_pending = getattr(memory, "write_pending", None)
+    if write_pending is not None:
+        write_pending()
     with memory._env.begin(write=True) as txn:
         for row in rows:
             doc_id = shard_of(row["id"])
