@@ -649,6 +649,7 @@ COMMAND_MODULES: list[str] = [
     "node.backup.cli",
     "node.sessions.cli",
     "node.mcp.cli",
+    "node.consolidation.cli",
 ]
 
 

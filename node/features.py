@@ -50,6 +50,7 @@ FEATURES: list[str] = [
     "node.web.feature:create",
     "node.mcp.feature:create",
     "node.search.feature:create",
+    "node.consolidation.feature:create",
 ]
 
 

@@ -51,7 +51,7 @@ async def test_an_entry_added_through_mcp_on_a_is_found_by_mcp_search_on_b(pair)
         names = {t.name for t in (await client.list_tools()).tools}
         assert names == {"memory_search", "memory_get", "memory_add", "memory_update",
                          "memory_supersede", "memory_delete", "journal_add", "sessions_list",
-                         "lease_claim", "lease_release", "ask"}
+                         "lease_claim", "lease_release", "ask", "skills_list", "skill_get"}
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
         assert resources == {"maia://profile", "maia://journal/recent"}
         failed, added = await call(client, "memory_add", text="the staging cluster is kestrel",
@@ -191,7 +191,7 @@ async def test_hostile_arguments_are_mcp_errors_and_the_server_goes_on(pair) -> 
         for tool, args in cases:
             failed, text = await call(client, tool, **args)
             assert failed, (tool, args, text)
-        assert len((await client.list_tools()).tools) == 11
+        assert len((await client.list_tools()).tools) == 13
         failed, _ = await call(client, "memory_search", query="still alive")
         assert not failed
 
@@ -206,7 +206,7 @@ async def test_the_http_transport_is_authenticated_and_scoped(pair, tmp_path: Pa
     headers = {"Authorization": f"Bearer {reader['token']}"}
     async with (httpx2.AsyncClient(headers=headers) as hc,
                 Client(streamable_http_client(a.base + "/v1/mcp", http_client=hc)) as client):
-        assert len((await client.list_tools()).tools) == 11
+        assert len((await client.list_tools()).tools) == 13
         failed, text = await call(client, "memory_add", text="over http")
         assert failed and "memory:write" in text
         a.add_memory("the http transport reads this")
