@@ -50,16 +50,7 @@ IMPORT_SCHEMA = {
     "properties": {"entries": {"type": "array", "minItems": 1, "maxItems": 2000,
                                "items": ADD_SCHEMA}},
 }
-SUPERSEDE_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["text"],
-    "properties": {
-        "text": _TEXT,
-        "kind": {"enum": list(KINDS)},
-        "tags": {"type": "array", "items": _TAG, "maxItems": 64, "uniqueItems": True},
-    },
-}
+SUPERSEDE_SCHEMA = ADD_SCHEMA  # a correction carries what a new entry does
 BOTH = ("local", "session")
 _FILTERS = {
     "kind": {"enum": list(KINDS)},
