@@ -10,6 +10,9 @@ can tell which host answered. Behaviour is set at start and can be changed while
   ends: a numbered chunk every ``delay`` seconds, forever);
 - ``delay``: seconds to wait before each streamed chunk (and once before a whole answer);
 - ``chunks``: how many extra numbered chunks a streamed answer carries after the greeting.
+- ``text`` mode answers exactly ``answer`` (set at start or by ``/control``): a JSON object, or
+  hostile text, for the consolidation job (SPEC-006 §12.3); ``facts`` mode plays an instant
+  consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it.
 
 Control and inspection (plain JSON, no auth: it only ever listens on loopback in tests):
 ``POST /control {"mode"?, "delay"?, "chunks"?}``, ``GET /stats`` ->
@@ -56,6 +59,16 @@ def answer_pieces(name: str, body: dict[str, Any], extra_chunks: int) -> list[st
     pieces = [f"[{name}] ", "you said: ", said]
     pieces += [f" #{i}" for i in range(1, extra_chunks + 1)]
     return pieces
+
+
+def consolidation_facts(body: dict[str, Any]) -> str:
+    """The ``facts`` mode's answer: one fact per new entry it was given, citing that entry."""
+    try:
+        given = json.loads(_last_user_text(body))["new_entries"]
+    except (ValueError, KeyError, TypeError):
+        return json.dumps({"facts": []})
+    return json.dumps({"facts": [
+        {"text": f"fact: {e['text'][:120]}", "sources": [e["id"]]} for e in given]})
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -111,6 +124,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 await resp.write(_chunk(cid, model, {"content": f" #{n}"}, None))
         return resp
     pieces = answer_pieces(state["name"], body, extra)
+    state["last_user"] = _last_user_text(body)[:100_000]
+    if mode == "text":
+        pieces = [state["answer"]]
+    elif mode == "facts":
+        pieces = [consolidation_facts(body)]
     if not stream:
         if delay:
             await asyncio.sleep(delay)
@@ -149,7 +167,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def control(request: web.Request) -> web.Response:
     state = request.app[STATE]
     changes = await request.json()
-    for key in ("mode", "delay", "chunks"):
+    for key in ("mode", "delay", "chunks", "answer"):
         if key in changes:
             state[key] = changes[key]
     return web.json_response({k: state[k] for k in ("mode", "delay", "chunks")})
@@ -158,7 +176,7 @@ async def control(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
-        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode")}
+        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user")}
     )
 
 
@@ -167,7 +185,8 @@ def make_app(
 ) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE] = {"name": name, "mode": mode, "delay": delay, "chunks": chunks,
-                  "requests": 0, "streams": 0, "auth_seen": []}
+                  "requests": 0, "streams": 0, "auth_seen": [], "answer": "",
+                  "last_user": ""}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/control", control)
     app.router.add_get("/stats", stats)
@@ -245,7 +264,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default="ok",
-                        choices=["ok", "garbage", "error", "hang", "endless"])
+                        choices=["ok", "garbage", "error", "hang", "endless", "text", "facts"])
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=0)
     with contextlib.suppress(KeyboardInterrupt):
