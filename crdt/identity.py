@@ -8,6 +8,7 @@ sync are fed back into the roster.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,36 @@ from .store import Store
 
 IDENTITY_DOC = "identity"
 PROFILE_FIELDS = ("display_name", "email", "timezone", "locale", "bio")
+# The profile's rules, for every caller (the API and the offline CLI): the bounds keep one field
+# from swallowing the identity document, the patterns keep timezone and locale usable as
+# identifiers. Each field: (max length, full-match pattern or None, what it must look like).
+PROFILE_RULES: dict[str, tuple[int, str | None, str]] = {
+    "display_name": (100, r"(?s).+", "1 to 100 characters"),
+    "email": (254, r"[^@]*@[^@]*", "an email address"),
+    "timezone": (64, r"[A-Za-z0-9_+\-/]*", "a time zone name such as Europe/Paris"),
+    "locale": (35, r"([A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*)?", "a language tag such as en-GB"),
+    "bio": (2000, None, "at most 2000 characters"),
+}
+
+
+class ProfileError(ValueError):
+    """A profile change breaks a rule of PROFILE_RULES (one sentence)."""
+
+
+def check_profile_changes(changes: Mapping[str, object]) -> None:
+    """Refuse unknown fields and values outside PROFILE_RULES; None clears a field."""
+    unknown = set(changes) - set(PROFILE_FIELDS)
+    if unknown:
+        raise ProfileError(f"unknown profile field(s): {', '.join(sorted(unknown))}")
+    if not changes:
+        raise ProfileError("say which profile fields to change")
+    for name, value in changes.items():
+        if value is None:
+            continue
+        limit, pattern, shape = PROFILE_RULES[name]
+        if not isinstance(value, str) or len(value) > limit or (
+                pattern is not None and re.fullmatch(pattern, value) is None):
+            raise ProfileError(f"{name} must be {shape}")
 
 
 class NoMeshError(Exception):
@@ -91,9 +122,7 @@ def get_profile(repo: Repo) -> dict[str, str]:
 
 def update_profile(repo: Repo, changes: Mapping[str, str | None]) -> dict[str, str]:
     """Set (or, with None, clear) profile fields in one signed change."""
-    unknown = set(changes) - set(PROFILE_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown profile field(s): {', '.join(sorted(unknown))}")
+    check_profile_changes(changes)
 
     def edit(tx: Transaction) -> None:
         got = tx.get(ROOT, "profile")
@@ -229,10 +258,6 @@ def accept_invitation(store: Store, key: DeviceKey, text: str) -> Repo:
 
 
 # -- revocation -------------------------------------------------------------------------------
-def endorsements_by(repo: Repo, issuer: bytes) -> list[Cert]:
-    return [c for c in repo.roster.certs.values() if c.kind == "endorse" and c.signer == issuer]
-
-
 def issued_by(repo: Repo, issuer: bytes) -> list[Cert]:
     """Endorsements and tombstones ``issuer`` signed: what a revocation of it must keep or drop."""
     return sorted(

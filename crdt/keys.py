@@ -46,10 +46,6 @@ class DeviceKey:
         """Detached 64-byte signature over ``message``."""
         return self._signing.sign(message).signature
 
-    def x25519_private(self) -> bytes:
-        """The Curve25519 form of the private key, for sealed-box style key agreement."""
-        return bytes(self._signing.to_curve25519_private_key())
-
     def __repr__(self) -> str:  # never print the secret
         return f"DeviceKey({self.device_id})"
 

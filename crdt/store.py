@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lmdb
 import msgpack
+from automerge.core import Document
 
 from .batches import SignedBatch
 from .chunks import ChangeInfo
@@ -50,8 +51,6 @@ def _runtime_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
 def _docs_v1_to_v2(env: lmdb.Environment, txn: lmdb.Transaction) -> None:
     """Format 2 adds ``actors`` ((doc, actor) -> highest seq held), which verification needs
     to refuse a second change with an (actor, seq) already held (SPEC-005 §6.1 d)."""
-    from automerge.core import Document
-
     dbs = {name: env.open_db(name, txn=txn) for name in (b"docs", b"snapshots", b"changes",
                                                           b"actors", b"quarantine")}
     for doc_key in [bytes(k) for k in txn.cursor(db=dbs[b"docs"]).iternext(values=False)]:
@@ -588,19 +587,6 @@ class Store:
             for h in hashes:
                 txn.delete(_key(doc_id, h))
 
-    def quarantined(self, doc_id: str) -> int:
-        env, db = self._db(doc_id, b"quarantine")
-        prefix = _key(doc_id)
-        with env.begin(db=db) as txn:
-            cur = txn.cursor()
-            n = 0
-            if cur.set_range(prefix):
-                for k in cur.iternext(values=False):
-                    if not k.startswith(prefix):
-                        break
-                    n += 1
-            return n
-
     # -- roster certificates (identity layer) -----------------------------------------------------
     def put_certs(self, certs: Sequence[tuple[str, bytes]]) -> int:
         env, db = self.envs["identity"], self.dbs["identity"][b"certs"]
@@ -695,12 +681,3 @@ class LayerView:
                 return
             yield k, v
 
-
-def wipe_layer(data_dir: Path, layer: str) -> None:
-    """Delete one layer's environment (used for Runtime, which is rebuilt at start)."""
-    path = Path(data_dir) / layer
-    if path.is_dir():
-        for child in path.iterdir():
-            if child.is_file():
-                os.unlink(child)
-        path.rmdir()

@@ -8,86 +8,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import ipaddress
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from crdt.identity import (
+from crdt import (
     IDENTITY_DOC,
+    DeviceKey,
+    Store,
     get_profile,
     import_roster_from_doc,
-    mesh_info,
     open_repo,
     update_profile,
 )
-from crdt.keys import DeviceKey, device_id
-from crdt.store import LAYERS, Store
 
 from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token
+from .api.core import listener_routes
 from .api.middleware import HostPolicy, Limits
-from .api.peer_listener import peer_listener_routes
-from .api.routes_devices import PEERS_STATE_KEY, REPO_KEY, device_routes
-from .api.routes_memory import MEMORY_KEY, memory_routes
-from .api.routes_memory_versions import memory_version_routes
-from .api.routes_peers import PEER_CONFIG_KEY, PEERS_KEY, peer_routes
 from .config import NodeConfig, Paths
-from .features import Feature, load_features
+from .datadir import DataDirLock
+from .features import Feature, load_features, local_api_tables
 from .memory import Memory
-from .peers import PeerManager
+from .memtrim import release
+from .mesh.peers import PeerManager
+from .status import node_status
 
 log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 5.0
 IDLE_EVICT_SECONDS = 30.0
 INDEX_SHARDS_PER_TURN = 8  # memory index shards per event-loop turn in upkeep
-
-
-class DataDirBusy(Exception):
-    """Another process (a running node) holds this data dir."""
-
-
-class DataDirLock:
-    """Exclusive advisory lock on ``<data>/node.lock``; released when the process dies."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / "node.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DataDirBusy(f"a maia node is already running on {self.path.parent}") from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-@contextlib.contextmanager
-def locked_store(root: Path) -> Iterator[Store]:
-    """The store, opened under the data-dir lock, for commands that run without a node."""
-    lock = DataDirLock(root)
-    lock.acquire()
-    store = Store(root)
-    try:
-        yield store
-    finally:
-        store.close()
-        lock.release()
 
 
 class Node:
@@ -112,87 +69,89 @@ class Node:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         self.lock.acquire()
         try:
-            self.key = DeviceKey.load(self.paths.key)
-            self.store = Store(self.paths.root)
-            self.repo = open_repo(self.store, self.key)
-            self.memory = Memory(self.repo)
-            self.peers = PeerManager(self.repo)
-            self.peers.on_roster_change = self.roster_changed
-            self.repo.subscribe(self._on_change)
-            # A crash between learning a tombstone and re-checking the store is repaired here.
-            self.roster_changed()
-            self.features = load_features()
-            for feature in self.features:
-                feature.setup(self)
+            self._open_documents()
+            self._set_up_features()
             token = load_or_create_token(self.paths.token)
-            # memory_version_routes first: /v1/memory/deleted before /v1/memory/{entry_id}
-            tables = [memory_version_routes, memory_routes, peer_routes, device_routes]
-            for feature in self.features:
-                tables.extend(feature.route_tables())
-            # Features may add credential kinds (SPEC-004 session tokens) via authenticators().
-            authenticators = [
-                a for f in self.features for a in getattr(f, "authenticators", tuple)()
-            ]
-            host = host or self.config.listen
-            app = build_app(
-                self, token=token, limits=api_limits(self.config), extra_tables=tables,
-                authenticators=authenticators, host_policy=api_host_policy(self.config, host),
-            )
-            app[MEMORY_KEY] = self.memory
-            app[REPO_KEY] = self.repo
-            app[PEERS_STATE_KEY] = self.peers
-            app[PEERS_KEY] = self.peers
-            app[PEER_CONFIG_KEY] = self._persist_peer
-            for feature in self.features:
-                feature.configure_app(app)
-            app.on_response_prepare.append(self._say_if_revoked)
             await self.peers.start()
-            self._runner = make_runner(app, name="local API")
-            await self._runner.setup()
-            api_port = self.config.port if port is None else port
-            self.port = await _listen(self._runner, host, api_port)
-            self.host = host
-            if not _is_loopback(host):
-                log.warning(
-                    "the local API listens on %s: its bearer token crosses the network in "
-                    "clear text; prefer the default 127.0.0.1 (SPEC-003 §2.2)", host,
-                )
-            peer_app = build_app(
-                self, token=token, limits=api_limits(self.config),
-                extra_tables=[peer_listener_routes], include_core=False,
-                host_policy=HostPolicy(check_host=False, serves_page=False),
-            )
-            peer_app[PEERS_KEY] = self.peers
-            for feature in self.features:
-                feature.configure_app(peer_app)
-            self._peer_runner = make_runner(peer_app, name="peer listener")
-            await self._peer_runner.setup()
-            self.peer_port = await _listen(
-                self._peer_runner, self.config.peer_listen, self.config.peer_port
-            )
+            await self._serve_local_api(token, host or self.config.listen, port)
+            await self._serve_peer_listener(token)
             self.started_at = time.time()
             self._write_node_info()
-            for address in self.config.static_peers:
-                self.peers.add_static(address)
             self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
-            for feature in self.features:
-                try:
-                    await feature.start()
-                except Exception:
-                    # One feature failing (mDNS on an odd network, a bad cortex config) must
-                    # not take the node down: sync and the API keep working.
-                    log.exception("feature %s failed to start; the node runs without it",
-                                  feature.name)
-                    continue
-                self._started_features.append(feature)
+            await self._start_features()
             log.info(
                 "node %s (%s): local API on http://%s:%d, peers on %s:%d",
-                self.key.device_id, self.config.name, host, self.port,
+                self.key.device_id, self.config.name, self.host, self.port,
                 self.config.peer_listen, self.peer_port,
             )
         except BaseException:
             await self.stop()
             raise
+
+    def _open_documents(self) -> None:
+        """The key, the store, the documents, memory and the peer manager: what features use."""
+        self.key = DeviceKey.load(self.paths.key)
+        self.store = Store(self.paths.root)
+        self.repo = open_repo(self.store, self.key)
+        self.memory = Memory(self.repo)
+        self.peers = PeerManager(self.repo)
+        self.peers.on_roster_change = self.roster_changed
+        self.repo.subscribe(self._on_change)
+        # A crash between learning a tombstone and re-checking the store is repaired here.
+        self.roster_changed()
+
+    def _set_up_features(self) -> None:
+        self.features = load_features()
+        for feature in self.features:
+            feature.setup(self)
+
+    async def _serve_local_api(self, token: str, host: str, port: int | None) -> None:
+        app = build_app(
+            self, token=token, limits=api_limits(self.config),
+            extra_tables=local_api_tables(self.features),
+            # Features may add credential kinds (SPEC-004 session tokens, login cookies).
+            authenticators=[a for f in self.features for a in f.authenticators()],
+            host_policy=api_host_policy(self.config, host),
+        )
+        for feature in self.features:
+            feature.configure_app(app)
+        app.on_response_prepare.append(self._say_if_revoked)
+        self._runner = make_runner(app, name="local API")
+        await self._runner.setup()
+        self.port = await _listen(self._runner, host, self.config.port if port is None else port)
+        self.host = host
+        if not _is_loopback(host):
+            log.warning(
+                "the local API listens on %s: its bearer token crosses the network in "
+                "clear text; prefer the default 127.0.0.1 (SPEC-003 §2.2)", host,
+            )
+
+    async def _serve_peer_listener(self, token: str) -> None:
+        """SPEC-003 §2.1: the LAN-facing listener serves only what features put on it."""
+        tables = [listener_routes, *(t for f in self.features for t in f.peer_listener_tables())]
+        peer_app = build_app(
+            self, token=token, limits=api_limits(self.config), extra_tables=tables,
+            include_core=False, host_policy=HostPolicy(check_host=False, serves_page=False),
+        )
+        for feature in self.features:
+            feature.configure_app(peer_app)
+        self._peer_runner = make_runner(peer_app, name="peer listener")
+        await self._peer_runner.setup()
+        self.peer_port = await _listen(
+            self._peer_runner, self.config.peer_listen, self.config.peer_port
+        )
+
+    async def _start_features(self) -> None:
+        for feature in self.features:
+            try:
+                await feature.start()
+            except Exception:
+                # One feature failing (mDNS on an odd network, a bad cortex config) must
+                # not take the node down: sync and the API keep working.
+                log.exception("feature %s failed to start; the node runs without it",
+                              feature.name)
+                continue
+            self._started_features.append(feature)
 
     async def stop(self) -> None:
         for feature in reversed(self._started_features):
@@ -276,8 +235,6 @@ class Node:
         pages the work left mapped back to the system, so a node idles small again after a
         catch-up or a burst of work (docs/benchmarks.md: idle memory).
         """
-        from .memtrim import release
-
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
             try:
@@ -306,23 +263,16 @@ class Node:
             except Exception:
                 log.exception("upkeep failed; will retry")
 
-    def _persist_peer(self, address: str, add: bool) -> None:
-        cfg = NodeConfig.load(self.paths.config)
-        if add and address not in cfg.static_peers:
-            cfg.static_peers.append(address)
-        elif not add and address in cfg.static_peers:
-            cfg.static_peers.remove(address)
-        cfg.save(self.paths.config)
-
     # -- services for the API (node/api/services.py) ---------------------------------------------
     async def status(self) -> dict[str, Any]:
         return node_status(self.store, self.repo, self.config, self.key) | {
+            "running": True,
             "listening": f"{self.host}:{self.port}",
             "peer_listener": f"{self.config.peer_listen}:{self.peer_port}",
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "peers": self.peers.status(),
             "memory_entries": self.memory.count(),
-        } | {f.name: f.status() for f in self.features}
+        } | {f.name: section for f in self.features if (section := f.status())}
 
     async def get_profile(self) -> dict[str, Any]:
         return get_profile(self.repo)
@@ -338,8 +288,6 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> int:
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
-
     if host == "localhost":
         return True
     try:
@@ -367,39 +315,3 @@ def api_limits(config: NodeConfig) -> Limits:
     known = {"max_body_bytes", "handler_timeout", "rate_per_second", "rate_burst",
              "max_in_flight"}
     return Limits(**{k: v for k, v in api.items() if k in known})
-
-
-def node_status(store: Store, repo: Any, config: NodeConfig, key: DeviceKey) -> dict[str, Any]:
-    """Status readable with or without a running node (the CLI uses it offline too)."""
-    docs = store.doc_ids()
-    layers = {}
-    for layer in LAYERS:
-        layers[layer] = {
-            "format_version": store.layer_format(layer),
-            "size_bytes": store.layer_size(layer),
-            "documents": sum(1 for d in docs if (d == "identity") == (layer == "identity"))
-            if layer != "runtime" else 0,
-        }
-    mesh = mesh_info(repo) if repo is not None else None
-    revoked = repo.roster.revocation(key.public_key) if repo is not None else None
-    members = (
-        [{"device_id": device_id(k), "name": n} for k, n in repo.roster.members.items()]
-        if repo is not None else []
-    )
-    stored = store.bytes_by_key()
-    return {
-        "device_id": key.device_id,
-        "name": config.name,
-        "mesh": mesh,
-        "members": members,
-        # Set when this device's own key is revoked in the roster it holds (issue 15.6).
-        "revoked": revoked,
-        "layers": layers,
-        # Bytes of signed changes held, by the device that signed them (issue 18.5).
-        "storage_by_device": [
-            {"device_id": device_id(k), "bytes": n,
-             "roster": ("member" if k in repo.roster.members else "revoked"
-                        if k in repo.roster.revoked else "unknown") if repo is not None else None}
-            for k, n in sorted(stored.items(), key=lambda kv: -kv[1])
-        ],
-    }

@@ -1,6 +1,7 @@
 """Pairing test helpers: the SPEC-005 §12.5-§12.6 wire contract written from the SPEC (not
-imported from node.pairing, so the real ``maia pair`` is checked against the text), and a CLI
-process whose stdin can be a real terminal (a pty), as ``maia pair`` asks its user on one."""
+imported from node.mesh.pairing.member, so the real ``maia pair`` is checked against the text),
+and a CLI process whose stdin can be a real terminal (a pty), as ``maia pair`` asks its user on
+one."""
 
 from __future__ import annotations
 

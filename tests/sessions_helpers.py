@@ -130,7 +130,7 @@ def run_hook(
 
 
 def cached_session(data_dir: Path, cli: str, cli_session_id: str) -> dict[str, Any]:
-    from node.hook import cache_path
+    from node.sessions.hook import cache_path
 
     return json.loads(cache_path(data_dir, cli, cli_session_id).read_text())
 

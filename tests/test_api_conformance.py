@@ -1,8 +1,8 @@
 """SPEC-003 conformance: every route of the API is private unless deliberately public.
 
 The tests walk whatever routes the application actually serves: the core
-table plus every RouteTable found in a ``node/api/routes_*.py`` module.  A
-route added later by any concern is therefore covered without editing this
+table plus every RouteTable a loaded feature declares (``Feature.route_tables``).
+A route added later by any feature is therefore covered without editing this
 file; the only edit ever needed here is adding a route to EXPECTED_PUBLIC,
 on purpose.
 """
@@ -10,8 +10,6 @@ on purpose.
 from __future__ import annotations
 
 import base64
-import importlib
-import pkgutil
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -21,7 +19,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import node.api
 from node.api import (
     PRINCIPAL_KEY,
     PROBLEM_CONTENT_TYPE,
@@ -31,6 +28,7 @@ from node.api import (
     build_app,
     route_specs,
 )
+from node.features import load_features, local_api_tables
 
 TOKEN = secrets.token_urlsafe(32)
 
@@ -65,18 +63,8 @@ class DictServices:
 
 
 def discover_route_tables() -> list[RouteTable]:
-    """Every RouteTable defined in node.api's routes_* modules, except the built-in core."""
-    from node.api.routes_core import core_routes
-
-    found: dict[int, RouteTable] = {}
-    for module_info in pkgutil.iter_modules(node.api.__path__):
-        if not module_info.name.startswith("routes_"):
-            continue
-        module = importlib.import_module(f"node.api.{module_info.name}")
-        for value in vars(module).values():
-            if isinstance(value, RouteTable) and value is not core_routes:
-                found[id(value)] = value
-    return list(found.values())
+    """Every RouteTable the loaded features declare (the core table comes with build_app)."""
+    return local_api_tables(load_features())
 
 
 ALL_TABLES = discover_route_tables()

@@ -457,3 +457,55 @@ async def test_too_many_requests_in_flight_are_shed_with_503() -> None:
         again = await client.get("/v1/status", headers=headers)
         assert again.status == 200
         assert again.headers["Server"] == "maia-node"
+
+
+# -- errors and needs declared once, by the route table (issue 12) -----------------------------
+class NoSuchThing(LookupError):
+    def __str__(self) -> str:
+        return f"no thing is called {self.args[0]!r}"
+
+
+class SecretTrouble(LookupError):
+    """Not in the table's map: stays a 500 that says nothing."""
+
+
+THING_KEY: web.AppKey[dict] = web.AppKey("test_things", dict)
+mapped_routes = RouteTable("things", errors={NoSuchThing: (404, "No such thing")},
+                           requires=[THING_KEY])
+
+
+@mapped_routes.get("/v1/test/things/{name}")
+async def thing(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name == "secret":
+        raise SecretTrouble(LEAK_MARKER)
+    if name not in request.app[THING_KEY]:
+        raise NoSuchThing(name)
+    return web.json_response({"name": name})
+
+
+async def test_a_table_maps_its_domain_errors_to_problems_in_one_place() -> None:
+    """SPEC-003 003.3.9: a domain error the table declares becomes its problem, with the error's own
+    sentence as the detail; one it does not declare is a 500 that leaks nothing."""
+    app = build_app(DictServices(), token=TOKEN, extra_tables=[mapped_routes])
+    app[THING_KEY] = {"kettle": 1}
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        ok = await client.get("/v1/test/things/kettle", headers=AUTH)
+        assert ok.status == 200
+        resp = await client.get("/v1/test/things/teapot", headers=AUTH)
+        body = await problem_of(resp, 404)
+        assert body["title"] == "No such thing"
+        assert body["detail"] == "no thing is called 'teapot'"
+        resp = await client.get("/v1/test/things/secret", headers=AUTH)
+        body = await problem_of(resp, 500)
+        assert LEAK_MARKER not in json.dumps(body)
+
+
+async def test_a_table_missing_its_state_answers_503_after_authentication() -> None:
+    """SPEC-003 003.3.9: a table's declared state (``requires``) missing from the app is one 503,
+    and only for an authenticated caller: without a credential the answer stays 401."""
+    app = build_app(DictServices(), token=TOKEN, extra_tables=[mapped_routes])
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        assert (await client.get("/v1/test/things/kettle")).status == 401
+        body = await problem_of(await client.get("/v1/test/things/kettle", headers=AUTH), 503)
+        assert body["title"] == "Things unavailable"

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from node.api.openapi import DEFAULT_OUTPUT, node_document, render
+from node.api.openapi import render
+from node.apidoc import DEFAULT_OUTPUT, node_document
 from tests.nodes import NodeProc, make_mesh
 
 schemathesis = pytest.importorskip("schemathesis")

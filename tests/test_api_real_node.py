@@ -9,22 +9,13 @@ import urllib.error
 import urllib.request
 
 from node.api.routes import RouteTable
-from node.features import load_features
+from node.apidoc import node_route_tables
 from tests.test_api_conformance import EXPECTED_PUBLIC as PUBLIC
 
 
 def _node_route_tables() -> list[RouteTable]:
-    """The tables a node installs: core, memory, peers, devices, and every feature's."""
-    from node.api.routes_core import core_routes
-    from node.api.routes_devices import device_routes
-    from node.api.routes_memory import memory_routes
-    from node.api.routes_memory_versions import memory_version_routes
-    from node.api.routes_peers import peer_routes
-
-    tables = [core_routes, memory_version_routes, memory_routes, peer_routes, device_routes]
-    for feature in load_features():
-        tables.extend(feature.route_tables())
-    return tables
+    """The tables a node installs: core and every feature's."""
+    return node_route_tables()
 
 
 def _call(node, method: str, path: str, body: bytes | None = None, token: str | None = None,

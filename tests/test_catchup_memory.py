@@ -44,7 +44,7 @@ def test_a_catch_up_holds_few_documents_and_leaves_every_entry_listable(
         loads = []
         real_load = b.repo._load
         b.repo._load = lambda doc_id: loads.append(doc_id) or real_load(doc_id)
-        listed = memory_b.search("walnut", limit=1000)
+        listed = memory_b.list(query="walnut", limit=1000)
         assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in added)
         assert loads == [], "evicted shards were indexed before they left memory"
     finally:

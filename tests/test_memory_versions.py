@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.memory import EntryNotFound, Memory, shard_of
-from node.memory_versions import NotDeleted, UnknownVersion, versions_of
+from node.memory.versions import NotDeleted, UnknownVersion, versions_of
 from tests.trust_helpers import Device, pump
 
 

@@ -10,12 +10,13 @@ indexed heads stay behind, so it is re-indexed from the document at the next sta
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from crdt.documents import Repo
 from crdt.keys import DeviceKey
 from crdt.store import Store
-from node.memory import PENDING_ROWS, Memory
+from node.memory.entries import PENDING_ROWS, Memory
 
 KEY = DeviceKey.generate()
 MESH = os.urandom(32)
@@ -36,11 +37,11 @@ def test_a_read_sees_every_write_before_it(tmp_path: Path) -> None:
     try:
         added = memory.add_many(_items(30))
         assert memory._pending, "rows are held, not yet written"
-        listed = memory.search("apple", limit=100)
+        listed = memory.list(query="apple", limit=100)
         assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in added)
         assert memory.count() == 30
         one = memory.add("banana split", "note", ["x"])
-        assert [e["id"] for e in memory.search("banana")] == [one["id"]]
+        assert [e["id"] for e in memory.list(query="banana")] == [one["id"]]
     finally:
         store.close()
 
@@ -79,5 +80,28 @@ def test_held_rows_are_bounded(tmp_path: Path) -> None:
         memory.add_many(_items(PENDING_ROWS + 10))
         assert memory._pending_rows == 0, "a bulk write past the bound writes its rows"
         assert memory.count() == PENDING_ROWS + 10
+    finally:
+        store.close()
+
+
+def test_a_reindexed_shard_keeps_who_wrote_and_what_corrects_what(tmp_path: Path) -> None:
+    """The re-index reads an entry's map values without ``extract``: every field the listing
+    shows must survive it (a superseded entry surfacing again after a re-index was a bug)."""
+    store, memory = _memory(tmp_path)
+    try:
+        by = {"session": "s-1", "agent": "claude"}
+        old = memory.add("release builds are signed on the old box", "fact", [], by=by)
+        new = memory.supersede(old["id"], "release signing moved off the old box")
+        memory.write_pending()
+    finally:
+        store.close()
+    shutil.rmtree(tmp_path / "runtime")  # Runtime gone: rebuilt from the documents
+    store, memory = _memory(tmp_path)
+    try:
+        assert [e["id"] for e in memory.list(query="release")] == [new["id"]]
+        listed = {e["id"]: e for e in memory.list(query="release", include_superseded=True)}
+        assert listed[old["id"]]["superseded_by"] == new["id"]
+        assert (listed[old["id"]]["session"], listed[old["id"]]["agent"]) == ("s-1", "claude")
+        assert listed[new["id"]]["supersedes"] == old["id"]
     finally:
         store.close()

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from crdt.identity import enrol_device, open_repo, stored_mesh_id
 from crdt.keys import DeviceKey
-from node.node import locked_store
+from node.datadir import locked_store
 from node.transport import accept
 from tests.nodes import NodeProc, cli, free_port, make_mesh, wait_for
 from tests.pairing_helpers import Proc, play_member, sas_of

@@ -428,7 +428,7 @@ def test_an_offline_peer_s_cortices_are_kept_and_shown_not_chosen() -> None:
 def test_litellm_is_not_imported_when_the_node_or_the_cli_starts() -> None:
     """SPEC-006 §8.2: importing the node, the CLI (with every command module) and the routing
     feature loads neither litellm nor the openai SDK."""
-    code = ("import sys, node.cli, node.node, node.routing.feature, node.api.routes_openai; "
+    code = ("import sys, node.cli, node.node, node.routing.feature, node.routing.routes; "
             "node.cli.build_parser(); "
             "print(sorted(m for m in ('litellm', 'openai', 'tiktoken') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

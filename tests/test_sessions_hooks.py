@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from node.hook import cache_path
+from node.sessions.hook import cache_path
 from tests.nodes import NodeProc, make_mesh, wait_for
 from tests.sessions_helpers import (
     HOOK,
@@ -213,9 +213,9 @@ def test_without_a_node_the_hook_allows_and_exits_zero_quickly(tmp_path, cli) ->
 
 
 def test_hook_imports_only_the_standard_library(tmp_path) -> None:
-    """SPEC-004 §11.4: `python -X importtime -m node.hook` imports nothing outside the standard
-    library (beyond the interpreter's own start-up); none of aiohttp, automerge, nacl, lmdb,
-    msgpack, litellm, jsonschema."""
+    """SPEC-004 §11.4: `python -X importtime -m node.sessions.hook` imports nothing outside the
+    standard library (beyond the interpreter's own start-up); none of aiohttp, automerge, nacl,
+    lmdb, msgpack, litellm, jsonschema."""
     def imported(args: list[str], stdin: bytes) -> set[str]:
         done = subprocess.run([sys.executable, "-X", "importtime", *args], input=stdin,
                               capture_output=True, env={**os.environ,
@@ -230,7 +230,7 @@ def test_hook_imports_only_the_standard_library(tmp_path) -> None:
     payload = json.dumps(claude_tool("PreToolUse", "s", str(tmp_path), "Edit",
                                      file_path=str(tmp_path / "a.py"), old_string="a",
                                      new_string="b")).encode()
-    hook = imported(["-m", "node.hook", "claude", "PreToolUse"], payload)
+    hook = imported(["-m", "node.sessions.hook", "claude", "PreToolUse"], payload)
     assert "node" in hook  # the measurement saw the hook's own imports
     extra = hook - baseline
     assert not (extra & FORBIDDEN)

@@ -213,8 +213,8 @@ def assert_mesh_still_works(mesh: Mesh, label: str) -> None:
         mesh.victim.request("GET", "/v1/status", auth=False)
     assert unauthenticated.value.code == 401  # /v1/status really is the authenticated route
     # One direction at a time: two nodes creating the same new shard concurrently lose one
-    # side's entry from view (node/memory.py creates ROOT["entries"] on both; reported), which
-    # is not what these tests are about.
+    # side's entry from view (node/memory/entries.py creates ROOT["entries"] on both;
+    # reported), which is not what these tests are about.
     from_b = mesh.honest.add_memory(f"honest write on b after {label}")["id"]
     wait_for(lambda: mesh.victim.entry(from_b) is not None, timeout=20,
              what=f"b's write reaches a after {label}")

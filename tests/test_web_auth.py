@@ -409,7 +409,7 @@ def test_the_static_files_ship_as_package_data() -> None:
     non-editable install carries the page."""
     import tomllib
 
-    from node.api.routes_ui import PRIVATE_ASSETS, PUBLIC_ASSETS
+    from node.web.routes import PRIVATE_ASSETS, PUBLIC_ASSETS
 
     root = Path(__file__).resolve().parent.parent
     config = tomllib.loads((root / "pyproject.toml").read_text())

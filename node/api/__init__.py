@@ -10,7 +10,7 @@ from .auth import (
 )
 from .middleware import BODY_KEY, MIDDLEWARES, PRINCIPAL_KEY, QUERY_KEY, HostPolicy, Limits
 from .problem import PROBLEM_CONTENT_TYPE, Problem
-from .routes import RouteSpec, RouteTable, inventory, route_spec, route_specs
+from .routes import RouteSpec, RouteTable, route_spec, route_specs
 from .services import SERVICES_KEY, NodeServices
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "RouteTable",
     "TokenFileError",
     "build_app",
-    "inventory",
     "load_or_create_token",
     "make_runner",
     "route_spec",

@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .auth import Authenticator, LocalTokenAuthenticator
+from .core import core_routes
 from .middleware import (
     AUTHENTICATORS_KEY,
     HOST_POLICY_KEY,
@@ -30,10 +31,10 @@ from .middleware import (
     expectation_problem,
     security_headers,
 )
+from .openapi import openapi_routes
 from .problem import Problem, problem_from_http_exception
 from .ratelimit import RateLimiter
 from .routes import RouteTable
-from .routes_core import core_routes
 from .services import SERVICES_KEY, NodeServices
 
 
@@ -65,7 +66,8 @@ def build_app(
     app[RATE_LIMITER_KEY] = RateLimiter(
         limits.rate_per_second, limits.rate_burst, max_clients=limits.rate_max_clients
     )
-    for table in ((core_routes,) if include_core else ()) + tuple(extra_tables):
+    core = (core_routes, openapi_routes) if include_core else ()
+    for table in core + tuple(extra_tables):
         table.install(app)
     app.on_response_prepare.append(security_headers)
     return app

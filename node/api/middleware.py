@@ -30,8 +30,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from jsonschema import Draft202012Validator
 
-from crdt.documents import DeviceRevoked, SchemaTooNew
-from crdt.store import StorageFull
+from crdt import DeviceRevoked, SchemaTooNew, StorageFull
 
 from .auth import Authenticator
 from .problem import (
@@ -46,7 +45,7 @@ from .problem import (
     problem_from_http_exception,
 )
 from .ratelimit import RateLimiter
-from .routes import Handler, route_spec
+from .routes import Handler, mapped_error, route_spec
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +242,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         return Problem(507, "Insufficient storage", str(full), data_dir=str(full.data_dir),
                        free_bytes=full.free_bytes).to_response(request)
-    except Exception:
-        log.exception("unhandled error answering %s %s", request.method, request.path)
+    except Exception as exc:
         if request.get(_STARTED_KEY):
+            log.exception("unhandled error answering %s %s", request.method, request.path)
             raise
+        declared = mapped_error(route_spec(request), exc)
+        if declared is not None:  # a domain error the route table maps (RouteTable.errors)
+            return Problem(declared[0], declared[1], str(exc)).to_response(request)
+        log.exception("unhandled error answering %s %s", request.method, request.path)
         return Problem(500, detail="internal error; see the node log").to_response(request)
 
 
@@ -374,6 +377,9 @@ async def validation_middleware(request: web.Request, handler: Handler) -> web.S
     spec = route_spec(request)
     await _continue_if_expected(request)  # SPEC-003 §4.3: only once limits and auth passed
     if spec is not None:
+        if any(key not in request.app for key in spec.requires):
+            raise Problem(503, f"{spec.table.capitalize()} unavailable",
+                          f"this node runs without what the {spec.table} routes need")
         limits = request.app[LIMITS_KEY]
         if spec.query_validator is not None:
             request[QUERY_KEY] = _validated_query(request, spec.query_validator, limits)

@@ -7,19 +7,15 @@ method, path (pattern parameters keep their pattern), query and body schemas (JS
 problem+json error answer.
 
 ``python -m node.api.openapi [PATH]`` writes the whole node's document (default
-``docs/openapi.json``); ``tests/test_api_openapi.py`` fails when that file is out of date.
+``docs/openapi.json``, see ``node/apidoc.py``); ``tests/test_api_openapi.py`` fails when that
+file is out of date.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
-import pkgutil
 import re
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,7 +25,6 @@ from .routes import RouteSpec, RouteTable, route_specs
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
-DEFAULT_OUTPUT = Path("docs/openapi.json")
 
 _PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -50,6 +45,17 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+# Part of the core table (same name, so the same tag): every listener with the core routes
+# serves its own document.
+openapi_routes = RouteTable("core")
+
+
+@openapi_routes.get("/v1/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this listener's routes (SPEC-003 §3.8)."""
+    return web.json_response(openapi_document(request.app))
 
 
 def openapi_document(app: web.Application) -> dict[str, Any]:
@@ -161,42 +167,11 @@ def _path_template(path: str) -> tuple[str, list[dict[str, Any]]]:
     return "".join(out), params
 
 
-def node_route_tables() -> list[RouteTable]:
-    """The local API's tables: core plus every RouteTable of a ``node.api.routes_*`` module."""
-    import node.api
-
-    found: dict[int, RouteTable] = {}
-    for module_info in sorted(pkgutil.iter_modules(node.api.__path__), key=lambda m: m.name):
-        if not module_info.name.startswith("routes_"):
-            continue
-        module = importlib.import_module(f"node.api.{module_info.name}")
-        for value in vars(module).values():
-            if isinstance(value, RouteTable):
-                found[id(value)] = value
-    return list(found.values())
-
-
-def node_document() -> dict[str, Any]:
-    """The whole node's document, without starting a node."""
-    specs = [spec for table in node_route_tables() for spec in table]
-    return document_for(specs)
-
-
 def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m node.api.openapi",
-        description="Write the node's OpenAPI 3.1 document (SPEC-003 §3.8).",
-    )
-    parser.add_argument("output", nargs="?", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-    args.output.write_text(render(node_document()))
-    print(f"wrote {args.output}", file=sys.stderr)
-    return 0
+if __name__ == "__main__":  # the script lives above node/api: it reads every feature's routes
+    from node.apidoc import main
 
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSONSchema = Mapping[str, Any]
+# A domain error class -> (HTTP status, problem title); the problem's detail is ``str(error)``.
+ErrorMap = Mapping[type[Exception], tuple[int, str]]
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _BODYLESS = frozenset({"GET", "DELETE"})
@@ -52,6 +54,8 @@ class RouteSpec:
     streaming: bool = False
     principal_kinds: frozenset[PrincipalKind] = frozenset({"local"})
     summary: str = ""
+    errors: ErrorMap = field(default_factory=dict)
+    requires: tuple[web.AppKey, ...] = ()
     body_validator: Draft202012Validator | None = field(default=None, repr=False)
     query_validator: Draft202012Validator | None = field(default=None, repr=False)
 
@@ -74,10 +78,23 @@ def _validator(schema: JSONSchema | None) -> Draft202012Validator | None:
 
 
 class RouteTable:
-    """A named group of routes with metadata, installed into an app as one unit."""
+    """A named group of routes with metadata, installed into an app as one unit.
 
-    def __init__(self, name: str) -> None:
+    ``errors`` maps the domain errors its handlers let through to problems, in this one place:
+    a handler calls the domain and lets its error go (SPEC-003 §9), the errors middleware
+    answers ``status`` with ``title`` and the error's own sentence as the detail. The first
+    matching class wins, so list subclasses before their bases.
+
+    ``requires`` names the app keys its handlers read (the state a feature puts there): a
+    request reaching the table while one is missing gets 503 "<name> unavailable", once here
+    instead of in every handler.
+    """
+
+    def __init__(self, name: str, *, errors: ErrorMap | None = None,
+                 requires: Iterable[web.AppKey] = ()) -> None:
         self.name = name
+        self.errors: ErrorMap = dict(errors or {})
+        self.requires = tuple(requires)
         self._specs: list[RouteSpec] = []
 
     def __iter__(self) -> Iterator[RouteSpec]:
@@ -137,6 +154,8 @@ class RouteTable:
                     streaming=streaming,
                     principal_kinds=kinds,
                     summary=((handler.__doc__ or "").strip().splitlines() or [""])[0],
+                    errors=self.errors,
+                    requires=self.requires,
                     body_validator=body_validator,
                     query_validator=query_validator,
                 )
@@ -223,18 +242,12 @@ def route_specs(app: web.Application) -> Mapping[web.AbstractRoute, RouteSpec]:
     return app.get(ROUTE_SPECS_KEY, {})
 
 
-def inventory(app: web.Application) -> list[dict[str, Any]]:
-    """A plain listing of every installed route, for documentation and audits (OWASP API9)."""
-    return [
-        {
-            "method": spec.method,
-            "path": spec.path,
-            "table": spec.table,
-            "public": spec.public,
-            "public_reason": spec.public_reason,
-            "principal_kinds": sorted(spec.principal_kinds),
-            "streaming": spec.streaming,
-            "summary": spec.summary,
-        }
-        for spec in sorted(route_specs(app).values(), key=lambda s: (s.path, s.method))
-    ]
+def mapped_error(spec: RouteSpec | None, exc: Exception) -> tuple[int, str] | None:
+    """The (status, title) ``spec``'s table declares for ``exc``, or None."""
+    if spec is None:
+        return None
+    for kind, answer in spec.errors.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
+

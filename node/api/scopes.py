@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..sessions.scopes import (  # noqa: F401  (re-exported for the routes)
+from ..scopes import (  # noqa: F401  (re-exported for the routes)
     DEFAULT_AGENT_SCOPES,
     MEMORY_ADMIN,
     MEMORY_READ,
@@ -19,6 +19,7 @@ from ..sessions.scopes import (  # noqa: F401  (re-exported for the routes)
     SCOPES,
 )
 from .auth import Principal
+from .middleware import PRINCIPAL_KEY
 from .problem import Problem
 
 TYPE_INSUFFICIENT_SCOPE = "urn:maia-node:problem:insufficient-scope"
@@ -30,8 +31,6 @@ def has_scope(principal: Principal, scope: str) -> bool:
 
 def require_scope(request: web.Request, scope: str) -> Principal:
     """The request's principal, if it holds ``scope``; else the 403 ``insufficient-scope``."""
-    from .middleware import PRINCIPAL_KEY
-
     principal: Principal = request[PRINCIPAL_KEY]
     if not has_scope(principal, scope):
         raise Problem(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import logging
 import os
 import signal
@@ -19,8 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import UserError, print_json, say
+from crdt import DeviceKey, Store, StoreError
+
+from ..cli.client import ApiError, NodeClient, NodeNotRunning
+from ..cli.common import UserError, print_json, say
 from ..config import NodeConfig, Paths
+from .anchors import check_rollback
+from .create import create_backup
+from .crypto import seal_device_key
+from .format import BACKED_UP_LAYERS, BackupError, Cancelled, Corrupt
+from .repository import Repository
+from .restore import restore_backup
+from .retention import prune
+from .runtime_status import record_verified_offline
+from .settings import BackupSettings, load_cached_key, save_cached_key
+from .verify import verify_backup
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +131,6 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_backup(args: argparse.Namespace, paths: Paths) -> int:
-    from crdt.store import StoreError
-
-    from .format import BackupError
-
     handlers = {
         "init": _init, "create": _create, "verify": _verify, "list": _list,
         "restore": _restore, "prune": _prune, "forget-device-key": _forget,
@@ -174,7 +184,6 @@ def _prompt(label: str, *, confirm: bool, env: str, flag: str) -> bytes:
 def _repo_path(args: argparse.Namespace, paths: Paths) -> Path:
     if getattr(args, "repo", None):
         return Path(args.repo).expanduser().absolute()
-    from .settings import BackupSettings
 
     target = BackupSettings.from_config(NodeConfig.load(paths.config)).target
     if target is None:
@@ -184,9 +193,6 @@ def _repo_path(args: argparse.Namespace, paths: Paths) -> Path:
 
 
 def _open_repo(args: argparse.Namespace, paths: Paths, path: Path):
-    from .repository import Repository
-    from .settings import load_cached_key
-
     passphrase = _given(args.passphrase_file, ENV_PASSPHRASE)
     if passphrase is None:
         cached = load_cached_key(paths, Repository.read_info(path)["repo_id"])
@@ -206,8 +212,6 @@ def _device_key_passphrase(args: argparse.Namespace, *, confirm: bool) -> bytes:
 
 
 def _remember(paths: Paths, repo) -> None:
-    from .settings import save_cached_key
-
     if not paths.root.is_dir():
         raise UserError(f"there is no data dir at {paths.root} to keep the key in")
     path = save_cached_key(paths, repo.repo_id, repo.master_key)
@@ -215,8 +219,6 @@ def _remember(paths: Paths, repo) -> None:
 
 
 def _this_device(paths: Paths) -> str:
-    from crdt.keys import DeviceKey
-
     return DeviceKey.load(paths.key).device_id
 
 
@@ -261,8 +263,6 @@ def _refused_json(catalog) -> list[dict[str, str]]:
 
 def _check_target(repo, catalog, *roots: Path, quiet_unchecked: bool = True):
     """Refused manifests and the rollback check (SPEC-002 §5.5, §12.3), warned on stderr."""
-    from .anchors import check_rollback
-
     for ref, exc in catalog.refused:
         _warn(f"backup manifest {ref.path.name} is refused: {exc}")
     check = check_rollback(repo, catalog, *roots)
@@ -276,17 +276,11 @@ def _mib(n: int) -> str:
 
 
 def _open_store(paths: Paths):
-    from crdt.store import Store
-
-    from .format import BACKED_UP_LAYERS
-
     return Store(paths.root, readonly=True, layers=BACKED_UP_LAYERS)
 
 
 # -- commands ----------------------------------------------------------------------------------
 def _init(args: argparse.Namespace, paths: Paths) -> int:
-    from .repository import Repository
-
     if not args.repo:
         raise UserError("say where to create the repository: maia backup init --to DIR")
     path = _repo_path(args, paths)
@@ -309,9 +303,6 @@ def _init(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _create(args: argparse.Namespace, paths: Paths, *, forget: bool = False) -> int:
-    from .create import create_backup
-    from .crypto import seal_device_key
-
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
     device = _this_device(paths)
@@ -351,9 +342,6 @@ def _forget(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _verify(args: argparse.Namespace, paths: Paths) -> int:
-    from .format import Corrupt
-    from .verify import verify_backup
-
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
     if not repo.manifests():
@@ -402,9 +390,6 @@ def _verify(args: argparse.Namespace, paths: Paths) -> int:
 
 def _tell_node(paths: Paths, manifest_id: str, verified_at: str) -> None:
     """Store last_verified in Runtime: through the running node, else directly (§7.2)."""
-    from ..client import ApiError, NodeClient, NodeNotRunning
-    from .runtime_status import record_verified_offline
-
     try:
         NodeClient(paths).request("POST", "/v1/backup/verified",
                                   {"manifest": manifest_id, "verified_at": verified_at})
@@ -418,8 +403,6 @@ def _tell_node(paths: Paths, manifest_id: str, verified_at: str) -> None:
 
 
 def _list(args: argparse.Namespace, paths: Paths) -> int:
-    from .format import Corrupt
-
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
     verified = repo.verified_ids()
@@ -467,8 +450,6 @@ def _list(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _restore(args: argparse.Namespace, paths: Paths) -> int:
-    from .restore import restore_backup
-
     path = _repo_path(args, paths)
     repo = _open_repo(args, paths, path)
     if not repo.manifests():
@@ -517,9 +498,6 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _prune(args: argparse.Namespace, paths: Paths) -> int:
-    from .retention import prune
-    from .settings import BackupSettings
-
     path = _repo_path(args, paths)
     rule = BackupSettings.from_config(NodeConfig.load(paths.config)).rule
     repo = _open_repo(args, paths, path)
@@ -552,12 +530,6 @@ def _scheduled_run(args: argparse.Namespace, paths: Paths) -> int:
     """One scheduled run for the node (SPEC-002 §10.1): create, verify, prune, at low priority.
     Never adds a device key (§6.2). SIGTERM stops it cleanly: temporary files and the lock
     are removed and no manifest is written."""
-    from .create import create_backup
-    from .format import BackupError, Cancelled
-    from .repository import Repository
-    from .retention import prune
-    from .settings import BackupSettings, load_cached_key
-    from .verify import verify_backup
 
     def stop(signum: int, frame: Any) -> None:
         raise Cancelled("the node stopped the scheduled backup; nothing was recorded")
@@ -592,7 +564,5 @@ def _scheduled_run(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def print_json_line(obj: dict[str, Any]) -> None:
-    import json
-
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()

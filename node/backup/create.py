@@ -18,9 +18,9 @@ from pathlib import Path
 import msgpack
 from automerge.core import Document
 
-from crdt.chunks import CHUNK_CHANGE, inflate_change
-from crdt.store import LayerView, Store
+from crdt import CHUNK_CHANGE, LayerView, Store, inflate_change
 
+from .anchors import check_rollback, remember
 from .format import (
     BACKED_UP_LAYERS,
     MAX_PACKS,
@@ -105,8 +105,6 @@ def create_backup(
     With ``anchor_root`` (the data dir), the target is first checked for a rollback, and the
     new manifest is then remembered there (§12.1, §12.3), both under the repository lock.
     """
-    from .anchors import check_rollback, remember
-
     started = time.monotonic()
     config = config_path.read_bytes() if config_path and config_path.is_file() else None
     try:

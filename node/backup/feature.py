@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..api.routes import RouteTable
 from ..config import ConfigError
+from ..features import FeatureBase
 from .format import parse_iso, parse_manifest_filename
+from .routes import BACKUP_KEY, backup_routes
 from .runtime_status import newer_verification, read_status, update_status
 from .settings import ENV_MIN_INTERVAL, BackupSettings, cache_path
 
 if TYPE_CHECKING:
-    from crdt.store import Store
+    from crdt import Store
 
-    from ..api.routes import RouteTable
     from ..config import NodeConfig
     from ..node import Node
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 10.0
 
 
-class BackupFeature:
+class BackupFeature(FeatureBase):
     """The node's backup schedule and status."""
 
     name = "backup"
@@ -63,13 +65,10 @@ class BackupFeature:
                         ENV_MIN_INTERVAL)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_backup import backup_routes
-
         return [backup_routes]
 
-    def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_backup import BACKUP_KEY
 
+    def configure_app(self, app: web.Application) -> None:
         app[BACKUP_KEY] = self
 
     async def start(self) -> None:
@@ -89,6 +88,17 @@ class BackupFeature:
                 await self._task
             self._task = None
         await self._stop_worker()
+
+    def offline_status(self, store: Store, config: NodeConfig) -> dict[str, Any]:
+        """The backup section of ``maia status`` when no node runs (SPEC-002 §7.4), from
+        Runtime."""
+        try:
+            self.settings = BackupSettings.from_config(config)
+        except ConfigError as exc:
+            return {"summary": f"WARNING: {exc}", "warning": str(exc)}
+        self._state = read_status(store)
+        self.why_not_scheduled = "the node is not running"
+        return self.status()
 
     def status(self) -> dict[str, Any]:
         st = self._state
@@ -259,18 +269,6 @@ class BackupFeature:
 def feature() -> BackupFeature:
     """Factory named in node.features.FEATURES."""
     return BackupFeature()
-
-
-def offline_status(store: Store, config: NodeConfig) -> dict[str, Any]:
-    """The backup section of ``maia status`` when no node runs (SPEC-002 §7.4), from Runtime."""
-    f = BackupFeature()
-    try:
-        f.settings = BackupSettings.from_config(config)
-    except ConfigError as exc:
-        return {"summary": f"WARNING: {exc}", "warning": str(exc)}
-    f._state = read_status(store)
-    f.why_not_scheduled = "the node is not running"
-    return f.status()
 
 
 def _iso_epoch(value: Any) -> str | None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 import zlib
@@ -24,9 +25,9 @@ from typing import Any
 
 from nacl.exceptions import CryptoError
 
-from crdt.store import fsync_path as fsync_dir  # one fsync helper: files and directories
+from crdt import fsync_path as fsync_dir  # one fsync helper: files and directories
 
-from ..client import pid_alive
+from ..cli.client import pid_alive
 from .crypto import KDF_LIMITS, RepoKeys, check_kdf_limits, derive_kek, new_master, unwrap, wrap
 from .format import (
     CHUNK_RAW,
@@ -547,6 +548,4 @@ def _read_lock(path: Path) -> dict[str, Any]:
 
 
 def _remove_tree_quietly(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)

@@ -17,13 +17,26 @@ from pathlib import Path
 import msgpack
 from automerge.core import Document
 
-from crdt.documents import Repo, valid_doc_id
-from crdt.identity import cutoff_heads, record_certs
-from crdt.keys import DeviceKey
-from crdt.roster import CertError, Roster, decode_cert, new_endorsement, new_tombstone
-from crdt.store import Store, format_version, layer_of
-from crdt.verify import Rejected, verify_changes
+from crdt import (
+    CertError,
+    DeviceKey,
+    Rejected,
+    Repo,
+    Roster,
+    Store,
+    cutoff_heads,
+    decode_cert,
+    format_version,
+    layer_of,
+    new_endorsement,
+    new_tombstone,
+    record_certs,
+    valid_doc_id,
+    verify_changes,
+)
 
+from ..datadir import DataDirBusy, DataDirLock
+from .anchors import remember
 from .crypto import unseal_device_key
 from .format import BACKED_UP_LAYERS, BackupError, Corrupt, Manifest, Pack, stamp, utcnow
 from .repository import ManifestRef, Repository, fsync_dir
@@ -204,54 +217,20 @@ def restore_backup(
 ) -> RestoreResult:
     """Restore ``ref`` into the data dir ``target`` (SPEC-002 §8). Nothing is written to the
     target unless every check passed; an existing data dir is only moved aside, with force."""
-    from node.node import DataDirBusy, DataDirLock  # the node's own data-dir lock
-
     target = Path(target).absolute()
     manifest = repo.load_manifest(ref)
-    taken = occupied(target)
-    if taken and not force:
-        raise BackupError(
-            f"{target} already holds a data dir ({', '.join(t + '/' for t in taken)}); restore "
-            "refuses to overwrite it (with --force the existing data is moved to "
-            "pre-restore-<time>/, never deleted)"
-        )
-    old_key = None
-    if device_key_passphrase is not None:
-        if manifest.device_key is None:
-            raise BackupError(f"backup {manifest.id[:12]} holds no device key (one is added "
-                              "only by maia backup create --include-device-key)")
-        sealed = repo.get_content([manifest.device_key], manifest.chunks)
-        old_key = DeviceKey.from_key_file_bytes(
-            unseal_device_key(sealed, device_key_passphrase), "the backed-up device key")
+    _refuse_occupied(target, force)
+    old_key = _escrowed_key(repo, manifest, device_key_passphrase)
     created = not target.exists()
-    lock = DataDirLock(target)
-    try:
-        lock.acquire()
-    except DataDirBusy:
-        raise BackupError(f"a maia node is running on {target}; stop it before restoring") from None
+    lock = _lock(target)
     staging = target.parent / f".{target.name}.restore-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         staging.mkdir(mode=0o700)
         report = rebuild(repo, manifest, ref, staging, progress=progress)
-        existing = target / "keys" / "device.key"
-        kept_key = force and existing.exists()
-        if kept_key:
-            new_key = DeviceKey.load(existing)
-        else:
-            (staging / "keys").mkdir(mode=0o700)
-            new_key = DeviceKey.generate()
-            new_key.save(staging / "keys" / "device.key")
+        new_key, kept_key = _device_key(staging, target, force)
         if old_key is not None:
             _hand_over(staging, report, old_key, new_key)
-        config_restored = False
-        if manifest.config and (force or not (target / "config.toml").exists()):
-            cfg = staging / "config.toml"
-            fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(repo.get_content([manifest.config], manifest.chunks))
-                fh.flush()
-                os.fsync(fh.fileno())
-            config_restored = True
+        config_restored = _restore_config(repo, manifest, staging, target, force)
         aside = _move_aside(target) if force else None
         for name in ("identity", "memory", "config.toml", "keys"):
             if (staging / name).exists():
@@ -265,8 +244,6 @@ def restore_backup(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     try:  # the restored data dir now knows this target (SPEC-002 §12.1)
-        from .anchors import remember
-
         remember(target, repo, manifest)
     except OSError as exc:
         log.warning("restored, but %s could not record the backup it came from (%s)", target,
@@ -284,6 +261,62 @@ def restore_backup(
         moved_aside=aside,
         config_restored=config_restored,
     )
+
+
+def _refuse_occupied(target: Path, force: bool) -> None:
+    taken = occupied(target)
+    if taken and not force:
+        raise BackupError(
+            f"{target} already holds a data dir ({', '.join(t + '/' for t in taken)}); restore "
+            "refuses to overwrite it (with --force the existing data is moved to "
+            "pre-restore-<time>/, never deleted)"
+        )
+
+
+def _escrowed_key(repo: Repository, manifest, passphrase: bytes | None) -> DeviceKey | None:
+    """The lost device's key from the backup (only when asked for, with its passphrase)."""
+    if passphrase is None:
+        return None
+    if manifest.device_key is None:
+        raise BackupError(f"backup {manifest.id[:12]} holds no device key (one is added "
+                          "only by maia backup create --include-device-key)")
+    sealed = repo.get_content([manifest.device_key], manifest.chunks)
+    return DeviceKey.from_key_file_bytes(
+        unseal_device_key(sealed, passphrase), "the backed-up device key")
+
+
+def _lock(target: Path) -> DataDirLock:
+    """The node's own data-dir lock: no node may run on the target while it is restored."""
+    lock = DataDirLock(target)
+    try:
+        lock.acquire()
+    except DataDirBusy:
+        raise BackupError(f"a maia node is running on {target}; stop it before restoring") from None
+    return lock
+
+
+def _device_key(staging: Path, target: Path, force: bool) -> tuple[DeviceKey, bool]:
+    """The restored node's key: the target's own with --force, else a new one (staged)."""
+    existing = target / "keys" / "device.key"
+    if force and existing.exists():
+        return DeviceKey.load(existing), True
+    (staging / "keys").mkdir(mode=0o700)
+    new_key = DeviceKey.generate()
+    new_key.save(staging / "keys" / "device.key")
+    return new_key, False
+
+
+def _restore_config(repo: Repository, manifest, staging: Path, target: Path,
+                    force: bool) -> bool:
+    """Stage the backed-up config.toml unless the target keeps its own."""
+    if not manifest.config or (not force and (target / "config.toml").exists()):
+        return False
+    fd = os.open(staging / "config.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(repo.get_content([manifest.config], manifest.chunks))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
 
 
 def _move_aside(target: Path) -> Path | None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from crdt.store import Store
+from crdt import Store
 
 from ..config import Paths
+from ..datadir import DataDirBusy, DataDirLock
 
 STATUS_KEY = b"backup:status"
 
@@ -47,8 +48,6 @@ def newer_verification(status: dict[str, Any], manifest_id: str, verified_at: st
 
 def record_verified_offline(paths: Paths, manifest_id: str, verified_at: str) -> bool:
     """Store ``last_verified`` when no node runs (holding the node's lock while writing)."""
-    from ..node import DataDirBusy, DataDirLock
-
     if not (paths.root / "runtime" / "data.mdb").is_file():
         return False
     lock = DataDirLock(paths.root)

@@ -150,13 +150,3 @@ def load_cached_key(paths: Paths, repo_id: str) -> bytes | None:
     except ValueError:
         raise ConfigError(f"{path} is damaged") from None
 
-
-def cached_repo_id(paths: Paths) -> str | None:
-    path = cache_path(paths)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    if not raw.startswith(_CACHE_MAGIC):
-        return None
-    return raw[len(_CACHE_MAGIC):].split(b" ", 1)[0].decode(errors="replace")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cli import UserError, print_json, say
+from ..cli.client import ApiError, NodeNotRunning
+from ..cli.common import UserError, print_json, running_node, say
 from ..config import Paths
 
 
@@ -54,10 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _request(paths: Paths, method: str, path: str, body: Any = None,
              timeout: float = 30.0) -> Any:
-    from ..client import ApiError, NodeClient, NodeNotRunning
-
+    client = running_node(paths, timeout=timeout)
     try:
-        return NodeClient(paths, timeout=timeout).request(method, path, body)
+        return client.request(method, path, body)
     except NodeNotRunning:
         raise UserError("no node is running for this data dir; start it with 'maia up'") from None
     except ApiError as exc:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..features import FeatureBase
 from .config import load_consolidation_config
 from .job import Busy, Consolidator
+from .routes import CONSOLIDATOR_KEY, consolidation_routes
 from .salience import Salience
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ConsolidationFeature:
+class ConsolidationFeature(FeatureBase):
     name = "consolidation"
 
     def __init__(self) -> None:
@@ -35,19 +37,17 @@ class ConsolidationFeature:
         self._task: asyncio.Task | None = None
 
     def setup(self, node: Node) -> None:
+        super().setup(node)
         config = load_consolidation_config(node.config.extra)
         router = next((f.router for f in node.features if f.name == "routing"), None)
         node.memory.salience = Salience(node.repo.store)
         self.job = Consolidator(node.memory, router, config)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from .routes import consolidation_routes
-
         return [consolidation_routes]
 
     def configure_app(self, app: web.Application) -> None:
-        from .routes import CONSOLIDATOR_KEY
-
+        assert self.job is not None
         app[CONSOLIDATOR_KEY] = self.job
 
     async def start(self) -> None:
@@ -82,4 +82,5 @@ class ConsolidationFeature:
 
 
 def create() -> ConsolidationFeature:
+    """Factory named in ``node.features.FEATURES``."""
     return ConsolidationFeature()

@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction
 
-from ..memory import Memory, _row_key, now_iso, shard_of
+from ..memory import Memory, now_iso, shard_of
+from ..memory.entries import _row_key
 
 Edit = Callable[[Transaction], None]
 

@@ -7,24 +7,23 @@ needs ``memory:write`` and records the session like any memory write.
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from ..api.middleware import BODY_KEY
 from ..api.problem import Problem
 from ..api.routes import RouteTable
-from ..api.routes_memory import MEMORY_KEY, _writer
 from ..api.scopes import MEMORY_READ, require_scope
-from ..memory import EntryNotFound
+from ..memory import ENTRY_ID_RE, EntryNotFound
+from ..memory.routes import MEMORY_KEY, _writer
 from .fields import set_pin
 from .job import Busy, Consolidator
 from .skills import NAME_RE, SKILL_SCHEMA, add_skill, get_skill, list_skills
 
-consolidation_routes = RouteTable("consolidation")
+consolidation_routes = RouteTable("consolidation", errors={
+    EntryNotFound: (404, "No such memory entry"),
+})
 CONSOLIDATOR_KEY: web.AppKey[Consolidator] = web.AppKey("maia_consolidator", Consolidator)
 BOTH = ("local", "session")
-_ENTRY_ID = re.compile(r"^[a-z]+-\d{6}-[A-Z2-7]{10}$")
 
 RUN_SCHEMA = {"type": "object", "additionalProperties": False,
               "properties": {"dry_run": {"type": "boolean"}}}
@@ -35,14 +34,10 @@ REVIEW_SCHEMA = {
 }
 
 
-def _not_found(entry_id: str) -> Problem:
-    return Problem(404, "No such memory entry", f"no memory entry has the id {entry_id!r}")
-
-
 def _entry_id(request: web.Request) -> str:
     entry_id = request.match_info["entry_id"]
-    if not _ENTRY_ID.match(entry_id):
-        raise _not_found(entry_id[:64])
+    if not ENTRY_ID_RE.match(entry_id):
+        raise EntryNotFound(entry_id[:64])
     return entry_id
 
 
@@ -82,19 +77,13 @@ async def review_one(request: web.Request) -> web.Response:
     body = request[BODY_KEY]
     try:
         out = request.app[CONSOLIDATOR_KEY].review(entry_id, body["action"], body.get("text"))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
     except ValueError as exc:
         raise Problem(400, "Not reviewable", str(exc)) from None
     return web.json_response(out)
 
 
 async def _pin(request: web.Request, pinned: bool) -> web.Response:
-    entry_id = _entry_id(request)
-    try:
-        return web.json_response(set_pin(request.app[MEMORY_KEY], entry_id, pinned))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+    return web.json_response(set_pin(request.app[MEMORY_KEY], _entry_id(request), pinned))
 
 
 @consolidation_routes.post("/v1/memory/{entry_id}/pin")

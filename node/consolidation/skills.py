@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..memory import Memory, new_entry_id, shard_of
+from ..memory import Memory, new_entry_id, now_iso, shard_of
 from .fields import index_rows, mark_superseded, set_fields
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -87,8 +87,6 @@ def add_skill(memory: Memory, name: str, when_to_use: str, steps: list[str],
     old = get_skill(memory, name)
     if old is not None:
         item["supersedes"] = old["id"]
-        from ..memory import now_iso
-
         extra.setdefault(shard_of(old["id"]), []).append(
             mark_superseded(old["id"], new_id, now_iso()))
     row = memory.add_many([item], by=by, extra=extra)[0] | fields

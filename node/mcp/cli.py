@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..sessions.scopes import DEFAULT_AGENT_SCOPES, SCOPES
+from ..cli.common import UserError
+from ..scopes import DEFAULT_AGENT_SCOPES, SCOPES
+from .launcher import run
 
 AGENTS = ("claude", "codex", "gemini", "aider", "other")
 
@@ -24,9 +26,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_mcp(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import UserError
-    from .launcher import run
-
     scopes = [x.strip() for x in args.scopes.split(",") if x.strip()]
     unknown = [x for x in scopes if x not in SCOPES]
     if unknown:

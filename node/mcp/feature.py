@@ -8,13 +8,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from ..api.routes import RouteTable
+from ..features import FeatureBase
+from .http import MANAGER_KEY, mcp_routes
+from .tools import build_server
 
 if TYPE_CHECKING:
-    from ..api.routes import RouteTable
     from ..node import Node
 
 
-class MCPFeature:
+class MCPFeature(FeatureBase):
     name = "mcp"
 
     def __init__(self) -> None:
@@ -23,10 +28,7 @@ class MCPFeature:
         self._stop: asyncio.Event | None = None
 
     def setup(self, node: Node) -> None:
-        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-
-        from .tools import build_server
-
+        super().setup(node)
         server = build_server()
         self.manager = StreamableHTTPSessionManager(
             # the SDK's low-level server behind MCPServer; its public constructor takes it
@@ -35,13 +37,9 @@ class MCPFeature:
         )
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from .http import mcp_routes
-
         return [mcp_routes]
 
     def configure_app(self, app: web.Application) -> None:
-        from .http import MANAGER_KEY
-
         app[MANAGER_KEY] = self.manager
 
     async def start(self) -> None:

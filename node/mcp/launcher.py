@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sessions import localhttp
+from ..sessions.hook import agent_process
 
 SERVER_MODULE = "node.mcp.stdio"
 
@@ -59,8 +60,6 @@ class Broker:
         self.heartbeat_s: float = 10
 
     def register(self) -> dict[str, Any] | None:
-        from ..hook import agent_process
-
         body: dict[str, Any] = {"agent": self.agent, "pid": agent_process(),
                                 "cwd": os.getcwd(), "task": "", "cli_session_id": "",
                                 "mcp": True}

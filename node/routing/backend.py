@@ -72,6 +72,7 @@ def load_litellm() -> Any:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             os.environ.setdefault("LITELLM_TELEMETRY", "False")
             started = time.monotonic()
+            # litellm takes seconds to import: only a node hosting a cortex pays (SPEC-006 §8.2)
             import litellm
 
             litellm.telemetry = False

@@ -8,11 +8,14 @@ loaded every time ``maia`` starts.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import sys
+import urllib.parse
 from typing import Any
 
-from ..cli import UserError, print_json, say
+from ..cli.client import ApiError, NodeNotRunning
+from ..cli.common import UserError, print_json, running_node, say
 from ..config import Paths
 
 STREAM_READ_TIMEOUT = 120.0
@@ -34,19 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_ask)
 
 
-def _client(paths: Paths):
-    from ..client import NodeClient, NodeNotRunning
-
-    try:
-        return NodeClient(paths)
-    except NodeNotRunning:
-        raise UserError("no node is running for this data dir; start it with 'maia up'") from None
-
-
 def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
-    from ..client import ApiError, NodeNotRunning
-
-    client = _client(paths)
+    client = running_node(paths)
     try:
         models = client.request("GET", "/v1/models")["data"]
     except (ApiError, NodeNotRunning) as exc:
@@ -87,13 +79,10 @@ def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def cmd_ask(args: argparse.Namespace, paths: Paths) -> int:
-    import http.client
-    import urllib.parse
-
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt.strip():
         raise UserError("the prompt is empty")
-    client = _client(paths)
+    client = running_node(paths)
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

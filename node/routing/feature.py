@@ -16,20 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..api.routes import RouteTable
+from ..features import FeatureBase
 from .backend import LocalCortices
 from .config import load_routing_config
 from .protocol import RoutingProtocol
 from .registry import Registry
 from .router import Router, utc_iso
+from .routes import ROUTER_KEY, openai_routes
 
 if TYPE_CHECKING:
-    from ..api.routes import RouteTable
     from ..node import Node
 
 log = logging.getLogger(__name__)
 
 
-class RoutingFeature:
+class RoutingFeature(FeatureBase):
     name = "routing"
 
     def __init__(self) -> None:
@@ -60,13 +62,10 @@ class RoutingFeature:
         log.warning("peer fault, cooling down: %s", why)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_openai import openai_routes
-
         return [openai_routes]
 
-    def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_openai import ROUTER_KEY
 
+    def configure_app(self, app: web.Application) -> None:
         app[ROUTER_KEY] = self.router
 
     async def start(self) -> None:

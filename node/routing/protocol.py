@@ -19,14 +19,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from crdt.verify import Rejected
+from crdt import Rejected
 
+from ..transport import TransportError
 from .backend import BackendError, Event, LocalCortices
 from .errors import BLAME_NONE, BLAME_PEER, HOST_CODES, AttemptFailed
 from .shapes import Garbage, clean_chunk, clean_response
 
 if TYPE_CHECKING:
-    from ..peers import PeerConnection, PeerManager
+    from ..mesh.peers import PeerConnection, PeerManager
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ class Outbox:
             await asyncio.sleep((1 - self._tokens) / self.rate)
 
     async def _run(self) -> None:
-        from ..transport import TransportError
-
         try:
             while True:
                 await self._wake.wait()

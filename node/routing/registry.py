@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crdt.verify import Rejected
+from crdt import Rejected
 
+from ..transport import TransportError
 from .config import CAPABILITIES, KINDS, MAX_CORTICES, NAME_RE
 
 if TYPE_CHECKING:
-    from ..peers import PeerConnection, PeerManager
+    from ..mesh.peers import PeerConnection, PeerManager
     from .backend import LocalCortices
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 AD_VERSION = 1
 AD_INTERVAL = 5.0
 AD_MIN_GAP = 1.0
-PING_INTERVAL = 5.0
 RTT_WEIGHT = 0.3
 MAX_KNOWN_NAMES = 1024
 MAX_PINGS_OUT = 16
@@ -200,8 +200,6 @@ class Registry:
             self.offline.popitem(last=False)
 
     async def _send(self, conn: PeerConnection, frame: dict[str, Any]) -> None:
-        from ..transport import TransportError
-
         with contextlib.suppress(TransportError):
             await conn.send(frame)
 

@@ -41,7 +41,7 @@ from .registry import Advertised, Host, Registry
 from .shapes import estimate_prompt_tokens, needed_capabilities
 
 if TYPE_CHECKING:
-    from ..peers import PeerManager
+    from ..mesh.peers import PeerManager
     from .protocol import RoutingProtocol
 
 log = logging.getLogger(__name__)

@@ -59,6 +59,7 @@ class WordLlamaEmbedder:
     dim = 256
 
     def __init__(self) -> None:
+        # the tokenizer library only once the model loads (an unavailable model costs nothing)
         from tokenizers import Tokenizer
 
         base = _package_dir("wordllama")

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..features import FeatureBase
 from .embedder import Embedder, default_embedder
 from .index import SearchIndex
+from .routes import SEARCH_KEY, search_routes
 
 if TYPE_CHECKING:
     from ..api.routes import RouteTable
@@ -33,7 +35,7 @@ QUIET = 2.0  # a synced shard is indexed once it has not changed for this long
 SAVE_EVERY = 60.0  # seconds between two writes of the vector file while vectors change
 
 
-class SearchFeature:
+class SearchFeature(FeatureBase):
     name = "search"
 
     def __init__(self, embedder_factory: Callable[[], Embedder | None] = default_embedder) -> None:
@@ -44,6 +46,7 @@ class SearchFeature:
         self.index: SearchIndex | None = None
 
     def setup(self, node: Node) -> None:
+        super().setup(node)
         self.index = SearchIndex(node.paths.root / "runtime" / "search", node.repo,
                                  self._embedder_factory())
         node.repo.subscribe(self._on_change)
@@ -53,13 +56,9 @@ class SearchFeature:
             self._wake.set()
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from .routes import search_routes
-
         return [search_routes]
 
     def configure_app(self, app: web.Application) -> None:
-        from .routes import SEARCH_KEY
-
         assert self.index is not None
         app[SEARCH_KEY] = self.index
 

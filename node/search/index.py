@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 from automerge.core import ROOT, ObjType, extract
 
-from crdt.documents import Repo
+from crdt import Repo
 
 from ..memory import ENTRY_ID_RE
 from .embedder import Embedder, checked_vectors

@@ -1,4 +1,4 @@
-"""Search while no node runs (``maia memory search`` through the offline backend).
+"""Search while no node runs (``maia memory search`` through the offline target).
 
 The CLI holds the data dir's lock, so it may bring the Runtime index up to date itself:
 index changed shards, embed what is missing (in this process, in batches), answer, and save
@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crdt.documents import Repo
+from crdt import Repo
 
 from .embedder import default_embedder
-from .index import SearchIndex
+from .index import SearchError, SearchIndex, SemanticUnavailable
+
+__all__ = ["SearchError", "SemanticUnavailable", "search_offline"]
 
 
 def search_offline(repo: Repo, data_dir: Path, query: str, mode: str,

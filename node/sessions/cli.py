@@ -1,9 +1,9 @@
 """CLI commands of SPEC-004: ``maia sessions``, ``claim``, ``release``, ``send``, ``inbox``,
 ``journal add|list|done``, ``hooks install|uninstall`` and ``run -- aider …``.
 
-Listed in ``node/cli.py``'s COMMAND_MODULES. Top-level imports stay light (argparse only); each
-command imports what it needs. Live state exists only in a running node, so these commands talk
-to it over the local API (``node/client.py``); ``hooks`` works without a node.
+Registered through the sessions feature's ``FEATURES`` entry. Live state exists only in a
+running node, so these commands talk to it over the local API (``node/cli/client.py``);
+``hooks`` works without a node.
 """
 
 from __future__ import annotations
@@ -12,7 +12,16 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
+
+from ..cli.client import ApiError, NodeClient, NodeNotRunning
+from ..cli.common import UserError, print_json, say
+from ..mcp.install import install as mcp_install
+from ..mcp.install import uninstall as mcp_uninstall
+from .gitinfo import find_repo
+from .install import InstallError, install, uninstall
+from .runwrap import run
 
 SESSION_ID = re.compile(r"^[a-z2-7]{26}$")
 LEASE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -96,9 +105,6 @@ def register(sub: Any) -> None:
 
 # -- plumbing -------------------------------------------------------------------------------------
 def _client(paths: Any) -> Any:
-    from ..cli import UserError
-    from ..client import NodeClient, NodeNotRunning
-
     try:
         return NodeClient(paths, timeout=15)
     except NodeNotRunning:
@@ -106,9 +112,6 @@ def _client(paths: Any) -> Any:
 
 
 def _call(paths: Any, method: str, path: str, body: Any = None, query: Any = None) -> Any:
-    from ..cli import UserError
-    from ..client import ApiError, NodeNotRunning
-
     try:
         return _client(paths).request(method, path, body, query)
     except NodeNotRunning:
@@ -145,8 +148,6 @@ def _ancestors() -> list[int]:
 
 
 def _my_session(paths: Any, explicit: str | None) -> str:
-    from ..cli import UserError
-
     sessions = [s for s in _all_pages(paths, "/v1/sessions", "sessions") if s.get("local")]
     if explicit:
         match = [s["id"] for s in sessions if s["id"].startswith(explicit)]
@@ -164,8 +165,6 @@ def _my_session(paths: Any, explicit: str | None) -> str:
 
 def _repo_relative(pattern: str) -> str:
     """A pattern typed in a subdirectory, made relative to the repository's top level."""
-    from .gitinfo import find_repo
-
     info = find_repo(os.getcwd())
     if info is None:
         return pattern
@@ -177,8 +176,6 @@ def _repo_relative(pattern: str) -> str:
 
 
 def _ttl_seconds(text: str) -> int:
-    from ..cli import UserError
-
     m = _TTL.match(text.strip())
     if not m:
         raise UserError(f"'{text}' is not a duration like 900, 30m or 2h")
@@ -189,9 +186,6 @@ def _ttl_seconds(text: str) -> int:
 
 
 def _project_here(explicit: str | None) -> str:
-    from ..cli import UserError
-    from .gitinfo import find_repo
-
     if explicit:
         return explicit
     info = find_repo(os.getcwd())
@@ -202,8 +196,6 @@ def _project_here(explicit: str | None) -> str:
 
 # -- commands -------------------------------------------------------------------------------------
 def cmd_sessions(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import print_json, say
-
     sessions = _all_pages(paths, "/v1/sessions", "sessions")
     if args.json:
         print_json(sessions)
@@ -229,9 +221,6 @@ def cmd_sessions(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_claim(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import UserError, print_json, say
-    from ..client import ApiError
-
     session = _my_session(paths, args.session)
     body = {"pattern": _repo_relative(args.pattern), "mode": "shared" if args.shared
             else "exclusive", "ttl_s": _ttl_seconds(args.ttl), "session": session}
@@ -257,8 +246,6 @@ def cmd_claim(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_release(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import UserError, say
-
     session = None if args.force and not args.session else _my_session(paths, args.session)
     lease_id = args.lease
     if not LEASE_ID.match(lease_id):
@@ -278,8 +265,6 @@ def cmd_release(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_send(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import UserError, say
-
     to = args.to
     if to != "owner" and not SESSION_ID.match(to):
         match = [s["id"] for s in _all_pages(paths, "/v1/sessions", "sessions")
@@ -293,8 +278,6 @@ def cmd_send(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_inbox(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import print_json, say
-
     messages = _all_pages(paths, "/v1/messages", "messages")
     if args.json:
         print_json(messages)
@@ -308,8 +291,6 @@ def cmd_inbox(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_journal(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import print_json, say
-
     if args.journal_cmd == "add":
         entry = _call(paths, "POST", "/v1/journal", {
             "kind": args.kind, "text": " ".join(args.text), "project": _project_here(args.project),
@@ -337,13 +318,6 @@ def cmd_journal(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace, paths: Any) -> int:
-    from pathlib import Path
-
-    from ..cli import UserError, say
-    from ..mcp.install import install as mcp_install
-    from ..mcp.install import uninstall as mcp_uninstall
-    from .install import InstallError, install, uninstall
-
     try:
         if args.hooks_cmd == "install":
             project = Path(args.project) if args.project else None
@@ -377,9 +351,6 @@ def cmd_hooks(args: argparse.Namespace, paths: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace, paths: Any) -> int:
-    from ..cli import UserError
-    from .runwrap import run
-
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..api.scopes import DEFAULT_AGENT_SCOPES
+from ..mcp.relevance import relevant_entries, render_block
 from . import entities, leases
 from .clock import NS, iso, local_time, mono_ns, now_ns, wall_of
 from .config import SessionsConfig
@@ -316,7 +317,6 @@ class Coordinator:
     def _memory_context(self, s: Session, query: str) -> str:
         """SPEC-004 §6.7: the memory entries most relevant to the prompt (or, at start, the
         task) and the repository, each shown once per session. Never fails a hook."""
-        from ..mcp.relevance import relevant_entries, render_block
 
         budget = self.cfg.budget
         try:

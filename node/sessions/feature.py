@@ -12,18 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..api.routes import RouteTable
 from ..config import ConfigError
+from ..features import FeatureBase
 from .auth import SessionAuthenticator
 from .config import SessionsConfig
 from .coordinator import Coordinator
+from .routes import SESSIONS_KEY, session_routes
 
 if TYPE_CHECKING:
     from ..api.auth import Authenticator
-    from ..api.routes import RouteTable
     from ..node import Node
 
 
-class SessionsFeature:
+class SessionsFeature(FeatureBase):
     name = "sessions"
 
     def __init__(self) -> None:
@@ -38,17 +40,14 @@ class SessionsFeature:
         self.coordinator.setup()
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_sessions import session_routes
-
         return [session_routes]
+
 
     def authenticators(self) -> Sequence[Authenticator]:
         assert self.coordinator is not None
         return [SessionAuthenticator(self.coordinator.registry)]
 
     def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_sessions import SESSIONS_KEY
-
         assert self.coordinator is not None
         app[SESSIONS_KEY] = self.coordinator
 

@@ -45,14 +45,14 @@ class Change:
 
 
 def hook_executable() -> list[str]:
-    """The absolute ``maia-hook`` of this installation, else ``python -m node.hook``."""
+    """The absolute ``maia-hook`` of this installation, else ``python -m node.sessions.hook``."""
     beside = Path(sys.executable).parent / "maia-hook"
     if beside.exists():
         return [str(beside)]
     found = shutil.which("maia-hook")
     if found:
         return [os.path.abspath(found)]
-    return [sys.executable, "-m", "node.hook"]
+    return [sys.executable, "-m", "node.sessions.hook"]
 
 
 def _user_default_data_dir() -> Path:

@@ -99,7 +99,8 @@ class Journal:
         if source:
             tags.append(f"source:{source}")
         by = {"session": session, "agent": agent or ""} if session else None
-        return to_entry(self.memory.add(text, kind="journal", tags=tags, by=by))
+        return to_entry(self.memory.add(text, kind="journal", tags=tags, by=by,
+                                        field_tags=True))
 
     def list(
         self,
@@ -133,7 +134,8 @@ class Journal:
         if entry["journal_kind"] not in WITH_STATUS or status not in STATUSES:
             raise JournalError("only todo and blocker entries have a status: open or done")
         old = [f"status:{s}" for s in STATUSES if s != status]
-        self.memory.update(entry_id, add_tags=[f"status:{status}"], remove_tags=old)
+        self.memory.update(entry_id, add_tags=[f"status:{status}"], remove_tags=old,
+                           field_tags=True)
         return self.get(entry_id)
 
     def digest(self, project: str, budget: Budget) -> str:

@@ -28,8 +28,7 @@ from typing import Any
 
 import msgpack
 
-from crdt.keys import DeviceKey, device_id, verify_signature
-from crdt.verify import Rejected
+from crdt import DeviceKey, Rejected, device_id, verify_signature
 
 from .clock import NS, mono_ns, now_ns, parse_iso
 from .leases import Lease

@@ -18,7 +18,7 @@ import aiohttp
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 
-from crdt.keys import device_id
+from crdt import device_id
 
 from . import codec
 from .crypto import MAC_BYTES, frame_nonce

@@ -40,7 +40,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey
 from nacl.secret import SecretBox
 
-from crdt.keys import DeviceKey, device_id, verify_signature
+from crdt import DeviceKey, device_id, verify_signature
 
 from . import codec
 from .channel import SecureChannel

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from crdt.keys import DeviceKey
+from crdt import DeviceKey
 
 from .channel import SecureChannel
 from .crypto import MAC_BYTES

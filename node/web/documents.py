@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from crdt.keys import device_id
+from crdt import device_id
 
 if TYPE_CHECKING:
-    from crdt.documents import Repo
+    from crdt import Repo
 
-    from ..peers import PeerManager
+    from ..mesh.peers import PeerManager
 
 
 def stored_size(repo: Repo, doc_id: str) -> int:

@@ -14,17 +14,20 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..api.auth import load_or_create_token
+from ..api.routes import RouteTable
+from ..features import FeatureBase
 from .auth import BrowserLoginAuthenticator, cookie_name
+from .data_routes import ui_data_routes
 from .live import LiveHub
 from .logins import Logins
+from .routes import WEB_KEY, ui_routes
 
 if TYPE_CHECKING:
     from ..api.auth import Authenticator
-    from ..api.routes import RouteTable
     from ..node import Node
 
 
-class WebPage:
+class WebPage(FeatureBase):
     """Everything the page's routes need, in one object put on the app (``WEB_KEY``)."""
 
     name = "web"
@@ -47,9 +50,6 @@ class WebPage:
         self.hub.attach(node.repo, node.peers)
 
     def route_tables(self) -> Sequence[RouteTable]:
-        from ..api.routes_ui import ui_routes
-        from ..api.routes_ui_data import ui_data_routes
-
         return [ui_routes, ui_data_routes]
 
     def authenticators(self) -> Sequence[Authenticator]:
@@ -57,15 +57,10 @@ class WebPage:
         return [self.authenticator]
 
     def configure_app(self, app: web.Application) -> None:
-        from ..api.routes_ui import WEB_KEY
-
         if self.node is not None and self._token is None:
             # The node has created the token file by now; the login compares against it.
             self._token = load_or_create_token(self.node.paths.token)
         app[WEB_KEY] = self
-
-    async def start(self) -> None:
-        pass
 
     async def stop(self) -> None:
         # Streams must end before the HTTP server shuts down, or it waits for them.

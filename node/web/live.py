@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from crdt.keys import device_id
+from crdt import device_id
 
 from ..api.problem import Problem
 
 if TYPE_CHECKING:
-    from crdt.documents import Repo
+    from crdt import Repo
 
-    from ..peers import PeerConnection, PeerManager
+    from ..mesh.peers import PeerConnection, PeerManager
 
 log = logging.getLogger(__name__)
 

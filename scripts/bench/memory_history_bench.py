@@ -102,7 +102,7 @@ def main() -> int:
         from crdt.store import Store
         from node.config import Paths
         from node.memory import Memory, shard_of
-        from node.memory_versions import EntryVersions
+        from node.memory.versions import EntryVersions
 
         store = Store(a.data_dir)
         try:

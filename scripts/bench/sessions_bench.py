@@ -102,7 +102,7 @@ def bench_hook(root: Path, runs: int) -> list[tuple]:
             bare_ms.append(spawn_ms([sys.executable, "-c", "pass"], b"", env))
     finally:
         node.stop()
-    imports = [import_ms("node.hook") for _ in range(5)]
+    imports = [import_ms("node.sessions.hook") for _ in range(5)]
     rows = []
     for name, values in (("PreToolUse, allowed (whole process)", allow_ms),
                          ("PreToolUse, denied by a lease (whole process)", deny_ms),
@@ -110,7 +110,7 @@ def bench_hook(root: Path, runs: int) -> list[tuple]:
                          ("bare `python -c pass` (interpreter start-up)", bare_ms)):
         rows.append((name, len(values), f"{pct(values, 0.5):.1f}", f"{pct(values, 0.9):.1f}",
                      f"{pct(values, 0.99):.1f}", f"{max(values):.1f}"))
-    rows.append(("import of node.hook (`-X importtime`, cumulative)", len(imports),
+    rows.append(("import of node.sessions.hook (`-X importtime`, cumulative)", len(imports),
                  f"{statistics.median(imports):.1f}", "", "", f"{max(imports):.1f}"))
     return rows
 

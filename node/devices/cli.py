@@ -1,0 +1,103 @@
+"""``maia device`` (request, add, revoke, list), ``maia devices`` and ``maia join``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from crdt import DeviceKey, accept_invitation, join_request
+
+from ..cli.common import Target, UserError, on_target, print_json, say
+from ..config import Paths
+from ..datadir import DataDirBusy, locked_store
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    s = commands.add_parser("device", help="enrol devices into the mesh")
+    dsub = s.add_subparsers(dest="device_cmd", required=True,
+                            metavar="request|add|revoke|list")
+    x = dsub.add_parser("request", help="on a new device: print its join request")
+    x.set_defaults(func=cmd_request)
+    x = dsub.add_parser("add", help="on a member: admit a device by its join request")
+    x.add_argument("request", metavar="JOIN_REQUEST")
+    x.add_argument("--name", required=True, help="a name for the new device")
+    on_target(x, cmd_add)
+    x = dsub.add_parser("revoke", help="remove a device for good (lost or stolen)")
+    x.add_argument("device", metavar="DEVICE_ID")
+    x.add_argument("--keep", action="append", metavar="CERT_ID",
+                   help="a roster entry the revoked device signed (a device it admitted or "
+                        "revoked) that stays valid; repeatable")
+    x.add_argument("--keep-all", action="store_true",
+                   help="keep every device the revoked one admitted and every revocation it made")
+    x.add_argument("--reason", help="a note kept with the revocation")
+    on_target(x, cmd_revoke)
+    x = dsub.add_parser("list", help="members and revoked devices")
+    x.add_argument("--json", action="store_true")
+    on_target(x, cmd_list)
+
+    s = commands.add_parser("devices", help="members of the mesh and revoked devices")
+    s.add_argument("--json", action="store_true")
+    on_target(s, cmd_list)
+    s.set_defaults(device_cmd="list")
+
+    s = commands.add_parser("join", help="on a new device: join the mesh an invitation names")
+    s.add_argument("invitation", metavar="INVITATION")
+    s.set_defaults(func=cmd_join)
+
+
+def cmd_request(args: argparse.Namespace, paths: Paths) -> int:
+    key = DeviceKey.load(paths.key)
+    say("Give this join request to a device that is already in your mesh, and run there:")
+    say(f"  maia device add {join_request(key)} --name NAME")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace, target: Target) -> int:
+    result = target.device_add(args.request, args.name)
+    say(f"Added {result['device_id']} to the mesh. On that device, run:")
+    say(f"  maia join {result['invitation']}")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace, target: Target) -> int:
+    body: dict[str, Any] = {"keep_all": args.keep_all, "reason": args.reason or ""}
+    if args.keep:
+        body["keep"] = args.keep
+    result = target.device_revoke(args.device, body)
+    say(f"Revoked {result['device_id']}. It is cut off now and can never rejoin; its "
+        "changes after this point are refused by every device.")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, target: Target) -> int:
+    rows = target.devices()
+    if args.json:
+        print_json(rows)
+    for r in [] if args.json else rows:
+        me = "  (this device)" if r["this_device"] else ""
+        seen = _ago(r.get("last_seen")) if not r["this_device"] else "now"
+        say(f"{r['device_id']}  {r['status']:<8} {r['name']:<14} last seen {seen}{me}")
+    return 0
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    secs = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if secs >= size:
+            return f"{secs // size} {unit} ago"
+    return f"{secs} s ago"
+
+
+def cmd_join(args: argparse.Namespace, paths: Paths) -> int:
+    key = DeviceKey.load(paths.key)
+    try:
+        with locked_store(paths.root) as store:
+            repo = accept_invitation(store, key, args.invitation)
+    except (DataDirBusy, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    say(f"Joined mesh {repo.mesh_id.hex()[:16]}. Add a peer (maia peer add HOST:PORT) and run "
+        "'maia up' to sync.")
+    return 0

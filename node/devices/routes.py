@@ -1,0 +1,66 @@
+"""Device routes: the mesh's members, enrolling a new device by its join request, revoking."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from crdt import DeviceIdError, Repo
+
+from ..api.middleware import BODY_KEY
+from ..api.routes import RouteTable
+from . import members
+from .members import CannotEnrol, CannotRevoke, NoSuchDevice, list_devices
+
+device_routes = RouteTable("devices", errors={
+    DeviceIdError: (400, "Bad device id"),
+    NoSuchDevice: (404, "No such device"),
+    CannotEnrol: (400, "Cannot enrol this device"),
+    CannotRevoke: (409, "Cannot revoke this device"),
+})
+REPO_KEY: web.AppKey[Repo] = web.AppKey("maia_repo", Repo)
+PEERS_STATE_KEY: web.AppKey[object] = web.AppKey("maia_peer_states", object)
+
+ENROL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["request", "name"],
+    "properties": {
+        "request": {"type": "string", "minLength": 10, "maxLength": 200},
+        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
+}
+REVOKE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "keep": {"type": "array", "items": {"type": "string", "minLength": 6, "maxLength": 64},
+                 "maxItems": 100},
+        "keep_all": {"type": "boolean"},
+        "reason": {"type": "string", "maxLength": 200},
+    },
+}
+
+
+@device_routes.get("/v1/devices")
+async def devices(request: web.Request) -> web.Response:
+    """Members of the mesh and revoked devices."""
+    peers = request.app.get(PEERS_STATE_KEY)
+    seen = {k: p.last_seen for k, p in peers.peers.items()} if peers is not None else {}
+    return web.json_response({"devices": list_devices(request.app[REPO_KEY], seen)})
+
+
+@device_routes.post("/v1/devices", body_schema=ENROL_SCHEMA)
+async def enrol(request: web.Request) -> web.Response:
+    """Admit a device by its join request; answers with the invitation it needs."""
+    body = request[BODY_KEY]
+    return web.json_response(members.enrol(request.app[REPO_KEY], body["request"], body["name"]),
+                             status=201)
+
+
+@device_routes.post("/v1/devices/{device_id}/revoke", body_schema=REVOKE_SCHEMA)
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke a device: a signed tombstone; it is cut off now and can never come back."""
+    body = request[BODY_KEY]
+    return web.json_response(members.revoke(
+        request.app[REPO_KEY], request.match_info["device_id"], keep=body.get("keep"),
+        keep_all=body.get("keep_all", False), reason=body.get("reason", "")))

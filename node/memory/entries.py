@@ -1,0 +1,671 @@
+"""The Memory layer: notes, conversations, facts and skills as entries in sharded documents.
+
+An entry id names its shard (``note-202611-7Q2KX9A1BC`` lives in ``memory/note/2026-11/<b>``
+with the bucket taken from its first random character), so a lookup needs no index and no
+shard grows without bound. Listing and search use a Runtime index that is rebuilt from the
+documents whenever it is missing or stale (SPEC-001: deleting Runtime loses nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import lmdb
+import msgpack
+from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
+
+from crdt import Repo
+
+from .ids import (
+    ENTRY_ID_RE,
+    KINDS,
+    MAX_TEXT,
+    EntryNotFound,
+    new_entry_id,
+    now_iso,
+    shard_of,
+)
+from .versions import versions_of
+
+log = logging.getLogger(__name__)
+
+REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
+#: Index rows of local writes held before they are written in one Runtime transaction.
+PENDING_ROWS = 5000
+
+
+MAX_TAG = 64
+MAX_TAGS = 64
+
+
+class InvalidEntry(ValueError):
+    """Text, kind or tags break a rule of this module (one sentence, online and offline alike)."""
+
+
+def check_tags(tags: Iterable[str], what: str = "tags") -> list[str]:
+    """The tag rule, for every caller: 1 to 64 characters without white space, at most 64,
+    each once."""
+    tags = list(tags)
+    if len(tags) > MAX_TAGS:
+        raise InvalidEntry(f"{what}: at most {MAX_TAGS} tags")
+    for tag in tags:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG or any(
+                c.isspace() for c in tag):
+            raise InvalidEntry(f"{what}: {tag!r} is not a tag (1 to {MAX_TAG} characters, "
+                               "no spaces)")
+    if len(set(tags)) != len(tags):
+        raise InvalidEntry(f"{what}: a tag is given twice")
+    return tags
+
+
+def check_text(text: object) -> str:
+    if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
+        raise InvalidEntry(f"text must be 1 to {MAX_TEXT} characters")
+    return text
+
+
+class EntrySuperseded(ValueError):
+    """The entry was corrected already; a new correction must name the current entry."""
+
+
+# Who made a write, when an agent session made it (SPEC-004 §2.11): {"session", "agent"}. The
+# device is not here: it is the signing key of the change itself (SPEC-005 §10.6).
+WriteBy = dict[str, str]
+
+
+def _stamp(tx: Transaction, obj: Any, by: WriteBy | None) -> None:
+    """Record the session and agent of a write in a signed map (entry or edit-log record)."""
+    for field in ("session", "agent"):
+        if by and by.get(field):
+            tx.put(obj, field, ScalarType.Str, by[field])
+
+
+def _random_parts(n: int) -> list[str]:
+    """``n`` random 10-character base32 parts of entry ids (50 random bits each), drawn with
+    one system call: per id, ``urandom`` and ``b32encode`` cost a third of what Automerge
+    spends writing the entry (issue 17)."""
+    chars = base64.b32encode(os.urandom(((10 * n + 7) // 8) * 5)).decode()
+    return [chars[i : i + 10] for i in range(0, 10 * n, 10)]
+
+
+def _entries_obj(doc: Any) -> bytes:
+    """Entries live directly in the shard's root map, keyed by entry id.
+
+    The root always exists, so two devices that create the same shard concurrently never
+    race to create a container: a nested ``entries`` map made by both would keep one winner
+    and hide the other device's entries (SPEC-005 §10.2).
+    """
+    return ROOT
+
+
+class Memory:
+    """Memory entries of one node, over its document repository."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+        # shard -> when it last changed; upkeep waits for a shard to go quiet before indexing
+        self._dirty: dict[str, float] = {}
+        self._last_flush = 0.0
+        env, self._index_db = repo.store.runtime_db("entries")
+        self._env = env
+        self._kv = repo.store.runtime_db("kv")[1]
+        # Index rows of local writes not yet in the Runtime index (see write_pending), per
+        # shard, with the heads to mark indexed (None: the shard was stale before the write).
+        self._pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]] = {}
+        self._pending_rows = 0
+        repo.subscribe(self._on_change)
+        repo.before_evict(self._index_before_evict)
+        self._mark_stale()
+
+    # -- index upkeep ----------------------------------------------------------------------------
+    def _on_change(self, doc_id: str, local: bool) -> None:
+        if doc_id.startswith("memory/"):
+            self._dirty[doc_id] = time.monotonic()
+
+    def _index_before_evict(self, doc_id: str, doc: Any) -> None:
+        """Index a changed shard while it is still in memory: after a catch-up (which loads,
+        applies and evicts shards in turn) it would otherwise be loaded again to be indexed."""
+        if doc_id not in self._dirty:
+            return
+        self.write_pending()
+        at = self._dirty.pop(doc_id)
+        try:
+            # One transaction for the shard (its rows are adjacent keys, so few pages): an
+            # fsync per 500 rows made a 100k catch-up wait on ~240 Runtime commits.
+            self._reindex(doc_id, doc, txn_rows=0)
+        except lmdb.Error as exc:
+            log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+            self._dirty[doc_id] = at
+
+    def _indexed_heads(self, txn, doc_id: str) -> list[bytes] | None:
+        raw = txn.get(b"heads:" + doc_id.encode(), db=self._kv)
+        return msgpack.unpackb(raw) if raw else None
+
+    def _mark_stale(self) -> None:
+        with self._env.begin() as txn:
+            for doc_id in self.repo.store.doc_ids("memory"):
+                if sorted(self._indexed_heads(txn, doc_id) or []) != sorted(
+                    self.repo.heads(doc_id)
+                ):
+                    self._dirty[doc_id] = time.monotonic()
+        if self._dirty:
+            log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
+
+    def flush_index(
+        self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Bring the Runtime index up to date; returns shards done.
+
+        With ``quiet`` > 0 (background upkeep) only shards unchanged for that long are done, so
+        a shard still growing during a catch-up is indexed once at the end, not every pass.
+        With ``limit``, at most that many shards: the caller yields between calls, so a node
+        with thousands of changed shards (a catch-up, a member's flood) keeps answering.
+        """
+        self.write_pending()
+        now = time.monotonic()
+        due = [d for d, at in self._dirty.items() if now - at >= quiet][:limit]
+        for doc_id in due:
+            self._dirty.pop(doc_id, None)
+            was_loaded = self.repo.is_loaded(doc_id)
+            try:
+                self._reindex(doc_id)
+            except lmdb.Error as exc:
+                # Runtime only (a full disk, say): reads go on from the index as it is, and
+                # the shard is indexed again at a later pass (issue 18.4).
+                log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+                self._dirty[doc_id] = now
+                if not was_loaded:
+                    self.repo.evict(doc_id)
+                break
+            if not was_loaded:
+                # One shard at a time: a node started on a large unindexed store would
+                # otherwise hold every shard it indexed until they go idle (a start-up peak
+                # of 10x its idle memory), issue 18.8.
+                self.repo.evict(doc_id)
+                if after_each is not None:
+                    after_each()
+        if not quiet:
+            self._last_flush = now
+        return len(due)
+
+    def _reindex(self, doc_id: str, doc: Any = None,
+                 txn_rows: int = REINDEX_TXN_ROWS) -> None:
+        """Bring one shard's index rows up to date, extracting only entries that changed.
+
+        Every write to an entry appends to its ``log`` (SPEC-005 §10.6), so comparing the log
+        length with the indexed edit count finds changed entries without extracting all of
+        them: a shard of thousands of entries is refreshed in milliseconds during a catch-up.
+        """
+        if doc is None:
+            doc = self.repo.open(doc_id).doc
+        prefix = _row_prefix(doc_id)
+        indexed: dict[str, int] = {}
+        with self._env.begin() as txn:
+            cur = txn.cursor(db=self._index_db)
+            if cur.set_range(prefix):
+                for key, raw in cur:
+                    if not key.startswith(prefix):
+                        break
+                    indexed[key[len(prefix):].decode()] = msgpack.unpackb(raw)["edits"]
+        present: set[str] = set()
+        rows: list[tuple[bytes, bytes]] = []
+        # keys and values of a map in two calls each: per entry, 3 calls to the binding when
+        # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
+        for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
+            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
+                continue
+            fields = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
+            if "deleted_at" in fields:
+                continue
+            present.add(entry_id)
+            log_obj = fields.get("log")
+            edits = doc.length(log_obj[1]) if log_obj is not None else 0
+            if indexed.get(entry_id) == edits:
+                continue
+            entry = _entry_fields(doc, fields, edits)
+            rows.append((_row_key(doc_id, entry_id), _index_row(
+                doc_id, entry_id, entry if entry is not None else extract(doc, obj))))
+            if txn_rows and len(rows) >= txn_rows:
+                self._put_rows(rows)
+        # The heads are written last, with the deletions: until then the shard still counts
+        # as stale, so a crash part-way leaves it to be indexed again, never half-marked.
+        with self._env.begin(write=True) as txn:
+            for key, value in rows:
+                txn.put(key, value, db=self._index_db)
+            for gone in set(indexed) - present:  # deleted, or quarantined (SPEC-005 §5.10)
+                txn.delete(_row_key(doc_id, gone), db=self._index_db)
+            txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
+                    db=self._kv)
+
+    def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
+        """Write index rows in a transaction of their own and empty ``rows``: a write
+        transaction holds its dirty pages in memory, so one per shard of thousands of entries
+        would add tens of MB to a rebuild's peak (issue 18.8)."""
+        with self._env.begin(write=True) as txn:
+            for key, value in rows:
+                txn.put(key, value, db=self._index_db)
+        rows.clear()
+
+    # -- writes ----------------------------------------------------------------------------------
+    def add(self, text: str, kind: str = "note", tags: Iterable[str] = (),
+            by: WriteBy | None = None, *, field_tags: bool = False) -> dict[str, Any]:
+        return self.add_many([{"text": text, "kind": kind, "tags": list(tags)}], by=by,
+                             field_tags=field_tags)[0]
+
+    def add_many(self, items: Iterable[dict[str, Any]], by: WriteBy | None = None,
+                 extra: dict[str, list[Callable[[Transaction], None]]] | None = None,
+                 *, field_tags: bool = False) -> list[dict[str, Any]]:
+        """Add entries; one signed batch per shard touched, so a bulk import verifies fast.
+
+        ``extra`` adds edits to the same transaction (a supersede marks the old entry in the
+        change that creates the new one, so no device ever sees one without the other).
+        ``field_tags``: the tags carry a writer's structured fields (the journal's
+        ``project:<id>``), not a person's words, so the tag rule does not apply to them."""
+        items = list(items)
+        by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        month = f"{datetime.now(UTC):%Y%m}"
+        for item, rand in zip(items, _random_parts(len(items)), strict=True):
+            text, kind = check_text(item.get("text", "")), item.get("kind", "note")
+            tags = list(item.get("tags", []))
+            if not field_tags:
+                check_tags(tags)
+            if kind not in KINDS:
+                raise InvalidEntry(f"kind must be one of {', '.join(KINDS)}")
+            # an id drawn by the caller (supersede links to it before the change is made);
+            # never from a request: the routes' schemas refuse an "id" field
+            entry_id = item.get("id") or f"{kind}-{month}-{rand}"
+            if not entry_id.startswith(kind + "-"):
+                raise InvalidEntry("an entry id names its kind")
+            fields = {"text": text, "kind": kind, "tags": tags}
+            if item.get("supersedes"):
+                fields["supersedes"] = item["supersedes"]
+            by_shard.setdefault(shard_of(entry_id), []).append((entry_id, fields))
+        me = self.repo.key.device_id
+        out: list[dict[str, Any]] = []
+        at = now_iso()
+        stale = {
+            doc_id for doc_id in by_shard
+            if doc_id in self._dirty or (self.repo.store.doc_meta(doc_id) is not None and (
+                self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))))
+        }
+        # Every shard in one transaction: an import is stored whole or not at all, so a client
+        # that retries after a full disk creates no duplicates (issue 18.4).
+        changes = {
+            doc_id: [_creator(entry_id, e, at, me, by) for entry_id, e in entries]
+            for doc_id, entries in by_shard.items()
+        }
+        for doc_id, edits in (extra or {}).items():
+            changes.setdefault(doc_id, []).extend(edits)
+        self.repo.change_many(changes)
+        rows_by_shard: dict[str, list[dict[str, Any]]] = {}
+        for doc_id, entries in by_shard.items():
+            self._dirty.pop(doc_id, None)
+            rows_by_shard[doc_id] = rows = [
+                _public(entry_id, {**e, **(by or {}), "created_at": at, "author": me,
+                                   "tags": dict.fromkeys(e["tags"], True), "log": [None]})
+                for entry_id, e in entries
+            ]
+            out.extend(rows)
+        self._hold_rows(rows_by_shard, current=set(by_shard) - stale - set(extra or {}))
+        for doc_id in stale | set(extra or {}):
+            self._dirty[doc_id] = time.monotonic()
+        return out
+
+    def _hold_rows(self, rows_by_shard: dict[str, list[dict[str, Any]]], *,
+                   current: set[str]) -> None:
+        """Keep index rows of a durable local write for :meth:`write_pending`.
+
+        The entries are durable once ``change_many`` returns; their index rows are Runtime,
+        rebuilt from the documents whenever the indexed heads differ. Writing them in a
+        transaction of their own would cost a second fsync on every write (more than the
+        write itself: issue 17), so they are written with later ones, before any read of the
+        index, at the next upkeep, at close, or once ``PENDING_ROWS`` are held. A crash before
+        that leaves the indexed heads behind, so the shard is re-indexed at the next start.
+        """
+        for doc_id, rows in rows_by_shard.items():
+            held, heads = self._pending.get(doc_id, ([], []))
+            held.extend(rows)
+            if doc_id not in current or heads is None:
+                heads = None  # stale before (or since): marked only by a re-index
+            else:
+                heads = list(self.repo.heads(doc_id))
+            self._pending[doc_id] = (held, heads)
+            self._pending_rows += len(rows)
+        if self._pending_rows >= PENDING_ROWS:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write held index rows of local writes in one Runtime transaction (see
+        :meth:`_hold_rows`); a shard that fails is left to the re-index."""
+        if not self._pending:
+            return
+        try:
+            self._index_rows(self._pending)
+        except Exception as exc:  # Runtime only (a full disk, say): keep them, try later
+            log.warning("memory index of %d shard(s) not written (%s); reads include the "
+                        "rows held meanwhile", len(self._pending), exc)
+            return
+        self._pending, self._pending_rows = {}, 0
+
+    def _held(self) -> dict[bytes, dict[str, Any]]:
+        """Index rows held by :meth:`_hold_rows` and not yet written, by row key."""
+        return {_row_key(doc_id, row["id"]): {**row, "doc": doc_id}
+                for doc_id, (rows, _) in self._pending.items() for row in rows}
+
+    def _heads_indexed(self, doc_id: str) -> list[bytes] | None:
+        """Heads the index covers: those of held rows first (None when those cannot mark it)."""
+        held = self._pending.get(doc_id)
+        if held is not None:
+            return sorted(held[1]) if held[1] is not None else None
+        with self._env.begin() as txn:
+            return sorted(self._indexed_heads(txn, doc_id) or [])
+
+    def _index_rows(
+        self, pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]]
+    ) -> None:
+        """Write index rows of several shards in one transaction; a shard with heads was up
+        to date before its writes, so its indexed heads move on to those heads."""
+        pack = msgpack.Packer(use_bin_type=True).pack
+        packb = msgpack.packb
+        with self._env.begin(write=True) as txn:
+            cur = txn.cursor(db=self._index_db)
+            for doc_id, (rows, heads) in pending.items():
+                prefix = _row_prefix(doc_id)
+                cur.putmulti([(prefix + row["id"].encode(), pack({**row, "doc": doc_id}))
+                              for row in rows])
+                if heads is not None:
+                    txn.put(b"heads:" + doc_id.encode(), packb(heads), db=self._kv)
+
+    def update(
+        self,
+        entry_id: str,
+        *,
+        text: str | None = None,
+        add_tags: Iterable[str] = (),
+        remove_tags: Iterable[str] = (),
+        by: WriteBy | None = None,
+        field_tags: bool = False,
+    ) -> dict[str, Any]:
+        doc_id = shard_of(entry_id)
+        self.get(entry_id)  # raises EntryNotFound
+        add_tags, remove_tags = list(add_tags), list(remove_tags)
+        if not field_tags:
+            check_tags(add_tags, "add_tags")
+            check_tags(remove_tags, "remove_tags")
+        if text is not None:
+            check_text(text)
+        ops = []
+        if text is not None:
+            ops.append("text")
+        if add_tags or remove_tags:
+            ops.append("tags")
+        if not ops:
+            raise InvalidEntry("nothing to change")
+
+        def edit(tx: Transaction) -> None:
+            e = tx.get(ROOT, entry_id)[1]
+            if text is not None:
+                tx.put(e, "text", ScalarType.Str, text)
+            tags = tx.get(e, "tags")[1]
+            for tag in add_tags:
+                tx.put(tags, tag, ScalarType.Boolean, True)
+            for tag in remove_tags:
+                if tx.get(tags, tag) is not None:
+                    tx.delete(tags, tag)
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "update " + "+".join(ops))
+            _stamp(tx, rec, by)
+
+        stale = doc_id in self._dirty or (
+            self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))
+        )
+        self.repo.change(doc_id, edit)
+        self._dirty.pop(doc_id, None)
+        entry = self.get(entry_id)
+        self._hold_rows({doc_id: [entry]}, current=set() if stale else {doc_id})
+        if stale:
+            self._dirty[doc_id] = time.monotonic()
+        return entry
+
+    def delete(self, entry_id: str, by: WriteBy | None = None) -> dict[str, Any]:
+        """Forget an entry: ``deleted_at`` is set (SPEC-005 §10.5) and readers hide it; the
+        signed history stays, so every device agrees it was deleted and by whom."""
+        doc_id = shard_of(entry_id)
+        self.get(entry_id)  # raises EntryNotFound, also for an entry deleted already
+        at = now_iso()
+
+        def edit(tx: Transaction) -> None:
+            e = tx.get(ROOT, entry_id)[1]
+            tx.put(e, "deleted_at", ScalarType.Str, at)
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, at)
+            tx.put(rec, "op", ScalarType.Str, "delete")
+            _stamp(tx, rec, by)
+
+        self.repo.change(doc_id, edit)
+        self._dirty[doc_id] = time.monotonic()
+        return {"id": entry_id, "deleted_at": at}
+
+    def supersede(self, old_id: str, text: str, kind: str | None = None,
+                  tags: Iterable[str] | None = None, by: WriteBy | None = None,
+                  ) -> dict[str, Any]:
+        """A correction that links the old entry (SPEC-004 §2.12): a new entry with
+        ``supersedes`` and the old one's ``superseded_by``, in one signed change per shard.
+        The old text stays, readable by id, so nothing an agent corrects is lost."""
+        old = self.get(old_id)  # EntryNotFound, also when deleted
+        if old.get("superseded_by"):
+            raise EntrySuperseded(
+                f"{old_id} was superseded by {old['superseded_by']}; correct that one")
+        kind = kind or old["kind"]
+        tags = list(old["tags"] if tags is None else tags)
+        new_id = new_entry_id(kind)
+
+        def mark(tx: Transaction) -> None:
+            e = tx.get(ROOT, old_id)[1]
+            tx.put(e, "superseded_by", ScalarType.Str, new_id)
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "superseded by " + new_id)
+            _stamp(tx, rec, by)
+
+        item = {"id": new_id, "text": text, "kind": kind, "tags": tags, "supersedes": old_id}
+        return self.add_many([item], by=by, extra={shard_of(old_id): [mark]})[0]
+
+    def unsupersede(self, entry_id: str) -> dict[str, Any]:
+        """Undo a supersede (the owner's remedy, SPEC-004 §2.12): the entry surfaces again;
+        the correction stays, and the signed log records the restore."""
+        entry = self.get(entry_id)
+        if not entry.get("superseded_by"):
+            raise ValueError(f"{entry_id} is not superseded")
+        doc_id = shard_of(entry_id)
+
+        def edit(tx: Transaction) -> None:
+            e = tx.get(ROOT, entry_id)[1]
+            tx.delete(e, "superseded_by")
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "restored (was superseded by "
+                   f"{entry['superseded_by']})")
+
+        self.repo.change(doc_id, edit)
+        self._dirty[doc_id] = time.monotonic()
+        return self.get(entry_id)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def get(self, entry_id: str) -> dict[str, Any]:
+        doc_id = shard_of(entry_id)
+        if self.repo.store.doc_meta(doc_id) is None and not self.repo.is_loaded(doc_id):
+            raise EntryNotFound(entry_id)
+        doc = self.repo.open(doc_id).doc
+        got = doc.get(_entries_obj(doc), entry_id)
+        if got is None or got[0] != ObjType.Map:
+            raise EntryNotFound(entry_id)
+        entry = extract(doc, got[1])
+        if entry.get("deleted_at"):
+            raise EntryNotFound(entry_id)
+        return _public(entry_id, entry)
+
+    def history(self, entry_id: str) -> list[dict[str, Any]]:
+        """Every version with its values and verified device, also once deleted (SPEC-005
+        §10.7): read from the document's own history by ``versions``."""
+        return versions_of(self).history(entry_id)
+
+    def list(
+        self,
+        *,
+        kind: str | None = None,
+        tag: str | None = None,
+        author: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+        include_superseded: bool = False,
+        any_words: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Entries newest first; ``query`` matches entries containing every word of it, or any
+        word with ``any_words`` (the relevance scan of SPEC-004 §6.7 ranks those itself)."""
+        self.flush_index()  # writes held rows first: a read sees every write before it
+        needle = query.casefold() if query else None
+        words = needle.split() if needle else []
+        out = []
+        held = self._held()  # only when the Runtime index could not be written
+        with self._env.begin(db=self._index_db) as txn:
+            written = ((k, msgpack.unpackb(raw, raw=False)) for k, raw in txn.cursor()
+                       if bytes(k) not in held)
+            for _, row in itertools.chain(written, held.items()):
+                if kind and row["kind"] != kind:
+                    continue
+                if row.get("superseded_by") and not include_superseded:
+                    continue  # corrected: only the correction surfaces (SPEC-004 §2.12)
+                if tag and tag not in row["tags"]:
+                    continue
+                if author and row["author"] != author:
+                    continue
+                if since and row["created_at"] < since:
+                    continue
+                if until and row["created_at"] >= until:
+                    continue
+                if words:
+                    hay = (row["text"] + " " + " ".join(row["tags"])).casefold()
+                    if not (any if any_words else all)(w in hay for w in words):
+                        continue
+                out.append(row)
+        out.sort(key=lambda r: r["created_at"], reverse=True)
+        return [
+            {k: v for k, v in r.items() if k != "doc"} for r in out[: max(1, limit)]
+        ]
+
+    def count(self) -> int:
+        """Entries indexed; refreshed at most once a second so a polled status stays cheap."""
+        if time.monotonic() - self._last_flush >= 1.0:
+            self.flush_index()
+        self.write_pending()
+        held = self._held()
+        with self._env.begin(db=self._index_db) as txn:
+            return txn.stat(self._index_db)["entries"] + sum(
+                1 for k in held if txn.get(k, db=self._index_db) is None)
+
+
+def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
+    tags = e.get("tags") or {}
+    return {
+        "id": entry_id,
+        "text": e.get("text", ""),
+        "kind": e.get("kind", ""),
+        "tags": sorted(t for t, on in tags.items() if on),
+        "created_at": e.get("created_at", ""),
+        "author": e.get("author", ""),
+        "edits": len(e.get("log") or []),
+        "session": e.get("session") or None,
+        "agent": e.get("agent") or None,
+        "supersedes": e.get("supersedes") or None,
+        "superseded_by": e.get("superseded_by") or None,
+        # signed fields of facts, skills and pins (SPEC-006 §12), only when the entry has them
+        **{f: e[f] for f in SIGNED_EXTRA_FIELDS if e.get(f) not in (None, "", [])},
+    }
+
+
+# Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
+SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
+                       "name", "when_to_use", "steps")
+
+
+def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any] | None:
+    """What :func:`_public` reads of an entry, from its map's values, the way ``extract``
+    would give it; None for a shape other than the one maia-node writes (a peer's odd
+    entry), which is then extracted whole."""
+    if any(f in fields for f in SIGNED_EXTRA_FIELDS):
+        return None  # a fact, skill or pin (SPEC-006 §12): extracted whole, with its fields
+    out: dict[str, Any] = {"log": [None] * edits}
+    # every scalar _public reads: leaving superseded_by out made a corrected entry surface
+    # again in listings once its shard was re-indexed
+    for key in ("text", "kind", "created_at", "author", "session", "agent", "supersedes",
+                "superseded_by"):
+        got = fields.get(key)
+        if got is not None:
+            if isinstance(got[0], ObjType):
+                return None
+            out[key] = got[0][1]
+    tags = fields.get("tags")
+    if tags is not None:
+        if tags[0] != ObjType.Map:
+            return None
+        values = doc.values(tags[1])
+        if any(isinstance(v, ObjType) for v, _ in values):
+            return None
+        out["tags"] = {t: v[1] for t, (v, _) in zip(doc.keys(tags[1]), values, strict=True)}
+    log_obj = fields.get("log")
+    if log_obj is not None and log_obj[0] != ObjType.List:
+        return None
+    return out
+
+
+def _row_prefix(doc_id: str) -> bytes:
+    return doc_id.encode() + b"\x00"
+
+
+def _row_key(doc_id: str, entry_id: str) -> bytes:
+    """Index rows are keyed by shard first, so one shard's rows can be replaced together."""
+    return _row_prefix(doc_id) + entry_id.encode()
+
+
+def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
+    row = _public(entry_id, e)
+    row["doc"] = doc_id
+    return msgpack.packb(row, use_bin_type=True)
+
+
+def _creator(entry_id: str, e: dict[str, Any], at: str, me: str, by: WriteBy | None = None):
+    def edit(tx: Transaction) -> None:
+        obj = tx.put_object(ROOT, entry_id, ObjType.Map)
+        tx.put(obj, "text", ScalarType.Str, e["text"])
+        tx.put(obj, "kind", ScalarType.Str, e["kind"])
+        tx.put(obj, "created_at", ScalarType.Str, at)
+        tx.put(obj, "author", ScalarType.Str, me)
+        _stamp(tx, obj, by)
+        if e.get("supersedes"):
+            tx.put(obj, "supersedes", ScalarType.Str, e["supersedes"])
+        t = tx.put_object(obj, "tags", ObjType.Map)
+        for tag in e["tags"]:
+            tx.put(t, tag, ScalarType.Boolean, True)
+        log_list = tx.put_object(obj, "log", ObjType.List)
+        rec = tx.insert_object(log_list, 0, ObjType.Map)
+        tx.put(rec, "at", ScalarType.Str, at)
+        _stamp(tx, rec, by)  # history reads who made each version from its record
+        tx.put(rec, "op", ScalarType.Str, "create")
+
+    return edit

@@ -1,0 +1,41 @@
+"""The peer mesh as a node feature: the peer socket on both listeners, the peer list routes,
+static peers dialled at start, and the ``maia peer``, ``maia peers`` and ``maia sync`` commands.
+
+The connection manager itself (``node.peers``) belongs to the node: sync, routing, sessions and
+the web page all use it, so it exists before any feature is set up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from ..api.routes import RouteTable
+from ..features import FeatureBase
+from .routes import CONFIG_PATH_KEY, PEERS_KEY, peer_listener_routes, peer_routes
+
+
+class MeshFeature(FeatureBase):
+    name = "mesh"
+
+    def route_tables(self) -> Sequence[RouteTable]:
+        return [peer_routes]
+
+    def peer_listener_tables(self) -> Sequence[RouteTable]:
+        return [peer_listener_routes]
+
+    def configure_app(self, app: web.Application) -> None:
+        assert self.node is not None
+        app[PEERS_KEY] = self.node.peers
+        app[CONFIG_PATH_KEY] = self.node.paths.config
+
+    async def start(self) -> None:
+        assert self.node is not None
+        for address in self.node.config.static_peers:
+            self.node.peers.add_static(address)
+
+
+def create() -> MeshFeature:
+    return MeshFeature()
+

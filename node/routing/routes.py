@@ -1,0 +1,200 @@
+"""OpenAI-compatible routes: chat completions (plain and SSE) and the mesh's models (SPEC-006 §4).
+
+Any OpenAI client works against a node with ``base_url=http://<node>:<port>/v1`` and the node's
+API token as its key. The router decides where a request runs; these handlers only translate:
+routing errors become problem+json, answers are sent as the router hands them over, and a
+stream's headers go out only once its first chunk is in hand, so a failure before it is still
+a fallback or a proper status. ``X-Maia-Cortex-Host`` says which device's backend answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from ..api.middleware import BODY_KEY
+from ..api.problem import Problem
+from ..api.routes import RouteTable
+from ..api.scopes import MODELS_ASK, require_scope
+from .errors import AttemptFailed, NoRoute, RoutingError
+from .router import Candidate, Opened, Plan, Router
+
+log = logging.getLogger(__name__)
+
+ROUTER_KEY: web.AppKey[Router] = web.AppKey("maia_router", Router)
+openai_routes = RouteTable("openai", requires=[ROUTER_KEY])
+
+_TEXT = {"type": "string", "maxLength": 262_144}
+_OBJECT = {"type": "object"}
+_CONTENT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"type": "string", "maxLength": 64},
+        "text": _TEXT,
+        "image_url": _OBJECT,
+        "input_audio": _OBJECT,
+        "file": _OBJECT,
+        "refusal": _TEXT,
+    },
+}
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "additionalProperties": False,
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "content": {
+            "anyOf": [
+                _TEXT,
+                {"type": "null"},
+                {"type": "array", "maxItems": 256, "items": _CONTENT_PART},
+            ]
+        },
+        "name": {"type": "string", "maxLength": 256},
+        "tool_calls": {"type": "array", "maxItems": 128, "items": _OBJECT},
+        "tool_call_id": {"type": "string", "maxLength": 256},
+        "function_call": {"type": ["object", "null"]},
+        "refusal": {"type": ["string", "null"], "maxLength": 262_144},
+        "audio": {"type": ["object", "null"]},
+        "reasoning_content": {"type": ["string", "null"], "maxLength": 262_144},
+    },
+}
+# OpenAI's chat completion request fields; fields maia-node does not pass on are accepted and
+# ignored (store, service_tier, ...), anything else is refused (SPEC-006 §4.2).
+CHAT_SCHEMA = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 200},
+        "messages": {"type": "array", "minItems": 1, "maxItems": 2048, "items": _MESSAGE},
+        "stream": {"type": ["boolean", "null"]},
+        "stream_options": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {"include_usage": {"type": "boolean"}},
+        },
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 8},
+        "stop": {"anyOf": [
+            {"type": ["string", "null"], "maxLength": 256},
+            {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 256}},
+        ]},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "logit_bias": {"type": ["object", "null"], "maxProperties": 300},
+        "user": {"type": "string", "maxLength": 256},
+        "seed": {"type": ["integer", "null"]},
+        "tools": {"type": "array", "maxItems": 128, "items": _OBJECT},
+        "tool_choice": {"type": ["string", "object"]},
+        "parallel_tool_calls": {"type": "boolean"},
+        "response_format": _OBJECT,
+        "logprobs": {"type": ["boolean", "null"]},
+        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+        "reasoning_effort": {"type": ["string", "null"], "maxLength": 32},
+        "modalities": {"type": ["array", "null"], "maxItems": 4,
+                       "items": {"type": "string", "maxLength": 32}},
+        "audio": {"type": ["object", "null"]},
+        "metadata": {"type": ["object", "null"], "maxProperties": 16,
+                     "additionalProperties": {"type": "string", "maxLength": 512}},
+        "store": {"type": ["boolean", "null"]},
+        "service_tier": {"type": ["string", "null"], "maxLength": 32},
+        "prediction": {"type": ["object", "null"]},
+        "web_search_options": {"type": ["object", "null"]},
+    },
+}
+
+_TITLES = {
+    "unknown-cortex": "Unknown cortex",
+    "unsupported-input": "The cortex does not take this input",
+    "context-window": "The prompt exceeds the context window",
+    "backend-rejected": "The model backend rejected the request",
+    "no-route": "No host can answer",
+    "timeout": "The model did not answer in time",
+    "answer-limit": "The answer went over this node's bounds",
+}
+
+
+def _problem(exc: RoutingError) -> Problem:
+    headers = None
+    if isinstance(exc, NoRoute):  # SPEC-006 §10.4: retry only when it can help
+        headers = ({"Retry-After": str(exc.retry_after)} if exc.retry_after
+                   else {"x-should-retry": "false"})
+    return Problem(
+        exc.status, _TITLES.get(exc.slug), exc.detail,
+        type=f"urn:maia-node:problem:{exc.slug}", headers=headers, **exc.extra,
+    )
+
+
+def _headers(plan: Plan, candidate: Candidate) -> dict[str, str]:
+    headers = {"X-Maia-Cortex-Host": candidate.where, "X-Maia-Cortex": candidate.cortex.name}
+    if plan.decision_header:
+        headers["X-Maia-Decision"] = plan.decision_header
+    return headers
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True,
+                     principal_kinds=("local", "session"))
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """An OpenAI chat completion, answered by the cortex the request names (or auto)."""
+    require_scope(request, MODELS_ASK)  # a session asks a cortex only when granted (SPEC-003 §6.7)
+    router = request.app[ROUTER_KEY]
+    try:
+        plan = router.plan(request[BODY_KEY])
+        if not plan.stream:
+            candidate, answer = await router.complete(plan)
+            return web.json_response(answer, headers=_headers(plan, candidate))
+        opened = await router.open_stream(plan)
+    except RoutingError as exc:
+        raise _problem(exc) from None
+    return await _stream(request, plan, opened)
+
+
+async def _stream(request: web.Request, plan: Plan, opened: Opened) -> web.StreamResponse:
+    """SSE: each chunk as it comes, then [DONE]; a late failure is one error event."""
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "X-Accel-Buffering": "no",
+        **_headers(plan, opened.candidate),
+    })
+    try:
+        await response.prepare(request)
+        event = opened.first
+        while event[0] == "chunk":
+            await response.write(b"data: " + _dumps(event[1]) + b"\n\n")
+            try:
+                event = await anext(opened)
+            except StopAsyncIteration:
+                break
+        await response.write(b"data: [DONE]\n\n")
+    except AttemptFailed as exc:
+        log.warning("stream from %s on %s broke after its first chunk: %s",
+                    opened.candidate.cortex.name, opened.candidate.where, exc.code)
+        error = {"error": {"message": f"the answer broke off: {exc.detail}",
+                           "type": "maia_node_error", "code": exc.code}}
+        with contextlib.suppress(ConnectionError):
+            await response.write(b"event: error\ndata: " + _dumps(error) + b"\n\n")
+    except ConnectionError:
+        log.debug("client left a stream from %s", opened.candidate.cortex.name)
+    finally:
+        await opened.aclose()
+    return response
+
+
+@openai_routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    """Every cortex reachable in the mesh now, plus the auto and cortex/<kind> aliases."""
+    return web.json_response({"object": "list", "data": request.app[ROUTER_KEY].models()})
