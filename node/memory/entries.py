@@ -44,7 +44,7 @@ PENDING_ROWS = 5000
 
 MAX_TAG = 64
 MAX_TAGS = 64
-_TAG_RE = re.compile(r"\S{1,%d}" % MAX_TAG)
+_TAG_RE = re.compile(rf"\S{{1,{MAX_TAG}}}")
 
 
 class InvalidEntry(ValueError):
