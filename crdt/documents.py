@@ -306,6 +306,11 @@ class Repo:
         again later."""
         self._evict_hooks.append(hook)
 
+    def forget_before_evict(self, hook: EvictHook) -> None:
+        """Stop calling ``hook`` (its owner is closing)."""
+        if hook in self._evict_hooks:
+            self._evict_hooks.remove(hook)
+
     def _unload(self, doc_id: str) -> None:
         handle = self._loaded.pop(doc_id, None)
         self._remote.pop(doc_id, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 from crdt import documents
 from crdt.documents import MAX_REMOTE_LOADED
 from node.memory import Memory
+from node.search.index import SearchIndex
 from tests.trust_helpers import Device, pump
 
 
@@ -86,5 +87,31 @@ def test_documents_resident_during_a_catch_up_never_exceed_the_remote_bound(
         assert len(b.repo.loaded_ids()) <= bound, b.repo.loaded_ids()
         assert releases, "freed memory is handed back during the catch-up, not only when idle"
     finally:
+        a.close()
+        b.close()
+
+
+def test_shards_a_catch_up_evicts_are_searchable_without_loading_them_again(
+    tmp_path: Path,
+) -> None:
+    """The search index, like Memory's, is brought up to date from each shard before the
+    catch-up evicts it (SPEC-005 §7.7): indexing it afterwards meant loading it again from
+    its change log, the highest moment of a 100k catch-up's memory (issue 17)."""
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    index = SearchIndex(tmp_path / "b-search", b.repo, None)
+    try:
+        added = Memory(a.repo).add_many(_items(400))
+        Memory(b.repo)
+        pump(a, b)
+        loads = []
+        real_load = b.repo._load
+        b.repo._load = lambda doc_id: loads.append(doc_id) or real_load(doc_id)
+        found = index.search("walnut", mode="text", limit=1000)
+        assert sorted(h["id"] for h in found["entries"]) == sorted(e["id"] for e in added)
+        # only the shards still resident at the end were never evicted; none is loaded again
+        assert loads == [], loads
+    finally:
+        index.close()
         a.close()
         b.close()
