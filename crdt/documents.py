@@ -43,11 +43,11 @@ EvictHook = Callable[[str, Document], None]
 #: Documents loaded only to apply a peer's changes that stay in memory at once: a catch-up
 #: of a large store loads, applies and evicts its shards in turn instead of holding all of
 #: them (issue 17: a 100k catch-up peaked near 10x the idle memory).
-MAX_REMOTE_LOADED = 4
+MAX_REMOTE_LOADED = 2
 #: Bytes of peers' changes applied between two hand-backs of freed memory to the system
 #: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
 #: runs, not only once the node goes idle (SPEC-005 §7.7).
-RELEASE_EVERY_BYTES = 16 << 20
+RELEASE_EVERY_BYTES = 4 << 20
 #: What one device may make a node store (issue 18.5): a burst that covers catching up years of
 #: history, refilled over a day. In memory: a restart forgets, which only ever helps the honest.
 NEW_DOCS_BURST = 20_000
