@@ -185,6 +185,10 @@ def node_side(items: list[dict[str, Any]], samples: int) -> dict[str, Any]:
         api = Api(a)
         lat = []
         try:
+            # A write's latency, not a start-up's: the node just started on 100k imported
+            # entries indexes and embeds them (search) for a minute, and that work shares the
+            # event loop and the disk with the POSTs (their p50 was 15 ms meanwhile).
+            settled = settle_search(api)
             for item in harness.corpus(samples + 20, seed=7)[: samples + 20]:
                 # the client's own wait for the node's rate limit is not the node's latency
                 # (it was counted until issue 17's second pass: a p50 of 16-17 ms)
@@ -201,7 +205,21 @@ def node_side(items: list[dict[str, Any]], samples: int) -> dict[str, Any]:
         lat = sorted(lat[20:])  # the first requests warm the connection and the shard
         floor = commit_floor()
     return {"import_rate": len(items) / import_s, "import_ratio": binding_s / import_s,
-            "binding_rate": len(items) / binding_s, "post_ms": lat, "floor_ms": floor}
+            "binding_rate": len(items) / binding_s, "post_ms": lat, "floor_ms": floor,
+            "search_settled_s": settled}
+
+
+def settle_search(api: Api, timeout: float = 600.0) -> float | None:
+    """Seconds until the node's search index has indexed and embedded every entry (None: it
+    had not within ``timeout``; the POSTs are then measured anyway)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        status, body = api.request("GET", "/v1/status")
+        search = (body or {}).get("search") or {} if status == 200 else {}
+        if search and not search.get("pending") and not search.get("shards_to_index"):
+            return time.monotonic() - t0
+        time.sleep(2.0)
+    return None
 
 
 def run(n: int, *, runs: int, samples: int, write: bool = True) -> dict[str, Any]:
@@ -235,7 +253,11 @@ def run(n: int, *, runs: int, samples: int, write: bool = True) -> dict[str, Any
                                                                     "{:,.0f}"), ""),
             ("`maia memory import` (CLI, one run): entries/s, ratio",
              f"{node['import_rate']:,.0f} ({node['import_ratio']:.2f}x)", ""),
-            (f"one `POST /v1/memory` at a time ({samples} samples): p50 / p99",
+            (f"one `POST /v1/memory` at a time ({samples} samples, once the node's search "
+             "index had indexed and embedded the import"
+             + (f": {node['search_settled_s']:.0f} s after its start" if node.get(
+                 "search_settled_s") is not None else ": it had not within 600 s")
+             + "): p50 / p99",
              f"{post50:.2f} / {post99:.2f} ms",
              harness.verdict(post50 < TARGET_POST_P50_MS) + f" (p50 < {TARGET_POST_P50_MS} ms)"),
             ("one `Memory.add` in process: p50 / p99", f"{add50:.2f} / {add99:.2f} ms", ""),
