@@ -45,6 +45,11 @@ MAX_TAG = 64
 MAX_TAGS = 64
 
 
+#: A deleted entry as the index upkeep hands it to ``Memory.tombstone_readers``: its id and
+#: its scalar fields (maps and lists left out, values as signed, of any type a member wrote).
+Tombstone = tuple[str, dict[str, Any]]
+
+
 class InvalidEntry(ValueError):
     """Text, kind or tags break a rule of this module (one sentence, online and offline alike)."""
 
@@ -120,6 +125,11 @@ class Memory:
         # shard, with the heads to mark indexed (None: the shard was stale before the write).
         self._pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]] = {}
         self._pending_rows = 0
+        # Readers of tombstones: each (re)indexed shard's deleted entries are handed to them as
+        # (entry id, scalar fields), so a feature can keep a Runtime cache of what deleted
+        # entries carry (SPEC-006 §12.4.4: rejections) that follows sync and is rebuilt with
+        # the index, at no extra pass over the documents.
+        self.tombstone_readers: list[Callable[[str, list[Tombstone]], None]] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         self._mark_stale()
@@ -217,6 +227,7 @@ class Memory:
                     indexed[key[len(prefix):].decode()] = msgpack.unpackb(raw)["edits"]
         present: set[str] = set()
         rows: list[tuple[bytes, bytes]] = []
+        tombstones: list[Tombstone] = []
         # keys and values of a map in two calls each: per entry, 3 calls to the binding when
         # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
         for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
@@ -224,6 +235,9 @@ class Memory:
                 continue
             fields = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
             if "deleted_at" in fields:
+                if self.tombstone_readers:
+                    tombstones.append((entry_id, {
+                        k: v[0][1] for k, v in fields.items() if not isinstance(v[0], ObjType)}))
                 continue
             present.add(entry_id)
             log_obj = fields.get("log")
@@ -244,6 +258,11 @@ class Memory:
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
             txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
                     db=self._kv)
+        for reader in self.tombstone_readers:
+            try:
+                reader(doc_id, tombstones)
+            except Exception:  # a reader's cache is Runtime: it must never stop the index
+                log.exception("a tombstone reader failed on %s", doc_id)
 
     def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Write index rows in a transaction of their own and empty ``rows``: a write
@@ -601,7 +620,7 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
 
 # Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
 SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
-                       "name", "when_to_use", "steps")
+                       "name", "when_to_use", "steps", "importance")
 
 
 def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any] | None:
