@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from ..memory import Memory, new_entry_id, now_iso, shard_of
+from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
 from .fields import Edit, index_rows, mark_superseded, set_fields
@@ -33,6 +33,7 @@ PENDING = "review:pending"
 CONSOLIDATED = "consolidated"
 MAX_SHOWN_FACTS = 200
 MAX_SOURCE_TEXT = 4000
+MAX_SOURCES = 50  # per fact (SPEC-006 §12.3.1)
 SEEN = b"consolidation:seen:"
 ALL = 10**9  # list limit: every row
 SCAN_SLICE = 500  # index rows read per event-loop turn
@@ -291,6 +292,27 @@ class Consolidator:
     # -- review ----------------------------------------------------------------------------------
     def pending_review(self) -> list[dict[str, Any]]:
         return self.memory.list(kind="fact", tag=PENDING, limit=ALL)
+
+    def with_source_entries(self, facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each fact with ``source_entries``: the id, kind and text (cut to 4,000 characters)
+        of each source, or ``found: false``, so a reviewer sees what a fact came from in one
+        read that counts no recall (SPEC-006 §12.4.3). A member's odd ``sources`` shape gives
+        an empty list."""
+        seen: dict[str, dict[str, Any]] = {}
+        out = []
+        for fact in facts:
+            sources = fact.get("sources")
+            ids = [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []
+            for sid in ids[:MAX_SOURCES]:
+                if sid not in seen:
+                    try:
+                        row = self.memory.get(sid)
+                        seen[sid] = {"id": sid, "found": True, "kind": row["kind"],
+                                     "text": row["text"][:MAX_SOURCE_TEXT]}
+                    except EntryNotFound:
+                        seen[sid] = {"id": sid[:64], "found": False}
+            out.append({**fact, "source_entries": [seen[s] for s in ids[:MAX_SOURCES]]})
+        return out
 
     def review(self, entry_id: str, action: str, text: str | None = None) -> dict[str, Any]:
         entry = self.memory.get(entry_id)  # EntryNotFound
