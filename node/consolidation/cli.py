@@ -112,7 +112,7 @@ def cmd_review(args: argparse.Namespace, paths: Paths) -> int:
         print_json(out)
     else:
         say({"accept": "Accepted", "edit": "Edited and accepted",
-             "reject": "Rejected (it will not be proposed again)"}[args.action] + f" {args.id}")
+             "reject": "Rejected (no device will propose it again)"}[args.action] + f" {args.id}")
     return 0
 
 
