@@ -646,3 +646,36 @@ def test_the_importance_a_salience_cortex_gave_ranks_a_fact_higher(memory: Memor
                 '{"scores": [0.5, null]}'):
         with pytest.raises(BadAnswer):
             parse_scores(bad, 2)
+
+
+def test_the_review_list_is_bounded_and_shows_each_source_s_text(memory: Memory) -> None:
+    """SPEC-006 §12.4.3: the newest 200 pending facts with ``count`` of all; each with its
+    sources' texts (or found: false), a member's odd ``sources`` shape giving none; reading
+    them counts no recall."""
+    from node.consolidation.config import ConsolidationConfig
+    from node.consolidation.fields import index_rows, set_fields
+    from node.consolidation.job import Consolidator
+    from node.memory import new_entry_id, shard_of
+
+    note = memory.add("the heron nests by the weir", "note")
+    gone = "note-202612-AAAAAAAAAA"
+    items, extra = [], {}
+    for i in range(205):
+        fid = new_entry_id("fact")
+        sources: Any = [note["id"], gone] if i < 204 else "not a list"
+        items.append({"id": fid, "text": f"fact {i}", "kind": "fact",
+                      "tags": ["consolidated", "review:pending"]})
+        extra.setdefault(shard_of(fid), []).append(set_fields(fid, {"sources": sources}))
+    rows = memory.add_many(items, extra=extra)
+    index_rows(memory, [memory.get(r["id"]) for r in rows])
+    job = Consolidator(memory, None, ConsolidationConfig("x"))
+    facts, count = job.review_page()
+    assert count == 205 and len(facts) == 200
+    shown = [f for f in facts if f["text"] != "fact 204"]
+    assert shown[0]["source_entries"] == [
+        {"id": note["id"], "found": True, "kind": "note", "text": "the heron nests by the weir"},
+        {"id": gone, "found": False}]
+    odd = memory.get(rows[204]["id"])
+    assert odd["sources"] == "not a list"
+    assert job.with_source_entries([odd])[0]["source_entries"] == []
+    assert memory.salience.recalls(note["id"]) == 0

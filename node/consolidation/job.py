@@ -34,6 +34,7 @@ CONSOLIDATED = "consolidated"
 MAX_SHOWN_FACTS = 200
 MAX_SOURCE_TEXT = 4000
 MAX_SOURCES = 50  # per fact (SPEC-006 §12.3.1)
+REVIEW_PAGE = 200  # pending facts listed at once, newest first
 SEEN = b"consolidation:seen:"
 ALL = 10**9  # list limit: every row
 SCAN_SLICE = 500  # index rows read per event-loop turn
@@ -292,6 +293,13 @@ class Consolidator:
     # -- review ----------------------------------------------------------------------------------
     def pending_review(self) -> list[dict[str, Any]]:
         return self.memory.list(kind="fact", tag=PENDING, limit=ALL)
+
+    def review_page(self) -> tuple[list[dict[str, Any]], int]:
+        """The newest REVIEW_PAGE pending facts with their sources, and how many are pending:
+        a member's device can sign any number of pending facts, and each shown costs up to 50
+        source reads (SPEC-006 §12.4.3)."""
+        facts = self.pending_review()
+        return self.with_source_entries(facts[:REVIEW_PAGE]), len(facts)
 
     def with_source_entries(self, facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each fact with ``source_entries``: the id, kind and text (cut to 4,000 characters)

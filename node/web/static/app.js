@@ -565,8 +565,12 @@ async function refreshReview() {
     state.reviewEditing = null;
   }
   if (state.reviewEditing) return;  // never throw away what the person is typing
-  fill("review", data.facts.map(reviewItem),
-    "nothing to review: facts the consolidation cortex proposes show up here");
+  const items = data.facts.map(reviewItem);
+  if (data.count > data.facts.length) {
+    items.push(el("li", {class: "meta", text: `the newest ${data.facts.length} of ${data.count}; ` +
+      "the others show up as you review these"}));
+  }
+  fill("review", items, "nothing to review: facts the consolidation cortex proposes show up here");
 }
 
 // Its sources come with the list (source_entries), so looking at the panel counts no recall.
