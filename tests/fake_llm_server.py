@@ -10,6 +10,9 @@ can tell which host answered. Behaviour is set at start and can be changed while
   ends: a numbered chunk every ``delay`` seconds, forever);
 - ``delay``: seconds to wait before each streamed chunk (and once before a whole answer);
 - ``chunks``: how many extra numbered chunks a streamed answer carries after the greeting.
+- ``hold_after``: a streamed answer stops after that many content pieces until ``/control
+  {"release": true}`` (or 60 s): a test learns that a chunk was passed on before the rest of
+  the answer existed from what it received, not from timings (0: no hold).
 - ``text`` mode answers exactly ``answer`` (set at start or by ``/control``): a JSON object, or
   hostile text, for the consolidation job (SPEC-006 §12.3); ``facts`` mode plays an instant
   consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it;
@@ -17,8 +20,9 @@ can tell which host answered. Behaviour is set at start and can be changed while
   in the request, 0.9 for a fact that says "important", else 0.2.
 
 Control and inspection (plain JSON, no auth: it only ever listens on loopback in tests):
-``POST /control {"mode"?, "delay"?, "chunks"?}``, ``GET /stats`` ->
-``{"requests", "streams", "auth_seen": [sha256 of each distinct Authorization value]}``.
+``POST /control {"mode"?, "delay"?, "chunks"?, "answer"?, "hold_after"?, "release"?}``,
+``GET /stats`` -> ``{"requests", "streams", "auth_seen": [sha256 of each distinct
+Authorization value], "held": a stream waits for the release}``.
 
 Run: ``python tests/fake_llm_server.py --name fb [--port 0] [--delay 0] [--mode ok]``; it
 prints ``PORT <n>`` on stdout once it listens.
@@ -160,15 +164,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
                       "total_tokens": 5 + len(pieces)},
         })
     state["streams"] += 1
+    hold_after, state["release"] = state["hold_after"], asyncio.Event()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     try:
         await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
-        for piece in pieces:
+        for n, piece in enumerate(pieces, 1):
             if delay:
                 await asyncio.sleep(delay)
+            state["held"] = n == hold_after  # set before the piece leaves: no race with it
             await resp.write(_chunk(cid, model, {"content": piece}, None))
+            if state["held"]:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state["release"].wait(), 60)
+                state["held"] = False
         await resp.write(_chunk(cid, model, {}, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -180,16 +190,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def control(request: web.Request) -> web.Response:
     state = request.app[STATE]
     changes = await request.json()
-    for key in ("mode", "delay", "chunks", "answer"):
+    for key in ("mode", "delay", "chunks", "answer", "hold_after"):
         if key in changes:
             state[key] = changes[key]
-    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks")})
+    if changes.get("release"):
+        state["release"].set()
+    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks", "hold_after")})
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
-        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user")}
+        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user",
+                               "held")}
     )
 
 
@@ -199,7 +212,7 @@ def make_app(
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE] = {"name": name, "mode": mode, "delay": delay, "chunks": chunks,
                   "requests": 0, "streams": 0, "auth_seen": [], "answer": "",
-                  "last_user": ""}
+                  "last_user": "", "hold_after": 0, "held": False, "release": asyncio.Event()}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/control", control)
     app.router.add_get("/stats", stats)
