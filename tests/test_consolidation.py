@@ -675,7 +675,7 @@ def test_the_review_list_is_bounded_and_shows_each_source_s_text(memory: Memory)
     assert shown[0]["source_entries"] == [
         {"id": note["id"], "found": True, "kind": "note", "text": "the heron nests by the weir"},
         {"id": gone, "found": False}]
-    odd = memory.get(rows[204]["id"])
+    odd = memory.get(items[204]["id"])
     assert odd["sources"] == "not a list"
     assert job.with_source_entries([odd])[0]["source_entries"] == []
     assert memory.salience.recalls(note["id"]) == 0
