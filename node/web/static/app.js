@@ -570,7 +570,10 @@ async function refreshReview() {
     items.push(el("li", {class: "meta", text: `the newest ${data.facts.length} of ${data.count}; ` +
       "the others show up as you review these"}));
   }
-  fill("review", items, "nothing to review: facts the consolidation cortex proposes show up here");
+  const off = state.status && state.status.consolidation && !state.status.consolidation.enabled;
+  fill("review", items, off
+    ? "nothing to review; consolidation is off on this device ([consolidation] cortex in config.toml), facts another device proposes show up here too"
+    : "nothing to review: facts the consolidation cortex proposes show up here");
 }
 
 // Its sources come with the list (source_entries), so looking at the panel counts no recall.
