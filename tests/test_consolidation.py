@@ -153,6 +153,32 @@ def test_consolidation_is_off_until_configured(tmp_path: Path) -> None:
         node.stop()
 
 
+def test_a_salience_cortex_of_another_kind_is_not_asked_to_rank(tmp_path: Path) -> None:
+    """SPEC-006 §12.5.4: the answering cortex must be of kind salience. A chat cortex named as
+    salience_cortex answers well-formed scores, and they are discarded all the same: the fact
+    is written without importance, the status counts it, the log says why."""
+    (node,) = make_mesh(tmp_path, ["solo"])
+    with FakeLLM("cons", mode="facts") as cons, FakeLLM("rank", mode="scores") as rank:
+        configure(node, cortex={
+            "cons": {"kind": "memory-consolidation", "model": "openai/cons",
+                     "api_base": cons.api_base},
+            "rank": {"kind": "chat", "model": "openai/rank", "api_base": rank.api_base}},
+            consolidation={"cortex": "cons", "salience_cortex": "rank"})
+        node.start()
+        try:
+            wait_for_cortices(node, {"cons", "rank"})
+            node.add_memory("an important note about the lease renewal")
+            written = run(node)["written"]
+            assert len(written) == 1 and "importance" not in written[0]
+            assert rank.stats()["requests"] == 1  # asked, and its answer was well-formed
+            status = node.request("GET", "/v1/status")["consolidation"]
+            assert status["salience_rejected"] == 1
+            wait_for(lambda: "is of kind chat, not salience" in node.log(),
+                     what="the warning in the log")
+        finally:
+            node.stop()
+
+
 def test_two_consolidating_nodes_never_process_the_same_entries(pair: Pair) -> None:
     """SPEC-006 §12.2.3: both devices consolidate at once; each cites only its own entries,
     and no entry is the source of facts from both."""
