@@ -632,16 +632,24 @@ def test_a_member_s_rejections_cost_a_bounded_amount_and_malformed_ones_are_igno
     note = memory.add("a note to consolidate", "note")
     assert [r["id"] for r in job.pending_sources()] == [note["id"]]
 
-    # Runtime lost: a new cache over an emptied kv is filled again by the re-index
-    env, kv = memory.repo.store.runtime_db("kv")
-    with env.begin(write=True, db=kv) as txn:
-        txn.drop(kv, delete=False)
-    fresh = Memory(memory.repo)
-    cache = Rejections(memory.repo.store)
-    fresh.tombstone_readers.append(cache.note_tombstones)
-    assert good[5] not in cache
-    fresh.flush_index()
-    assert good[5] in cache and good[99_999] in cache and odd not in cache
+    # Runtime lost, then the index rebuilt by a process without the reader (``maia``
+    # offline): the node's consolidation still rebuilds the cache, from the shards it lags on
+    store = memory.repo.store
+    for name in ("kv", "entries"):
+        env, db = store.runtime_db(name)
+        with env.begin(write=True, db=db) as txn:
+            txn.drop(db, delete=False)
+    Memory(memory.repo).flush_index()  # offline: index up to date, no rejection cached
+    assert good[5] not in Rejections(memory.repo)
+    node_memory = Memory(memory.repo)  # the node starts
+    restarted = Consolidator(node_memory, None, ConsolidationConfig("x"))
+    assert restarted.rejections.lagging_shards()
+    assert [r["id"] for r in restarted.pending_sources()] == [note["id"]]
+    assert good[5] in restarted.rejections and good[99_999] in restarted.rejections
+    assert odd not in restarted.rejections
+    assert restarted.rejections.lagging_shards() == []  # a later start revisits nothing
+    assert Consolidator(Memory(memory.repo), None,
+                        ConsolidationConfig("x")).rejections.lagging_shards() == []
 
 
 def test_the_importance_a_salience_cortex_gave_ranks_a_fact_higher(memory: Memory) -> None:

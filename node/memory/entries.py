@@ -129,7 +129,9 @@ class Memory:
         # (entry id, scalar fields), so a feature can keep a Runtime cache of what deleted
         # entries carry (SPEC-006 §12.4.4: rejections) that follows sync and is rebuilt with
         # the index, at no extra pass over the documents.
-        self.tombstone_readers: list[Callable[[str, list[Tombstone]], None]] = []
+        # A reader is called for every shard (re)indexed, with the heads indexed, even when the
+        # shard has no deleted entry, so it can tell which shards its cache has seen.
+        self.tombstone_readers: list[Callable[[str, list[bytes], list[Tombstone]], None]] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         self._mark_stale()
@@ -167,6 +169,20 @@ class Memory:
                     self._dirty[doc_id] = time.monotonic()
         if self._dirty:
             log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
+
+    def revisit_all(self) -> None:
+        """Mark every shard for re-indexing, so tombstone readers see every deleted entry:
+        for a reader whose cache is missing while the index is not (the index rebuilt by a
+        process that had no such reader, e.g. ``maia`` offline after Runtime was deleted)."""
+        for doc_id in self.repo.store.doc_ids("memory"):
+            self._dirty.setdefault(doc_id, time.monotonic())
+
+    def revisit(self, doc_ids: Iterable[str]) -> None:
+        """Mark shards for re-indexing although the index has them, so tombstone readers see
+        their deleted entries: for a reader whose cache lags the index (the index rebuilt by a
+        process without that reader, e.g. ``maia`` offline after Runtime was deleted)."""
+        for doc_id in doc_ids:
+            self._dirty.setdefault(doc_id, time.monotonic())
 
     def flush_index(
         self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,
@@ -258,9 +274,10 @@ class Memory:
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
             txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
                     db=self._kv)
+        heads = list(doc.get_heads())
         for reader in self.tombstone_readers:
             try:
-                reader(doc_id, tombstones)
+                reader(doc_id, heads, tombstones)
             except Exception:  # a reader's cache is Runtime: it must never stop the index
                 log.exception("a tombstone reader failed on %s", doc_id)
 
