@@ -69,11 +69,11 @@ class Consolidator:
         self._env, self._kv = memory.repo.store.runtime_db("kv")
         self._lock = asyncio.Lock()
         # rejections are signed tombstones; their Runtime cache is filled by the index upkeep
-        self.rejections = Rejections(memory.repo)
+        self.rejections = Rejections(memory.repo.store)
         memory.tombstone_readers.append(self.rejections.note_tombstones)
-        # Shards the index has but the cache has not seen (the index rebuilt by ``maia``
-        # offline after Runtime was deleted) are indexed again, which the next scan awaits.
-        memory.revisit(self.rejections.lagging_shards())
+        # Deleted entries the index saw without the reader (``maia`` offline after Runtime was
+        # deleted) are shown to it now; a run's scan re-indexes them before it reads the cache.
+        memory.revisit_unread_tombstones()
         self.counts = {"runs": 0, "facts_written": 0, "rejected_answers": 0,
                        "salience_rejected": 0}
         self.last_run: str | None = None

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import lmdb
-import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction
 
 from ..memory import Memory, now_iso, shard_of
@@ -25,9 +24,6 @@ from ..memory import Memory, now_iso, shard_of
 log = logging.getLogger(__name__)
 
 PREFIX = b"consolidation:rejected:"
-# The heads of each shard as the cache last saw it: a shard whose heads differ (Runtime deleted,
-# or the index rebuilt by ``maia`` offline, which has no reader) is visited again at start.
-HEADS = b"consolidation:rejections-heads:"
 FIELD = "rejected"
 DIGEST_LEN = 64
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -42,43 +38,28 @@ def is_digest(value: Any) -> bool:
 class Rejections:
     """The Runtime cache of rejected text digests of one node."""
 
-    def __init__(self, repo: Any) -> None:
-        self._repo = repo
-        self._env, self._kv = repo.store.runtime_db("kv")
+    def __init__(self, store: Any) -> None:
+        self._env, self._kv = store.runtime_db("kv")
 
     def __contains__(self, digest: str) -> bool:
         with self._env.begin(db=self._kv) as txn:
             return txn.get(PREFIX + digest.encode()) is not None
-
-    def lagging_shards(self) -> list[str]:
-        """Memory shards whose heads the cache has not seen (cheap: store metadata only)."""
-        out = []
-        with self._env.begin(db=self._kv) as txn:
-            for doc_id in self._repo.store.doc_ids("memory"):
-                raw = txn.get(HEADS + doc_id.encode())
-                seen = msgpack.unpackb(raw) if raw else None
-                if seen is None or sorted(seen) != sorted(self._repo.heads(doc_id)):
-                    out.append(doc_id)
-        return out
 
     def remember(self, digests: list[str]) -> None:
         with self._env.begin(write=True, db=self._kv) as txn:
             for digest in digests:
                 txn.put(PREFIX + digest.encode(), b"1")
 
-    def note_tombstones(self, doc_id: str, heads: list[bytes],
-                        tombstones: list[tuple[str, dict[str, Any]]]) -> None:
+    def note_tombstones(self, doc_id: str, tombstones: list[tuple[str, dict[str, Any]]]) -> None:
         """``Memory.tombstone_readers`` hook: cache the digest of every rejected fact among the
-        deleted entries of a shard just (re)indexed (anything malformed is skipped), and the
-        heads they were read at."""
+        deleted entries of a shard just (re)indexed; anything malformed is skipped."""
         digests = [fields[FIELD] for _, fields in tombstones
                    if fields.get("kind") == "fact" and is_digest(fields.get(FIELD))]
+        if not digests:
+            return
         try:
-            with self._env.begin(write=True, db=self._kv) as txn:
-                for digest in digests:
-                    txn.put(PREFIX + digest.encode(), b"1")
-                txn.put(HEADS + doc_id.encode(), msgpack.packb(heads))
-        except lmdb.Error as exc:  # Runtime only: the shard is visited again at the next start
+            self.remember(digests)
+        except lmdb.Error as exc:  # Runtime only: cached again when the shard is next indexed
             log.warning("rejections of %s not cached: %s", doc_id, exc)
 
 

@@ -36,6 +36,7 @@ from .versions import versions_of
 
 log = logging.getLogger(__name__)
 
+UNREAD_TOMBSTONES = b"unread-tombstones:"  # kv: shards whose deleted entries no reader saw
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 #: Index rows of local writes held before they are written in one Runtime transaction.
 PENDING_ROWS = 5000
@@ -131,7 +132,7 @@ class Memory:
         # the index, at no extra pass over the documents.
         # A reader is called for every shard (re)indexed, with the heads indexed, even when the
         # shard has no deleted entry, so it can tell which shards its cache has seen.
-        self.tombstone_readers: list[Callable[[str, list[bytes], list[Tombstone]], None]] = []
+        self.tombstone_readers: list[Callable[[str, list[Tombstone]], None]] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         self._mark_stale()
@@ -177,12 +178,21 @@ class Memory:
         for doc_id in self.repo.store.doc_ids("memory"):
             self._dirty.setdefault(doc_id, time.monotonic())
 
-    def revisit(self, doc_ids: Iterable[str]) -> None:
-        """Mark shards for re-indexing although the index has them, so tombstone readers see
-        their deleted entries: for a reader whose cache lags the index (the index rebuilt by a
-        process without that reader, e.g. ``maia`` offline after Runtime was deleted)."""
-        for doc_id in doc_ids:
+    def revisit_unread_tombstones(self) -> int:
+        """Mark for re-indexing the shards indexed while no tombstone reader was registered
+        (by ``maia`` offline, e.g. after Runtime was deleted) whose deleted entries no reader
+        has seen; the node calls it once its readers are registered. Returns how many."""
+        with self._env.begin(db=self._kv) as txn:
+            cur = txn.cursor()
+            docs = []
+            if cur.set_range(UNREAD_TOMBSTONES):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(UNREAD_TOMBSTONES):
+                        break
+                    docs.append(bytes(key[len(UNREAD_TOMBSTONES):]).decode())
+        for doc_id in docs:
             self._dirty.setdefault(doc_id, time.monotonic())
+        return len(docs)
 
     def flush_index(
         self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,
@@ -244,6 +254,7 @@ class Memory:
         present: set[str] = set()
         rows: list[tuple[bytes, bytes]] = []
         tombstones: list[Tombstone] = []
+        deleted = 0
         # keys and values of a map in two calls each: per entry, 3 calls to the binding when
         # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
         for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
@@ -251,6 +262,7 @@ class Memory:
                 continue
             fields = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
             if "deleted_at" in fields:
+                deleted += 1
                 if self.tombstone_readers:
                     tombstones.append((entry_id, {
                         k: v[0][1] for k, v in fields.items() if not isinstance(v[0], ObjType)}))
@@ -274,10 +286,16 @@ class Memory:
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
             txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
                     db=self._kv)
-        heads = list(doc.get_heads())
+            # deleted entries no tombstone reader saw (``maia`` offline has none): the node
+            # shows them to its readers at start (``revisit_unread_tombstones``)
+            unread = UNREAD_TOMBSTONES + doc_id.encode()
+            if deleted and not self.tombstone_readers:
+                txn.put(unread, b"1", db=self._kv)
+            elif self.tombstone_readers:
+                txn.delete(unread, db=self._kv)
         for reader in self.tombstone_readers:
             try:
-                reader(doc_id, heads, tombstones)
+                reader(doc_id, tombstones)
             except Exception:  # a reader's cache is Runtime: it must never stop the index
                 log.exception("a tombstone reader failed on %s", doc_id)
 
