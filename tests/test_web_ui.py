@@ -450,7 +450,10 @@ def test_the_review_panel_accepts_edits_and_rejects_proposed_facts(
     finally:
         scribe.control(mode="ok")
     assert len(written) == 3
-    keep, fix, drop = (w["id"] for w in written)
+    by_text = {w["text"]: w["id"] for w in written}  # written follows shards, not the answer
+    keep = by_text[f"The shed key is under the blue pot {tag}"]
+    fix = by_text[f"The boiler was serviced in May {tag}"]
+    drop = by_text[hostile]
 
     page = new_page(browser)
     log_in(page, a)
