@@ -15,7 +15,9 @@ can tell which host answered. Behaviour is set at start and can be changed while
   the answer existed from what it received, not from timings (0: no hold).
 - ``text`` mode answers exactly ``answer`` (set at start or by ``/control``): a JSON object, or
   hostile text, for the consolidation job (SPEC-006 §12.3); ``facts`` mode plays an instant
-  consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it.
+  consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it;
+  ``scores`` mode plays a salience cortex (SPEC-006 §12.5.4): one score per fact of ``facts``
+  in the request, 0.9 for a fact that says "important", else 0.2.
 
 Control and inspection (plain JSON, no auth: it only ever listens on loopback in tests):
 ``POST /control {"mode"?, "delay"?, "chunks"?, "answer"?, "hold_after"?, "release"?}``,
@@ -73,6 +75,15 @@ def consolidation_facts(body: dict[str, Any]) -> str:
         return json.dumps({"facts": []})
     return json.dumps({"facts": [
         {"text": f"fact: {e['text'][:120]}", "sources": [e["id"]]} for e in given]})
+
+
+def salience_scores(body: dict[str, Any]) -> str:
+    """The ``scores`` mode's answer: {"scores": [...]}, one per fact it was given."""
+    try:
+        facts = json.loads(_last_user_text(body))["facts"]
+    except (ValueError, KeyError, TypeError):
+        return json.dumps({"scores": []})
+    return json.dumps({"scores": [0.9 if "important" in str(f) else 0.2 for f in facts]})
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -133,6 +144,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         pieces = [state["answer"]]
     elif mode == "facts":
         pieces = [consolidation_facts(body)]
+    elif mode == "scores":
+        pieces = [salience_scores(body)]
     if not stream:
         if delay:
             await asyncio.sleep(delay)
@@ -277,7 +290,8 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default="ok",
-                        choices=["ok", "garbage", "error", "hang", "endless", "text", "facts"])
+                        choices=["ok", "garbage", "error", "hang", "endless", "text", "facts",
+                                 "scores"])
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=0)
     with contextlib.suppress(KeyboardInterrupt):

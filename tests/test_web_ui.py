@@ -8,6 +8,7 @@ say which is missing. Screenshots land in test-artifacts/ (git-ignored) for a pe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -255,9 +256,10 @@ def busy_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     for fake in fakes:
         fake.start()
     a, b = make_mesh(root, ["a", "b"])
+    # a consolidates with its own cortex, only when a test asks (the review panel's facts)
     configure(a, sessions={"live_stale_s": 600}, cortex={
         "scribe": {"kind": "chat", "model": "openai/scribe-1b", "api_base": fakes[1].api_base},
-    })
+    }, consolidation={"cortex": "scribe", "interval_s": 3600})
     configure(b, sessions={"expires_after_s": 600}, cortex={
         "helper": {"kind": "reasoning", "model": "openai/helper-7b",
                    "api_base": fakes[0].api_base, "max_concurrency": 3},
@@ -279,7 +281,8 @@ def busy_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         wait_for(lambda: {"helper", "scribe"} <= set(models(a)), what="a to see the cortices")
         a.add_memory("Roses want sun", tags=["garden"])
         b.add_memory("Water the ferns", kind="fact")
-        yield {"a": a, "b": b, "session": session["session_id"], "lease": lease["id"]}
+        yield {"a": a, "b": b, "session": session["session_id"], "lease": lease["id"],
+               "scribe": fakes[1]}
     finally:
         a.stop()
         b.stop()
@@ -421,6 +424,79 @@ def test_a_busy_mesh_reads_in_words(busy_mesh: dict[str, Any], browser: BrowserC
     assert any(b["cut"] for b in boxes)  # on a phone the ellipsis does the shortening
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     screenshot(page, "web-busy-phone.png")
+    assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_the_review_panel_accepts_edits_and_rejects_proposed_facts(
+        busy_mesh: dict[str, Any], browser: BrowserContext) -> None:
+    """SPEC-003 §11.9 (the review panel), SPEC-006 §12.4.2, §12.4.3 on the page: the facts a's
+    consolidation cortex proposed are listed with their sources' texts (a link opens a source's
+    history), the cortex and the model; Accept, Edit and Reject each call the review route with
+    the CSRF header, and the API shows the result. A fact whose text is markup from a hostile
+    model answer is shown as text and runs nothing."""
+    a, scribe = busy_mesh["a"], busy_mesh["scribe"]
+    tag = secrets.token_hex(3)
+    notes = [a.add_memory(f"{text} {tag}")["id"] for text in (
+        "the shed key is under the blue pot", "the boiler was serviced in may",
+        "the neighbours' cat visits at night")]
+    hostile = ("<img src=x onerror=window.__pwned=1><script>window.__pwned=2</script>"
+               f"the cat is called <b>io</b> {tag}")
+    scribe.control(mode="text", answer=json.dumps({"facts": [
+        {"text": f"The shed key is under the blue pot {tag}", "sources": [notes[0]]},
+        {"text": f"The boiler was serviced in May {tag}", "sources": [notes[1]]},
+        {"text": hostile, "sources": [notes[2], notes[0]]}]}))
+    try:
+        written = a.request("POST", "/v1/consolidation/run", {}, timeout=120)["written"]
+    finally:
+        scribe.control(mode="ok")
+    assert len(written) == 3
+    by_text = {w["text"]: w["id"] for w in written}  # written follows shards, not the answer
+    keep = by_text[f"The shed key is under the blue pot {tag}"]
+    fix = by_text[f"The boiler was serviced in May {tag}"]
+    drop = by_text[hostile]
+
+    page = new_page(browser)
+    log_in(page, a)
+    panel = page.locator("#review")
+    item = {i: panel.locator(f'li.review-fact[data-entry-id="{i}"]') for i in (keep, fix, drop)}
+    expect(item[keep]).to_contain_text(f"The shed key is under the blue pot {tag}")
+    expect(item[keep].locator(".cortex")).to_have_text("scribe")
+    expect(item[keep].locator(".model")).to_contain_text("scribe")
+    expect(item[keep].locator(f'li[data-source-id="{notes[0]}"]')).to_contain_text(
+        f"the shed key is under the blue pot {tag}")
+    # the hostile fact: its markup is text, nothing of it runs
+    expect(item[drop].locator(".text")).to_have_text(hostile)
+    expect(item[drop].locator("li[data-source-id]")).to_have_count(2)
+    assert page.locator("#review img, #review script, #review b").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    # a source's link opens its history
+    item[fix].locator(f'li[data-source-id="{notes[1]}"] a.source').click()
+    expect(page.locator("#history")).to_be_visible()
+    expect(page.locator("#history-title")).to_have_text(notes[1])
+    screenshot(page, "web-review-panel.png")
+
+    item[keep].locator("button.accept").click()
+    expect(item[keep]).to_have_count(0)
+    assert "review:pending" not in a.entry(keep)["tags"]
+
+    item[fix].locator("button.edit").click()
+    item[fix].locator("textarea.edit-text").fill(f"The boiler was serviced on 3 May {tag}")
+    item[fix].locator("button.save").click()
+    expect(item[fix]).to_have_count(0)
+    fixed = a.entry(fix)
+    assert fixed["text"] == f"The boiler was serviced on 3 May {tag}"
+    assert "review:pending" not in fixed["tags"]
+
+    item[drop].locator("button.reject").click()
+    expect(item[drop]).to_have_count(0)
+    assert a.entry(drop) is None
+    last = a.request("GET", f"/v1/memory/{drop}/history")["history"][-1]
+    assert last["op"] == "reject"
+    left = {f["id"] for f in a.request("GET", "/v1/consolidation/review")["facts"]}
+    assert not left & {keep, fix, drop}
+    assert page.evaluate("window.__pwned") is None
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     assert page.script_errors == []  # type: ignore[attr-defined]
 
 

@@ -68,7 +68,8 @@ def _fact_line(f: dict[str, Any]) -> str:
     src = ", ".join(f.get("sources") or [])
     sup = f"  supersedes {f['supersedes']}" if f.get("supersedes") else ""
     ident = f.get("id", "(new)")
-    return f"{ident}  {f['text']}\n    sources: {src}{sup}"
+    score = f"  importance {f['importance']:g}" if isinstance(f.get("importance"), float) else ""
+    return f"{ident}  {f['text']}\n    sources: {src}{sup}{score}"
 
 
 def cmd_consolidate(args: argparse.Namespace, paths: Paths) -> int:
@@ -92,13 +93,17 @@ def cmd_consolidate(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_review(args: argparse.Namespace, paths: Paths) -> int:
     if args.action is None:
-        facts = _request(paths, "GET", "/v1/consolidation/review")["facts"]
+        listed = _request(paths, "GET", "/v1/consolidation/review")
+        facts = listed["facts"]
         if args.json:
             print_json(facts)
         elif not facts:
             say("Nothing to review.")
         for f in [] if args.json else facts:
             say(_fact_line(f))
+        if not args.json and listed.get("count", 0) > len(facts):
+            say(f"(the newest {len(facts)} of {listed['count']}; the others follow as you "
+                "review these)")
         return 0
     if not args.id:
         raise UserError("say which fact: maia memory review accept|edit|reject ID")
@@ -112,7 +117,7 @@ def cmd_review(args: argparse.Namespace, paths: Paths) -> int:
         print_json(out)
     else:
         say({"accept": "Accepted", "edit": "Edited and accepted",
-             "reject": "Rejected (it will not be proposed again)"}[args.action] + f" {args.id}")
+             "reject": "Rejected (no device will propose it again)"}[args.action] + f" {args.id}")
     return 0
 
 

@@ -17,6 +17,7 @@ class ConsolidationConfig:
     interval_s: float = 3600.0
     batch: int = 50
     authors: tuple[str, ...] = field(default_factory=tuple)
+    salience_cortex: str | None = None  # None: no model scores new facts (SPEC-006 §12.5.4)
 
     @property
     def enabled(self) -> bool:
@@ -30,7 +31,8 @@ def load_consolidation_config(extra: dict[str, Any]) -> ConsolidationConfig:
     where = "config.toml [consolidation]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    unknown = set(table) - {"cortex", "interval_s", "batch", "authors"}
+    unknown = set(table) - {"cortex", "interval_s", "batch", "authors",
+                           "salience_cortex"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     cortex = table.get("cortex")
@@ -46,4 +48,8 @@ def load_consolidation_config(extra: dict[str, Any]) -> ConsolidationConfig:
     if not isinstance(authors, list) or not all(
             isinstance(a, str) and _DEVICE_ID.match(a) for a in authors):
         raise ConfigError(f"{where}.authors must be a list of device ids")
-    return ConsolidationConfig(cortex, float(interval), batch, tuple(authors))
+    salience = table.get("salience_cortex")
+    if salience is not None and (not isinstance(salience, str)
+                                 or not 1 <= len(salience) <= 200):
+        raise ConfigError(f"{where}.salience_cortex must be a cortex name or cortex/salience")
+    return ConsolidationConfig(cortex, float(interval), batch, tuple(authors), salience)

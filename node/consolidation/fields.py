@@ -2,8 +2,8 @@
 
 They are written as extra edits in the same signed change that creates the entry (through
 ``Memory.add_many``'s ``extra``), so no device ever sees a fact without its sources or a skill
-without its steps (SPEC-006 §12.4.1, §12.6.1). Scalars are strings or booleans; lists are
-Automerge lists of strings.
+without its steps (SPEC-006 §12.4.1, §12.6.1). Scalars are strings, booleans or floats; lists
+are Automerge lists of strings.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def set_fields(entry_id: str, fields: dict[str, Any]) -> Edit:
                 tx.put(obj, name, ScalarType.Boolean, value)
             elif isinstance(value, str):
                 tx.put(obj, name, ScalarType.Str, value)
+            elif isinstance(value, float):
+                tx.put(obj, name, ScalarType.F64, value)
             elif isinstance(value, list):
                 lst = tx.put_object(obj, name, ObjType.List)
                 for i, item in enumerate(value):

@@ -17,10 +17,14 @@ from typing import Any
 
 import msgpack
 
-from ..memory import Memory, new_entry_id, now_iso, shard_of
+from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
 from .fields import Edit, index_rows, mark_superseded, set_fields
+from .importance import FIELD as IMPORTANCE
+from .importance import INSTRUCTIONS as SCORE_INSTRUCTIONS
+from .importance import SALIENCE_KIND, parse_scores, request_payload
+from .rejections import Rejections, reject_fact
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,9 @@ PENDING = "review:pending"
 CONSOLIDATED = "consolidated"
 MAX_SHOWN_FACTS = 200
 MAX_SOURCE_TEXT = 4000
+MAX_SOURCES = 50  # per fact (SPEC-006 §12.3.1)
+REVIEW_PAGE = 200  # pending facts listed at once, newest first
 SEEN = b"consolidation:seen:"
-REJECTED = b"consolidation:rejected:"
 ALL = 10**9  # list limit: every row
 SCAN_SLICE = 500  # index rows read per event-loop turn
 
@@ -63,21 +68,21 @@ class Consolidator:
         self.me = memory.repo.key.device_id
         self._env, self._kv = memory.repo.store.runtime_db("kv")
         self._lock = asyncio.Lock()
-        self.counts = {"runs": 0, "facts_written": 0, "rejected_answers": 0}
+        # rejections are signed tombstones; their Runtime cache is filled by the index upkeep
+        self.rejections = Rejections(memory.repo.store)
+        memory.tombstone_readers.append(self.rejections.note_tombstones)
+        # Deleted entries the index saw without the reader (``maia`` offline after Runtime was
+        # deleted) are shown to it now; a run's scan re-indexes them before it reads the cache.
+        memory.revisit_unread_tombstones()
+        self.counts = {"runs": 0, "facts_written": 0, "rejected_answers": 0,
+                       "salience_rejected": 0}
         self.last_run: str | None = None
 
-    # -- Runtime state: watermark and rejections -------------------------------------------------
-    def _has(self, prefix: bytes, key: str) -> bool:
-        with self._env.begin(db=self._kv) as txn:
-            return txn.get(prefix + key.encode()) is not None
-
+    # -- Runtime state: the watermark -----------------------------------------------------------
     def _mark(self, prefix: bytes, keys: list[str]) -> None:
         with self._env.begin(write=True, db=self._kv) as txn:
             for key in keys:
                 txn.put(prefix + key.encode(), b"1")
-
-    def remember_rejection(self, text: str) -> None:
-        self._mark(REJECTED, [fact_digest(text)])
 
     # -- what to read ----------------------------------------------------------------------------
     async def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -185,12 +190,14 @@ class Consolidator:
             self._rejected(report, first, f"the cortex did not answer: {exc}"[:300])
             return []
         keep = self._new_only(proposals, facts, report)
+        scores = await self._scores(keep, first)
         if report.dry_run:
             report.proposed.extend(
                 {"text": p.text, "sources": list(p.sources), "supersedes": p.supersedes,
-                 "cortex": cortex, "model": model} for p in keep)
+                 "cortex": cortex, "model": model,
+                 **({IMPORTANCE: scores[i]} if scores else {})} for i, p in enumerate(keep))
             return []
-        written = self._write(keep, cortex, model)
+        written = self._write(keep, cortex, model, scores)
         report.written.extend(written)
         self._mark(SEEN, [r["id"] for r in batch])
         return written
@@ -207,7 +214,7 @@ class Consolidator:
         known = {fact_digest(f["text"]) for f in facts}
         out = []
         for p in proposals:
-            if p.digest in known or self._has(REJECTED, p.digest):
+            if p.digest in known or p.digest in self.rejections:
                 report.skipped += 1
                 continue
             known.add(p.digest)
@@ -232,15 +239,39 @@ class Consolidator:
         return (candidate.cortex.name, str(model or candidate.cortex.name)[:200],
                 message_text(answer))
 
-    def _write(self, keep: list[Proposal], cortex: str, model: str) -> list[dict[str, Any]]:
+    async def _scores(self, keep: list[Proposal], first: str) -> list[float] | None:
+        """The salience cortex's score of each fact about to be written (SPEC-006 §12.5.4),
+        or None: not configured, nothing to score, or an answer that breaks any rule."""
+        if not keep or not self.config.salience_cortex:
+            return None
+        body = {"model": self.config.salience_cortex, "stream": False, "messages": [
+            {"role": "system", "content": SCORE_INSTRUCTIONS},
+            {"role": "user", "content": request_payload([p.text for p in keep])},
+        ]}
+        try:
+            candidate, answer = await self.router.complete(self.router.plan(body))
+            if candidate.cortex.kind != SALIENCE_KIND:
+                raise BadAnswer(f"cortex {candidate.cortex.name} is of kind "
+                                f"{candidate.cortex.kind}, not {SALIENCE_KIND}")
+            return parse_scores(message_text(answer), len(keep))
+        except Exception as exc:  # BadAnswer, the router's refusals, timeouts, no route
+            self.counts["salience_rejected"] += 1
+            log.warning("consolidation: salience scores for the batch from %s discarded, facts "
+                        "written without them: %s", first, str(exc)[:300])
+            return None
+
+    def _write(self, keep: list[Proposal], cortex: str, model: str,
+               scores: list[float] | None = None) -> list[dict[str, Any]]:
         if not keep:
             return []
         at = now_iso()
         items, extra, fields_of = [], {}, {}
-        for p in keep:
+        for i, p in enumerate(keep):
             new_id = new_entry_id("fact")
-            fields = {"sources": list(p.sources), "cortex": cortex, "model": model,
-                      "valid_from": at}
+            fields: dict[str, Any] = {"sources": list(p.sources), "cortex": cortex,
+                                      "model": model, "valid_from": at}
+            if scores is not None:
+                fields[IMPORTANCE] = scores[i]
             fields_of[new_id] = fields
             item: dict[str, Any] = {"id": new_id, "text": p.text, "kind": "fact",
                                     "tags": list(dict.fromkeys(
@@ -266,6 +297,34 @@ class Consolidator:
     def pending_review(self) -> list[dict[str, Any]]:
         return self.memory.list(kind="fact", tag=PENDING, limit=ALL)
 
+    def review_page(self) -> tuple[list[dict[str, Any]], int]:
+        """The newest REVIEW_PAGE pending facts with their sources, and how many are pending:
+        a member's device can sign any number of pending facts, and each shown costs up to 50
+        source reads (SPEC-006 §12.4.3)."""
+        facts = self.pending_review()
+        return self.with_source_entries(facts[:REVIEW_PAGE]), len(facts)
+
+    def with_source_entries(self, facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each fact with ``source_entries``: the id, kind and text (cut to 4,000 characters)
+        of each source, or ``found: false``, so a reviewer sees what a fact came from in one
+        read that counts no recall (SPEC-006 §12.4.3). A member's odd ``sources`` shape gives
+        an empty list."""
+        seen: dict[str, dict[str, Any]] = {}
+        out = []
+        for fact in facts:
+            sources = fact.get("sources")
+            ids = [s for s in sources if isinstance(s, str)] if isinstance(sources, list) else []
+            for sid in ids[:MAX_SOURCES]:
+                if sid not in seen:
+                    try:
+                        row = self.memory.get(sid)
+                        seen[sid] = {"id": sid, "found": True, "kind": row["kind"],
+                                     "text": row["text"][:MAX_SOURCE_TEXT]}
+                    except EntryNotFound:
+                        seen[sid] = {"id": sid[:64], "found": False}
+            out.append({**fact, "source_entries": [seen[s] for s in ids[:MAX_SOURCES]]})
+        return out
+
     def review(self, entry_id: str, action: str, text: str | None = None) -> dict[str, Any]:
         entry = self.memory.get(entry_id)  # EntryNotFound
         if entry["kind"] != "fact" or PENDING not in entry["tags"]:
@@ -277,8 +336,10 @@ class Consolidator:
                 raise ValueError("edit needs the new text")
             return self.memory.update(entry_id, text=text, remove_tags=[PENDING])
         if action == "reject":
-            self.remember_rejection(entry["text"])
-            return self.memory.delete(entry_id) | {"rejected": True}
+            digest = fact_digest(entry["text"])
+            out = reject_fact(self.memory, entry_id, digest)
+            self.rejections.remember([digest])  # at once; the index upkeep would find it too
+            return out
         raise ValueError("action must be accept, edit or reject")
 
     def status(self) -> dict[str, Any]:

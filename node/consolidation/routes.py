@@ -65,9 +65,9 @@ async def run_consolidation(request: web.Request) -> web.Response:
 
 @consolidation_routes.get("/v1/consolidation/review")
 async def review_list(request: web.Request) -> web.Response:
-    """Facts consolidation proposed that nobody reviewed yet."""
-    facts = request.app[CONSOLIDATOR_KEY].pending_review()
-    return web.json_response({"facts": facts, "count": len(facts)})
+    """Facts consolidation proposed that nobody reviewed yet, each with its sources' texts."""
+    facts, count = request.app[CONSOLIDATOR_KEY].review_page()
+    return web.json_response({"facts": facts, "count": count})
 
 
 @consolidation_routes.post("/v1/consolidation/review/{entry_id}", body_schema=REVIEW_SCHEMA)

@@ -1,7 +1,8 @@
 """Salience: how much an entry matters now (SPEC-006 §12.5).
 
-Recency and pins come from the signed entry; recalls (how often retrieval returned the entry)
-are counted in Runtime, so deleting Runtime only forgets the counts. One score in [0, 2] that
+Recency, pins and the salience cortex's importance (of facts) come from the signed entry;
+recalls (how often retrieval returned the entry) are counted in Runtime, so deleting Runtime
+only forgets the counts. One score in [0, 2.5] that
 ``relevant_entries`` adds to the number of matched words.
 """
 
@@ -14,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import lmdb
+
+from .importance import importance_of
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +34,13 @@ def _age_days(created_at: str, now: datetime) -> float:
 
 
 def score(row: dict[str, Any], recalls: int, now: datetime | None = None) -> float:
-    """0.5 * recency + 0.5 * recall + 1 if pinned (SPEC-006 §12.5.1)."""
+    """0.5 * recency + 0.5 * recall + 1 if pinned + 0.5 * the salience cortex's importance
+    (SPEC-006 §12.5.1, §12.5.4)."""
     now = now or datetime.now(UTC)
     recency = math.exp(-_age_days(row.get("created_at", ""), now) / RECENCY_DAYS)
     recall = min(1.0, math.log1p(recalls) / math.log1p(RECALLS_FULL))
-    return 0.5 * recency + 0.5 * recall + (1.0 if row.get("pinned") else 0.0)
+    pin = 1.0 if row.get("pinned") is True else 0.0
+    return 0.5 * recency + 0.5 * recall + pin + 0.5 * importance_of(row)
 
 
 class Salience:

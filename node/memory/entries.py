@@ -37,6 +37,7 @@ from .versions import versions_of
 
 log = logging.getLogger(__name__)
 
+UNREAD_TOMBSTONES = b"unread-tombstones:"  # kv: shards whose deleted entries no reader saw
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 #: Index rows of local writes held before they are written in one Runtime transaction.
 PENDING_ROWS = 5000
@@ -45,6 +46,11 @@ PENDING_ROWS = 5000
 MAX_TAG = 64
 MAX_TAGS = 64
 _TAG_RE = re.compile(rf"\S{{1,{MAX_TAG}}}")
+
+
+#: A deleted entry as the index upkeep hands it to ``Memory.tombstone_readers``: its id and
+#: its scalar fields (maps and lists left out, values as signed, of any type a member wrote).
+Tombstone = tuple[str, dict[str, Any]]
 
 
 class InvalidEntry(ValueError):
@@ -123,6 +129,13 @@ class Memory:
         # shard, with the heads to mark indexed (None: the shard was stale before the write).
         self._pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]] = {}
         self._pending_rows = 0
+        # Readers of tombstones: each (re)indexed shard's deleted entries are handed to them as
+        # (entry id, scalar fields), so a feature can keep a Runtime cache of what deleted
+        # entries carry (SPEC-006 §12.4.4: rejections) that follows sync and is rebuilt with
+        # the index, at no extra pass over the documents.
+        # A reader is called for every shard (re)indexed, with the heads indexed, even when the
+        # shard has no deleted entry, so it can tell which shards its cache has seen.
+        self.tombstone_readers: list[Callable[[str, list[Tombstone]], None]] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         self._mark_stale()
@@ -160,6 +173,29 @@ class Memory:
                     self._dirty[doc_id] = time.monotonic()
         if self._dirty:
             log.info("memory index: %d shard(s) to (re)index", len(self._dirty))
+
+    def revisit_all(self) -> None:
+        """Mark every shard for re-indexing, so tombstone readers see every deleted entry:
+        for a reader whose cache is missing while the index is not (the index rebuilt by a
+        process that had no such reader, e.g. ``maia`` offline after Runtime was deleted)."""
+        for doc_id in self.repo.store.doc_ids("memory"):
+            self._dirty.setdefault(doc_id, time.monotonic())
+
+    def revisit_unread_tombstones(self) -> int:
+        """Mark for re-indexing the shards indexed while no tombstone reader was registered
+        (by ``maia`` offline, e.g. after Runtime was deleted) whose deleted entries no reader
+        has seen; the node calls it once its readers are registered. Returns how many."""
+        with self._env.begin(db=self._kv) as txn:
+            cur = txn.cursor()
+            docs = []
+            if cur.set_range(UNREAD_TOMBSTONES):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(UNREAD_TOMBSTONES):
+                        break
+                    docs.append(bytes(key[len(UNREAD_TOMBSTONES):]).decode())
+        for doc_id in docs:
+            self._dirty.setdefault(doc_id, time.monotonic())
+        return len(docs)
 
     def flush_index(
         self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,
@@ -220,6 +256,8 @@ class Memory:
                     indexed[key[len(prefix):].decode()] = msgpack.unpackb(raw)["edits"]
         present: set[str] = set()
         rows: list[tuple[bytes, bytes]] = []
+        tombstones: list[Tombstone] = []
+        deleted = 0
         # keys and values of a map in two calls each: per entry, 3 calls to the binding when
         # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
         for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
@@ -227,6 +265,10 @@ class Memory:
                 continue
             fields = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
             if "deleted_at" in fields:
+                deleted += 1
+                if self.tombstone_readers:
+                    tombstones.append((entry_id, {
+                        k: v[0][1] for k, v in fields.items() if not isinstance(v[0], ObjType)}))
                 continue
             present.add(entry_id)
             log_obj = fields.get("log")
@@ -247,6 +289,18 @@ class Memory:
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
             txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
                     db=self._kv)
+            # deleted entries no tombstone reader saw (``maia`` offline has none): the node
+            # shows them to its readers at start (``revisit_unread_tombstones``)
+            unread = UNREAD_TOMBSTONES + doc_id.encode()
+            if deleted and not self.tombstone_readers:
+                txn.put(unread, b"1", db=self._kv)
+            elif self.tombstone_readers:
+                txn.delete(unread, db=self._kv)
+        for reader in self.tombstone_readers:
+            try:
+                reader(doc_id, tombstones)
+            except Exception:  # a reader's cache is Runtime: it must never stop the index
+                log.exception("a tombstone reader failed on %s", doc_id)
 
     def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Write index rows in a transaction of their own and empty ``rows``: a write
@@ -609,7 +663,7 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
 
 # Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
 SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
-                       "name", "when_to_use", "steps")
+                       "name", "when_to_use", "steps", "importance")
 
 
 def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any] | None:

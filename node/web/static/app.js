@@ -14,6 +14,7 @@ const state = {
   status: null,
   liveOpenedOnce: false,
   historyId: null,       // the entry whose history panel is open
+  reviewEditing: null,   // the proposed fact whose text is being edited in the review panel
 };
 
 // -- talking to the node -------------------------------------------------------------------------
@@ -554,6 +555,88 @@ async function refreshDocuments() {
   "no documents");
 }
 
+// -- the review panel: facts consolidation proposed (SPEC-006 §12.4.2, SPEC-003 §11.9) ----------
+// A fact's text was written by a model that read untrusted notes: text only, like everything.
+async function refreshReview() {
+  const data = await optional("/v1/consolidation/review");
+  if (data === null) return notAvailable("review", "this node has no consolidation");
+  setCount("review-count", data.count || "");
+  if (state.reviewEditing && !data.facts.some((f) => f.id === state.reviewEditing)) {
+    state.reviewEditing = null;
+  }
+  if (state.reviewEditing) return;  // never throw away what the person is typing
+  const items = data.facts.map(reviewItem);
+  if (data.count > data.facts.length) {
+    items.push(el("li", {class: "meta", text: `the newest ${data.facts.length} of ${data.count}; ` +
+      "the others show up as you review these"}));
+  }
+  const off = state.status && state.status.consolidation && !state.status.consolidation.enabled;
+  fill("review", items, off
+    ? "nothing to review; consolidation is off on this device ([consolidation] cortex in config.toml), facts another device proposes show up here too"
+    : "nothing to review: facts the consolidation cortex proposes show up here");
+}
+
+// Its sources come with the list (source_entries), so looking at the panel counts no recall.
+function reviewItem(fact) {
+  const list = (fact.source_entries || []).map((source) => {
+    const link = el("a", {class: "source", href: `#entry-${source.id}`, text: shortId(source.id),
+      title: `${source.id}: open its history`});
+    link.addEventListener("click", (event) => { event.preventDefault(); openHistory(source.id); });
+    return el("li", {"data-source-id": source.id}, link, " ",
+      el("span", {class: "source-text",
+        text: source.found ? source.text : "not found (deleted, or not synced yet)"}));
+  });
+  const text = el("p", {class: "text", text: fact.text});
+  const actions = el("div", {class: "actions"});
+  const item = el("li", {class: "review-fact", "data-entry-id": fact.id}, text,
+    el("div", {class: "meta"}, badge("proposed", "warn"), " by cortex ",
+      el("strong", {class: "cortex", text: fact.cortex || "?"}), " · model ",
+      el("code", {class: "model", text: fact.model || "?"}), " · ", nameOf(fact.author), " · ",
+      timeEl(fact.created_at)),
+    el("div", {class: "meta"}, list.length === 1 ? "from this entry:" : `from ${list.length} entries:`),
+    el("ol", {class: "sources"}, ...list),
+    actions);
+  const accept = el("button", {type: "button", class: "accept", text: "Accept"});
+  const edit = el("button", {type: "button", class: "quiet edit", text: "Edit"});
+  const reject = el("button", {type: "button", class: "quiet reject", text: "Reject"});
+  accept.addEventListener("click", () => review(fact.id, {action: "accept"}, actions));
+  reject.addEventListener("click", () => review(fact.id, {action: "reject"}, actions));
+  edit.addEventListener("click", () => editFact(fact, text, actions));
+  actions.append(accept, edit, reject);
+  return item;
+}
+
+function editFact(fact, text, actions) {
+  state.reviewEditing = fact.id;
+  const box = el("textarea", {class: "edit-text", rows: 2, maxLength: 262144, value: fact.text,
+    "aria-label": "The fact's new text"});
+  text.replaceWith(box);
+  const save = el("button", {type: "button", class: "save", text: "Save and accept"});
+  const cancel = el("button", {type: "button", class: "quiet cancel", text: "Cancel"});
+  save.addEventListener("click", () => {
+    const value = box.value.trim();
+    if (value) review(fact.id, {action: "edit", text: value}, actions);
+  });
+  cancel.addEventListener("click", () => { state.reviewEditing = null; schedule("review"); });
+  actions.replaceChildren(save, cancel);
+  box.focus();
+}
+
+async function review(id, body, actions) {
+  const error = document.getElementById("review-error");
+  error.hidden = true;
+  for (const b of actions.querySelectorAll("button")) b.disabled = true;
+  try {
+    await api("POST", `/v1/consolidation/review/${encodeURIComponent(id)}`, body);
+    state.reviewEditing = null;
+    schedule("review", "memory", "documents", "status");
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+    for (const b of actions.querySelectorAll("button")) b.disabled = false;
+  }
+}
+
 // -- refresh scheduling --------------------------------------------------------------------------
 // Sessions, leases and cortex load change without a live event (they are not documents): the
 // "activity" panels are read again every 15 s, and with everything else on any event.
@@ -563,7 +646,7 @@ async function refreshActivity() {
 }
 
 const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments,
-  activity: refreshActivity, history: refreshHistory};
+  activity: refreshActivity, history: refreshHistory, review: refreshReview};
 const pending = new Set();
 let timer = null;
 let running = false;
@@ -641,16 +724,16 @@ function connectLive() {
   const source = new EventSource("/v1/live");
   source.onopen = () => {
     setLive("live");
-    if (state.liveOpenedOnce) schedule("status", "memory", "documents");  // missed while away
+    if (state.liveOpenedOnce) schedule("status", "memory", "documents", "review");  // missed while away
     state.liveOpenedOnce = true;
   };
   source.addEventListener("doc", (event) => {
     const {doc} = JSON.parse(event.data);
     if (doc === "identity") schedule("status", "documents");
-    else schedule("memory", "documents", "status", "history");
+    else schedule("memory", "documents", "status", "history", "review");
   });
   source.addEventListener("peer", () => schedule("status", "documents"));
-  source.addEventListener("resync", () => schedule("status", "memory", "documents"));
+  source.addEventListener("resync", () => schedule("status", "memory", "documents", "review"));
   source.onerror = async () => {
     if (source.readyState !== EventSource.CLOSED) {
       setLive("connecting");
@@ -721,7 +804,7 @@ async function start() {
   setupMemoryForm();
   setupLogout();
   document.getElementById("history-close").addEventListener("click", closeHistory);
-  schedule("status", "memory", "documents");
+  schedule("status", "memory", "documents", "review");
   connectLive();
   setInterval(tickTimes, 10000);
   setInterval(() => schedule("activity"), 15000);
