@@ -91,7 +91,7 @@ class NodeProc:
     def token(self) -> str:
         return (self.data_dir / "runtime" / "api.token").read_text().strip()
 
-    def start(self, timeout: float = 20.0) -> NodeProc:
+    def start(self, timeout: float = 60.0) -> NodeProc:
         """Start ``maia up`` and return once this process serves (not merely once something
         answers on its port). Ports this call picks are picked again if another process on
         the machine (another test run) took one before the node bound it."""
