@@ -93,20 +93,26 @@ def message_text(answer: Any) -> str:
     return text
 
 
-def parse_answer(text: str, given: set[str], current_facts: set[str],
-                 max_facts: int) -> list[Proposal]:
-    """Validate the cortex's text against the schema and the batch; BadAnswer if anything is
-    off. ``given``: ids of the batch's entries; ``current_facts``: ids of facts shown to it."""
-    if len(text.encode("utf-8", "replace")) > MAX_ANSWER_BYTES:
-        raise BadAnswer(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+def answer_json(text: str, max_bytes: int) -> Any:
+    """The JSON value of a cortex's answer (inside a ```json fence or bare), or BadAnswer:
+    over ``max_bytes``, or not JSON (never quoting the answer, which may be hostile)."""
+    if len(text.encode("utf-8", "replace")) > max_bytes:
+        raise BadAnswer(f"the answer is over {max_bytes} bytes")
     body = text.strip()
     fenced = _FENCE.match(body)
     if fenced:
         body = fenced.group(1).strip()
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):
         raise BadAnswer("the answer is not JSON") from None
+
+
+def parse_answer(text: str, given: set[str], current_facts: set[str],
+                 max_facts: int) -> list[Proposal]:
+    """Validate the cortex's text against the schema and the batch; BadAnswer if anything is
+    off. ``given``: ids of the batch's entries; ``current_facts``: ids of facts shown to it."""
+    data = answer_json(text, MAX_ANSWER_BYTES)
     errors = sorted(_VALIDATOR.iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].path) or "(root)"

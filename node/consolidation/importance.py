@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
-from .answer import BadAnswer
+from .answer import BadAnswer, answer_json
 
 MAX_SCORES_BYTES = 16 * 1024
 MAX_FACT_TEXT = 2000
 FIELD = "importance"
 SALIENCE_KIND = "salience"
-_FENCE = re.compile(r"^```(?:json)?\s*\n(.*)\n```\s*$", re.DOTALL)
 
 INSTRUCTIONS = """\
 You rate how much each fact about a person will matter to them later: 0 means trivial, 1 means \
@@ -39,16 +37,7 @@ def _is_score(value: Any) -> bool:
 
 def parse_scores(text: str, count: int) -> list[float]:
     """Exactly ``count`` scores in [0, 1], or BadAnswer saying why (never quoting the answer)."""
-    if len(text.encode("utf-8", "replace")) > MAX_SCORES_BYTES:
-        raise BadAnswer(f"the answer is over {MAX_SCORES_BYTES} bytes")
-    body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadAnswer("the answer is not JSON") from None
+    data = answer_json(text, MAX_SCORES_BYTES)
     if not isinstance(data, dict) or set(data) != {"scores"}:
         raise BadAnswer('the answer is not {"scores": [...]} alone')
     scores = data["scores"]

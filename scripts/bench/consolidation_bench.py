@@ -28,7 +28,7 @@ from typing import Any
 
 import harness
 from harness import Api, NodeProc, percentile, say
-from report import table, write_section
+from report import summary, table, write_section
 
 from tests.fake_llm_server import FakeLLM
 from tests.routing_helpers import chat, configure
@@ -138,10 +138,6 @@ def one_run(n: int, seed: int) -> dict[str, Any]:
             "ref_per_entry_ms": ref / written * 1000, "ratio": took / ref,
             "cortex_requests": requests,
             "live": live}
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

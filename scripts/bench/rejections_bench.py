@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import harness
 from harness import say
-from report import table, write_section
+from report import summary, table, write_section
 
 from crdt.identity import create_mesh
 from crdt.keys import DeviceKey
@@ -116,10 +115,6 @@ def one_run(n: int, seed: int) -> dict[str, Any]:
             "rebuild_reader_s": reader_s, "rebuild_ratio": reader_s / plain_s,
             "lookup_us": full_us, "lookup_empty_us": empty_us,
             "lookup_ratio": full_us / empty_us}
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

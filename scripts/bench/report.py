@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -183,3 +184,8 @@ def table(rows: list[tuple], header: tuple) -> str:
 
 if __name__ == "__main__":  # print the machine line, for a quick look
     sys.stdout.write(machine_line() + "\n")
+
+
+def summary(values: list[float]) -> str:
+    """A figure over several runs as it is written: median (min-max)."""
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
