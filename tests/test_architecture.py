@@ -205,7 +205,9 @@ def test_machinery_and_features_know_no_other_feature_by_accident() -> None:
                ("node.mcp", "node.sessions"), ("node.mcp", "node.memory"),
                ("node.sessions", "node.mcp"),
                # the search index reads memory's entry ids and kinds
-               ("node.search", "node.memory")}
+               ("node.search", "node.memory"),
+               # search embeds through the embedding cortex the router chooses (SPEC-006 §12.6)
+               ("node.search", "node.routing")}
     bad = []
     for i in IMPORTS:
         src, dst = _feature(i.source), _feature(i.target)
