@@ -17,8 +17,13 @@ from ..routing.local_embedding import EmbedderUnavailable, WordLlamaEmbedder, lo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Embedder", "EmbedderUnavailable", "WordLlamaEmbedder", "checked_vectors",
-           "default_embedder"]
+__all__ = ["Embedder", "EmbedderUnavailable", "ModelUnavailable", "WordLlamaEmbedder",
+           "checked_vectors", "default_embedder"]
+
+
+class ModelUnavailable(RuntimeError):
+    """The embedding model cannot answer now (its host is away, nothing routes to it): the
+    texts stay pending and are tried again later, none of them is skipped."""
 
 
 @runtime_checkable
