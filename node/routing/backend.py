@@ -172,8 +172,10 @@ class LiteLLMBackend:
         except Exception as exc:
             raise _backend_error(exc, cortex) from None
         try:
-            vectors, tokens = vectors_from_openai(_as_dict(response), len(inputs),
-                                                  cortex.dimensions or 0)
+            dump = getattr(response, "model_dump", None)
+            # warnings=False: a hostile answer must not turn into one log line per number
+            answer = dump(exclude_none=True, warnings=False) if dump is not None else response
+            vectors, tokens = vectors_from_openai(answer, len(inputs), cortex.dimensions or 0)
         except Garbage as exc:
             log.warning("cortex %s: embeddings answer refused: %s", cortex.name, exc)
             raise BackendError("bad_answer", f"the model answered garbage: {exc}") from None

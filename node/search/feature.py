@@ -42,7 +42,7 @@ QUIET = 2.0  # a synced shard is indexed once it has not changed for this long
 SAVE_EVERY = 60.0  # seconds between two writes of the vector file while vectors change
 CHOOSE_EVERY = 10.0  # seconds between two looks at which embedding cortex to use (§12.6)
 ROUTED_TIMEOUT = 120.0  # one batch through the router, all attempts (the worker waits this long)
-RETRY_AFTER = 30.0  # a model that could not answer a batch is asked again after this long
+RETRY_AFTER = 10.0  # a model that could not answer a batch is asked again after this long
 
 
 class RoutedEmbedder:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ EXACT_SCAN_MAX = 2000  # a filter matching at most this many entries: read their
 RERANK = 100  # at least this many int8 candidates are re-ranked with their float16 vectors
 TAG_SEP = "\x1f"  # tags are joined with a separator no tag holds and FTS5 splits on
 BM25_WEIGHTS = (1.0, 2.0)  # text, tags: a tag is a deliberate label, worth more than a word
+QUERY_WAIT_HYBRID = 3.0  # seconds hybrid waits for the query's vector before answering by text
+QUERY_WAIT_SEMANTIC = 15.0
 KEEP_OTHER_MODELS = 3  # vectors of recently used models kept for when they come back (§7.5)
 MAX_WHO = 200  # a session id or agent name longer than this is not one maia-node wrote
 
@@ -563,7 +566,15 @@ class SearchIndex:
         finally:
             if pending is not None:
                 try:
-                    semantic_ranked = pending.result()
+                    semantic_ranked = pending.result(
+                        QUERY_WAIT_HYBRID if mode == "hybrid" else QUERY_WAIT_SEMANTIC)
+                except FutureTimeout:
+                    # a slow or hung embedding cortex (SPEC-006 §12.6): never stall a search
+                    log.warning("embedder %s did not embed a query in time; %s", model[2],
+                                "answering by text" if mode == "hybrid" else "503")
+                    if mode == "semantic":
+                        raise SemanticUnavailable(
+                            f"the embedding model {model[2]} did not answer in time") from None
                 except SemanticUnavailable:
                     if mode == "semantic":
                         raise
