@@ -24,7 +24,8 @@ def _finite_matrix(rows: list[list[float]], n: int, dim: int) -> np.ndarray:
         raise Garbage("a vector holds something that is not a number") from None
     if mat.shape != (n, dim):
         raise Garbage(f"vectors of shape {mat.shape}, expected ({n}, {dim})")
-    out = mat.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 becomes inf: refused
+        out = mat.astype(np.float32)
     if not np.isfinite(out).all():
         raise Garbage("a vector holds NaN or infinity (or a number beyond float32)")
     return out
