@@ -31,7 +31,7 @@ from node.routing.embedding_shapes import pack, unpack, vectors_from_openai
 from node.routing.registry import parse_ad
 from node.routing.shapes import Garbage
 from tests.fake_llm_server import FakeLLM, fake_vector
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
 from tests.routing_helpers import configure, models
 from tests.sessions_helpers import api, register
 
@@ -444,3 +444,8 @@ def test_search_results_carry_session_and_agent(pair, tmp_path: Path) -> None:
     assert mine["session"] == writer["session_id"] and mine["agent"] == "codex"
     owner = by_text["the osprey left in october"]
     assert owner["session"] is None and owner["agent"] is None
+    # maia memory search: the same fields in --json, and the agent in the human listing
+    listed = json.loads(cli_out(a.data_dir, "memory", "search", "osprey", "pylon", "--json"))
+    assert (listed[0]["session"], listed[0]["agent"]) == (writer["session_id"], "codex")
+    human = cli_out(a.data_dir, "memory", "search", "osprey", "pylon")
+    assert "by codex" in human and writer["session_id"][:12] in human

@@ -324,7 +324,8 @@ class Router:
                     f"{h.name or h.device_id[:7]} (last seen {utc_iso(h.last_seen)})"
                     for h in away[:5]) if away else ""))})
         self._add(plan, offers, needs, estimate, own_first=mine is not None)
-        if self.settings.remote_fallback and kind is not None:
+        # embeddings never fall back to another model: its vectors would not compare (§12.3)
+        if self.settings.remote_fallback and kind is not None and plan.op != "embed":
             extra = [(h, c) for h, c in self.registry.offers()
                      if c.remote and c.kind == kind and c.name != name]
             self._add(plan, extra, needs, estimate)
