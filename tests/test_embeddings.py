@@ -445,7 +445,8 @@ def test_search_results_carry_session_and_agent(pair, tmp_path: Path) -> None:
     owner = by_text["the osprey left in october"]
     assert owner["session"] is None and owner["agent"] is None
     # maia memory search: the same fields in --json, and the agent in the human listing
-    listed = json.loads(cli_out(a.data_dir, "memory", "search", "osprey", "pylon", "--json"))
+    listed = json.loads(cli_out(a.data_dir, "memory", "search", "osprey", "pylon", "--json",
+                                 "--mode", "text"))
     assert (listed[0]["session"], listed[0]["agent"]) == (writer["session_id"], "codex")
-    human = cli_out(a.data_dir, "memory", "search", "osprey", "pylon")
+    human = cli_out(a.data_dir, "memory", "search", "osprey", "pylon", "--mode", "text")
     assert "by codex" in human and writer["session_id"][:12] in human
