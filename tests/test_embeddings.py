@@ -336,7 +336,11 @@ def test_a_reaches_bs_embedding_cortex_through_the_peer(pair) -> None:
     assert fake.stats()["embeddings"] >= before + 2
     listed = models(a)
     assert listed["emb"]["maia"]["kind"] == "embedding"
+    assert listed["emb"]["maia"]["dimensions"] == 8
     assert "cortex/embedding" in listed
+    local = listed["wordllama"]["maia"]  # every node's own (SPEC-006 §12.1, §4.7)
+    assert local["kind"] == "embedding" and local["dimensions"] == 256
+    assert local["local_default"] is True and local["hosts"][0]["device_id"] == a.device_id()
 
 
 def _search(node: NodeProc, q: str, **params: Any) -> dict[str, Any]:

@@ -113,6 +113,23 @@ class Embeddings:
                           c.dimensions or 0)
         return self.default_choice()
 
+    def model_entry(self) -> dict[str, Any] | None:
+        """The local default as a ``/v1/models`` entry (SPEC-006 §4.7, §12.1): on this device,
+        never advertised, always available while its files are installed."""
+        d = self.default
+        if d is None:
+            return None
+        me = self.router.registry.me
+        return {"id": DEFAULT_EMBEDDING, "object": "model", "created": 0, "owned_by": "maia-node",
+                "maia": {"kind": EMBEDDING, "model": d.model_id, "capabilities": ["text"],
+                         "context_window": 8192, "remote": False, "available": True,
+                         "dimensions": d.dim, "local_default": True,
+                         "hosts": [{"device_id": me.device_id, "name": me.name, "local": True,
+                                    "healthy": True, "in_flight": 0, "max_concurrency": 1,
+                                    "rtt_ms": None, "cooling_down": None,
+                                    "name_conflict": False, "online": True,
+                                    "last_seen": None}]}}
+
     async def embed(self, model: str, inputs: list[str], *,
                     expect_model_id: str | None = None) -> Embedded:
         """Vectors for ``inputs`` from ``model`` (a name, ``cortex/embedding`` or the local

@@ -606,7 +606,8 @@ class Router:
                     "maia": {"kind": cortex.kind, "model": cortex.model,
                              "capabilities": sorted(cortex.capabilities),
                              "context_window": cortex.context_window,
-                             "remote": cortex.remote, "available": False, "hosts": []},
+                             "remote": cortex.remote, "available": False, "hosts": []}
+                    | ({"dimensions": cortex.dimensions} if cortex.dimensions else {}),
                 }
             return entry
 

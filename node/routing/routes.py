@@ -220,7 +220,15 @@ async def _stream(request: web.Request, plan: Plan, opened: Opened) -> web.Strea
 @openai_routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """Every cortex reachable in the mesh now, plus the auto and cortex/<kind> aliases."""
-    return web.json_response({"object": "list", "data": request.app[ROUTER_KEY].models()})
+    data = request.app[ROUTER_KEY].models()
+    local_default = request.app[EMBEDDINGS_KEY].model_entry()
+    if local_default is not None:  # every node's own embedding cortex (SPEC-006 §12.1)
+        at = next(i for i, m in enumerate(data) if m["id"] == "auto")
+        data.insert(at, local_default)
+        if not any(m["id"] == "cortex/embedding" for m in data):
+            data.append({"id": "cortex/embedding", "object": "model", "created": 0,
+                         "owned_by": "maia-node", "maia": {"alias": "any embedding cortex"}})
+    return web.json_response({"object": "list", "data": data})
 
 
 @openai_routes.post("/v1/embeddings", body_schema=EMBEDDINGS_SCHEMA,
