@@ -1,4 +1,4 @@
-"""SPEC-006 §12: the embedding cortex kind, POST /v1/embeddings routed like chat, hostile
+"""SPEC-006 §13: the embedding cortex kind, POST /v1/embeddings routed like chat, hostile
 embedding models, and memory search following the chosen embedding cortex (SPEC-001 §7.5).
 
 Units first (configuration, advertisements, the answer checks with hypothesis, real ``litellm``
@@ -41,7 +41,7 @@ PROBLEM = "application/problem+json"
 # -- configuration and advertisements (006.2.1 to 006.2.3, 006.3.2) ---------------------------
 
 def test_an_embedding_cortex_needs_its_dimensions() -> None:
-    """SPEC-006 §2.1, §12.2: `kind = "embedding"` requires `dimensions` (1..4096), text only;
+    """SPEC-006 §2.1, §13.2: `kind = "embedding"` requires `dimensions` (1..4096), text only;
     `dimensions` on a chat cortex and a cortex named `wordllama` are refused."""
     ok = load_routing_config({"cortex": {"emb": {
         "kind": "embedding", "model": "openai/e", "dimensions": 768}}})
@@ -113,7 +113,7 @@ def test_a_valid_answer_is_accepted_in_index_order() -> None:
     {"data": "vectors"}, {"nothing": 1}, [], "garbage", None,
 ])
 def test_an_answer_out_of_shape_is_refused(answer: Any) -> None:
-    """SPEC-006 §12.4: anything but one finite vector of the right length per input."""
+    """SPEC-006 §13.4: anything but one finite vector of the right length per input."""
     with pytest.raises(Garbage):
         vectors_from_openai(answer, 2, 2)
 
@@ -129,7 +129,7 @@ _JSON = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(answer=_JSON, n=st.integers(1, 3), dim=st.integers(1, 3))
 def test_any_answer_is_either_valid_or_garbage(answer: Any, n: int, dim: int) -> None:
-    """SPEC-006 §12.4, hypothesis: whatever a model answers, the check returns exactly an
+    """SPEC-006 §13.4, hypothesis: whatever a model answers, the check returns exactly an
     (n, dim) finite float32 matrix or raises Garbage, never anything else."""
     try:
         mat, tokens = vectors_from_openai(answer, n, dim)
@@ -146,7 +146,7 @@ def test_any_answer_is_either_valid_or_garbage(answer: Any, n: int, dim: int) ->
        n=st.integers(1, 3), dim=st.integers(1, 3))
 def test_a_peers_packed_answer_is_either_valid_or_garbage(answer: Any, n: int,
                                                            dim: int) -> None:
-    """SPEC-006 §12.4: the compact form from a peer is checked the same way on arrival."""
+    """SPEC-006 §13.4: the compact form from a peer is checked the same way on arrival."""
     try:
         mat, _ = unpack(answer, n, dim)
     except Garbage:
@@ -173,7 +173,7 @@ def _backend_embed(f: FakeLLM, mode: str, timeout: float = 5.0) -> Any:
 
 
 def test_the_backend_checks_a_real_answer(fake: FakeLLM) -> None:
-    """SPEC-006 §12.2: an embedding cortex is called with litellm.aembedding; the answer is
+    """SPEC-006 §13.2: an embedding cortex is called with litellm.aembedding; the answer is
     checked and packed."""
     mat, _ = unpack(_backend_embed(fake, "ok"), 2, 8)
     assert mat.tolist() == np.asarray([fake_vector("one", 8), fake_vector("two", 8)],
@@ -182,7 +182,7 @@ def test_the_backend_checks_a_real_answer(fake: FakeLLM) -> None:
 
 @pytest.mark.parametrize("mode", BAD_ANSWERS)
 def test_a_hostile_answer_is_a_bad_answer_not_a_crash(fake: FakeLLM, mode: str) -> None:
-    """SPEC-006 §12.4: the wrong size, NaN, infinity, strings, too many or too few vectors,
+    """SPEC-006 §13.4: the wrong size, NaN, infinity, strings, too many or too few vectors,
     indexes twice, a 24 MB answer: the call fails as `bad_answer` (a clean error)."""
     with pytest.raises(BackendError) as caught:
         _backend_embed(fake, mode)
@@ -192,7 +192,7 @@ def test_a_hostile_answer_is_a_bad_answer_not_a_crash(fake: FakeLLM, mode: str) 
 @pytest.mark.parametrize("mode,code", [("error", "backend"), ("html", "backend"),
                                        ("hang", "timeout")])
 def test_a_broken_model_server_is_a_clean_failure(fake: FakeLLM, mode: str, code: str) -> None:
-    """SPEC-006 §12.4: an HTTP 500, a page that is not JSON, no answer within `timeout`."""
+    """SPEC-006 §13.4: an HTTP 500, a page that is not JSON, no answer within `timeout`."""
     with pytest.raises(BackendError) as caught:
         _backend_embed(fake, mode, timeout=1.0)
     assert caught.value.code in (code, "bad_answer"), caught.value
@@ -239,7 +239,7 @@ def embed(node: NodeProc, body: Any, *, token: str | None = None,
 
 
 def test_the_local_default_answers_in_openais_shape(pair) -> None:
-    """SPEC-006 §12.1, §12.5: every node answers `wordllama`: OpenAI's shape, one unit vector of
+    """SPEC-006 §13.1, §13.5: every node answers `wordllama`: OpenAI's shape, one unit vector of
     256 numbers per input, the same vector for the same text."""
     a, _, _ = pair
     status, one, headers = embed(a, {"model": "wordllama", "input": "the heron waits"})
@@ -278,7 +278,7 @@ def test_the_local_default_answers_in_openais_shape(pair) -> None:
     ({"model": "cortex/chat", "input": "a"}, 400),
 ])
 def test_bad_input_is_a_problem(pair, body: Any, status: int) -> None:
-    """SPEC-006 §12.5, SPEC-003 §8.4: bounds and types are 4xx problem+json, never 5xx."""
+    """SPEC-006 §13.5, SPEC-003 §8.4: bounds and types are 4xx problem+json, never 5xx."""
     a, _, _ = pair
     got, answer, headers = embed(a, body)
     assert got == status, answer
@@ -294,7 +294,7 @@ def test_a_huge_body_is_refused_before_it_is_read(pair) -> None:
 
 
 def test_a_chat_request_never_reaches_an_embedding_cortex(pair) -> None:
-    """SPEC-006 §12.2: `wrong-kind` both ways."""
+    """SPEC-006 §13.2: `wrong-kind` both ways."""
     a, _, _ = pair
     status, answer, _ = api(a, "POST", "/v1/chat/completions", {
         "model": "emb", "messages": [{"role": "user", "content": "hi"}]})
@@ -319,7 +319,7 @@ def test_a_session_needs_models_ask(pair, tmp_path: Path) -> None:
 
 
 def test_a_reaches_bs_embedding_cortex_through_the_peer(pair) -> None:
-    """SPEC-006 §12.3, §7.2 (`op: embed`): A has no embedding cortex of its own; `emb` and
+    """SPEC-006 §13.3, §7.2 (`op: embed`): A has no embedding cortex of its own; `emb` and
     `cortex/embedding` on A are answered by B's model over the peer channel, with exactly the
     vectors B's model gives."""
     a, b, fake = pair
@@ -338,7 +338,7 @@ def test_a_reaches_bs_embedding_cortex_through_the_peer(pair) -> None:
     assert listed["emb"]["maia"]["kind"] == "embedding"
     assert listed["emb"]["maia"]["dimensions"] == 8
     assert "cortex/embedding" in listed
-    local = listed["wordllama"]["maia"]  # every node's own (SPEC-006 §12.1, §4.7)
+    local = listed["wordllama"]["maia"]  # every node's own (SPEC-006 §13.1, §4.7)
     assert local["kind"] == "embedding" and local["dimensions"] == 256
     assert local["local_default"] is True and local["hosts"][0]["device_id"] == a.device_id()
 
@@ -358,7 +358,7 @@ def _memory_heads(node: NodeProc) -> dict[str, Any]:
 
 
 def test_search_follows_the_chosen_cortex_and_never_writes_memory(pair) -> None:
-    """SPEC-006 §12.6, SPEC-001 §7.5: B embeds with its own cortex, A with B's (through the
+    """SPEC-006 §13.6, SPEC-001 §7.5: B embeds with its own cortex, A with B's (through the
     peer); switching B back to the local default re-embeds in the background while search goes
     on, and Memory's heads do not move."""
     a, b, fake = pair
@@ -405,7 +405,7 @@ def test_search_follows_the_chosen_cortex_and_never_writes_memory(pair) -> None:
 
 @pytest.mark.parametrize("mode", ["wrong_dim", "nan", "too_few", "strings", "hang"])
 def test_a_hostile_cortex_never_breaks_search_or_memory(pair, mode: str) -> None:
-    """SPEC-006 §12.4, §12.6: while B's embedding model answers garbage (or nothing), entries
+    """SPEC-006 §13.4, §13.6: while B's embedding model answers garbage (or nothing), entries
     stay pending and are found by text, Memory is untouched, /v1/embeddings answers 502 (503 or
     504 for a model that does not answer), and once the model is sound again they are embedded."""
     a, b, fake = pair
@@ -419,7 +419,7 @@ def test_a_hostile_cortex_never_breaks_search_or_memory(pair, mode: str) -> None
     assert status == (502 if mode != "hang" else 503) or status in (502, 503, 504), answer
     if mode != "hang":
         assert status == 502 and answer["type"] == "urn:maia-node:problem:bad-upstream"
-    # cortex/embedding falls back to the local default (§12.3)
+    # cortex/embedding falls back to the local default (§13.3)
     status, answer, _ = embed(a, {"model": "cortex/embedding", "input": ["probe"]})
     assert status == 200 and answer["model"] == "wordllama", answer
     found = _search(b, word, mode="hybrid")

@@ -157,8 +157,11 @@ def test_revoked_node_is_cut_off_and_cannot_come_back(hosts):
     a.request("POST", f"/v1/devices/{ids['c']}/revoke", {"reason": "lost on a train"})
     wait_for(lambda: ids["c"] not in a.connected() and ids["c"] not in b.connected(),
              timeout=20, what="c cut off by a and b")
-    # c was told (with the signed tombstone) and refuses to write at all (SPEC-005 §5); a
-    # modified client writing anyway is refused by every member (tests/test_revocation.py)
+    # c was told (with the signed tombstone, SPEC-005 §9.8) and refuses to write at all
+    # (SPEC-005 §5); a modified client writing anyway is refused by every member
+    # (tests/test_revocation.py)
+    wait_for(lambda: c.request("GET", "/v1/status").get("revoked"), timeout=20,
+             what="c knows it was revoked")
     with pytest.raises(urllib.error.HTTPError) as refused:
         c.add_memory("written after revocation")
     assert refused.value.code == 403
@@ -169,5 +172,6 @@ def test_revoked_node_is_cut_off_and_cannot_come_back(hosts):
     time.sleep(3.0)
     assert ids["c"] not in a.connected() and ids["c"] not in b.connected()
     assert _ids(a) == before
+    assert not any("after revocation" in e["text"] for e in a.entries() + b.entries())
     status = {d["device_id"]: d["status"] for d in b.request("GET", "/v1/devices")["devices"]}
     assert status[ids["c"]] == "revoked"

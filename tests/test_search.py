@@ -289,7 +289,7 @@ def test_an_embedder_that_fails_is_retried_later(tmp_path: Path) -> None:
 
 
 def test_model_change_reembeds_without_touching_memory(tmp_path: Path) -> None:
-    """SPEC-001 §7.5, SPEC-006 §12.6: switching models embeds again in the background while
+    """SPEC-001 §7.5, SPEC-006 §13.6: switching models embeds again in the background while
     search goes on (by text for entries without a vector of the new model); the old model's
     vectors are kept, so switching back embeds nothing; Memory is not written."""
     w = World(tmp_path, local_model())

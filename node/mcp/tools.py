@@ -240,6 +240,21 @@ def build_server() -> MCPServer:
         """Release a lease this session holds (the id lease_claim returned)."""
         return await call("DELETE", f"/v1/leases/{lease_id}")
 
+    @server.tool(annotations=read_only)
+    async def skills_list() -> dict[str, Any]:
+        """The owner's skills: named ways of doing things (deploys, releases, reviews...),
+        each with when to use it. Check it before a multi-step task; fetch the steps of one
+        with skill_get."""
+        return await call("GET", "/v1/skills")
+
+    @server.tool(annotations=read_only)
+    async def skill_get(
+        name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$",
+                                   description="the skill's name, from skills_list")],
+    ) -> dict[str, Any]:
+        """One skill by name: when to use it and its steps, in order."""
+        return await call("GET", f"/v1/skills/{name}")
+
     @server.tool(annotations=ToolAnnotations(open_world_hint=True))
     async def ask(
         prompt: Annotated[str, Field(min_length=1, max_length=100_000)],

@@ -594,13 +594,22 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
         "agent": e.get("agent") or None,
         "supersedes": e.get("supersedes") or None,
         "superseded_by": e.get("superseded_by") or None,
+        # signed fields of facts, skills and pins (SPEC-006 §12), only when the entry has them
+        **{f: e[f] for f in SIGNED_EXTRA_FIELDS if e.get(f) not in (None, "", [])},
     }
+
+
+# Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
+SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
+                       "name", "when_to_use", "steps")
 
 
 def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any] | None:
     """What :func:`_public` reads of an entry, from its map's values, the way ``extract``
     would give it; None for a shape other than the one maia-node writes (a peer's odd
     entry), which is then extracted whole."""
+    if any(f in fields for f in SIGNED_EXTRA_FIELDS):
+        return None  # a fact, skill or pin (SPEC-006 §12): extracted whole, with its fields
     out: dict[str, Any] = {"log": [None] * edits}
     # every scalar _public reads: leaving superseded_by out made a corrected entry surface
     # again in listings once its shard was re-indexed

@@ -56,16 +56,7 @@ IMPORT_SCHEMA = {
     "properties": {"entries": {"type": "array", "minItems": 1, "maxItems": 2000,
                                "items": ADD_SCHEMA}},
 }
-SUPERSEDE_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["text"],
-    "properties": {
-        "text": _TEXT,
-        "kind": {"enum": list(KINDS)},
-        "tags": {"type": "array", "items": _TAG},
-    },
-}
+SUPERSEDE_SCHEMA = ADD_SCHEMA  # a correction carries what a new entry does
 BOTH = ("local", "session")
 _FILTERS = {
     "kind": {"enum": list(KINDS)},
@@ -167,7 +158,16 @@ async def list_entries(request: web.Request) -> web.Response:
     """List entries, newest first, with optional filters."""
     require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
+    if "q" in request[QUERY_KEY]:
+        _recalled(request, entries)
     return web.json_response({"entries": entries, "count": len(entries)})
+
+
+def _recalled(request: web.Request, entries: list[dict]) -> None:
+    """Count a recall of each entry returned (salience, SPEC-006 §12.5.1), if wired."""
+    salience = getattr(_memory(request), "salience", None)
+    if salience is not None:
+        salience.recalled(e["id"] for e in entries)
 
 
 SHOW_QUERY = {"type": "object", "additionalProperties": False,
@@ -182,9 +182,12 @@ async def show_entry(request: web.Request) -> web.Response:
     entry_id, at = request.match_info["entry_id"], request[QUERY_KEY].get("at")
     versions = versions_of(_memory(request))
     try:
-        return web.json_response(versions.show_at(entry_id, at) if at else versions.get(entry_id))
+        entry = versions.show_at(entry_id, at) if at else versions.get(entry_id)
     except (EntryNotFound, LookupError, ValueError) as exc:
         raise entry_problem(entry_id, exc) from None
+    if not at:
+        _recalled(request, [entry])
+    return web.json_response(entry)
 
 
 @memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA, principal_kinds=BOTH)

@@ -158,7 +158,7 @@ class LiteLLMBackend:
                     await closer()
 
     async def embed(self, cortex: Cortex, inputs: list[str]) -> dict[str, Any]:
-        """Vectors from an embedding cortex, checked (SPEC-006 §12.4) and packed for the wire."""
+        """Vectors from an embedding cortex, checked (SPEC-006 §13.4) and packed for the wire."""
         litellm = await self.ready()
         kwargs: dict[str, Any] = {"model": cortex.model, "input": inputs,
                                   "timeout": cortex.timeout, "max_retries": 0}
@@ -282,7 +282,7 @@ class LocalCortices:
         self, name: str, body: dict[str, Any], stream: bool, op: str = "chat"
     ) -> AsyncIterator[Event]:
         """Answer ``body`` with cortex ``name``: chunks then ("end", None), or ("end", answer).
-        ``op="embed"``: ("end", packed vectors) from an embedding cortex (SPEC-006 §12)."""
+        ``op="embed"``: ("end", packed vectors) from an embedding cortex (SPEC-006 §13)."""
         slot = self._slots.get(name)
         if slot is None:
             raise BackendError("unknown_cortex", f"this node does not host {name!r}")

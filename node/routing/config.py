@@ -26,11 +26,11 @@ CHAT_KINDS: tuple[str, ...] = (
     "memory-consolidation",
     "salience",
 )
-EMBEDDING = "embedding"  # answers embeddings and nothing else (SPEC-006 §12)
+EMBEDDING = "embedding"  # answers embeddings and nothing else (SPEC-006 §13)
 KINDS: tuple[str, ...] = (*CHAT_KINDS, EMBEDDING)
-DEFAULT_EMBEDDING = "wordllama"  # the local default embedding cortex every node has (§12.1)
+DEFAULT_EMBEDDING = "wordllama"  # the local default embedding cortex every node has (§13.1)
 MAX_DIMENSIONS = 4096
-MAX_EMBED_INPUTS = 256  # one embeddings request (SPEC-006 §12.5); OpenAI allows 2048
+MAX_EMBED_INPUTS = 256  # one embeddings request (SPEC-006 §13.5); OpenAI allows 2048
 MAX_EMBED_CHARS = 16_384  # one input
 CAPABILITIES: tuple[str, ...] = ("text", "image", "audio")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

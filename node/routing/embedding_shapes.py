@@ -1,4 +1,4 @@
-"""The shape of an embeddings answer, checked (SPEC-006 §12.4), and its compact wire form.
+"""The shape of an embeddings answer, checked (SPEC-006 §13.4), and its compact wire form.
 
 An embedding cortex is a model, possibly on another device: what it answers is untrusted input.
 :func:`vectors_from_openai` accepts a backend's OpenAI-shaped answer only with exactly one vector
@@ -67,7 +67,7 @@ def vectors_from_openai(answer: Any, n: int, dim: int) -> tuple[np.ndarray, int]
 
 
 def pack(vectors: np.ndarray, prompt_tokens: int) -> dict[str, Any]:
-    """The compact form of an answer on the peer channel (SPEC-006 §12.4)."""
+    """The compact form of an answer on the peer channel (SPEC-006 §13.4)."""
     mat = np.ascontiguousarray(vectors, dtype="<f4")
     return {"n": int(mat.shape[0]), "dim": int(mat.shape[1]), "vectors": mat.tobytes(),
             "tokens": int(prompt_tokens)}
@@ -92,7 +92,7 @@ def unpack(answer: Any, n: int, dim: int) -> tuple[np.ndarray, int]:
 
 
 def checked_packed(n: int, dim: int) -> Callable[[Any], dict[str, Any]]:
-    """The check a requester runs on a peer's ``end`` of an embeddings call (SPEC-006 §12.4)."""
+    """The check a requester runs on a peer's ``end`` of an embeddings call (SPEC-006 §13.4)."""
 
     def check(answer: Any) -> dict[str, Any]:
         mat, tokens = unpack(answer, n, dim)

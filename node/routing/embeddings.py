@@ -2,8 +2,8 @@
 
 :class:`Embeddings` answers an embeddings request: ``cortex/embedding`` goes to the configured
 embedding cortices of the mesh in the router's order, then to the local default (WordLlama,
-every node has it, §12.1); a name goes to that cortex's hosts only. :meth:`Embeddings.choose`
-is the one embedding cortex memory search uses (§12.6).
+every node has it, §13.1); a name goes to that cortex's hosts only. :meth:`Embeddings.choose`
+is the one embedding cortex memory search uses (§13.6).
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ class Embedded:
 
 
 def cortex_model_id(name: str, model: str, dim: int) -> str:
-    """The key of a configured cortex's vectors (SPEC-006 §12.2): name, model and length."""
+    """The key of a configured cortex's vectors (SPEC-006 §13.2): name, model and length."""
     return f"cortex:{name}/{model}/{dim}"
 
 
 def openai_answer(got: Embedded) -> dict[str, Any]:
-    """The OpenAI embeddings answer, rebuilt from explicit fields (SPEC-006 §12.5).
+    """The OpenAI embeddings answer, rebuilt from explicit fields (SPEC-006 §13.5).
 
     Values are float32; written as float64 they would carry 17 digits that mean nothing.
     Rounded to 8 decimals (within 5e-9 of the float32 value) the JSON is half as long and
@@ -70,7 +70,7 @@ def openai_answer(got: Embedded) -> dict[str, Any]:
 
 
 class Embeddings:
-    """Embeddings for the API and for memory search, through the router (SPEC-006 §12)."""
+    """Embeddings for the API and for memory search, through the router (SPEC-006 §13)."""
 
     def __init__(self, router: Router, default: Callable[[], WordLlamaEmbedder | None]) -> None:
         self.router = router
@@ -92,7 +92,7 @@ class Embeddings:
         return Choice(DEFAULT_EMBEDDING, d.model_id, d.dim) if d is not None else None
 
     def choose(self) -> Choice | None:
-        """The embedding cortex memory search uses (§12.6): this node's own first, else a
+        """The embedding cortex memory search uses (§13.6): this node's own first, else a
         connected peer's (non-remote first, then by name and device id), else the local
         default. Load, health and cooldown do not move it, so it changes only with the set
         of embedding cortices in reach."""
@@ -114,7 +114,7 @@ class Embeddings:
         return self.default_choice()
 
     def model_entry(self) -> dict[str, Any] | None:
-        """The local default as a ``/v1/models`` entry (SPEC-006 §4.7, §12.1): on this device,
+        """The local default as a ``/v1/models`` entry (SPEC-006 §4.7, §13.1): on this device,
         never advertised, always available while its files are installed."""
         d = self.default
         if d is None:

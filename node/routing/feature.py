@@ -55,7 +55,7 @@ class RoutingFeature(FeatureBase):
         self.router = Router(
             self.registry, self.local, config.settings, protocol=self.protocol, peers=node.peers
         )
-        # the local default embedding cortex (SPEC-006 §12.1), loaded on first use
+        # the local default embedding cortex (SPEC-006 §13.1), loaded on first use
         self.embeddings = Embeddings(self.router, load_default)
         self.registry.attach(node.peers)
         self.protocol.attach(node.peers)

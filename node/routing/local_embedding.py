@@ -1,4 +1,4 @@
-"""The local default embedding cortex: WordLlama, shipped inside its wheel (SPEC-006 §12.1).
+"""The local default embedding cortex: WordLlama, shipped inside its wheel (SPEC-006 §13.1).
 
 Every node has it without configuration. ``WordLlamaEmbedder`` reads the 256-dimension WordLlama
 model that ships inside the ``wordllama`` wheel (token embeddings averaged). It reads the wheel's

@@ -126,7 +126,7 @@ class PeerStream:
     ) -> None:
         self.proto, self.conn, self.sid = proto, conn, sid
         self.cortex, self.stream = cortex, stream
-        self.clean_end = clean_end  # an embeddings answer's check (SPEC-006 §12.4)
+        self.clean_end = clean_end  # an embeddings answer's check (SPEC-006 §13.4)
         self.first_timeout = first_timeout
         self._items: deque[dict[str, Any] | AttemptFailed] = deque()
         self._ready = asyncio.Event()
@@ -258,7 +258,7 @@ class RoutingProtocol:
         clean_end: Callable[[Any], Any] | None = None,
     ) -> PeerStream:
         """Ask the peer to run ``cortex``; it must say something within ``first_timeout``.
-        ``op="embed"`` asks for embeddings; ``clean_end`` then checks the answer (§12.4)."""
+        ``op="embed"`` asks for embeddings; ``clean_end`` then checks the answer (§13.4)."""
         if conn.closed.is_set():
             raise AttemptFailed("peer_lost", "the connection to the peer is closed", BLAME_PEER)
         self._next_sid = self._next_sid % (MAX_SID - 1) + 1

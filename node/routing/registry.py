@@ -53,7 +53,7 @@ class Advertised:
     remote: bool
     healthy: bool
     in_flight: int
-    dimensions: int | None = None  # embedding cortices: the length of their vectors (§12.2)
+    dimensions: int | None = None  # embedding cortices: the length of their vectors (§13.2)
 
 
 @dataclass

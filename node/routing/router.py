@@ -125,7 +125,7 @@ class Plan:
     decision: Decision | None = None
     decision_note: str = ""
     retry_after: float | None = None  # when a retry could succeed (SPEC-006 §10.4)
-    op: str = "chat"  # or "embed" (SPEC-006 §7.2, §12)
+    op: str = "chat"  # or "embed" (SPEC-006 §7.2, §13)
     n_inputs: int = 0  # embeddings: how many vectors the answer must hold
 
     def retry_in(self, seconds: float) -> None:
@@ -266,12 +266,12 @@ class Router:
         return offers[0] if offers else self.registry.known_kinds.get(name)
 
     def _refuse_embedding(self, model: str) -> None:
-        """SPEC-006 §12.2: a chat request never reaches an embedding cortex."""
+        """SPEC-006 §13.2: a chat request never reaches an embedding cortex."""
         if model in (f"cortex/{EMBEDDING}", "wordllama") or self._kind_of(model) == EMBEDDING:
             raise WrongKind(f"{model} is an embedding model; send it to /v1/embeddings")
 
     def plan_embedding(self, model: str, inputs: list[str]) -> Plan:
-        """Candidates for an embeddings request (SPEC-006 §12.3): ``cortex/embedding`` or an
+        """Candidates for an embeddings request (SPEC-006 §13.3): ``cortex/embedding`` or an
         embedding cortex's name; the local default is the caller's (it is on every node)."""
         longest = max((len(t.encode()) for t in inputs), default=0)
         plan = Plan(model, {"input": list(inputs)}, False, [], op="embed",
@@ -324,7 +324,7 @@ class Router:
                     f"{h.name or h.device_id[:7]} (last seen {utc_iso(h.last_seen)})"
                     for h in away[:5]) if away else ""))})
         self._add(plan, offers, needs, estimate, own_first=mine is not None)
-        # embeddings never fall back to another model: its vectors would not compare (§12.3)
+        # embeddings never fall back to another model: its vectors would not compare (§13.3)
         if self.settings.remote_fallback and kind is not None and plan.op != "embed":
             extra = [(h, c) for h, c in self.registry.offers()
                      if c.remote and c.kind == kind and c.name != name]

@@ -117,7 +117,7 @@ CHAT_SCHEMA = {
 }
 
 _INPUT = {"type": "string", "minLength": 1, "maxLength": MAX_EMBED_CHARS}
-# OpenAI's embeddings request (SPEC-006 §12.5); vectors are only sent as floats, and a model's
+# OpenAI's embeddings request (SPEC-006 §13.5); vectors are only sent as floats, and a model's
 # dimensions are its own (asking another length is refused, not silently ignored).
 EMBEDDINGS_SCHEMA = {
     "type": "object",
@@ -222,7 +222,7 @@ async def list_models(request: web.Request) -> web.Response:
     """Every cortex reachable in the mesh now, plus the auto and cortex/<kind> aliases."""
     data = request.app[ROUTER_KEY].models()
     local_default = request.app[EMBEDDINGS_KEY].model_entry()
-    if local_default is not None:  # every node's own embedding cortex (SPEC-006 §12.1)
+    if local_default is not None:  # every node's own embedding cortex (SPEC-006 §13.1)
         at = next(i for i, m in enumerate(data) if m["id"] == "auto")
         data.insert(at, local_default)
         if not any(m["id"] == "cortex/embedding" for m in data):
@@ -234,7 +234,7 @@ async def list_models(request: web.Request) -> web.Response:
 @openai_routes.post("/v1/embeddings", body_schema=EMBEDDINGS_SCHEMA,
                      principal_kinds=("local", "session"))
 async def embeddings(request: web.Request) -> web.Response:
-    """OpenAI embeddings from the embedding cortex the request names (SPEC-006 §12.5)."""
+    """OpenAI embeddings from the embedding cortex the request names (SPEC-006 §13.5)."""
     require_scope(request, MODELS_ASK)  # like chat: asking a model is models:ask (SPEC-003 §6.7)
     body = request[BODY_KEY]
     inputs = [body["input"]] if isinstance(body["input"], str) else list(body["input"])

@@ -1,7 +1,7 @@
 """Embedders: text in, one vector per text out.
 
 ``Embedder`` is the whole contract the index relies on, so the embedding cortex chosen through
-the router (SPEC-006 §12.6) stands in for the local model without the index changing. The local
+the router (SPEC-006 §13.6) stands in for the local model without the index changing. The local
 default, ``WordLlamaEmbedder``, is the routing feature's (node/routing/local_embedding.py);
 it is re-exported here for the index, the offline search and the benchmarks.
 """

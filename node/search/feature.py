@@ -1,7 +1,7 @@
 """Memory search as a node feature: owns the index, its upkeep and its embedding worker.
 
 ``setup`` opens the index in ``<data>/runtime/search`` (rebuilt there if missing, SPEC-001
-§7.5) with the embedding cortex the routing feature chooses (SPEC-006 §12.6: this node's own
+§7.5) with the embedding cortex the routing feature chooses (SPEC-006 §13.6: this node's own
 embedding cortex, else a peer's, else the local default); ``start`` runs one background task
 that indexes changed shards on the event loop (which owns the documents), hands embedding to
 one worker thread, so a large catch-up never stalls the API, and every 10 s asks routing again
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TICK = 2.0  # seconds between upkeep passes when nothing wakes the task
 QUIET = 2.0  # a synced shard is indexed once it has not changed for this long
 SAVE_EVERY = 60.0  # seconds between two writes of the vector file while vectors change
-CHOOSE_EVERY = 10.0  # seconds between two looks at which embedding cortex to use (§12.6)
+CHOOSE_EVERY = 10.0  # seconds between two looks at which embedding cortex to use (§13.6)
 ROUTED_TIMEOUT = 120.0  # one batch through the router, all attempts (the worker waits this long)
 RETRY_AFTER = 10.0  # a model that could not answer a batch is asked again after this long
 
@@ -50,8 +50,8 @@ class RoutedEmbedder:
 
     ``embed`` runs on the index's worker thread and waits for the call on the event loop; it
     names the cortex and the model id it expects, so a host of another model cannot answer
-    (SPEC-006 §12.6). An unreachable model raises :class:`ModelUnavailable` (the texts stay
-    pending); an answer refused by the checks of §12.4 raises RuntimeError (the index then
+    (SPEC-006 §13.6). An unreachable model raises :class:`ModelUnavailable` (the texts stay
+    pending); an answer refused by the checks of §13.4 raises RuntimeError (the index then
     tries the texts one by one and skips those the model fails on alone).
     """
 
@@ -84,7 +84,7 @@ class SearchFeature(FeatureBase):
     name = "search"
 
     def __init__(self, embedder_factory: Callable[[], Embedder | None] | None = None) -> None:
-        # a fixed embedder (tests); by default the one routing chooses (SPEC-006 §12.6)
+        # a fixed embedder (tests); by default the one routing chooses (SPEC-006 §13.6)
         self._embedder_factory = embedder_factory
         self._embeddings: Embeddings | None = None
         self._task: asyncio.Task | None = None
@@ -116,7 +116,7 @@ class SearchFeature(FeatureBase):
         return RoutedEmbedder(choice, self._embeddings, lambda: self._loop)
 
     async def _follow_choice(self) -> None:
-        """Switch the index when routing's choice of embedding cortex changed (§12.6)."""
+        """Switch the index when routing's choice of embedding cortex changed (§13.6)."""
         if self._embeddings is None or self.index is None:
             return
         choice = self._embeddings.choose()

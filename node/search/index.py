@@ -236,7 +236,7 @@ class SearchIndex:
                 db.execute("INSERT INTO meta VALUES('vec_gen', '0')")
 
     def switch(self, embedder: Embedder | None) -> bool:
-        """Embed with ``embedder`` from now on (SPEC-006 §12.6); True if the model changed.
+        """Embed with ``embedder`` from now on (SPEC-006 §13.6); True if the model changed.
 
         Runs on the embedding worker (never beside ``embed_pending``). Queries use the new
         model at once; its vectors already stored (a model used before) are loaded, the other
@@ -541,7 +541,7 @@ class SearchIndex:
         """
         if mode not in MODES:
             raise SearchError(f"mode must be one of {', '.join(MODES)}")
-        with self._lock:  # one consistent model: a switch (SPEC-006 §12.6) may run meanwhile
+        with self._lock:  # one consistent model: a switch (SPEC-006 §13.6) may run meanwhile
             model = (self.embedder, self.vecindex, self.model_id)
         semantic_ready = (model[0] is not None and model[1] is not None
                           and model[1].dim == model[0].dim)
@@ -569,7 +569,7 @@ class SearchIndex:
                     semantic_ranked = pending.result(
                         QUERY_WAIT_HYBRID if mode == "hybrid" else QUERY_WAIT_SEMANTIC)
                 except FutureTimeout:
-                    # a slow or hung embedding cortex (SPEC-006 §12.6): never stall a search
+                    # a slow or hung embedding cortex (SPEC-006 §13.6): never stall a search
                     log.warning("embedder %s did not embed a query in time; %s", model[2],
                                 "answering by text" if mode == "hybrid" else "503")
                     if mode == "semantic":

@@ -18,7 +18,7 @@ the project's labelled retrieval set, tests/data/search_retrieval.json, mixed in
     .venv/bin/python scripts/bench/search_bench.py --embeddings  # only /v1/embeddings (short)
 
 ``--embeddings`` measures ``POST /v1/embeddings`` with the local default (``wordllama``,
-SPEC-006 §12) through a real node's HTTP API, batches of 256 texts over one keep-alive
+SPEC-006 §13) through a real node's HTTP API, batches of 256 texts over one keep-alive
 connection, against the same WordLlama model called directly in this process on the same
 batches, interleaved run by run; the ratio is API throughput / direct throughput per run.
 """
@@ -334,7 +334,7 @@ def write(r: dict[str, Any]) -> None:
     write_section(TITLE if n == 100_000 else f"{TITLE}, {n:,} entries", "\n".join(body))
 
 
-EMB_TITLE = "Embeddings API: /v1/embeddings with the local default (SPEC-006 §12)"
+EMB_TITLE = "Embeddings API: /v1/embeddings with the local default (SPEC-006 §13)"
 
 
 def run_embeddings(runs: int, texts_per_run: int) -> dict[str, Any]:
