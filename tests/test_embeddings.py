@@ -18,10 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from crdt import Rejected
 from node.config import ConfigError
@@ -31,6 +34,7 @@ from node.routing.embedding_shapes import pack, unpack, vectors_from_openai
 from node.routing.registry import parse_ad
 from node.routing.shapes import Garbage
 from tests.fake_llm_server import FakeLLM, fake_vector
+from tests.mcp_helpers import call
 from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
 from tests.routing_helpers import configure, models
 from tests.sessions_helpers import api, register
@@ -454,3 +458,21 @@ def test_search_results_carry_session_and_agent(pair, tmp_path: Path) -> None:
     assert (listed[0]["session"], listed[0]["agent"]) == (writer["session_id"], "codex")
     human = cli_out(a.data_dir, "memory", "search", "osprey", "pylon", "--mode", "text")
     assert "by codex" in human and writer["session_id"][:12] in human
+
+
+async def test_mcp_memory_search_carries_session_and_agent(pair, tmp_path: Path) -> None:
+    """SPEC-003 §12.3 through MCP (SPEC-004 §15): `memory_search` results name the session and
+    agent that wrote an entry."""
+    a, _, _ = pair
+    writer = register(a, tmp_path, agent="gemini", scopes=["memory:read", "memory:write"])
+    status, added, _ = api(a, "POST", "/v1/memory", {"text": "the bittern booms at dusk"},
+                           token=writer["token"])
+    assert status == 201, added
+    headers = {"Authorization": f"Bearer {writer['token']}"}
+    async with (httpx2.AsyncClient(headers=headers) as hc,
+                Client(streamable_http_client(a.base + "/v1/mcp", http_client=hc)) as client):
+        failed, found = await call(client, "memory_search", query="bittern booms", mode="text")
+    assert not failed, found
+    top = found["results"][0]
+    assert top["id"] == added["id"]
+    assert (top["session"], top["agent"]) == (writer["session_id"], "gemini")
