@@ -19,6 +19,8 @@ from typing import Any
 
 from automerge.core import Document, ObjType
 
+from .chunks import read_uleb
+
 __all__ = [
     "ChangeIndex",
     "ChangeIndexCache",
@@ -30,20 +32,6 @@ __all__ = [
 
 #: Documents whose change index is kept; a history is usually asked for in one shard at a time.
 INDEX_CACHE_DOCS = 8
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    out = shift = 0
-    while pos < len(data):
-        byte = data[pos]
-        pos += 1
-        out |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return out, pos
-        shift += 7
-        if shift > 63:
-            break
-    raise ValueError("bad LEB128 in an operation id")
 
 
 def op_id_parts(op_id: bytes) -> tuple[bytes, int] | None:
@@ -58,8 +46,8 @@ def op_id_parts(op_id: bytes) -> tuple[bytes, int] | None:
         return None
     actor = bytes(op_id[2 : 2 + n])
     try:
-        _, pos = _uleb(op_id, 2 + n)
-        counter, _ = _uleb(op_id, pos)
+        _, pos = read_uleb(op_id, 2 + n)
+        counter, _ = read_uleb(op_id, pos)
     except ValueError:
         return None
     return actor, counter

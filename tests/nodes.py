@@ -145,12 +145,19 @@ class NodeProc:
         raise AssertionError(f"node {self.name} did not start: {self.log()}")
 
     def _started_since(self, launched: float) -> bool:
-        """node.json names this port and a start after ``launched`` (not a killed node's)."""
+        """node.json names this port and this process: its pid, or with a prefix (which may
+        run the node as a child) a file written after ``launched``. Not ``started_at``: a
+        node may run on a shifted clock (tests/test_sessions_clocks.py); file times are the
+        kernel's."""
+        path = self.data_dir / "runtime" / "node.json"
         try:
-            info = json.loads((self.data_dir / "runtime" / "node.json").read_text())
+            info = json.loads(path.read_text())
+            written = path.stat().st_mtime
         except (OSError, ValueError):
             return False
-        return info.get("port") == self.port and info.get("started_at", 0) >= launched - 1.0
+        if info.get("port") != self.port or self.proc is None:
+            return False
+        return info.get("pid") == self.proc.pid if not self.prefix else written >= launched - 0.05
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
