@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import DEFAULT_EMBEDDING, EMBEDDING
 from .embedding_shapes import unpack
-from .errors import BadUpstreamAnswer, NoRoute, RoutingError, UnknownCortex
+from .errors import BadUpstreamAnswer, NoRoute, RouteTimeout, RoutingError, UnknownCortex
 from .local_embedding import WordLlamaEmbedder
 from .router import Router
 
@@ -142,7 +142,7 @@ class Embeddings:
             return await self._local_default(inputs)
         try:
             candidate, answer = await self.router.complete(plan)
-        except (NoRoute, BadUpstreamAnswer) as exc:
+        except (NoRoute, BadUpstreamAnswer, RouteTimeout) as exc:
             if model == f"cortex/{EMBEDDING}" and self.default is not None:
                 log.info("no embedding cortex answered (%s); the local default does",
                          exc.detail[:200])

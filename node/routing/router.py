@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .backend import BackendError, Event, LocalCortices
-from .config import CHAT_KINDS, EMBEDDING, KINDS, RoutingSettings
+from .config import CHAT_KINDS, DEFAULT_EMBEDDING, EMBEDDING, KINDS, RoutingSettings
 from .embedding_shapes import checked_packed
 from .errors import (
     BLAME_CORTEX,
@@ -267,7 +267,7 @@ class Router:
 
     def _refuse_embedding(self, model: str) -> None:
         """SPEC-006 §13.2: a chat request never reaches an embedding cortex."""
-        if model in (f"cortex/{EMBEDDING}", "wordllama") or self._kind_of(model) == EMBEDDING:
+        if model in (f"cortex/{EMBEDDING}", DEFAULT_EMBEDDING) or self._kind_of(model) == EMBEDDING:
             raise WrongKind(f"{model} is an embedding model; send it to /v1/embeddings")
 
     def plan_embedding(self, model: str, inputs: list[str]) -> Plan:
