@@ -19,10 +19,18 @@ can tell which host answered. Behaviour is set at start and can be changed while
   ``scores`` mode plays a salience cortex (SPEC-006 §12.5.4): one score per fact of ``facts``
   in the request, 0.9 for a fact that says "important", else 0.2.
 
+It also serves ``POST /v1/embeddings`` (an OpenAI-compatible embedding model of ``dim``
+dimensions; each text's vector is derived from its SHA-256, so the same text always gets the
+same vector). ``emb_mode`` picks a hostile answer: ``ok``, ``wrong_dim`` (one dimension
+short), ``nan`` (a NaN in the first vector), ``inf``, ``strings`` (numbers as strings),
+``too_many`` / ``too_few`` (one vector more / less than inputs), ``dup_index`` (every item
+index 0), ``huge`` (a 24 MB answer: one vector of three million numbers), ``hang``, ``error``
+(HTTP 500), ``html`` (not JSON).
+
 Control and inspection (plain JSON, no auth: it only ever listens on loopback in tests):
-``POST /control {"mode"?, "delay"?, "chunks"?, "answer"?, "hold_after"?, "release"?}``,
-``GET /stats`` -> ``{"requests", "streams", "auth_seen": [sha256 of each distinct
-Authorization value], "held": a stream waits for the release}``.
+``POST /control {"mode"?, "delay"?, "chunks"?, "answer"?, "hold_after"?, "release"?,
+"emb_mode"?, "dim"?}``, ``GET /stats`` -> ``{"requests", "streams", "embeddings", "auth_seen":
+[sha256 of each distinct Authorization value], "held": a stream waits for the release}``.
 
 Run: ``python tests/fake_llm_server.py --name fb [--port 0] [--delay 0] [--mode ok]``; it
 prints ``PORT <n>`` on stdout once it listens.
@@ -187,40 +195,92 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def fake_vector(text: str, dim: int) -> list[float]:
+    """A deterministic vector for ``text``: SHA-256 stretched to ``dim`` numbers in [-1, 1]."""
+    out: list[float] = []
+    counter = 0
+    while len(out) < dim:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        out.extend((b - 127.5) / 127.5 for b in digest)
+        counter += 1
+    return out[:dim]
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state["embeddings"] += 1
+    body = await request.json()
+    mode, dim = state["emb_mode"], state["dim"]
+    inputs = body.get("input")
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    state["inputs_seen"] += len(inputs)
+    if mode == "hang":
+        await asyncio.sleep(3600)
+    if mode == "error":
+        return web.json_response({"error": {"message": "fake failure"}}, status=500)
+    if mode == "html":
+        return web.Response(text="<html>no</html>", content_type="text/html")
+    vectors: list[list[Any]] = [fake_vector(str(t), dim) for t in inputs]
+    if mode == "wrong_dim":
+        vectors = [v[:-1] for v in vectors]
+    elif mode == "nan" and vectors:
+        vectors[0][0] = float("nan")
+    elif mode == "inf" and vectors:
+        vectors[0][-1] = float("inf")
+    elif mode == "strings":
+        vectors = [[str(x) for x in v] for v in vectors]
+    elif mode == "too_many":
+        vectors.append(fake_vector("extra", dim))
+    elif mode == "too_few":
+        vectors = vectors[:-1]
+    elif mode == "huge" and vectors:
+        vectors[0] = [0.5] * 3_000_000
+    data = [{"object": "embedding", "index": 0 if mode == "dup_index" else i, "embedding": v}
+            for i, v in enumerate(vectors)]
+    text = json.dumps({"object": "list", "data": data, "model": str(body.get("model", "")),
+                       "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+    return web.Response(text=text, content_type="application/json")
+
+
 async def control(request: web.Request) -> web.Response:
     state = request.app[STATE]
     changes = await request.json()
-    for key in ("mode", "delay", "chunks", "answer", "hold_after"):
+    for key in ("mode", "delay", "chunks", "answer", "hold_after", "emb_mode", "dim"):
         if key in changes:
             state[key] = changes[key]
     if changes.get("release"):
         state["release"].set()
-    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks", "hold_after")})
+    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks", "hold_after",
+                                                    "emb_mode", "dim")})
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
         {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user",
-                               "held")}
+                               "held", "embeddings", "inputs_seen", "emb_mode")}
     )
 
 
 def make_app(
-    name: str, *, mode: str = "ok", delay: float = 0.0, chunks: int = 0
+    name: str, *, mode: str = "ok", delay: float = 0.0, chunks: int = 0, dim: int = 8,
+    emb_mode: str = "ok",
 ) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE] = {"name": name, "mode": mode, "delay": delay, "chunks": chunks,
                   "requests": 0, "streams": 0, "auth_seen": [], "answer": "",
-                  "last_user": "", "hold_after": 0, "held": False, "release": asyncio.Event()}
+                  "last_user": "", "hold_after": 0, "held": False, "release": asyncio.Event(),
+                  "dim": dim, "emb_mode": emb_mode, "embeddings": 0, "inputs_seen": 0}
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/control", control)
     app.router.add_get("/stats", stats)
     return app
 
 
 async def serve(args: argparse.Namespace) -> None:
-    app = make_app(args.name, mode=args.mode, delay=args.delay, chunks=args.chunks)
+    app = make_app(args.name, mode=args.mode, delay=args.delay, chunks=args.chunks,
+                   dim=args.dim)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
@@ -234,9 +294,11 @@ async def serve(args: argparse.Namespace) -> None:
 class FakeLLM:
     """Test-side handle: starts this module as a separate process and talks to it."""
 
-    def __init__(self, name: str, *, mode: str = "ok", delay: float = 0.0, chunks: int = 0):
+    def __init__(self, name: str, *, mode: str = "ok", delay: float = 0.0, chunks: int = 0,
+                 dim: int = 8):
         self.name = name
-        self.args = ["--name", name, "--mode", mode, "--delay", str(delay), "--chunks", str(chunks)]
+        self.args = ["--name", name, "--mode", mode, "--delay", str(delay), "--chunks", str(chunks),
+                     "--dim", str(dim)]
         self.proc: Any = None
         self.port = 0
 
@@ -294,6 +356,7 @@ def main() -> None:
                                  "scores"])
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=0)
+    parser.add_argument("--dim", type=int, default=8)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(parser.parse_args()))
 

@@ -206,6 +206,8 @@ def test_machinery_and_features_know_no_other_feature_by_accident() -> None:
                ("node.sessions", "node.mcp"),
                # the search index reads memory's entry ids and kinds
                ("node.search", "node.memory"),
+               # search embeds through the embedding cortex the router chooses (SPEC-006 §13.6)
+               ("node.search", "node.routing"),
                # consolidation writes facts, skills and pins as signed memory entries
                ("node.consolidation", "node.memory")}
     bad = []

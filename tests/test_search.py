@@ -289,19 +289,44 @@ def test_an_embedder_that_fails_is_retried_later(tmp_path: Path) -> None:
 
 
 def test_model_change_reembeds_without_touching_memory(tmp_path: Path) -> None:
-    """SPEC-001 §7.5: switching models drops the old vectors and embeds again; Memory is not
-    written."""
+    """SPEC-001 §7.5, SPEC-006 §13.6: switching models embeds again in the background while
+    search goes on (by text for entries without a vector of the new model); the old model's
+    vectors are kept, so switching back embeds nothing; Memory is not written."""
     w = World(tmp_path, local_model())
     w.memory.add_many([{"text": f"cormorants dry their wings {i}"} for i in range(5)])
     w.settle()
     heads = {d: w.repo.heads(d) for d in w.store.doc_ids("memory")}
-    w.index.close()
+    local_id = w.index.model_id
     other = BadEmbedder("nan")  # another model id; half its vectors are usable
-    w.index = w.open_index(other)
-    assert w.index.counts()["pending"] == 5  # the local model's vectors were dropped
+    assert w.index.switch(other)
+    assert w.index.counts()["pending"] == 5 and w.index.model_id == "bad-nan"
+    assert w.index.search("cormorants", mode="hybrid")["count"] == 5  # by text meanwhile
+    assert w.index.embed_pending(batch=2) == 2  # a slice at a time
+    assert w.index.search("cormorants", mode="hybrid")["count"] == 5
     w.settle()
     assert other.calls >= 1 and w.index.counts()["vectors"] == 2  # rows 0, 2, 4 poisoned
+    assert w.index.switch(local_model()) and w.index.model_id == local_id
+    assert w.index.counts() == {"entries": 5, "vectors": 5, "skipped": 0, "pending": 0}
+    assert w.index.search("cormorants", mode="semantic")["count"] == 5
+    # a reopened index keeps both models' vectors (Runtime survives a restart)
+    w.index.close()
+    w.index = w.open_index(other)
+    assert w.index.counts()["pending"] == 0
     assert {d: w.repo.heads(d) for d in heads} == heads
+    w.close()
+
+
+def test_only_the_most_recent_models_vectors_are_kept(tmp_path: Path) -> None:
+    """SPEC-001 §7.5: the current model and the three used before it keep their vectors."""
+    w = World(tmp_path, local_model())
+    w.memory.add("a note on grebes")
+    w.settle()
+    local_id = w.index.model_id
+    for how in ("nan", "inf", "zeros", "wrong-count"):
+        w.index.switch(BadEmbedder(how))
+        w.settle()
+    w.index.switch(local_model())
+    assert w.index.model_id == local_id and w.index.counts()["pending"] == 1  # dropped
     w.close()
 
 

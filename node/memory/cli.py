@@ -153,7 +153,10 @@ def _print_entry(e: dict[str, Any], full: bool = False) -> None:
         say(e["text"])
     else:
         first = e["text"].splitlines()[0] if e["text"] else ""
-        say(f"{e['id']}  {e['created_at'][:16]}  {first[:70]}" + (f"  {tags}" if tags else ""))
+        # an agent's write says which agent and session made it (SPEC-003 §12.3, SPEC-004 §2.11)
+        by = f"  by {e['agent']} ({str(e.get('session') or '')[:12]})" if e.get("agent") else ""
+        say(f"{e['id']}  {e['created_at'][:16]}  {first[:70]}" + (f"  {tags}" if tags else "")
+            + by)
 
 
 def _read_import(path: str, kind: str) -> list[dict[str, Any]]:

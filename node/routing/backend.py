@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from .config import Cortex, RoutingSettings
+from .config import EMBEDDING, Cortex, RoutingSettings
+from .embedding_shapes import pack, vectors_from_openai
 from .shapes import Garbage, clean_chunk, clean_response, estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,30 @@ class LiteLLMBackend:
                 with contextlib.suppress(Exception):
                     await closer()
 
+    async def embed(self, cortex: Cortex, inputs: list[str]) -> dict[str, Any]:
+        """Vectors from an embedding cortex, checked (SPEC-006 §13.4) and packed for the wire."""
+        litellm = await self.ready()
+        kwargs: dict[str, Any] = {"model": cortex.model, "input": inputs,
+                                  "timeout": cortex.timeout, "max_retries": 0}
+        if cortex.api_base:
+            kwargs["api_base"] = cortex.api_base
+        kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
+        try:
+            response = await litellm.aembedding(**kwargs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _backend_error(exc, cortex) from None
+        try:
+            dump = getattr(response, "model_dump", None)
+            # warnings=False: a hostile answer must not turn into one log line per number
+            answer = dump(exclude_none=True, warnings=False) if dump is not None else response
+            vectors, tokens = vectors_from_openai(answer, len(inputs), cortex.dimensions or 0)
+        except Garbage as exc:
+            log.warning("cortex %s: embeddings answer refused: %s", cortex.name, exc)
+            raise BackendError("bad_answer", f"the model answered garbage: {exc}") from None
+        return pack(vectors, tokens)
+
     async def count_tokens(self, cortex: Cortex, body: dict[str, Any]) -> int:
         litellm = await self.ready()
         return await asyncio.to_thread(
@@ -249,17 +274,21 @@ class LocalCortices:
                 "remote": s.cortex.remote,
                 "healthy": self.health(s.cortex.name) is None,
                 "in_flight": s.in_flight + s.waiting,
-            }
+            } | ({"dimensions": s.cortex.dimensions} if s.cortex.kind == EMBEDDING else {})
             for s in self._slots.values()
         ]
 
     async def run(
-        self, name: str, body: dict[str, Any], stream: bool
+        self, name: str, body: dict[str, Any], stream: bool, op: str = "chat"
     ) -> AsyncIterator[Event]:
-        """Answer ``body`` with cortex ``name``: chunks then ("end", None), or ("end", answer)."""
+        """Answer ``body`` with cortex ``name``: chunks then ("end", None), or ("end", answer).
+        ``op="embed"``: ("end", packed vectors) from an embedding cortex (SPEC-006 §13)."""
         slot = self._slots.get(name)
         if slot is None:
             raise BackendError("unknown_cortex", f"this node does not host {name!r}")
+        if (slot.cortex.kind == EMBEDDING) != (op == "embed"):
+            raise BackendError("bad_request", f"{name} is a {slot.cortex.kind} cortex; it does "
+                               f"not answer {'embeddings' if op == 'embed' else 'chat'}")
         why = self.health(name)
         if why is not None:
             raise BackendError("backend", f"cortex {name} is unhealthy: {why}")
@@ -274,6 +303,11 @@ class LocalCortices:
             slot.waiting -= 1
         slot.in_flight += 1
         try:
+            if op == "embed":
+                answer = await self.backend.embed(slot.cortex, body["input"])
+                self._succeeded(slot)
+                yield ("end", answer)
+                return
             await self._check_window(slot.cortex, body)
             if stream:
                 async with contextlib.aclosing(self.backend.stream(slot.cortex, body)) as chunks:
@@ -284,7 +318,7 @@ class LocalCortices:
                 yield ("end", await self.backend.complete(slot.cortex, body))
             self._succeeded(slot)
         except BackendError as exc:
-            if exc.code in ("backend", "timeout"):
+            if exc.code in ("backend", "timeout", "bad_answer"):
                 self._failed(slot, exc.detail)
             raise
         finally:

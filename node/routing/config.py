@@ -16,7 +16,8 @@ from typing import Any
 
 from ..config import ConfigError
 
-KINDS: tuple[str, ...] = (
+# Kinds that answer chat completions; the frontal lobe chooses among these only (SPEC-006 §5).
+CHAT_KINDS: tuple[str, ...] = (
     "reasoning",
     "chat",
     "creative",
@@ -25,10 +26,16 @@ KINDS: tuple[str, ...] = (
     "memory-consolidation",
     "salience",
 )
+EMBEDDING = "embedding"  # answers embeddings and nothing else (SPEC-006 §13)
+KINDS: tuple[str, ...] = (*CHAT_KINDS, EMBEDDING)
+DEFAULT_EMBEDDING = "wordllama"  # the local default embedding cortex every node has (§13.1)
+MAX_DIMENSIONS = 4096
+MAX_EMBED_INPUTS = 256  # one embeddings request (SPEC-006 §13.5); OpenAI allows 2048
+MAX_EMBED_CHARS = 16_384  # one input
 CAPABILITIES: tuple[str, ...] = ("text", "image", "audio")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
-RESERVED_NAMES = frozenset({"auto"})
+RESERVED_NAMES = frozenset({"auto", DEFAULT_EMBEDDING})
 SECRET_FIELDS = frozenset({"api_key", "key", "token", "secret", "password"})
 MAX_CORTICES = 64
 
@@ -68,6 +75,7 @@ class Cortex:
     context_window: int = 8192
     remote: bool = False
     timeout: float = 120.0
+    dimensions: int | None = None  # embedding cortices only: the length of every vector
 
     def api_key(self) -> str | None:
         """The key, read from the environment at call time (SPEC-006 §8.1)."""
@@ -107,7 +115,7 @@ class RoutingConfig:
 
 _CORTEX_FIELDS = frozenset({
     "kind", "model", "api_base", "api_key_env", "capabilities", "max_concurrency",
-    "context_window", "remote", "timeout",
+    "context_window", "remote", "timeout", "dimensions",
 })
 _ROUTING_FIELDS = frozenset({
     "default_kind", "cooldown_seconds", "first_chunk_timeout", "request_timeout",
@@ -134,7 +142,7 @@ def _cortex(name: Any, table: Any) -> Cortex:
     if not isinstance(name, str) or not NAME_RE.match(name) or name in RESERVED_NAMES:
         raise ConfigError(
             f"{where}: a cortex name is lowercase letters, digits, '.', '_' or '-' "
-            "(at most 63 characters), and not 'auto'"
+            f"(at most 63 characters), and not 'auto' or '{DEFAULT_EMBEDDING}'"
         )
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a table")
@@ -170,6 +178,16 @@ def _cortex(name: Any, table: Any) -> Cortex:
         or any(c not in CAPABILITIES for c in caps)
     ):
         raise ConfigError(f"{where}.capabilities must be a list of {', '.join(CAPABILITIES)}")
+    dimensions = None
+    if kind == EMBEDDING:
+        if set(caps) != {"text"}:
+            raise ConfigError(f"{where}.capabilities of an embedding cortex must be [\"text\"]")
+        if "dimensions" not in table:
+            raise ConfigError(f"{where}.dimensions is required for kind = \"embedding\" "
+                              "(the length of the model's vectors)")
+        dimensions = _int(table, "dimensions", 0, 1, MAX_DIMENSIONS, where)
+    elif "dimensions" in table:
+        raise ConfigError(f"{where}.dimensions is only for kind = \"embedding\"")
     return Cortex(
         name=name,
         kind=kind,
@@ -181,6 +199,7 @@ def _cortex(name: Any, table: Any) -> Cortex:
         context_window=_int(table, "context_window", 8192, 256, 10_000_000, where),
         remote=_bool(table, "remote", False, where),
         timeout=_number(table, "timeout", 120.0, 1, 600, where),
+        dimensions=dimensions,
     )
 
 
@@ -190,15 +209,15 @@ def _settings(table: Mapping[str, Any]) -> RoutingSettings:
         if key not in _ROUTING_FIELDS:
             raise ConfigError(f"{where}.{key} is not a routing setting")
     default_kind = table.get("default_kind", "chat")
-    if default_kind not in KINDS:
-        raise ConfigError(f"{where}.default_kind must be one of {', '.join(KINDS)}")
+    if default_kind not in CHAT_KINDS:
+        raise ConfigError(f"{where}.default_kind must be one of {', '.join(CHAT_KINDS)}")
     keywords = dict(DEFAULT_KEYWORDS)
     custom = table.get("keywords", {})
     if not isinstance(custom, Mapping):
         raise ConfigError(f"{where}.keywords must be a table of kind = [words]")
     for kind, words in custom.items():
-        if kind not in KINDS:
-            raise ConfigError(f"{where}.keywords.{kind}: not a kind ({', '.join(KINDS)})")
+        if kind not in CHAT_KINDS:
+            raise ConfigError(f"{where}.keywords.{kind}: not a kind ({', '.join(CHAT_KINDS)})")
         if (
             not isinstance(words, list)
             or len(words) > 500

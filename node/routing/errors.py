@@ -21,6 +21,7 @@ HOST_CODES = {
     "bad_request": BLAME_NONE,
     "malformed": BLAME_NONE,
     "backend": BLAME_CORTEX,
+    "bad_answer": BLAME_CORTEX,  # the model's answer failed the checks (SPEC-006 §13.4)
     "timeout": BLAME_CORTEX,
     "internal": BLAME_CORTEX,
 }
@@ -62,6 +63,18 @@ class ContextTooLarge(RoutingError):
 
 class BadUpstreamRequest(RoutingError):
     status, slug = 400, "backend-rejected"
+
+
+class WrongKind(RoutingError):
+    """A chat request naming an embedding cortex, or the reverse (SPEC-006 §13.2)."""
+
+    status, slug = 400, "wrong-kind"
+
+
+class BadUpstreamAnswer(RoutingError):
+    """Every candidate failed and one answered an embeddings answer out of shape (§13.5)."""
+
+    status, slug = 502, "bad-upstream"
 
 
 class NoRoute(RoutingError):

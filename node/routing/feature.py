@@ -20,10 +20,12 @@ from ..api.routes import RouteTable
 from ..features import FeatureBase
 from .backend import LocalCortices
 from .config import load_routing_config
+from .embeddings import Embeddings
+from .local_embedding import load_default
 from .protocol import RoutingProtocol
 from .registry import Registry
 from .router import Router, utc_iso
-from .routes import ROUTER_KEY, openai_routes
+from .routes import EMBEDDINGS_KEY, ROUTER_KEY, openai_routes
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -53,6 +55,8 @@ class RoutingFeature(FeatureBase):
         self.router = Router(
             self.registry, self.local, config.settings, protocol=self.protocol, peers=node.peers
         )
+        # the local default embedding cortex (SPEC-006 §13.1), loaded on first use
+        self.embeddings = Embeddings(self.router, load_default)
         self.registry.attach(node.peers)
         self.protocol.attach(node.peers)
         node.peers.on_connected.append(lambda conn: self.router.peer_back(conn.peer_key))
@@ -67,6 +71,7 @@ class RoutingFeature(FeatureBase):
 
     def configure_app(self, app: web.Application) -> None:
         app[ROUTER_KEY] = self.router
+        app[EMBEDDINGS_KEY] = self.embeddings
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self.registry.run(), name="cortex-registry"))
@@ -107,6 +112,7 @@ class RoutingFeature(FeatureBase):
                 for host in self.registry.offline.values()
             },
             "requests": dict(self.router.counts),
+            "embeddings": dict(self.embeddings.counts),
             "served_for_peers": self.protocol.served,
         }
 

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import KINDS, RoutingSettings
+from .config import CHAT_KINDS as KINDS
+from .config import RoutingSettings
 from .shapes import last_user_text, needed_capabilities
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")

@@ -23,6 +23,7 @@ from crdt import Rejected
 
 from ..transport import TransportError
 from .backend import BackendError, Event, LocalCortices
+from .config import MAX_EMBED_CHARS, MAX_EMBED_INPUTS
 from .errors import BLAME_NONE, BLAME_PEER, HOST_CODES, AttemptFailed
 from .shapes import Garbage, clean_chunk, clean_response
 
@@ -40,6 +41,17 @@ MAX_SERVED_PER_PEER = 256
 MAX_SID = 2**53
 KEEPALIVE = 15.0  # a host says "still working" this often until its first chunk (§7.2)
 IDLE_LIMIT = 60.0  # SPEC-003 §7.2: no stream sits silent longer
+
+
+def _well_formed(op: Any, body: dict[str, Any], stream: bool) -> bool:
+    """A peer's request body has the shape its ``op`` needs (SPEC-006 §7.2)."""
+    if op == "chat":
+        return isinstance(body.get("messages"), list)
+    if op == "embed":
+        items = body.get("input")
+        return (not stream and isinstance(items, list) and 1 <= len(items) <= MAX_EMBED_INPUTS
+                and all(isinstance(t, str) and 0 < len(t) <= MAX_EMBED_CHARS for t in items))
+    return False
 
 
 class Outbox:
@@ -110,10 +122,11 @@ class PeerStream:
 
     def __init__(
         self, proto: RoutingProtocol, conn: PeerConnection, sid: int, cortex: str, stream: bool,
-        first_timeout: float,
+        first_timeout: float, clean_end: Callable[[Any], Any] | None = None,
     ) -> None:
         self.proto, self.conn, self.sid = proto, conn, sid
         self.cortex, self.stream = cortex, stream
+        self.clean_end = clean_end  # an embeddings answer's check (SPEC-006 §13.4)
         self.first_timeout = first_timeout
         self._items: deque[dict[str, Any] | AttemptFailed] = deque()
         self._ready = asyncio.Event()
@@ -188,7 +201,10 @@ class PeerStream:
                     raise Garbage("an end message of a stream carries an answer")
                 self._finish()
                 return ("end", None)
-            answer = clean_response(msg.get("r"), self.cortex)
+            if self.clean_end is not None:
+                answer = self.clean_end(msg.get("r"))
+            else:
+                answer = clean_response(msg.get("r"), self.cortex)
             self._finish()
             return ("end", answer)
         if kind == "err":
@@ -238,17 +254,20 @@ class RoutingProtocol:
     # -- requester ----------------------------------------------------------------------------
     async def open(
         self, conn: PeerConnection, cortex: str, body: dict[str, Any], stream: bool,
-        first_timeout: float = IDLE_LIMIT,
+        first_timeout: float = IDLE_LIMIT, *, op: str = "chat",
+        clean_end: Callable[[Any], Any] | None = None,
     ) -> PeerStream:
-        """Ask the peer to run ``cortex``; it must say something within ``first_timeout``."""
+        """Ask the peer to run ``cortex``; it must say something within ``first_timeout``.
+        ``op="embed"`` asks for embeddings; ``clean_end`` then checks the answer (§13.4)."""
         if conn.closed.is_set():
             raise AttemptFailed("peer_lost", "the connection to the peer is closed", BLAME_PEER)
         self._next_sid = self._next_sid % (MAX_SID - 1) + 1
-        ps = PeerStream(self, conn, self._next_sid, cortex, stream, first_timeout)
+        ps = PeerStream(self, conn, self._next_sid, cortex, stream, first_timeout, clean_end)
         self._streams[(conn, ps.sid)] = ps
-        await self.outbox(conn).put(
-            {"k": "req", "s": ps.sid, "cortex": cortex, "body": body, "stream": stream}
-        )
+        msg = {"k": "req", "s": ps.sid, "cortex": cortex, "body": body, "stream": stream}
+        if op != "chat":
+            msg["op"] = op
+        await self.outbox(conn).put(msg)
         return ps
 
     def cancel(self, ps: PeerStream) -> None:
@@ -298,14 +317,16 @@ class RoutingProtocol:
     def _start_call(self, conn: PeerConnection, sid: int, msg: dict[str, Any]) -> None:
         box = self.outbox(conn)
         cortex, body, stream = msg.get("cortex"), msg.get("body"), msg.get("stream")
+        op = msg.get("op", "chat")
         if (
             not isinstance(cortex, str)
             or not isinstance(body, dict)
-            or not isinstance(body.get("messages"), list)
             or not isinstance(stream, bool)
+            or not _well_formed(op, body, stream)
         ):
             box.put_nowait({"k": "err", "s": sid, "code": "malformed",
-                            "detail": "req needs cortex, body.messages and stream"})
+                            "detail": "req needs cortex, stream and body.messages (chat) or "
+                                      "body.input, 1 to 256 strings (embed)"})
             return
         if (conn, sid) in self._serving:
             box.put_nowait({"k": "err", "s": sid, "code": "malformed",
@@ -316,20 +337,20 @@ class RoutingProtocol:
                             "detail": "too many calls from this peer at once"})
             return
         task = asyncio.get_running_loop().create_task(
-            self._serve(conn, box, sid, cortex, body, stream), name=f"cx-serve-{sid}"
+            self._serve(conn, box, sid, cortex, body, stream, op), name=f"cx-serve-{sid}"
         )
         self._serving[(conn, sid)] = task
         task.add_done_callback(lambda _t: self._serving.pop((conn, sid), None))
 
     async def _serve(
         self, conn: PeerConnection, box: Outbox, sid: int, cortex: str,
-        body: dict[str, Any], stream: bool,
+        body: dict[str, Any], stream: bool, op: str = "chat",
     ) -> None:
         self.served += 1
         box.put_nowait({"k": "wait", "s": sid})
         keepalive = asyncio.get_running_loop().create_task(self._keepalive(box, sid))
         try:
-            async with contextlib.aclosing(self.local.run(cortex, body, stream)) as events:
+            async with contextlib.aclosing(self.local.run(cortex, body, stream, op)) as events:
                 async for kind, payload in events:
                     keepalive.cancel()
                     if kind == "chunk":

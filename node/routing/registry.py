@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from crdt import Rejected
 
 from ..transport import TransportError
-from .config import CAPABILITIES, KINDS, MAX_CORTICES, NAME_RE
+from .config import CAPABILITIES, EMBEDDING, KINDS, MAX_CORTICES, MAX_DIMENSIONS, NAME_RE
 
 if TYPE_CHECKING:
     from ..mesh.peers import PeerConnection, PeerManager
@@ -53,6 +53,7 @@ class Advertised:
     remote: bool
     healthy: bool
     in_flight: int
+    dimensions: int | None = None  # embedding cortices: the length of their vectors (§13.2)
 
 
 @dataclass
@@ -102,8 +103,12 @@ def parse_ad(frame: dict[str, Any]) -> list[Advertised]:
         remote, healthy = item.get("remote"), item.get("healthy")
         if not isinstance(remote, bool) or not isinstance(healthy, bool):
             raise Rejected("malformed", f"cx.ad: bad flags for {name}")
+        dims = item.get("dimensions")
+        if kind == EMBEDDING and (isinstance(dims, bool) or not isinstance(dims, int)
+                                  or not 1 <= dims <= MAX_DIMENSIONS):
+            raise Rejected("malformed", f"cx.ad: an embedding cortex without dimensions: {name}")
         out.append(Advertised(name, kind, model, frozenset(caps), window, concurrency, remote,
-                              healthy, in_flight))
+                              healthy, in_flight, dims if kind == EMBEDDING else None))
     return out
 
 
@@ -145,7 +150,7 @@ class Registry:
             i["name"]: Advertised(
                 i["name"], i["kind"], i["model"], frozenset(i["capabilities"]),
                 i["context_window"], i["max_concurrency"], i["remote"], i["healthy"],
-                i["in_flight"],
+                i["in_flight"], i.get("dimensions"),
             )
             for i in items
         }

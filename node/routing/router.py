@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .backend import BackendError, Event, LocalCortices
-from .config import KINDS, RoutingSettings
+from .config import CHAT_KINDS, DEFAULT_EMBEDDING, EMBEDDING, KINDS, RoutingSettings
+from .embedding_shapes import checked_packed
 from .errors import (
     BLAME_CORTEX,
     BLAME_NONE,
@@ -29,12 +30,14 @@ from .errors import (
     HOST_CODES,
     AnswerLimit,
     AttemptFailed,
+    BadUpstreamAnswer,
     BadUpstreamRequest,
     ContextTooLarge,
     NoRoute,
     RouteTimeout,
     UnknownCortex,
     UnsupportedInput,
+    WrongKind,
 )
 from .frontal_lobe import Decision, FrontalLobe
 from .registry import Advertised, Host, Registry
@@ -122,6 +125,8 @@ class Plan:
     decision: Decision | None = None
     decision_note: str = ""
     retry_after: float | None = None  # when a retry could succeed (SPEC-006 §10.4)
+    op: str = "chat"  # or "embed" (SPEC-006 §7.2, §13)
+    n_inputs: int = 0  # embeddings: how many vectors the answer must hold
 
     def retry_in(self, seconds: float) -> None:
         self.retry_after = seconds if self.retry_after is None else min(self.retry_after, seconds)
@@ -243,6 +248,7 @@ class Router:
         needs = needed_capabilities(body)
         estimate = estimate_prompt_tokens(body)
         plan = Plan(model, call_body, stream, [])
+        self._refuse_embedding(model)
         if model == "auto":
             plan.decision = self.lobe.decide(body)
             self._plan_kind(plan, plan.decision.kind, needs, estimate, fallback=True)
@@ -253,6 +259,35 @@ class Router:
             self._plan_kind(plan, kind, needs, estimate, fallback=False)
         else:
             self._plan_name(plan, model, needs, estimate)
+        return plan
+
+    def _kind_of(self, name: str) -> str | None:
+        offers = [c.kind for _, c in self.registry.offers() if c.name == name]
+        return offers[0] if offers else self.registry.known_kinds.get(name)
+
+    def _refuse_embedding(self, model: str) -> None:
+        """SPEC-006 §13.2: a chat request never reaches an embedding cortex."""
+        if model in (f"cortex/{EMBEDDING}", DEFAULT_EMBEDDING) or self._kind_of(model) == EMBEDDING:
+            raise WrongKind(f"{model} is an embedding model; send it to /v1/embeddings")
+
+    def plan_embedding(self, model: str, inputs: list[str]) -> Plan:
+        """Candidates for an embeddings request (SPEC-006 §13.3): ``cortex/embedding`` or an
+        embedding cortex's name; the local default is the caller's (it is on every node)."""
+        longest = max((len(t.encode()) for t in inputs), default=0)
+        plan = Plan(model, {"input": list(inputs)}, False, [], op="embed",
+                    n_inputs=len(inputs))
+        estimate = longest // 4 + 4
+        text = frozenset({"text"})
+        if model == f"cortex/{EMBEDDING}":
+            self._plan_kind(plan, EMBEDDING, text, estimate, fallback=False)
+            return plan
+        if model == "auto" or model.startswith("cortex/"):
+            raise WrongKind(f"{model} is not an embedding model; use cortex/{EMBEDDING}, "
+                            "an embedding cortex's name, or wordllama")
+        kind = self._kind_of(model)
+        if kind is not None and kind != EMBEDDING:
+            raise WrongKind(f"{model} is a {kind} cortex, not an embedding model")
+        self._plan_name(plan, model, text, estimate)
         return plan
 
     def name_conflict(self, host: Host, cortex: Advertised) -> bool:
@@ -289,7 +324,8 @@ class Router:
                     f"{h.name or h.device_id[:7]} (last seen {utc_iso(h.last_seen)})"
                     for h in away[:5]) if away else ""))})
         self._add(plan, offers, needs, estimate, own_first=mine is not None)
-        if self.settings.remote_fallback and kind is not None:
+        # embeddings never fall back to another model: its vectors would not compare (§13.3)
+        if self.settings.remote_fallback and kind is not None and plan.op != "embed":
             extra = [(h, c) for h, c in self.registry.offers()
                      if c.remote and c.kind == kind and c.name != name]
             self._add(plan, extra, needs, estimate)
@@ -302,7 +338,8 @@ class Router:
         if not offers and fallback:
             for alt, note in ((self.settings.default_kind, "default kind"), (None, "any cortex")):
                 offers = [(h, c) for h, c in self.registry.offers()
-                          if (alt is None or c.kind == alt) and needs <= c.capabilities]
+                          if (alt is None or c.kind == alt) and needs <= c.capabilities
+                          and c.kind in CHAT_KINDS]
                 if offers:
                     plan.decision_note = f"no {kind} cortex reachable, used {note}"
                     break
@@ -455,10 +492,15 @@ class Router:
         candidate.host.ours_in_flight += 1
         try:
             if candidate.host.local:
-                return self._local_events(candidate.cortex.name, plan.body, plan.stream)
+                return self._local_events(candidate.cortex.name, plan.body, plan.stream, plan.op)
             conn = self.peers.connections.get(candidate.host.key) if self.peers else None
             if conn is None or self.protocol is None:
                 raise AttemptFailed("peer_lost", "the peer is no longer connected", BLAME_PEER)
+            if plan.op == "embed":
+                return await self.protocol.open(
+                    conn, candidate.cortex.name, plan.body, False,
+                    self.settings.first_chunk_timeout, op="embed",
+                    clean_end=checked_packed(plan.n_inputs, candidate.cortex.dimensions or 0))
             return await self.protocol.open(conn, candidate.cortex.name, plan.body, plan.stream,
                                             self.settings.first_chunk_timeout)
         except BaseException:
@@ -466,10 +508,10 @@ class Router:
             raise
 
     async def _local_events(
-        self, name: str, body: dict[str, Any], stream: bool
+        self, name: str, body: dict[str, Any], stream: bool, op: str = "chat"
     ) -> AsyncIterator[Event]:
         try:
-            async with contextlib.aclosing(self.local.run(name, body, stream)) as events:
+            async with contextlib.aclosing(self.local.run(name, body, stream, op)) as events:
                 async for event in events:
                     yield event
         except BackendError as exc:
@@ -531,6 +573,10 @@ class Router:
 
     def _no_route(self, plan: Plan, failures: list[AttemptFailed]) -> Exception:
         self.counts["failed"] += 1
+        if plan.op == "embed" and any(f.code in ("garbage", "bad_answer") for f in failures):
+            bad = next(f for f in failures if f.code in ("garbage", "bad_answer"))
+            return BadUpstreamAnswer(f"no valid embeddings answer: {bad.detail}",
+                                     reasons=plan.reasons[-50:])
         if failures and all(f.code == "context_window" for f in failures):
             return ContextTooLarge(failures[0].detail, reasons=plan.reasons)
         if failures and all(f.code == "bad_request" for f in failures):
@@ -560,7 +606,8 @@ class Router:
                     "maia": {"kind": cortex.kind, "model": cortex.model,
                              "capabilities": sorted(cortex.capabilities),
                              "context_window": cortex.context_window,
-                             "remote": cortex.remote, "available": False, "hosts": []},
+                             "remote": cortex.remote, "available": False, "hosts": []}
+                    | ({"dimensions": cortex.dimensions} if cortex.dimensions else {}),
                 }
             return entry
 

@@ -20,13 +20,16 @@ from ..api.middleware import BODY_KEY
 from ..api.problem import Problem
 from ..api.routes import RouteTable
 from ..api.scopes import MODELS_ASK, require_scope
+from .config import MAX_EMBED_CHARS, MAX_EMBED_INPUTS
+from .embeddings import Embeddings, openai_answer
 from .errors import AttemptFailed, NoRoute, RoutingError
 from .router import Candidate, Opened, Plan, Router
 
 log = logging.getLogger(__name__)
 
 ROUTER_KEY: web.AppKey[Router] = web.AppKey("maia_router", Router)
-openai_routes = RouteTable("openai", requires=[ROUTER_KEY])
+EMBEDDINGS_KEY: web.AppKey[Embeddings] = web.AppKey("maia_embeddings", Embeddings)
+openai_routes = RouteTable("openai", requires=[ROUTER_KEY, EMBEDDINGS_KEY])
 
 _TEXT = {"type": "string", "maxLength": 262_144}
 _OBJECT = {"type": "object"}
@@ -113,6 +116,24 @@ CHAT_SCHEMA = {
     },
 }
 
+_INPUT = {"type": "string", "minLength": 1, "maxLength": MAX_EMBED_CHARS}
+# OpenAI's embeddings request (SPEC-006 §13.5); vectors are only sent as floats, and a model's
+# dimensions are its own (asking another length is refused, not silently ignored).
+EMBEDDINGS_SCHEMA = {
+    "type": "object",
+    "required": ["model", "input"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 200},
+        "input": {"anyOf": [
+            _INPUT,
+            {"type": "array", "minItems": 1, "maxItems": MAX_EMBED_INPUTS, "items": _INPUT},
+        ]},
+        "encoding_format": {"enum": ["float"]},
+        "user": {"type": "string", "maxLength": 256},
+    },
+}
+
 _TITLES = {
     "unknown-cortex": "Unknown cortex",
     "unsupported-input": "The cortex does not take this input",
@@ -121,6 +142,8 @@ _TITLES = {
     "no-route": "No host can answer",
     "timeout": "The model did not answer in time",
     "answer-limit": "The answer went over this node's bounds",
+    "wrong-kind": "The model is of the other kind (chat or embedding)",
+    "bad-upstream": "The model answered something that is not a valid answer",
 }
 
 
@@ -197,4 +220,27 @@ async def _stream(request: web.Request, plan: Plan, opened: Opened) -> web.Strea
 @openai_routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """Every cortex reachable in the mesh now, plus the auto and cortex/<kind> aliases."""
-    return web.json_response({"object": "list", "data": request.app[ROUTER_KEY].models()})
+    data = request.app[ROUTER_KEY].models()
+    local_default = request.app[EMBEDDINGS_KEY].model_entry()
+    if local_default is not None:  # every node's own embedding cortex (SPEC-006 §13.1)
+        at = next(i for i, m in enumerate(data) if m["id"] == "auto")
+        data.insert(at, local_default)
+        if not any(m["id"] == "cortex/embedding" for m in data):
+            data.append({"id": "cortex/embedding", "object": "model", "created": 0,
+                         "owned_by": "maia-node", "maia": {"alias": "any embedding cortex"}})
+    return web.json_response({"object": "list", "data": data})
+
+
+@openai_routes.post("/v1/embeddings", body_schema=EMBEDDINGS_SCHEMA,
+                     principal_kinds=("local", "session"))
+async def embeddings(request: web.Request) -> web.Response:
+    """OpenAI embeddings from the embedding cortex the request names (SPEC-006 §13.5)."""
+    require_scope(request, MODELS_ASK)  # like chat: asking a model is models:ask (SPEC-003 §6.7)
+    body = request[BODY_KEY]
+    inputs = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+    try:
+        got = await request.app[EMBEDDINGS_KEY].embed(body["model"], inputs)
+    except RoutingError as exc:
+        raise _problem(exc) from None
+    return web.json_response(openai_answer(got), headers={
+        "X-Maia-Cortex-Host": got.host, "X-Maia-Cortex": got.name})

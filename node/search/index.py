@@ -13,12 +13,14 @@ worker thread computes vectors (``embed_pending``). Both reach the one SQLite co
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,13 @@ from automerge.core import ROOT, ObjType, extract
 from crdt import Repo
 
 from ..memory import ENTRY_ID_RE
-from .embedder import Embedder, checked_vectors
+from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: docs carry the session and agent of an agent's write
 DB_NAME = "index.sqlite3"
 VEC_NAME = "vectors.npz"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): damps the top ranks' weight
@@ -45,6 +47,10 @@ EXACT_SCAN_MAX = 2000  # a filter matching at most this many entries: read their
 RERANK = 100  # at least this many int8 candidates are re-ranked with their float16 vectors
 TAG_SEP = "\x1f"  # tags are joined with a separator no tag holds and FTS5 splits on
 BM25_WEIGHTS = (1.0, 2.0)  # text, tags: a tag is a deliberate label, worth more than a word
+QUERY_WAIT_HYBRID = 3.0  # seconds hybrid waits for the query's vector before answering by text
+QUERY_WAIT_SEMANTIC = 15.0
+KEEP_OTHER_MODELS = 3  # vectors of recently used models kept for when they come back (§7.5)
+MAX_WHO = 200  # a session id or agent name longer than this is not one maia-node wrote
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -59,7 +65,9 @@ CREATE TABLE docs(
     updated_at TEXT NOT NULL,
     edits INTEGER NOT NULL,
     tags TEXT NOT NULL,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    session TEXT,
+    agent TEXT
 );
 CREATE INDEX docs_shard ON docs(shard);
 CREATE INDEX docs_created ON docs(created_at);
@@ -94,6 +102,9 @@ def _entry_row(entry_id: str, e: dict[str, Any], edits: int) -> dict[str, Any]:
     def text_of(value: Any) -> str:
         return value if isinstance(value, str) else ""
 
+    def who(value: Any) -> str | None:
+        return value if isinstance(value, str) and 0 < len(value) <= MAX_WHO else None
+
     tags = e.get("tags")
     tag_list = sorted(t for t, on in tags.items()
                       if on is True and isinstance(t, str) and t and TAG_SEP not in t) \
@@ -110,6 +121,8 @@ def _entry_row(entry_id: str, e: dict[str, Any], edits: int) -> dict[str, Any]:
         "updated_at": max([created, *stamps]),
         "edits": edits,
         "tags": tag_list,
+        "session": who(e.get("session")),
+        "agent": who(e.get("agent")),
     }
 
 
@@ -129,7 +142,7 @@ class SearchIndex:
         self.skipped = 0  # vectors an embedder gave that were not stored (SPEC-001 §7.5)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = self._open()
-        self._drop_other_models()
+        self._use_model()
         # Kept exactly as rows change, so a status poll or a search never counts 100k rows.
         self._n_docs = self._db.execute("SELECT count(*) FROM docs").fetchone()[0]
         self._n_vectors, self._n_skipped = self._db.execute(
@@ -191,7 +204,7 @@ class SearchIndex:
             self._db.execute("COMMIT")
 
     def _recount(self) -> None:
-        """Counters from the rows (after a rolled-back write left them off)."""
+        """Counters from the rows (after a rolled-back write left them off, or a new model)."""
         with contextlib.suppress(sqlite3.Error):
             self._n_docs = self._db.execute("SELECT count(*) FROM docs").fetchone()[0]
             self._n_vectors, self._n_skipped = self._db.execute(
@@ -202,17 +215,50 @@ class SearchIndex:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _drop_other_models(self) -> None:
-        """Vectors of a model no longer configured are dropped; Memory is not touched."""
+    def _use_model(self) -> None:
+        """Make the current model the most recently used; vectors of models used longer ago
+        than the last KEEP_OTHER_MODELS others are dropped. Memory is not touched."""
         with self._write() as db:
-            gone = db.execute(
-                "DELETE FROM vectors WHERE model IS NOT ?", (self.model_id,)).rowcount
-            if gone:
-                log.info("search index: dropped %d vector(s) of another model; re-embedding "
-                         "with %s", gone, self.model_id)
-                db.execute("DELETE FROM meta WHERE key='vec_stamp'")
+            raw = self._meta("models")
+            try:
+                used = [m for m in json.loads(raw) if isinstance(m, str)] if raw else []
+            except ValueError:
+                used = []
+            known = [m for (m,) in db.execute("SELECT DISTINCT model FROM vectors")]
+            used += [m for m in known if m not in used]  # from before this list was kept
+            if self.model_id is not None:
+                used = [self.model_id, *(m for m in used if m != self.model_id)]
+            keep = used[: KEEP_OTHER_MODELS + (self.model_id is not None)]
+            for model in used[len(keep):]:
+                gone = db.execute("DELETE FROM vectors WHERE model=?", (model,)).rowcount
+                log.info("search index: dropped %d vector(s) of %s, not used lately", gone, model)
+            db.execute("INSERT OR REPLACE INTO meta VALUES('models', ?)", (json.dumps(keep),))
             if self._meta("vec_gen") is None:
                 db.execute("INSERT INTO meta VALUES('vec_gen', '0')")
+
+    def switch(self, embedder: Embedder | None) -> bool:
+        """Embed with ``embedder`` from now on (SPEC-006 §13.6); True if the model changed.
+
+        Runs on the embedding worker (never beside ``embed_pending``). Queries use the new
+        model at once; its vectors already stored (a model used before) are loaded, the other
+        entries become pending and are embedded by the following passes. Memory is not read
+        or written here."""
+        new_id = embedder.model_id if embedder is not None else None
+        if new_id == self.model_id:
+            self.embedder = embedder
+            return False
+        with self._lock:
+            old = self.model_id
+            self.vecindex = None
+            self.embedder, self.model_id = embedder, new_id
+            self._embed_cursor = 0
+            self._use_model()
+            self._recount()
+            self._vectors_changed = 0
+        log.info("search index: embedding model %s -> %s (%d entries to embed)", old, new_id,
+                 self.counts()["pending"])
+        self.load_vectors()
+        return True
 
     def close(self) -> None:
         if self._pool is not None:
@@ -322,20 +368,22 @@ class SearchIndex:
              rowid: int | None) -> None:
         tags = TAG_SEP.join(row["tags"])
         values = (shard, row["kind"], row["author"], row["created_at"], row["updated_at"],
-                  row["edits"], tags, row["text"])
+                  row["edits"], tags, row["text"], row["session"], row["agent"])
         if rowid is not None:
             old_text, old_tags = db.execute(
                 "SELECT text, tags FROM docs WHERE rowid=?", (rowid,)).fetchone()
             db.execute("INSERT INTO fts(fts, rowid, text, tags) VALUES('delete', ?, ?, ?)",
                        (rowid, old_text, old_tags))
             db.execute("UPDATE docs SET shard=?, kind=?, author=?, created_at=?, updated_at=?, "
-                       "edits=?, tags=?, text=? WHERE rowid=?", (*values, rowid))
+                       "edits=?, tags=?, text=?, session=?, agent=? WHERE rowid=?",
+                       (*values, rowid))
             db.execute("DELETE FROM doc_tags WHERE doc=?", (rowid,))
             self._forget_vector(db, rowid)  # text or tags changed: embed again
         else:
             rowid = db.execute(
                 "INSERT INTO docs(shard, kind, author, created_at, updated_at, edits, tags, "
-                "text, entry_id) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, row["id"])
+                "text, session, agent, entry_id) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*values, row["id"])
             ).lastrowid
             self._n_docs += 1
         db.execute("INSERT INTO fts(rowid, text, tags) VALUES(?, ?, ?)", (rowid, row["text"], tags))
@@ -446,6 +494,8 @@ class SearchIndex:
         assert self.embedder is not None
         try:
             return checked_vectors(self.embedder, texts)
+        except ModelUnavailable:
+            raise  # the model is away (its host is gone): no text is to blame, try later
         except Exception:
             if len(texts) == 1:
                 raise
@@ -455,6 +505,8 @@ class SearchIndex:
         for i, text in enumerate(texts):
             try:
                 v, o = checked_vectors(self.embedder, [text])
+            except ModelUnavailable:
+                raise
             except Exception as exc:
                 failed += 1
                 log.warning("embedder %s failed on one entry (%s); skipped",
@@ -506,7 +558,10 @@ class SearchIndex:
         """
         if mode not in MODES:
             raise SearchError(f"mode must be one of {', '.join(MODES)}")
-        semantic_ready = self.embedder is not None and self.vecindex is not None
+        with self._lock:  # one consistent model: a switch (SPEC-006 §13.6) may run meanwhile
+            model = (self.embedder, self.vecindex, self.model_id)
+        semantic_ready = (model[0] is not None and model[1] is not None
+                          and model[1].dim == model[0].dim)
         if mode == "semantic" and not semantic_ready:
             raise SemanticUnavailable("no embedding model is loaded on this node")
         if refresh:
@@ -518,7 +573,8 @@ class SearchIndex:
             raise SearchError("the query has no word to search for")
         pending = None
         if mode in ("semantic", "hybrid") and semantic_ready:
-            pending = self._query_pool().submit(self._semantic, query, where, args, depth)
+            pending = self._query_pool().submit(self._semantic, model, query, where, args,
+                                                depth)
         text_ranked: list[int] = []
         semantic_ranked: list[int] = []
         try:
@@ -527,7 +583,15 @@ class SearchIndex:
         finally:
             if pending is not None:
                 try:
-                    semantic_ranked = pending.result()
+                    semantic_ranked = pending.result(
+                        QUERY_WAIT_HYBRID if mode == "hybrid" else QUERY_WAIT_SEMANTIC)
+                except FutureTimeout:
+                    # a slow or hung embedding cortex (SPEC-006 §13.6): never stall a search
+                    log.warning("embedder %s did not embed a query in time; %s", model[2],
+                                "answering by text" if mode == "hybrid" else "503")
+                    if mode == "semantic":
+                        raise SemanticUnavailable(
+                            f"the embedding model {model[2]} did not answer in time") from None
                 except SemanticUnavailable:
                     if mode == "semantic":
                         raise
@@ -559,7 +623,7 @@ class SearchIndex:
             })
         counts = self.counts()
         return {"entries": entries, "count": len(entries), "mode": mode,
-                "model": self.model_id, "pending": counts["pending"]}
+                "model": model[2], "pending": counts["pending"]}
 
     def _query_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -595,12 +659,13 @@ class SearchIndex:
         return dict(self._db.execute(
             f"SELECT rowid, entry_id FROM docs WHERE rowid IN ({marks})", rowids).fetchall())
 
-    def _semantic(self, query: str, where: str, args: list, depth: int) -> list[int]:
-        assert self.embedder is not None and self.vecindex is not None
+    def _semantic(self, model: tuple, query: str, where: str, args: list,
+                  depth: int) -> list[int]:
+        embedder, vecindex, model_id = model
         try:
-            vectors, ok = checked_vectors(self.embedder, [query])
+            vectors, ok = checked_vectors(embedder, [query])
         except Exception as exc:  # a model is untrusted and may be unreachable (a cortex)
-            log.warning("embedder %s failed on a query: %s", self.model_id, exc)
+            log.warning("embedder %s failed on a query: %s", model_id, exc)
             raise SemanticUnavailable(f"the embedding model failed: {type(exc).__name__}") \
                 from None
         if not ok[0]:
@@ -613,15 +678,17 @@ class SearchIndex:
                 rows = self._db.execute(
                     f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                     f"v.doc=d.rowid AND v.model=? WHERE v.vec IS NOT NULL {where}",
-                    (self.model_id, *args)).fetchall() if n <= EXACT_SCAN_MAX else None
+                    (model_id, *args)).fetchall() if n <= EXACT_SCAN_MAX else None
             if rows is None:  # a broad filter: the best of all, filtered
-                rows = self._candidates(self.vecindex.search(qv, max(20 * depth, 2000)),
+                rows = self._candidates(model_id, vecindex.search(qv, max(20 * depth, 2000)),
                                         where, args)
         else:
-            rows = self._candidates(self.vecindex.search(qv, max(2 * depth, RERANK)), "", [])
+            rows = self._candidates(model_id, vecindex.search(qv, max(2 * depth, RERANK)),
+                                    "", [])
         return _by_similarity(rows, qv)[:depth]
 
-    def _candidates(self, rowids: list[int], where: str, args: list) -> list[tuple]:
+    def _candidates(self, model_id: str, rowids: list[int], where: str,
+                    args: list) -> list[tuple]:
         """(row id, float16 vector, tie-break key) of those ``rowids`` that pass the filters.
 
         Without a filter the vectors table alone answers: a vector row exists exactly as long
@@ -634,11 +701,11 @@ class SearchIndex:
             if not where:
                 return self._db.execute(
                     f"SELECT doc, vec, doc FROM vectors WHERE model=? AND doc IN ({marks}) AND "
-                    f"vec IS NOT NULL", (self.model_id, *rowids)).fetchall()
+                    f"vec IS NOT NULL", (model_id, *rowids)).fetchall()
             return self._db.execute(
                 f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                 f"v.doc=d.rowid AND v.model=? WHERE d.rowid IN ({marks}) AND v.vec IS NOT "
-                f"NULL {where}", (self.model_id, *rowids, *args)).fetchall()
+                f"NULL {where}", (model_id, *rowids, *args)).fetchall()
 
     def _rows(self, rowids: list[int]) -> dict[int, dict[str, Any]]:
         if not rowids:
@@ -647,11 +714,12 @@ class SearchIndex:
         with self._lock:
             found = self._db.execute(
                 f"SELECT rowid, entry_id, text, kind, tags, author, created_at, updated_at, "
-                f"edits FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
+                f"edits, session, agent FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
         return {
             r[0]: {"id": r[1], "text": r[2], "kind": r[3],
                    "tags": r[4].split(TAG_SEP) if r[4] else [], "author": r[5],
-                   "created_at": r[6], "updated_at": r[7], "edits": r[8]}
+                   "created_at": r[6], "updated_at": r[7], "edits": r[8],
+                   "session": r[9], "agent": r[10]}
             for r in found
         }
 

@@ -15,6 +15,12 @@ the project's labelled retrieval set, tests/data/search_retrieval.json, mixed in
     .venv/bin/python scripts/bench/search_bench.py             # N = 100k, writes the report
     .venv/bin/python scripts/bench/search_bench.py --n 10k     # another size
     .venv/bin/python scripts/bench/search_bench.py --quick     # N = 10k, report not written
+    .venv/bin/python scripts/bench/search_bench.py --embeddings  # only /v1/embeddings (short)
+
+``--embeddings`` measures ``POST /v1/embeddings`` with the local default (``wordllama``,
+SPEC-006 §13) through a real node's HTTP API, batches of 256 texts over one keep-alive
+connection, against the same WordLlama model called directly in this process on the same
+batches, interleaved run by run; the ratio is API throughput / direct throughput per run.
 """
 
 from __future__ import annotations
@@ -328,13 +334,90 @@ def write(r: dict[str, Any]) -> None:
     write_section(TITLE if n == 100_000 else f"{TITLE}, {n:,} entries", "\n".join(body))
 
 
+EMB_TITLE = "Embeddings API: /v1/embeddings with the local default (SPEC-006 §13)"
+
+
+def run_embeddings(runs: int, texts_per_run: int) -> dict[str, Any]:
+    """Texts per second through /v1/embeddings vs WordLlama called directly, same batches."""
+    from node.routing.local_embedding import WordLlamaEmbedder
+
+    busy = harness.wait_quiet(max_wait=60)
+    texts = [i["text"] for i in harness.corpus(texts_per_run)]
+    batches = [texts[at : at + 256] for at in range(0, len(texts), 256)]
+    model = WordLlamaEmbedder()
+    model.embed(batches[0])  # warm: the mapped weights paged in
+    per: list[dict[str, float]] = []
+    with harness.mesh(["a"]) as (_, (node,)):
+        node.start(timeout=120)
+        api = Api(node)
+        status, answer = api.request("POST", "/v1/embeddings",
+                                     {"model": "wordllama", "input": batches[0]})
+        if status != 200:
+            raise RuntimeError(f"/v1/embeddings answered {status}: {answer}")
+        for r in range(runs):
+            t0 = time.perf_counter()
+            for batch in batches:
+                model.embed(batch)
+            direct = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for batch in batches:
+                status, answer = api.request("POST", "/v1/embeddings",
+                                             {"model": "wordllama", "input": batch})
+                if status != 200 or len(answer["data"]) != len(batch):
+                    raise RuntimeError(f"/v1/embeddings answered {status}")
+            through = time.perf_counter() - t0
+            per.append({"direct_tps": len(texts) / direct, "api_tps": len(texts) / through})
+            say(f"  run {r + 1}: direct {per[-1]['direct_tps']:,.0f} texts/s, API "
+                f"{per[-1]['api_tps']:,.0f} texts/s")
+        api.close()
+    result = {"runs": per, "texts": len(texts), "batch": 256, "busy": busy,
+              "loadavg": " / ".join(f"{x:.1f}" for x in __import__("os").getloadavg())}
+    harness.save_result("embeddings", result)
+    return result
+
+
+def write_embeddings(r: dict[str, Any]) -> None:
+    per = r["runs"]
+    direct = [p["direct_tps"] for p in per]
+    through = [p["api_tps"] for p in per]
+    ratio = [p["api_tps"] / p["direct_tps"] for p in per]
+
+    def tps(values: list[float]) -> str:
+        return (f"{statistics.median(values):,.0f} texts/s (min {min(values):,.0f}, "
+                f"max {max(values):,.0f})")
+
+    rows = [("texts embedded per second", tps(through), tps(direct), stats(ratio))]
+    body = [
+        f"{len(per)} runs of {r['texts']:,} notes (`harness.corpus`, 100-300 characters) in "
+        f"batches of {r['batch']}: `POST /v1/embeddings` with `model: wordllama` through a real "
+        f"node's HTTP API (one keep-alive connection, authenticated, validated, the vectors "
+        f"normalised and sent back as JSON numbers), against the same WordLlama model called "
+        f"directly in the benchmark's process on the same batches, the two interleaved run by "
+        f"run. Figures are median (min, max) over runs; the ratio is API / direct per run.",
+        "",
+        table(rows, ("what", "/v1/embeddings", "WordLlama directly", "ratio API/direct")),
+        "",
+        f"CPU busy with other work at start: {r['busy']:.0%}; load average at the end: "
+        f"{r['loadavg']}. The difference is the HTTP round trip and, mostly, writing 256 "
+        f"numbers per text as JSON and reading them back.",
+    ]
+    write_section(EMB_TITLE, "\n".join(body))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", default="100k")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--per-run", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="10k entries, report not written")
+    ap.add_argument("--embeddings", action="store_true",
+                    help="only /v1/embeddings against WordLlama directly (short)")
+    ap.add_argument("--texts", type=int, default=2048, help="texts per run (--embeddings)")
     args = ap.parse_args()
+    if args.embeddings:
+        write_embeddings(run_embeddings(args.runs, args.texts))
+        say("written to docs/benchmarks.md")
+        return
     n = 10_000 if args.quick else harness.parse_n(args.n)
     result = run(n, args.runs, args.per_run)
     if not args.quick:
