@@ -31,7 +31,8 @@ class MeshFeature(FeatureBase):
         assert self.node is not None
         app[PEERS_KEY] = self.node.peers
         app[CONFIG_PATH_KEY] = self.node.paths.config
-        self.reach = Reach(self.node)
+        if self.reach is None:  # one for the node, whichever app is configured first
+            self.reach = Reach(self.node)
         app[REACH_KEY] = self.reach
 
     async def start(self) -> None:
