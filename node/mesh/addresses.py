@@ -261,6 +261,18 @@ def interface_addresses() -> list[tuple[str, str, ipaddress._BaseNetwork]]:
     return sorted(set(out), key=lambda t: (KINDS.index(t[1]), t[0]))
 
 
+def link_states() -> tuple[tuple[str, str], ...]:
+    """Each interface's operational state (``up``, ``down``, ``lowerlayerdown``...) from
+    /sys/class/net: a cable or Wi-Fi that comes back changes it while the address stays, and
+    that is the moment to redial (SPEC-005 §9.13). Empty where /sys is not Linux's."""
+    states = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir("/sys/class/net")):
+            with contextlib.suppress(OSError), open(f"/sys/class/net/{name}/operstate") as f:
+                states.append((name, f.read().strip()))
+    return tuple(states)
+
+
 def own_addresses(peer_port: int, peer_listen: str, advertise: Iterable[str],
                   interfaces: list[tuple[str, str, Any]] | None = None) -> list[tuple[str, str]]:
     """What this node publishes: its interfaces' addresses when it listens on all of them

@@ -24,6 +24,7 @@ from .addresses import (
     BadRecord,
     dial_order,
     interface_addresses,
+    link_states,
     own_addresses,
     parse_frame,
     sign_record,
@@ -51,6 +52,7 @@ class Reach:
         self.own_addrs: list[tuple[str, str]] = []
         self.published_at = 0.0
         self._interfaces: list[Any] = []
+        self._links: tuple[tuple[str, str], ...] = ()
         self._task: asyncio.Task | None = None
         self.started = False
 
@@ -64,6 +66,7 @@ class Reach:
         peers.on_connected.append(self._on_connected)
         self.book.load(self.is_member)
         self._interfaces = interface_addresses()
+        self._links = link_states()
         self.publish()
         for record in list(self.book.records.values()):
             self._dial(record)
@@ -161,7 +164,11 @@ class Reach:
                 log.exception("address watch failed")
 
     def _tick(self) -> None:
-        interfaces = interface_addresses()
+        interfaces, links = interface_addresses(), link_states()
+        if links != self._links and interfaces == self._interfaces:
+            log.info("a network link changed state; redialling")
+            self.node.peers.wake_all()
+        self._links = links
         if interfaces != self._interfaces:
             log.info("network interfaces changed; republishing and redialling")
             self._interfaces = interfaces
