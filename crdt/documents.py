@@ -126,6 +126,9 @@ class Repo:
         self.store = store
         self.key = key
         self.mesh_id = mesh_id
+        # What an unmodified node does once its roster counts it revoked (change_many); only a
+        # test's stand-in for a modified, hostile client turns it off.
+        self.refuse_when_revoked = True
         self.max_loaded = max_loaded
         self.compact_after = compact_after
         self._loaded: OrderedDict[str, DocHandle] = OrderedDict()
@@ -299,25 +302,34 @@ class Repo:
         return meta.heads if meta else ()
 
     # -- local writes ----------------------------------------------------------------------------
-    def change(self, doc_id: str, *edits: Callable[[Transaction], None]) -> list[ChangeInfo]:
+    def change(
+        self, doc_id: str, *edits: Callable[[Transaction], None], roster_change: bool = False,
+    ) -> list[ChangeInfo]:
         """Apply each edit as its own Automerge change, sign them as one batch, persist.
 
         Nothing is visible to peers before the batch is durable. If persisting fails the
         document is dropped from memory, so memory never runs ahead of the store.
         """
-        return self.change_many({doc_id: edits}).get(doc_id, [])
+        return self.change_many({doc_id: edits}, roster_change=roster_change).get(doc_id, [])
 
     def change_many(
-        self, edits_by_doc: dict[str, Sequence[Callable[[Transaction], None]]]
+        self, edits_by_doc: dict[str, Sequence[Callable[[Transaction], None]]],
+        *, roster_change: bool = False,
     ) -> dict[str, list[ChangeInfo]]:
         """Like :meth:`change` for several documents of one layer, stored in ONE transaction:
         a bulk write is durable whole or not at all. On failure every touched document is
-        dropped from memory (reloaded from the store, which holds none of it)."""
+        dropped from memory (reloaded from the store, which holds none of it).
+
+        A device whose roster counts itself revoked refuses every write but a roster change
+        (``roster_change``): a founder that a thief revoked first must still be able to issue
+        the more senior revocation that undoes it (SPEC-005 §5.4), and a truly revoked key's
+        certificates count nowhere anyway.
+        """
         touched: list[str] = []
         writes = []
         out: dict[str, list[ChangeInfo]] = {}
         revoked = self.roster.revocation(self.key.public_key)
-        if revoked is not None:
+        if revoked is not None and not roster_change and self.refuse_when_revoked:
             raise DeviceRevoked(revoked)
         try:
             for doc_id, edits in edits_by_doc.items():
@@ -453,6 +465,17 @@ class Repo:
             self.readmit()
         return out
 
+    def _new_incarnation(self) -> None:
+        """Write under a fresh actor from now on. Needed when our own changes left a document
+        (quarantine): the next change there would otherwise reuse a (actor, seq) that peers
+        already hold with another hash, which they refuse and which would split the document
+        once the quarantined changes come back (SPEC-005 §2.2, §6.1 f)."""
+        self.actor = self.key.public_key + os.urandom(INCARNATION_BYTES)
+        for handle in self._loaded.values():
+            handle.doc.set_actor(self.actor)
+        log.info("writing under a new incarnation: some of this device's changes were "
+                 "quarantined")
+
     def _recheck_one(self, doc_id: str) -> int:
         """Re-check one document (see :meth:`recheck`); returns how many changes left."""
         roster = self.roster
@@ -489,6 +512,8 @@ class Repo:
         rebuilt = handle.doc.fork(heads) if kept else Document(actor_id=self.actor)
         rebuilt.set_actor(self.actor)
         removed = [(c.hash, c.bytes) for c in changes if c.hash in bad]
+        if any(bytes(c.actor_id) == self.actor for c in changes if c.hash in bad):
+            self._new_incarnation()
         seqs: dict[bytes, tuple[int, int]] = {}
         for c in kept:
             seq, size = seqs.get(c.actor_id, (0, 0))

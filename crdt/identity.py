@@ -177,7 +177,7 @@ def record_certs(repo: Repo, certs: list[Cert]) -> None:
             if tx.get(obj, cert.cert_id) is None:
                 tx.put(obj, cert.cert_id, ScalarType.Bytes, cert.encode())
 
-    repo.change(IDENTITY_DOC, edit)
+    repo.change(IDENTITY_DOC, edit, roster_change=True)
 
 
 # -- manual enrolment (until pairing with a short authentication string lands) ------------------

@@ -118,6 +118,7 @@ FEATURES: list[Entry] = [
     Entry("node.backup.feature:feature", "node.backup.cli"),
     Entry("node.sessions.feature:create", "node.sessions.cli"),
     Entry("node.web.feature:create"),
+    Entry("node.mcp.feature:create", "node.mcp.cli"),
 ]
 
 

@@ -216,6 +216,7 @@ class Node:
                 conn.mark_dirty(doc_id)
         self.peers.enforce_roster()
         self.peers.share_certs()
+        self.peers.redial_now()
 
     async def _say_if_revoked(self, request: web.Request, response: web.StreamResponse) -> None:
         """Every answer of a revoked device carries who revoked it and when, so each CLI

@@ -22,12 +22,12 @@ import crdt
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("node.memory", "node.devices", "node.mesh", "node.routing", "node.backup",
-            "node.sessions", "node.web")
+            "node.sessions", "node.web", "node.mcp")
 # Lowest first. A module may import from its own layer and the ones listed before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("crdt",)),
     ("machinery", ("node.transport", "node.api", "node.config", "node.logs", "node.memtrim",
-                   "node.datadir", "node.cli.common", "node.cli.client")),
+                   "node.datadir", "node.scopes", "node.cli.common", "node.cli.client")),
     ("features", ("node.features", "node.status", *FEATURES)),
     ("process", ("node.node", "node.cli", "node.apidoc")),
 ]
@@ -200,7 +200,10 @@ def test_machinery_and_features_know_no_other_feature_by_accident() -> None:
     listed here (the web page shows documents, devices and peers)."""
     allowed = {("node.web", "node.devices"), ("node.web", "node.mesh"),
                ("node.routing", "node.mesh"), ("node.sessions", "node.memory"),
-               ("node.sessions", "node.mesh")}
+               ("node.sessions", "node.mesh"), ("node.memory", "node.sessions"),
+               # the MCP server serves sessions' memory; sessions install it with the hooks
+               ("node.mcp", "node.sessions"), ("node.mcp", "node.memory"),
+               ("node.sessions", "node.mcp")}
     bad = []
     for i in IMPORTS:
         src, dst = _feature(i.source), _feature(i.target)

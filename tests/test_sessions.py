@@ -91,7 +91,11 @@ def test_registration_issues_a_token_and_identity_comes_only_from_it(solo, tmp_p
                                   ("GET", f"/v1/events?session={s2['session_id']}", None)]:
         status, body, headers = api(solo, method, path, payload, token=s1["token"])
         _problem(status, body, headers, 404)
+    # SPEC-004 §2.10: a session reads the mesh's sessions (what its tiers tell it), no tokens
     status, body, headers = api(solo, "GET", "/v1/sessions", token=s1["token"])
+    assert status == 200 and s2["session_id"] in json.dumps(body)
+    assert s1["token"] not in json.dumps(body) and s2["token"] not in json.dumps(body)
+    status, body, headers = api(solo, "GET", "/v1/devices", token=s1["token"])
     _problem(status, body, headers, 403)
     status, body, headers = api(solo, "POST", "/v1/sessions",
                                 {"agent": "claude", "pid": 1, "cwd": "/"}, token=s1["token"])

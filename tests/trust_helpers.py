@@ -41,6 +41,12 @@ class Device:
     repo: Repo
     rejects: list[str] = field(default_factory=list)
     _busy: bool = False
+    modified: bool = False  # a hostile, modified client: writes even once it counts revoked
+
+    def modify(self) -> Device:
+        self.modified = True
+        self.repo.refuse_when_revoked = False
+        return self
 
     def __post_init__(self) -> None:
         self._watch()
@@ -72,6 +78,7 @@ class Device:
         self.store.close()
         self.store = Store(self.path)
         self.repo = open_repo(self.store, self.key)
+        self.repo.refuse_when_revoked = not self.modified
         self._watch()
         self.after_identity()  # the node re-checks at start too
 

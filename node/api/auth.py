@@ -39,6 +39,8 @@ class Principal:
 
     kind: PrincipalKind
     id: str
+    # SPEC-003 §6.7: what a session may do beyond its own objects; the local kind holds all
+    scopes: frozenset[str] = frozenset()
 
 
 @runtime_checkable

@@ -8,6 +8,7 @@ from crdt import PROFILE_FIELDS, ProfileError
 
 from .middleware import BODY_KEY
 from .routes import RouteTable
+from .scopes import MEMORY_READ, require_scope
 from .services import SERVICES_KEY
 
 core_routes = RouteTable("core", errors={ProfileError: (400, "Invalid profile")})
@@ -36,9 +37,10 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SERVICES_KEY].status())
 
 
-@core_routes.get("/v1/profile")
+@core_routes.get("/v1/profile", principal_kinds=("local", "session"))
 async def get_profile(request: web.Request) -> web.Response:
-    """The owner's profile."""
+    """The owner's profile (a session reads it with memory:read; only the owner changes it)."""
+    require_scope(request, MEMORY_READ)
     return web.json_response(await request.app[SERVICES_KEY].get_profile())
 
 

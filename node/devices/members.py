@@ -58,7 +58,9 @@ def find_device(repo: Repo, text: str) -> bytes:
     """The public key of a member or revoked device by its id as typed (DeviceIdError if the
     id itself is malformed, NoSuchDevice if no device of this mesh has it)."""
     wanted = normalize_device_id(text)
-    for key in [*repo.roster.members, *repo.roster.revoked]:
+    # ever: a founder that a thief revoked first sees nobody as a member until it revokes the
+    # thief, and must still be able to name it (SPEC-005 §5.4)
+    for key in [*repo.roster.members, *repo.roster.revoked, *repo.roster.ever]:
         if device_id(key) == wanted:
             return key
     raise NoSuchDevice(wanted)

@@ -132,7 +132,8 @@ def _history(args: argparse.Namespace, target: Target) -> None:
         mark = "verified" if r["verified"] else "UNVERIFIED"
         who = r["device_id"] or "?"
         name = f" ({r['device_name']})" if r.get("device_name") else ""
-        say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}")
+        agent = f"  by {r['agent']} session {r['session']}" if r.get("session") else ""
+        say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}{agent}")
 
 
 def _print_entry(e: dict[str, Any], full: bool = False) -> None:

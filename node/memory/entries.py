@@ -68,6 +68,22 @@ def check_text(text: object) -> str:
     return text
 
 
+class EntrySuperseded(ValueError):
+    """The entry was corrected already; a new correction must name the current entry."""
+
+
+# Who made a write, when an agent session made it (SPEC-004 §2.11): {"session", "agent"}. The
+# device is not here: it is the signing key of the change itself (SPEC-005 §10.6).
+WriteBy = dict[str, str]
+
+
+def _stamp(tx: Transaction, obj: Any, by: WriteBy | None) -> None:
+    """Record the session and agent of a write in a signed map (entry or edit-log record)."""
+    for field in ("session", "agent"):
+        if by and by.get(field):
+            tx.put(obj, field, ScalarType.Str, by[field])
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -230,15 +246,18 @@ class Memory:
         rows.clear()
 
     # -- writes ----------------------------------------------------------------------------------
-    def add(self, text: str, kind: str = "note", tags: Iterable[str] = (), *,
-            field_tags: bool = False) -> dict[str, Any]:
-        return self.add_many([{"text": text, "kind": kind, "tags": list(tags)}],
+    def add(self, text: str, kind: str = "note", tags: Iterable[str] = (),
+            by: WriteBy | None = None, *, field_tags: bool = False) -> dict[str, Any]:
+        return self.add_many([{"text": text, "kind": kind, "tags": list(tags)}], by=by,
                              field_tags=field_tags)[0]
 
-    def add_many(self, items: Iterable[dict[str, Any]], *,
-                 field_tags: bool = False) -> list[dict[str, Any]]:
+    def add_many(self, items: Iterable[dict[str, Any]], by: WriteBy | None = None,
+                 extra: dict[str, list[Callable[[Transaction], None]]] | None = None,
+                 *, field_tags: bool = False) -> list[dict[str, Any]]:
         """Add entries; one signed batch per shard touched, so a bulk import verifies fast.
 
+        ``extra`` adds edits to the same transaction (a supersede marks the old entry in the
+        change that creates the new one, so no device ever sees one without the other).
         ``field_tags``: the tags carry a writer's structured fields (the journal's
         ``project:<id>``), not a person's words, so the tag rule does not apply to them."""
         by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
@@ -249,10 +268,15 @@ class Memory:
                 check_tags(tags)
             if kind not in KINDS:
                 raise InvalidEntry(f"kind must be one of {', '.join(KINDS)}")
-            entry_id = new_entry_id(kind)
-            by_shard.setdefault(shard_of(entry_id), []).append(
-                (entry_id, {"text": text, "kind": kind, "tags": tags})
-            )
+            # an id drawn by the caller (supersede links to it before the change is made);
+            # never from a request: the routes' schemas refuse an "id" field
+            entry_id = item.get("id") or new_entry_id(kind)
+            if not entry_id.startswith(kind + "-"):
+                raise InvalidEntry("an entry id names its kind")
+            fields = {"text": text, "kind": kind, "tags": tags}
+            if item.get("supersedes"):
+                fields["supersedes"] = item["supersedes"]
+            by_shard.setdefault(shard_of(entry_id), []).append((entry_id, fields))
         me = self.repo.key.device_id
         out: list[dict[str, Any]] = []
         at = now_iso()
@@ -263,14 +287,20 @@ class Memory:
         }
         # Every shard in one transaction: an import is stored whole or not at all, so a client
         # that retries after a full disk creates no duplicates (issue 18.4).
-        self.repo.change_many({
-            doc_id: [_creator(entry_id, e, at, me) for entry_id, e in entries]
+        changes = {
+            doc_id: [_creator(entry_id, e, at, me, by) for entry_id, e in entries]
             for doc_id, entries in by_shard.items()
-        })
+        }
+        for doc_id, edits in (extra or {}).items():
+            changes.setdefault(doc_id, []).extend(edits)
+        self.repo.change_many(changes)
+        for doc_id in extra or {}:
+            if doc_id not in by_shard:
+                self._dirty[doc_id] = time.monotonic()
         for doc_id, entries in by_shard.items():
             self._dirty.pop(doc_id, None)
             rows = [
-                _public(entry_id, {**e, "created_at": at, "author": me,
+                _public(entry_id, {**e, **(by or {}), "created_at": at, "author": me,
                                    "tags": dict.fromkeys(e["tags"], True), "log": [None]})
                 for entry_id, e in entries
             ]
@@ -280,7 +310,7 @@ class Memory:
                 log.warning("memory index of %s not written (%s); it is rebuilt later",
                             doc_id, exc)
                 stale.add(doc_id)
-            if doc_id in stale:
+            if doc_id in stale or doc_id in (extra or {}):
                 self._dirty[doc_id] = time.monotonic()
             out.extend(rows)
         return out
@@ -305,6 +335,7 @@ class Memory:
         text: str | None = None,
         add_tags: Iterable[str] = (),
         remove_tags: Iterable[str] = (),
+        by: WriteBy | None = None,
         field_tags: bool = False,
     ) -> dict[str, Any]:
         doc_id = shard_of(entry_id)
@@ -337,6 +368,7 @@ class Memory:
             rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
             tx.put(rec, "at", ScalarType.Str, now_iso())
             tx.put(rec, "op", ScalarType.Str, "update " + "+".join(ops))
+            _stamp(tx, rec, by)
 
         stale = doc_id in self._dirty or (
             self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))
@@ -349,7 +381,7 @@ class Memory:
             self._dirty[doc_id] = time.monotonic()
         return entry
 
-    def delete(self, entry_id: str) -> dict[str, Any]:
+    def delete(self, entry_id: str, by: WriteBy | None = None) -> dict[str, Any]:
         """Forget an entry: ``deleted_at`` is set (SPEC-005 §10.5) and readers hide it; the
         signed history stays, so every device agrees it was deleted and by whom."""
         doc_id = shard_of(entry_id)
@@ -363,10 +395,58 @@ class Memory:
             rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
             tx.put(rec, "at", ScalarType.Str, at)
             tx.put(rec, "op", ScalarType.Str, "delete")
+            _stamp(tx, rec, by)
 
         self.repo.change(doc_id, edit)
         self._dirty[doc_id] = time.monotonic()
         return {"id": entry_id, "deleted_at": at}
+
+    def supersede(self, old_id: str, text: str, kind: str | None = None,
+                  tags: Iterable[str] | None = None, by: WriteBy | None = None,
+                  ) -> dict[str, Any]:
+        """A correction that links the old entry (SPEC-004 §2.12): a new entry with
+        ``supersedes`` and the old one's ``superseded_by``, in one signed change per shard.
+        The old text stays, readable by id, so nothing an agent corrects is lost."""
+        old = self.get(old_id)  # EntryNotFound, also when deleted
+        if old.get("superseded_by"):
+            raise EntrySuperseded(
+                f"{old_id} was superseded by {old['superseded_by']}; correct that one")
+        kind = kind or old["kind"]
+        tags = list(old["tags"] if tags is None else tags)
+        new_id = new_entry_id(kind)
+
+        def mark(tx: Transaction) -> None:
+            e = tx.get(ROOT, old_id)[1]
+            tx.put(e, "superseded_by", ScalarType.Str, new_id)
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "superseded by " + new_id)
+            _stamp(tx, rec, by)
+
+        item = {"id": new_id, "text": text, "kind": kind, "tags": tags, "supersedes": old_id}
+        return self.add_many([item], by=by, extra={shard_of(old_id): [mark]})[0]
+
+    def restore(self, entry_id: str) -> dict[str, Any]:
+        """Undo a supersede (the owner's remedy, SPEC-004 §2.12): the entry surfaces again;
+        the correction stays, and the signed log records the restore."""
+        entry = self.get(entry_id)
+        if not entry.get("superseded_by"):
+            raise ValueError(f"{entry_id} is not superseded")
+        doc_id = shard_of(entry_id)
+
+        def edit(tx: Transaction) -> None:
+            e = tx.get(ROOT, entry_id)[1]
+            tx.delete(e, "superseded_by")
+            log_list = tx.get(e, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, now_iso())
+            tx.put(rec, "op", ScalarType.Str, "restored (was superseded by "
+                   f"{entry['superseded_by']})")
+
+        self.repo.change(doc_id, edit)
+        self._dirty[doc_id] = time.monotonic()
+        return self.get(entry_id)
 
     # -- reads -----------------------------------------------------------------------------------
     def get(self, entry_id: str) -> dict[str, Any]:
@@ -390,6 +470,9 @@ class Memory:
         e = doc.get(_entries_obj(doc), entry_id)[1]
         log_obj = doc.get(e, "log")[1]
         roster = self.repo.roster
+        # the creation record's session and agent live on the signed entry itself
+        signed = extract(doc, e)
+        e_fields = {f: signed[f] for f in ("session", "agent") if isinstance(signed.get(f), str)}
         out = []
         for i in range(doc.length(log_obj)):
             _, rec_id = doc.get(log_obj, i)
@@ -402,6 +485,8 @@ class Memory:
             out.append({
                 "at": rec.get("at"),
                 "op": rec.get("op"),
+                "session": rec.get("session") or (e_fields.get("session") if i == 0 else None),
+                "agent": rec.get("agent") or (e_fields.get("agent") if i == 0 else None),
                 "device_id": device_id(actor) if actor else None,
                 "device_name": roster.members.get(actor, "") if actor else "",
                 "verified": actor is not None and status != "unknown",
@@ -420,7 +505,11 @@ class Memory:
         until: str | None = None,
         query: str | None = None,
         limit: int = 50,
+        include_superseded: bool = False,
+        any_words: bool = False,
     ) -> list[dict[str, Any]]:
+        """Entries newest first; ``query`` matches entries containing every word of it, or any
+        word with ``any_words`` (the relevance scan of SPEC-004 §6.7 ranks those itself)."""
         self.flush_index()
         needle = query.casefold() if query else None
         words = needle.split() if needle else []
@@ -430,6 +519,8 @@ class Memory:
                 row = msgpack.unpackb(raw, raw=False)
                 if kind and row["kind"] != kind:
                     continue
+                if row.get("superseded_by") and not include_superseded:
+                    continue  # corrected: only the correction surfaces (SPEC-004 §2.12)
                 if tag and tag not in row["tags"]:
                     continue
                 if author and row["author"] != author:
@@ -440,7 +531,7 @@ class Memory:
                     continue
                 if words:
                     hay = (row["text"] + " " + " ".join(row["tags"])).casefold()
-                    if not all(w in hay for w in words):
+                    if not (any if any_words else all)(w in hay for w in words):
                         continue
                 out.append(row)
         out.sort(key=lambda r: r["created_at"], reverse=True)
@@ -466,6 +557,10 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
         "created_at": e.get("created_at", ""),
         "author": e.get("author", ""),
         "edits": len(e.get("log") or []),
+        "session": e.get("session") or None,
+        "agent": e.get("agent") or None,
+        "supersedes": e.get("supersedes") or None,
+        "superseded_by": e.get("superseded_by") or None,
     }
 
 
@@ -484,13 +579,16 @@ def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
     return msgpack.packb(row, use_bin_type=True)
 
 
-def _creator(entry_id: str, e: dict[str, Any], at: str, me: str):
+def _creator(entry_id: str, e: dict[str, Any], at: str, me: str, by: WriteBy | None = None):
     def edit(tx: Transaction) -> None:
         obj = tx.put_object(ROOT, entry_id, ObjType.Map)
         tx.put(obj, "text", ScalarType.Str, e["text"])
         tx.put(obj, "kind", ScalarType.Str, e["kind"])
         tx.put(obj, "created_at", ScalarType.Str, at)
         tx.put(obj, "author", ScalarType.Str, me)
+        _stamp(tx, obj, by)
+        if e.get("supersedes"):
+            tx.put(obj, "supersedes", ScalarType.Str, e["supersedes"])
         t = tx.put_object(obj, "tags", ObjType.Map)
         for tag in e["tags"]:
             tx.put(t, tag, ScalarType.Boolean, True)

@@ -1,12 +1,21 @@
-"""Memory routes: add, list, search, show, edit and the signed history of memory entries."""
+"""Memory routes: add, list, search, show, edit, supersede and the signed history of entries.
+
+Function level: every route but bulk import admits session tokens too, by scope (SPEC-003
+§6.3a, §6.7): reads need ``memory:read``; add and supersede need ``memory:write``; edit and delete
+need ``memory:write`` and an entry this session created, or ``memory:admin``. A session's writes
+carry its id and agent into the signed entry (SPEC-004 §2.11).
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..api.middleware import BODY_KEY, QUERY_KEY
+from ..api.middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
+from ..api.problem import Problem
 from ..api.routes import RouteTable
-from .entries import KINDS, EntryNotFound, InvalidEntry, Memory
+from ..api.scopes import MEMORY_ADMIN, MEMORY_READ, MEMORY_WRITE, has_scope, require_scope
+from ..sessions.routes import SESSIONS_KEY
+from .entries import KINDS, EntryNotFound, EntrySuperseded, InvalidEntry, Memory, WriteBy
 
 memory_routes = RouteTable("memory", errors={
     EntryNotFound: (404, "No such memory entry"),
@@ -44,6 +53,17 @@ IMPORT_SCHEMA = {
     "properties": {"entries": {"type": "array", "minItems": 1, "maxItems": 2000,
                                "items": ADD_SCHEMA}},
 }
+SUPERSEDE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["text"],
+    "properties": {
+        "text": _TEXT,
+        "kind": {"enum": list(KINDS)},
+        "tags": {"type": "array", "items": _TAG},
+    },
+}
+BOTH = ("local", "session")
 _FILTERS = {
     "kind": {"enum": list(KINDS)},
     "tag": {"type": "string", "maxLength": 64},
@@ -51,6 +71,7 @@ _FILTERS = {
     "since": {"type": "string", "maxLength": 40},
     "until": {"type": "string", "maxLength": 40},
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "include_superseded": {"type": "boolean"},
 }
 LIST_QUERY = {
     "type": "object",
@@ -69,11 +90,48 @@ def _memory(request: web.Request) -> Memory:
     return request.app[MEMORY_KEY]
 
 
-@memory_routes.post("/v1/memory", body_schema=ADD_SCHEMA)
+def _not_found(entry_id: str) -> Problem:
+    return Problem(404, "No such memory entry", f"no memory entry has the id {entry_id!r}")
+
+
+def _writer(request: web.Request, scope: str = MEMORY_WRITE) -> WriteBy | None:
+    """Who writes: None for the owner; for a session its id and agent, recorded in the signed
+    entry (SPEC-004 §2.11). Refuses a session without ``scope``."""
+    principal = require_scope(request, scope)
+    if principal.kind != "session":
+        return None
+    session = request.app[SESSIONS_KEY].registry.get(principal.id)
+    if session is None:  # ended between authentication and here
+        raise Problem(401, "Session ended", "this session ended; register a new one")
+    return {"session": session.id, "agent": session.agent}
+
+
+def _may_change(request: web.Request, entry_id: str) -> WriteBy | None:
+    """SPEC-003 §6.3a: a session edits or deletes only entries it created, unless granted
+    memory:admin. Ownership comes from the signed entry, never from the request."""
+    by = _writer(request)
+    principal = request[PRINCIPAL_KEY]
+    if by is None or has_scope(principal, MEMORY_ADMIN):
+        return by
+    try:
+        entry = _memory(request).get(entry_id)
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
+    if entry.get("session") != principal.id:
+        raise Problem(
+            403, "Not this session's entry",
+            "a session may edit or delete only the entries it created; correct another "
+            "entry with supersede (POST /v1/memory/{id}/supersede), which keeps the old one",
+        )
+    return by
+
+
+@memory_routes.post("/v1/memory", body_schema=ADD_SCHEMA, principal_kinds=BOTH)
 async def add_entry(request: web.Request) -> web.Response:
     """Add a memory entry (signed by this device, pushed to connected peers at once)."""
     body = request[BODY_KEY]
-    entry = _memory(request).add(body["text"], body.get("kind", "note"), body.get("tags", []))
+    entry = _memory(request).add(body["text"], body.get("kind", "note"), body.get("tags", []),
+                                 by=_writer(request))
     return web.json_response(entry, status=201)
 
 
@@ -86,53 +144,104 @@ async def import_entries(request: web.Request) -> web.Response:
 
 
 def _filters(query: dict) -> dict:
-    out = {k: query[k] for k in ("kind", "tag", "author", "since", "until", "limit") if k in query}
+    out = {k: query[k] for k in ("kind", "tag", "author", "since", "until", "limit",
+                                 "include_superseded") if k in query}
     if "q" in query:
         out["query"] = query["q"]
     return out
 
 
-@memory_routes.get("/v1/memory", query_schema=LIST_QUERY)
+@memory_routes.get("/v1/memory", query_schema=LIST_QUERY, principal_kinds=BOTH)
 async def list_entries(request: web.Request) -> web.Response:
     """List entries, newest first, with optional filters."""
+    require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
     return web.json_response({"entries": entries, "count": len(entries)})
 
 
-@memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY)
+@memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY, principal_kinds=BOTH)
 async def search_entries(request: web.Request) -> web.Response:
     """Entries containing every word of ``q`` (case-insensitive), newest first."""
+    require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
     return web.json_response({"entries": entries, "count": len(entries)})
 
 
-@memory_routes.get("/v1/memory/{entry_id}")
+@memory_routes.get("/v1/memory/{entry_id}", principal_kinds=BOTH)
 async def show_entry(request: web.Request) -> web.Response:
     """One entry."""
-    return web.json_response(_memory(request).get(request.match_info["entry_id"]))
+    require_scope(request, MEMORY_READ)
+    entry_id = request.match_info["entry_id"]
+    try:
+        return web.json_response(_memory(request).get(entry_id))
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
 
 
-@memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA)
+@memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA, principal_kinds=BOTH)
 async def edit_entry(request: web.Request) -> web.Response:
     """Change an entry's text or tags; concurrent edits on other devices merge."""
     entry_id, body = request.match_info["entry_id"], request[BODY_KEY]
-    entry = _memory(request).update(
-        entry_id,
-        text=body.get("text"),
-        add_tags=body.get("add_tags", []),
-        remove_tags=body.get("remove_tags", []),
-    )
+    by = _may_change(request, entry_id)
+    try:
+        entry = _memory(request).update(
+            entry_id,
+            text=body.get("text"),
+            add_tags=body.get("add_tags", []),
+            remove_tags=body.get("remove_tags", []),
+            by=by,
+        )
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
     return web.json_response(entry)
 
 
-@memory_routes.get("/v1/memory/{entry_id}/history")
+@memory_routes.post("/v1/memory/{entry_id}/supersede", body_schema=SUPERSEDE_SCHEMA,
+                     principal_kinds=BOTH)
+async def supersede_entry(request: web.Request) -> web.Response:
+    """Correct an entry: a new entry that links the old one, which stops surfacing
+    (SPEC-004 §2.12); the old text stays readable by id."""
+    entry_id, body = request.match_info["entry_id"], request[BODY_KEY]
+    by = _writer(request)
+    try:
+        entry = _memory(request).supersede(entry_id, body["text"], body.get("kind"),
+                                           body.get("tags"), by=by)
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
+    except EntrySuperseded as exc:
+        raise Problem(409, "Already superseded", str(exc)) from None
+    return web.json_response(entry, status=201)
+
+
+@memory_routes.post("/v1/memory/{entry_id}/restore")
+async def restore_entry(request: web.Request) -> web.Response:
+    """Undo a supersede: the entry surfaces again (the owner's remedy; local principal only)."""
+    entry_id = request.match_info["entry_id"]
+    try:
+        return web.json_response(_memory(request).restore(entry_id))
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
+    except ValueError as exc:
+        raise Problem(409, "Not superseded", str(exc)) from None
+
+
+@memory_routes.get("/v1/memory/{entry_id}/history", principal_kinds=BOTH)
 async def entry_history(request: web.Request) -> web.Response:
     """Who changed the entry and when, each edit's author taken from its signed operation."""
+    require_scope(request, MEMORY_READ)
     entry_id = request.match_info["entry_id"]
-    return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
+    try:
+        return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
+    except EntryNotFound:
+        raise _not_found(entry_id) from None
 
 
-@memory_routes.delete("/v1/memory/{entry_id}")
+@memory_routes.delete("/v1/memory/{entry_id}", principal_kinds=BOTH)
 async def delete_entry(request: web.Request) -> web.Response:
     """Forget an entry (hidden everywhere; the signed history records who and when)."""
-    return web.json_response(_memory(request).delete(request.match_info["entry_id"]))
+    entry_id = request.match_info["entry_id"]
+    by = _may_change(request, entry_id)
+    try:
+        return web.json_response(_memory(request).delete(entry_id, by=by))
+    except EntryNotFound:
+        raise _not_found(entry_id) from None

@@ -35,6 +35,7 @@ MEMBER_BACKOFF_MAX = 4.0
 #: waiting for TCP's retransmission timer.
 LIVENESS_INTERVAL = 2.0
 LIVENESS_TIMEOUT = 8.0
+MEMBER_REFUSED_RETRY = 3.0  # a member refused as not_member/revoked redials this soon
 MAX_REJECTS = 8
 ROSTER_RETRIES = 3  # answers to roster refusals of one document per REJECT_WINDOW
 REJECT_WINDOW = 10.0
@@ -617,6 +618,15 @@ class PeerManager:
         if sp and sp.task:
             sp.task.cancel()
 
+    def redial_now(self) -> None:
+        """Dial every known address that is not connected now, without waiting out its
+        backoff: after the roster changed, a refusal (``not_member``, ``revoked``) may no
+        longer hold on either side, and a backed-off dialler would keep the mesh apart for up
+        to the backoff's cap."""
+        for sp in [*self.static.values(), *self.discovered.values()]:
+            if sp.peer_key is None or sp.peer_key not in self.connections:
+                sp.wake.set()
+
     # -- discovered peers (mDNS candidates) ------------------------------------------------------
     def add_discovered(self, device: str, addresses: list[str], *, delay: float = 0.0) -> None:
         """Dial a discovered member at ``addresses`` (HOST:PORT), proving it is ``device``."""
@@ -721,7 +731,13 @@ class PeerManager:
                 elif (served.remote_error if served is not None else sp.last_error) in (
                     "revoked", "not_member"
                 ):
-                    delays = backoff_delays(BACKOFF_MAX)  # refused by the mesh: no hammering
+                    # Refused by the mesh. A device that its own roster counts as a member is
+                    # most likely seeing two rosters disagree for a moment (a revocation and
+                    # the more senior one that undoes it, crossing): retry soon. Otherwise no
+                    # hammering.
+                    me = self.repo.key.public_key
+                    delays = (backoff_delays(MEMBER_REFUSED_RETRY, MEMBER_REFUSED_RETRY)
+                              if self.repo.roster.is_member(me) else backoff_delays(BACKOFF_MAX))
                 break
             sp.wake.clear()
             wait = next(delays)

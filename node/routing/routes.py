@@ -19,6 +19,7 @@ from aiohttp import web
 from ..api.middleware import BODY_KEY
 from ..api.problem import Problem
 from ..api.routes import RouteTable
+from ..api.scopes import MODELS_ASK, require_scope
 from .errors import AttemptFailed, NoRoute, RoutingError
 from .router import Candidate, Opened, Plan, Router
 
@@ -145,9 +146,11 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True)
+@openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True,
+                     principal_kinds=("local", "session"))
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """An OpenAI chat completion, answered by the cortex the request names (or auto)."""
+    require_scope(request, MODELS_ASK)  # a session asks a cortex only when granted (SPEC-003 §6.7)
     router = request.app[ROUTER_KEY]
     try:
         plan = router.plan(request[BODY_KEY])

@@ -29,7 +29,7 @@ class SessionAuthenticator:
             return None
         session, ended = self._registry.by_token(token)
         if session is not None:
-            return Principal(kind="session", id=session.id)
+            return Principal(kind="session", id=session.id, scopes=frozenset(session.scopes))
         if ended:
             raise Problem(
                 401, "Session ended",

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..cli.client import ApiError, NodeClient, NodeNotRunning
 from ..cli.common import UserError, print_json, say
+from ..mcp.install import install as mcp_install
+from ..mcp.install import uninstall as mcp_uninstall
 from .gitinfo import find_repo
 from .install import InstallError, install, uninstall
 from .runwrap import run
@@ -323,12 +325,19 @@ def cmd_hooks(args: argparse.Namespace, paths: Any) -> int:
                 raise UserError(f"{args.project} is not a directory")
             clis = ["claude", "codex", "gemini"] if args.cli == "all" else [args.cli]
             changes = [c for cli in clis for c in install(cli, paths.root, project=project)]
+            # SPEC-004 §15.4: and the MCP server, in each CLI's own MCP configuration
+            servers = [c for cli in clis for c in mcp_install(cli, paths.root, project=project)]
         else:
             changes = uninstall(paths.root, args.cli)
+            servers = mcp_uninstall(paths.root, args.cli)
     except InstallError as exc:
         raise UserError(str(exc)) from None
-    for change in changes:
+    for change in changes + servers:
         say(change.line())
+    done = [c for c in servers if c.action in ("added", "removed")]
+    if done:
+        say(f"{len(done)} MCP server entr{'y' if len(done) == 1 else 'ies'} "
+            f"{'registered' if args.hooks_cmd == 'install' else 'removed'} (maia mcp).")
     acted = [c for c in changes if c.action in ("added", "removed")]
     if args.hooks_cmd == "install":
         say(f"{len(acted)} hook(s) added." if acted

@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..api.scopes import DEFAULT_AGENT_SCOPES
+from ..mcp.relevance import relevant_entries, render_block
 from . import entities, leases
 from .clock import NS, iso, local_time, mono_ns, now_ns, wall_of
 from .config import SessionsConfig
@@ -168,6 +170,7 @@ class Coordinator:
             repository=repository, branch=branch, task=body.get("task", "")[:200],
             cli_session_id=body.get("cli_session_id", ""), device=self.device,
             device_name=self.device_name, started_ns=now, last_seen_ns=now,
+            scopes=tuple(body.get("scopes", DEFAULT_AGENT_SCOPES)), mcp=bool(body.get("mcp")),
         )
         if repository:
             s.touch_tags([repo_tag(repository)], now)
@@ -183,6 +186,7 @@ class Coordinator:
             "token": token,
             "heartbeat_s": _seconds(self.cfg.heartbeat_s),
             "expires_after_s": _seconds(self.cfg.expires_after_s),
+            "scopes": list(s.scopes),
         }
         if body.get("event"):
             out["answer"] = self.hook(s.id, body["event"])
@@ -282,7 +286,8 @@ class Coordinator:
             if prompt and not s.task:
                 s.task = prompt.splitlines()[0][:120]
                 self._refresh(s)
-            context = self._context(s, now)
+            context = "\n\n".join(x for x in (self._memory_context(s, prompt),
+                                                 self._context(s, now)) if x)
         elif kind == "stop":
             message = " ".join((ev.get("message") or "").split())
             previous = s.recent_action.removeprefix("finished a turn; last: ")
@@ -293,11 +298,36 @@ class Coordinator:
             self._refresh(s)
         elif kind == "session_start":
             digest = self.journal.digest(self._project(s), self.cfg.budget)
-            context = "\n\n".join(x for x in (digest, self._context(s, now)) if x)
+            memory = self._memory_context(s, s.task)
+            context = "\n\n".join(x for x in (digest, memory, self._context(s, now)) if x)
         answer: dict[str, Any] = {"decision": "allow"}
         if context:
             answer["context"] = context
         return answer
+
+    def _siblings(self, s: Session) -> set[str]:
+        """SPEC-004 §15.2: the other local sessions of the same agent process when one of them
+        is its MCP server (same pid and agent). They act for one agent: no tier, warning or
+        lease of one is held against the other."""
+        if s.pid <= 0:
+            return set()
+        return {o.id for o in self.registry.sessions.values()
+                if o.id != s.id and o.pid == s.pid and o.agent == s.agent and (o.mcp or s.mcp)}
+
+    def _memory_context(self, s: Session, query: str) -> str:
+        """SPEC-004 §6.7: the memory entries most relevant to the prompt (or, at start, the
+        task) and the repository, each shown once per session. Never fails a hook."""
+
+        budget = self.cfg.budget
+        try:
+            rows = relevant_entries(self.journal.memory, query or "", s.repository,
+                                    budget.memory, exclude=s.memory_shown)
+        except Exception:
+            log.exception("relevant memory for session %s not found", s.id)
+            return ""
+        block = render_block(rows, budget.memory, budget.detail)
+        s.memory_shown.update(r["id"] for r in rows if r["id"] in block)
+        return block
 
     def _apply(self, s: Session, ev: dict[str, Any], now: int) -> None:
         facts = entities.infer(ev, self.locator)
@@ -360,9 +390,12 @@ class Coordinator:
             items.append((clip(text, MESSAGE_TOKENS), lambda m=msg: s.inbox.remove(m)))
         me = self.records.get(s.id)
         seen: set[str] = set()
+        siblings = self._siblings(s)
         for ov in overlaps(me, self.records, self.index) if me else []:
             o = ov.other
             seen.add(o.id)
+            if o.id in siblings:
+                continue  # this agent's own MCP server (or its hooks): not another agent
             if ov.tier == CONFLICT:
                 fresh = [f for f in ov.files
                          if now - s.alerted.get((o.id, f), -ALERT_REPEAT_NS) >= ALERT_REPEAT_NS]
@@ -408,7 +441,7 @@ class Coordinator:
             f = file_tag(repository, rel)
             for oid in list(self.index.by_tag.get(f, ())):
                 o = self.records.get(oid)
-                if oid == s.id or o is None or f not in o.modified:
+                if oid == s.id or o is None or f not in o.modified or oid in self._siblings(s):
                     continue
                 if now - s.warned.get((oid, f), -ALERT_REPEAT_NS) < ALERT_REPEAT_NS:
                     continue
@@ -628,8 +661,9 @@ class Coordinator:
 
     def _lease_denial(self, s: Session, paths: list[str], now: int) -> str:
         """§8.5: the reason to deny an edit of ``paths``, or "" to allow it."""
+        mine = {s.id} | self._siblings(s)  # a lease its MCP server took never denies the agent
         in_force = [x for x in self.leases_in_force(now)
-                    if x.mode == leases.EXCLUSIVE and x.session != s.id]
+                    if x.mode == leases.EXCLUSIVE and x.session not in mine]
         if not in_force:
             return ""
         for path in paths:

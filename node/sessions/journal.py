@@ -98,7 +98,9 @@ class Journal:
             tags.append(f"agent:{agent}")
         if source:
             tags.append(f"source:{source}")
-        return to_entry(self.memory.add(text, kind="journal", tags=tags, field_tags=True))
+        by = {"session": session, "agent": agent or ""} if session else None
+        return to_entry(self.memory.add(text, kind="journal", tags=tags, by=by,
+                                        field_tags=True))
 
     def list(
         self,

@@ -60,6 +60,9 @@ class Session:
     started_ns: int
     last_seen_ns: int
     status: str = "active"
+    scopes: tuple[str, ...] = ()  # granted at registration (SPEC-004 §2.11)
+    memory_shown: set[str] = field(default_factory=set)  # entries injected already (§6.7)
+    mcp: bool = False  # registered by `maia mcp` for the agent process ``pid`` (§15.2)
     recent_action: str = ""
     recent_action_ns: int = 0
     tags: OrderedDict[str, int] = field(default_factory=OrderedDict)

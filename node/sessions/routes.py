@@ -18,6 +18,7 @@ from ..api.middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
 from ..api.pagination import page as _page
 from ..api.problem import Problem
 from ..api.routes import RouteTable
+from ..api.scopes import SCOPES
 from ..memory import EntryNotFound
 from .clock import mono_ns
 from .coordinator import (
@@ -78,6 +79,10 @@ REGISTER_SCHEMA = {
         "task": {**_STR, "maxLength": 200},
         "cli_session_id": {**_STR, "maxLength": 200},
         "event": EVENT_SCHEMA,
+        # SPEC-004 §2.11: what the session may do; the default agent scopes when absent
+        "scopes": {"type": "array", "items": {"enum": list(SCOPES)}, "uniqueItems": True,
+                   "maxItems": len(SCOPES)},
+        "mcp": {"type": "boolean"},  # SPEC-004 §15.2: the agent's MCP server registers
     },
 }
 _SESSION_FIELD = {**_STR, "pattern": "^[a-z2-7]{26}$"}
@@ -213,9 +218,10 @@ async def register_session(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
-@session_routes.get("/v1/sessions", query_schema=PAGE_QUERY)
+@session_routes.get("/v1/sessions", query_schema=PAGE_QUERY, principal_kinds=BOTH)
 async def list_sessions(request: web.Request) -> web.Response:
-    """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10)."""
+    """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10); a session reads
+    it too (MCP sessions_list): it is what the tiers already tell it, in full."""
     items, cursor = _page(_coordinator(request).sessions_view(), request[QUERY_KEY])
     return web.json_response({"sessions": items, "cursor": cursor})
 

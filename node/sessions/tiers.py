@@ -43,6 +43,7 @@ class Budget:
     total: int = 300
     journal_min: int = 300
     journal_max: int = 500
+    memory: int = 200  # relevant memory entries at SessionStart and each prompt (§6.7)
 
     def for_tier(self, tier: int) -> int:
         return (0, self.notice, self.detail, self.conflict)[tier]

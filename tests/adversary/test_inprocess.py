@@ -68,7 +68,8 @@ def _write_raw_cert(dev: Device, name: str, raw: bytes) -> None:
         obj = got[1] if got is not None else tx.put_object(ROOT, "roster", ObjType.Map)
         tx.put(obj, name, ScalarType.Bytes, raw)
 
-    dev.repo.change(IDENTITY_DOC, edit)
+    # a roster change: written even when the thief's own roster already counts it revoked
+    dev.repo.change(IDENTITY_DOC, edit, roster_change=True)
 
 
 class HostileMember(RuleBasedStateMachine):
@@ -85,7 +86,7 @@ class HostileMember(RuleBasedStateMachine):
         self.founder = Device.found(self.root, "founder")
         self.desktop = self.founder.admit(self.root, "desktop")
         self.phone = self.founder.admit(self.root, "phone")
-        self.thief = self.founder.admit(self.root, "thief")
+        self.thief = self.founder.admit(self.root, "thief").modify()
         self.honest = [self.founder, self.desktop, self.phone]
         self.intended = {d.key.public_key for d in self.honest}
         for d in (self.desktop, self.phone, self.thief):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import time
@@ -203,7 +204,17 @@ class RealNodes(RuleBasedStateMachine):
     @rule(name=NODE)
     def honest_write(self, name: str) -> None:
         node = self.up(name)
-        node.add_memory(f"honest note on {node.name} #{self.incarnation}")
+        try:
+            node.add_memory(f"honest note on {node.name} #{self.incarnation}")
+        except urllib.error.HTTPError as exc:
+            # The attacker's revocation of this node counts until the owner revokes the
+            # attacker: the node says so and refuses the write (issue 15.6), nothing else.
+            problem = json.loads(exc.read())
+            assert exc.code == 403, problem
+            assert problem["type"] == "urn:maia-node:problem:device-revoked", problem
+            assert problem["revoked"]["by"] == self.attacker.device_id, problem
+            self.note("honest write", "refused: this device counts itself revoked")
+            return
         self.incarnation += 1
         self.note("honest write")
 
