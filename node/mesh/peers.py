@@ -35,6 +35,8 @@ MEMBER_BACKOFF_MAX = 4.0
 #: waiting for TCP's retransmission timer.
 LIVENESS_INTERVAL = 2.0
 LIVENESS_TIMEOUT = 8.0
+#: After a link change every connection is pinged and must answer within this (§9.14).
+PROBE_TIMEOUT = 2.0
 MEMBER_REFUSED_RETRY = 3.0  # a member refused as not_member/revoked redials this soon
 MAX_REJECTS = 8
 ROSTER_RETRIES = 3  # answers to roster refusals of one document per REJECT_WINDOW
@@ -145,6 +147,7 @@ class PeerConnection:
         self.closed = asyncio.Event()
         self.remote_error = ""
         self._roster_rejects: dict[str, list[float]] = {}
+        self.heard_at = time.monotonic()  # the last frame of any kind from the peer
 
     @property
     def initiator_key(self) -> bytes:
@@ -168,13 +171,13 @@ class PeerConnection:
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop(), name=f"send-{self.channel.peer_device_id}")
         alive = asyncio.create_task(self._liveness(), name=f"alive-{self.channel.peer_device_id}")
-        self._heard = time.monotonic()
+        self.heard_at = time.monotonic()
         try:
             for frame in self.manager.certs_frames():
                 await self.channel.send(frame)
             await self.channel.send(self.sync.summary_frame())
             async for frame in self.channel:
-                self._heard = time.monotonic()
+                self.heard_at = time.monotonic()
                 self.manager.touch(self.peer_key)
                 if not self._bucket.take():
                     log.warning("peer %s floods; disconnecting", self.channel.peer_device_id)
@@ -204,7 +207,7 @@ class PeerConnection:
         interval, timeout = self.manager.liveness_interval, self.manager.liveness_timeout
         while True:
             await asyncio.sleep(interval)
-            silent = time.monotonic() - self._heard
+            silent = time.monotonic() - self.heard_at
             if silent >= timeout:
                 log.info("peer %s silent for %.1f s; closing", self.channel.peer_device_id, silent)
                 self.manager.note_error(self.peer_key, "liveness_timeout")
@@ -219,7 +222,7 @@ class PeerConnection:
         if kind == "ping":
             await self.channel.send({"t": "pong"})
         elif kind == "pong":
-            pass  # its arrival is what counts (self._heard)
+            pass  # its arrival is what counts (self.heard_at)
         elif kind == "summary":
             try:
                 for doc_id in self.sync.docs_to_sync(frame):
@@ -660,6 +663,24 @@ class PeerManager:
         target = self.recorded.pop(device, None)
         if target and target.task:
             target.task.cancel()
+
+    def probe_all(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Ping every connection now and close those that answer nothing within ``timeout``:
+        after a link change a connection's path may be gone, and a fresh dial beats waiting
+        for TCP to retransmit or for the liveness timeout (SPEC-005 §9.14)."""
+        async def probe(conn: PeerConnection) -> None:
+            asked = time.monotonic()
+            with contextlib.suppress(TransportError):
+                await conn.send({"t": "ping"})
+            await asyncio.sleep(timeout)
+            if conn.heard_at < asked and not conn.closed.is_set():
+                log.info("peer %s did not answer a probe after a link change; redialling",
+                         conn.peer_device_id)
+                self.note_error(conn.peer_key, "probe_timeout")
+                await conn.channel.close(1001, "link changed")
+
+        for conn in list(self.connections.values()):
+            self._spawn(probe(conn), f"probe-{conn.peer_device_id[:7]}")
 
     def wake_all(self) -> None:
         """Redial every target now (a link or address changed, SPEC-005 §9.13)."""

@@ -167,12 +167,14 @@ class Reach:
         interfaces, links = interface_addresses(), link_states()
         if links != self._links and interfaces == self._interfaces:
             log.info("a network link changed state; redialling")
+            self.node.peers.probe_all()
             self.node.peers.wake_all()
         self._links = links
         if interfaces != self._interfaces:
             log.info("network interfaces changed; republishing and redialling")
             self._interfaces = interfaces
             self.publish()
+            self.node.peers.probe_all()
             self.node.peers.wake_all()
         elif time.time() - self.published_at > TTL / 2:
             self.publish()
