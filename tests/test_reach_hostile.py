@@ -21,7 +21,7 @@ from crdt.roster import new_endorsement, new_tombstone
 from crdt.store import Store
 from node.mesh.addresses import DOMAIN
 from tests.hostile import hostile_peer
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 class Mesh:
     a: NodeProc
     b: NodeProc
+    a_key: DeviceKey
     b_key: DeviceKey
     mesh_id: bytes
     certs: list[bytes]
@@ -67,7 +68,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         b.start()
         b.add_peer(a)
         wait_for(lambda: a.connected() and b.connected(), what="a and b connected")
-        yield Mesh(a, b, b_key, mesh_id, certs, member, revoked)
+        yield Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked)
     finally:
         a.stop()
         b.stop()
@@ -150,3 +151,14 @@ def test_a_silent_peer_is_pinged_then_dropped(mesh):
     pinged, after = asyncio.run(scenario())
     assert pinged
     assert after < 30  # closed by liveness, not by the test's own 30 s wait
+
+
+def test_maia_peers_shows_path_and_last_traffic(mesh):
+    """Issue 15.5: `maia peers` shows each connection's path and when traffic last arrived;
+    the API gives the same with the next retry of a peer that is not connected."""
+    out = cli_out(mesh.b.data_dir, "peers")
+    line = next(x for x in out.splitlines() if device_id(mesh.a_key.public_key) in x)
+    assert "connected via static" in line and "last traffic" in line
+    rows = {p["device_id"]: p for p in mesh.a.request("GET", "/v1/peers")["peers"]}
+    row = rows[device_id(mesh.b_key.public_key)]
+    assert row["path"] == "incoming" and row["last_traffic"] and row["next_retry"] is None
