@@ -46,8 +46,9 @@ async def peer_socket(request: web.Request) -> web.StreamResponse:
 
 @peer_routes.get("/v1/peers")
 async def list_peers(request: web.Request) -> web.Response:
-    """Known peers: connection state and path, last traffic, next retry, accepted and rejected
-    traffic; and the address records held (this node's and each member's, SPEC-005 §12.9)."""
+    """Known peers (state, path, last traffic, next retry) and the address records held.
+
+    The records are this node's own and each member's newest (SPEC-005 §12.9)."""
     reach = request.app.get(REACH_KEY)
     return web.json_response({"peers": request.app[PEERS_KEY].status(),
                               "addresses": reach.status() if reach is not None else None})
