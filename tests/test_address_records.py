@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 
 import msgpack
 import pytest
@@ -29,6 +30,7 @@ from node.mesh.addresses import (
     sign_record,
     usable_address,
 )
+from node.mesh.peers import ADDRESS_BACKOFF_MAX, StaticPeer
 
 MESH = os.urandom(32)
 NOW = 1_800_000_000.0
@@ -210,3 +212,22 @@ def test_junk_never_raises_anything_but_bad_record(junk):
                 _raw_signed(key, junk if isinstance(junk, dict) else {"x": junk})):
         with pytest.raises(BadRecord):
             parse_record(raw, MESH, now=NOW)
+
+
+def test_an_address_that_never_answers_is_dialled_ever_more_rarely():
+    """005.12.10: per-address backoff, 4 s doubling to 300 s; reset only by a link change."""
+    sp = StaticPeer("10.0.0.9:22", expected_id="X", origin="address")
+    waits = []
+    for _ in range(10):
+        assert sp.may_dial("10.0.0.9:22")
+        sp.failed("10.0.0.9:22")
+        waits.append(sp.not_before["10.0.0.9:22"] - time.monotonic())
+        assert not sp.may_dial("10.0.0.9:22")
+        sp.not_before["10.0.0.9:22"] = 0.0  # as if the wait had passed
+    assert 3.5 < waits[0] <= 4.0 and ADDRESS_BACKOFF_MAX - 1 < waits[-1] <= ADDRESS_BACKOFF_MAX
+    sp.failed("10.0.0.9:22")
+    sp.links_changed()
+    assert sp.may_dial("10.0.0.9:22")
+    static = StaticPeer("10.0.0.9:7412")  # a configured peer keeps the dialler's own backoff
+    static.failed("10.0.0.9:7412")
+    assert static.may_dial("10.0.0.9:7412")

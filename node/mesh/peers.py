@@ -35,6 +35,8 @@ MEMBER_BACKOFF_MAX = 4.0
 #: waiting for TCP's retransmission timer.
 LIVENESS_INTERVAL = 2.0
 LIVENESS_TIMEOUT = 8.0
+#: An address of a member's record that failed n times waits 4 s * 2^(n-1), at most this.
+ADDRESS_BACKOFF_MAX = 300.0
 #: After a link change every connection is pinged and must answer within this (§9.14).
 PROBE_TIMEOUT = 2.0
 MEMBER_REFUSED_RETRY = 3.0  # a member refused as not_member/revoked redials this soon
@@ -106,9 +108,33 @@ class StaticPeer:
     origin: str = "static"
     kinds: dict[str, str] = field(default_factory=dict)
     next_retry: float | None = None  # wall-clock time of the next dial, when waiting
+    #: Per address of a member's record: consecutive failures and when it may be dialled
+    #: again. A hostile member's record can name a host that is no peer; that host then sees
+    #: one attempt per address every ADDRESS_BACKOFF_MAX at most, not one every few seconds.
+    fails: dict[str, int] = field(default_factory=dict)
+    not_before: dict[str, float] = field(default_factory=dict)
 
     def path_of(self, address: str) -> str:
         return self.kinds.get(address, self.origin)
+
+    def may_dial(self, address: str) -> bool:
+        return self.origin != "address" or self.not_before.get(address, 0.0) <= time.monotonic()
+
+    def failed(self, address: str) -> None:
+        if self.origin == "address":
+            n = self.fails[address] = self.fails.get(address, 0) + 1
+            delay = min(ADDRESS_BACKOFF_MAX, MEMBER_BACKOFF_MAX * 2 ** (n - 1))
+            self.not_before[address] = time.monotonic() + delay
+
+    def answered(self, address: str) -> None:
+        self.fails.pop(address, None)
+        self.not_before.pop(address, None)
+
+    def links_changed(self) -> None:
+        """Every address may work now: forget their failures (not on a new record, which a
+        hostile member could publish every second)."""
+        self.fails.clear()
+        self.not_before.clear()
 
 
 class _FrameBucket:
@@ -685,6 +711,7 @@ class PeerManager:
     def wake_all(self) -> None:
         """Redial every target now (a link or address changed, SPEC-005 §9.13)."""
         for sp in [*self.static.values(), *self.discovered.values(), *self.recorded.values()]:
+            sp.links_changed()
             sp.wake.set()
 
     def wake_member(self, device: str) -> None:
@@ -725,6 +752,8 @@ class PeerManager:
             sp.attempts += 1
             sp.next_retry = None
             for address in sp.addresses or [sp.address]:
+                if not sp.may_dial(address):
+                    continue
                 try:
                     channel = await connect(
                         self._session, f"http://{_bracket(address)}/v1/peer", key=self.repo.key,
@@ -732,8 +761,10 @@ class PeerManager:
                     )
                 except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
                     sp.last_error = str(exc) or type(exc).__name__
+                    sp.failed(address)
                     log.debug("dial %s failed: %s", address, sp.last_error)
                     continue
+                sp.answered(address)
                 if sp.expected_id and channel.peer_device_id != sp.expected_id:
                     sp.last_error = (
                         f"{address} advertised {sp.expected_id} but proved to be "
