@@ -237,7 +237,7 @@ class PeerConnection:
             if silent >= timeout:
                 log.info("peer %s silent for %.1f s; closing", self.channel.peer_device_id, silent)
                 self.manager.note_error(self.peer_key, "liveness_timeout")
-                await self.channel.close(1001, "liveness timeout")
+                self.manager.abandon(self, "liveness timeout")
                 return
             if silent >= interval:
                 with contextlib.suppress(TransportError):
@@ -703,10 +703,20 @@ class PeerManager:
                 log.info("peer %s did not answer a probe after a link change; redialling",
                          conn.peer_device_id)
                 self.note_error(conn.peer_key, "probe_timeout")
-                await conn.channel.close(1001, "link changed")
+                self.abandon(conn, "link changed")
 
         for conn in list(self.connections.values()):
             self._spawn(probe(conn), f"probe-{conn.peer_device_id[:7]}")
+
+    def abandon(self, conn: PeerConnection, reason: str) -> None:
+        """Give up a connection whose path is dead: forget it and wake its dialler now, and
+        close it in the background (the close handshake cannot cross a dead path; waiting
+        for it would hold the redial back by its timeout)."""
+        if self.connections.get(conn.peer_key) is conn:
+            del self.connections[conn.peer_key]
+            self._peer(conn.peer_key).connected_since = None
+        self.wake_member(conn.peer_device_id)
+        self._spawn(conn.channel.close(1001, reason), f"abandon-{conn.peer_device_id[:7]}")
 
     def wake_all(self) -> None:
         """Redial every target now (a link or address changed, SPEC-005 §9.13)."""
@@ -715,7 +725,10 @@ class PeerManager:
             sp.wake.set()
 
     def wake_member(self, device: str) -> None:
-        """Traffic or news of ``device`` arrived: redial it now if it is not connected."""
+        """``device`` went away, or news of it arrived: redial it now if it is not connected."""
+        for sp in self.static.values():
+            if device_id_or_none(sp.peer_key) == device:
+                sp.wake.set()
         for table in (self.discovered, self.recorded):
             if (sp := table.get(device)) is not None:
                 sp.wake.set()
@@ -869,6 +882,7 @@ class PeerManager:
             if self.connections.get(key) is conn:
                 del self.connections[key]
                 state.connected_since = None
+                self.wake_member(channel.peer_device_id)  # redial at once, not in a second
             for callback in self.on_disconnected:
                 _safely(callback, conn)
             # A split message cut short: drop the parts held for a cutoff head (§6.1 h).
