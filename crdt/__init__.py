@@ -8,6 +8,7 @@ may change without touching the node.
 from .chunks import CHUNK_CHANGE, inflate_change
 from .docids import MEMORY_KINDS
 from .documents import DeviceRevoked, Repo, SchemaTooNew, valid_doc_id
+from .history import ChangeIndex, ChangeIndexCache, op_id_parts, value_at, visible_ids
 from .identity import (
     IDENTITY_DOC,
     PROFILE_FIELDS,
@@ -37,7 +38,7 @@ from .keys import (
     normalize_device_id,
     verify_signature,
 )
-from .roster import CertError, Roster, decode_cert, new_endorsement, new_tombstone
+from .roster import CertError, Roster, actor_key, decode_cert, new_endorsement, new_tombstone
 from .store import (
     LAYERS,
     LayerView,
@@ -59,6 +60,8 @@ __all__ = [
     "PROFILE_FIELDS",
     "ROSTER_CODES",
     "CertError",
+    "ChangeIndex",
+    "ChangeIndexCache",
     "DeviceIdError",
     "DeviceKey",
     "DeviceRevoked",
@@ -75,6 +78,7 @@ __all__ = [
     "Store",
     "StoreError",
     "accept_invitation",
+    "actor_key",
     "create_mesh",
     "cutoff_heads",
     "decode_cert",
@@ -91,6 +95,7 @@ __all__ = [
     "new_endorsement",
     "new_tombstone",
     "normalize_device_id",
+    "op_id_parts",
     "open_repo",
     "parse_invitation",
     "parse_join_request",
@@ -99,6 +104,8 @@ __all__ = [
     "stored_mesh_id",
     "update_profile",
     "valid_doc_id",
+    "value_at",
     "verify_changes",
     "verify_signature",
+    "visible_ids",
 ]

@@ -38,6 +38,12 @@ MAX_RESCUES = 16
 INCARNATION_BYTES = 8
 
 ChangeListener = Callable[[str, bool], None]
+#: ``hook(doc_id, doc)`` runs just before a document leaves memory (see Repo.before_evict).
+EvictHook = Callable[[str, Document], None]
+#: Documents loaded only to apply a peer's changes that stay in memory at once: a catch-up
+#: of a large store loads, applies and evicts its shards in turn instead of holding all of
+#: them (issue 17: a 100k catch-up peaked near 10x the idle memory).
+MAX_REMOTE_LOADED = 4
 #: What one device may make a node store (issue 18.5): a burst that covers catching up years of
 #: history, refilled over a day. In memory: a restart forgets, which only ever helps the honest.
 NEW_DOCS_BURST = 20_000
@@ -122,6 +128,7 @@ class Repo:
         *,
         max_loaded: int = 64,
         compact_after: int = COMPACT_AFTER,
+        max_remote_loaded: int = MAX_REMOTE_LOADED,
     ) -> None:
         self.store = store
         self.key = key
@@ -130,6 +137,12 @@ class Repo:
         # test's stand-in for a modified, hostile client turns it off.
         self.refuse_when_revoked = True
         self.max_loaded = max_loaded
+        self.max_remote_loaded = max_remote_loaded
+        # Loaded documents a peer's changes were applied to and that were not written here
+        # since they were loaded, least recently applied to first; and those written here.
+        self._remote: OrderedDict[str, None] = OrderedDict()
+        self._written: set[str] = set()
+        self._evict_hooks: list[EvictHook] = []
         self.compact_after = compact_after
         self._loaded: OrderedDict[str, DocHandle] = OrderedDict()
         self._listeners: list[ChangeListener] = []
@@ -278,20 +291,46 @@ class Repo:
     def is_loaded(self, doc_id: str) -> bool:
         return doc_id in self._loaded
 
+    def before_evict(self, hook: EvictHook) -> None:
+        """``hook(doc_id, doc)`` runs before a document leaves memory for the loaded-document
+        limits or idleness (not for :meth:`evict`): derived state such as an index can be
+        brought up to date while the document is still in memory, instead of loading it
+        again later."""
+        self._evict_hooks.append(hook)
+
+    def _unload(self, doc_id: str) -> None:
+        handle = self._loaded.pop(doc_id, None)
+        self._remote.pop(doc_id, None)
+        self._written.discard(doc_id)
+        if handle is None:
+            return
+        for hook in list(self._evict_hooks):
+            try:
+                hook(doc_id, handle.doc)
+            except Exception:
+                log.exception("eviction hook failed for %s", doc_id)
+
     def _evict_over_limit(self) -> None:
         while len(self._loaded) > self.max_loaded:
-            doc_id, _ = self._loaded.popitem(last=False)
+            doc_id = next(iter(self._loaded))
+            self._unload(doc_id)
             log.debug("evicted %s (loaded-document limit)", doc_id)
+
+    def _evict_remote_over_limit(self) -> None:
+        while len(self._remote) > self.max_remote_loaded:
+            self._unload(next(iter(self._remote)))
 
     def evict_idle(self, idle_seconds: float) -> int:
         cutoff = time.monotonic() - idle_seconds
         idle = [d for d, h in self._loaded.items() if h.last_used < cutoff]
         for doc_id in idle:
-            del self._loaded[doc_id]
+            self._unload(doc_id)
         return len(idle)
 
     def evict(self, doc_id: str) -> None:
         self._loaded.pop(doc_id, None)
+        self._remote.pop(doc_id, None)
+        self._written.discard(doc_id)
 
     def heads(self, doc_id: str) -> tuple[bytes, ...]:
         """Heads from the store's metadata: no need to load the document."""
@@ -334,6 +373,8 @@ class Repo:
         try:
             for doc_id, edits in edits_by_doc.items():
                 handle = self.open(doc_id)
+                self._remote.pop(doc_id, None)  # written here: kept by the general limit
+                self._written.add(doc_id)
                 touched.append(doc_id)
                 schema = doc_schema(handle.doc)
                 if schema is not None and schema > DOC_SCHEMA:
@@ -347,7 +388,10 @@ class Repo:
                 new = handle.doc.get_changes(before)
                 if not new:
                     continue
-                infos = [ChangeInfo(c.hash, c.actor_id, c.seq, tuple(c.deps), c.bytes)
+                # ``raw_bytes``: the uncompressed chunk. ``bytes`` deflates each change, which
+                # costs as much as the change itself (issue 17); both hash alike and load alike,
+                # and compaction folds the log into a compressed snapshot anyway.
+                infos = [ChangeInfo(c.hash, c.actor_id, c.seq, tuple(c.deps), c.raw_bytes)
                          for c in new]
                 batch = SignedBatch.sign(self.key, self.mesh_id, doc_id, [i.hash for i in infos])
                 writes.append((doc_id, infos, [batch], handle.doc.get_heads()))
@@ -411,7 +455,8 @@ class Repo:
             bucket.take(docs, size)
 
     def apply_verified(
-        self, doc_id: str, verified: Verified, message: bytes | None, state: SyncState | None
+        self, doc_id: str, verified: Verified, message: Message | bytes | None,
+        state: SyncState | None,
     ) -> None:
         """Apply verified changes in memory, then persist them in one transaction.
 
@@ -420,10 +465,15 @@ class Repo:
         written before anyone is told, and if it fails the document is dropped from memory
         and reloaded from the store, so memory never runs ahead of it (SPEC-005 §7.1).
         """
+        if doc_id not in self._written:
+            self._remote[doc_id] = None
+            self._remote.move_to_end(doc_id)
         handle = self.open(doc_id)
         try:
             if message is not None and state is not None:
-                handle.doc.receive_sync_message(state, Message.decode(message))
+                if not isinstance(message, Message):
+                    message = Message.decode(message)
+                handle.doc.receive_sync_message(state, message)
             elif verified.changes:
                 only_changes = changes_message([c.chunk for c in verified.changes])
                 handle.doc.receive_sync_message(SyncState(), Message.decode(only_changes))
@@ -431,6 +481,7 @@ class Repo:
             self.evict(doc_id)
             raise Rejected("malformed", f"Automerge refused the changes: {exc}") from exc
         if not verified.changes:
+            self._evict_remote_over_limit()
             return
         try:
             handle.meta = self.store.commit_changes(
@@ -440,6 +491,7 @@ class Repo:
             self.evict(doc_id)
             raise
         self._notify(doc_id, False)
+        self._evict_remote_over_limit()
 
     # -- roster changes --------------------------------------------------------------------------
     def recheck(self, doc_ids: Iterable[str] | None = None) -> dict[str, int]:

@@ -13,10 +13,10 @@ from typing import Any
 
 from automerge.core import Message, SyncState
 
-from .chunks import changes_message, parse_sync_message, strip_capabilities
+from .chunks import changes_message, parse_sync_message
 from .docids import valid_doc_id
 from .documents import Repo
-from .verify import Rejected, Verified
+from .verify import Rejected
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,18 @@ class PeerSync:
         msg = handle.doc.generate_sync_message(self._state(doc_id))
         if msg is None:
             return []
-        raw = strip_capabilities(msg.encode())
-        parsed, _ = parse_sync_message(raw)
+        # Encoded once and parsed once: the message goes out as the binding encoded it, less
+        # the capabilities that would steer the peer to v2, unless it is changed or split.
+        encoded = msg.encode()
+        parsed, rest = parse_sync_message(encoded)
+        raw: bytes | None = encoded[: len(encoded) - len(rest)] if rest else encoded
         need = self._need.pop(doc_id, None)
         if need:
             parsed.need = list(dict.fromkeys([*parsed.need, *sorted(need)]))
-            raw = parsed.encode()
+            raw = None
         if not parsed.changes:
-            return [{"t": "sync", "doc": doc_id, "msg": raw, "batches": [], "final": True}]
+            return [{"t": "sync", "doc": doc_id, "msg": raw or parsed.encode(), "batches": [],
+                     "final": True}]
         frames: list[dict[str, Any]] = []
         part: list[bytes] = []
         size = 0
@@ -108,8 +112,10 @@ class PeerSync:
                 part, size = [], 0
             part.append(bytes(change))
             size += len(change)
-        parsed.changes = part
-        frames.append(self._part(doc_id, part, parsed.encode()))
+        if frames or raw is None:
+            parsed.changes = part
+            raw = parsed.encode()
+        frames.append(self._part(doc_id, part, raw))
         return frames
 
     def _part(self, doc_id: str, chunks: list[bytes], envelope: bytes | None) -> dict[str, Any]:
@@ -159,7 +165,9 @@ class PeerSync:
             raise Rejected("malformed", "batch records must be bytes")
         try:
             parsed, _ = parse_sync_message(raw)
-            Message.decode(raw)  # must also parse for Automerge before anything is stored
+            # Decoded by the binding once: it must parse for Automerge before anything is
+            # stored, and the same decoded message is what is applied (issue 12.7).
+            message = Message.decode(raw)
         except Exception as exc:
             raise Rejected("malformed", f"sync message does not parse: {exc}") from exc
         chunks, records = list(parsed.changes), list(batches)
@@ -178,11 +186,13 @@ class PeerSync:
                 self._staged[doc_id] = (chunks, records)
                 return 0
             if final and staged is not None:
-                self.repo.apply_verified(doc_id, verified, None, None)
-                self.repo.apply_verified(doc_id, Verified([], []), raw, self._state(doc_id))
+                # The held parts and this one as ONE message: applied once, committed once.
+                parsed.changes = chunks
+                self.repo.apply_verified(doc_id, verified, Message.decode(parsed.encode()),
+                                         self._state(doc_id))
                 self.their_heads[doc_id] = tuple(parsed.heads)
             elif final:
-                self.repo.apply_verified(doc_id, verified, raw, self._state(doc_id))
+                self.repo.apply_verified(doc_id, verified, message, self._state(doc_id))
                 self.their_heads[doc_id] = tuple(parsed.heads)
             else:
                 self.repo.apply_verified(doc_id, verified, None, None)

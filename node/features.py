@@ -1,8 +1,9 @@
 """Features plug into the node through one small interface, so each concern stays in its folder.
 
 A feature (memory, devices, the peer mesh, discovery, pairing, cortex routing, agent sessions,
-backups, the web page) owns its routes, its CLI commands and its background work, and hands
-them to the node only through :class:`Feature` and to ``maia`` through its ``FEATURES`` entry.
+backups, the web page, the MCP server, memory search, consolidation) owns its routes, its CLI
+commands and its background work, and hands them to the node only through :class:`Feature` and
+to ``maia`` through its ``FEATURES`` entry.
 The node gives it the node after its store, documents and peer manager exist; it may add route
 tables for the local API and for the peer listener, credential kinds, background tasks and a
 section of the status. Nothing below this module imports a feature by name.
@@ -119,6 +120,8 @@ FEATURES: list[Entry] = [
     Entry("node.sessions.feature:create", "node.sessions.cli"),
     Entry("node.web.feature:create"),
     Entry("node.mcp.feature:create", "node.mcp.cli"),
+    Entry("node.search.feature:create"),  # its `maia memory search` is memory's command
+    Entry("node.consolidation.feature:create", "node.consolidation.cli"),
 ]
 
 

@@ -176,6 +176,8 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             self.paths.node_info.unlink()
         if self.store is not None:
+            if getattr(self, "memory", None) is not None:
+                self.memory.write_pending()  # index rows held back from the last writes
             self.store.close()
             self.store = None
         self.lock.release()

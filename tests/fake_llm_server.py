@@ -10,10 +10,17 @@ can tell which host answered. Behaviour is set at start and can be changed while
   ends: a numbered chunk every ``delay`` seconds, forever);
 - ``delay``: seconds to wait before each streamed chunk (and once before a whole answer);
 - ``chunks``: how many extra numbered chunks a streamed answer carries after the greeting.
+- ``hold_after``: a streamed answer stops after that many content pieces until ``/control
+  {"release": true}`` (or 60 s): a test learns that a chunk was passed on before the rest of
+  the answer existed from what it received, not from timings (0: no hold).
+- ``text`` mode answers exactly ``answer`` (set at start or by ``/control``): a JSON object, or
+  hostile text, for the consolidation job (SPEC-006 §12.3); ``facts`` mode plays an instant
+  consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it.
 
 Control and inspection (plain JSON, no auth: it only ever listens on loopback in tests):
-``POST /control {"mode"?, "delay"?, "chunks"?}``, ``GET /stats`` ->
-``{"requests", "streams", "auth_seen": [sha256 of each distinct Authorization value]}``.
+``POST /control {"mode"?, "delay"?, "chunks"?, "answer"?, "hold_after"?, "release"?}``,
+``GET /stats`` -> ``{"requests", "streams", "auth_seen": [sha256 of each distinct
+Authorization value], "held": a stream waits for the release}``.
 
 Run: ``python tests/fake_llm_server.py --name fb [--port 0] [--delay 0] [--mode ok]``; it
 prints ``PORT <n>`` on stdout once it listens.
@@ -56,6 +63,16 @@ def answer_pieces(name: str, body: dict[str, Any], extra_chunks: int) -> list[st
     pieces = [f"[{name}] ", "you said: ", said]
     pieces += [f" #{i}" for i in range(1, extra_chunks + 1)]
     return pieces
+
+
+def consolidation_facts(body: dict[str, Any]) -> str:
+    """The ``facts`` mode's answer: one fact per new entry it was given, citing that entry."""
+    try:
+        given = json.loads(_last_user_text(body))["new_entries"]
+    except (ValueError, KeyError, TypeError):
+        return json.dumps({"facts": []})
+    return json.dumps({"facts": [
+        {"text": f"fact: {e['text'][:120]}", "sources": [e["id"]]} for e in given]})
 
 
 def _chunk(cid: str, model: str, delta: dict[str, Any], finish: str | None) -> bytes:
@@ -111,6 +128,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 await resp.write(_chunk(cid, model, {"content": f" #{n}"}, None))
         return resp
     pieces = answer_pieces(state["name"], body, extra)
+    state["last_user"] = _last_user_text(body)[:100_000]
+    if mode == "text":
+        pieces = [state["answer"]]
+    elif mode == "facts":
+        pieces = [consolidation_facts(body)]
     if not stream:
         if delay:
             await asyncio.sleep(delay)
@@ -129,15 +151,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
                       "total_tokens": 5 + len(pieces)},
         })
     state["streams"] += 1
+    hold_after, state["release"] = state["hold_after"], asyncio.Event()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     try:
         await resp.write(_chunk(cid, model, {"role": "assistant", "content": ""}, None))
-        for piece in pieces:
+        for n, piece in enumerate(pieces, 1):
             if delay:
                 await asyncio.sleep(delay)
+            state["held"] = n == hold_after  # set before the piece leaves: no race with it
             await resp.write(_chunk(cid, model, {"content": piece}, None))
+            if state["held"]:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state["release"].wait(), 60)
+                state["held"] = False
         await resp.write(_chunk(cid, model, {}, "stop"))
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
@@ -149,16 +177,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def control(request: web.Request) -> web.Response:
     state = request.app[STATE]
     changes = await request.json()
-    for key in ("mode", "delay", "chunks"):
+    for key in ("mode", "delay", "chunks", "answer", "hold_after"):
         if key in changes:
             state[key] = changes[key]
-    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks")})
+    if changes.get("release"):
+        state["release"].set()
+    return web.json_response({k: state[k] for k in ("mode", "delay", "chunks", "hold_after")})
 
 
 async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
-        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode")}
+        {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user",
+                               "held")}
     )
 
 
@@ -167,7 +198,8 @@ def make_app(
 ) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[STATE] = {"name": name, "mode": mode, "delay": delay, "chunks": chunks,
-                  "requests": 0, "streams": 0, "auth_seen": []}
+                  "requests": 0, "streams": 0, "auth_seen": [], "answer": "",
+                  "last_user": "", "hold_after": 0, "held": False, "release": asyncio.Event()}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/control", control)
     app.router.add_get("/stats", stats)
@@ -245,7 +277,7 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default="ok",
-                        choices=["ok", "garbage", "error", "hang", "endless"])
+                        choices=["ok", "garbage", "error", "hang", "endless", "text", "facts"])
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=0)
     with contextlib.suppress(KeyboardInterrupt):

@@ -64,6 +64,10 @@ def cli_out(data_dir: Path, *args: str) -> str:
     return res.stdout
 
 
+class _PortTaken(Exception):
+    """The node could not bind a port ``free_port`` picked: another process took it first."""
+
+
 @dataclass
 class NodeProc:
     """One running ``maia up`` process."""
@@ -88,15 +92,33 @@ class NodeProc:
         return (self.data_dir / "runtime" / "api.token").read_text().strip()
 
     def start(self, timeout: float = 20.0) -> NodeProc:
+        """Start ``maia up`` and return once this process serves (not merely once something
+        answers on its port). Ports this call picks are picked again if another process on
+        the machine (another test run) took one before the node bound it."""
+        picked = (not self.port, not self.peer_port)
+        for attempt in range(3):
+            if attempt:
+                self.port = 0 if picked[0] else self.port
+                self.peer_port = 0 if picked[1] else self.peer_port
+            try:
+                return self._start_once(timeout)
+            except _PortTaken as exc:
+                if not any(picked) or attempt == 2:
+                    raise AssertionError(str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> NodeProc:
         if not self.port:
             self.port = free_port()
         if not self.peer_port:
             self.peer_port = free_port()
         self.log_path = self.data_dir.parent / f"{self.name}.log"
+        log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         # mDNS stays off unless a test turns it on (the netns tests): nothing multicasts on
         # the machine's real interfaces.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MAIA_DISCOVERY": "0", **self.env}
+        launched = time.time()
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "node.cli", "--data-dir", str(self.data_dir),
              "--log-level", "INFO", "up", "--listen", self.host, "--port", str(self.port),
@@ -106,13 +128,36 @@ class NodeProc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (code := self.proc.poll()) is not None:
+                out = self.log()[log_from:]
+                if "address already in use" in out.lower():
+                    raise _PortTaken(f"node {self.name}: a port was taken: {out}")
                 raise AssertionError(f"node {self.name} exited with code {code}: {self.log()}")
-            try:
-                self.request("GET", "/health", auth=False)
-                return self
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
+            # Something else on the machine may answer on this port (a port is free when
+            # picked, not necessarily when bound): the node is ready once it recorded its own
+            # start (node.json, written after both listeners are up) and its API answers.
+            if self._started_since(launched):
+                try:
+                    self.request("GET", "/health", auth=False)
+                    return self
+                except (OSError, urllib.error.URLError):
+                    pass
+            time.sleep(0.05)
         raise AssertionError(f"node {self.name} did not start: {self.log()}")
+
+    def _started_since(self, launched: float) -> bool:
+        """node.json names this port and this process: its pid, or with a prefix (which may
+        run the node as a child) a file written after ``launched``. Not ``started_at``: a
+        node may run on a shifted clock (tests/test_sessions_clocks.py); file times are the
+        kernel's."""
+        path = self.data_dir / "runtime" / "node.json"
+        try:
+            info = json.loads(path.read_text())
+            written = path.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        if info.get("port") != self.port or self.proc is None:
+            return False
+        return info.get("pid") == self.proc.pid if not self.prefix else written >= launched - 0.05
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""

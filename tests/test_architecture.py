@@ -22,7 +22,7 @@ import crdt
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = ("node.memory", "node.devices", "node.mesh", "node.routing", "node.backup",
-            "node.sessions", "node.web", "node.mcp")
+            "node.sessions", "node.web", "node.mcp", "node.search", "node.consolidation")
 # Lowest first. A module may import from its own layer and the ones listed before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("crdt",)),
@@ -203,7 +203,11 @@ def test_machinery_and_features_know_no_other_feature_by_accident() -> None:
                ("node.sessions", "node.mesh"), ("node.memory", "node.sessions"),
                # the MCP server serves sessions' memory; sessions install it with the hooks
                ("node.mcp", "node.sessions"), ("node.mcp", "node.memory"),
-               ("node.sessions", "node.mcp")}
+               ("node.sessions", "node.mcp"),
+               # the search index reads memory's entry ids and kinds
+               ("node.search", "node.memory"),
+               # consolidation writes facts, skills and pins as signed memory entries
+               ("node.consolidation", "node.memory")}
     bad = []
     for i in IMPORTS:
         src, dst = _feature(i.source), _feature(i.target)

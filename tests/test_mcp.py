@@ -51,7 +51,7 @@ async def test_an_entry_added_through_mcp_on_a_is_found_by_mcp_search_on_b(pair)
         names = {t.name for t in (await client.list_tools()).tools}
         assert names == {"memory_search", "memory_get", "memory_add", "memory_update",
                          "memory_supersede", "memory_delete", "journal_add", "sessions_list",
-                         "lease_claim", "lease_release", "ask"}
+                         "lease_claim", "lease_release", "ask", "skills_list", "skill_get"}
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
         assert resources == {"maia://profile", "maia://journal/recent"}
         failed, added = await call(client, "memory_add", text="the staging cluster is kestrel",
@@ -66,8 +66,8 @@ async def test_an_entry_added_through_mcp_on_a_is_found_by_mcp_search_on_b(pair)
     assert not failed, found
     assert [r["id"] for r in found["results"]] == [added["id"]]
     hit = found["results"][0]
-    assert hit["score"] is None and hit["author_device"] == a.device_id()
-    assert hit["agent"] == "claude" and hit["created_at"] == added["created_at"]
+    assert hit["score"] > 0 and hit["author_device"] == a.device_id()  # ranked (SPEC-003 §12)
+    assert hit["created_at"] == added["created_at"]  # session and agent: memory_get, history
     # SPEC-004 §2.11: the signed history names device, session and agent
     history = json.loads(cli_out(b.data_dir, "memory", "history", added["id"], "--json"))
     assert history[0]["device_id"] == a.device_id() and history[0]["verified"]
@@ -83,8 +83,9 @@ async def test_a_token_without_write_scope_is_refused_with_a_clear_error(pair) -
         failed, text = await call(client, "memory_add", text="should not land")
         assert failed
         assert "403" in text and "memory:write" in text and "Insufficient scope" in text
-        failed, found = await call(client, "memory_search", query="read-only sessions")
-        assert not failed and found["count"] == 1
+        failed, found = await call(client, "memory_search", query="read-only sessions",
+                                   mode="text")
+        assert not failed and found["results"][0]["text"].startswith("read-only sessions")
     assert not [e for e in a.entries() if e["text"] == "should not land"]
 
 
@@ -137,8 +138,9 @@ async def test_a_prompt_injected_agent_cannot_destroy_what_it_did_not_write(
         failed, fixed = await call(client, "memory_supersede", entry_id=owners["id"],
                                    text="the owner's bank is on the fourth floor")
         assert not failed and fixed["supersedes"] == owners["id"]
-        failed, found = await call(client, "memory_search", query="bank floor")
-        assert [r["id"] for r in found["results"]] == [fixed["id"]]
+        failed, found = await call(client, "memory_search", query="bank floor", mode="text")
+        ids = [r["id"] for r in found["results"]]  # ranked: other entries may follow
+        assert ids[0] == fixed["id"] and owners["id"] not in ids
         failed, old = await call(client, "memory_get", entry_id=owners["id"])
         assert old["text"] == "the owner's bank is on the third floor"
         assert old["superseded_by"] == fixed["id"]
@@ -146,10 +148,10 @@ async def test_a_prompt_injected_agent_cannot_destroy_what_it_did_not_write(
         assert failed and "409" in text
     assert a.entry(owners["id"]) is not None  # the owner's entry is still there
     # the owner undoes the agent's correction: the old entry surfaces again (SPEC-004 §2.12)
-    restored = a.request("POST", f"/v1/memory/{owners['id']}/restore")
+    restored = a.request("POST", f"/v1/memory/{owners['id']}/unsupersede")
     assert restored["superseded_by"] is None
     assert owners["id"] in [e["id"] for e in a.entries()]
-    status, _, _ = api(a, "POST", f"/v1/memory/{owners['id']}/restore",
+    status, _, _ = api(a, "POST", f"/v1/memory/{owners['id']}/unsupersede",
                        token=register(a, tmp_path)["token"])
     assert status == 403  # only the owner restores
     session = register(a, tmp_path)
@@ -189,7 +191,7 @@ async def test_hostile_arguments_are_mcp_errors_and_the_server_goes_on(pair) -> 
         for tool, args in cases:
             failed, text = await call(client, tool, **args)
             assert failed, (tool, args, text)
-        assert len((await client.list_tools()).tools) == 11
+        assert len((await client.list_tools()).tools) == 13
         failed, _ = await call(client, "memory_search", query="still alive")
         assert not failed
 
@@ -204,12 +206,13 @@ async def test_the_http_transport_is_authenticated_and_scoped(pair, tmp_path: Pa
     headers = {"Authorization": f"Bearer {reader['token']}"}
     async with (httpx2.AsyncClient(headers=headers) as hc,
                 Client(streamable_http_client(a.base + "/v1/mcp", http_client=hc)) as client):
-        assert len((await client.list_tools()).tools) == 11
+        assert len((await client.list_tools()).tools) == 13
         failed, text = await call(client, "memory_add", text="over http")
         assert failed and "memory:write" in text
         a.add_memory("the http transport reads this")
-        failed, found = await call(client, "memory_search", query="http transport reads")
-        assert not failed and found["count"] == 1
+        failed, found = await call(client, "memory_search", query="http transport reads",
+                                   mode="text")
+        assert not failed and found["results"][0]["text"] == "the http transport reads this"
         profile = await client.read_resource("maia://profile")
         assert isinstance(json.loads(profile.contents[0].text), dict)
 

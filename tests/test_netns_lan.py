@@ -6,6 +6,7 @@ node process. Skipped, with the reason, only where namespaces cannot be created.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -156,16 +157,21 @@ def test_revoked_node_is_cut_off_and_cannot_come_back(hosts):
     a.request("POST", f"/v1/devices/{ids['c']}/revoke", {"reason": "lost on a train"})
     wait_for(lambda: ids["c"] not in a.connected() and ids["c"] not in b.connected(),
              timeout=20, what="c cut off by a and b")
-    # The revoked device was told (SPEC-005 §9.8): it refuses new writes itself.
+    # c was told (with the signed tombstone, SPEC-005 §9.8) and refuses to write at all
+    # (SPEC-005 §5); a modified client writing anyway is refused by every member
+    # (tests/test_revocation.py)
     wait_for(lambda: c.request("GET", "/v1/status").get("revoked"), timeout=20,
              what="c knows it was revoked")
     with pytest.raises(urllib.error.HTTPError) as refused:
         c.add_memory("written after revocation")
     assert refused.value.code == 403
+    assert json.loads(refused.value.read())["type"] == "urn:maia-node:problem:device-revoked"
+    before = _ids(a)
     c.stop()
     c.start()  # re-announces itself over mDNS
     time.sleep(3.0)
     assert ids["c"] not in a.connected() and ids["c"] not in b.connected()
+    assert _ids(a) == before
     assert not any("after revocation" in e["text"] for e in a.entries() + b.entries())
     status = {d["device_id"]: d["status"] for d in b.request("GET", "/v1/devices")["devices"]}
     assert status[ids["c"]] == "revoked"

@@ -42,7 +42,14 @@ from aiohttp import WSMsgType
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
 from crdt.batches import SignedBatch
-from crdt.chunks import MAGIC, ChangeInfo, changes_message, parse_change, write_uleb
+from crdt.chunks import (
+    MAGIC,
+    ChangeInfo,
+    changes_message,
+    parse_change,
+    parse_sync_message,
+    write_uleb,
+)
 from crdt.identity import open_repo, record_certs
 from crdt.keys import DeviceKey
 from crdt.roster import new_endorsement, new_tombstone
@@ -206,8 +213,8 @@ def assert_mesh_still_works(mesh: Mesh, label: str) -> None:
         mesh.victim.request("GET", "/v1/status", auth=False)
     assert unauthenticated.value.code == 401  # /v1/status really is the authenticated route
     # One direction at a time: two nodes creating the same new shard concurrently lose one
-    # side's entry from view (node/memory.py creates ROOT["entries"] on both; reported), which
-    # is not what these tests are about.
+    # side's entry from view (node/memory/entries.py creates ROOT["entries"] on both;
+    # reported), which is not what these tests are about.
     from_b = mesh.honest.add_memory(f"honest write on b after {label}")["id"]
     wait_for(lambda: mesh.victim.entry(from_b) is not None, timeout=20,
              what=f"b's write reaches a after {label}")
@@ -765,3 +772,34 @@ def test_certificate_floods_do_not_stall_the_node(mesh: Mesh) -> None:
     for code, reason, frames in closes:
         assert (code, reason) == (1008, "malformed"), (code, reason, frames)
     assert_mesh_still_works(mesh, "certificate flood")
+
+
+# -- a Bloom-filter miss is asked for again at once (SPEC-005 §8.6) -----------------------------
+def test_a_missing_dependency_is_asked_for_without_waiting_for_another_change(mesh: Mesh) -> None:
+    """SPEC-005 005.8.6: a message whose change depends on one the node lacks (an honest
+    peer's Bloom filter took it for held) is refused ``missing_dependency``, and the node's
+    next message for that document, sent at once, asks for the missing change in ``need``.
+    Before the fix the ask waited for some later change of the document: two nodes that
+    wrote the same shard at once could stay apart until the next write (a CI failure)."""
+    doc, entry = doc_for(12), entry_for(12)
+    changes = entry_changes(mesh.member, entry, ["first, as the filter took for held", "second"])
+    first, second = changes
+
+    async def scenario():
+        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+            await p.send(sync_frame(doc, [second.chunk], [sign(mesh.member, mesh.mesh_id, doc,
+                                                               [second])]))
+            refused = await p.answer()
+            ask = await p.next_frame(lambda f: isinstance(f, dict) and f.get("t") == "sync"
+                                     and f.get("doc") == doc)
+            need = parse_sync_message(ask["msg"])[0].need
+            # answering the ask, the way an honest peer does, completes the exchange
+            await p.send(sync_frame(doc, chunks_of(changes),
+                                    [sign(mesh.member, mesh.mesh_id, doc, changes)]))
+            return refused, need
+
+    refused, need = run(scenario())
+    assert is_reject(refused, doc, "missing_dependency"), refused
+    assert first.hash in need
+    wait_for(lambda: (mesh.victim.entry(entry) or {}).get("text") == "second", timeout=30,
+             what="the entry stored once the missing change came")

@@ -418,3 +418,19 @@ def test_the_static_files_ship_as_package_data() -> None:
     for name in (*PUBLIC_ASSETS, *PRIVATE_ASSETS, "index.html", "login.html"):
         assert (static / name).is_file(), name
         assert any(fnmatch(f"static/{name}", g) for g in globs), name
+
+
+def test_the_page_script_never_parses_markup() -> None:
+    """SPEC-003 §11.9: everything from the node (device names, tasks, memory text, cortex
+    names: what any member of the mesh can write) goes on the page as text. The page's scripts
+    use no HTML-parsing sink, so a hostile string cannot become markup or script."""
+    static = Path(__file__).resolve().parent.parent / "node" / "web" / "static"
+    sinks = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+             "new Function", "DOMParser", "createContextualFragment")
+    scripts = sorted(static.glob("*.js"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text(encoding="utf-8")
+        assert "textContent" in text, script.name
+        for sink in sinks:
+            assert sink not in text, f"{script.name} uses {sink}"

@@ -8,6 +8,8 @@ say which is missing. Screenshots land in test-artifacts/ (git-ignored) for a pe
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -16,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import NodeProc, connected_pair
+from tests.fake_llm_server import FakeLLM
+from tests.nodes import NodeProc, connected_pair, make_mesh, wait_for
+from tests.routing_helpers import configure, models
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -26,6 +30,12 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
+REPOSITORY = "github.com/maia-test/garden"
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December")
+
+# The busy mesh's tests run in file order: the last one stops node b.
+pytestmark = pytest.mark.in_order
 
 try:
     from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
@@ -89,6 +99,8 @@ def log_in(page: Page, node: NodeProc) -> None:
     page.click("#login-button")
     expect(page).to_have_url(f"{node.base}/ui/")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    for panel in ("#devices", "#documents", "#sessions", "#cortices", "#backups"):
+        expect(page.locator(panel)).not_to_contain_text("loading")
 
 
 def page_fetch(page: Page, method: str, path: str, body: Any = None,
@@ -230,3 +242,289 @@ def test_a_write_without_the_csrf_header_is_refused_and_logout_ends_the_login(
     assert page_fetch(page, "GET", "/v1/status")["status"] == 401
     page.goto(f"{a.base}/ui/")
     expect(page).to_have_url(f"{a.base}/ui/login")
+
+
+# -- a busy mesh, seen as a new user (issue 16.13) ---------------------------------------------
+@pytest.fixture(scope="module")
+def busy_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Nodes a and b where b hosts a cortex (backed by a fake model server) and runs an agent
+    session holding a lease in a repository. a keeps a gone peer's sessions for 10 minutes and
+    b's session does not expire during the module, so the slow CI machine cannot race them."""
+    root = tmp_path_factory.mktemp("web-ui-busy")
+    fakes = [FakeLLM("helper"), FakeLLM("scribe")]
+    for fake in fakes:
+        fake.start()
+    a, b = make_mesh(root, ["a", "b"])
+    configure(a, sessions={"live_stale_s": 600}, cortex={
+        "scribe": {"kind": "chat", "model": "openai/scribe-1b", "api_base": fakes[1].api_base},
+    })
+    configure(b, sessions={"expires_after_s": 600}, cortex={
+        "helper": {"kind": "reasoning", "model": "openai/helper-7b",
+                   "api_base": fakes[0].api_base, "max_concurrency": 3},
+    })
+    try:
+        a.start()
+        b.start()
+        b.add_peer(a)
+        wait_for(lambda: a.connected() and b.connected(), what="a and b connected")
+        session = b.request("POST", "/v1/sessions", {
+            "agent": "claude", "pid": os.getpid(), "cwd": "/home/dev/garden",
+            "repository": REPOSITORY, "branch": "main", "task": "prune the roses"})
+        lease = b.request("POST", "/v1/leases", {
+            "pattern": "beds/roses/**", "mode": "exclusive", "ttl_s": 3600,
+            "session": session["session_id"]})
+        wait_for(lambda: any(x["id"] == lease["id"]
+                             for x in a.request("GET", "/v1/leases")["leases"]),
+                 what="a to know b's lease")
+        wait_for(lambda: {"helper", "scribe"} <= set(models(a)), what="a to see the cortices")
+        a.add_memory("Roses want sun", tags=["garden"])
+        b.add_memory("Water the ferns", kind="fact")
+        yield {"a": a, "b": b, "session": session["session_id"], "lease": lease["id"]}
+    finally:
+        a.stop()
+        b.stop()
+        for fake in fakes:
+            fake.stop()
+
+
+def line_boxes(page: Page, selector: str) -> list[dict[str, float]]:
+    """For each element: how many line boxes it has, its height and its line height (px)."""
+    return page.eval_on_selector_all(selector, """nodes => nodes.map((n) => {
+        const style = getComputedStyle(n);
+        const lh = parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.5;
+        return {rects: n.getClientRects().length, height: n.getBoundingClientRect().height,
+                lineHeight: lh, text: n.textContent, title: n.title,
+                cut: n.scrollWidth > n.clientWidth};
+    })""")
+
+
+def assert_ids_on_one_line(page: Page, ids: set[str]) -> list[dict[str, float]]:
+    """Issue 16.13: every device id on the page is one line box holding the whole id."""
+    boxes = line_boxes(page, "code.id")
+    assert {b["text"] for b in boxes} >= ids, boxes
+    for box in boxes:
+        assert box["rects"] == 1, box
+        assert box["height"] < 1.6 * box["lineHeight"], box
+        assert box["title"] == box["text"], box  # the full id in the tooltip
+    for label in line_boxes(page, ".foot .label"):  # "device" next to it is not broken either
+        assert label["height"] < 1.6 * label["lineHeight"], label
+    return boxes
+
+
+def same_colour_as(page: Page, selector: str, classes: str) -> bool:
+    """Whether the element's colour is the one the stylesheet gives ``.<classes>``."""
+    return page.evaluate("""([selector, classes]) => {
+        const probe = document.createElement("span");
+        probe.className = classes;
+        document.body.append(probe);
+        const want = getComputedStyle(probe).color;
+        probe.remove();
+        return getComputedStyle(document.querySelector(selector)).color === want;
+    }""", [selector, classes])
+
+
+def month_words(doc_id: str) -> str:
+    kind, month, part = doc_id.split("/")[1:]
+    words = {"note": "Notes", "fact": "Facts"}[kind]
+    year, number = month.split("-")
+    return f"{words} · {MONTHS[int(number) - 1]} {year} · part {int(part) + 1} of 8"
+
+
+def test_a_busy_mesh_reads_in_words(busy_mesh: dict[str, Any], browser: BrowserContext) -> None:
+    """SPEC-003 §11.9 (issue 16.13), SPEC-006 §4.7, as a new user reads node a's page with b
+    connected: device ids on one line (the whole id in the element, its title and the Copy
+    button); the lease names its repository; b's cortex shows kind, model, host and load; each
+    document is named in words with its sync state per peer and its heads only in a tooltip;
+    backups say "never" at most once; the header says plain "live". Desktop and phone widths."""
+    a, b = busy_mesh["a"], busy_mesh["b"]
+    a_id, b_id = a.device_id(), b.device_id()
+    browser.grant_permissions(["clipboard-read", "clipboard-write"], origin=a.base)
+    page = new_page(browser)
+    log_in(page, a)
+
+    # 7. every peer connected: plain "live", in the good colour
+    live = page.locator("#live")
+    expect(live).to_have_text("live")
+    expect(live).to_have_attribute("data-away", "0")
+    assert same_colour_as(page, "#live", "badge good")
+
+    # 1. device ids: one line each, whole; Copy puts the whole id on the clipboard
+    expect(page.locator(f'#devices li[data-device-id="{b_id}"]')).to_contain_text("connected")
+    assert_ids_on_one_line(page, {a_id, b_id})
+    page.locator(f'#devices li[data-device-id="{b_id}"] button.copy').click()
+    wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == b_id,
+             what="the Copy button to put b's whole id on the clipboard")
+
+    # 2. the lease says which repository (and the session too)
+    lease = page.locator(f'#leases li[data-lease="{busy_mesh["lease"]}"]')
+    expect(lease).to_contain_text(f"in {REPOSITORY}")
+    expect(lease).to_contain_text("beds/roses/**")
+    expect(lease).to_contain_text("claude on b · prune the roses")
+    expect(lease).not_to_contain_text("device offline")
+    session = page.locator(f'#sessions li[data-session="{busy_mesh["session"]}"]')
+    expect(session).to_contain_text(f"{REPOSITORY} @ main")
+    # a session that starts while the page is open shows up by itself (no live event for it:
+    # the page reads sessions again every 15 s)
+    later = b.request("POST", "/v1/sessions", {
+        "agent": "codex", "pid": os.getpid(), "cwd": "/home/dev/garden",
+        "repository": REPOSITORY, "branch": "paths",
+        "task": "lay the gravel <img src=x onerror=window.__pwned=1>"})
+    expect(page.locator(f'#sessions li[data-session="{later["session_id"]}"]')).to_contain_text(
+        "lay the gravel <img src=x onerror=window.__pwned=1>", timeout=40_000)
+    # what a peer announces is text, never markup (SPEC-003 §11.9)
+    assert page.locator("#sessions img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+    # 3. b's cortex: kind, model, where it runs, its health and load, as /v1/models says
+    info = models(a)["helper"]["maia"]
+    host = info["hosts"][0]
+    cortex = page.locator('#cortices li[data-cortex="helper"]')
+    expect(cortex.locator(".badge.kind")).to_have_text("reasoning")
+    expect(cortex.locator(".model")).to_contain_text("openai/helper-7b")
+    row = cortex.locator(f'.host[data-device-id="{b_id}"]')
+    expect(row.locator(".where")).to_have_text("b")
+    expect(row).to_contain_text("healthy")
+    expect(row.locator(".load")).to_contain_text(
+        f"load {host['in_flight']}/{host['max_concurrency']}")
+    assert host["max_concurrency"] == 3
+    expect(page.locator("#cortices .hint")).to_contain_text(
+        f"{a.base}/v1) may ask for a cortex by name, or for auto, cortex/")
+    own = page.locator(f'#cortices li[data-cortex="scribe"] .host[data-device-id="{a_id}"]')
+    expect(own.locator(".where")).to_have_text("this device")
+    expect(own.locator(".load")).to_contain_text("load 0/4")
+    expect(page.locator('#cortices li[data-cortex="scribe"] .model')).to_contain_text(
+        "openai/scribe-1b · local model")
+
+    # 4. documents in words; heads only in the tooltip
+    docs = a.request("GET", "/v1/documents")["documents"]
+    for doc in docs:
+        item = page.locator(f'#documents li[data-doc="{doc["id"]}"]')
+        title = item.locator(".doc-title")
+        words = "Identity" if doc["id"] == "identity" else month_words(doc["id"])
+        expect(title).to_have_text(words)
+        for head in doc["heads"]:
+            assert head in (title.get_attribute("title") or "")
+        expect(item).to_contain_text("b: in sync")
+    assert "heads" not in page.locator("#documents").inner_text()
+    assert "memory/" not in page.locator("#documents").inner_text()
+
+    # 5. backups: nothing verified or run, said once
+    backups = page.locator("#backups").inner_text()
+    assert backups.lower().count("never") <= 1, backups
+    assert backups.count("No backup has been verified yet") == 1, backups
+    assert "not run yet" in backups
+    assert "no verified backup exists" not in backups  # the node's warning says the same again
+
+    screenshot(page, "web-busy-desktop.png")
+    page.set_viewport_size(PHONE)
+    boxes = assert_ids_on_one_line(page, {a_id, b_id})
+    assert any(b["cut"] for b in boxes)  # on a phone the ellipsis does the shortening
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, "web-busy-phone.png")
+    assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_when_a_peer_stops_the_page_says_so(busy_mesh: dict[str, Any],
+                                            browser: BrowserContext) -> None:
+    """SPEC-003 §11.9 (issue 16.13), SPEC-006 §3.3: b stops while a's page is open. Without a
+    reload the header turns to "live · 1 of 1 peer away" in the warning colour; b's session and
+    lease stay listed but dimmed and marked "device offline" with when b was last heard; b's
+    cortex stays listed as offline with its last-seen time."""
+    a, b = busy_mesh["a"], busy_mesh["b"]
+    b_id = b.device_id()
+    page = new_page(browser)
+    log_in(page, a)
+    expect(page.locator("#live")).to_have_text("live")
+    page.evaluate("window.__notReloaded = true")
+    b.stop()
+
+    live = page.locator("#live")
+    expect(live).to_have_text("live · 1 of 1 peer away", timeout=20_000)
+    expect(live).to_have_attribute("data-away", "1")
+    assert same_colour_as(page, "#live", "badge warn")
+    assert "b (last seen" in (live.get_attribute("title") or "")
+
+    for selector in (f'#sessions li[data-session="{busy_mesh["session"]}"]',
+                     f'#leases li[data-lease="{busy_mesh["lease"]}"]'):
+        item = page.locator(selector)
+        expect(item).to_have_class(re.compile(r"\baway\b"))
+        expect(item.locator(".away-note")).to_contain_text(
+            re.compile(r"device offline\s+last heard"))
+        dimmed = item.evaluate("n => getComputedStyle(n.querySelector('.line')).opacity")
+        assert float(dimmed) < 1, selector
+        note = item.evaluate("n => getComputedStyle(n.querySelector('.away-note')).opacity")
+        assert float(note) == 1, selector  # the reason stays readable
+    expect(page.locator(f'#leases li[data-lease="{busy_mesh["lease"]}"]')).to_contain_text(
+        f"in {REPOSITORY}")
+
+    cortex = page.locator('#cortices li[data-cortex="helper"]')
+    expect(cortex).to_contain_text("unavailable: every host is offline")
+    expect(page.locator('#cortices li[data-cortex="scribe"]')).not_to_contain_text("unavailable")
+    row = cortex.locator(f'.host[data-device-id="{b_id}"]')
+    expect(row).to_contain_text("offline")
+    expect(row.locator(".load")).to_contain_text("last seen")
+    expect(page.locator(f'#devices li[data-device-id="{b_id}"]')).to_contain_text("offline")
+    expect(page.locator('#documents li[data-doc="identity"]')).to_contain_text("b: offline")
+    assert page.evaluate("window.__notReloaded") is True
+
+    screenshot(page, "web-peer-away-desktop.png")
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    screenshot(page, "web-peer-away-phone.png")
+    assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_a_revoked_device_s_page_says_who_revoked_it(busy_mesh: dict[str, Any],
+                                                      browser: BrowserContext) -> None:
+    """Issue 15.6, SPEC-005 §9.8: b, stopped by the test before, is revoked on a; when b
+    starts again and dials a, it receives the signed tombstone, and its own page says who
+    revoked it and when, in the banner, for as long as it is revoked."""
+    a, b = busy_mesh["a"], busy_mesh["b"]
+    b_id = next(d["device_id"] for d in a.request("GET", "/v1/devices")["devices"]
+                if d["name"] == "b")
+    a.request("POST", f"/v1/devices/{b_id}/revoke", {"keep": [], "reason": "sold"})
+    b.start()
+    b.add_peer(a)
+    wait_for(lambda: b.request("GET", "/v1/status").get("revoked"), timeout=30,
+             what="b to learn it was revoked")
+    page = new_page(browser)
+    log_in(page, b)
+    banner = page.locator("#banner")
+    expect(banner).to_be_visible(timeout=20_000)
+    expect(banner).to_contain_text("This device was revoked by a")
+    expect(banner).to_contain_text("(sold)")
+    screenshot(page, "web-revoked.png")
+
+
+def test_the_history_panel_shows_each_version_as_a_diff_and_restores_one(
+    mesh: tuple[NodeProc, NodeProc], browser: BrowserContext
+) -> None:
+    """SPEC-005 §10.7, §10.9 on the page: an edited entry opens a history panel listing every
+    version (newest first) with the words each one removed and added; "Restore this version"
+    writes the old text again (a new signed change, with the CSRF header) and the panel grows
+    by one version. Entry text is shown as text, never as markup."""
+    a, b = mesh
+    tag = secrets.token_hex(3)
+    e = a.add_memory(f"buy <b>milk</b> and bread {tag}")
+    a.request("PATCH", f"/v1/memory/{e['id']}", {"text": f"buy milk and eggs {tag}"})
+    page = new_page(browser)
+    log_in(page, a)
+    row = page.locator(f"#memory li[data-entry-id='{e['id']}']")
+    row.locator("button.history-open").click()
+    panel = page.locator("#history")
+    expect(panel).to_be_visible()
+    versions = panel.locator("li.version")
+    expect(versions).to_have_count(2)
+    newest = versions.first
+    expect(newest).to_contain_text("v2 update text")
+    expect(newest.locator("del")).to_have_text(["<b>milk</b>", "bread"])
+    expect(newest.locator("ins")).to_have_text(["milk", "eggs"])
+    expect(versions.nth(1).locator("ins")).to_contain_text("<b>milk</b>")  # as text
+    assert page.locator("#history b").count() == 0
+    screenshot(page, "web-history-panel.png")
+    versions.nth(1).locator("button.restore").click()
+    expect(versions).to_have_count(3, timeout=10_000)
+    expect(versions.first).to_contain_text("restore")
+    wait_for(lambda: (x := b.entry(e["id"])) and x["text"].startswith("buy <b>milk</b>"),
+             what="the restore reached b")
+    assert page.script_errors == []  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from ..datadir import DataDirBusy, DataDirLock
 from ..devices import members
 from ..features import load_features
 from ..memory import Memory
+from ..memory.versions import versions_of
 from ..mesh import peerlist
 from ..status import offline_report
 from .client import ApiError, NodeClient, NodeNotRunning
@@ -77,8 +78,27 @@ class OnlineTarget:
         query = {("q" if k == "query" else k): v for k, v in filters.items() if v is not None}
         return self._call("GET", "/v1/memory", query=query)["entries"]
 
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]:
+        params = {"q": query, "mode": mode} | {k: v for k, v in filters.items() if v is not None}
+        return self._call("GET", "/v1/memory/search", query=params)["entries"]
+
     def memory_show(self, entry_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/memory/{quote(entry_id, safe='')}")
+
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/memory/{quote(entry_id, safe='')}",
+                          query={"at": version})
+
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/memory/{quote(entry_id, safe='')}/restore",
+                          {"version": version})
+
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/memory/{quote(entry_id, safe='')}/undelete")
+
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/memory/deleted", query={"limit": limit})["entries"]
 
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         return self._call("PATCH", f"/v1/memory/{quote(entry_id, safe='')}", changes)
@@ -169,8 +189,31 @@ class OfflineTarget:
     def memory_list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return self.memory.list(**{k: v for k, v in filters.items() if v is not None})
 
+    def memory_search(self, query: str, mode: str,
+                      filters: dict[str, Any]) -> list[dict[str, Any]]:
+        # the search index (SQLite, numpy, the local embedding model) only for this command
+        from ..search.offline import SemanticUnavailable, search_offline
+
+        try:  # a bad query (SearchError) is a ValueError: _refusal words it
+            return _refusal(search_offline, self.repo, self.paths.root, query, mode,
+                            {k: v for k, v in filters.items() if v is not None})
+        except SemanticUnavailable as exc:
+            raise UserError(str(exc)) from None
+
     def memory_show(self, entry_id: str) -> dict[str, Any]:
-        return _refusal(self.memory.get, entry_id)
+        return _refusal(versions_of(self.memory).get, entry_id)
+
+    def memory_show_at(self, entry_id: str, version: str) -> dict[str, Any]:
+        return _refusal(versions_of(self.memory).show_at, entry_id, version)
+
+    def memory_restore(self, entry_id: str, version: str) -> dict[str, Any]:
+        return _refusal(versions_of(self.memory).restore, entry_id, version)
+
+    def memory_undelete(self, entry_id: str) -> dict[str, Any]:
+        return _refusal(versions_of(self.memory).undelete, entry_id)
+
+    def memory_deleted(self, limit: int) -> list[dict[str, Any]]:
+        return versions_of(self.memory).deleted(limit)
 
     def memory_edit(self, entry_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         return _refusal(self.memory.update, entry_id, **changes)

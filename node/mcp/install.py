@@ -23,7 +23,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..sessions.install import Change, InstallError, _load, _user_default_data_dir, _write
+from ..sessions.install import (
+    Change,
+    InstallError,
+    _load,
+    _user_default_data_dir,
+    _write,
+    read_records,
+)
 
 NAME = "maia"
 RECORD_FILE = "mcp-installed.json"
@@ -62,11 +69,7 @@ def toml_block(command: str, args: list[str]) -> str:
 
 # -- records -----------------------------------------------------------------------------------
 def _records(data_dir: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads((data_dir / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    return read_records(data_dir / RECORD_FILE)
 
 
 def _save(data_dir: Path, records: list[dict[str, Any]]) -> None:

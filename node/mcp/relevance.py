@@ -64,6 +64,7 @@ def relevant_entries(memory: Any, query: str, repository: str = "", budget: int 
     if not words and not repo_words:
         return []
     skip = set(exclude)
+    salience = getattr(memory, "salience", None)  # node/consolidation/salience.py, if wired
     rows = memory.list(query=" ".join(words + repo_words), any_words=True, limit=SCAN_LIMIT)
     scored = []
     for row in rows:
@@ -75,7 +76,9 @@ def relevant_entries(memory: Any, query: str, repository: str = "", budget: int 
             continue  # the repository alone does not make an entry relevant to this prompt
         repo_hit = any(w in hay for w in repo_words) or any(
             t == f"project:{repository}" for t in row["tags"])
-        scored.append((hits, repo_hit, row["created_at"], row))
+        # SPEC-006 §12.5.3: salience (recency, recalls, pin) adds to the matched words
+        rank = hits + (salience.score(row) if salience is not None else 0.0)
+        scored.append((rank, repo_hit, row["created_at"], row))
     scored.sort(key=lambda x: x[:3], reverse=True)
     out, used = [], estimate_tokens(HEADER)
     for *_, row in scored:
@@ -83,6 +86,8 @@ def relevant_entries(memory: Any, query: str, repository: str = "", budget: int 
             break
         out.append(row)
         used += estimate_tokens(_line(row, budget))
+    if salience is not None:
+        salience.recalled(r["id"] for r in out)
     return out
 
 

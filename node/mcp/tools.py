@@ -67,7 +67,7 @@ def result(entry: dict[str, Any], score: float | None = None) -> dict[str, Any]:
         "text": entry.get("text", ""),
         "kind": entry.get("kind"),
         "tags": entry.get("tags", []),
-        "score": score,  # None until ranked search lands (node/search/)
+        "score": score,  # the ranked search's fused score (None where nothing ranked it)
         "author_device": entry.get("author"),
         "session": entry.get("session"),
         "agent": entry.get("agent"),
@@ -79,20 +79,21 @@ def result(entry: dict[str, Any], score: float | None = None) -> dict[str, Any]:
 
 
 async def search_entries(query: str, kinds: list[str] | None, tags: list[str] | None,
-                         limit: int) -> list[dict[str, Any]]:
-    """The search behind ``memory_search``: today GET /v1/memory?q= (every word, newest first);
-    the ranked search (node/search/) replaces this body with the same arguments and shape."""
+                         limit: int, mode: str = "hybrid") -> dict[str, Any]:
+    """The search behind ``memory_search``: the node's ranked search (GET /v1/memory/search,
+    SPEC-003 §12), filtered further here when several kinds or tags are asked for."""
     filtered = bool(kinds and len(kinds) > 1) or bool(tags and len(tags) > 1)
-    params: dict[str, Any] = {"q": query,
-                              "limit": MAX_SEARCH_FETCH if filtered else limit}
+    params: dict[str, Any] = {"q": query, "mode": mode,
+                              "limit": min(100, MAX_SEARCH_FETCH) if filtered else limit}
     if kinds and len(kinds) == 1:
         params["kind"] = kinds[0]
     if tags:
         params["tag"] = tags[0]
-    rows = (await call("GET", "/v1/memory", query=params))["entries"]
-    out = [r for r in rows if (not kinds or r["kind"] in kinds)
-           and (not tags or all(t in r["tags"] for t in tags))]
-    return out[:limit]
+    answer = await call("GET", "/v1/memory/search", query=params)
+    rows = [r for r in answer["entries"] if (not kinds or r["kind"] in kinds)
+            and (not tags or all(t in r["tags"] for t in tags))]
+    return {"mode": answer.get("mode", mode), "model": answer.get("model"),
+            "entries": rows[:limit]}
 
 
 def build_server() -> MCPServer:
@@ -117,11 +118,10 @@ def build_server() -> MCPServer:
         things are done, decisions and preferences. Returns the best entries first with their
         id (for memory_get, memory_supersede), kind, tags, score, the device and session that
         wrote them and when. Corrected (superseded) and deleted entries never appear."""
-        rows = await search_entries(query, kinds, tags, limit)
-        # Ranked and semantic search are not there yet: every mode answers by words today, and
-        # says so, so a caller never mistakes the order for a relevance ranking.
-        return {"mode": "text", "requested_mode": mode, "count": len(rows),
-                "results": [result(r) for r in rows]}
+        found = await search_entries(query, kinds, tags, limit, mode)
+        rows = found["entries"]
+        return {"mode": found["mode"], "requested_mode": mode, "count": len(rows),
+                "results": [result(r, r.get("score")) for r in rows]}
 
     @server.tool(annotations=read_only)
     async def memory_get(entry_id: EntryId) -> dict[str, Any]:
@@ -239,6 +239,21 @@ def build_server() -> MCPServer:
     ) -> dict[str, Any]:
         """Release a lease this session holds (the id lease_claim returned)."""
         return await call("DELETE", f"/v1/leases/{lease_id}")
+
+    @server.tool(annotations=read_only)
+    async def skills_list() -> dict[str, Any]:
+        """The owner's skills: named ways of doing things (deploys, releases, reviews...),
+        each with when to use it. Check it before a multi-step task; fetch the steps of one
+        with skill_get."""
+        return await call("GET", "/v1/skills")
+
+    @server.tool(annotations=read_only)
+    async def skill_get(
+        name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$",
+                                   description="the skill's name, from skills_list")],
+    ) -> dict[str, Any]:
+        """One skill by name: when to use it and its steps, in order."""
+        return await call("GET", f"/v1/skills/{name}")
 
     @server.tool(annotations=ToolAnnotations(open_world_hint=True))
     async def ask(

@@ -1,10 +1,14 @@
 """Memory (SPEC-001 Memory layer): notes, conversations, facts, skills and journal entries.
 
-``entries`` holds the rules (the :class:`Memory` domain object over signed shard documents),
-``routes`` its HTTP routes and ``cli`` its ``maia memory`` commands; both are thin callers of
-``Memory``. The names below are the package's public interface.
+``ids`` holds entry ids and their shards; ``entries`` the rules (the :class:`Memory` domain
+object over signed shard documents); ``versions`` every version of an entry from the documents'
+signed history (show at, restore, undelete, the deleted list); ``routes`` and
+``versions_routes`` the HTTP routes and ``cli`` (with ``versions_cli``) the ``maia memory``
+commands, thin callers of the two. The names below are the package's public interface.
 """
 
-from .entries import KINDS, MAX_TEXT, EntryNotFound, Memory, new_entry_id, shard_of
+from .entries import Memory
+from .ids import ENTRY_ID_RE, KINDS, MAX_TEXT, EntryNotFound, new_entry_id, now_iso, shard_of
 
-__all__ = ["KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "new_entry_id", "shard_of"]
+__all__ = ["ENTRY_ID_RE", "KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "new_entry_id",
+           "now_iso", "shard_of"]

@@ -1,4 +1,5 @@
-"""``maia memory``: add, import, list, search, show, edit, delete and the history of entries.
+"""``maia memory``: add, import, list, search, show, edit, delete, and (``versions_cli``) the
+versions of entries.
 
 Each sub-command is one small function over a CLI target (``node.cli.targets``): the running
 node's API or, with no node running, the store itself; the rules are ``Memory``'s either way.
@@ -13,7 +14,8 @@ import time
 from typing import Any
 
 from ..cli.common import Target, UserError, on_target, print_json, say
-from .entries import KINDS, MAX_TEXT
+from . import versions_cli
+from .ids import KINDS, MAX_TEXT
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -45,10 +47,14 @@ example (notes.jsonl):
                     help="the kind of entries that do not name one (default: note)")
     on_target(im, _import)
     for name, helptext in (("list", "list entries, newest first"),
-                           ("search", "entries containing every word")):
+                           ("search", "entries ranked for a query (text, meaning, or both)")):
         lst = msub.add_parser(name, help=helptext)
         if name == "search":
-            lst.add_argument("words", nargs="+")
+            lst.add_argument("words", nargs="+",
+                             help='words; "a phrase" and prefix* work in text ranking')
+            lst.add_argument("--mode", choices=["text", "semantic", "hybrid"], default="hybrid",
+                             help="text: BM25 over words; semantic: by meaning (vectors); "
+                                  "hybrid (default): both, fused")
         else:
             lst.add_argument("--query", "-q", help="only entries containing these words")
         lst.add_argument("--kind")
@@ -56,11 +62,12 @@ example (notes.jsonl):
         lst.add_argument("--author", help="device id of the author")
         lst.add_argument("--since", help="ISO date/time, inclusive")
         lst.add_argument("--until", help="ISO date/time, exclusive")
-        lst.add_argument("--limit", type=int, default=50)
+        lst.add_argument("--limit", type=int, default=20 if name == "search" else 50)
         lst.add_argument("--json", action="store_true")
         on_target(lst, _list)
     sh = msub.add_parser("show", help="show one entry")
     sh.add_argument("id")
+    sh.add_argument("--at", metavar="VERSION", help="as it was at a version (see history)")
     sh.add_argument("--json", action="store_true")
     on_target(sh, _show)
     ed = msub.add_parser("edit", help="change an entry's text or tags")
@@ -73,10 +80,12 @@ example (notes.jsonl):
     de = msub.add_parser("delete", help="forget an entry on every device")
     de.add_argument("id")
     on_target(de, _delete)
-    hi = msub.add_parser("history", help="who changed an entry and when (signed, verified)")
+    hi = msub.add_parser("history", help="every version: values, device (verified), time")
     hi.add_argument("id")
+    hi.add_argument("--full", action="store_true", help="whole texts, not first lines")
     hi.add_argument("--json", action="store_true")
-    on_target(hi, _history)
+    on_target(hi, versions_cli.history)
+    versions_cli.register(msub)
 
 
 def _add(args: argparse.Namespace, target: Target) -> None:
@@ -89,9 +98,12 @@ def _list(args: argparse.Namespace, target: Target) -> None:
     filters = {
         "kind": args.kind, "tag": args.tag, "author": args.author,
         "since": args.since, "until": args.until, "limit": args.limit,
-        "query": " ".join(args.words) if args.memory_cmd == "search" else args.query,
     }
-    entries = target.memory_list(filters)
+    if args.memory_cmd == "search":  # ranked (SPEC-003 §12): the author filter is called device
+        filters["device"] = filters.pop("author")
+        entries = target.memory_search(" ".join(args.words), args.mode, filters)
+    else:
+        entries = target.memory_list(filters | {"query": args.query})
     if args.json:
         print_json(entries)
     elif not entries:
@@ -101,8 +113,15 @@ def _list(args: argparse.Namespace, target: Target) -> None:
 
 
 def _show(args: argparse.Namespace, target: Target) -> None:
+    if args.at:
+        versions_cli.show_at(args, target)
+        return
     e = target.memory_show(args.id)
-    print_json(e) if args.json else _print_entry(e, full=True)
+    if args.json:
+        print_json(e)
+    else:
+        _print_entry(e, full=True)
+        versions_cli.print_concurrent(e)
 
 
 def _edit(args: argparse.Namespace, target: Target) -> None:
@@ -122,18 +141,6 @@ def _edit(args: argparse.Namespace, target: Target) -> None:
 def _delete(args: argparse.Namespace, target: Target) -> None:
     target.memory_delete(args.id)
     say(f"Deleted {args.id} (on every device; its history keeps who deleted it).")
-
-
-def _history(args: argparse.Namespace, target: Target) -> None:
-    rows = target.memory_history(args.id)
-    if args.json:
-        print_json(rows)
-    for r in [] if args.json else rows:
-        mark = "verified" if r["verified"] else "UNVERIFIED"
-        who = r["device_id"] or "?"
-        name = f" ({r['device_name']})" if r.get("device_name") else ""
-        agent = f"  by {r['agent']} session {r['session']}" if r.get("session") else ""
-        say(f"{r['at']}  {r['op']:<18} {who}{name}  {mark}, {r['signer_status']}{agent}")
 
 
 def _print_entry(e: dict[str, Any], full: bool = False) -> None:

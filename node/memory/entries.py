@@ -9,9 +9,9 @@ documents whenever it is missing or stale (SPEC-001: deleting Runtime loses noth
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -21,25 +21,28 @@ import lmdb
 import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
-from crdt import MEMORY_KINDS, Repo, device_id
+from crdt import Repo
+
+from .ids import (
+    ENTRY_ID_RE,
+    KINDS,
+    MAX_TEXT,
+    EntryNotFound,
+    new_entry_id,
+    now_iso,
+    shard_of,
+)
+from .versions import versions_of
 
 log = logging.getLogger(__name__)
 
-KINDS = MEMORY_KINDS  # one list, in crdt.docids (which documents may exist)
-BUCKETS = 8
-ENTRY_ID_RE = re.compile(r"^([a-z]+)-(\d{4})(\d{2})-([A-Z2-7]{10})$")
-_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-MAX_TEXT = 256 * 1024
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
+#: Index rows of local writes held before they are written in one Runtime transaction.
+PENDING_ROWS = 5000
 
 
 MAX_TAG = 64
 MAX_TAGS = 64
-
-
-class EntryNotFound(KeyError):
-    def __str__(self) -> str:
-        return f"no memory entry has the id {self.args[0]!r}"
 
 
 class InvalidEntry(ValueError):
@@ -84,22 +87,12 @@ def _stamp(tx: Transaction, obj: Any, by: WriteBy | None) -> None:
             tx.put(obj, field, ScalarType.Str, by[field])
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def new_entry_id(kind: str, when: datetime | None = None) -> str:
-    when = when or datetime.now(UTC)
-    rand = base64.b32encode(os.urandom(7)).decode()[:10]
-    return f"{kind}-{when:%Y%m}-{rand}"
-
-
-def shard_of(entry_id: str) -> str:
-    m = ENTRY_ID_RE.match(entry_id)
-    if not m or m.group(1) not in KINDS:
-        raise EntryNotFound(entry_id)
-    kind, year, month, rand = m.groups()
-    return f"memory/{kind}/{year}-{month}/{_B32.index(rand[0]) % BUCKETS}"
+def _random_parts(n: int) -> list[str]:
+    """``n`` random 10-character base32 parts of entry ids (50 random bits each), drawn with
+    one system call: per id, ``urandom`` and ``b32encode`` cost a third of what Automerge
+    spends writing the entry (issue 17)."""
+    chars = base64.b32encode(os.urandom(((10 * n + 7) // 8) * 5)).decode()
+    return [chars[i : i + 10] for i in range(0, 10 * n, 10)]
 
 
 def _entries_obj(doc: Any) -> bytes:
@@ -110,15 +103,6 @@ def _entries_obj(doc: Any) -> bytes:
     and hide the other device's entries (SPEC-005 §10.2).
     """
     return ROOT
-
-
-def _actor_of(obj_id: bytes) -> bytes | None:
-    """The device key of the actor in an Automerge object id (``0x10, len, actor, idx,
-    counter``): the actor is the key plus this process's incarnation (SPEC-005 §2.2)."""
-    if len(obj_id) >= 2 and obj_id[0] == 0x10:
-        n = obj_id[1]
-        return bytes(obj_id[2 : 2 + min(n, 32)])
-    return None
 
 
 class Memory:
@@ -132,13 +116,33 @@ class Memory:
         env, self._index_db = repo.store.runtime_db("entries")
         self._env = env
         self._kv = repo.store.runtime_db("kv")[1]
+        # Index rows of local writes not yet in the Runtime index (see write_pending), per
+        # shard, with the heads to mark indexed (None: the shard was stale before the write).
+        self._pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]] = {}
+        self._pending_rows = 0
         repo.subscribe(self._on_change)
+        repo.before_evict(self._index_before_evict)
         self._mark_stale()
 
     # -- index upkeep ----------------------------------------------------------------------------
     def _on_change(self, doc_id: str, local: bool) -> None:
         if doc_id.startswith("memory/"):
             self._dirty[doc_id] = time.monotonic()
+
+    def _index_before_evict(self, doc_id: str, doc: Any) -> None:
+        """Index a changed shard while it is still in memory: after a catch-up (which loads,
+        applies and evicts shards in turn) it would otherwise be loaded again to be indexed."""
+        if doc_id not in self._dirty:
+            return
+        self.write_pending()
+        at = self._dirty.pop(doc_id)
+        try:
+            # One transaction for the shard (its rows are adjacent keys, so few pages): an
+            # fsync per 500 rows made a 100k catch-up wait on ~240 Runtime commits.
+            self._reindex(doc_id, doc, txn_rows=0)
+        except lmdb.Error as exc:
+            log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+            self._dirty[doc_id] = at
 
     def _indexed_heads(self, txn, doc_id: str) -> list[bytes] | None:
         raw = txn.get(b"heads:" + doc_id.encode(), db=self._kv)
@@ -165,6 +169,7 @@ class Memory:
         With ``limit``, at most that many shards: the caller yields between calls, so a node
         with thousands of changed shards (a catch-up, a member's flood) keeps answering.
         """
+        self.write_pending()
         now = time.monotonic()
         due = [d for d, at in self._dirty.items() if now - at >= quiet][:limit]
         for doc_id in due:
@@ -191,14 +196,16 @@ class Memory:
             self._last_flush = now
         return len(due)
 
-    def _reindex(self, doc_id: str) -> None:
+    def _reindex(self, doc_id: str, doc: Any = None,
+                 txn_rows: int = REINDEX_TXN_ROWS) -> None:
         """Bring one shard's index rows up to date, extracting only entries that changed.
 
         Every write to an entry appends to its ``log`` (SPEC-005 §10.6), so comparing the log
         length with the indexed edit count finds changed entries without extracting all of
         them: a shard of thousands of entries is refreshed in milliseconds during a catch-up.
         """
-        doc = self.repo.open(doc_id).doc
+        if doc is None:
+            doc = self.repo.open(doc_id).doc
         prefix = _row_prefix(doc_id)
         indexed: dict[str, int] = {}
         with self._env.begin() as txn:
@@ -210,21 +217,23 @@ class Memory:
                     indexed[key[len(prefix):].decode()] = msgpack.unpackb(raw)["edits"]
         present: set[str] = set()
         rows: list[tuple[bytes, bytes]] = []
-        for entry_id in doc.keys(ROOT):
-            got = doc.get(ROOT, entry_id)
-            if got is None or got[0] != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
+        # keys and values of a map in two calls each: per entry, 3 calls to the binding when
+        # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
+        for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
+            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
                 continue
-            obj = got[1]
-            if doc.get(obj, "deleted_at") is not None:
+            fields = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
+            if "deleted_at" in fields:
                 continue
             present.add(entry_id)
-            log_obj = doc.get(obj, "log")
+            log_obj = fields.get("log")
             edits = doc.length(log_obj[1]) if log_obj is not None else 0
             if indexed.get(entry_id) == edits:
                 continue
-            rows.append((_row_key(doc_id, entry_id),
-                         _index_row(doc_id, entry_id, extract(doc, obj))))
-            if len(rows) >= REINDEX_TXN_ROWS:
+            entry = _entry_fields(doc, fields, edits)
+            rows.append((_row_key(doc_id, entry_id), _index_row(
+                doc_id, entry_id, entry if entry is not None else extract(doc, obj))))
+            if txn_rows and len(rows) >= txn_rows:
                 self._put_rows(rows)
         # The heads are written last, with the deletions: until then the shard still counts
         # as stale, so a crash part-way leaves it to be indexed again, never half-marked.
@@ -260,8 +269,10 @@ class Memory:
         change that creates the new one, so no device ever sees one without the other).
         ``field_tags``: the tags carry a writer's structured fields (the journal's
         ``project:<id>``), not a person's words, so the tag rule does not apply to them."""
+        items = list(items)
         by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for item in items:
+        month = f"{datetime.now(UTC):%Y%m}"
+        for item, rand in zip(items, _random_parts(len(items)), strict=True):
             text, kind = check_text(item.get("text", "")), item.get("kind", "note")
             tags = list(item.get("tags", []))
             if not field_tags:
@@ -270,7 +281,7 @@ class Memory:
                 raise InvalidEntry(f"kind must be one of {', '.join(KINDS)}")
             # an id drawn by the caller (supersede links to it before the change is made);
             # never from a request: the routes' schemas refuse an "id" field
-            entry_id = item.get("id") or new_entry_id(kind)
+            entry_id = item.get("id") or f"{kind}-{month}-{rand}"
             if not entry_id.startswith(kind + "-"):
                 raise InvalidEntry("an entry id names its kind")
             fields = {"text": text, "kind": kind, "tags": tags}
@@ -294,39 +305,84 @@ class Memory:
         for doc_id, edits in (extra or {}).items():
             changes.setdefault(doc_id, []).extend(edits)
         self.repo.change_many(changes)
-        for doc_id in extra or {}:
-            if doc_id not in by_shard:
-                self._dirty[doc_id] = time.monotonic()
+        rows_by_shard: dict[str, list[dict[str, Any]]] = {}
         for doc_id, entries in by_shard.items():
             self._dirty.pop(doc_id, None)
-            rows = [
+            rows_by_shard[doc_id] = rows = [
                 _public(entry_id, {**e, **(by or {}), "created_at": at, "author": me,
                                    "tags": dict.fromkeys(e["tags"], True), "log": [None]})
                 for entry_id, e in entries
             ]
-            try:
-                self._index_rows(doc_id, rows, mark_current=doc_id not in stale)
-            except Exception as exc:  # Runtime only: the entries are durable; index later
-                log.warning("memory index of %s not written (%s); it is rebuilt later",
-                            doc_id, exc)
-                stale.add(doc_id)
-            if doc_id in stale or doc_id in (extra or {}):
-                self._dirty[doc_id] = time.monotonic()
             out.extend(rows)
+        self._hold_rows(rows_by_shard, current=set(by_shard) - stale - set(extra or {}))
+        for doc_id in stale | set(extra or {}):
+            self._dirty[doc_id] = time.monotonic()
         return out
 
-    def _heads_indexed(self, doc_id: str) -> list[bytes]:
+    def _hold_rows(self, rows_by_shard: dict[str, list[dict[str, Any]]], *,
+                   current: set[str]) -> None:
+        """Keep index rows of a durable local write for :meth:`write_pending`.
+
+        The entries are durable once ``change_many`` returns; their index rows are Runtime,
+        rebuilt from the documents whenever the indexed heads differ. Writing them in a
+        transaction of their own would cost a second fsync on every write (more than the
+        write itself: issue 17), so they are written with later ones, before any read of the
+        index, at the next upkeep, at close, or once ``PENDING_ROWS`` are held. A crash before
+        that leaves the indexed heads behind, so the shard is re-indexed at the next start.
+        """
+        for doc_id, rows in rows_by_shard.items():
+            held, heads = self._pending.get(doc_id, ([], []))
+            held.extend(rows)
+            if doc_id not in current or heads is None:
+                heads = None  # stale before (or since): marked only by a re-index
+            else:
+                heads = list(self.repo.heads(doc_id))
+            self._pending[doc_id] = (held, heads)
+            self._pending_rows += len(rows)
+        if self._pending_rows >= PENDING_ROWS:
+            self.write_pending()
+
+    def write_pending(self) -> None:
+        """Write held index rows of local writes in one Runtime transaction (see
+        :meth:`_hold_rows`); a shard that fails is left to the re-index."""
+        if not self._pending:
+            return
+        try:
+            self._index_rows(self._pending)
+        except Exception as exc:  # Runtime only (a full disk, say): keep them, try later
+            log.warning("memory index of %d shard(s) not written (%s); reads include the "
+                        "rows held meanwhile", len(self._pending), exc)
+            return
+        self._pending, self._pending_rows = {}, 0
+
+    def _held(self) -> dict[bytes, dict[str, Any]]:
+        """Index rows held by :meth:`_hold_rows` and not yet written, by row key."""
+        return {_row_key(doc_id, row["id"]): {**row, "doc": doc_id}
+                for doc_id, (rows, _) in self._pending.items() for row in rows}
+
+    def _heads_indexed(self, doc_id: str) -> list[bytes] | None:
+        """Heads the index covers: those of held rows first (None when those cannot mark it)."""
+        held = self._pending.get(doc_id)
+        if held is not None:
+            return sorted(held[1]) if held[1] is not None else None
         with self._env.begin() as txn:
             return sorted(self._indexed_heads(txn, doc_id) or [])
 
-    def _index_rows(self, doc_id: str, rows: list[dict[str, Any]], *, mark_current: bool) -> None:
+    def _index_rows(
+        self, pending: dict[str, tuple[list[dict[str, Any]], list[bytes] | None]]
+    ) -> None:
+        """Write index rows of several shards in one transaction; a shard with heads was up
+        to date before its writes, so its indexed heads move on to those heads."""
+        pack = msgpack.Packer(use_bin_type=True).pack
+        packb = msgpack.packb
         with self._env.begin(write=True) as txn:
-            for row in rows:
-                txn.put(_row_key(doc_id, row["id"]), msgpack.packb({**row, "doc": doc_id},
-                        use_bin_type=True), db=self._index_db)
-            if mark_current:
-                txn.put(b"heads:" + doc_id.encode(),
-                        msgpack.packb(list(self.repo.heads(doc_id))), db=self._kv)
+            cur = txn.cursor(db=self._index_db)
+            for doc_id, (rows, heads) in pending.items():
+                prefix = _row_prefix(doc_id)
+                cur.putmulti([(prefix + row["id"].encode(), pack({**row, "doc": doc_id}))
+                              for row in rows])
+                if heads is not None:
+                    txn.put(b"heads:" + doc_id.encode(), packb(heads), db=self._kv)
 
     def update(
         self,
@@ -376,7 +432,7 @@ class Memory:
         self.repo.change(doc_id, edit)
         self._dirty.pop(doc_id, None)
         entry = self.get(entry_id)
-        self._index_rows(doc_id, [entry], mark_current=not stale)
+        self._hold_rows({doc_id: [entry]}, current=set() if stale else {doc_id})
         if stale:
             self._dirty[doc_id] = time.monotonic()
         return entry
@@ -427,7 +483,7 @@ class Memory:
         item = {"id": new_id, "text": text, "kind": kind, "tags": tags, "supersedes": old_id}
         return self.add_many([item], by=by, extra={shard_of(old_id): [mark]})[0]
 
-    def restore(self, entry_id: str) -> dict[str, Any]:
+    def unsupersede(self, entry_id: str) -> dict[str, Any]:
         """Undo a supersede (the owner's remedy, SPEC-004 §2.12): the entry surfaces again;
         the correction stays, and the signed log records the restore."""
         entry = self.get(entry_id)
@@ -463,37 +519,9 @@ class Memory:
         return _public(entry_id, entry)
 
     def history(self, entry_id: str) -> list[dict[str, Any]]:
-        """Who changed the entry and when; the author is read from the signed operation."""
-        doc_id = shard_of(entry_id)
-        self.get(entry_id)
-        doc = self.repo.open(doc_id).doc
-        e = doc.get(_entries_obj(doc), entry_id)[1]
-        log_obj = doc.get(e, "log")[1]
-        roster = self.repo.roster
-        # the creation record's session and agent live on the signed entry itself
-        signed = extract(doc, e)
-        e_fields = {f: signed[f] for f in ("session", "agent") if isinstance(signed.get(f), str)}
-        out = []
-        for i in range(doc.length(log_obj)):
-            _, rec_id = doc.get(log_obj, i)
-            rec = extract(doc, rec_id)
-            actor = _actor_of(rec_id)
-            status = (
-                "member" if actor in roster.members
-                else "revoked" if actor in roster.revoked else "unknown"
-            )
-            out.append({
-                "at": rec.get("at"),
-                "op": rec.get("op"),
-                "session": rec.get("session") or (e_fields.get("session") if i == 0 else None),
-                "agent": rec.get("agent") or (e_fields.get("agent") if i == 0 else None),
-                "device_id": device_id(actor) if actor else None,
-                "device_name": roster.members.get(actor, "") if actor else "",
-                "verified": actor is not None and status != "unknown",
-                "signer_status": status,
-            })
-        out.sort(key=lambda r: r["at"] or "")
-        return out
+        """Every version with its values and verified device, also once deleted (SPEC-005
+        §10.7): read from the document's own history by ``versions``."""
+        return versions_of(self).history(entry_id)
 
     def list(
         self,
@@ -510,13 +538,15 @@ class Memory:
     ) -> list[dict[str, Any]]:
         """Entries newest first; ``query`` matches entries containing every word of it, or any
         word with ``any_words`` (the relevance scan of SPEC-004 §6.7 ranks those itself)."""
-        self.flush_index()
+        self.flush_index()  # writes held rows first: a read sees every write before it
         needle = query.casefold() if query else None
         words = needle.split() if needle else []
         out = []
+        held = self._held()  # only when the Runtime index could not be written
         with self._env.begin(db=self._index_db) as txn:
-            for _, raw in txn.cursor():
-                row = msgpack.unpackb(raw, raw=False)
+            written = ((k, msgpack.unpackb(raw, raw=False)) for k, raw in txn.cursor()
+                       if bytes(k) not in held)
+            for _, row in itertools.chain(written, held.items()):
                 if kind and row["kind"] != kind:
                     continue
                 if row.get("superseded_by") and not include_superseded:
@@ -543,8 +573,11 @@ class Memory:
         """Entries indexed; refreshed at most once a second so a polled status stays cheap."""
         if time.monotonic() - self._last_flush >= 1.0:
             self.flush_index()
+        self.write_pending()
+        held = self._held()
         with self._env.begin(db=self._index_db) as txn:
-            return txn.stat(self._index_db)["entries"]
+            return txn.stat(self._index_db)["entries"] + sum(
+                1 for k in held if txn.get(k, db=self._index_db) is None)
 
 
 def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
@@ -561,7 +594,44 @@ def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
         "agent": e.get("agent") or None,
         "supersedes": e.get("supersedes") or None,
         "superseded_by": e.get("superseded_by") or None,
+        # signed fields of facts, skills and pins (SPEC-006 §12), only when the entry has them
+        **{f: e[f] for f in SIGNED_EXTRA_FIELDS if e.get(f) not in (None, "", [])},
     }
+
+
+# Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
+SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
+                       "name", "when_to_use", "steps")
+
+
+def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any] | None:
+    """What :func:`_public` reads of an entry, from its map's values, the way ``extract``
+    would give it; None for a shape other than the one maia-node writes (a peer's odd
+    entry), which is then extracted whole."""
+    if any(f in fields for f in SIGNED_EXTRA_FIELDS):
+        return None  # a fact, skill or pin (SPEC-006 §12): extracted whole, with its fields
+    out: dict[str, Any] = {"log": [None] * edits}
+    # every scalar _public reads: leaving superseded_by out made a corrected entry surface
+    # again in listings once its shard was re-indexed
+    for key in ("text", "kind", "created_at", "author", "session", "agent", "supersedes",
+                "superseded_by"):
+        got = fields.get(key)
+        if got is not None:
+            if isinstance(got[0], ObjType):
+                return None
+            out[key] = got[0][1]
+    tags = fields.get("tags")
+    if tags is not None:
+        if tags[0] != ObjType.Map:
+            return None
+        values = doc.values(tags[1])
+        if any(isinstance(v, ObjType) for v, _ in values):
+            return None
+        out["tags"] = {t: v[1] for t, (v, _) in zip(doc.keys(tags[1]), values, strict=True)}
+    log_obj = fields.get("log")
+    if log_obj is not None and log_obj[0] != ObjType.List:
+        return None
+    return out
 
 
 def _row_prefix(doc_id: str) -> bytes:
@@ -595,6 +665,7 @@ def _creator(entry_id: str, e: dict[str, Any], at: str, me: str, by: WriteBy | N
         log_list = tx.put_object(obj, "log", ObjType.List)
         rec = tx.insert_object(log_list, 0, ObjType.Map)
         tx.put(rec, "at", ScalarType.Str, at)
+        _stamp(tx, rec, by)  # history reads who made each version from its record
         tx.put(rec, "op", ScalarType.Str, "create")
 
     return edit

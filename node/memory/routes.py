@@ -1,9 +1,11 @@
-"""Memory routes: add, list, search, show, edit, supersede and the signed history of entries.
+"""Memory routes: add, list, show, edit, supersede and the signed history of entries.
 
 Function level: every route but bulk import admits session tokens too, by scope (SPEC-003
 §6.3a, §6.7): reads need ``memory:read``; add and supersede need ``memory:write``; edit and delete
 need ``memory:write`` and an entry this session created, or ``memory:admin``. A session's writes
 carry its id and agent into the signed entry (SPEC-004 §2.11).
+
+Ranked search (`GET /v1/memory/search`) is node/search/routes.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..api.routes import RouteTable
 from ..api.scopes import MEMORY_ADMIN, MEMORY_READ, MEMORY_WRITE, has_scope, require_scope
 from ..sessions.routes import SESSIONS_KEY
 from .entries import KINDS, EntryNotFound, EntrySuperseded, InvalidEntry, Memory, WriteBy
+from .versions import AmbiguousVersion, NotDeleted, UnknownVersion, versions_of
 
 memory_routes = RouteTable("memory", errors={
     EntryNotFound: (404, "No such memory entry"),
@@ -53,16 +56,7 @@ IMPORT_SCHEMA = {
     "properties": {"entries": {"type": "array", "minItems": 1, "maxItems": 2000,
                                "items": ADD_SCHEMA}},
 }
-SUPERSEDE_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["text"],
-    "properties": {
-        "text": _TEXT,
-        "kind": {"enum": list(KINDS)},
-        "tags": {"type": "array", "items": _TAG},
-    },
-}
+SUPERSEDE_SCHEMA = ADD_SCHEMA  # a correction carries what a new entry does
 BOTH = ("local", "session")
 _FILTERS = {
     "kind": {"enum": list(KINDS)},
@@ -78,12 +72,6 @@ LIST_QUERY = {
     "additionalProperties": False,
     "properties": {**_FILTERS, "q": {"type": "string", "maxLength": 500}},
 }
-SEARCH_QUERY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["q"],
-    "properties": {**_FILTERS, "q": {"type": "string", "minLength": 1, "maxLength": 500}},
-}
 
 
 def _memory(request: web.Request) -> Memory:
@@ -92,6 +80,20 @@ def _memory(request: web.Request) -> Memory:
 
 def _not_found(entry_id: str) -> Problem:
     return Problem(404, "No such memory entry", f"no memory entry has the id {entry_id!r}")
+
+
+def entry_problem(entry_id: str, exc: Exception) -> Problem:
+    """The problem for a failed version operation on ``entry_id`` (the show route and the
+    memory-versions table in versions_routes.py)."""
+    if isinstance(exc, EntryNotFound):
+        return _not_found(entry_id)
+    if isinstance(exc, UnknownVersion):
+        return Problem(404, "No such version", str(exc))
+    if isinstance(exc, NotDeleted):
+        return Problem(409, "Not deleted", str(exc))
+    if isinstance(exc, AmbiguousVersion | ValueError):
+        return Problem(400, "Bad version", str(exc))
+    raise exc
 
 
 def _writer(request: web.Request, scope: str = MEMORY_WRITE) -> WriteBy | None:
@@ -156,26 +158,36 @@ async def list_entries(request: web.Request) -> web.Response:
     """List entries, newest first, with optional filters."""
     require_scope(request, MEMORY_READ)
     entries = _memory(request).list(**_filters(request[QUERY_KEY]))
+    if "q" in request[QUERY_KEY]:
+        _recalled(request, entries)
     return web.json_response({"entries": entries, "count": len(entries)})
 
 
-@memory_routes.get("/v1/memory/search", query_schema=SEARCH_QUERY, principal_kinds=BOTH)
-async def search_entries(request: web.Request) -> web.Response:
-    """Entries containing every word of ``q`` (case-insensitive), newest first."""
-    require_scope(request, MEMORY_READ)
-    entries = _memory(request).list(**_filters(request[QUERY_KEY]))
-    return web.json_response({"entries": entries, "count": len(entries)})
+def _recalled(request: web.Request, entries: list[dict]) -> None:
+    """Count a recall of each entry returned (salience, SPEC-006 §12.5.1), if wired."""
+    salience = getattr(_memory(request), "salience", None)
+    if salience is not None:
+        salience.recalled(e["id"] for e in entries)
 
 
-@memory_routes.get("/v1/memory/{entry_id}", principal_kinds=BOTH)
+SHOW_QUERY = {"type": "object", "additionalProperties": False,
+              "properties": {"at": {"type": "string", "pattern": "^[0-9a-f]{8,64}$"}}}
+
+
+@memory_routes.get("/v1/memory/{entry_id}", query_schema=SHOW_QUERY, principal_kinds=BOTH)
 async def show_entry(request: web.Request) -> web.Response:
-    """One entry."""
+    """One entry (with ``concurrent`` texts if edited on two devices at once), or ``at`` a
+    version of its history (SPEC-005 §10.7, §10.8)."""
     require_scope(request, MEMORY_READ)
-    entry_id = request.match_info["entry_id"]
+    entry_id, at = request.match_info["entry_id"], request[QUERY_KEY].get("at")
+    versions = versions_of(_memory(request))
     try:
-        return web.json_response(_memory(request).get(entry_id))
-    except EntryNotFound:
-        raise _not_found(entry_id) from None
+        entry = versions.show_at(entry_id, at) if at else versions.get(entry_id)
+    except (EntryNotFound, LookupError, ValueError) as exc:
+        raise entry_problem(entry_id, exc) from None
+    if not at:
+        _recalled(request, [entry])
+    return web.json_response(entry)
 
 
 @memory_routes.patch("/v1/memory/{entry_id}", body_schema=EDIT_SCHEMA, principal_kinds=BOTH)
@@ -213,12 +225,12 @@ async def supersede_entry(request: web.Request) -> web.Response:
     return web.json_response(entry, status=201)
 
 
-@memory_routes.post("/v1/memory/{entry_id}/restore")
-async def restore_entry(request: web.Request) -> web.Response:
+@memory_routes.post("/v1/memory/{entry_id}/unsupersede")
+async def unsupersede_entry(request: web.Request) -> web.Response:
     """Undo a supersede: the entry surfaces again (the owner's remedy; local principal only)."""
     entry_id = request.match_info["entry_id"]
     try:
-        return web.json_response(_memory(request).restore(entry_id))
+        return web.json_response(_memory(request).unsupersede(entry_id))
     except EntryNotFound:
         raise _not_found(entry_id) from None
     except ValueError as exc:
@@ -227,11 +239,13 @@ async def restore_entry(request: web.Request) -> web.Response:
 
 @memory_routes.get("/v1/memory/{entry_id}/history", principal_kinds=BOTH)
 async def entry_history(request: web.Request) -> web.Response:
-    """Who changed the entry and when, each edit's author taken from its signed operation."""
+    """Every version with its values; each device taken from its signed change (also for a
+    deleted entry)."""
     require_scope(request, MEMORY_READ)
     entry_id = request.match_info["entry_id"]
     try:
-        return web.json_response({"id": entry_id, "history": _memory(request).history(entry_id)})
+        history = versions_of(_memory(request)).history(entry_id)
+        return web.json_response({"id": entry_id, "history": history})
     except EntryNotFound:
         raise _not_found(entry_id) from None
 

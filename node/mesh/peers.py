@@ -342,6 +342,12 @@ class PeerConnection:
         if len(self._rejects) > MAX_REJECTS:  # SPEC-005 005.11.3: "more than 8"
             await self._error("too_many_rejections", "too many rejected messages")
             return False
+        if doc_id is not None and exc.code == "missing_dependency":
+            # Ask for what is missing now (SPEC-005 §8.6), after the reject: the peer resets
+            # its state on the reject, then reads this ask. Waiting for the document's next
+            # change left two nodes that wrote one shard at once apart until someone wrote
+            # again. One message per refused one, so the peer's frame rate bounds the work.
+            self.mark_dirty(doc_id)
         return True
 
     async def _error(self, code: str, detail: str) -> None:

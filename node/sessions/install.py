@@ -123,12 +123,17 @@ def _write(path: Path, doc: dict[str, Any], indent: str, existed: bool) -> None:
     os.replace(tmp, path)
 
 
-def _records(data_dir: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The install records kept in ``path`` (a JSON list of maps); none if missing or bad."""
     try:
-        data = json.loads((data_dir / RECORD_FILE).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
     return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+
+
+def _records(data_dir: Path) -> list[dict[str, Any]]:
+    return read_records(data_dir / RECORD_FILE)
 
 
 def _save_records(data_dir: Path, records: list[dict[str, Any]]) -> None:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with harness.mesh(names) as (_root, (a, *bs)):
         info = sync_catchup.prepare(a, items)
         say(f"[1/4] catch-up of {n:,} changes, {len(bs)} run(s), each to a fresh node")
-        catchup = sync_catchup.series(a, bs, n, cap=args.cap)
+        catchup = sync_catchup.series(a, bs, n, cap=args.cap, items=items)
         catchup["info"] = info
         # The node of the last run stays up, caught up: the next benchmarks use it.
         b = bs[len(catchup["runs"]) - 1]

@@ -80,7 +80,8 @@ def js_versions() -> dict[str, str]:
 
 def build_document(items: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     """One Automerge document, one change per entry, fields as in maia-node's memory."""
-    from automerge.core import ROOT, Document, ObjType, ScalarType
+    from automerge.core import ROOT, Document, ObjType
+    from ceilings import write_entry
 
     t0 = time.perf_counter()
     doc = Document(actor_id=os.urandom(16))
@@ -91,19 +92,7 @@ def build_document(items: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     for item in items:
         entry_id = f"{item['kind']}-{month}-{base64.b32encode(os.urandom(7)).decode()[:10]}"
         at = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-        with doc.transaction() as tx:
-            obj = tx.put_object(entries, entry_id, ObjType.Map)
-            tx.put(obj, "text", ScalarType.Str, item["text"])
-            tx.put(obj, "kind", ScalarType.Str, item["kind"])
-            tx.put(obj, "created_at", ScalarType.Str, at)
-            tx.put(obj, "author", ScalarType.Str, author)
-            tags = tx.put_object(obj, "tags", ObjType.Map)
-            for tag in item["tags"]:
-                tx.put(tags, tag, ScalarType.Boolean, True)
-            log = tx.put_object(obj, "log", ObjType.List)
-            rec = tx.insert_object(log, 0, ObjType.Map)
-            tx.put(rec, "at", ScalarType.Str, at)
-            tx.put(rec, "op", ScalarType.Str, "create")
+        write_entry(doc, item, entry_id, at, parent=entries, author=author)
     data = doc.save()
     path.write_bytes(data)
     return {"entries": len(items), "bytes": len(data), "build_s": time.perf_counter() - t0}

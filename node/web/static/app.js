@@ -6,9 +6,14 @@
 const state = {
   csrf: null,
   names: new Map(),      // device id -> name, from /v1/devices
+  lastSeen: new Map(),   // device id -> when this node last heard from it (epoch s)
   connected: new Set(),  // device ids connected now, from /v1/peers
+  others: [],            // the mesh's other member devices: the peers the header counts
+  thisDevice: null,      // this node's device id
+  stream: "connecting",  // the live stream: "live", "connecting" or "off"
   status: null,
   liveOpenedOnce: false,
+  historyId: null,       // the entry whose history panel is open
 };
 
 // -- talking to the node -------------------------------------------------------------------------
@@ -59,7 +64,7 @@ function el(tag, props, ...children) {
     if (value === undefined || value === null) continue;
     if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
     else node[key] = value;
   }
   for (const child of children) {
@@ -139,6 +144,51 @@ function notAvailable(id, what) {
   fill(id, [], `not available: ${what}`);
 }
 
+// A device id is 63 characters: one line, cut with an ellipsis by the stylesheet. The element
+// still holds the whole id (selecting it or searching the page finds all of it), its title
+// shows it, and the button next to it copies it.
+function idBox(id) {
+  const code = el("code", {class: "id", text: id, title: id});
+  const button = el("button", {type: "button", class: "copy", text: "Copy",
+    title: "Copy the full device id", "aria-label": "Copy the full device id"});
+  button.addEventListener("click", () => copyText(code, button));
+  return el("span", {class: "id-box"}, code, button);
+}
+
+async function copyText(code, button) {
+  const text = code.textContent;
+  let copied = false;
+  if (navigator.clipboard && window.isSecureContext) {
+    try { await navigator.clipboard.writeText(text); copied = true; } catch (_) { /* below */ }
+  }
+  if (!copied) {
+    // Not a secure context (the page opened by a LAN name): select the id, the old way.
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    try { copied = document.execCommand("copy"); } catch (_) { copied = false; }
+  }
+  button.textContent = copied ? "Copied" : "Selected: press Ctrl+C";
+  setTimeout(() => { button.textContent = "Copy"; }, 2000);
+}
+
+// A device that is not this one and not connected now: what it announced may be out of date.
+function isAway(deviceId) {
+  return Boolean(deviceId) && deviceId !== state.thisDevice && !state.connected.has(deviceId);
+}
+
+function awayNote(deviceId) {
+  return el("div", {class: "meta away-note"}, badge("device offline", "off"), " last heard ",
+    timeEl(state.lastSeen.get(deviceId)));
+}
+
+function repoLabel(repository) {
+  if (!repository) return "";
+  return repository.startsWith("local:") ? `${repository.slice(6)} (no remote)` : repository;
+}
+
 // -- panels --------------------------------------------------------------------------------------
 async function refreshStatus() {
   const [status, devices, peers] = await Promise.all([
@@ -147,32 +197,47 @@ async function refreshStatus() {
     api("GET", "/v1/peers"),
   ]);
   state.status = status;
+  state.thisDevice = status.device_id;
   state.names = new Map(devices.devices.map((d) => [d.device_id, d.name || shortId(d.device_id)]));
   state.connected = new Set(peers.peers.filter((p) => p.connected).map((p) => p.device_id));
+  state.lastSeen = new Map();
+  for (const item of [...devices.devices, ...peers.peers]) {
+    const t = toEpoch(item.last_seen);
+    if (item.device_id && t !== null && t > (state.lastSeen.get(item.device_id) || 0)) {
+      state.lastSeen.set(item.device_id, t);
+    }
+  }
+  state.others = devices.devices.filter((d) => !d.this_device && d.status === "member");
+  renderLive();
   document.getElementById("node-name").textContent = status.name || "";
   document.title = `maia-node · ${status.name || shortId(status.device_id)}`;
-  document.getElementById("device-id").textContent = status.device_id;
+  document.getElementById("device-id").replaceChildren(idBox(status.device_id));
   document.getElementById("mesh-id").textContent = status.mesh ? status.mesh.id.slice(0, 16) : "none";
   renderDevices(devices.devices);
   renderPeers(peers.peers);
   renderNearby(status.discovery);
-  renderCortices(status.routing);
   renderBackups(status.backup);
-  await refreshSessions(status.sessions);
+  await Promise.all([refreshCortices(status.routing), refreshSessions(status.sessions)]);
 }
 
 function renderDevices(devices) {
   setCount("devices-count", devices.filter((d) => d.status === "member").length);
-  fill("devices", devices.map((d) => {
+  // This device first, then members by name, revoked ones last.
+  const order = (d) => (d.this_device ? 0 : d.status === "revoked" ? 2 : 1);
+  const sorted = [...devices].sort((x, y) => order(x) - order(y) ||
+    (x.name || "").localeCompare(y.name || ""));
+  fill("devices", sorted.map((d) => {
     let where;
+    const connected = state.connected.has(d.device_id);
     if (d.this_device) where = badge("this device", "self");
     else if (d.status === "revoked") where = badge("revoked", "bad");
-    else if (state.connected.has(d.device_id)) where = badge("connected", "good");
+    else if (connected) where = badge("connected", "good");
     else where = badge("offline", "off");
-    const seen = d.this_device ? null : el("span", {class: "meta"}, "last seen ", timeEl(d.last_seen));
+    const seen = d.this_device || connected ? null
+      : el("div", {class: "meta"}, "last seen ", timeEl(d.last_seen));
     return el("li", {class: "device", "data-device-id": d.device_id, "data-status": d.status},
       el("div", {class: "line"}, el("strong", {text: d.name || "(unnamed)"}), where),
-      el("div", {class: "meta"}, el("code", {text: d.device_id, class: "id"})),
+      el("div", {class: "meta"}, idBox(d.device_id)),
       seen);
   }), "no devices");
 }
@@ -214,69 +279,116 @@ async function refreshSessions(section) {
     optional("/v1/sessions?limit=100"), optional("/v1/leases?limit=100"),
   ]);
   if (!sessions) notAvailable("sessions", "the node did not answer");
-  else fill("sessions", sessions.sessions.map((s) => el("li", {class: "session"},
+  else fill("sessions", sessions.sessions.map((s) => {
+    const away = !s.local && isAway(s.device);
+    return el("li", {class: away ? "session away" : "session", "data-session": s.id,
+      "data-device-id": s.device || ""},
     el("div", {class: "line"}, el("strong", {text: s.agent || "agent"}),
-      badge(s.local ? "here" : (s.device_name || shortId(s.device)), s.local ? "self" : "")),
-    el("div", {class: "meta", text: [s.repository, s.branch].filter(Boolean).join(" @ ") || s.cwd || ""}),
+      badge(s.local ? "this device" : (s.device_name || shortId(s.device)), s.local ? "self" : "")),
+    el("div", {class: "meta repo", text: [repoLabel(s.repository), s.branch].filter(Boolean).join(" @ ") ||
+      s.cwd || ""}),
     s.task ? el("div", {class: "meta", text: s.task}) : null,
-    el("div", {class: "meta"}, "started ", timeEl(s.started_at), " · seen ", timeEl(s.last_seen)))),
-  "no live session");
+    away ? awayNote(s.device)
+      : el("div", {class: "meta"}, "started ", timeEl(s.started_at), " · seen ", timeEl(s.last_seen)));
+  }), "no live session");
   if (!leases) notAvailable("leases", "the node did not answer");
-  else fill("leases", leases.leases.map((l) => el("li", {class: "lease"},
-    el("div", {class: "line"}, el("code", {text: l.pattern}), badge(l.mode, l.mode === "exclusive" ? "warn" : "")),
-    el("div", {class: "meta", text: `${l.agent || "agent"} on ${l.device_name || shortId(l.device)}` +
-      (l.task ? ` · ${l.task}` : "")}),
-    el("div", {class: "meta"}, "expires ", timeEl(l.expires_at)))),
-  "no lease held");
+  else fill("leases", leases.leases.map((l) => {
+    const away = !l.local && isAway(l.device);
+    return el("li", {class: away ? "lease away" : "lease", "data-lease": l.id,
+      "data-device-id": l.device || ""},
+    el("div", {class: "line"}, el("code", {text: l.pattern}),
+      badge(l.mode, l.mode === "exclusive" ? "warn" : "")),
+    el("div", {class: "meta repo", text: `in ${repoLabel(l.repository)}`}),
+    el("div", {class: "meta", text: `${l.agent || "agent"} on ${l.local ? "this device" :
+      (l.device_name || shortId(l.device))}` + (l.task ? ` · ${l.task}` : "")}),
+    l.note ? el("div", {class: "meta", text: l.note}) : null,
+    away ? awayNote(l.device) : null,
+    el("div", {class: "meta"}, "expires ", timeEl(l.expires_at)));
+  }), "no lease held");
 }
 
-function renderCortices(routing) {
+// Cortices from GET /v1/models (SPEC-006 §4.7): every cortex of the mesh once, with its kind,
+// model and each host's state and load, including hosts that are away.
+async function refreshCortices(routing) {
   if (!routing) return notAvailable("cortices", "this node runs without cortex routing");
-  const items = [];
-  for (const c of routing.hosted || []) {
-    items.push(el("li", {class: "cortex"},
-      el("div", {class: "line"}, el("strong", {text: c.name}), badge("this node", "self"),
-        c.health && c.health !== "ok" ? badge(String(c.health), "bad") : badge("healthy", "good")),
-      el("div", {class: "meta", text: [c.kind, c.model, c.remote ? "remote provider" : "local"]
-        .filter(Boolean).join(" · ")})));
+  const models = await optional("/v1/models");
+  if (!models) return notAvailable("cortices", "the node did not answer");
+  const cortices = models.data.filter((m) => m.maia && Array.isArray(m.maia.hosts));
+  const aliases = models.data.filter((m) => m.maia && m.maia.alias).map((m) => m.id);
+  const rows = cortices.map(cortexRow);
+  if (rows.length && aliases.length) {
+    // What to put in an OpenAI client's "model": a cortex's name, or one of these.
+    rows.push(el("li", {class: "hint meta", text: `OpenAI clients (base URL ${location.origin}/v1) ` +
+      `may ask for a cortex by name, or for ${aliases.join(", ")}`}));
   }
-  for (const [dev, names] of Object.entries(routing.peers_hosting || {})) {
-    for (const name of names) {
-      items.push(el("li", {class: "cortex"},
-        el("div", {class: "line"}, el("strong", {text: name}), badge(nameOf(dev), "")),
-        el("div", {class: "meta", text: state.connected.has(dev) ? "reachable" : "peer offline"})));
-    }
+  fill("cortices", rows,
+    "no cortex in the mesh: add a [cortex.<name>] table to config.toml on a device");
+}
+
+function cortexRow(m) {
+  const info = m.maia;
+  const available = info.available !== false;
+  const facts = [info.model, info.remote ? "remote provider" : "local model"];
+  if (info.context_window) facts.push(`${Math.round(info.context_window / 1024)}k context`);
+  return el("li", {class: available ? "cortex" : "cortex offline", "data-cortex": m.id},
+    el("div", {class: "line"}, el("strong", {text: m.id}), badge(info.kind, "kind"),
+      available ? null : badge("unavailable: every host is offline", "bad")),
+    el("div", {class: "meta model", text: facts.filter(Boolean).join(" · ")}),
+    el("ul", {class: "hosts"}, ...info.hosts.map(hostRow)),
+    ...(info.conflicts || []).map((c) => el("div", {class: "meta warn",
+      text: `${c.name || shortId(c.device_id)} also calls its cortex ${m.id} (${c.model}); ` +
+        "this device defines that name itself and never sends it there. Rename one of them."})));
+}
+
+function hostRow(h) {
+  const where = h.local ? "this device" : (h.name || nameOf(h.device_id));
+  let health;
+  if (h.online === false) health = badge("offline", "off");
+  else if (h.name_conflict) health = badge("name conflict", "bad");
+  else if (h.cooling_down) health = badge("cooling down", "warn");
+  else if (!h.healthy) health = badge("unhealthy", "bad");
+  else health = badge("healthy", "good");
+  if (h.cooling_down) health.title = h.cooling_down;
+  let load;
+  if (h.online === false) load = el("span", {class: "load"}, "last seen ", timeEl(h.last_seen));
+  else {
+    load = el("span", {class: "load", text: `load ${h.in_flight}/${h.max_concurrency}` +
+      (h.rtt_ms !== null && h.rtt_ms !== undefined ? ` · ${h.rtt_ms.toFixed(1)} ms away` : "")});
+    load.title = `${h.in_flight} of ${h.max_concurrency} request slots in use`;
   }
-  for (const [dev, away] of Object.entries(routing.peers_offline || {})) {
-    for (const name of away.cortices || []) {
-      items.push(el("li", {class: "cortex offline"},
-        el("div", {class: "line"}, el("strong", {text: name}), badge(nameOf(dev), ""),
-          badge("offline", "bad")),
-        el("div", {class: "meta"}, "last seen ", timeEl(away.last_seen))));
-    }
-  }
-  fill("cortices", items, "no cortex hosted in the mesh (configure [cortex.*] in config.toml)");
+  return el("li", {class: h.online === false ? "host offline" : "host",
+    "data-device-id": h.device_id}, el("span", {class: "where", text: where}), health, load);
 }
 
 function renderBackups(backup) {
   if (!backup) return notAvailable("backups", "this node runs without backups");
+  // Say "never" once: a node with no verified backup gets one row that says so and what to do.
+  const verified = backup.last_verified
+    ? el("li", {class: "backup", "data-row": "verified"},
+      el("div", {class: "line"}, el("strong", {text: "Last verified backup"}), badge("verified", "good")),
+      el("div", {class: "meta"}, timeEl(backup.last_verified)))
+    : el("li", {class: "backup", "data-row": "verified"},
+      el("div", {class: "line"}, el("strong", {text: "Last verified backup"}), badge("none yet", "bad")),
+      el("div", {class: "meta warn", text: "No backup has been verified yet: run maia backup create, " +
+        "then maia backup verify."}));
   const items = [
-    el("li", {class: "backup"},
-      el("div", {class: "line"}, el("strong", {text: "Last verified"}),
-        backup.last_verified ? badge("verified", "good") : badge("never", "bad")),
-      el("div", {class: "meta"}, timeEl(backup.last_verified))),
-    el("li", {class: "backup"},
+    verified,
+    el("li", {class: "backup", "data-row": "run"},
       el("div", {class: "line"}, el("strong", {text: "Last run"}),
         backup.running ? badge("running", "warn") : null),
-      el("div", {class: "meta"}, timeEl(backup.last_run),
-        backup.runs ? ` · ${backup.runs} runs` : "")),
-    el("li", {class: "backup"},
+      backup.last_run
+        ? el("div", {class: "meta"}, timeEl(backup.last_run), backup.runs ? ` · ${plural(backup.runs, "run")}` : "")
+        : el("div", {class: "meta", text: backup.running ? "the first run is under way" : "not run yet"})),
+    el("li", {class: "backup", "data-row": "schedule"},
       el("div", {class: "line"}, el("strong", {text: "Schedule"}),
         backup.scheduled ? badge("scheduled", "good") : badge("off", "off")),
-      el("div", {class: "meta", text: backup.target ? `to ${backup.target}` : "no target configured"}),
+      el("div", {class: "meta", text: backup.target ? `to ${backup.target}` :
+        "no target configured ([backup] target in config.toml)"}),
       backup.next_run ? el("div", {class: "meta"}, "next ", timeEl(backup.next_run)) : null),
   ];
-  if (backup.warning) items.push(el("li", {class: "warn-row", text: backup.warning}));
+  // The node's warning repeats the row above when nothing is verified; show it otherwise
+  // (an old backup, a rollback found).
+  if (backup.warning && backup.last_verified) items.push(el("li", {class: "warn-row", text: backup.warning}));
   if (backup.last_error) items.push(el("li", {class: "warn-row", text: `last error: ${backup.last_error}`}));
   fill("backups", items, "");
 }
@@ -289,26 +401,169 @@ async function refreshMemory() {
     el("div", {class: "meta"},
       badge(e.kind, "kind"), " ",
       ...(e.tags || []).map((t) => el("span", {class: "tag", text: `#${t}`})),
-      " ", nameOf(e.author), " · ", timeEl(e.created_at)))),
+      " ", nameOf(e.author), " · ", timeEl(e.created_at), " ",
+      e.edits > 1 ? el("button", {type: "button", class: "quiet history-open",
+        text: `history (${e.edits})`, onclick: () => openHistory(e.id)}) : null))),
   "no entries yet");
+}
+
+const KIND_WORDS = {note: "Notes", fact: "Facts", skill: "Skills", conversation: "Conversations",
+  journal: "Journal"};
+const SYNC_WORDS = {in_sync: "in sync", differs: "syncing", unknown: "not compared yet", offline: "offline"};
+const SYNC_BADGES = {in_sync: "good", differs: "warn", unknown: "", offline: "off"};
+const SHARDS = 8;  // memory/<kind>/<yyyy-mm>/<0-7> (SPEC-001 §6)
+
+// What a document is, in words: "Notes · December 2026 · part 1 of 8" for memory/note/2026-12/0.
+function documentTitle(id) {
+  if (id === "identity") return "Identity";
+  const m = /^memory\/([a-z]+)\/(\d{4})-(\d{2})\/(\d+)$/.exec(id);
+  if (!m) return id;
+  const month = new Date(Date.UTC(Number(m[2]), Number(m[3]) - 1, 1))
+    .toLocaleString("en", {month: "long", year: "numeric", timeZone: "UTC"});
+  return `${KIND_WORDS[m[1]] || m[1]} · ${month} · part ${Number(m[4]) + 1} of ${SHARDS}`;
+}
+
+function documentAbout(d) {
+  if (d.id === "identity") return "the mesh's devices, their names and keys";
+  return d.layer === "memory" ? "memory entries" : "";
+}
+
+function syncBadge(p) {
+  const node = badge(`${p.name || shortId(p.device_id)}: ${SYNC_WORDS[p.state] || p.state}`,
+    SYNC_BADGES[p.state] || "");
+  if (p.state === "offline") node.title = `last seen ${ago(p.last_seen)}`;
+  else if (p.state === "differs") node.title = "changes are still being exchanged";
+  return node;
+}
+
+// -- the history panel: every version of one entry, each as a word diff of the one before -------
+// (SPEC-005 §10.7; the versions come from the node, read from the document's signed history)
+function wordDiff(before, after) {
+  const a = before.split(/(\s+)/);
+  const b = after.split(/(\s+)/);
+  if (a.length * b.length > 1e6) return [["del", before], ["ins", after]];  // too long to align
+  const n = a.length;
+  const m = b.length;
+  const lcs = Array.from({length: n + 1}, () => new Uint32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out = [];
+  const push = (kind, text) => {
+    const last = out[out.length - 1];
+    if (last && last[0] === kind) last[1] += text; else out.push([kind, text]);
+  };
+  let i = 0;
+  let j = 0;
+  while (i < n && j < m) {
+    if (a[i] === b[j]) { push("same", a[i]); i++; j++; }
+    else if (lcs[i + 1][j] >= lcs[i][j + 1]) push("del", a[i++]);
+    else push("ins", b[j++]);
+  }
+  while (i < n) push("del", a[i++]);
+  while (j < m) push("ins", b[j++]);
+  return out.filter(([, text]) => text);
+}
+
+function diffEl(before, after) {
+  const node = el("p", {class: "diff"});
+  for (const [kind, text] of wordDiff(before || "", after || "")) {
+    node.append(kind === "same" ? document.createTextNode(text) : el(kind, {text}));
+  }
+  return node;
+}
+
+async function openHistory(id) {
+  state.historyId = id;
+  const panel = document.getElementById("history");
+  panel.hidden = false;
+  await refreshHistory();
+  panel.scrollIntoView({block: "nearest"});
+}
+
+function closeHistory() {
+  state.historyId = null;
+  document.getElementById("history").hidden = true;
+}
+
+async function restoreVersion(id, version) {
+  const error = document.getElementById("history-error");
+  error.hidden = true;
+  try {
+    await api("POST", `/v1/memory/${encodeURIComponent(id)}/restore`, {version});
+    schedule("memory", "history", "documents", "status");
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+  }
+}
+
+async function refreshHistory() {
+  const id = state.historyId;
+  if (!id) return;
+  const path = `/v1/memory/${encodeURIComponent(id)}`;
+  const [data, entry] = await Promise.all([api("GET", `${path}/history`), optional(path)]);
+  if (state.historyId !== id) return;  // another entry was opened meanwhile
+  document.getElementById("history-title").textContent = id;
+  const notice = document.getElementById("history-concurrent");
+  const live = (entry && entry.concurrent) || [];
+  notice.hidden = live.length < 2;
+  notice.textContent = live.length < 2 ? "" : `Edited on ${live.map((c) => c.device_name ||
+    shortId(c.device_id)).join(" and ")} at the same time. Every text is kept below: restore the one to keep.`;
+  const concurrent = new Set(live.map((c) => c.version));
+  const versions = data.history;
+  const latest = versions.length ? versions[versions.length - 1].version : null;
+  const items = versions.map((v, i) => {
+    const before = i > 0 ? versions[i - 1] : null;
+    const tagsBefore = new Set(before ? before.tags : []);
+    const tagsNow = new Set(v.tags || []);
+    const tagChanges = [
+      ...[...tagsNow].filter((t) => !tagsBefore.has(t)).map((t) => el("ins", {class: "tag", text: `#${t}`})),
+      ...[...tagsBefore].filter((t) => !tagsNow.has(t)).map((t) => el("del", {class: "tag", text: `#${t}`})),
+    ];
+    return el("li", {class: "version", "data-version": v.version},
+      el("div", {class: "line"},
+        el("strong", {text: `v${v.n} ${v.op}`}), " ",
+        badge(v.verified ? "verified" : "unverified", v.verified ? "good" : "bad"),
+        concurrent.has(v.version) ? badge("concurrent", "warn") : null,
+        v.deleted ? badge("deleted", "off") : null),
+      el("div", {class: "meta"}, el("code", {text: v.version.slice(0, 12)}), " · ",
+        v.device_name || shortId(v.device_id), " · ", timeEl(v.at),
+        v.session ? ` · session ${v.session}` : "", v.agent ? ` · ${v.agent}` : ""),
+      diffEl(before ? before.text : "", v.text),
+      tagChanges.length ? el("div", {class: "meta"}, ...tagChanges) : null,
+      v.version !== latest || v.deleted ? el("button", {type: "button", class: "quiet restore",
+        text: "Restore this version", onclick: () => restoreVersion(id, v.version)}) : null);
+  });
+  fill("history-list", items.reverse(), "no versions");
 }
 
 async function refreshDocuments() {
   const data = await api("GET", "/v1/documents?limit=100");
   setCount("documents-count", data.documents.length + (data.cursor ? "+" : ""));
   fill("documents", data.documents.map((d) => el("li", {class: "document", "data-doc": d.id},
-    el("div", {class: "line"}, el("code", {text: d.id}),
-      el("span", {class: "meta", text: `${plural(d.changes, "change")} · ${bytes(d.size_bytes)}`})),
-    el("div", {class: "meta heads", title: d.heads.join("\n"),
-      text: `heads ${d.heads.map((h) => h.slice(0, 8)).join(" ") || "none"}`}),
-    el("div", {class: "sync"}, ...d.peers.map((p) => badge(`${p.name || shortId(p.device_id)}: ${
-      {in_sync: "in sync", differs: "syncing", unknown: "unknown", offline: "offline"}[p.state] || p.state}`,
-    {in_sync: "good", differs: "warn", unknown: "", offline: "off"}[p.state] || ""))))),
+    el("div", {class: "line"},
+      // For experts, the id and heads (the hashes of the newest changes) in the tooltip only.
+      el("strong", {class: "doc-title", text: documentTitle(d.id),
+        title: `${d.id}\nheads ${d.heads.join("\n      ") || "none"}`}),
+      el("span", {class: "meta", text: [documentAbout(d), plural(d.changes, "change"), bytes(d.size_bytes)]
+        .filter(Boolean).join(" · ")})),
+    el("div", {class: "sync"}, ...d.peers.map(syncBadge)))),
   "no documents");
 }
 
 // -- refresh scheduling --------------------------------------------------------------------------
-const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments};
+// Sessions, leases and cortex load change without a live event (they are not documents): the
+// "activity" panels are read again every 15 s, and with everything else on any event.
+async function refreshActivity() {
+  if (!state.status) return;
+  await Promise.all([refreshCortices(state.status.routing), refreshSessions(state.status.sessions)]);
+}
+
+const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments,
+  activity: refreshActivity, history: refreshHistory};
 const pending = new Set();
 let timer = null;
 let running = false;
@@ -327,14 +582,23 @@ async function runRefresh() {
   // status first: the other panels use the device names it loads.
   try {
     if (panels.includes("status")) await REFRESHERS.status();
-    await Promise.all(panels.filter((p) => p !== "status").map((p) => REFRESHERS[p]()));
-    banner(null);
+    // status already read the activity panels
+    const rest = panels.filter((p) => p !== "status" && !(p === "activity" && panels.includes("status")));
+    await Promise.all(rest.map((p) => REFRESHERS[p]()));
+    banner(revokedNotice(state.status));  // stays up while this device is revoked
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) banner(`Could not refresh: ${err.message}`);
   } finally {
     running = false;
   }
+}
+
+function revokedNotice(status) {
+  const r = status && status.revoked;
+  if (!r) return null;
+  return `This device was revoked by ${r.by_name || r.by} at ${r.at}` +
+    (r.reason ? ` (${r.reason})` : "") + "; it can no longer change the mesh's documents.";
 }
 
 function banner(text) {
@@ -344,33 +608,56 @@ function banner(text) {
 }
 
 // -- live events ---------------------------------------------------------------------------------
-function setLive(stateName, text) {
+function setLive(stateName) {
+  state.stream = stateName;
+  renderLive();
+}
+
+// The header: whether live updates flow, and whether every known peer is connected. "live"
+// alone means both; "live · 1 of 2 peers away" (warning colour) that some peers are gone.
+function renderLive() {
   const node = document.getElementById("live");
-  node.dataset.state = stateName;
-  node.textContent = text;
+  node.dataset.state = state.stream;
+  // Without the live stream the page cannot know who is connected now: no count then.
+  const away = state.stream !== "live" ? []
+    : state.others.filter((d) => !state.connected.has(d.device_id));
+  node.dataset.away = String(away.length);
+  const words = {live: "live", connecting: state.liveOpenedOnce ? "reconnecting" : "connecting",
+    off: "offline"}[state.stream] || state.stream;
+  if (!away.length) {
+    node.textContent = words;
+    if (state.stream !== "live") node.title = "no live updates from the node now; the page retries by itself";
+    else if (state.others.length) node.title = `live updates; all ${plural(state.others.length, "peer")} connected`;
+    else node.title = "live updates; no other device in the mesh yet";
+    return;
+  }
+  const total = state.others.length;
+  node.textContent = `${words} · ${away.length} of ${total} ${total === 1 ? "peer" : "peers"} away`;
+  node.title = "not connected: " + away.map((d) =>
+    `${d.name || shortId(d.device_id)} (last seen ${ago(state.lastSeen.get(d.device_id))})`).join(", ");
 }
 
 function connectLive() {
   const source = new EventSource("/v1/live");
   source.onopen = () => {
-    setLive("live", "live");
+    setLive("live");
     if (state.liveOpenedOnce) schedule("status", "memory", "documents");  // missed while away
     state.liveOpenedOnce = true;
   };
   source.addEventListener("doc", (event) => {
     const {doc} = JSON.parse(event.data);
     if (doc === "identity") schedule("status", "documents");
-    else schedule("memory", "documents", "status");
+    else schedule("memory", "documents", "status", "history");
   });
   source.addEventListener("peer", () => schedule("status", "documents"));
   source.addEventListener("resync", () => schedule("status", "memory", "documents"));
   source.onerror = async () => {
     if (source.readyState !== EventSource.CLOSED) {
-      setLive("connecting", "reconnecting");
+      setLive("connecting");
       return;
     }
     // Refused (logged out, too many streams, node gone): find out which, then retry.
-    setLive("off", "offline");
+    setLive("off");
     source.close();
     try {
       await api("GET", "/ui/session");
@@ -433,9 +720,11 @@ async function start() {
   }
   setupMemoryForm();
   setupLogout();
+  document.getElementById("history-close").addEventListener("click", closeHistory);
   schedule("status", "memory", "documents");
   connectLive();
   setInterval(tickTimes, 10000);
+  setInterval(() => schedule("activity"), 15000);
   setInterval(() => schedule("status", "documents"), 60000);  // a slow safety net
 }
 

@@ -1,0 +1,200 @@
+"""Benchmark: consolidation of N new entries with an instant cortex (SPEC-006 §12).
+
+Per run: A holds N notes (imported offline) and hosts an instant consolidation cortex (the test
+model server in ``facts`` mode: one fact per entry, no delay); B is connected to A. ``POST
+/v1/consolidation/run`` on A turns the N notes into N facts (batches of 50) while a writer keeps
+measuring live propagation A -> B like ``sync_propagation.py`` (a note written on A, polled on
+B). Reported per entry: the run's wall time / N (the node's whole cost: reading, the router,
+litellm's request to the instant server, validation, the signed writes, indexing), as a ratio
+to a direct ``Memory.add_many`` of the same N facts in batches of 50, measured in the same run
+in this process. Median, min and max over the runs.
+
+    .venv/bin/python scripts/bench/consolidation_bench.py            # N = 10,000, 5 runs
+    .venv/bin/python scripts/bench/consolidation_bench.py --n 2000 --runs 5 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness import Api, NodeProc, percentile, say
+from report import table, write_section
+
+from tests.fake_llm_server import FakeLLM
+from tests.routing_helpers import chat, configure
+
+BATCH = 50
+TIMEOUT = 5.0
+GAP = 0.02
+
+
+def direct_add_many(items: list[dict[str, Any]]) -> float:
+    """Seconds for Memory.add_many of the same facts, in batches of BATCH, on a fresh store."""
+    from crdt.identity import create_mesh
+    from crdt.keys import DeviceKey
+    from crdt.store import Store
+    from node.memory import Memory
+
+    with tempfile.TemporaryDirectory(prefix="maia-bench-ref-") as tmp:
+        store = Store(Path(tmp))
+        memory = Memory(create_mesh(store, DeviceKey.generate(), "bench", "ref"))
+        t0 = time.perf_counter()
+        for i in range(0, len(items), BATCH):
+            memory.add_many(items[i:i + BATCH])
+        took = time.perf_counter() - t0
+        store.close()
+    return took
+
+
+def propagate_while(a: NodeProc, b: NodeProc, running: threading.Event,
+                    seed: int) -> dict[str, Any]:
+    """Propagation samples A -> B for as long as ``running`` is set."""
+    writer, reader = Api(a), Api(b)
+    rng = random.Random(seed)
+    lat: list[float] = []
+    timeouts = 0
+    i = 0
+    while running.is_set():
+        i += 1
+        t0 = time.perf_counter()
+        status, entry = writer.request("POST", "/v1/memory",
+                                       {"text": f"live note {seed}-{i}", "tags": ["live"]})
+        if status != 201:
+            raise RuntimeError(f"POST on A: HTTP {status} {entry}")
+        path, polls = f"/v1/memory/{entry['id']}", 0
+        while True:
+            status, _ = reader.request("GET", path)
+            polls += 1
+            now = time.perf_counter()
+            if status == 200:
+                lat.append((now - t0) * 1000)
+                break
+            if now - t0 > TIMEOUT:
+                timeouts += 1
+                break
+        time.sleep(max(GAP, polls / reader.rate) + rng.random() * 0.01)
+    writer.close()
+    reader.close()
+    lat.sort()
+    return {"samples": len(lat), "timeouts": timeouts,
+            "p50_ms": percentile(lat, 0.5) if lat else float("nan"),
+            "p99_ms": percentile(lat, 0.99) if lat else float("nan"),
+            "max_ms": lat[-1] if lat else float("nan")}
+
+
+def one_run(n: int, seed: int) -> dict[str, Any]:
+    notes = [{"text": f"note {i}: " + item["text"], "kind": "note", "tags": item.get("tags", [])}
+             for i, item in enumerate(harness.corpus(n, seed=seed))]
+    with FakeLLM("instant", mode="facts") as fake, harness.mesh(["a", "b"]) as (_root, (a, b)):
+        configure(a, cortex={"instant": {"kind": "memory-consolidation",
+                                         "model": "openai/instant", "api_base": fake.api_base,
+                                         "context_window": 65536}},
+                  consolidation={"cortex": "instant", "interval_s": 86400, "batch": BATCH})
+        harness.import_offline(a, notes)
+        a.start()
+        b.start()
+        b.add_peer(a)
+        harness.wait_until(lambda: a.request("GET", "/v1/status")["memory_entries"] >= n,
+                           120, 0.2, "A indexed its notes")
+        harness.wait_until(lambda: b.request("GET", "/v1/status")["memory_entries"] >= n,
+                           600, 0.5, "B caught up")
+        harness.wait_until(lambda: a.request("GET", "/v1/models")["data"], 30, 0.2,
+                           "the cortex advertised")
+        # litellm is imported once per node life (seconds, in the background after start):
+        # the run is measured once the cortex has answered one request
+        harness.wait_until(lambda: chat(a, "instant", "warm up", timeout=120).status == 200,
+                           180, 0.5, "the cortex answering")
+        running = threading.Event()
+        running.set()
+        live: dict[str, Any] = {}
+        t = threading.Thread(target=lambda: live.update(propagate_while(a, b, running, seed)))
+        t.start()
+        time.sleep(0.5)  # a few samples before the run starts
+        t0 = time.perf_counter()
+        report = a.request("POST", "/v1/consolidation/run", {}, timeout=3600)
+        took = time.perf_counter() - t0
+        running.clear()
+        t.join(60)
+        # the live writer's notes from before the run started are consolidated too
+        written = len(report["written"])
+        if written < n or report["rejected_answers"]:
+            raise RuntimeError(f"run wrote {written} of {n} facts, rejected "
+                               f"{report['rejected_answers'][:2]}")
+        facts = [{"text": f["text"], "kind": "fact", "tags": f["tags"]} for f in report["written"]]
+        requests = fake.stats()["requests"]
+    ref = direct_add_many(facts)
+    return {"n": n, "written": written, "run_s": took, "ref_s": ref,
+            "per_entry_ms": took / written * 1000,
+            "ref_per_entry_ms": ref / written * 1000, "ratio": took / ref,
+            "cortex_requests": requests,
+            "live": live}
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    busy = harness.wait_quiet()
+    runs = []
+    for r in range(args.runs):
+        got = one_run(args.n, seed=1000 + r)
+        say(json.dumps({k: v for k, v in got.items()}, default=str))
+        runs.append(got)
+    per = [x["per_entry_ms"] for x in runs]
+    ref = [x["ref_per_entry_ms"] for x in runs]
+    ratio = [x["ratio"] for x in runs]
+    p99 = [x["live"]["p99_ms"] for x in runs]
+    p50 = [x["live"]["p50_ms"] for x in runs]
+    samples = sum(x["live"]["samples"] for x in runs)
+    timeouts = sum(x["live"]["timeouts"] for x in runs)
+    harness.save_result(f"consolidation-{args.n}", {"runs": runs})
+    body = (
+        f"A holds {args.n:,} new notes (imported offline) and hosts an instant consolidation "
+        "cortex (the test model server in `facts` mode: one fact per entry, no delay); B is "
+        "connected. `POST /v1/consolidation/run` on A reads the notes, asks the cortex through "
+        f"the in-process router in batches of {BATCH} (HTTP through litellm to the instant "
+        "server), validates each answer against the strict schema and writes the facts "
+        "(signed, with sources, cortex and model). The node's cost per entry is the run's wall "
+        "time / N, all of it counted as overhead (the cortex answers at once); the reference "
+        "is `Memory.add_many` of the same N facts in batches of 50 on a fresh store in the "
+        "benchmark process, in the same run. While the run goes on, a writer measures live "
+        "propagation like `sync_propagation.py` (a note written on A, polled on B). "
+        f"Median (min-max) of {len(runs)} runs.\n\n"
+        + table([
+            ("node's cost per entry, ms", summary(per), "< 1 ms",
+             harness.verdict(statistics.median(per) < 1.0)),
+            ("Memory.add_many per entry, ms (reference)", summary(ref), "", ""),
+            ("ratio run / add_many", summary(ratio), "", ""),
+            ("live propagation p50 during the run, ms", summary(p50), "", ""),
+            ("live propagation p99 during the run, ms", summary(p99), "< 100 ms",
+             harness.verdict(statistics.median(p99) < 100 and timeouts == 0)),
+        ], ("what", "median (min-max)", "target", "verdict"))
+        + f"\n\n{samples} propagation samples in all, {timeouts} timeouts; "
+        f"{runs[0]['cortex_requests']} cortex requests per run."
+    )
+    say(body)
+    if not args.no_write:
+        title = f"Consolidation of {args.n:,} new entries with an instant cortex"
+        write_section(title, body, extra_machine=harness.load_note(busy))
+        say(f"wrote '{title}' to docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

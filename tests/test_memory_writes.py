@@ -1,0 +1,107 @@
+"""Local writes hold their index rows for one later Runtime transaction (issue 17).
+
+The entries are durable when ``add_many`` returns (signed, committed with fsync); the index
+rows are Runtime and follow with the next writes. A read must still see every write before
+it, and a process that ends before the rows are written must lose nothing: the shard's
+indexed heads stay behind, so it is re-indexed from the document at the next start
+(SPEC-001: deleting Runtime loses nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from crdt.documents import Repo
+from crdt.keys import DeviceKey
+from crdt.store import Store
+from node.memory.entries import PENDING_ROWS, Memory
+
+KEY = DeviceKey.generate()
+MESH = os.urandom(32)
+
+
+def _memory(data: Path) -> tuple[Store, Memory]:
+    store = Store(data)
+    return store, Memory(Repo(store, KEY, MESH))
+
+
+def _items(n: int, word: str = "apple") -> list[dict]:
+    return [{"text": f"{word} {i}", "kind": ("note", "fact")[i % 2], "tags": ["t"]}
+            for i in range(n)]
+
+
+def test_a_read_sees_every_write_before_it(tmp_path: Path) -> None:
+    store, memory = _memory(tmp_path)
+    try:
+        added = memory.add_many(_items(30))
+        assert memory._pending, "rows are held, not yet written"
+        listed = memory.list(query="apple", limit=100)
+        assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in added)
+        assert memory.count() == 30
+        one = memory.add("banana split", "note", ["x"])
+        assert [e["id"] for e in memory.list(query="banana")] == [one["id"]]
+    finally:
+        store.close()
+
+
+def test_rows_not_written_before_the_process_ends_are_rebuilt_from_the_documents(
+    tmp_path: Path,
+) -> None:
+    store, memory = _memory(tmp_path)
+    added = memory.add_many(_items(25))
+    store.close()  # as if the process died: the held rows were never written
+    store, memory = _memory(tmp_path)
+    try:
+        assert memory._dirty, "the shards count as stale: their indexed heads are behind"
+        assert sorted(e["id"] for e in memory.list(limit=100)) == sorted(e["id"] for e in added)
+    finally:
+        store.close()
+
+
+def test_written_rows_mark_their_shards_indexed(tmp_path: Path) -> None:
+    store, memory = _memory(tmp_path)
+    memory.add_many(_items(40))
+    memory.add_many(_items(10, "pear"))  # the same shards again, rows still held
+    memory.write_pending()
+    store.close()
+    store, memory = _memory(tmp_path)
+    try:
+        assert not memory._dirty, "nothing to re-index after a clean write"
+        assert memory.count() == 50
+    finally:
+        store.close()
+
+
+def test_held_rows_are_bounded(tmp_path: Path) -> None:
+    store, memory = _memory(tmp_path)
+    try:
+        memory.add_many(_items(PENDING_ROWS + 10))
+        assert memory._pending_rows == 0, "a bulk write past the bound writes its rows"
+        assert memory.count() == PENDING_ROWS + 10
+    finally:
+        store.close()
+
+
+def test_a_reindexed_shard_keeps_who_wrote_and_what_corrects_what(tmp_path: Path) -> None:
+    """The re-index reads an entry's map values without ``extract``: every field the listing
+    shows must survive it (a superseded entry surfacing again after a re-index was a bug)."""
+    store, memory = _memory(tmp_path)
+    try:
+        by = {"session": "s-1", "agent": "claude"}
+        old = memory.add("release builds are signed on the old box", "fact", [], by=by)
+        new = memory.supersede(old["id"], "release signing moved off the old box")
+        memory.write_pending()
+    finally:
+        store.close()
+    shutil.rmtree(tmp_path / "runtime")  # Runtime gone: rebuilt from the documents
+    store, memory = _memory(tmp_path)
+    try:
+        assert [e["id"] for e in memory.list(query="release")] == [new["id"]]
+        listed = {e["id"]: e for e in memory.list(query="release", include_superseded=True)}
+        assert listed[old["id"]]["superseded_by"] == new["id"]
+        assert (listed[old["id"]]["session"], listed[old["id"]]["agent"]) == ("s-1", "claude")
+        assert listed[new["id"]]["supersedes"] == old["id"]
+    finally:
+        store.close()
