@@ -43,7 +43,11 @@ EvictHook = Callable[[str, Document], None]
 #: Documents loaded only to apply a peer's changes that stay in memory at once: a catch-up
 #: of a large store loads, applies and evicts its shards in turn instead of holding all of
 #: them (issue 17: a 100k catch-up peaked near 10x the idle memory).
-MAX_REMOTE_LOADED = 4
+MAX_REMOTE_LOADED = 2
+#: Bytes of peers' changes applied between two hand-backs of freed memory to the system
+#: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
+#: runs, not only once the node goes idle (SPEC-005 §7.7).
+RELEASE_EVERY_BYTES = 4 << 20
 #: What one device may make a node store (issue 18.5): a burst that covers catching up years of
 #: history, refilled over a day. In memory: a restart forgets, which only ever helps the honest.
 NEW_DOCS_BURST = 20_000
@@ -142,6 +146,10 @@ class Repo:
         # since they were loaded, least recently applied to first; and those written here.
         self._remote: OrderedDict[str, None] = OrderedDict()
         self._written: set[str] = set()
+        # Called (when set) once RELEASE_EVERY_BYTES of peers' changes were applied and a
+        # document went out for the remote bound: the node hands freed memory back there.
+        self.on_release: Callable[[], None] | None = None
+        self._applied_since_release = 0
         self._evict_hooks: list[EvictHook] = []
         self.compact_after = compact_after
         self._loaded: OrderedDict[str, DocHandle] = OrderedDict()
@@ -298,6 +306,11 @@ class Repo:
         again later."""
         self._evict_hooks.append(hook)
 
+    def forget_before_evict(self, hook: EvictHook) -> None:
+        """Stop calling ``hook`` (its owner is closing)."""
+        if hook in self._evict_hooks:
+            self._evict_hooks.remove(hook)
+
     def _unload(self, doc_id: str) -> None:
         handle = self._loaded.pop(doc_id, None)
         self._remote.pop(doc_id, None)
@@ -316,9 +329,31 @@ class Repo:
             self._unload(doc_id)
             log.debug("evicted %s (loaded-document limit)", doc_id)
 
+    def open_for_peer(self, doc_id: str) -> DocHandle:
+        """:meth:`open` for a peer's sake (its next sync message): a document loaded for this
+        alone counts against the remote bound like one loaded to apply a peer's changes, so
+        answering every shard of a catch-up does not leave them all resident (SPEC-005 §7.7).
+        One a local reader or writer holds stays under the general bound."""
+        held_locally = doc_id in self._loaded and doc_id not in self._remote
+        handle = self.open(doc_id)
+        if not held_locally and doc_id not in self._written:
+            self._remote[doc_id] = None
+            self._remote.move_to_end(doc_id)
+            self._evict_remote_over_limit()
+        return handle
+
     def _evict_remote_over_limit(self) -> None:
+        evicted = False
         while len(self._remote) > self.max_remote_loaded:
             self._unload(next(iter(self._remote)))
+            evicted = True
+        if evicted and self.on_release is not None and (
+                self._applied_since_release >= RELEASE_EVERY_BYTES):
+            self._applied_since_release = 0
+            try:
+                self.on_release()
+            except Exception:
+                log.exception("handing memory back failed")
 
     def evict_idle(self, idle_seconds: float) -> int:
         cutoff = time.monotonic() - idle_seconds
@@ -483,6 +518,7 @@ class Repo:
         if not verified.changes:
             self._evict_remote_over_limit()
             return
+        self._applied_since_release += sum(len(c.chunk) for c in verified.changes)
         try:
             handle.meta = self.store.commit_changes(
                 doc_id, verified.changes, verified.batches, handle.doc.get_heads()

@@ -87,7 +87,7 @@ class PeerSync:
     # -- outgoing --------------------------------------------------------------------------------
     def generate(self, doc_id: str) -> list[dict[str, Any]]:
         """Frames to send for ``doc_id`` now (empty when the peer is believed in sync)."""
-        handle = self.repo.open(doc_id)
+        handle = self.repo.open_for_peer(doc_id)
         msg = handle.doc.generate_sync_message(self._state(doc_id))
         if msg is None:
             return []
@@ -143,7 +143,7 @@ class PeerSync:
         (SPEC-005 §8.6)."""
         parsed.changes = []
         try:
-            self.repo.open(doc_id).doc.receive_sync_message(
+            self.repo.open_for_peer(doc_id).doc.receive_sync_message(
                 self._state(doc_id), Message.decode(parsed.encode())
             )
         except Exception:  # the envelope alone is only a hint; a bad one is simply dropped

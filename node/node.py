@@ -93,6 +93,9 @@ class Node:
         self.key = DeviceKey.load(self.paths.key)
         self.store = Store(self.paths.root)
         self.repo = open_repo(self.store, self.key)
+        # During a catch-up too, not only when idle: the heap freed by evicted shards and the
+        # store pages read to load them go back to the system (SPEC-005 §7.7).
+        self.repo.on_release = lambda: release(self.paths.root)
         self.memory = Memory(self.repo)
         self.peers = PeerManager(self.repo)
         self.peers.on_roster_change = self.roster_changed

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -412,8 +413,12 @@ def test_device_key_only_on_request_sealed_and_carried_forward(tmp_path, capsys)
     capsys.readouterr()
     assert backup(data, "forget-device-key") == 0
     assert _latest(repo).device_key is None
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     assert backup(data, "scheduled-run", "--json") == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["ok"] is True
+    # run in-process, it gives the caller its SIGTERM handling back (it left its own, which
+    # turned a later SIGTERM of the test run into "the node stopped the scheduled backup")
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
     assert _latest(repo).device_key is None
     assert len(repo.manifests()) >= 1
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from crdt import documents
 from crdt.documents import MAX_REMOTE_LOADED
 from node.memory import Memory
+from node.search.index import SearchIndex
 from tests.trust_helpers import Device, pump
 
 
@@ -48,5 +50,68 @@ def test_a_catch_up_holds_few_documents_and_leaves_every_entry_listable(
         assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in added)
         assert loads == [], "evicted shards were indexed before they left memory"
     finally:
+        a.close()
+        b.close()
+
+
+def test_documents_resident_during_a_catch_up_never_exceed_the_remote_bound(
+    tmp_path: Path, monkeypatch,
+) -> None:
+    """SPEC-005 §7.7: shards loaded to answer the peer (our next sync message) count against
+    the remote bound too. Before, each shard the catch-up answered stayed loaded under the
+    general bound of 64, so a catch-up ended holding every shard it received, and the peak
+    grew with the number of shards. Counted at every load, not only when changes apply."""
+    monkeypatch.setattr(documents, "RELEASE_EVERY_BYTES", 4096)
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    try:
+        Memory(a.repo).add_many(_items(600))
+        shards = a.store.doc_ids("memory")
+        assert len(shards) > 3 * MAX_REMOTE_LOADED
+        Memory(b.repo)
+        most, releases = 0, []
+        b.repo.on_release = lambda: releases.append(len(b.repo.loaded_ids()))
+        real_open = b.repo.open
+
+        def counting_open(doc_id: str):
+            nonlocal most
+            handle = real_open(doc_id)
+            most = max(most, len(b.repo.loaded_ids()))
+            return handle
+
+        b.repo.open = counting_open
+        pump(a, b)
+        assert sorted(b.store.doc_ids("memory")) == sorted(shards)
+        bound = MAX_REMOTE_LOADED + 1  # and the identity document
+        assert most <= bound + 1, most  # the one being opened, before the oldest goes
+        assert len(b.repo.loaded_ids()) <= bound, b.repo.loaded_ids()
+        assert releases, "freed memory is handed back during the catch-up, not only when idle"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_shards_a_catch_up_evicts_are_searchable_without_loading_them_again(
+    tmp_path: Path,
+) -> None:
+    """The search index, like Memory's, is brought up to date from each shard before the
+    catch-up evicts it (SPEC-005 §7.7): indexing it afterwards meant loading it again from
+    its change log, the highest moment of a 100k catch-up's memory (issue 17)."""
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    index = SearchIndex(tmp_path / "b-search", b.repo, None)
+    try:
+        added = Memory(a.repo).add_many(_items(400))
+        Memory(b.repo)
+        pump(a, b)
+        loads = []
+        real_load = b.repo._load
+        b.repo._load = lambda doc_id: loads.append(doc_id) or real_load(doc_id)
+        found = index.search("walnut", mode="text", limit=1000)
+        assert sorted(h["id"] for h in found["entries"]) == sorted(e["id"] for e in added)
+        # only the shards still resident at the end were never evicted; none is loaded again
+        assert loads == [], loads
+    finally:
+        index.close()
         a.close()
         b.close()

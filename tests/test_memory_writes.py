@@ -13,6 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from crdt.documents import Repo
 from crdt.keys import DeviceKey
 from crdt.store import Store
@@ -105,3 +108,43 @@ def test_a_reindexed_shard_keeps_who_wrote_and_what_corrects_what(tmp_path: Path
         assert listed[new["id"]]["supersedes"] == old["id"]
     finally:
         store.close()
+
+
+_TAGS = ["a", "b", "project:x", "t" * 64]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(st.sampled_from(["note", "fact", "skill"]),
+                                  st.lists(st.sampled_from(_TAGS), unique=True, max_size=3),
+                                  st.text(min_size=1, max_size=40)),
+                        min_size=1, max_size=6),
+       by=st.sampled_from([None, {"session": "s-1"}, {"session": "s-2", "agent": "claude"}]))
+def test_held_rows_equal_the_rows_a_rebuild_reads_from_the_documents(
+    tmp_path_factory, entries, by,
+) -> None:
+    """A local write's index rows are built from what it wrote, not read back (issue 17):
+    they must be exactly the rows a rebuild of the Runtime index makes from the documents,
+    or a listing would change after a restart."""
+    data = tmp_path_factory.mktemp("rows")
+    store, memory = _memory(data)
+    try:
+        items = [{"text": text, "kind": kind, "tags": tags} for kind, tags, text in entries]
+        held = {e["id"]: e for e in memory.add_many(items, by=by)}
+        old = next(iter(held))
+        new = memory.supersede(old, "a correction", by=by)
+        held[new["id"]] = new
+        memory.write_pending()
+        written = {e["id"]: e for e in memory.list(limit=100, include_superseded=True)}
+    finally:
+        store.close()
+    shutil.rmtree(data / "runtime")
+    store, memory = _memory(data)
+    try:
+        rebuilt = {e["id"]: e for e in memory.list(limit=100, include_superseded=True)}
+    finally:
+        store.close()
+    assert written == rebuilt
+    for entry_id, row in held.items():
+        if entry_id != old:  # the old one was superseded after its row was returned
+            assert row == rebuilt[entry_id]

@@ -534,9 +534,17 @@ def _scheduled_run(args: argparse.Namespace, paths: Paths) -> int:
     def stop(signum: int, frame: Any) -> None:
         raise Cancelled("the node stopped the scheduled backup; nothing was recorded")
 
-    signal.signal(signal.SIGTERM, stop)
+    before = signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(OSError):
         os.nice(10)
+    try:
+        return _scheduled_steps(paths)
+    finally:  # run in-process (a test), the caller's own SIGTERM handling comes back
+        signal.signal(signal.SIGTERM, before)
+
+
+def _scheduled_steps(paths: Paths) -> int:
+    """Create, verify and prune; a failure is reported to the node as one JSON line."""
     try:
         settings = BackupSettings.from_config(NodeConfig.load(paths.config))
         if settings.target is None:

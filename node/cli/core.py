@@ -135,8 +135,10 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
 
 async def _run_node(paths: Paths, cfg: NodeConfig) -> None:
     # only `maia up` runs a node: every other command starts without aiohttp and the features
-    from ..node import Node
+    from ..memtrim import limit_arenas  # with the node: only `maia up` caps the arenas
+    from ..node import Node  # see above
 
+    limit_arenas()  # before any thread starts (node/memtrim.py says why)
     node = Node(paths.root, cfg)
     await node.start()
     say(f"maia node {node.key.device_id} ({cfg.name})")

@@ -137,6 +137,7 @@ class SearchIndex:
             (self.model_id,)).fetchone()
         self.vecindex: VectorIndex | None = None  # loaded by load_vectors (it may take a while)
         repo.subscribe(self._on_change)
+        repo.before_evict(self._index_before_evict)
         self._mark_stale()
 
     # -- the database ----------------------------------------------------------------------------
@@ -219,6 +220,7 @@ class SearchIndex:
             self._pool = None
         with self._lock:
             self.repo.unsubscribe(self._on_change)
+            self.repo.forget_before_evict(self._index_before_evict)
             self._db.close()
 
     # -- keeping up with Memory ------------------------------------------------------------------
@@ -226,6 +228,20 @@ class SearchIndex:
         if doc_id.startswith("memory/"):
             # A local write is indexed at the next pass; a synced shard once it is quiet.
             self._dirty[doc_id] = 0.0 if local else time.monotonic()
+
+    def _index_before_evict(self, doc_id: str, doc: Any) -> None:
+        """Index a changed shard while it is still in memory, as Memory does (SPEC-005 §7.7):
+        a catch-up evicts each shard after applying it, and indexing it later meant loading
+        it again from its change log, the highest moment of a 100k catch-up's memory (issue
+        17). The vectors follow in the worker, from the rows written here."""
+        if doc_id not in self._dirty:
+            return
+        at = self._dirty.pop(doc_id)
+        try:
+            self._reindex(doc_id, doc)
+        except sqlite3.Error as exc:  # Runtime only: the next pass loads it and tries again
+            log.warning("search index of %s not brought up to date: %s", doc_id, exc)
+            self._dirty[doc_id] = at
 
     def _mark_stale(self) -> None:
         with self._lock:
@@ -261,14 +277,15 @@ class SearchIndex:
             done += 1
         return done
 
-    def _reindex(self, doc_id: str) -> None:
+    def _reindex(self, doc_id: str, doc: Any = None) -> None:
         with self._lock:
             indexed = {e: (rowid, edits) for e, rowid, edits in self._db.execute(
                 "SELECT entry_id, rowid, edits FROM docs WHERE shard=?", (doc_id,))}
-        if self.repo.store.doc_meta(doc_id) is None and not self.repo.is_loaded(doc_id):
+        if doc is None and self.repo.store.doc_meta(doc_id) is None and not \
+                self.repo.is_loaded(doc_id):
             changed, present, heads = [], set(), b""
         else:
-            doc = self.repo.open(doc_id).doc
+            doc = doc if doc is not None else self.repo.open(doc_id).doc
             changed, present = [], set()
             for entry_id in doc.keys(ROOT):
                 got = doc.get(ROOT, entry_id)

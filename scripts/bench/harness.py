@@ -214,8 +214,16 @@ class Api:
                 return
             time.sleep((1 - self.tokens) / self.rate)
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def wait_turn(self) -> None:
+        """Wait until the rate limit allows one more request (see :meth:`request`)."""
         self._take()
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                paced: bool = True) -> tuple[int, Any]:
+        """One request; ``paced=False`` when the caller called :meth:`wait_turn` itself, so
+        a latency it times does not include this client's own wait for the rate limit."""
+        if paced:
+            self._take()
         data = json.dumps(body).encode() if body is not None else None
         headers = dict(self.headers)
         if data is not None:

@@ -7,7 +7,9 @@ benchmark's N entries, one change per entry, with the same fields and text as a 
 memory entry (written with the Python Automerge binding from the same corpus); a fresh B
 finds it and syncs it (time from B's connection to B holding A's heads). Then 300 single-entry
 writes on A, each timed until B's change event shows it. The same runs once more with an
-empty document for the fresh-mesh propagation case.
+empty document for the fresh-mesh propagation case, and once more with both repos keeping
+their documents on disk through automerge-repo's Node.js file-system storage adapter
+(``@automerge/automerge-repo-storage-nodefs``), since maia-node writes to disk too.
 
 The npm packages (pinned in ``automerge_repo/package.json``) are installed with
 ``npm install --no-audit --no-fund`` into ``scripts/bench/.scratch/automerge_repo/``.
@@ -71,7 +73,7 @@ def npm_install(timeout: float = 600.0) -> dict[str, str]:
 def js_versions() -> dict[str, str]:
     out = {}
     for name in ("@automerge/automerge-repo", "@automerge/automerge-repo-network-websocket",
-                 "@automerge/automerge", "ws"):
+                 "@automerge/automerge-repo-storage-nodefs", "@automerge/automerge", "ws"):
         meta = JS_DIR / "node_modules" / name / "package.json"
         if meta.exists():
             out[name] = json.loads(meta.read_text())["version"]
@@ -98,10 +100,16 @@ def build_document(items: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     return {"entries": len(items), "bytes": len(data), "build_s": time.perf_counter() - t0}
 
 
-def run_js(doc_path: Path, *, samples: int, warmup: int, cap: float) -> dict[str, Any]:
-    """Run the Node.js side once; its last stdout line is one JSON object of figures."""
+def run_js(doc_path: Path, *, samples: int, warmup: int, cap: float,
+           storage: Path | None = None) -> dict[str, Any]:
+    """Run the Node.js side once; its last stdout line is one JSON object of figures.
+    With ``storage``, both repos keep their documents there (the file-system adapter)."""
     cmd = ["node", "sync_bench.mjs", "--doc", str(doc_path), "--samples", str(samples),
            "--warmup", str(warmup), "--cap", str(int(cap))]
+    if storage is not None:
+        shutil.rmtree(storage, ignore_errors=True)
+        storage.mkdir(parents=True)
+        cmd += ["--storage", str(storage)]
     others = harness.OtherLoad([])
     try:
         res = subprocess.run(cmd, cwd=JS_DIR, capture_output=True, text=True,
@@ -114,6 +122,9 @@ def run_js(doc_path: Path, *, samples: int, warmup: int, cap: float) -> dict[str
         return {"error": f"no result (exit {res.returncode}): {res.stderr[-1500:]}"}
     out = json.loads(lines[-1])
     out["other_load"] = other_load
+    if storage is not None:
+        out["storage_bytes"] = sum(f.stat().st_size for f in storage.rglob("*") if f.is_file())
+        shutil.rmtree(storage, ignore_errors=True)
     if res.returncode != 0 and "error" not in out:
         out["error"] = f"exit {res.returncode}: {res.stderr[-500:]}"
     return out
@@ -163,10 +174,27 @@ def _fmt(v: float | None, spec: str, unit: str = "") -> str:
 
 
 def comparison_rows(n: int, maia: dict[str, Any], js: dict[str, Any],
-                    js_fresh: dict[str, Any]) -> list[tuple]:
+                    js_fresh: dict[str, Any], js_fs: dict[str, Any] | None = None
+                    ) -> list[tuple]:
+    """Rows of maia-node against automerge-repo in memory, and (with ``js_fs``) against
+    automerge-repo with its file-system storage: two more columns, value and ratio."""
+    rows = _rows_against(n, maia, js, js_fresh)
+    if js_fs is None:
+        return rows
+    fs_rows = _rows_against(n, maia, js_fs, {}, flushed=True)
+    return [(*r, f[2], f[3]) for r, f in zip(rows, fs_rows, strict=True)]
+
+
+def _rows_against(n: int, maia: dict[str, Any], js: dict[str, Any],
+                  js_fresh: dict[str, Any], *, flushed: bool = False) -> list[tuple]:
     mc = maia["catchup"] if maia["catchup"].get("complete") else {}
-    jc = js.get("catchup") or {}
+    jc = dict(js.get("catchup") or {})
     jc_ok = bool(jc.get("complete"))
+    if flushed and jc.get("flushed_from_connection_s"):
+        # with storage: until B's repo has written what it received, as maia-node's figure
+        # counts until stored
+        jc["from_connection_s"] = jc["flushed_from_connection_s"]
+        jc["changes_per_s"] = (jc.get("entries") or 0) / jc["from_connection_s"]
     mnet, jnet = mc.get("net") or {}, jc.get("net") or {}
     m_rss = (mc.get("b_rss_kib") or {}).get("VmRSS")
     m_rss = m_rss * 1024 / 1e6 if m_rss else None
@@ -199,7 +227,8 @@ def comparison_rows(n: int, maia: dict[str, Any], js: dict[str, Any],
 
 
 def section(n: int, maia: dict[str, Any], js: dict[str, Any], js_fresh: dict[str, Any],
-            versions: dict[str, str], doc_info: dict[str, Any]) -> tuple[str, str]:
+            versions: dict[str, str], doc_info: dict[str, Any],
+            js_fs: dict[str, Any] | None = None) -> tuple[str, str]:
     title = f"Side by side with automerge-repo ({n:,} changes)"
     jc = js.get("catchup") or {}
     notes = [
@@ -220,6 +249,20 @@ def section(n: int, maia: dict[str, Any], js: dict[str, Any], js_fresh: dict[str
         "Ratio = maia-node ÷ automerge-repo: below 1 is better for maia-node in times, "
         "bytes and memory; above 1 is better in the rate.",
     ]
+    if js_fs is not None:
+        fc = js_fs.get("catchup") or {}
+        notes.insert(1, (
+            "File system: the same run with both repos keeping their documents on disk through "
+            "`@automerge/automerge-repo-storage-nodefs` "
+            f"{versions.get('@automerge/automerge-repo-storage-nodefs', '?')} (A's imported "
+            "and flushed before B connects); the catch-up counts until B holds A's heads and "
+            "`repo.flush()` has written them "
+            f"({_fmt(fc.get('from_connection_s'), '.2f', ' s')} until the heads alone). The "
+            "adapter writes each file with `fs.promises.writeFile` and never calls fsync, and "
+            "keeps every binary it saved in a cache in memory; maia-node fsyncs every accepted "
+            "batch before it acknowledges it. Files left on B's and A's disks: "
+            f"{harness.fmt_bytes(js_fs.get('storage_bytes') or 0)}."
+            + (f" The run stopped: {js_fs['error']}." if js_fs.get("error") else "")))
     loads = [("maia-node catch-up", (maia.get("catchup") or {}).get("other_load")),
              ("maia-node propagation (b)", (maia.get("loaded") or {}).get("other_load")),
              ("automerge-repo runs", js.get("other_load"))]
@@ -244,8 +287,10 @@ def section(n: int, maia: dict[str, Any], js: dict[str, Any], js_fresh: dict[str
         notes.append(f"automerge-repo propagation: writes not seen on B within 5 s (left out "
                      f"of its percentiles): {prop['timeouts']}.")
     body = "\n\n".join(notes[:1]) + "\n\n" + table(
-        comparison_rows(n, maia, js, js_fresh),
-        ("figure", "maia-node", "automerge-repo", "ratio")) + "\n\n" + "\n\n".join(notes[1:])
+        comparison_rows(n, maia, js, js_fresh, js_fs),
+        ("figure", "maia-node", "automerge-repo", "ratio")
+        + (("automerge-repo, file system", "ratio") if js_fs is not None else ())
+    ) + "\n\n" + "\n\n".join(notes[1:])
     return title, body
 
 
@@ -272,14 +317,19 @@ def run(n: int, *, cap: float, js_cap: float, reuse: bool = False, samples: int 
     js = run_js(doc_path, samples=samples, warmup=warmup, cap=js_cap)
     say("automerge-repo: propagation on an empty document...")
     js_fresh = run_js(empty_path, samples=samples, warmup=warmup, cap=js_cap)
+    say("automerge-repo with its file-system storage: catch-up and propagation...")
+    js_fs = run_js(doc_path, samples=samples, warmup=warmup, cap=js_cap,
+                   storage=work / "nodefs")
     result = {"n": n, "versions": versions, "doc": doc_info, "maia": maia,
-              "automerge_repo": js, "automerge_repo_fresh": js_fresh}
+              "automerge_repo": js, "automerge_repo_fresh": js_fresh,
+              "automerge_repo_nodefs": js_fs}
     harness.save_result(f"vs-automerge-repo-{n}", result)
-    rows = comparison_rows(n, maia, js, js_fresh)
+    rows = comparison_rows(n, maia, js, js_fresh, js_fs)
     for r in rows:
-        say(f"  {r[0]:<48} maia-node {r[1]:>12}  automerge-repo {r[2]:>12}  ratio {r[3]}")
+        say(f"  {r[0]:<48} maia-node {r[1]:>12}  automerge-repo {r[2]:>12}  ratio {r[3]}"
+            f"  file system {r[4]:>12}  ratio {r[5]}")
     if write:
-        title, body = section(n, maia, js, js_fresh, versions, doc_info)
+        title, body = section(n, maia, js, js_fresh, versions, doc_info, js_fs)
         write_section(title, body, extra_machine=machine_extra(versions, busy))
         say(f"wrote '{title}' to docs/benchmarks.md")
     return result

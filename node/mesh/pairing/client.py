@@ -215,11 +215,16 @@ async def _expect(channel, kind: str) -> dict:
     return frame
 
 
-async def find_pairing_members(wait: float = 3.0) -> list[tuple[str, str]]:
-    """Members on the LAN with an open pairing window: [(device id, HOST:PORT)]."""
+async def find_pairing_members(wait: float = 10.0, settle: float = 1.0) -> list[tuple[str, str]]:
+    """Members on the LAN with an open pairing window: [(device id, HOST:PORT)].
+
+    Returns ``settle`` seconds after the first one is found (time for a second to show, so
+    two open windows are named, not one picked at random), or after ``wait`` with none. A
+    fixed 3 s look missed a member whose announcement came late on a busy machine."""
     addresses = lan_addresses()
     if not addresses:
         return []
+    loop = asyncio.get_running_loop()
     azc = AsyncZeroconf(interfaces=addresses, ip_version=IPVersion.V4Only)
     names: set[str] = set()
 
@@ -228,21 +233,33 @@ async def find_pairing_members(wait: float = 3.0) -> list[tuple[str, str]]:
             names.add(name)
 
     browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=[on_change])
-    await asyncio.sleep(wait)
-    found = []
-    for name in sorted(names):
-        info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(azc.zeroconf, 2000):
-            continue
-        props = {k.decode(): (v or b"").decode() for k, v in (info.properties or {}).items()}
-        if props.get("pairing") != "1":
-            continue
-        for addr in info.parsed_addresses(IPVersion.V4Only):
-            found.append((props.get("id", "?"), f"{addr}:{info.port}"))
-            break
-    await browser.async_cancel()
-    await azc.async_close()
-    return found
+    found: dict[str, tuple[str, str]] = {}
+    deadline, first_at = loop.time() + wait, None
+    try:
+        while loop.time() < deadline and (first_at is None or loop.time() - first_at < settle):
+            await asyncio.sleep(0.5)
+            for name in sorted(names - set(found)):  # a window may open after the first look
+                member = await _pairing_member(azc, name)
+                if member is not None:
+                    found[name] = member
+                    first_at = first_at if first_at is not None else loop.time()
+    finally:
+        await browser.async_cancel()
+        await azc.async_close()
+    return [found[name] for name in sorted(found)]
+
+
+async def _pairing_member(azc: AsyncZeroconf, name: str) -> tuple[str, str] | None:
+    """(device id, HOST:PORT) of an announced member whose pairing window is open."""
+    info = AsyncServiceInfo(SERVICE_TYPE, name)
+    if not await info.async_request(azc.zeroconf, 1000):
+        return None
+    props = {k.decode(): (v or b"").decode() for k, v in (info.properties or {}).items()}
+    if props.get("pairing") != "1":
+        return None
+    for addr in info.parsed_addresses(IPVersion.V4Only):
+        return props.get("id", "?"), f"{addr}:{info.port}"
+    return None
 
 
 def default_device_name() -> str:

@@ -13,6 +13,11 @@
 // that document, a fresh B connects and finds it; the time from B's connection to B holding
 // A's heads is measured. Live propagation: A writes one entry with DocHandle.change, B
 // notices it through its change event. Every wait is bounded by --cap seconds.
+//
+// With --storage DIR, each repo also keeps its documents on disk with automerge-repo's
+// Node.js file-system storage adapter (A in DIR/a, B in DIR/b), as maia-node keeps its own;
+// the catch-up then also reports when B's repo has flushed what it received (repo.flush()).
+// The adapter writes with fs.promises.writeFile and never calls fsync.
 
 import { fork } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -25,6 +30,7 @@ import {
   WebSocketClientAdapter,
   WebSocketServerAdapter,
 } from "@automerge/automerge-repo-network-websocket";
+import { NodeFSStorageAdapter } from "@automerge/automerge-repo-storage-nodefs";
 import { WebSocketServer } from "ws";
 
 const now = () => performance.timeOrigin + performance.now(); // ms, comparable across processes
@@ -32,6 +38,12 @@ const now = () => performance.timeOrigin + performance.now(); // ms, comparable 
 function arg(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+// --storage DIR: the file-system storage adapter under DIR/<peer>, else memory only.
+function storageFor(peer) {
+  const dir = arg("storage", null);
+  return dir ? { storage: new NodeFSStorageAdapter(`${dir}/${peer}`) } : {};
 }
 
 function cpuSeconds() {
@@ -74,7 +86,9 @@ async function serverMain() {
   });
   await new Promise((resolve) => http.listen(0, "127.0.0.1", resolve));
   const port = http.address().port;
-  const repo = new Repo({ network: [new WebSocketServerAdapter(wss)], sharePolicy: async () => true });
+  const repo = new Repo({
+    network: [new WebSocketServerAdapter(wss)], sharePolicy: async () => true, ...storageFor("a"),
+  });
   const author = "A";
   let handle = null;
   process.on("message", async (msg) => {
@@ -84,6 +98,7 @@ async function serverMain() {
         const t0 = now();
         handle = repo.import(new Uint8Array(readFileSync(msg.path)));
         const doc = handle.doc();
+        await repo.flush(); // with storage: on disk before B asks for it
         process.send({
           ok: true, url: handle.url, heads: handle.heads(),
           count: Object.keys(doc.entries || {}).length, load_s: (now() - t0) / 1000, rss: rssBytes(),
@@ -135,7 +150,7 @@ async function clientMain() {
         const t0 = now();
         let tConnected = null;
         const adapter = new WebSocketClientAdapter(`ws://127.0.0.1:${msg.port}`);
-        repo = new Repo({ network: [adapter], sharePolicy: async () => true });
+        repo = new Repo({ network: [adapter], sharePolicy: async () => true, ...storageFor("b") });
         repo.networkSubsystem.on("peer", () => {
           if (tConnected === null) tConnected = now();
         });
@@ -155,11 +170,15 @@ async function clientMain() {
           await new Promise((r) => setTimeout(r, 5));
         }
         const tDone = now();
+        // With a storage adapter: until what B received is written (without: nothing to wait).
+        await repo.flush();
+        const tFlushed = now();
         const doc = handle.doc();
         process.send({
           ok: true, complete: sameHeads(handle.heads(), msg.heads),
           entries: Object.keys(doc.entries || {}).length,
-          t0, t_connected: tConnected, t_done: tDone, cpu_s: cpuSeconds() - c0, rss: rssBytes(),
+          t0, t_connected: tConnected, t_done: tDone, t_flushed: tFlushed,
+          cpu_s: cpuSeconds() - c0, rss: rssBytes(),
         });
       } else if (msg.cmd === "watch") {
         const seen = new Promise((resolve) => watchers.set(msg.id, resolve));
@@ -183,7 +202,8 @@ async function clientMain() {
 // -- orchestrator ----------------------------------------------------------------------------
 class Peer {
   constructor(role) {
-    this.child = fork(new URL(import.meta.url).pathname, [role], { stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    this.child = fork(new URL(import.meta.url).pathname, [role, ...process.argv.slice(2)],
+      { stdio: ["ignore", "inherit", "inherit", "ipc"] });
     this.queue = [];
     this.waiting = [];
     this.child.on("message", (m) => {
@@ -266,6 +286,8 @@ async function orchestrate() {
       connect_ms: sync.t_connected === null ? null : sync.t_connected - sync.t0,
       from_connection_s: ((sync.t_done - (sync.t_connected ?? sync.t0)) / 1000),
       from_start_s: (sync.t_done - sync.t0) / 1000,
+      flushed_from_connection_s: ((sync.t_flushed - (sync.t_connected ?? sync.t0)) / 1000),
+      storage: arg("storage", null) ? "nodefs" : "memory",
       b_cpu_s: sync.cpu_s,
       b_rss: sync.rss,
     };
