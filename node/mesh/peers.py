@@ -114,9 +114,6 @@ class StaticPeer:
     fails: dict[str, int] = field(default_factory=dict)
     not_before: dict[str, float] = field(default_factory=dict)
 
-    def path_of(self, address: str) -> str:
-        return self.kinds.get(address, self.origin)
-
     def may_dial(self, address: str) -> bool:
         return self.origin != "address" or self.not_before.get(address, 0.0) <= time.monotonic()
 
@@ -691,6 +688,18 @@ class PeerManager:
         target.kinds = dict(addresses)
         target.wake.set()
 
+    def path_of(self, sp: StaticPeer, address: str) -> str:
+        """The path a connection to ``address`` takes (SPEC-005 §12.12): the kind the
+        member's own record gives that address, whichever dialler reached it, else how the
+        address was found (``mdns``, ``static``). The same address often reaches more than
+        one dialler: a home server announces its WireGuard address over mDNS too, so at the
+        café the mDNS dialler and the record's both dial it, and the label must not depend on
+        which of the two finished its handshake last."""
+        device = sp.expected_id or device_id_or_none(sp.peer_key)
+        record = self.recorded.get(device) if device is not None else None
+        kinds = {**(record.kinds if record is not None else {}), **sp.kinds}
+        return kinds.get(address, sp.origin)
+
     def remove_recorded(self, device: str) -> None:
         target = self.recorded.pop(device, None)
         if target and target.task:
@@ -795,7 +804,7 @@ class PeerManager:
                 sp.peer_key = channel.peer_key
                 sp.address = address
                 served = await self._serve(channel, initiator=True, address=address,
-                                           path=sp.path_of(address))
+                                           path=self.path_of(sp, address))
                 sp.last_error = self._peer(channel.peer_key).last_error
                 if served is not None and not served.remote_error:
                     delays = self._backoff(sp)  # a real session: start backing off afresh
