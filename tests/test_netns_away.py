@@ -139,9 +139,17 @@ def test_laptop_at_the_cafe_converges_through_the_tunnel(tmp_path):
                      what="laptop and desktop converge through the server")
             healed = time.monotonic() - t0
             peers = _peers_inside(lan, "laptop", laptop)
-            assert peers[ids["server"]]["connected"]
-            assert peers[ids["server"]]["path"] == "tunnel"
-            assert peers[ids["server"]]["address"] == f"{SERVER_WG}:{PEER_PORT}"
+            to_server = peers[ids["server"]]
+            assert to_server["connected"]
+            # Once the tunnel is up both ends dial through it: the laptop the server's recorded
+            # tunnel address (path `tunnel`, whichever of its diallers got there, §12.12), the
+            # server the laptop's. SPEC-005 §9.12 keeps the connection whose initiator has the
+            # lower key, so by key order the one left may be the server's (`incoming`).
+            if to_server["path"] == "incoming":
+                assert to_server["address"].split(":")[0] == SERVER_WG
+            else:
+                assert to_server["path"] == "tunnel"
+                assert to_server["address"] == f"{SERVER_WG}:{PEER_PORT}"
             assert not peers.get(ids["desktop"], {}).get("connected")  # only through the server
             print(f"tunnel heal-to-converge {healed:.2f} s over {wg.impairment}")
         finally:
