@@ -62,6 +62,9 @@ class NodeConfig:
     listen: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     static_peers: list[str] = field(default_factory=list)
+    #: ``[peers] advertise``: extra HOST:PORT this node publishes in its address record
+    #: (SPEC-005 §12.9), e.g. a port forwarded on a VPS; names are resolved by this node.
+    advertise: list[str] = field(default_factory=list)
     peer_listen: str = "0.0.0.0"
     peer_port: int = DEFAULT_PEER_PORT
     log_level: str = "INFO"
@@ -82,6 +85,7 @@ class NodeConfig:
             listen=str(node.get("listen", "127.0.0.1")),
             port=int(node.get("port", DEFAULT_PORT)),
             static_peers=[str(p) for p in peers.get("static", [])],
+            advertise=[str(p) for p in peers.get("advertise", [])],
             peer_listen=str(peers.get("listen", "0.0.0.0")),
             peer_port=int(peers.get("port", DEFAULT_PEER_PORT)),
             log_level=str(node.get("log_level", "INFO")),
@@ -104,6 +108,7 @@ class NodeConfig:
                 "listen": self.peer_listen,
                 "port": self.peer_port,
                 "static": self.static_peers,
+                **({"advertise": self.advertise} if self.advertise else {}),
             },
             **self.extra,
         }

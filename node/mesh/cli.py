@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from ..cli.common import Target, on_target, print_json, say
 from . import sync_progress
@@ -47,12 +48,27 @@ def cmd_peers(args: argparse.Namespace, target: Target) -> int:
     if not peers:
         say("No peers yet. Nodes of your mesh on this LAN are found by themselves; elsewhere "
             "add one with: maia peer add HOST:PORT")
+    now = time.time()
     for p in peers:
         state = "connected" if p.get("connected") else "not connected"
+        path = f" via {p['path']}" if p.get("path") and p.get("connected") else ""
+        heard = (f", last traffic {_ago(now - p['last_traffic'])}"
+                 if p.get("last_traffic") else "")
+        retry = (f", next try in {max(0.0, p['next_retry'] - now):.1f} s"
+                 if p.get("next_retry") and not p.get("connected") else "")
         err = f"  last error: {p['last_error']}" if p.get("last_error") else ""
         say(f"{p.get('address') or '-':<22} {p.get('device_id') or '(unknown device)'}  "
-            f"{state}{err}")
+            f"{state}{path}{heard}{retry}{err}")
     for n in nearby:
         say(f"{', '.join(n['addresses']):<22} {n['device_id']}  nearby, not paired "
             "(pair it with: maia pair accept)")
     return 0
+
+
+def _ago(seconds: float) -> str:
+    """How long ago, in the unit a person reads at a glance."""
+    if seconds < 60:
+        return f"{max(0.0, seconds):.1f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"

@@ -13,11 +13,13 @@ from aiohttp import web
 
 from ..api.routes import RouteTable
 from ..features import FeatureBase
-from .routes import CONFIG_PATH_KEY, PEERS_KEY, peer_listener_routes, peer_routes
+from .reach import Reach
+from .routes import CONFIG_PATH_KEY, PEERS_KEY, REACH_KEY, peer_listener_routes, peer_routes
 
 
 class MeshFeature(FeatureBase):
     name = "mesh"
+    reach: Reach | None = None
 
     def route_tables(self) -> Sequence[RouteTable]:
         return [peer_routes]
@@ -29,11 +31,20 @@ class MeshFeature(FeatureBase):
         assert self.node is not None
         app[PEERS_KEY] = self.node.peers
         app[CONFIG_PATH_KEY] = self.node.paths.config
+        if self.reach is None:  # one for the node, whichever app is configured first
+            self.reach = Reach(self.node)
+        app[REACH_KEY] = self.reach
 
     async def start(self) -> None:
         assert self.node is not None
         for address in self.node.config.static_peers:
             self.node.peers.add_static(address)
+        assert self.reach is not None
+        await self.reach.start()
+
+    async def stop(self) -> None:
+        if self.reach is not None and self.reach.started:
+            await self.reach.stop()
 
 
 def create() -> MeshFeature:

@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+#: A dial target whose device is a known member backs off to at most this (SPEC-005 §9.13):
+#: a member's node that is away comes back within seconds of its link returning.
+MEMBER_BACKOFF_MAX = 4.0
+#: Application-level liveness (SPEC-005 §9.14): an idle connection sends a ping this often, and
+#: one that hears nothing at all for LIVENESS_TIMEOUT is closed (and redialled) rather than
+#: waiting for TCP's retransmission timer.
+LIVENESS_INTERVAL = 2.0
+LIVENESS_TIMEOUT = 8.0
+#: An address of a member's record that failed n times waits 4 s * 2^(n-1), at most this.
+ADDRESS_BACKOFF_MAX = 300.0
+#: After a link change every connection is pinged and must answer within this (§9.14).
+PROBE_TIMEOUT = 2.0
 MEMBER_REFUSED_RETRY = 3.0  # a member refused as not_member/revoked redials this soon
 MAX_REJECTS = 8
 ROSTER_RETRIES = 3  # answers to roster refusals of one document per REJECT_WINDOW
@@ -62,11 +74,14 @@ class PeerState:
     accepted: int = 0
     rejected: int = 0
     last_error: str = ""
+    path: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "device_id": device_id(self.key),
             "address": self.address,
+            "path": self.path,
+            "last_traffic": self.last_seen,
             "connected": self.connected_since is not None,
             "connected_since": self.connected_since,
             "last_seen": self.last_seen,
@@ -88,6 +103,35 @@ class StaticPeer:
     expected_id: str | None = None
     addresses: list[str] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: How each address was learned (``lan``/``tunnel``/``address`` from a record, ``mdns``,
+    #: ``static``): shown as the connection's path.
+    origin: str = "static"
+    kinds: dict[str, str] = field(default_factory=dict)
+    next_retry: float | None = None  # wall-clock time of the next dial, when waiting
+    #: Per address of a member's record: consecutive failures and when it may be dialled
+    #: again. A hostile member's record can name a host that is no peer; that host then sees
+    #: one attempt per address every ADDRESS_BACKOFF_MAX at most, not one every few seconds.
+    fails: dict[str, int] = field(default_factory=dict)
+    not_before: dict[str, float] = field(default_factory=dict)
+
+    def may_dial(self, address: str) -> bool:
+        return self.origin != "address" or self.not_before.get(address, 0.0) <= time.monotonic()
+
+    def failed(self, address: str) -> None:
+        if self.origin == "address":
+            n = self.fails[address] = self.fails.get(address, 0) + 1
+            delay = min(ADDRESS_BACKOFF_MAX, MEMBER_BACKOFF_MAX * 2 ** (n - 1))
+            self.not_before[address] = time.monotonic() + delay
+
+    def answered(self, address: str) -> None:
+        self.fails.pop(address, None)
+        self.not_before.pop(address, None)
+
+    def links_changed(self) -> None:
+        """Every address may work now: forget their failures (not on a new record, which a
+        hostile member could publish every second)."""
+        self.fails.clear()
+        self.not_before.clear()
 
 
 class _FrameBucket:
@@ -126,6 +170,7 @@ class PeerConnection:
         self.closed = asyncio.Event()
         self.remote_error = ""
         self._roster_rejects: dict[str, list[float]] = {}
+        self.heard_at = time.monotonic()  # the last frame of any kind from the peer
 
     @property
     def initiator_key(self) -> bytes:
@@ -148,11 +193,14 @@ class PeerConnection:
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop(), name=f"send-{self.channel.peer_device_id}")
+        alive = asyncio.create_task(self._liveness(), name=f"alive-{self.channel.peer_device_id}")
+        self.heard_at = time.monotonic()
         try:
             for frame in self.manager.certs_frames():
                 await self.channel.send(frame)
             await self.channel.send(self.sync.summary_frame())
             async for frame in self.channel:
+                self.heard_at = time.monotonic()
                 self.manager.touch(self.peer_key)
                 if not self._bucket.take():
                     log.warning("peer %s floods; disconnecting", self.channel.peer_device_id)
@@ -169,15 +217,36 @@ class PeerConnection:
             log.info("channel to %s failed: %s", self.channel.peer_device_id, exc)
             self.manager.note_error(self.peer_key, str(exc))
         finally:
-            sender.cancel()
-            with contextlib.suppress(BaseException):
-                await sender
+            for task in (sender, alive):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await self.channel.close()
             self.closed.set()
 
+    async def _liveness(self) -> None:
+        """Ping when idle; hang up when the peer has been silent for LIVENESS_TIMEOUT (SPEC-005
+        §9.14). A dead link is then noticed in seconds and the dialler starts over at once."""
+        interval, timeout = self.manager.liveness_interval, self.manager.liveness_timeout
+        while True:
+            await asyncio.sleep(interval)
+            silent = time.monotonic() - self.heard_at
+            if silent >= timeout:
+                log.info("peer %s silent for %.1f s; closing", self.channel.peer_device_id, silent)
+                self.manager.note_error(self.peer_key, "liveness_timeout")
+                self.manager.abandon(self, "liveness timeout")
+                return
+            if silent >= interval:
+                with contextlib.suppress(TransportError):
+                    await self.channel.send({"t": "ping"})
+
     async def _handle(self, frame: Any) -> bool:
         kind = frame.get("t") if isinstance(frame, dict) else None
-        if kind == "summary":
+        if kind == "ping":
+            await self.channel.send({"t": "pong"})
+        elif kind == "pong":
+            pass  # its arrival is what counts (self.heard_at)
+        elif kind == "summary":
             try:
                 for doc_id in self.sync.docs_to_sync(frame):
                     # When the peer lacks a document entirely, let it open the exchange: its
@@ -316,7 +385,11 @@ class PeerManager:
         frame_rate: float = FRAME_RATE,
         frame_burst: float = FRAME_BURST,
         handshake_timeout: float = 5.0,
+        liveness_interval: float = LIVENESS_INTERVAL,
+        liveness_timeout: float = LIVENESS_TIMEOUT,
     ) -> None:
+        self.liveness_interval = liveness_interval
+        self.liveness_timeout = liveness_timeout
         self.repo = repo
         self.frame_rate = frame_rate
         self.frame_burst = frame_burst
@@ -325,6 +398,7 @@ class PeerManager:
         self.peers: dict[bytes, PeerState] = {}
         self.static: dict[str, StaticPeer] = {}
         self.discovered: dict[str, StaticPeer] = {}
+        self.recorded: dict[str, StaticPeer] = {}  # members' signed address records (§12.12)
         self._penalty: dict[bytes, tuple[float, float]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -339,7 +413,7 @@ class PeerManager:
     def register(self, kind: str, handler: FrameHandler) -> None:
         """Route frames of ``kind`` to ``handler(conn, frame)``, awaited in the reader loop:
         a handler that does slow work (a model call) must spawn a task and return."""
-        taken = ("summary", "sync", "reject", "error", "certs", "chain")
+        taken = ("summary", "sync", "reject", "error", "certs", "chain", "ping", "pong")
         if kind in taken or kind in self.handlers:
             raise ValueError(f"frame kind {kind!r} is taken")
         self.handlers[kind] = handler
@@ -526,11 +600,18 @@ class PeerManager:
                     1 for d, h in theirs.items() if sorted(h) != sorted(self.repo.heads(d))
                 )
             out.append(row)
+        targets = {sp.expected_id or device_id_or_none(sp.peer_key): sp
+                   for sp in [*self.static.values(), *self.recorded.values(),
+                              *self.discovered.values()]}
+        for row in out:
+            sp = targets.get(row["device_id"])
+            row["next_retry"] = None if row["connected"] or sp is None else sp.next_retry
         known = {p.address for p in self.peers.values()}
         for sp in self.static.values():
             if sp.address not in known:
-                out.append({"address": sp.address, "connected": False,
-                            "last_error": sp.last_error, "device_id": None})
+                out.append({"address": sp.address, "connected": False, "path": "static",
+                            "last_error": sp.last_error, "device_id": None,
+                            "next_retry": sp.next_retry})
         return out
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -588,9 +669,84 @@ class PeerManager:
             target.addresses = list(dict.fromkeys([*target.addresses, *addresses]))
             target.wake.set()  # a fresh announcement: try now rather than at the next backoff
             return
-        target = StaticPeer(addresses[0], expected_id=device, addresses=list(addresses))
+        target = StaticPeer(addresses[0], expected_id=device, addresses=list(addresses),
+                            origin="mdns")
         self.discovered[device] = target
         target.task = self._spawn(self._dial_loop(target, delay), f"dial-mdns-{device[:7]}")
+
+    def add_recorded(self, device: str, addresses: list[tuple[str, str]]) -> None:
+        """Dial a member at the addresses of its signed record (SPEC-005 §12.12), in the order
+        given, proving it is ``device``. The newest record replaces the addresses held."""
+        if not addresses:
+            return
+        target = self.recorded.get(device)
+        if target is None:
+            target = StaticPeer(addresses[0][0], expected_id=device, origin="address")
+            self.recorded[device] = target
+            target.task = self._spawn(self._dial_loop(target), f"dial-rec-{device[:7]}")
+        target.addresses = [a for a, _k in addresses]
+        target.kinds = dict(addresses)
+        target.wake.set()
+
+    def path_of(self, sp: StaticPeer, address: str) -> str:
+        """The path a connection to ``address`` takes (SPEC-005 §12.12): the kind the
+        member's own record gives that address, whichever dialler reached it, else how the
+        address was found (``mdns``, ``static``). The same address often reaches more than
+        one dialler: a home server announces its WireGuard address over mDNS too, so at the
+        café the mDNS dialler and the record's both dial it, and the label must not depend on
+        which of the two finished its handshake last."""
+        device = sp.expected_id or device_id_or_none(sp.peer_key)
+        record = self.recorded.get(device) if device is not None else None
+        kinds = {**(record.kinds if record is not None else {}), **sp.kinds}
+        return kinds.get(address, sp.origin)
+
+    def remove_recorded(self, device: str) -> None:
+        target = self.recorded.pop(device, None)
+        if target and target.task:
+            target.task.cancel()
+
+    def probe_all(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Ping every connection now and close those that answer nothing within ``timeout``:
+        after a link change a connection's path may be gone, and a fresh dial beats waiting
+        for TCP to retransmit or for the liveness timeout (SPEC-005 §9.14)."""
+        async def probe(conn: PeerConnection) -> None:
+            asked = time.monotonic()
+            with contextlib.suppress(TransportError):
+                await conn.send({"t": "ping"})
+            await asyncio.sleep(timeout)
+            if conn.heard_at < asked and not conn.closed.is_set():
+                log.info("peer %s did not answer a probe after a link change; redialling",
+                         conn.peer_device_id)
+                self.note_error(conn.peer_key, "probe_timeout")
+                self.abandon(conn, "link changed")
+
+        for conn in list(self.connections.values()):
+            self._spawn(probe(conn), f"probe-{conn.peer_device_id[:7]}")
+
+    def abandon(self, conn: PeerConnection, reason: str) -> None:
+        """Give up a connection whose path is dead: forget it and wake its dialler now, and
+        close it in the background (the close handshake cannot cross a dead path; waiting
+        for it would hold the redial back by its timeout)."""
+        if self.connections.get(conn.peer_key) is conn:
+            del self.connections[conn.peer_key]
+            self._peer(conn.peer_key).connected_since = None
+        self.wake_member(conn.peer_device_id)
+        self._spawn(conn.channel.close(1001, reason), f"abandon-{conn.peer_device_id[:7]}")
+
+    def wake_all(self) -> None:
+        """Redial every target now (a link or address changed, SPEC-005 §9.13)."""
+        for sp in [*self.static.values(), *self.discovered.values(), *self.recorded.values()]:
+            sp.links_changed()
+            sp.wake.set()
+
+    def wake_member(self, device: str) -> None:
+        """``device`` went away, or news of it arrived: redial it now if it is not connected."""
+        for sp in self.static.values():
+            if device_id_or_none(sp.peer_key) == device:
+                sp.wake.set()
+        for table in (self.discovered, self.recorded):
+            if (sp := table.get(device)) is not None:
+                sp.wake.set()
 
     def remove_discovered(self, device: str) -> None:
         target = self.discovered.pop(device, None)
@@ -602,16 +758,30 @@ class PeerManager:
             c.peer_device_id == device for c in self.connections.values()
         )
 
+    def _backoff(self, sp: StaticPeer, start: float = BACKOFF_START):
+        """Members are redialled within seconds; an address of unknown identity backs off to
+        30 s (SPEC-005 §9.13)."""
+        known = sp.expected_id or device_id_or_none(sp.peer_key)
+        members = {device_id(k) for k in self.repo.roster.members}
+        cap = MEMBER_BACKOFF_MAX if known in members else BACKOFF_MAX
+        return backoff_delays(min(start, cap), cap)
+
     async def _dial_loop(self, sp: StaticPeer, delay: float = 0.0) -> None:
-        delays = backoff_delays()
+        delays = self._backoff(sp)
         if delay:
             await asyncio.sleep(delay)
         while not self._closing:
             if self._connected_to(sp.expected_id or device_id_or_none(sp.peer_key)):
-                await asyncio.sleep(1.0)  # the peer dialled us first; check again later
+                # The peer is connected (perhaps it dialled us): wait until woken or a second.
+                sp.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sp.wake.wait(), 1.0)
                 continue
             sp.attempts += 1
+            sp.next_retry = None
             for address in sp.addresses or [sp.address]:
+                if not sp.may_dial(address):
+                    continue
                 try:
                     channel = await connect(
                         self._session, f"http://{_bracket(address)}/v1/peer", key=self.repo.key,
@@ -619,8 +789,10 @@ class PeerManager:
                     )
                 except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
                     sp.last_error = str(exc) or type(exc).__name__
+                    sp.failed(address)
                     log.debug("dial %s failed: %s", address, sp.last_error)
                     continue
+                sp.answered(address)
                 if sp.expected_id and channel.peer_device_id != sp.expected_id:
                     sp.last_error = (
                         f"{address} advertised {sp.expected_id} but proved to be "
@@ -631,10 +803,11 @@ class PeerManager:
                     continue
                 sp.peer_key = channel.peer_key
                 sp.address = address
-                served = await self._serve(channel, initiator=True, address=address)
+                served = await self._serve(channel, initiator=True, address=address,
+                                           path=self.path_of(sp, address))
                 sp.last_error = self._peer(channel.peer_key).last_error
                 if served is not None and not served.remote_error:
-                    delays = backoff_delays()  # a real session: start backing off afresh
+                    delays = self._backoff(sp)  # a real session: start backing off afresh
                 elif (served.remote_error if served is not None else sp.last_error) in (
                     "revoked", "not_member"
                 ):
@@ -647,10 +820,12 @@ class PeerManager:
                               if self.repo.roster.is_member(me) else backoff_delays(BACKOFF_MAX))
                 break
             sp.wake.clear()
+            wait = next(delays)
+            sp.next_retry = time.time() + wait
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sp.wake.wait(), next(delays))
+                await asyncio.wait_for(sp.wake.wait(), wait)
             if sp.wake.is_set():
-                delays = backoff_delays()
+                delays = self._backoff(sp)
 
     # -- incoming --------------------------------------------------------------------------------
     async def handle_incoming(self, request: web.Request) -> web.StreamResponse:
@@ -665,12 +840,12 @@ class PeerManager:
             if response is None:
                 raise
             return response
-        await self._serve(channel, initiator=False, address=request.remote or "")
+        await self._serve(channel, initiator=False, address=request.remote or "", path="incoming")
         return ws
 
     # -- one session ------------------------------------------------------------------------------
     async def _serve(
-        self, channel: SecureChannel, *, initiator: bool, address: str
+        self, channel: SecureChannel, *, initiator: bool, address: str, path: str = ""
     ) -> PeerConnection | None:
         """Run one authenticated session; the connection object, or None when refused."""
         key = channel.peer_key
@@ -712,6 +887,7 @@ class PeerManager:
         self.connections[key] = conn
         state = self._peer(key)
         state.address, state.connected_since, state.last_seen = address, time.time(), time.time()
+        state.path = path
         log.info("peer %s connected (%s)", channel.peer_device_id, address)
         for callback in self.on_connected:
             _safely(callback, conn)
@@ -721,6 +897,7 @@ class PeerManager:
             if self.connections.get(key) is conn:
                 del self.connections[key]
                 state.connected_since = None
+                self.wake_member(channel.peer_device_id)  # redial at once, not in a second
             for callback in self.on_disconnected:
                 _safely(callback, conn)
             # A split message cut short: drop the parts held for a cutoff head (§6.1 h).

@@ -10,6 +10,7 @@ from ..api.middleware import BODY_KEY
 from ..api.routes import RouteTable
 from .peerlist import BadPeerAddress, NotAStaticPeer, add_static_peer, remove_static_peer
 from .peers import PeerManager
+from .reach import Reach
 
 peer_routes = RouteTable("peers", errors={
     BadPeerAddress: (400, "Bad peer address"),
@@ -19,6 +20,7 @@ peer_routes = RouteTable("peers", errors={
 peer_listener_routes = RouteTable("peer-listener")
 
 PEERS_KEY: web.AppKey[PeerManager] = web.AppKey("maia_peers", PeerManager)
+REACH_KEY: web.AppKey[Reach] = web.AppKey("maia_reach", Reach)
 CONFIG_PATH_KEY: web.AppKey[Path] = web.AppKey("maia_config_path", Path)
 
 ADD_PEER_SCHEMA = {
@@ -44,8 +46,12 @@ async def peer_socket(request: web.Request) -> web.StreamResponse:
 
 @peer_routes.get("/v1/peers")
 async def list_peers(request: web.Request) -> web.Response:
-    """Known peers: connection state, last seen, accepted and rejected traffic."""
-    return web.json_response({"peers": request.app[PEERS_KEY].status()})
+    """Known peers (state, path, last traffic, next retry) and the address records held.
+
+    The records are this node's own and each member's newest (SPEC-005 §12.9)."""
+    reach = request.app.get(REACH_KEY)
+    return web.json_response({"peers": request.app[PEERS_KEY].status(),
+                              "addresses": reach.status() if reach is not None else None})
 
 
 @peer_routes.post("/v1/peers", body_schema=ADD_PEER_SCHEMA)
