@@ -30,7 +30,7 @@ from node.mesh.addresses import (
     sign_record,
     usable_address,
 )
-from node.mesh.peers import ADDRESS_BACKOFF_MAX, StaticPeer
+from node.mesh.peers import ADDRESS_BACKOFF_MAX, DialTarget
 
 MESH = os.urandom(32)
 NOW = 1_800_000_000.0
@@ -216,7 +216,7 @@ def test_junk_never_raises_anything_but_bad_record(junk):
 
 def test_an_address_that_never_answers_is_dialled_ever_more_rarely():
     """005.12.10: per-address backoff, 4 s doubling to 300 s; reset only by a link change."""
-    sp = StaticPeer("10.0.0.9:22", expected_id="X", origin="address")
+    sp = DialTarget("10.0.0.9:22", expected_id="X", origin="address")
     waits = []
     for _ in range(10):
         assert sp.may_dial("10.0.0.9:22")
@@ -228,6 +228,6 @@ def test_an_address_that_never_answers_is_dialled_ever_more_rarely():
     sp.failed("10.0.0.9:22")
     sp.links_changed()
     assert sp.may_dial("10.0.0.9:22")
-    static = StaticPeer("10.0.0.9:7412")  # a configured peer keeps the dialler's own backoff
+    static = DialTarget("10.0.0.9:7412")  # a configured peer keeps the dialler's own backoff
     static.failed("10.0.0.9:7412")
     assert static.may_dial("10.0.0.9:7412")

@@ -92,7 +92,7 @@ class PeerState:
 
 
 @dataclass
-class StaticPeer:
+class DialTarget:
     """A dial target: a configured address, or one found by discovery (``expected_id`` set)."""
 
     address: str
@@ -396,9 +396,9 @@ class PeerManager:
         self.handshake_timeout = handshake_timeout
         self.connections: dict[bytes, PeerConnection] = {}
         self.peers: dict[bytes, PeerState] = {}
-        self.static: dict[str, StaticPeer] = {}
-        self.discovered: dict[str, StaticPeer] = {}
-        self.recorded: dict[str, StaticPeer] = {}  # members' signed address records (§12.12)
+        self.static: dict[str, DialTarget] = {}
+        self.discovered: dict[str, DialTarget] = {}
+        self.recorded: dict[str, DialTarget] = {}  # members' signed address records (§12.12)
         self._penalty: dict[bytes, tuple[float, float]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -641,7 +641,7 @@ class PeerManager:
     def add_static(self, address: str) -> None:
         if address in self.static:
             return
-        sp = StaticPeer(address)
+        sp = DialTarget(address)
         self.static[address] = sp
         sp.task = self._spawn(self._dial_loop(sp), f"dial-{address}")
 
@@ -669,7 +669,7 @@ class PeerManager:
             target.addresses = list(dict.fromkeys([*target.addresses, *addresses]))
             target.wake.set()  # a fresh announcement: try now rather than at the next backoff
             return
-        target = StaticPeer(addresses[0], expected_id=device, addresses=list(addresses),
+        target = DialTarget(addresses[0], expected_id=device, addresses=list(addresses),
                             origin="mdns")
         self.discovered[device] = target
         target.task = self._spawn(self._dial_loop(target, delay), f"dial-mdns-{device[:7]}")
@@ -681,14 +681,14 @@ class PeerManager:
             return
         target = self.recorded.get(device)
         if target is None:
-            target = StaticPeer(addresses[0][0], expected_id=device, origin="address")
+            target = DialTarget(addresses[0][0], expected_id=device, origin="address")
             self.recorded[device] = target
             target.task = self._spawn(self._dial_loop(target), f"dial-rec-{device[:7]}")
         target.addresses = [a for a, _k in addresses]
         target.kinds = dict(addresses)
         target.wake.set()
 
-    def path_of(self, sp: StaticPeer, address: str) -> str:
+    def path_of(self, sp: DialTarget, address: str) -> str:
         """The path a connection to ``address`` takes (SPEC-005 §12.12): the kind the
         member's own record gives that address, whichever dialler reached it, else how the
         address was found (``mdns``, ``static``). The same address often reaches more than
@@ -758,7 +758,7 @@ class PeerManager:
             c.peer_device_id == device for c in self.connections.values()
         )
 
-    def _backoff(self, sp: StaticPeer, start: float = BACKOFF_START):
+    def _backoff(self, sp: DialTarget, start: float = BACKOFF_START):
         """Members are redialled within seconds; an address of unknown identity backs off to
         30 s (SPEC-005 §9.13)."""
         known = sp.expected_id or device_id_or_none(sp.peer_key)
@@ -766,7 +766,7 @@ class PeerManager:
         cap = MEMBER_BACKOFF_MAX if known in members else BACKOFF_MAX
         return backoff_delays(min(start, cap), cap)
 
-    async def _dial_loop(self, sp: StaticPeer, delay: float = 0.0) -> None:
+    async def _dial_loop(self, sp: DialTarget, delay: float = 0.0) -> None:
         delays = self._backoff(sp)
         if delay:
             await asyncio.sleep(delay)
