@@ -215,6 +215,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory,
     configure(b, cortex={"emb": {"kind": "embedding", "model": "openai/fake-emb",
                                  "api_base": fake.api_base, "dimensions": 8, "timeout": 5}},
               routing={"cooldown_seconds": 1})
+    # A cools B's cortex down when a hostile test makes it answer garbage: 1 s, not the
+    # default 20 s, so the next test (any order) finds it answering again
+    configure(a, routing={"cooldown_seconds": 1})
     fake.control(emb_mode="ok")
     try:
         a.start()
@@ -330,6 +333,8 @@ def test_a_reaches_bs_embedding_cortex_through_the_peer(pair) -> None:
     fake.control(emb_mode="ok")
     before = fake.stats()["embeddings"]
     expected = [fake_vector("alpha", 8), fake_vector("beta", 8)]
+    wait_for(lambda: embed(a, {"model": "emb", "input": ["alpha"]})[0] == 200, timeout=30,
+             what="b's cortex out of the cooldown a hostile test before may have left")
     for model in ("emb", "cortex/embedding"):
         status, answer, headers = embed(a, {"model": model, "input": ["alpha", "beta"]})
         assert status == 200, answer
