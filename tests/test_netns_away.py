@@ -8,56 +8,28 @@ are missing (.ci/run installs them).
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import time
 
 import pytest
 
 from scripts.netns_lan import NamespaceLan, namespaces_available
 from scripts.netns_wg import SERVER_WG, WireGuardLink, wireguard_available
+from tests.netns_nodes import PEER_PORT, call_inside, in_lan
 from tests.nodes import NodeProc, make_mesh, wait_for
 
 OK, WHY = namespaces_available()
 WG_OK, WG_WHY = wireguard_available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(not OK, reason=WHY)]
-API_PORT, PEER_PORT = 17411, 17412
-
-
-def _in_lan(node: NodeProc, lan: NamespaceLan, host: str, *, mdns: bool) -> NodeProc:
-    node.host, node.port, node.peer_port = lan.addresses[host], API_PORT, PEER_PORT
-    node.peer_listen = "0.0.0.0"
-    node.prefix = lan.command(host, [])
-    node.env = {"MAIA_DISCOVERY": "1" if mdns else "0"}
-    return node
-
-
-def _inside(lan: NamespaceLan, host: str, node: NodeProc, method: str, path: str,
-            body: object = None) -> object:
-    """Call a node's API from inside its namespace (its LAN link may be down)."""
-    script = (
-        "import json, sys, urllib.request\n"
-        "body = json.loads(sys.argv[4])\n"
-        "req = urllib.request.Request(sys.argv[1] + sys.argv[3], method=sys.argv[5],"
-        " data=None if body is None else json.dumps(body).encode(),"
-        " headers={'Authorization': 'Bearer ' + sys.argv[2], 'Content-Type': 'application/json'})\n"
-        "print(urllib.request.urlopen(req, timeout=10).read().decode())\n"
-    )
-    out = subprocess.run(
-        lan.command(host, [sys.executable, "-c", script, node.base, node.token, path,
-                           json.dumps(body), method]),
-        capture_output=True, text=True, timeout=30, check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def _ids_inside(lan: NamespaceLan, host: str, node: NodeProc) -> set[str]:
-    return {e["id"] for e in _inside(lan, host, node, "GET", "/v1/memory?limit=1000")["entries"]}
+    listed = call_inside(lan, host, node, "GET", "/v1/memory?limit=1000")
+    return {e["id"] for e in listed["entries"]}
 
 
 def _peers_inside(lan: NamespaceLan, host: str, node: NodeProc) -> dict[str, dict]:
-    peers = _inside(lan, host, node, "GET", "/v1/peers")["peers"]
+    peers = call_inside(lan, host, node, "GET", "/v1/peers")["peers"]
     return {p["device_id"]: p for p in peers if p.get("device_id")}
 
 
@@ -75,7 +47,7 @@ def test_members_dial_each_other_from_address_records(tmp_path):
         nodes = {"a": a, "b": b, "c": c}
         try:
             for host, node in nodes.items():
-                _in_lan(node, lan, host, mdns=False).start()
+                in_lan(node, lan, host, mdns=False).start()
             b_addr = f"{lan.addresses['b']}:{PEER_PORT}"
             a.request("POST", "/v1/peers", {"address": b_addr})
             c.request("POST", "/v1/peers", {"address": b_addr})
@@ -109,7 +81,7 @@ def test_laptop_at_the_cafe_converges_through_the_tunnel(tmp_path):
         nodes = {"server": server, "desktop": desktop, "laptop": laptop}
         try:
             for host, node in nodes.items():
-                _in_lan(node, lan, host, mdns=True).start()
+                in_lan(node, lan, host, mdns=True).start()
             ids = {h: n.device_id() for h, n in nodes.items()}
             wait_for(lambda: {ids["desktop"], ids["laptop"]} <= server.connected(), timeout=60,
                      what="the home mesh formed over mDNS")
@@ -125,7 +97,7 @@ def test_laptop_at_the_cafe_converges_through_the_tunnel(tmp_path):
             _leave_home(lan, "laptop")
             wait_for(lambda: ids["laptop"] not in server.connected(), timeout=30,
                      what="the server noticed the laptop left")
-            on_laptop = {_inside(lan, "laptop", laptop, "POST", "/v1/memory",
+            on_laptop = {call_inside(lan, "laptop", laptop, "POST", "/v1/memory",
                                  {"text": f"written at the cafe {i}"})["id"] for i in range(3)}
             on_desktop = {desktop.add_memory(f"written at home {i}")["id"] for i in range(3)}
             time.sleep(1.0)  # a window in which nothing may cross: the tunnel is still down
@@ -163,15 +135,15 @@ def test_two_devices_never_online_together_converge_through_the_home_server(tmp_
     with NamespaceLan("maias", ["server", "laptop", "tablet"]) as lan:
         server, laptop, tablet = make_mesh(tmp_path, ["server", "laptop", "tablet"])
         try:
-            _in_lan(server, lan, "server", mdns=True).start()
-            _in_lan(laptop, lan, "laptop", mdns=True).start()
+            in_lan(server, lan, "server", mdns=True).start()
+            in_lan(laptop, lan, "laptop", mdns=True).start()
             ids = {"laptop": laptop.device_id(), "server": server.device_id()}
             wait_for(lambda: ids["laptop"] in server.connected(), timeout=60,
                      what="laptop connected to the server")
             note = laptop.add_memory("from the laptop, before the tablet ever wakes")["id"]
             wait_for(lambda: server.entry(note) is not None, timeout=30, what="server has it")
             laptop.stop()  # the laptop goes to sleep for good
-            _in_lan(tablet, lan, "tablet", mdns=True).start()
+            in_lan(tablet, lan, "tablet", mdns=True).start()
             wait_for(lambda: tablet.entry(note) is not None, timeout=60,
                      what="the tablet received the laptop's note from the server")
             reply = tablet.add_memory("from the tablet, after the laptop slept")["id"]

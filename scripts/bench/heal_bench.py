@@ -19,7 +19,6 @@ every 30-60 s (we use 30 s).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench.report import table, write_section  # noqa: E402
 from scripts.netns_lan import NamespaceLan, namespaces_available  # noqa: E402
 from scripts.netns_wg import WireGuardLink, wireguard_available  # noqa: E402
+from tests.netns_nodes import call_inside, in_lan  # noqa: E402
 from tests.nodes import NodeProc, make_mesh  # noqa: E402
 
 TITLE = "Heal: partition or tunnel drop to converged (namespaced LAN, WireGuard)"
@@ -49,31 +49,6 @@ def _pct(values: list[float], q: float) -> float:
 
 def _stats(values: list[float]) -> tuple[float, float, float, float]:
     return statistics.median(values), _pct(values, 0.99), min(values), max(values)
-
-
-def _place(node: NodeProc, lan: NamespaceLan, host: str) -> NodeProc:
-    node.host, node.port, node.peer_port = lan.addresses[host], API_PORT, PEER_PORT
-    node.peer_listen, node.prefix = "0.0.0.0", lan.command(host, [])
-    node.env = {"MAIA_DISCOVERY": "1"}
-    return node
-
-
-def _inside(lan: NamespaceLan, host: str, node: NodeProc, method: str, path: str,
-            body: object = None) -> object:
-    script = (
-        "import json, sys, urllib.request\n"
-        "body = json.loads(sys.argv[4])\n"
-        "req = urllib.request.Request(sys.argv[1] + sys.argv[3], method=sys.argv[5],"
-        " data=None if body is None else json.dumps(body).encode(),"
-        " headers={'Authorization': 'Bearer ' + sys.argv[2], 'Content-Type': 'application/json'})\n"
-        "print(urllib.request.urlopen(req, timeout=30).read().decode())\n"
-    )
-    out = subprocess.run(
-        lan.command(host, [sys.executable, "-c", script, node.base, node.token, path,
-                           json.dumps(body), method]),
-        capture_output=True, text=True, timeout=60, check=True,
-    )
-    return json.loads(out.stdout)
 
 
 def _has(node: NodeProc, entry_id: str) -> bool:
@@ -93,7 +68,8 @@ def lan_part(tmp: Path, partitions: int, low: float, high: float) -> tuple[list,
     heal, live = [], []
     with NamespaceLan("maiah", ["a", "b", "c"]) as lan:
         a, b, c = make_mesh(tmp / "lan", ["a", "b", "c"])
-        nodes = [_place(n, lan, h) for n, h in ((a, "a"), (b, "b"), (c, "c"))]
+        nodes = [in_lan(n, lan, h, mdns=True, ports=(API_PORT, PEER_PORT))
+                 for n, h in ((a, "a"), (b, "b"), (c, "c"))]
         try:
             for n in nodes:
                 n.start()
@@ -110,7 +86,8 @@ def lan_part(tmp: Path, partitions: int, low: float, high: float) -> tuple[list,
                 lan.link_down("c")
                 on_a = a.add_memory(f"a apart {i}")["id"]
                 time.sleep(apart / 2)
-                on_c = _inside(lan, "c", c, "POST", "/v1/memory", {"text": f"c apart {i}"})["id"]
+                on_c = call_inside(lan, "c", c, "POST", "/v1/memory",
+                                   {"text": f"c apart {i}"}, timeout=30)["id"]
                 time.sleep(apart / 2)
                 lan.link_up("c")
                 # 25 ms between polls: two API calls each, under the API's 100/s rate limit
@@ -132,7 +109,7 @@ def tunnel_part(tmp: Path, drops: int, entries: int) -> dict[str, object]:
         out["impairment"] = wg.impairment
         server, laptop = make_mesh(tmp / "wg", ["server", "laptop"])
         for n, h in ((server, "server"), (laptop, "laptop")):
-            _place(n, lan, h).start()
+            in_lan(n, lan, h, mdns=True, ports=(API_PORT, PEER_PORT)).start()
         try:
             ids = {"server": server.device_id(), "laptop": laptop.device_id()}
             _wait(lambda: ids["laptop"] in server.connected(), 60)
@@ -145,8 +122,8 @@ def tunnel_part(tmp: Path, drops: int, entries: int) -> dict[str, object]:
             out["rtt"] = [wg.rtt_ms(9) / 1000 for _ in range(5)]
             writes = []
             for i in range(15):
-                made = _inside(lan, "laptop", laptop, "POST", "/v1/memory",
-                               {"text": f"through the tunnel {i}"})
+                made = call_inside(lan, "laptop", laptop, "POST", "/v1/memory",
+                                   {"text": f"through the tunnel {i}"}, timeout=30)
                 # polled at 80/s: under the API's rate limit (100/s), a 12 ms resolution
                 _wait(lambda note=made["id"]: _has(server, note), interval=0.012)
                 # both processes share this machine's clock: the write's own time on the
@@ -186,7 +163,7 @@ def tunnel_part(tmp: Path, drops: int, entries: int) -> dict[str, object]:
 
 def _has_inside(lan: NamespaceLan, node: NodeProc, entry_id: str) -> bool:
     try:
-        _inside(lan, "laptop", node, "GET", f"/v1/memory/{entry_id}")
+        call_inside(lan, "laptop", node, "GET", f"/v1/memory/{entry_id}", timeout=30)
         return True
     except subprocess.CalledProcessError:
         return False
