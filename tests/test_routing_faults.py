@@ -235,6 +235,10 @@ async def test_a_peer_answering_garbage_is_treated_as_failed(lone: Lone) -> None
             await peer.next_frame(is_msg("req"), timeout=1.0)
 
         await asyncio.sleep(max(0.0, failed + COOLDOWN + 0.5 - time.monotonic()))
+        # The peer's link is alive, its model silent: it answers the node's liveness (a frame
+        # now), so what ends the wait is first_chunk_timeout, not the liveness timeout of a
+        # peer silent for 8 s (SPEC-005 §9.14), which came first in CI.
+        await peer.send({"t": "pong"})
         started = time.monotonic()
         call = asyncio.create_task(asyncio.to_thread(chat, a, "big", "silence"))
         req = await peer.next_frame(is_msg("req"))  # asked again, and never answers

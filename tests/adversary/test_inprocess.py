@@ -40,6 +40,7 @@ from hypothesis.stateful import (
 
 from crdt.batches import SignedBatch
 from crdt.chunks import parse_change
+from crdt.documents import DeviceRevoked
 from crdt.identity import IDENTITY_DOC, record_certs, revoke_device
 from crdt.keys import DeviceKey
 from crdt.roster import _CERT_DOMAIN, actor_key, new_endorsement, new_tombstone
@@ -96,8 +97,17 @@ class HostileMember(RuleBasedStateMachine):
     @rule(who=st.integers(0, 2), entry=st.sampled_from(["a", "b", "c"]), text=st.text(max_size=8),
           doc=st.sampled_from(DOCS[:2]))
     def honest_write(self, who, entry, text, doc) -> None:
+        device = self.honest[who]
+        try:
+            device.write(entry, text or "-", doc)
+        except DeviceRevoked:
+            # a device the roster it holds says is revoked (by the thief, until the owner's
+            # more senior revocation of the thief reaches it) refuses to write, in words
+            # (SPEC-005 §5.10); it must really be revoked there, never refused by mistake
+            assert not device.repo.roster.is_member(device.key.public_key)
+            ACTIONS["honest write refused: the device holds its own revocation"] += 1
+            return
         ACTIONS["honest write"] += 1
-        self.honest[who].write(entry, text or "-", doc)
 
     @rule(a=st.integers(0, 3), b=st.integers(0, 3))
     def sync(self, a, b) -> None:
@@ -359,3 +369,19 @@ def test_the_checker_catches_a_planted_violation(tmp_path: Path) -> None:
     finally:
         founder.close()
         desktop.close()
+
+
+def test_a_device_the_thief_revoked_refuses_its_own_write_and_the_harness_expects_it() -> None:
+    """The sequence hypothesis found in CI (SPEC-005 §5.10, DeviceRevoked): the thief revokes
+    the desktop before the owner acts; once the desktop holds that revocation, its own write is
+    refused in words, which is the node's rule, not a broken invariant."""
+    state = HostileMember()
+    try:
+        state.found_the_mesh()
+        state.thief_revokes(whom="desktop")
+        state.sync(a=0, b=3)
+        state.sync_honest(a=0, b=1)
+        state.honest_write(doc="memory/note/2026-12/0", entry="a", text="", who=1)
+        assert ACTIONS["honest write refused: the device holds its own revocation"] >= 1
+    finally:
+        state.teardown()
