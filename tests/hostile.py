@@ -82,6 +82,7 @@ class HostilePeer:
         self._recv_counter = FIRST_DATA_COUNTER
         self.pending: list[Any] = []
         self.auth_certs: Any = None
+        self._sending = asyncio.Lock()  # a keepalive task and the test may send at once
 
     # -- sending -----------------------------------------------------------------------------
     async def send(self, obj: Any) -> None:
@@ -90,9 +91,18 @@ class HostilePeer:
 
     async def send_sealed(self, plaintext: bytes) -> None:
         """Seal any bytes under the next counter, exactly as a real peer would."""
-        sealed = self._send_box.encrypt(plaintext, frame_nonce(self._send_counter)).ciphertext
-        self._send_counter += 1
-        await self.ws.send_bytes(sealed)
+        async with self._sending:  # counters go out in order
+            sealed = self._send_box.encrypt(plaintext, frame_nonce(self._send_counter))
+            self._send_counter += 1
+            await self.ws.send_bytes(sealed.ciphertext)
+
+    async def keep_alive(self, every: float = 2.0) -> None:
+        """Send a frame every ``every`` seconds, as a live link does: the node closes a peer
+        silent for 8 s (SPEC-005 §9.14), which a test of something else must not run into."""
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(every)
+                await self.send({"t": "pong"})
 
     async def send_raw(self, data: bytes | str) -> None:
         """Put bytes (or a text frame) on the WebSocket without sealing them."""
@@ -201,17 +211,22 @@ async def raw_socket(port: int) -> AsyncIterator[aiohttp.ClientWebSocketResponse
 
 @contextlib.asynccontextmanager
 async def hostile_peer(
-    port: int, key: DeviceKey, mesh_id: bytes, certs: Sequence[bytes] = ()
+    port: int, key: DeviceKey, mesh_id: bytes, certs: Sequence[bytes] = (), *,
+    keepalive: bool = False,
 ) -> AsyncIterator[HostilePeer]:
-    """Connect to a node's /v1/peer and complete a real handshake as ``key``."""
+    """Connect to a node's /v1/peer and complete a real handshake as ``key``; with
+    ``keepalive``, a frame every 2 s keeps the node from closing it as silent."""
     async with raw_socket(port) as ws:
         peer = await handshake(ws, key, mesh_id, certs)
         reply = await peer.recv()
         if not (isinstance(reply, dict) and reply.get("t") == "chain"):
             peer.pending.append(reply)  # a refusal: the test reads it as the next frame
+        alive = asyncio.create_task(peer.keep_alive()) if keepalive else None
         try:
             yield peer
         finally:
+            if alive is not None:
+                alive.cancel()
             await peer.close()
 
 

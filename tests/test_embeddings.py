@@ -419,6 +419,9 @@ def test_a_hostile_cortex_never_breaks_search_or_memory(pair, mode: str) -> None
     504 for a model that does not answer), and once the model is sound again they are embedded."""
     a, b, fake = pair
     wait_for(lambda: _search_status(b)["model"] == EMB_ID, timeout=60, what="b on its cortex")
+    fake.control(emb_mode="ok")  # out of the 1 s cooldown a case before may have left
+    wait_for(lambda: embed(b, {"model": "emb", "input": ["probe"]})[0] == 200, timeout=30,
+             what="b's cortex answering again")
     fake.control(emb_mode=mode)
     word = f"kestrel{mode.replace('_', '')}"
     added = b.request("POST", "/v1/memory", {"text": f"a {word} hovers over the field"})

@@ -175,7 +175,9 @@ async def test_search_with_a_hostile_members_model_stays_text_searchable(lone: L
     answers garbage to every batch: A's entries stay pending and found by text, Memory gets
     exactly the entries written, the node stays up."""
     a = lone.a
-    async with hostile_peer(a.peer_port, lone.member, lone.mesh_id, lone.certs) as peer:
+    # a live link (it answers liveness), whose model answers garbage
+    async with hostile_peer(a.peer_port, lone.member, lone.mesh_id, lone.certs,
+                            keepalive=True) as peer:
         await peer.send(EVIL_AD)
         await asyncio.to_thread(wait_for, lambda: _search_status(a)["model"] ==
                                 "cortex:evil/m/2", 30.0, 0.1, "a to embed with evil")
