@@ -12,6 +12,8 @@ section of the status. Nothing below this module imports a feature by name.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +62,16 @@ class Feature(Protocol):
 
     def offline_status(self, store: Store, config: NodeConfig) -> dict[str, Any]:
         """The same section for ``maia status`` when no node runs, read from disk."""
+
+
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Stop a feature's background task and wait until it has ended, whatever it raised: a
+    feature's ``stop`` must not return while its task still touches the store."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 class FeatureBase:

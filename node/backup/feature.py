@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ..api.routes import RouteTable
 from ..config import ConfigError
-from ..features import FeatureBase
+from ..features import FeatureBase, cancel_and_wait
 from .format import parse_iso, parse_manifest_filename
 from .routes import BACKUP_KEY, backup_routes
 from .runtime_status import newer_verification, read_status, update_status
@@ -82,11 +82,8 @@ class BackupFeature(FeatureBase):
             self._task = asyncio.create_task(self._schedule(), name="backup-schedule")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._stop_worker()
 
     def offline_status(self, store: Store, config: NodeConfig) -> dict[str, Any]:

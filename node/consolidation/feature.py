@@ -9,14 +9,13 @@ job only when a consolidation cortex is configured: off by default.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..features import FeatureBase
+from ..features import FeatureBase, cancel_and_wait
 from .config import load_consolidation_config
 from .job import Busy, Consolidator
 from .routes import CONSOLIDATOR_KEY, consolidation_routes
@@ -71,11 +70,8 @@ class ConsolidationFeature(FeatureBase):
                               self.job.config.interval_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def status(self) -> dict[str, Any]:
         return self.job.status() if self.job is not None else {"enabled": False}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import web
 
-from ..features import FeatureBase
+from ..features import FeatureBase, cancel_and_wait
 from ..routing.config import DEFAULT_EMBEDDING
 from ..routing.embeddings import Choice, Embeddings
 from ..routing.errors import RoutingError
@@ -185,11 +185,8 @@ class SearchFeature(FeatureBase):
             return 0
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._pool is not None:
             # The worker may be mid-batch (cancelling the task does not stop the thread):
             # wait for it before the database closes.
