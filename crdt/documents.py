@@ -457,8 +457,39 @@ class Repo:
             batch_records=batches,
             defer_heads=defer_heads,
         )
+        self._refuse_dropped(doc_id, verified)
         self._charge(doc_id, verified)
         return verified
+
+    def _refuse_dropped(self, doc_id: str, verified: Verified) -> None:
+        """A document the owner dropped stays dropped while only its one author writes to it;
+        a change by anyone else makes it shared work again (SPEC-005 §6.7)."""
+        if not verified.changes or self.store.doc_meta(doc_id) is not None:
+            return
+        dropped = self.store.dropped_key(doc_id)
+        if dropped is None:
+            return
+        if all(actor_key(c.actor) == dropped for c in verified.changes):
+            raise Rejected("dropped", f"{doc_id[:120]} was dropped here as unseen documents of "
+                           f"device {device_id(dropped)}")
+        self.store.lift_drop(doc_id)
+        log.info("%s is shared work again: its drop is lifted", doc_id)
+
+    def drop_documents(self, doc_ids: Sequence[str], key: bytes) -> int:
+        """Drop whole documents that only ``key`` wrote (SPEC-005 §6.7): out of memory and out of
+        the store, a tombstone kept. The caller checks that they are unseen. Returns bytes freed.
+        """
+        if key == self.key.public_key:
+            raise ValueError("this device's own documents cannot be dropped")
+        for doc_id in doc_ids:
+            if not doc_id.startswith("memory/"):
+                raise ValueError(f"only Memory documents can be dropped, not {doc_id[:120]!r}")
+            held = {actor_key(a) for a in self.store.doc_actors(doc_id)}
+            if held != {key}:
+                raise ValueError(f"{doc_id[:120]} holds changes of other devices")
+        for doc_id in doc_ids:
+            self.evict(doc_id)
+        return self.store.drop_documents(doc_ids, key, time.time())
 
     def _charge(self, doc_id: str, verified: Verified) -> None:
         """Bound what one author can make this node store: new documents and bytes per key,

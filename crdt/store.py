@@ -105,6 +105,35 @@ def _set_aside(txn: lmdb.Transaction, dbs: dict[bytes, object], doc_id: str) -> 
                 "documents of that kind or month", doc_id)
 
 
+#: Key suffix of a dropped document's tombstone in ``quarantine`` (SPEC-005 §6.7): 7 bytes,
+#: so it never meets a change hash (32 bytes) or a row a migration set aside.
+DROPPED = b"dropped"
+
+
+def _delete_prefixed(txn: lmdb.Transaction, db: object, prefix: bytes) -> list[bytes]:
+    """Delete every row whose key starts with ``prefix``; returns their values."""
+    values = []
+    cur = txn.cursor(db=db)
+    if cur.set_range(prefix):
+        while cur.key().startswith(prefix):
+            values.append(bytes(cur.value()))
+            if not cur.delete():
+                break
+    return values
+
+
+def _drop_in(txn: lmdb.Transaction, dbs: dict[bytes, object], doc_id: str) -> int:
+    """One document's rows gone from a layer (see :meth:`Store.drop_documents`); its size."""
+    prefix = _key(doc_id)
+    for batch_id in set(_delete_prefixed(txn, dbs[b"index"], prefix)):
+        txn.delete(batch_id, db=dbs[b"batches"])  # a batch names its one document (§4.1)
+    size = sum(_actor_size(v) for v in _delete_prefixed(txn, dbs[b"actors"], prefix))
+    _delete_prefixed(txn, dbs[b"changes"], prefix)
+    txn.delete(doc_id.encode(), db=dbs[b"snapshots"])
+    txn.delete(doc_id.encode(), db=dbs[b"docs"])
+    return size
+
+
 # MIGRATIONS[layer][n] upgrades format n+1 to n+2. FORMAT_VERSION = len(list) + 1.
 MIGRATIONS: dict[str, list[Migration]] = {
     "identity": [_docs_v1_to_v2],
@@ -562,6 +591,42 @@ class Store:
                         break
             for actor, (seq, size) in actor_seqs.items():
                 txn.put(_key(doc_id, actor), _actor_row(seq, size), db=dbs[b"actors"])
+
+    def drop_documents(self, doc_ids: Sequence[str], key: bytes, at: float) -> int:
+        """Remove whole documents that only ``key`` wrote, keeping a tombstone for each (SPEC-005
+        §6.7): snapshot, changes, hash index rows, batch records and actor rows go in ONE
+        transaction per layer. Returns the bytes of changes freed."""
+        freed = 0
+        by_layer: dict[str, list[str]] = {}
+        for doc_id in doc_ids:
+            by_layer.setdefault(layer_of(doc_id), []).append(doc_id)
+        for layer, ids in by_layer.items():
+            env, dbs = self.envs[layer], self.dbs[layer]
+            with env.begin(write=True) as txn:
+                for doc_id in ids:
+                    size = _drop_in(txn, dbs, doc_id)
+                    freed += size
+                    txn.put(_key(doc_id, DROPPED), msgpack.packb([key, at, size]),
+                            db=dbs[b"quarantine"])
+        return freed
+
+    def dropped_key(self, doc_id: str) -> bytes | None:
+        """The device key whose documents ``doc_id`` was dropped as, if its tombstone is held."""
+        env, db = self._db(doc_id, b"quarantine")
+        with env.begin(db=db) as txn:
+            raw = txn.get(_key(doc_id, DROPPED))
+        if raw is None:
+            return None
+        try:
+            return bytes(msgpack.unpackb(bytes(raw))[0])
+        except Exception:
+            return None
+
+    def lift_drop(self, doc_id: str) -> None:
+        """Forget a dropped document's tombstone: another author's work now needs it."""
+        env, db = self._db(doc_id, b"quarantine")
+        with env.begin(write=True, db=db) as txn:
+            txn.delete(_key(doc_id, DROPPED))
 
     def quarantined_changes(self, layer: str) -> dict[str, list[tuple[bytes, bytes, bytes]]]:
         """Changes moved to quarantine by a re-check, per document: (hash, batch id, chunk).

@@ -209,7 +209,9 @@ def test_machinery_and_features_know_no_other_feature_by_accident() -> None:
                # search embeds through the embedding cortex the router chooses (SPEC-006 §13.6)
                ("node.search", "node.routing"),
                # consolidation writes facts, skills and pins as signed memory entries
-               ("node.consolidation", "node.memory")}
+               ("node.consolidation", "node.memory"),
+               # a device's storage tells which of its memory documents list no entry
+               ("node.devices", "node.memory")}
     bad = []
     for i in IMPORTS:
         src, dst = _feature(i.source), _feature(i.target)

@@ -68,7 +68,7 @@ from tests.hostile import (
     sign,
     sync_frame,
 )
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -803,3 +803,71 @@ def test_a_missing_dependency_is_asked_for_without_waiting_for_another_change(me
     assert first.hash in need
     wait_for(lambda: (mesh.victim.entry(entry) or {}).get("text") == "second", timeout=30,
              what="the entry stored once the missing change came")
+
+
+def test_a_members_unseen_documents_are_shown_then_dropped_on_one_node(mesh: Mesh) -> None:
+    """SPEC-005 §6.6, §6.7 (issue 18.5): documents a member fills with what no reader lists are
+    shown as that device's storage, the owner drops them on one node (the API and `maia device
+    storage`), the member's copies are then refused `dropped` without cutting the member off
+    (§11.3), a summary that lists them is not answered with an ask, and the other node keeps
+    its copies."""
+    docs = [doc_for(10, bucket) for bucket in range(3)]
+    fresh = doc_for(11, 5)
+    sent = {d: [parse_change(bytes(c.bytes)) for c in _hidden_doc(mesh.member, d).get_changes([])]
+            for d in [*docs, fresh]}
+
+    async def flood():
+        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+            for d in docs:
+                await p.send(sync_frame(d, chunks_of(sent[d]), [sign(mesh.member, mesh.mesh_id,
+                                                                     d, sent[d])]))
+
+    run(flood())
+    for node in (mesh.victim, mesh.honest):
+        wait_for(lambda n=node: set(docs) <= set(StoreView(n.data_dir).doc_ids()), timeout=30,
+                 what=f"the member's documents stored on {node.name}")
+
+    def member_row() -> dict:
+        rows = mesh.victim.request("GET", "/v1/devices/storage")["devices"]
+        return next(r for r in rows if r["device_id"] == mesh.member.device_id)
+
+    before = member_row()
+    assert before["unseen_documents"] == 3 and before["name"] == "hostile-member"
+    listed = cli_out(mesh.victim.data_dir, "device", "storage")
+    assert mesh.member.device_id in listed and "3 document(s) nobody sees" in listed
+
+    dropped = mesh.victim.request("POST", f"/v1/devices/{mesh.member.device_id}/drop-unseen")
+    assert dropped["documents"] == 3 and dropped["bytes"] > 0
+    assert not set(docs) & set(StoreView(mesh.victim.data_dir).doc_ids())
+    assert set(docs) <= set(StoreView(mesh.honest.data_dir).doc_ids())  # dropping is local
+    assert (member_row()["unseen_documents"], member_row()["bytes"]) == (0, 0)
+
+    async def resend():
+        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+            codes = []
+            for _ in range(4):  # 12 refusals: more than the 8 that cut a misbehaving peer off
+                for d in docs:
+                    await p.send(sync_frame(d, chunks_of(sent[d]),
+                                            [sign(mesh.member, mesh.mesh_id, d, sent[d])]))
+                    codes.append((await p.answer())["code"])
+            await p.send({"t": "summary", "docs": {d: [sent[d][0].hash] for d in [*docs, fresh]}})
+            ask = await p.next_frame(lambda f: isinstance(f, dict) and f.get("t") == "sync")
+            await p.send({"t": "ping"})
+            after = await p.next_frame(lambda f: isinstance(f, dict) and f.get("t") in (
+                "pong", "sync", "error"))
+            return codes, ask, after
+
+    codes, ask, after = run(resend())
+    assert codes == ["dropped"] * 12
+    assert ask["doc"] == fresh  # the one it never held is asked for, the dropped ones are not
+    assert after["t"] == "pong"  # still connected, and nothing more was asked
+    assert not set(docs) & set(StoreView(mesh.victim.data_dir).doc_ids())
+    assert_mesh_still_works(mesh, "dropping a member's unseen documents")
+
+
+def _hidden_doc(key: DeviceKey, doc_id: str) -> Document:
+    """A valid document of ``key`` that holds no memory entry: no reader lists it."""
+    doc = Document(actor_id=key.public_key)
+    with doc.transaction() as tx:
+        tx.put(ROOT, "x", ScalarType.Str, f"filler for {doc_id}")
+    return doc

@@ -177,6 +177,9 @@ def test_logged_in_the_page_shows_the_two_paired_nodes(
     expect(this).to_contain_text("a")
     expect(peer).to_contain_text("b")
     expect(peer).to_contain_text("connected")
+    # what each device made this node store (SPEC-005 §6.6): b's note is in a's store
+    expect(peer.locator(".storage")).to_contain_text(re.compile(r"stores [0-9.]+ (B|KiB) here"))
+    expect(peer.locator(".storage")).not_to_contain_text("stores 0 B")
     expect(page.locator("#devices-count")).to_have_text("2")
     expect(page.locator(f'#peers li[data-device-id="{b_id}"]')).to_contain_text("connected")
     expect(page.locator('#documents li[data-doc="identity"]')).to_contain_text("b: in sync")

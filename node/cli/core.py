@@ -176,6 +176,11 @@ def cmd_status(args: argparse.Namespace, target: Target) -> int:
     for layer, info in st["layers"].items():
         say(f"Layer      {layer:<9} format {info['format_version']}  "
             f"{info['size_bytes'] / 1024:.0f} KiB  {info['documents']} document(s)")
+    for row in st.get("storage_by_device", [])[:5]:  # who fills this disk (SPEC-005 §6.6)
+        size = row["bytes"] / 1024
+        say(f"Stored by  {row['device_id']}  {size:.0f} KiB  ({row['roster']})")
+    if len(st.get("storage_by_device", [])) > 5:
+        say("Stored by  ... (all devices: maia device storage)")
     for p in st.get("peers", []):
         state = "connected" if p.get("connected") else "not connected"
         say(f"Peer       {p.get('address') or '-'}  {p.get('device_id') or ''}  {state}")

@@ -29,7 +29,7 @@ from crdt import (
 
 from ..config import ConfigError, NodeConfig, Paths
 from ..datadir import DataDirBusy, DataDirLock
-from ..devices import members
+from ..devices import members, storage
 from ..features import load_features
 from ..memory import Memory
 from ..memory.versions import versions_of
@@ -126,6 +126,12 @@ class OnlineTarget:
 
     def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", f"/v1/devices/{quote(device, safe='')}/revoke", body)
+
+    def device_storage(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/devices/storage")["devices"]
+
+    def device_drop_unseen(self, device: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/devices/{quote(device, safe='')}/drop-unseen")
 
     def close(self) -> None:
         pass
@@ -243,6 +249,12 @@ class OfflineTarget:
     def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
         return _refusal(members.revoke, self.repo, device, keep=body.get("keep"),
                         keep_all=body.get("keep_all", False), reason=body.get("reason", ""))
+
+    def device_storage(self) -> list[dict[str, Any]]:
+        return storage.storage_by_device(self.repo, self.memory)
+
+    def device_drop_unseen(self, device: str) -> dict[str, Any]:
+        return _refusal(storage.drop_unseen, self.repo, self.memory, device)
 
 
 def _refusal(rule: Callable[..., T], *args: Any, **kwargs: Any) -> T:

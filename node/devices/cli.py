@@ -16,7 +16,7 @@ from ..datadir import DataDirBusy, locked_store
 def register(commands: argparse._SubParsersAction) -> None:
     s = commands.add_parser("device", help="enrol devices into the mesh")
     dsub = s.add_subparsers(dest="device_cmd", required=True,
-                            metavar="request|add|revoke|list")
+                            metavar="request|add|revoke|list|storage|drop-unseen")
     x = dsub.add_parser("request", help="on a new device: print its join request")
     x.set_defaults(func=cmd_request)
     x = dsub.add_parser("add", help="on a member: admit a device by its join request")
@@ -35,6 +35,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     x = dsub.add_parser("list", help="members and revoked devices")
     x.add_argument("--json", action="store_true")
     on_target(x, cmd_list)
+    x = dsub.add_parser("storage", help="what each device made this node store")
+    x.add_argument("--json", action="store_true")
+    on_target(x, cmd_storage)
+    x = dsub.add_parser(
+        "drop-unseen", help="free this node of a device's documents that nobody sees",
+        description="Drop, on this node only, the memory documents that only DEVICE_ID wrote "
+                    "and that hold no entry anyone can list (a flood, a broken client). Other "
+                    "devices keep theirs. They stay dropped while only that device writes to "
+                    "them. To stop a device writing at all, revoke it.")
+    x.add_argument("device", metavar="DEVICE_ID")
+    on_target(x, cmd_drop_unseen)
 
     s = commands.add_parser("devices", help="members of the mesh and revoked devices")
     s.add_argument("--json", action="store_true")
@@ -79,6 +90,42 @@ def cmd_list(args: argparse.Namespace, target: Target) -> int:
         seen = _ago(r.get("last_seen")) if not r["this_device"] else "now"
         say(f"{r['device_id']}  {r['status']:<8} {r['name']:<14} last seen {seen}{me}")
     return 0
+
+
+def cmd_storage(args: argparse.Namespace, target: Target) -> int:
+    rows = target.device_storage()
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        say("This node holds no signed changes yet.")
+    for r in rows:
+        me = "  (this device)" if r["this_device"] else ""
+        unseen = (f", {r['unseen_documents']} document(s) nobody sees"
+                  if r.get("unseen_documents") else "")
+        say(f"{r['device_id']}  {r['roster']:<8} {r['name'] or '-':<14} "
+            f"{human_bytes(r['bytes']):>9}{unseen}{me}")
+    if any(r.get("unseen_documents") for r in rows):
+        say("Free them on this node with: maia device drop-unseen DEVICE_ID")
+    return 0
+
+
+def cmd_drop_unseen(args: argparse.Namespace, target: Target) -> int:
+    result = target.device_drop_unseen(args.device)
+    if not result["documents"]:
+        say(f"{result['device_id']} has no documents here that nobody sees; nothing dropped.")
+    else:
+        say(f"Dropped {result['documents']} document(s) of {result['device_id']} that nobody "
+            f"sees, {human_bytes(result['bytes'])} freed on this node.")
+    return 0
+
+
+def human_bytes(n: int) -> str:
+    """Bytes as a person reads them (1024-based, one decimal above KiB)."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def _ago(ts: float | None) -> str:

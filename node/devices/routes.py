@@ -8,14 +8,17 @@ from crdt import DeviceIdError, Repo
 
 from ..api.middleware import BODY_KEY
 from ..api.routes import RouteTable
+from ..memory.routes import MEMORY_KEY
 from . import members
 from .members import CannotEnrol, CannotRevoke, NoSuchDevice, list_devices
+from .storage import CannotDrop, drop_unseen, storage_by_device
 
 device_routes = RouteTable("devices", errors={
     DeviceIdError: (400, "Bad device id"),
     NoSuchDevice: (404, "No such device"),
     CannotEnrol: (400, "Cannot enrol this device"),
     CannotRevoke: (409, "Cannot revoke this device"),
+    CannotDrop: (409, "Cannot drop these documents"),
 })
 REPO_KEY: web.AppKey[Repo] = web.AppKey("maia_repo", Repo)
 PEERS_STATE_KEY: web.AppKey[object] = web.AppKey("maia_peer_states", object)
@@ -64,3 +67,18 @@ async def revoke(request: web.Request) -> web.Response:
     return web.json_response(members.revoke(
         request.app[REPO_KEY], request.match_info["device_id"], keep=body.get("keep"),
         keep_all=body.get("keep_all", False), reason=body.get("reason", "")))
+
+
+@device_routes.get("/v1/devices/storage")
+async def storage(request: web.Request) -> web.Response:
+    """Bytes each device made this node store, and its documents that nobody sees."""
+    return web.json_response({"devices": storage_by_device(request.app[REPO_KEY],
+                                                           request.app[MEMORY_KEY])})
+
+
+@device_routes.post("/v1/devices/{device_id}/drop-unseen")
+async def drop(request: web.Request) -> web.Response:
+    """Drop, on this node only, the Memory documents that only this device wrote and that list
+    no entry (SPEC-005 §6.7)."""
+    return web.json_response(drop_unseen(request.app[REPO_KEY], request.app[MEMORY_KEY],
+                                         request.match_info["device_id"]))

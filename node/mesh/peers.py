@@ -317,10 +317,11 @@ class PeerConnection:
         self.manager.note_rejected(self.peer_key, f"{exc.code}: {exc.detail}")
         now = time.monotonic()
         self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW]
-        if exc.code != "missing_dependency" and exc.code not in ROSTER_CODES:
+        if exc.code not in ("missing_dependency", "dropped") and exc.code not in ROSTER_CODES:
             # A Bloom-filter miss of an honest peer is not misbehaviour (SPEC-005 §8.6), nor
-            # is relaying a revoked author's changes before the tombstone reached it (§5.10):
-            # it is answered with what it lacks, and it converges.
+            # is relaying a revoked author's changes before the tombstone reached it (§5.10),
+            # nor relaying what another device wrote past its budget or this node dropped
+            # (§6.6, §6.7): it is answered with what it lacks, and it converges.
             self._rejects.append(now)
         if doc_id is not None and exc.code in ROSTER_CODES:
             # Answer with what the peer lacks (the tombstone first), but not for ever: two

@@ -214,14 +214,23 @@ async function refreshStatus() {
   document.title = `maia-node · ${status.name || shortId(status.device_id)}`;
   document.getElementById("device-id").replaceChildren(idBox(status.device_id));
   document.getElementById("mesh-id").textContent = status.mesh ? status.mesh.id.slice(0, 16) : "none";
-  renderDevices(devices.devices);
+  renderDevices(devices.devices, status.storage_by_device || []);
   renderPeers(peers.peers);
   renderNearby(status.discovery);
   renderBackups(status.backup);
   await Promise.all([refreshCortices(status.routing), refreshSessions(status.sessions)]);
 }
 
-function renderDevices(devices) {
+function sizeText(n) {
+  for (const [unit, size] of [["GiB", 2 ** 30], ["MiB", 2 ** 20], ["KiB", 2 ** 10]]) {
+    if (n >= size) return `${(n / size).toFixed(1)} ${unit}`;
+  }
+  return `${n} B`;
+}
+
+function renderDevices(devices, storage) {
+  // Bytes of signed changes each device made this node store (SPEC-005 §6.6).
+  const stored = new Map(storage.map((s) => [s.device_id, s.bytes]));
   setCount("devices-count", devices.filter((d) => d.status === "member").length);
   // This device first, then members by name, revoked ones last.
   const order = (d) => (d.this_device ? 0 : d.status === "revoked" ? 2 : 1);
@@ -239,6 +248,7 @@ function renderDevices(devices) {
     return el("li", {class: "device", "data-device-id": d.device_id, "data-status": d.status},
       el("div", {class: "line"}, el("strong", {text: d.name || "(unnamed)"}), where),
       el("div", {class: "meta"}, idBox(d.device_id)),
+      el("div", {class: "meta storage"}, `stores ${sizeText(stored.get(d.device_id) || 0)} here`),
       seen);
   }), "no devices");
 }
