@@ -645,6 +645,23 @@ class Store:
                 out.setdefault(doc.decode(), []).append((digest, bytes(batch_id), bytes(chunk)))
         return out
 
+    def quarantine_counts(self) -> dict[str, int]:
+        """What is set aside, for ``maia status`` (SPEC-005 §5.10, §6.7): changes a roster
+        re-check moved out (and the documents they were in), and documents dropped by the
+        owner."""
+        changes, docs, dropped = 0, set(), 0
+        for layer in DOC_LAYERS:
+            env, db = self.envs[layer], self.dbs[layer][b"quarantine"]
+            with env.begin(db=db) as txn:
+                for k in txn.cursor().iternext(values=False):
+                    doc, _, suffix = bytes(k).partition(b"\x00")
+                    if len(suffix) == 32:
+                        changes += 1
+                        docs.add(doc)
+                    elif suffix == DROPPED:
+                        dropped += 1
+        return {"changes": changes, "documents": len(docs), "dropped_documents": dropped}
+
     def release_quarantined(self, doc_id: str, hashes: Sequence[bytes]) -> None:
         """Forget quarantine rows of changes that are held again."""
         env, db = self._db(doc_id, b"quarantine")

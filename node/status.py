@@ -48,6 +48,9 @@ def node_status(
         # Set when this device's own key is revoked in the roster it holds (issue 15.6).
         "revoked": revoked,
         "layers": layers,
+        # Set aside: a roster re-check's excluded changes, the owner's dropped documents
+        # (SPEC-005 §5.10, §6.7).
+        "quarantine": store.quarantine_counts(),
         # Bytes of signed changes held, by the device that signed them (issue 18.5).
         "storage_by_device": [
             {"device_id": device_id(k), "bytes": n,

@@ -76,6 +76,8 @@ def test_unseen_documents_are_shown_and_dropped_while_seen_ones_stay(mesh):
     assert memory.get(seen["id"])["text"].startswith("a note the flooder wrote")
     after = _row(storage_by_device(founder.repo, memory), flooder)
     assert after["unseen_documents"] == 0 and after["bytes"] == before["bytes"] - result["bytes"]
+    assert founder.store.quarantine_counts() == {"changes": 0, "documents": 0,
+                                                 "dropped_documents": 3}  # for maia status
     for doc_id in JUNK:  # every row of the document went, its tombstone stayed
         assert founder.store.doc_meta(doc_id) is None
         assert founder.store.load_doc(doc_id) == (b"", [])

@@ -8,12 +8,12 @@ was once broken from inside and checks the repaired rule.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from automerge.core import ROOT, Document, ScalarType
 
+import crdt.roster
 from crdt.batches import SignedBatch
 from crdt.chunks import ChangeInfo, parse_change
 from crdt.documents import MAX_VERIFIES_PER_CALL
@@ -22,6 +22,7 @@ from crdt.keys import DeviceKey
 from crdt.roster import new_endorsement, new_tombstone
 from crdt.store import Store
 from crdt.verify import Rejected
+from node.config import NodeConfig
 from tests.trust_helpers import NOTE_DOC, Device, pump
 
 
@@ -192,6 +193,13 @@ def test_devices_a_revoked_key_admitted_are_quarantined_everywhere_alike(devices
     assert founder_view is None
     assert founder.heads() == desktop.heads()
     assert accomplice.key.public_key not in desktop.repo.roster.members
+    # what was set aside is counted for maia status (SPEC-005 §5.10)
+    from node.status import node_status
+
+    held_back = node_status(desktop.store, desktop.repo, NodeConfig(name="desktop"),
+                            desktop.key)["quarantine"]
+    assert held_back["changes"] >= 1 and held_back["documents"] >= 1
+    assert held_back["dropped_documents"] == 0
 
 
 def test_revoked_thief_tombstone_of_the_founder_changes_nothing_on_real_stores(devices):
@@ -208,7 +216,7 @@ def test_revoked_thief_tombstone_of_the_founder_changes_nothing_on_real_stores(d
     assert desktop.repo.recheck() == {}
 
 
-def test_a_member_flooding_certificates_checks_a_bounded_number_per_call(devices):
+def test_a_member_flooding_certificates_checks_a_bounded_number_per_call(devices, monkeypatch):
     """SPEC-005 §5.1: signatures are checked after the issuer filter and at most
     MAX_VERIFIES_PER_CALL per call; junk from unknown issuers costs no signature check."""
     founder, member = devices("founder", "member")
@@ -216,17 +224,26 @@ def test_a_member_flooding_certificates_checks_a_bounded_number_per_call(devices
     mesh = founder.repo.mesh_id
     junk = [new_endorsement(DeviceKey.generate(), mesh, DeviceKey.generate().public_key, "j")
             for _ in range(2000)]
-    started = time.perf_counter()
+    checks = []
+    real_verify = crdt.roster.Cert.verify
+
+    def counted(cert) -> bool:
+        checks.append(cert)
+        return real_verify(cert)
+
+    monkeypatch.setattr(crdt.roster.Cert, "verify", counted)
     assert founder.repo.add_certs([c.encode() for c in junk]) == 0
-    junk_seconds = time.perf_counter() - started
+    junk_checks = len(checks)
     spam = [new_endorsement(member.key, mesh, DeviceKey.generate().public_key, f"s{i}")
             for i in range(MAX_VERIFIES_PER_CALL + 300)]
     added = founder.repo.add_certs([c.encode() for c in spam])
     assert added == MAX_VERIFIES_PER_CALL and founder.repo.certs_pending == 300
     # The rest waits in a backlog (what upkeep hands back), not lost with the frame.
     assert founder.repo.add_certs(founder.repo.take_cert_backlog()) == 300
-    # 2,000 junk certificates are parsed, never verified: far below 2,000 signature checks.
-    assert junk_seconds < 2000 * 40e-6, junk_seconds
+    # 2,000 junk certificates are parsed, never verified (counted, not timed: a loaded
+    # machine made a time bound fail); the spam is verified at most MAX_VERIFIES_PER_CALL a call
+    assert junk_checks == 0
+    assert len(checks) == MAX_VERIFIES_PER_CALL + 300
 
 
 def test_a_store_of_the_previous_format_is_migrated_with_its_actor_numbers(devices):

@@ -176,6 +176,14 @@ def cmd_status(args: argparse.Namespace, target: Target) -> int:
     for layer, info in st["layers"].items():
         say(f"Layer      {layer:<9} format {info['format_version']}  "
             f"{info['size_bytes'] / 1024:.0f} KiB  {info['documents']} document(s)")
+    held_back = st.get("quarantine") or {}
+    if held_back.get("changes"):
+        say(f"Quarantine {held_back['changes']} change(s) in {held_back['documents']} "
+            "document(s) set aside: their authors were not members when the roster was "
+            "checked (kept, never synced; taken back if the roster allows them again)")
+    if held_back.get("dropped_documents"):
+        say(f"Dropped    {held_back['dropped_documents']} document(s) nobody saw, dropped "
+            "here by the owner (maia device storage)")
     for row in st.get("storage_by_device", [])[:5]:  # who fills this disk (SPEC-005 §6.6)
         size = row["bytes"] / 1024
         say(f"Stored by  {row['device_id']}  {size:.0f} KiB  ({row['roster']})")
