@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from automerge.core import ROOT, Document, Message, ScalarType, SyncState, Transaction
 
-from .batches import SignedBatch
-from .chunks import ChangeInfo, change_hash, changes_message
+from .batches import BatchError, SignedBatch
+from .chunks import ChangeInfo, ChunkError, change_hash, changes_message, parse_change
 from .docids import valid_doc_id
 from .keys import DeviceKey, device_id
 from .roster import CertError, Roster, actor_key, parse_cert
@@ -448,6 +448,7 @@ class Repo:
         self, doc_id: str, chunks: Sequence[bytes], batches: Sequence[bytes],
         *, defer_heads: bool = False,
     ) -> Verified:
+        self._check_dropped(doc_id, chunks, batches)
         verified = verify_changes(
             store=self.store,
             roster=self.roster,
@@ -457,39 +458,67 @@ class Repo:
             batch_records=batches,
             defer_heads=defer_heads,
         )
-        self._refuse_dropped(doc_id, verified)
         self._charge(doc_id, verified)
         return verified
 
-    def _refuse_dropped(self, doc_id: str, verified: Verified) -> None:
-        """A document the owner dropped stays dropped while only its one author writes to it;
-        a change by anyone else makes it shared work again (SPEC-005 §6.7)."""
-        if not verified.changes or self.store.doc_meta(doc_id) is not None:
-            return
-        dropped = self.store.dropped_key(doc_id)
-        if dropped is None:
-            return
-        if all(actor_key(c.actor) == dropped for c in verified.changes):
-            raise Rejected("dropped", f"{doc_id[:120]} was dropped here as unseen documents of "
-                           f"device {device_id(dropped)}")
-        self.store.lift_drop(doc_id)
-        log.info("%s is shared work again: its drop is lifted", doc_id)
+    def _check_dropped(self, doc_id: str, chunks: Sequence[bytes],
+                       batch_records: Sequence[bytes]) -> None:
+        """A document the owner dropped stays dropped while only the devices it was dropped as
+        write to it; a change another member signed makes it shared work again (SPEC-005 §6.7).
 
-    def drop_documents(self, doc_ids: Sequence[str], key: bytes) -> int:
-        """Drop whole documents that only ``key`` wrote (SPEC-005 §6.7): out of memory and out of
-        the store, a tombstone kept. The caller checks that they are unseen. Returns bytes freed.
-        """
-        if key == self.key.public_key:
+        Decided before verification, from the parsed actors (so refusing costs no signature
+        check), and for each part of a split message alone: a part with another member's
+        signed change lifts the tombstone even when its dependencies are still missing, so the
+        peer's next, whole message is taken."""
+        dropped = self.store.dropped_keys(doc_id)
+        if not dropped:
+            return
+        try:
+            infos = [parse_change(bytes(c)) for c in chunks]
+        except ChunkError:
+            return  # verification names the fault
+        if not infos:
+            return  # a message of heads and needs only: the exchange goes on
+        others = {actor_key(i.actor) for i in infos} - dropped
+        if not others:
+            raise Rejected("dropped", f"{doc_id[:120]} was dropped here as documents nobody "
+                           f"sees, of device(s) {', '.join(sorted(map(device_id, dropped)))}",
+                           authors=dropped)
+        by_key = {actor_key(i.actor): set() for i in infos}
+        for i in infos:
+            by_key[actor_key(i.actor)].add(i.hash)
+        for raw in list(dict.fromkeys(bytes(r) for r in batch_records))[: len(infos) + 16]:
+            try:
+                batch = SignedBatch.decode(raw)
+            except BatchError:
+                continue
+            if (batch.signer in others and self.roster.is_member(batch.signer)
+                    and batch.mesh_id == self.mesh_id and batch.doc_id == doc_id
+                    and by_key[batch.signer] & set(batch.hashes) and batch.signature_valid()):
+                self.store.lift_drop(doc_id)
+                log.info("%s is shared work again (a change of %s): its drop is lifted",
+                         doc_id, device_id(batch.signer))
+                return
+
+    def drop_documents(self, doc_ids: Sequence[str], keys: Iterable[bytes]) -> int:
+        """Drop whole documents that only ``keys`` wrote (SPEC-005 §6.7): out of memory and out
+        of the store, a tombstone kept that names each one's own authors (another device of
+        ``keys`` writing there later lifts it, as anyone else does). The caller checks that
+        they are unseen. Returns bytes freed."""
+        keys = frozenset(keys)
+        if self.key.public_key in keys:
             raise ValueError("this device's own documents cannot be dropped")
+        authors: dict[str, set[bytes]] = {}
         for doc_id in doc_ids:
             if not doc_id.startswith("memory/"):
                 raise ValueError(f"only Memory documents can be dropped, not {doc_id[:120]!r}")
             held = {actor_key(a) for a in self.store.doc_actors(doc_id)}
-            if held != {key}:
+            if not held or not held <= keys:
                 raise ValueError(f"{doc_id[:120]} holds changes of other devices")
+            authors[doc_id] = held
         for doc_id in doc_ids:
             self.evict(doc_id)
-        return self.store.drop_documents(doc_ids, key, time.time())
+        return self.store.drop_documents(authors, time.time())
 
     def _charge(self, doc_id: str, verified: Verified) -> None:
         """Bound what one author can make this node store: new documents and bytes per key,

@@ -592,13 +592,13 @@ class Store:
             for actor, (seq, size) in actor_seqs.items():
                 txn.put(_key(doc_id, actor), _actor_row(seq, size), db=dbs[b"actors"])
 
-    def drop_documents(self, doc_ids: Sequence[str], key: bytes, at: float) -> int:
-        """Remove whole documents that only ``key`` wrote, keeping a tombstone for each (SPEC-005
+    def drop_documents(self, authors: Mapping[str, Iterable[bytes]], at: float) -> int:
+        """Remove whole documents, keeping a tombstone with each one's authors (SPEC-005
         §6.7): snapshot, changes, hash index rows, batch records and actor rows go in ONE
         transaction per layer. Returns the bytes of changes freed."""
         freed = 0
         by_layer: dict[str, list[str]] = {}
-        for doc_id in doc_ids:
+        for doc_id in authors:
             by_layer.setdefault(layer_of(doc_id), []).append(doc_id)
         for layer, ids in by_layer.items():
             env, dbs = self.envs[layer], self.dbs[layer]
@@ -606,21 +606,24 @@ class Store:
                 for doc_id in ids:
                     size = _drop_in(txn, dbs, doc_id)
                     freed += size
-                    txn.put(_key(doc_id, DROPPED), msgpack.packb([key, at, size]),
+                    txn.put(_key(doc_id, DROPPED),
+                            msgpack.packb([sorted(authors[doc_id]), at, size]),
                             db=dbs[b"quarantine"])
         return freed
 
-    def dropped_key(self, doc_id: str) -> bytes | None:
-        """The device key whose documents ``doc_id`` was dropped as, if its tombstone is held."""
-        env, db = self._db(doc_id, b"quarantine")
-        with env.begin(db=db) as txn:
-            raw = txn.get(_key(doc_id, DROPPED))
-        if raw is None:
-            return None
+    def dropped_keys(self, doc_id: str) -> frozenset[bytes]:
+        """The device keys ``doc_id`` was dropped as the unseen documents of, if its tombstone
+        is held and the document is absent (a local write may have made it again)."""
+        env = self.envs[layer_of(doc_id)]
+        dbs = self.dbs[layer_of(doc_id)]
+        with env.begin() as txn:
+            raw = txn.get(_key(doc_id, DROPPED), db=dbs[b"quarantine"])
+            if raw is None or txn.get(doc_id.encode(), db=dbs[b"docs"]) is not None:
+                return frozenset()
         try:
-            return bytes(msgpack.unpackb(bytes(raw))[0])
+            return frozenset(bytes(k) for k in msgpack.unpackb(bytes(raw))[0])
         except Exception:
-            return None
+            return frozenset()
 
     def lift_drop(self, doc_id: str) -> None:
         """Forget a dropped document's tombstone: another author's work now needs it."""
@@ -658,7 +661,7 @@ class Store:
                     if len(suffix) == 32:
                         changes += 1
                         docs.add(doc)
-                    elif suffix == DROPPED:
+                    elif suffix == DROPPED and txn.get(doc, db=self.dbs[layer][b"docs"]) is None:
                         dropped += 1
         return {"changes": changes, "documents": len(docs), "dropped_documents": dropped}
 

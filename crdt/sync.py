@@ -68,7 +68,7 @@ class PeerSync:
             ):
                 raise Rejected("malformed", f"heads of {doc_id[:300]!r} are not a list of hashes")
             self.their_heads[doc_id] = tuple(h for h in their_heads or () if isinstance(h, bytes))
-            if doc_id not in ours and self.repo.store.dropped_key(doc_id) is not None:
+            if doc_id not in ours and self.repo.store.dropped_keys(doc_id):
                 continue  # dropped here as a device's unseen documents (SPEC-005 §6.7)
             if their_heads is None or sorted(their_heads) != sorted(self.repo.heads(doc_id)):
                 differ.append(doc_id)

@@ -22,12 +22,16 @@ EXTRA_BATCHES = 16
 class Rejected(Exception):
     """An incoming message failed verification. ``code`` is machine-readable (SPEC-005)."""
 
-    def __init__(self, code: str, detail: str, missing: Sequence[bytes] = ()) -> None:
+    def __init__(self, code: str, detail: str, missing: Sequence[bytes] = (),
+                 authors: frozenset[bytes] = frozenset()) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         #: With ``missing_dependency``: the hashes to ask for (SPEC-005 §8.6).
         self.missing = list(missing)
+        #: With ``dropped``: the device keys the document was dropped as (SPEC-005 §11.3: a
+        #: peer sending its own dropped documents again is misbehaving; a relay is not).
+        self.authors = authors
 
 
 @dataclass(slots=True)

@@ -103,6 +103,7 @@ class Mesh:
     revoked: DeviceKey  # endorsed, then revoked with its head CUTOFF in REVOKED_DOC
     rude: DeviceKey  # a member that gets itself disconnected (and refused for a while)
     flooder: DeviceKey  # likewise, by flooding
+    dropper: DeviceKey  # fills documents nobody sees, dropped by the owner (and cut off)
     bad: list[tuple[str, list[bytes]]] = field(default_factory=list)  # never to be stored
     laptop_changes: list[ChangeInfo] = field(default_factory=list)  # the revoked laptop's
 
@@ -119,7 +120,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     founder = DeviceKey.load(a.data_dir / "keys" / "device.key")
     b_key = DeviceKey.load(b.data_dir / "keys" / "device.key")
     member, revoked = DeviceKey.generate(), DeviceKey.generate()
-    rude, flooder = DeviceKey.generate(), DeviceKey.generate()
+    rude, flooder, dropper = DeviceKey.generate(), DeviceKey.generate(), DeviceKey.generate()
     # The stolen laptop's entry: two changes before its revocation, one after (case 3).
     laptop_changes = entry_changes(
         revoked, entry_for(3), ["written before revocation", "edited before revocation",
@@ -134,6 +135,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             new_endorsement(founder, mesh_id, revoked.public_key, "stolen-laptop"),
             new_endorsement(founder, mesh_id, rude.public_key, "rude-member"),
             new_endorsement(founder, mesh_id, flooder.public_key, "flooding-member"),
+            new_endorsement(founder, mesh_id, dropper.public_key, "dropping-member"),
             new_tombstone(
                 founder, mesh_id, revoked.public_key,
                 {REVOKED_DOC: [(revoked.public_key, CUTOFF, laptop_changes[CUTOFF - 1].hash)]},
@@ -153,7 +155,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         record_certs(open_repo(store, b_key), new)
     finally:
         store.close()
-    m = Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked, rude, flooder,
+    m = Mesh(a, b, founder, b_key, mesh_id, certs, member, revoked, rude, flooder, dropper,
              laptop_changes=laptop_changes)
     try:
         a.start()
@@ -808,59 +810,66 @@ def test_a_missing_dependency_is_asked_for_without_waiting_for_another_change(me
 def test_a_members_unseen_documents_are_shown_then_dropped_on_one_node(mesh: Mesh) -> None:
     """SPEC-005 §6.6, §6.7 (issue 18.5): documents a member fills with what no reader lists are
     shown as that device's storage, the owner drops them on one node (the API and `maia device
-    storage`), the member's copies are then refused `dropped` without cutting the member off
-    (§11.3), a summary that lists them is not answered with an ask, and the other node keeps
-    its copies."""
+    storage`), the member's copies are then refused `dropped`, a summary that lists them is
+    not answered with an ask, the other node keeps its copies, and a member that keeps
+    sending its dropped documents is cut off like any misbehaving peer (§11.3)."""
     docs = [doc_for(10, bucket) for bucket in range(3)]
     fresh = doc_for(11, 5)
-    sent = {d: [parse_change(bytes(c.bytes)) for c in _hidden_doc(mesh.member, d).get_changes([])]
+    dropper = mesh.dropper
+    sent = {d: [parse_change(bytes(c.bytes)) for c in _hidden_doc(dropper, d).get_changes([])]
             for d in [*docs, fresh]}
 
+    def frame(d: str) -> dict:
+        return sync_frame(d, chunks_of(sent[d]), [sign(dropper, mesh.mesh_id, d, sent[d])])
+
     async def flood():
-        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+        async with hostile_peer(mesh.peer_port, dropper, mesh.mesh_id, mesh.certs) as p:
             for d in docs:
-                await p.send(sync_frame(d, chunks_of(sent[d]), [sign(mesh.member, mesh.mesh_id,
-                                                                     d, sent[d])]))
+                await p.send(frame(d))
 
     run(flood())
     for node in (mesh.victim, mesh.honest):
         wait_for(lambda n=node: set(docs) <= set(StoreView(n.data_dir).doc_ids()), timeout=30,
                  what=f"the member's documents stored on {node.name}")
 
-    def member_row() -> dict:
+    def dropper_row() -> dict:
         rows = mesh.victim.request("GET", "/v1/devices/storage")["devices"]
-        return next(r for r in rows if r["device_id"] == mesh.member.device_id)
+        return next(r for r in rows if r["device_id"] == dropper.device_id)
 
-    before = member_row()
-    assert before["unseen_documents"] == 3 and before["name"] == "hostile-member"
+    before = dropper_row()
+    assert before["unseen_documents"] == 3 and before["name"] == "dropping-member"
     listed = cli_out(mesh.victim.data_dir, "device", "storage")
-    assert mesh.member.device_id in listed and "3 document(s) nobody sees" in listed
+    assert dropper.device_id in listed and "3 document(s) nobody sees" in listed
 
-    dropped = mesh.victim.request("POST", f"/v1/devices/{mesh.member.device_id}/drop-unseen")
+    dropped = mesh.victim.request("POST", f"/v1/devices/{dropper.device_id}/drop-unseen")
     assert dropped["documents"] == 3 and dropped["bytes"] > 0
     assert not set(docs) & set(StoreView(mesh.victim.data_dir).doc_ids())
     assert set(docs) <= set(StoreView(mesh.honest.data_dir).doc_ids())  # dropping is local
-    assert (member_row()["unseen_documents"], member_row()["bytes"]) == (0, 0)
+    assert (dropper_row()["unseen_documents"], dropper_row()["bytes"]) == (0, 0)
+    assert "Dropped    3 document(s)" in cli_out(mesh.victim.data_dir, "status")
 
     async def resend():
-        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+        async with hostile_peer(mesh.peer_port, dropper, mesh.mesh_id, mesh.certs) as p:
             codes = []
-            for _ in range(4):  # 12 refusals: more than the 8 that cut a misbehaving peer off
-                for d in docs:
-                    await p.send(sync_frame(d, chunks_of(sent[d]),
-                                            [sign(mesh.member, mesh.mesh_id, d, sent[d])]))
-                    codes.append((await p.answer())["code"])
+            for d in docs:
+                await p.send(frame(d))
+                codes.append((await p.answer())["code"])
             await p.send({"t": "summary", "docs": {d: [sent[d][0].hash] for d in [*docs, fresh]}})
             ask = await p.next_frame(lambda f: isinstance(f, dict) and f.get("t") == "sync")
             await p.send({"t": "ping"})
             after = await p.next_frame(lambda f: isinstance(f, dict) and f.get("t") in (
                 "pong", "sync", "error"))
-            return codes, ask, after
+            for _ in range(3):  # 9 refusals in all: more than the 8 allowed in 10 s
+                for d in docs:
+                    await p.send(frame(d))
+            _code, reason, frames = await p.closed()
+            return codes, ask, after, reason, frames
 
-    codes, ask, after = run(resend())
-    assert codes == ["dropped"] * 12
+    codes, ask, after, reason, frames = run(resend())
+    assert codes == ["dropped"] * 3
     assert ask["doc"] == fresh  # the one it never held is asked for, the dropped ones are not
-    assert after["t"] == "pong"  # still connected, and nothing more was asked
+    assert after["t"] == "pong"  # nothing more was asked
+    assert reason == "too_many_rejections", (reason, frames[-3:])
     assert not set(docs) & set(StoreView(mesh.victim.data_dir).doc_ids())
     assert_mesh_still_works(mesh, "dropping a member's unseen documents")
 

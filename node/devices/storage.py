@@ -34,39 +34,60 @@ def _standing(repo: Repo, key: bytes) -> str:
     return "revoked" if key in repo.roster.revoked else "unknown"
 
 
-def _only_author(repo: Repo, doc_id: str) -> bytes | None:
-    """The one device key every change held in ``doc_id`` comes from, if there is one."""
-    keys = {bytes(a[:32]) for a in repo.store.doc_actors(doc_id)}
-    return keys.pop() if len(keys) == 1 else None
+def _authors(repo: Repo, doc_id: str) -> frozenset[bytes]:
+    """The device keys with changes held in ``doc_id``."""
+    return frozenset(bytes(a[:32]) for a in repo.store.doc_actors(doc_id))
+
+
+def family(repo: Repo, key: bytes) -> frozenset[bytes]:
+    """``key`` and every device it admitted, directly or down a chain: a flooder that admits a
+    second key to write into its dropped documents only makes them droppable again."""
+    admitted: dict[bytes, set[bytes]] = {}
+    for c in repo.roster.certs.values():
+        if c.kind == "endorse":
+            admitted.setdefault(c.signer, set()).add(c.body["subject"])
+    out, frontier = {key}, [key]
+    while frontier:
+        nxt = [s for k in frontier for s in admitted.get(k, ()) if s not in out]
+        out.update(nxt)
+        frontier = nxt
+    return frozenset(out)
+
+
+def _droppable(authors: frozenset[bytes], key: bytes, kin: frozenset[bytes]) -> bool:
+    return key in authors and authors <= kin
 
 
 def unseen_documents(repo: Repo, memory: Memory, key: bytes) -> list[str]:
-    """Memory documents that only ``key`` wrote and that list no entry, live or deleted."""
+    """Memory documents that only ``key`` (and devices it admitted) wrote and that hold no
+    entry, live, superseded or deleted."""
+    kin = family(repo, key)
     return [doc_id for doc_id in repo.store.doc_ids("memory")
-            if _only_author(repo, doc_id) == key and not memory.lists_entries(doc_id)]
+            if _droppable(_authors(repo, doc_id), key, kin) and not memory.holds_entries(doc_id)]
 
 
 def storage_by_device(repo: Repo, memory: Memory | None = None) -> list[dict[str, Any]]:
     """Bytes of signed changes held per author device (every member, even with none), largest
-    first; with ``memory``, also
-    how many Memory documents each device alone wrote and how many of those nobody sees."""
+    first; with ``memory``, also how many Memory documents only that device (and devices it
+    admitted) wrote, and how many of those nobody sees."""
     names = _names(repo)
-    sole: dict[bytes, list[str]] = {}
-    if memory is not None:
-        for doc_id in repo.store.doc_ids("memory"):
-            key = _only_author(repo, doc_id)
-            if key is not None:
-                sole.setdefault(key, []).append(doc_id)
     held = dict.fromkeys(repo.roster.members, 0) | repo.store.bytes_by_key()
+    authors = ({d: _authors(repo, d) for d in repo.store.doc_ids("memory")}
+               if memory is not None else {})
+    seen: dict[str, bool] = {}
     rows = []
     for key, size in sorted(held.items(), key=lambda kv: (-kv[1], device_id(kv[0]))):
         row: dict[str, Any] = {"device_id": device_id(key), "name": names.get(key, ""),
                                "roster": _standing(repo, key), "bytes": size,
                                "this_device": key == repo.key.public_key}
         if memory is not None:
-            docs = sole.get(key, [])
+            kin = family(repo, key)
+            docs = [d for d, a in authors.items() if _droppable(a, key, kin)]
+            for d in docs:
+                if d not in seen:
+                    seen[d] = memory.holds_entries(d)
             row["documents_alone"] = len(docs)
-            row["unseen_documents"] = sum(1 for d in docs if not memory.lists_entries(d))
+            row["unseen_documents"] = sum(1 for d in docs if not seen[d])
         rows.append(row)
     return rows
 
@@ -78,7 +99,7 @@ def drop_unseen(repo: Repo, memory: Memory, text: str) -> dict[str, Any]:
     if key == repo.key.public_key:
         raise CannotDrop("this device's own documents cannot be dropped")
     docs = unseen_documents(repo, memory, key)
-    freed = repo.drop_documents(docs, key) if docs else 0
+    freed = repo.drop_documents(docs, family(repo, key)) if docs else 0
     if docs:
         log.warning("dropped %d unseen document(s) of device %s (%d bytes)",
                     len(docs), device_id(key), freed)

@@ -197,25 +197,26 @@ class Memory:
             self._dirty.setdefault(doc_id, time.monotonic())
         return len(docs)
 
-    def lists_entries(self, doc_id: str) -> bool:
-        """Whether the index, brought up to date for this shard first, lists any entry of it,
-        live or deleted: a shard that lists none is seen by nobody (SPEC-005 §6.7)."""
+    def holds_entries(self, doc_id: str) -> bool:
+        """Whether the shard holds any memory entry, live, superseded or deleted: one that can
+        be listed, shown, restored or undeleted. A shard that holds none is seen by nobody
+        (SPEC-005 §6.7). The index answers for live entries; only a shard it lists nothing of
+        is read, for deleted ones (the index keeps no row of those)."""
         self.write_pending()
-        if doc_id in self._dirty:
-            at = self._dirty.pop(doc_id)
-            was_loaded = self.repo.is_loaded(doc_id)
-            try:
-                self._reindex(doc_id)
-            except lmdb.Error:
-                self._dirty[doc_id] = at
-                raise
-            finally:
-                if not was_loaded:
-                    self.repo.evict(doc_id)
-        prefix = _row_prefix(doc_id)
-        with self._env.begin(db=self._index_db) as txn:
-            cur = txn.cursor()
-            return cur.set_range(prefix) and bytes(cur.key()).startswith(prefix)
+        if doc_id not in self._dirty:
+            prefix = _row_prefix(doc_id)
+            with self._env.begin(db=self._index_db) as txn:
+                cur = txn.cursor()
+                if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
+                    return True
+        was_loaded = self.repo.is_loaded(doc_id)
+        try:
+            doc = self.repo.open(doc_id).doc
+            return any(kind == ObjType.Map and ENTRY_ID_RE.match(key)
+                       for key, (kind, _) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True))
+        finally:
+            if not was_loaded:
+                self.repo.evict(doc_id)
 
     def flush_index(
         self, quiet: float = 0.0, after_each: Callable[[], None] | None = None,

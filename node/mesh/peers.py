@@ -317,11 +317,13 @@ class PeerConnection:
         self.manager.note_rejected(self.peer_key, f"{exc.code}: {exc.detail}")
         now = time.monotonic()
         self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW]
-        if exc.code not in ("missing_dependency", "dropped") and exc.code not in ROSTER_CODES:
+        if ((exc.code not in ("missing_dependency", "dropped") and exc.code not in ROSTER_CODES)
+                or (exc.code == "dropped" and self.peer_key in exc.authors)):
             # A Bloom-filter miss of an honest peer is not misbehaviour (SPEC-005 §8.6), nor
             # is relaying a revoked author's changes before the tombstone reached it (§5.10),
             # nor relaying what another device wrote past its budget or this node dropped
-            # (§6.6, §6.7): it is answered with what it lacks, and it converges.
+            # (§6.6, §6.7): it is answered with what it lacks, and it converges. Sending
+            # again one's own dropped documents is (§11.3).
             self._rejects.append(now)
         if doc_id is not None and exc.code in ROSTER_CODES:
             # Answer with what the peer lacks (the tombstone first), but not for ever: two
