@@ -21,7 +21,7 @@ from crdt.verify import Rejected
 from node.devices.storage import CannotDrop, drop_unseen, storage_by_device
 from node.memory.entries import Memory
 from node.memory.ids import EntryNotFound, shard_of
-from tests.trust_helpers import Device, pump
+from tests.trust_helpers import Device, one_change, pump, receive_signed
 
 JUNK = [f"memory/note/2026-0{m}/3" for m in range(1, 4)]
 
@@ -40,16 +40,11 @@ def mesh(tmp_path: Path):
 
 def _junk(actor: bytes, text: str) -> list[ChangeInfo]:
     """A first change in a new document that holds no memory entry: seen by no reader."""
-    doc = Document(actor_id=actor)
-    with doc.transaction() as tx:
-        tx.put(ROOT, "x", ScalarType.Str, text)
-    return [parse_change(bytes(c.bytes)) for c in doc.get_changes([])]
+    return one_change(actor, text, field="x")
 
 
 def _receive(dev: Device, doc_id: str, author: Device, changes: list[ChangeInfo]) -> None:
-    batch = SignedBatch.sign(author.key, dev.repo.mesh_id, doc_id, [c.hash for c in changes])
-    verified = dev.repo.verify(doc_id, [c.chunk for c in changes], [batch.encode()])
-    dev.repo.apply_verified(doc_id, verified, None, None)
+    receive_signed(dev, doc_id, author.key, changes)
 
 
 def _flood(founder: Device, flooder: Device) -> dict[str, list[ChangeInfo]]:

@@ -23,7 +23,7 @@ from crdt.roster import new_endorsement, new_tombstone
 from crdt.store import Store
 from crdt.verify import Rejected
 from node.config import NodeConfig
-from tests.trust_helpers import NOTE_DOC, Device, pump
+from tests.trust_helpers import NOTE_DOC, Device, one_change, pump, receive_signed
 
 
 @pytest.fixture
@@ -57,20 +57,6 @@ def _forked_changes(base: Device, doc_id: str, actor: bytes, texts: list[str]) -
     return out
 
 
-def _one_change(actor: bytes, text: str) -> list[ChangeInfo]:
-    """A first change by ``actor`` in a new document: what a key can sign whenever it likes."""
-    branch = Document(actor_id=actor)
-    with branch.transaction() as tx:
-        tx.put(ROOT, "note", ScalarType.Str, text)
-    return [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
-
-
-def _receive(dev: Device, doc_id: str, key: DeviceKey, changes: list[ChangeInfo]) -> None:
-    batch = SignedBatch.sign(key, dev.repo.mesh_id, doc_id, [c.hash for c in changes])
-    verified = dev.repo.verify(doc_id, [c.chunk for c in changes], [batch.encode()])
-    dev.repo.apply_verified(doc_id, verified, None, None)
-
-
 def test_a_second_change_with_a_held_actor_and_seq_is_refused_and_the_document_still_loads(
     devices,
 ):
@@ -81,9 +67,9 @@ def test_a_second_change_with_a_held_actor_and_seq_is_refused_and_the_document_s
     pump(founder, thief)
     first, second = _forked_changes(founder, IDENTITY_DOC, thief.repo.actor, ["one", "two"])
     assert (first.actor, first.seq) == (second.actor, second.seq) and first.hash != second.hash
-    _receive(founder, IDENTITY_DOC, thief.key, [first])
+    receive_signed(founder, IDENTITY_DOC, thief.key, [first])
     with pytest.raises(Rejected) as caught:
-        _receive(founder, IDENTITY_DOC, thief.key, [second])
+        receive_signed(founder, IDENTITY_DOC, thief.key, [second])
     assert caught.value.code == "duplicate_seq"
     assert founder.store.known_hashes(IDENTITY_DOC, [second.hash]) == set()
     founder.reopen()  # a new process loads the document from the store
@@ -97,7 +83,7 @@ def test_both_forks_in_one_message_are_refused_whole(devices):
     pump(founder, thief)
     forks = _forked_changes(founder, IDENTITY_DOC, thief.repo.actor, ["one", "two"])
     with pytest.raises(Rejected) as caught:
-        _receive(founder, IDENTITY_DOC, thief.key, forks)
+        receive_signed(founder, IDENTITY_DOC, thief.key, forks)
     assert caught.value.code == "duplicate_seq"
     assert founder.store.known_hashes(IDENTITY_DOC, [c.hash for c in forks]) == set()
 
@@ -142,14 +128,14 @@ def test_a_revoked_key_cannot_mint_a_fresh_low_numbered_branch(devices):
     newcomer = founder.admit(founder.path.parent, "newcomer")
     # newcomer holds the tombstone but no memory yet: the branch must still be refused.
     pump_identity_only(founder, newcomer)
-    forged = _one_change(thief.repo.actor, "forged after revocation")
+    forged = one_change(thief.repo.actor, "forged after revocation")
     assert forged[0].seq == 1  # a number below the cutoff
     with pytest.raises(Rejected) as caught:
-        _receive(newcomer, NOTE_DOC, thief.key, forged)
+        receive_signed(newcomer, NOTE_DOC, thief.key, forged)
     assert caught.value.code == "revoked"
-    other = _one_change(thief.key.public_key + b"\x09" * 8, "forged under a new incarnation")
+    other = one_change(thief.key.public_key + b"\x09" * 8, "forged under a new incarnation")
     with pytest.raises(Rejected) as caught:
-        _receive(newcomer, NOTE_DOC, thief.key, other)
+        receive_signed(newcomer, NOTE_DOC, thief.key, other)
     assert caught.value.code == "revoked"
     # The real history still arrives and is kept, on every node alike.
     pump(founder, newcomer)
@@ -300,7 +286,7 @@ def test_parts_with_a_revoked_keys_changes_wait_for_its_cutoff_head(devices):
     revoke_device(founder.repo, thief.key.public_key, keep_all=True)
     newcomer = founder.admit(founder.path.parent, "newcomer")
     pump_identity_only(founder, newcomer)
-    forged = _one_change(thief.repo.actor, "forged, in a first part")
+    forged = one_change(thief.repo.actor, "forged, in a first part")
     batch = SignedBatch.sign(thief.key, founder.repo.mesh_id, NOTE_DOC, [forged[0].hash])
     sync = PeerSync(newcomer.repo, founder.key.public_key)
     assert sync.receive(sync_frame(NOTE_DOC, [forged[0].chunk], [batch], final=False)) == 0
@@ -362,7 +348,7 @@ def test_a_member_flooding_new_documents_is_bounded_and_shown(devices, monkeypat
             tx.put(ROOT, "x", ScalarType.Str, "flood")
         change = parse_change(bytes(doc.get_changes([])[0].bytes))
         try:
-            _receive(founder, doc_id, flooder.key, [change])
+            receive_signed(founder, doc_id, flooder.key, [change])
             codes.append("ok")
         except Rejected as exc:
             codes.append(exc.code)

@@ -13,8 +13,10 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from automerge.core import ROOT, ObjType, ScalarType
+from automerge.core import ROOT, Document, ObjType, ScalarType
 
+from crdt.batches import SignedBatch
+from crdt.chunks import ChangeInfo, parse_change
 from crdt.documents import Repo
 from crdt.identity import (
     IDENTITY_DOC,
@@ -147,3 +149,19 @@ def pump(a: Device, b: Device, rounds: int = 50) -> None:
             moved += _deliver(sa, sb, b, doc_id) + _deliver(sb, sa, a, doc_id)
         if not moved:
             return
+
+
+def one_change(actor: bytes, text: str, field: str = "note") -> list[ChangeInfo]:
+    """A first change by ``actor`` in a new document (``field`` = ``text`` at its root): what
+    a key can sign whenever it likes."""
+    branch = Document(actor_id=actor)
+    with branch.transaction() as tx:
+        tx.put(ROOT, field, ScalarType.Str, text)
+    return [parse_change(bytes(c.bytes)) for c in branch.get_changes([])]
+
+
+def receive_signed(dev: Device, doc_id: str, key: DeviceKey, changes: list[ChangeInfo]) -> None:
+    """``changes`` signed by ``key`` in one batch, verified and applied by ``dev`` as a peer's."""
+    batch = SignedBatch.sign(key, dev.repo.mesh_id, doc_id, [c.hash for c in changes])
+    verified = dev.repo.verify(doc_id, [c.chunk for c in changes], [batch.encode()])
+    dev.repo.apply_verified(doc_id, verified, None, None)
