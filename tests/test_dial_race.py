@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
+import struct
 
 from aiohttp import web
 
@@ -123,3 +125,33 @@ def test_an_address_on_a_link_that_is_down_is_not_dialled():
     assert not on_down_link("10.231.1.2:17412", [])
     assert not on_down_link("not an address", down)
     assert not on_down_link("host.example:17412", down)  # a name: never guessed at
+
+
+def test_an_abandoned_channel_is_aborted_and_the_peer_hears_the_end(tmp_path):
+    """SPEC-005 §9.14: a connection given up for a dead path is reset (SO_LINGER 0), not left
+    retransmitting; on a live path the peer still learns at once that it ended."""
+    async def main() -> None:
+        store = Store(tmp_path)
+        repo = create_mesh(store, DeviceKey.generate(), "home", "laptop")
+        peers = PeerManager(repo)
+        await peers.start()
+        other = DeviceKey.generate()
+        runner, port, channels = await _responder(other, repo.mesh_id)
+        try:
+            channel = await peers._connect(f"127.0.0.1:{port}")
+            sock = channel._ws.get_extra_info("socket")
+            await channel.abort(1001, "link changed")
+            assert channel.closed
+            assert sock.fileno() == -1 or sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, 8) == struct.pack("ii", 1, 0)
+            for _ in range(200):  # the responder's recv ends: it heard the close or the reset
+                if channels and channels[0].closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert channels and channels[0].closed
+        finally:
+            await peers.stop()
+            await runner.cleanup()
+            store.close()
+
+    asyncio.run(main())

@@ -749,7 +749,7 @@ class PeerManager:
             del self.connections[conn.peer_key]
             self._peer(conn.peer_key).connected_since = None
         self.wake_member(conn.peer_device_id)
-        self._spawn(conn.channel.close(1001, reason), f"abandon-{conn.peer_device_id[:7]}")
+        self._spawn(conn.channel.abort(1001, reason), f"abandon-{conn.peer_device_id[:7]}")
 
     def wake_all(self) -> None:
         """Redial every target now (a link or address changed, SPEC-005 §9.13)."""
@@ -954,7 +954,8 @@ class PeerManager:
             # Closed in the background: a stale one's close handshake cannot cross its dead
             # path, and waiting for it (up to CLOSE_TIMEOUT) would hold the new session back.
             del self.connections[key]
-            self._spawn(existing.channel.close(4009, "replaced by a newer connection"),
+            close = existing.channel.abort if stale else existing.channel.close
+            self._spawn(close(4009, "replaced by a newer connection"),
                         f"replace-{channel.peer_device_id[:7]}")
         self.connections[key] = conn
         state = self._peer(key)
