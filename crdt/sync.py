@@ -13,7 +13,7 @@ from typing import Any
 
 from automerge.core import Message, SyncState
 
-from .chunks import changes_message, parse_sync_message
+from .chunks import SyncMessageV1, changes_message, parse_sync_message
 from .docids import valid_doc_id
 from .documents import Repo
 from .verify import Rejected
@@ -48,6 +48,10 @@ class PeerSync:
         # peer lacked, most often because its Bloom filter check wrongly took them for held.
         # The same filter would miss them again on every retry (SPEC-005 §8.6).
         self._need: dict[str, set[bytes]] = {}
+        # Where the peer stands, for a fresh sync state (``_state_to_send``): its summary was
+        # read, and the documents reset since (what it holds of them is no longer known).
+        self._summary_read = False
+        self._unsure: set[str] = set()
 
     # -- summary: which documents differ ---------------------------------------------------------
     def summary_frame(self) -> dict[str, Any]:
@@ -58,6 +62,7 @@ class PeerSync:
         theirs = frame.get("docs")
         if not isinstance(theirs, dict):
             raise Rejected("malformed", "summary without a document map")
+        self._summary_read = True
         ours = set(self.repo.store.doc_ids())
         differ = []
         for doc_id in ours | {d for d in theirs if isinstance(d, str) and valid_doc_id(d)}:
@@ -78,6 +83,7 @@ class PeerSync:
         """Forget what we believe the peer has (after a rejection or a reconnect)."""
         self._states.pop(doc_id, None)
         self.their_heads.pop(doc_id, None)
+        self._unsure.add(doc_id)
         self._staged.pop(doc_id, None)
 
     def _state(self, doc_id: str) -> SyncState:
@@ -86,11 +92,38 @@ class PeerSync:
             state = self._states[doc_id] = SyncState()
         return state
 
+    def _state_to_send(self, doc_id: str, doc: Any) -> SyncState:
+        """The sync state of ``doc_id``; a fresh one starts from the heads the peer last
+        announced when we hold all of them (SPEC-005 §8.7).
+
+        Why: a fresh Automerge state knows nothing of the peer, so its first message carries
+        only our heads and a Bloom filter, and the change goes out one round trip later, after
+        the peer's answer. The peer's summary already said where it stands; starting from there,
+        the first message carries the changes made since (a live write reaches a peer across a
+        60 ms tunnel in one trip, not one and a half). A summary that lied only costs its sender
+        a ``missing_dependency`` round, after which the protocol starts afresh (§8.6)."""
+        state = self._states.get(doc_id)
+        if state is not None:
+            return state
+        state = self._states[doc_id] = SyncState()
+        held = self.their_heads.get(doc_id)
+        if held is None and self._summary_read and doc_id not in self._unsure:
+            held = ()  # in neither summary: made since, so the peer held nothing of it then
+        elif not held:
+            return state  # unknown, or a document only we held: the peer opens (§8.2)
+        heads = list(held)
+        if len(self.repo.store.known_hashes(doc_id, heads)) == len(heads):
+            # As if the peer had said: "my heads are these, I need nothing, and I hold
+            # everything up to them" (an empty Bloom filter claims nothing beyond).
+            told = SyncMessageV1(heads, [], [(heads, b"")], []).encode()
+            doc.receive_sync_message(state, Message.decode(told))
+        return state
+
     # -- outgoing --------------------------------------------------------------------------------
     def generate(self, doc_id: str) -> list[dict[str, Any]]:
         """Frames to send for ``doc_id`` now (empty when the peer is believed in sync)."""
         handle = self.repo.open_for_peer(doc_id)
-        msg = handle.doc.generate_sync_message(self._state(doc_id))
+        msg = handle.doc.generate_sync_message(self._state_to_send(doc_id, handle.doc))
         if msg is None:
             return []
         # Encoded once and parsed once: the message goes out as the binding encoded it, less

@@ -212,7 +212,11 @@ async def test_a_peer_answering_garbage_is_treated_as_failed(lone: Lone) -> None
     stays silent is abandoned after first_chunk_timeout; an invalid advertisement is rejected;
     as host, A refuses a stream id that is already running and an unknown cortex."""
     a = lone.a
-    async with hostile_peer(a.peer_port, lone.member, lone.mesh_id, lone.certs) as peer:
+    # keepalive: the wait for the 8 s cooldown below would otherwise leave the link silent for
+    # more than the 8 s liveness timeout (SPEC-005 §9.14), and the node closed it first
+    # whenever its liveness check fell before the test's one frame.
+    async with hostile_peer(a.peer_port, lone.member, lone.mesh_id, lone.certs,
+                            keepalive=True) as peer:
         await peer.send(BIG_AD)
         await asyncio.to_thread(wait_for_cortices, a, {"big"})
 

@@ -11,6 +11,7 @@ another host (no names, no loopback, no link-local, no multicast or broadcast).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -271,6 +272,83 @@ def link_states() -> tuple[tuple[str, str], ...]:
             with contextlib.suppress(OSError), open(f"/sys/class/net/{name}/operstate") as f:
                 states.append((name, f.read().strip()))
     return tuple(states)
+
+
+#: Operational states of a link that carries nothing (/sys/class/net/*/operstate).
+DOWN_STATES = frozenset({"down", "lowerlayerdown", "notpresent"})
+
+
+def down_networks(links: Sequence[tuple[str, str]]) -> list[ipaddress._BaseNetwork]:
+    """The networks of this machine's interfaces whose link is down (``links`` as from
+    :func:`link_states`), less those another interface that is up also reaches."""
+    state = dict(links)
+    down, up = [], []
+    for adapter in ifaddr.get_adapters():
+        is_down = state.get(adapter.name) in DOWN_STATES
+        for ip in adapter.ips:
+            host = ip.ip if ip.is_IPv4 else ip.ip[0]
+            with contextlib.suppress(ValueError):
+                net = ipaddress.ip_network(f"{host}/{ip.network_prefix}", strict=False)
+                (down if is_down else up).append(net)
+    return [net for net in down if net not in up]
+
+
+def on_down_link(address: str, networks: Sequence[ipaddress._BaseNetwork]) -> bool:
+    """Is ``address`` (HOST:PORT) on one of ``networks`` (from :func:`down_networks`)? A dial
+    there cannot leave this machine, and trying it anyway costs more than nothing: the kernel
+    queues it behind a neighbour lookup that fails for 3 s, and a link that comes back in
+    that time still fails every dial queued behind it."""
+    parts = split_address(address)
+    if parts is None or not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(parts[0])
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+#: Netlink groups: link state (RTMGRP_LINK) and IPv4/IPv6 addresses (RTMGRP_IPV4/6_IFADDR).
+_NETLINK_GROUPS = 0x1 | 0x10 | 0x100
+
+
+class LinkEvents:
+    """The kernel's notices of link and address changes (a netlink route socket, Linux):
+    ``on_change`` runs in the event loop whenever one arrives, so a cable, Wi-Fi or tunnel
+    that comes back is redialled at once rather than at the next poll (SPEC-005 §9.13). The
+    messages are only a cue to read the interface list again; their content is not parsed."""
+
+    def __init__(self, sock: socket.socket, on_change) -> None:
+        self._sock, self._on_change = sock, on_change
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._sock.recv(65536):
+                pass
+        self._on_change()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+
+def link_events(on_change) -> LinkEvents | None:
+    """Subscribe to the kernel's link and address notices; None where there are none (not
+    Linux, or netlink refused): the caller then polls only."""
+    family = getattr(socket, "AF_NETLINK", None)
+    if family is None:
+        return None
+    try:
+        sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                             socket.NETLINK_ROUTE)
+        sock.bind((0, _NETLINK_GROUPS))
+    except OSError as exc:
+        log.info("no netlink link notices (%s); polling the interface list only", exc)
+        return None
+    return LinkEvents(sock, on_change)
 
 
 def own_addresses(peer_port: int, peer_listen: str, advertise: Iterable[str],

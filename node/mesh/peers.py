@@ -39,6 +39,15 @@ LIVENESS_TIMEOUT = 8.0
 ADDRESS_BACKOFF_MAX = 300.0
 #: After a link change every connection is pinged and must answer within this (§9.14).
 PROBE_TIMEOUT = 2.0
+#: For this long after a link change, a dial that fails is tried again within URGENT_RETRY
+#: rather than after its backoff (§9.13): a link that just came back often fails the first
+#: attempt (a neighbour entry still failing, a tunnel still handshaking) and works a moment later.
+URGENT_WINDOW = 3.0
+URGENT_RETRY = 0.2
+#: Racing connects (``PeerManager._connect``): a fresh attempt after STAGGER, then after twice
+#: that, at most RACE at once.
+STAGGER = 0.25
+RACE = 3
 MEMBER_REFUSED_RETRY = 3.0  # a member refused as not_member/revoked redials this soon
 MAX_REJECTS = 8
 ROSTER_RETRIES = 3  # answers to roster refusals of one document per REJECT_WINDOW
@@ -113,12 +122,17 @@ class DialTarget:
     #: one attempt per address every ADDRESS_BACKOFF_MAX at most, not one every few seconds.
     fails: dict[str, int] = field(default_factory=dict)
     not_before: dict[str, float] = field(default_factory=dict)
+    urgent_until: float = 0.0  # monotonic: the end of the quick retries after a link change
+
+    @property
+    def urgent(self) -> bool:
+        return time.monotonic() < self.urgent_until
 
     def may_dial(self, address: str) -> bool:
         return self.origin != "address" or self.not_before.get(address, 0.0) <= time.monotonic()
 
     def failed(self, address: str) -> None:
-        if self.origin == "address":
+        if self.origin == "address" and not self.urgent:
             n = self.fails[address] = self.fails.get(address, 0) + 1
             delay = min(ADDRESS_BACKOFF_MAX, MEMBER_BACKOFF_MAX * 2 ** (n - 1))
             self.not_before[address] = time.monotonic() + delay
@@ -132,6 +146,7 @@ class DialTarget:
         hostile member could publish every second)."""
         self.fails.clear()
         self.not_before.clear()
+        self.urgent_until = time.monotonic() + URGENT_WINDOW
 
 
 class _FrameBucket:
@@ -410,6 +425,9 @@ class PeerManager:
         self.on_disconnected: list[Callable[[PeerConnection], None]] = []
         self.handlers: dict[str, FrameHandler] = {}
         self.on_roster_change: Callable[[], None] | None = None
+        #: Is this address on a link of ours that is down (set by node/mesh/reach.py)? Such
+        #: an address is not dialled until the link returns, which wakes every dialler.
+        self.unreachable: Callable[[str], bool] = lambda address: False
         repo.subscribe(self._on_change)
 
     # -- extension points for features (routing, sessions, ...) ----------------------------------
@@ -734,7 +752,7 @@ class PeerManager:
             del self.connections[conn.peer_key]
             self._peer(conn.peer_key).connected_since = None
         self.wake_member(conn.peer_device_id)
-        self._spawn(conn.channel.close(1001, reason), f"abandon-{conn.peer_device_id[:7]}")
+        self._spawn(conn.channel.abort(1001, reason), f"abandon-{conn.peer_device_id[:7]}")
 
     def wake_all(self) -> None:
         """Redial every target now (a link or address changed, SPEC-005 §9.13)."""
@@ -785,11 +803,11 @@ class PeerManager:
             for address in sp.addresses or [sp.address]:
                 if not sp.may_dial(address):
                     continue
+                if self.unreachable(address):
+                    sp.last_error = "link down"
+                    continue
                 try:
-                    channel = await connect(
-                        self._session, f"http://{_bracket(address)}/v1/peer", key=self.repo.key,
-                        mesh_id=self.repo.mesh_id, timeout=self.handshake_timeout,
-                    )
+                    channel = await self._connect(address)
                 except (OSError, aiohttp.ClientError, TransportError, TimeoutError) as exc:
                     sp.last_error = str(exc) or type(exc).__name__
                     sp.failed(address)
@@ -824,11 +842,56 @@ class PeerManager:
                 break
             sp.wake.clear()
             wait = next(delays)
+            if sp.urgent:
+                wait = min(wait, URGENT_RETRY)
             sp.next_retry = time.time() + wait
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sp.wake.wait(), wait)
             if sp.wake.is_set():
                 delays = self._backoff(sp)
+
+    async def _connect(self, address: str) -> SecureChannel:
+        """Open an authenticated channel to ``address``; an attempt that has not succeeded
+        after STAGGER is joined by a fresh one (then after twice that), up to RACE at once, and
+        the first to finish wins (SPEC-005 §9.13).
+
+        Why: a dial whose first SYN is lost (a path that just came back, the peer's neighbour
+        entry for us still unresolved, 1% loss on a tunnel) otherwise waits for TCP's own
+        retransmission, 1 s and then 3 s later. A fresh attempt sends a fresh SYN now. Attempts
+        that fail at once (refused, unreachable) end the race: nothing is hammered."""
+        url = f"http://{_bracket(address)}/v1/peer"
+
+        def attempt() -> asyncio.Task:
+            return asyncio.ensure_future(connect(
+                self._session, url, key=self.repo.key, mesh_id=self.repo.mesh_id,
+                timeout=self.handshake_timeout))
+
+        tasks = [attempt()]
+        stagger = STAGGER
+        try:
+            while True:
+                done, _ = await asyncio.wait(tasks, timeout=stagger,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                failure: BaseException | None = None
+                for task in done:
+                    tasks.remove(task)
+                    if task.exception() is None:
+                        return task.result()
+                    failure = task.exception()
+                if not tasks and failure is not None:
+                    raise failure
+                if not done and len(tasks) < RACE:
+                    tasks.append(attempt())
+                    stagger *= 2
+        finally:
+            for task in tasks:
+                task.cancel()
+                task.add_done_callback(self._close_won_late)
+
+    def _close_won_late(self, task: asyncio.Task) -> None:
+        """A racing connect that finished after another won (or the dial ended): close it."""
+        if not task.cancelled() and task.exception() is None:
+            self._spawn(task.result().close(1000, "another attempt won"), "close-late")
 
     # -- incoming --------------------------------------------------------------------------------
     async def handle_incoming(self, request: web.Request) -> web.StreamResponse:
@@ -883,10 +946,20 @@ class PeerManager:
             keep_new = conn.initiator_key == existing.initiator_key or (
                 conn.initiator_key == min(conn.initiator_key, existing.initiator_key)
             )
-            if not keep_new:
+            # A connection silent for longer than an idle live one ever is (it pings after
+            # LIVENESS_INTERVAL, so it hears something at least every two) is stale: its peer
+            # gave it up (a link change, §9.14) and dialled afresh. Keeping it by the rule
+            # above would refuse the working connection until the liveness timeout.
+            stale = time.monotonic() - existing.heard_at > 2 * self.liveness_interval
+            if not keep_new and not stale:
                 await channel.close(4009, "duplicate connection")
                 return None
-            await existing.channel.close(4009, "replaced by a newer connection")
+            # Closed in the background: a stale one's close handshake cannot cross its dead
+            # path, and waiting for it (up to CLOSE_TIMEOUT) would hold the new session back.
+            del self.connections[key]
+            close = existing.channel.abort if stale else existing.channel.close
+            self._spawn(close(4009, "replaced by a newer connection"),
+                        f"replace-{channel.peer_device_id[:7]}")
         self.connections[key] = conn
         state = self._peer(key)
         state.address, state.connected_since, state.last_seen = address, time.time(), time.time()

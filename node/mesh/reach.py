@@ -23,8 +23,11 @@ from .addresses import (
     AddressBook,
     BadRecord,
     dial_order,
+    down_networks,
     interface_addresses,
+    link_events,
     link_states,
+    on_down_link,
     own_addresses,
     parse_frame,
     sign_record,
@@ -36,8 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often the interface list is read (a cheap getifaddrs) to notice a link or address change.
+#: How often the interface list is read (a cheap getifaddrs) to notice a link or address change
+#: where the kernel's own notices (netlink, Linux) are not available; with them, at once.
 POLL_INTERVAL = 1.0
+SETTLE = 0.2
 
 
 class Reach:
@@ -53,6 +58,7 @@ class Reach:
         self.published_at = 0.0
         self._interfaces: list[Any] = []
         self._links: tuple[tuple[str, str], ...] = ()
+        self._down: list[Any] = []  # networks of links that are down: not dialled (§9.13)
         self._task: asyncio.Task | None = None
         self.started = False
 
@@ -67,6 +73,8 @@ class Reach:
         self.book.load(self.is_member)
         self._interfaces = interface_addresses()
         self._links = link_states()
+        self._down = down_networks(self._links)
+        peers.unreachable = lambda address: on_down_link(address, self._down)
         self.publish()
         for record in list(self.book.records.values()):
             self._dial(record)
@@ -156,15 +164,33 @@ class Reach:
 
     # -- watching this machine's links -----------------------------------------------------------
     async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(POLL_INTERVAL)
-            try:
-                self._tick()
-            except Exception:
-                log.exception("address watch failed")
+        changed = asyncio.Event()
+        events = link_events(changed.set)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), POLL_INTERVAL)
+                if changed.is_set():
+                    # The kernel said something changed: look now, and again a moment later
+                    # (an address may still be tentative, a carrier still settling).
+                    changed.clear()
+                    self._safe_tick()
+                    await asyncio.sleep(SETTLE)
+                self._safe_tick()
+        finally:
+            if events is not None:
+                events.close()
+
+    def _safe_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception:
+            log.exception("address watch failed")
 
     def _tick(self) -> None:
         interfaces, links = interface_addresses(), link_states()
+        if links != self._links or interfaces != self._interfaces:
+            self._down = down_networks(links)
         if links != self._links and interfaces == self._interfaces:
             log.info("a network link changed state; redialling")
             self.node.peers.probe_all()

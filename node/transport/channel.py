@@ -11,7 +11,10 @@ direction, so a channel built by the handshake starts both counters at 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from typing import Any, NoReturn, Self
 
 import aiohttp
@@ -79,6 +82,24 @@ class SecureChannel:
     def closed(self) -> bool:
         """True once the channel was closed by either side or failed; it never reopens."""
         return self._ended is not None
+
+    async def abort(self, code: int = 1001, reason: str = "") -> None:
+        """Close the channel as one whose path is dead: data still unsent or unacknowledged
+        is dropped, not retransmitted (SO_LINGER 0), and the peer's close reply is awaited
+        only briefly.
+
+        Why: a connection given up because its path died (SPEC-005 §9.14) otherwise keeps
+        retransmitting into it, and each retransmission keeps this machine's neighbour lookup
+        for the peer pending; when the link returns, a fresh dial queued behind that lookup
+        waits up to a second, or fails, before the lookup starts over."""
+        get_extra_info = getattr(self._ws, "get_extra_info", None)
+        sock = get_extra_info("socket") if get_extra_info is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if self._ended is None:
+            self._end(ChannelClosed("closed", "aborted locally", close_code=code, reason=reason))
+            await close_socket(self._ws, code, reason, wait=ABORT_TIMEOUT)
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, obj: Any) -> None:
