@@ -24,11 +24,13 @@ from crdt.store import Store
 from node.config import ConfigError
 from node.consolidation.answer import BadAnswer, parse_answer
 from node.consolidation.config import load_consolidation_config
-from node.consolidation.fields import set_pin
+from node.consolidation.fields import set_fields, set_pin
+from node.consolidation.job import fact_id_in_bucket
 from node.consolidation.salience import Salience, score
 from node.consolidation.skills import add_skill, get_skill, list_skills
 from node.mcp.relevance import relevant_entries
-from node.memory import Memory, shard_of
+from node.memory import ENTRY_ID_RE, Memory, now_iso, shard_of
+from node.memory.ids import BUCKETS
 from tests.fake_llm_server import CITE_UNKNOWN, SUPERSEDE_NEWEST, FakeLLM
 from tests.mcp_helpers import call, mcp_client
 from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
@@ -783,3 +785,29 @@ def test_the_review_list_is_bounded_and_shows_each_source_s_text(memory: Memory)
     assert odd["sources"] == "not a list"
     assert job.with_source_entries([odd])[0]["source_entries"] == []
     assert memory.salience.recalls(note["id"]) == 0
+
+
+def test_a_group_s_fact_ids_name_its_shard_and_its_rows_carry_the_signed_fields(
+        memory: Memory) -> None:
+    """SPEC-006 §12.4.5, SPEC-005 §10.1: ids drawn in a bucket are well-formed ids of that
+    bucket's shard; the index rows written without a Runtime write of their own carry the
+    signed fields exactly as a rebuild from the documents reads them."""
+    at = now_iso()
+    items, extra, fields_of = [], {}, {}
+    for bucket in range(BUCKETS):
+        for _ in range(5):
+            fid = fact_id_in_bucket(bucket)
+            assert ENTRY_ID_RE.match(fid) and shard_of(fid).endswith(f"/{bucket}")
+            fields = {"sources": [f"note-202612-{'A' * 9}{bucket}"], "cortex": "c",
+                      "model": "m", "valid_from": at, "importance": bucket / 8}
+            fields_of[fid] = fields
+            items.append({"id": fid, "text": f"fact {fid}", "kind": "fact", "tags": ["x"]})
+            extra.setdefault(shard_of(fid), []).append(set_fields(fid, fields))
+    rows = memory.add_many(items, extra=extra, row_fields=fields_of)
+    assert all(r[k] == fields_of[r["id"]][k] for r in rows for k in fields_of[r["id"]])
+    held = {r["id"]: r for r in memory.list(kind="fact", limit=1000)}
+    assert held == {fid: memory.get(fid) for fid in fields_of}
+    with memory._env.begin(write=True) as txn:  # Runtime lost: rebuilt from the documents
+        txn.drop(memory._index_db, delete=False)
+    memory.revisit_all()
+    assert {r["id"]: r for r in memory.list(kind="fact", limit=1000)} == held

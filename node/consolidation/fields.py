@@ -79,14 +79,11 @@ def set_pin(memory: Memory, entry_id: str, pinned: bool) -> dict[str, Any]:
     return memory.get(entry_id)
 
 
-def index_rows(memory: Memory, rows: list[dict[str, Any]],
-               runtime_keys: tuple[Any, list[bytes]] | None = None) -> None:
+def index_rows(memory: Memory, rows: list[dict[str, Any]]) -> None:
     """Write the full index rows (with the signed extra fields) of entries just created, in
     one Runtime transaction. ``add_many`` indexed them without those fields, and the index
     upkeep compares log lengths, which the extra fields do not change. Rows add_many holds
-    back are written first, so they cannot overwrite these later. ``runtime_keys``: (a
-    database of the Runtime environment, keys) set to ``b"1"`` in the same transaction, so a
-    caller's own Runtime marks (consolidation's watermark) cost no commit of their own."""
+    back are written first, so they cannot overwrite these later."""
     write_pending = getattr(memory, "write_pending", None)
     if write_pending is not None:
         write_pending()
@@ -96,7 +93,3 @@ def index_rows(memory: Memory, rows: list[dict[str, Any]],
             txn.put(_row_key(doc_id, row["id"]),
                     msgpack.packb({**row, "doc": doc_id}, use_bin_type=True),
                     db=memory._index_db)
-        if runtime_keys is not None:
-            db, keys = runtime_keys
-            for key in keys:
-                txn.put(key, b"1", db=db)

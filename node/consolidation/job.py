@@ -8,11 +8,12 @@ yields to the event loop, so sync and the API go on while it runs.
 
 The facts of consecutive batches are written together (``Group``, SPEC-006 §12.4.5): up to
 ``GROUP_ENTRIES`` entries' worth or ``GROUP_SECONDS`` of answers in one signed change to one
-shard, the same shard for ``BUCKET_FACTS`` facts. Written batch by batch, each batch of 50
-cost a durable commit, two Runtime commits and a change to every fact shard (ids are spread
-over 8 buckets), and a connected peer had to load, apply and evict all 8 shards for each
-batch: it fell seconds behind and live notes waited behind the facts. A group is still whole
-batches, so each batch stays all or nothing.
+shard, the same shard for ``BUCKET_FACTS`` facts; their index rows go with the node's next
+index write and the watermark every ``MARK_EVERY`` entries. Written batch by batch, each
+batch of 50 cost a durable commit, two Runtime commits and a change to every fact shard (ids
+are spread over 8 buckets), and a connected peer had to load, apply and evict all 8 shards
+for each batch: it fell seconds behind and live notes waited behind the facts. A group is
+still whole batches, so each batch stays all or nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import lmdb
 import msgpack
 
 from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
 from ..memory.ids import BUCKETS
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
-from .fields import Edit, index_rows, mark_superseded, set_fields
+from .fields import Edit, mark_superseded, set_fields
 from .importance import FIELD as IMPORTANCE
 from .importance import INSTRUCTIONS as SCORE_INSTRUCTIONS
 from .importance import SALIENCE_KIND, parse_scores, request_payload
@@ -55,6 +57,7 @@ GROUP_SECONDS = 1.0  # ... or the batches answered within this long (a slow cort
 # peers' changes (crdt MAX_REMOTE_LOADED), so a new shard every group made it load and evict
 # (re-indexing it whole) a shard per group; every 1,000 facts the 8 buckets still fill evenly.
 BUCKET_FACTS = 1000
+MARK_EVERY = 1000  # entries whose watermark is written in one Runtime transaction
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
@@ -128,6 +131,7 @@ class Consolidator:
         self.last_run: str | None = None
         self._bucket = random.randrange(BUCKETS)  # the shard of the next group's facts
         self._in_bucket = 0  # facts written into it so far
+        self._unmarked: list[str] = []  # entries of batches written, watermark not yet
 
     # -- what to read ----------------------------------------------------------------------------
     async def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -209,17 +213,23 @@ class Consolidator:
             sources, facts = await self.scan()
             report.considered = len(sources)
             group = Group(time.monotonic())
-            for i in range(0, len(sources), self.config.batch):
-                staged = await self._batch(sources[i:i + self.config.batch], facts, report,
-                                           group)
-                gone = {s.proposal.supersedes for s in staged if s.proposal.supersedes}
-                shown = [{"id": s.id, "text": s.proposal.text} for s in reversed(staged)]
-                facts[:] = [*shown, *(f for f in facts if f["id"] not in gone)][:MAX_SHOWN_FACTS]
-                if group.full(time.monotonic()):
-                    self._write(group, report)
-                    group = Group(time.monotonic())
-                await asyncio.sleep(0)  # sync and the API go on between batches
-            self._write(group, report)
+            try:
+                for i in range(0, len(sources), self.config.batch):
+                    staged = await self._batch(sources[i:i + self.config.batch], facts,
+                                               report, group)
+                    gone = {s.proposal.supersedes for s in staged if s.proposal.supersedes}
+                    shown = [{"id": s.id, "text": s.proposal.text} for s in reversed(staged)]
+                    facts[:] = [*shown, *(f for f in facts if f["id"] not in gone)
+                                ][:MAX_SHOWN_FACTS]
+                    if group.full(time.monotonic()):
+                        self._write(group, report)
+                        group = Group(time.monotonic())
+                        if len(self._unmarked) >= MARK_EVERY:
+                            self._mark_seen()
+                    await asyncio.sleep(0)  # sync and the API go on between batches
+                self._write(group, report)
+            finally:
+                self._mark_seen()  # the groups written, also when the run stops part-way
             if not dry_run:
                 self.counts["runs"] += 1
                 self.last_run = now_iso()
@@ -233,8 +243,11 @@ class Consolidator:
         first = batch[0]["id"]
         try:
             cortex, model, text = await self._ask(batch, facts)
-            proposals = parse_answer(text, {r["id"] for r in batch}, {f["id"] for f in facts},
-                                     max_facts=4 * len(batch))
+            # in a worker thread: checking 200 facts against the schema is tens of ms on a
+            # busy machine, which the peer connection sharing this loop would wait for
+            proposals = await asyncio.to_thread(
+                parse_answer, text, {r["id"] for r in batch}, {f["id"] for f in facts},
+                max_facts=4 * len(batch))
         except BadAnswer as exc:
             self._rejected(report, first, str(exc))
             return []
@@ -318,11 +331,24 @@ class Consolidator:
                         "written without them: %s", first, str(exc)[:300])
             return None
 
+    def _mark_seen(self) -> None:
+        """Write the watermark of the batches written since the last time, in one Runtime
+        transaction. Lost (a crash, a full disk), it only makes the next run ask again about
+        entries that gave no fact: those that did are cited by one (§12.2.1)."""
+        if not self._unmarked:
+            return
+        keys, self._unmarked = self._unmarked, []
+        try:
+            with self._env.begin(write=True, db=self._kv) as txn:
+                for key in keys:
+                    txn.put(SEEN + key.encode(), b"1")
+        except lmdb.Error as exc:
+            log.warning("consolidation watermark of %d entries not written: %s", len(keys), exc)
+
     def _write(self, group: Group, report: RunReport) -> None:
         """Write a group's facts in one signed change with their signed fields and the
-        supersede marks, then their full index rows and the batches' watermark in one Runtime
-        transaction. Ordered like the batches; nothing of a group is written if this raises
-        (its batches are tried again at the next run)."""
+        supersede marks. Ordered like the batches; nothing of a group is written if this
+        raises (its batches are tried again at the next run)."""
         if not group.seen:
             return
         at = now_iso()
@@ -346,12 +372,11 @@ class Consolidator:
                 extra.setdefault(shard_of(p.supersedes), []).append(
                     mark_superseded(p.supersedes, s.id, at))
             items.append(item)
-        rows = self.memory.add_many(items, extra=extra) if items else []
-        rows = [{**r, **fields_of[r["id"]]} for r in rows]
-        # add_many indexed the rows without the extra fields; the log length is unchanged by
-        # them, so the index upkeep would not notice: write the full rows now, with the
-        # watermark of the group's batches in the same Runtime transaction.
-        index_rows(self.memory, rows, (self._kv, [SEEN + i.encode() for i in group.seen]))
+        # the index rows carry the signed fields (the log length the index upkeep compares is
+        # the same without them) and are written with the node's next index write
+        rows = (self.memory.add_many(items, extra=extra, row_fields=fields_of)
+                if items else [])
+        self._unmarked.extend(group.seen)
         report.written.extend(rows)
         self._in_bucket += len(rows)
         if self._in_bucket >= BUCKET_FACTS:
