@@ -30,7 +30,7 @@ import lmdb
 import msgpack
 
 from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
-from ..memory.ids import BUCKETS
+from ..memory.ids import _B32, BUCKETS
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
 from .fields import Edit, mark_superseded, set_fields
@@ -58,7 +58,6 @@ GROUP_SECONDS = 1.0  # ... or the batches answered within this long (a slow cort
 # (re-indexing it whole) a shard per group; every 1,000 facts the 8 buckets still fill evenly.
 BUCKET_FACTS = 1000
 MARK_EVERY = 1000  # entries whose watermark is written in one Runtime transaction
-_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
 def fact_id_in_bucket(bucket: int) -> str:
