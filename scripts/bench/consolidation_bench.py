@@ -103,7 +103,10 @@ def one_run(n: int, seed: int) -> dict[str, Any]:
         configure(a, cortex={"instant": {"kind": "memory-consolidation",
                                          "model": "openai/instant", "api_base": fake.api_base,
                                          "context_window": 65536}},
-                  consolidation={"cortex": "instant", "interval_s": 86400, "batch": BATCH})
+                  consolidation={"cortex": "instant", "interval_s": 86400, "batch": BATCH},
+                  # a run over HTTP is cut at the API's 30 s handler limit: on a busy machine
+                  # a 10,000-entry run took longer before issue 14's changes
+                  api={"handler_timeout": 3600.0})
         harness.import_offline(a, notes)
         a.start()
         b.start()
