@@ -15,7 +15,8 @@ can tell which host answered. Behaviour is set at start and can be changed while
   the answer existed from what it received, not from timings (0: no hold).
 - ``text`` mode answers exactly ``answer`` (set at start or by ``/control``): a JSON object, or
   hostile text, for the consolidation job (SPEC-006 §12.3); ``facts`` mode plays an instant
-  consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it;
+  consolidation cortex: one fact per entry of ``new_entries`` in the request, citing it
+  (markers in an entry's text steer it, see ``consolidation_facts``);
   ``scores`` mode plays a salience cortex (SPEC-006 §12.5.4): one score per fact of ``facts``
   in the request, 0.9 for a fact that says "important", else 0.2.
 
@@ -75,14 +76,29 @@ def answer_pieces(name: str, body: dict[str, Any], extra_chunks: int) -> list[st
     return pieces
 
 
+CITE_UNKNOWN = "[cite-unknown]"
+SUPERSEDE_NEWEST = "[supersede-newest]"
+
+
 def consolidation_facts(body: dict[str, Any]) -> str:
-    """The ``facts`` mode's answer: one fact per new entry it was given, citing that entry."""
+    """The ``facts`` mode's answer: one fact per new entry it was given, citing that entry.
+    Markers in an entry's text steer it: ``[cite-unknown]`` makes its fact cite an entry it
+    was not given (the whole answer is then refused), ``[supersede-newest]`` makes its fact
+    supersede the first current fact it was shown (the newest)."""
     try:
-        given = json.loads(_last_user_text(body))["new_entries"]
+        request = json.loads(_last_user_text(body))
+        given, current = request["new_entries"], request.get("current_facts") or []
     except (ValueError, KeyError, TypeError):
         return json.dumps({"facts": []})
-    return json.dumps({"facts": [
-        {"text": f"fact: {e['text'][:120]}", "sources": [e["id"]]} for e in given]})
+    facts = []
+    for e in given:
+        fact: dict[str, Any] = {"text": f"fact: {e['text'][:120]}", "sources": [e["id"]]}
+        if CITE_UNKNOWN in e["text"]:
+            fact["sources"] = ["note-200001-AAAAAAAAAA"]
+        if SUPERSEDE_NEWEST in e["text"] and current:
+            fact["supersedes"] = current[0]["id"]
+        facts.append(fact)
+    return json.dumps({"facts": facts})
 
 
 def salience_scores(body: dict[str, Any]) -> str:

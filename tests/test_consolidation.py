@@ -24,12 +24,14 @@ from crdt.store import Store
 from node.config import ConfigError
 from node.consolidation.answer import BadAnswer, parse_answer
 from node.consolidation.config import load_consolidation_config
-from node.consolidation.fields import set_pin
+from node.consolidation.fields import set_fields, set_pin
+from node.consolidation.job import fact_id_in_bucket
 from node.consolidation.salience import Salience, score
 from node.consolidation.skills import add_skill, get_skill, list_skills
 from node.mcp.relevance import relevant_entries
-from node.memory import Memory
-from tests.fake_llm_server import FakeLLM
+from node.memory import ENTRY_ID_RE, Memory, now_iso, shard_of
+from node.memory.ids import BUCKETS
+from tests.fake_llm_server import CITE_UNKNOWN, SUPERSEDE_NEWEST, FakeLLM
 from tests.mcp_helpers import call, mcp_client
 from tests.nodes import NodeProc, cli_out, make_mesh, wait_for
 from tests.routing_helpers import configure, wait_for_cortices
@@ -137,6 +139,79 @@ def test_dry_run_writes_nothing_then_the_run_writes_what_it_showed(pair: Pair) -
     assert every_entry(a) == before
     real = run(a)
     assert [f["text"] for f in real["written"]] == [dry["proposed"][0]["text"]]
+
+
+def test_batches_are_written_together_in_one_shard_and_a_refused_batch_alone_is_retried(
+        pair: Pair) -> None:
+    """SPEC-006 §12.4.5, §12.2.2, §12.3.2: the facts of consecutive batches are written
+    together, in one shard; a refused answer among them writes nothing of its batch and leaves
+    only that batch unprocessed, while the batches before and after it are written."""
+    a, b = pair.a, pair.b
+    drain(a, pair.fa)
+    texts = [f"the build agent number {i} runs on arm64" for i in range(15)]
+    texts[7] += " " + CITE_UNKNOWN  # the second batch of 5: its answer cites an unknown entry
+    notes = [a.add_memory(t)["id"] for t in texts]
+    report = run(a)
+    assert report["considered"] == 15 and report["batches"] == 3
+    assert len(report["rejected_answers"]) == 1 and "not an entry it was given" in \
+        report["rejected_answers"][0]
+    written = report["written"]
+    assert sorted(s for f in written for s in f["sources"]) == sorted(notes[:5] + notes[10:])
+    assert len({shard_of(f["id"]) for f in written}) == 1  # one shard for the whole group
+    wait_for(lambda: all(b.entry(f["id"]) for f in written), timeout=30, what="facts on b")
+    again = run(a)  # only the refused batch is pending
+    assert again["considered"] == 5 and again["written"] == []
+    assert len(again["rejected_answers"]) == 1
+    a.request("DELETE", f"/v1/memory/{notes[7]}")  # the tests after this one start clean
+    drain(a, pair.fa)
+
+
+def test_a_fact_may_supersede_one_an_earlier_batch_of_the_same_run_proposed(pair: Pair) -> None:
+    """SPEC-006 §12.4.1, §12.4.5: a batch is shown the facts the batches before it in the run
+    proposed; superseding one that is written in the same change as itself marks it too."""
+    a, b = pair.a, pair.b
+    drain(a, pair.fa)
+    texts = [f"the coffee machine on floor {i} is broken" for i in range(10)]
+    texts[5] = f"the coffee machine on floor 4 works again {SUPERSEDE_NEWEST}"
+    notes = [a.add_memory(t)["id"] for t in texts]
+    written = run(a)["written"]
+    assert len(written) == 10
+    by_source = {f["sources"][0]: f for f in written}
+    old, new = by_source[notes[4]], by_source[notes[5]]
+    assert new["supersedes"] == old["id"]
+    for node in (a, b):
+        older = wait_for(lambda n=node: (e := n.entry(old["id"])) and e.get("superseded_by")
+                         and e, timeout=30, what="the supersede")
+        assert older["superseded_by"] == new["id"] and older["valid_until"] == new["valid_from"]
+        listed = {e["id"] for e in
+                  node.request("GET", "/v1/memory?kind=fact&limit=1000")["entries"]}
+        assert new["id"] in listed and old["id"] not in listed
+
+
+def test_a_live_write_propagates_while_a_long_run_goes_on(pair: Pair) -> None:
+    """SPEC-006 §12.2.1 (sync and the API go on while a run does), §12.4.5 (groups are written
+    as the run goes, not at its end): with a cortex that takes a second per answer, B gets
+    facts and a note written on A meanwhile while A's run is still in progress."""
+    a, b = pair.a, pair.b
+    drain(a, pair.fa)
+    notes = [a.add_memory(f"the plant on desk {i} needs water on mondays")["id"]
+             for i in range(60)]  # 12 batches of 5
+    pair.fa.control(delay=1.0)
+    result: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: result.update(run(a)))
+    try:
+        runner.start()
+        wait_for(lambda: any(f.get("sources", [None])[0] in notes for f in
+                             b.request("GET", "/v1/memory?kind=fact&limit=1000")["entries"]),
+                 timeout=60, what="a first group of facts on b during the run")
+        live = a.add_memory("the meeting moved to room four")["id"]
+        wait_for(lambda: b.entry(live), timeout=30, what="the live note on b during the run")
+        assert runner.is_alive()  # the run was still going on
+    finally:
+        runner.join(180)
+        pair.fa.control(delay=0.0)
+    assert not result["rejected_answers"]
+    assert sorted(s for f in result["written"] for s in f["sources"]) == sorted(notes)
 
 
 def test_consolidation_is_off_until_configured(tmp_path: Path) -> None:
@@ -710,3 +785,29 @@ def test_the_review_list_is_bounded_and_shows_each_source_s_text(memory: Memory)
     assert odd["sources"] == "not a list"
     assert job.with_source_entries([odd])[0]["source_entries"] == []
     assert memory.salience.recalls(note["id"]) == 0
+
+
+def test_a_group_s_fact_ids_name_its_shard_and_its_rows_carry_the_signed_fields(
+        memory: Memory) -> None:
+    """SPEC-006 §12.4.5, SPEC-005 §10.1: ids drawn in a bucket are well-formed ids of that
+    bucket's shard; the index rows written without a Runtime write of their own carry the
+    signed fields exactly as a rebuild from the documents reads them."""
+    at = now_iso()
+    items, extra, fields_of = [], {}, {}
+    for bucket in range(BUCKETS):
+        for _ in range(5):
+            fid = fact_id_in_bucket(bucket)
+            assert ENTRY_ID_RE.match(fid) and shard_of(fid).endswith(f"/{bucket}")
+            fields = {"sources": [f"note-202612-{'A' * 9}{bucket}"], "cortex": "c",
+                      "model": "m", "valid_from": at, "importance": bucket / 8}
+            fields_of[fid] = fields
+            items.append({"id": fid, "text": f"fact {fid}", "kind": "fact", "tags": ["x"]})
+            extra.setdefault(shard_of(fid), []).append(set_fields(fid, fields))
+    rows = memory.add_many(items, extra=extra, row_fields=fields_of)
+    assert all(r[k] == fields_of[r["id"]][k] for r in rows for k in fields_of[r["id"]])
+    held = {r["id"]: r for r in memory.list(kind="fact", limit=1000)}
+    assert held == {fid: memory.get(fid) for fid in fields_of}
+    with memory._env.begin(write=True) as txn:  # Runtime lost: rebuilt from the documents
+        txn.drop(memory._index_db, delete=False)
+    memory.revisit_all()
+    assert {r["id"]: r for r in memory.list(kind="fact", limit=1000)} == held

@@ -5,6 +5,15 @@ the configured cortex through the in-process router, validate each answer strict
 (``answer.parse_answer``), and write the facts, signed by this device, with their sources, the
 cortex and the model. A bad answer changes nothing and is logged. Between batches the job
 yields to the event loop, so sync and the API go on while it runs.
+
+The facts of consecutive batches are written together (``Group``, SPEC-006 §12.4.5): up to
+``GROUP_ENTRIES`` entries' worth or ``GROUP_SECONDS`` of answers in one signed change to one
+shard, the same shard for ``BUCKET_FACTS`` facts; their index rows go with the node's next
+index write and the watermark every ``MARK_EVERY`` entries. Written batch by batch, each
+batch of 50 cost a durable commit, two Runtime commits and a change to every fact shard (ids
+are spread over 8 buckets), and a connected peer had to load, apply and evict all 8 shards
+for each batch: it fell seconds behind and live notes waited behind the facts. A group is
+still whole batches, so each batch stays all or nothing.
 """
 
 from __future__ import annotations
@@ -12,15 +21,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import lmdb
 import msgpack
 
 from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
+from ..memory.ids import _B32, BUCKETS
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
-from .fields import Edit, index_rows, mark_superseded, set_fields
+from .fields import Edit, mark_superseded, set_fields
 from .importance import FIELD as IMPORTANCE
 from .importance import INSTRUCTIONS as SCORE_INSTRUCTIONS
 from .importance import SALIENCE_KIND, parse_scores, request_payload
@@ -38,6 +51,44 @@ REVIEW_PAGE = 200  # pending facts listed at once, newest first
 SEEN = b"consolidation:seen:"
 ALL = 10**9  # list limit: every row
 SCAN_SLICE = 500  # index rows read per event-loop turn
+GROUP_ENTRIES = 200  # entries of consecutive batches whose facts are written in one change
+GROUP_SECONDS = 1.0  # ... or the batches answered within this long (a slow cortex: one each)
+# Facts written into one bucket before the next: a peer holds only 2 documents loaded for
+# peers' changes (crdt MAX_REMOTE_LOADED), so a new shard every group made it load and evict
+# (re-indexing it whole) a shard per group; every 1,000 facts the 8 buckets still fill evenly.
+BUCKET_FACTS = 1000
+MARK_EVERY = 1000  # entries whose watermark is written in one Runtime transaction
+
+
+def fact_id_in_bucket(bucket: int) -> str:
+    """A new fact id whose shard is ``bucket`` (``shard_of`` takes it from the first random
+    character): the facts of one group land in one shard. 48 random bits instead of 50."""
+    new_id = new_entry_id("fact")
+    head, rand = new_id.rsplit("-", 1)
+    first = _B32.index(rand[0])
+    return f"{head}-{_B32[first - first % BUCKETS + bucket % BUCKETS]}{rand[1:]}"
+
+
+@dataclass
+class Staged:
+    """A fact whose batch's answer was valid, with its id drawn, waiting for its group."""
+    id: str
+    proposal: Proposal
+    cortex: str
+    model: str
+    score: float | None
+
+
+@dataclass
+class Group:
+    """Batches answered and validated, written together in one signed change (§12.4.5)."""
+    started: float
+    entries: int = 0
+    seen: list[str] = field(default_factory=list)  # ids of the batches' entries
+    facts: list[Staged] = field(default_factory=list)
+
+    def full(self, now: float) -> bool:
+        return self.entries >= GROUP_ENTRIES or now - self.started >= GROUP_SECONDS
 
 
 class Busy(RuntimeError):
@@ -77,12 +128,9 @@ class Consolidator:
         self.counts = {"runs": 0, "facts_written": 0, "rejected_answers": 0,
                        "salience_rejected": 0}
         self.last_run: str | None = None
-
-    # -- Runtime state: the watermark -----------------------------------------------------------
-    def _mark(self, prefix: bytes, keys: list[str]) -> None:
-        with self._env.begin(write=True, db=self._kv) as txn:
-            for key in keys:
-                txn.put(prefix + key.encode(), b"1")
+        self._bucket = random.randrange(BUCKETS)  # the shard of the next group's facts
+        self._in_bucket = 0  # facts written into it so far
+        self._unmarked: list[str] = []  # entries of batches written, watermark not yet
 
     # -- what to read ----------------------------------------------------------------------------
     async def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -160,29 +208,45 @@ class Consolidator:
         async with self._lock:
             report = RunReport(dry_run)
             # the facts shown to the cortex are read in the same scan, then kept up to date
-            # with what each batch writes, so a batch costs no scan
+            # with what each batch proposes (written or staged), so a batch costs no scan
             sources, facts = await self.scan()
             report.considered = len(sources)
-            for i in range(0, len(sources), self.config.batch):
-                written = await self._batch(sources[i:i + self.config.batch], facts, report)
-                gone = {r["supersedes"] for r in written if r.get("supersedes")}
-                facts[:] = ([*reversed(written), *(f for f in facts if f["id"] not in gone)]
-                            [:MAX_SHOWN_FACTS])
-                await asyncio.sleep(0)  # sync and the API go on between batches
+            group = Group(time.monotonic())
+            try:
+                for i in range(0, len(sources), self.config.batch):
+                    staged = await self._batch(sources[i:i + self.config.batch], facts,
+                                               report, group)
+                    gone = {s.proposal.supersedes for s in staged if s.proposal.supersedes}
+                    shown = [{"id": s.id, "text": s.proposal.text} for s in reversed(staged)]
+                    facts[:] = [*shown, *(f for f in facts if f["id"] not in gone)
+                                ][:MAX_SHOWN_FACTS]
+                    if group.full(time.monotonic()):
+                        self._write(group, report)
+                        group = Group(time.monotonic())
+                        if len(self._unmarked) >= MARK_EVERY:
+                            self._mark_seen()
+                    await asyncio.sleep(0)  # sync and the API go on between batches
+                self._write(group, report)
+            finally:
+                self._mark_seen()  # the groups written, also when the run stops part-way
             if not dry_run:
                 self.counts["runs"] += 1
                 self.last_run = now_iso()
             return report
 
     async def _batch(self, batch: list[dict[str, Any]], facts: list[dict[str, Any]],
-                     report: RunReport) -> list[dict[str, Any]]:
-        """One cortex request; returns the facts written (none in a dry run)."""
+                     report: RunReport, group: Group) -> list[Staged]:
+        """One cortex request; its facts are staged in ``group`` (none in a dry run, none for
+        an answer refused) and returned."""
         report.batches += 1
         first = batch[0]["id"]
         try:
             cortex, model, text = await self._ask(batch, facts)
-            proposals = parse_answer(text, {r["id"] for r in batch}, {f["id"] for f in facts},
-                                     max_facts=4 * len(batch))
+            # in a worker thread: checking 200 facts against the schema is tens of ms on a
+            # busy machine, which the peer connection sharing this loop would wait for
+            proposals = await asyncio.to_thread(
+                parse_answer, text, {r["id"] for r in batch}, {f["id"] for f in facts},
+                max_facts=4 * len(batch))
         except BadAnswer as exc:
             self._rejected(report, first, str(exc))
             return []
@@ -197,10 +261,15 @@ class Consolidator:
                  "cortex": cortex, "model": model,
                  **({IMPORTANCE: scores[i]} if scores else {})} for i, p in enumerate(keep))
             return []
-        written = self._write(keep, cortex, model, scores)
-        report.written.extend(written)
-        self._mark(SEEN, [r["id"] for r in batch])
-        return written
+        # one bucket for a group and the next ones: one change to one shard (§12.4.5)
+        bucket = self._bucket
+        staged = [Staged(fact_id_in_bucket(bucket), p, cortex, model,
+                         scores[i] if scores is not None else None)
+                  for i, p in enumerate(keep)]
+        group.facts.extend(staged)
+        group.seen.extend(r["id"] for r in batch)
+        group.entries += len(batch)
+        return staged
 
     def _rejected(self, report: RunReport, first: str, why: str) -> None:
         self.counts["rejected_answers"] += 1
@@ -212,9 +281,10 @@ class Consolidator:
                   report: RunReport) -> list[Proposal]:
         """Drop facts already known, rejected before, or repeated within the answer."""
         known = {fact_digest(f["text"]) for f in facts}
+        rejected = self.rejections.known([p.digest for p in proposals])
         out = []
         for p in proposals:
-            if p.digest in known or p.digest in self.rejections:
+            if p.digest in known or p.digest in rejected:
                 report.skipped += 1
                 continue
             known.add(p.digest)
@@ -260,38 +330,60 @@ class Consolidator:
                         "written without them: %s", first, str(exc)[:300])
             return None
 
-    def _write(self, keep: list[Proposal], cortex: str, model: str,
-               scores: list[float] | None = None) -> list[dict[str, Any]]:
-        if not keep:
-            return []
+    def _mark_seen(self) -> None:
+        """Write the watermark of the batches written since the last time, in one Runtime
+        transaction. Lost (a crash, a full disk), it only makes the next run ask again about
+        entries that gave no fact: those that did are cited by one (§12.2.1)."""
+        if not self._unmarked:
+            return
+        keys, self._unmarked = self._unmarked, []
+        try:
+            with self._env.begin(write=True, db=self._kv) as txn:
+                for key in keys:
+                    txn.put(SEEN + key.encode(), b"1")
+        except lmdb.Error as exc:
+            log.warning("consolidation watermark of %d entries not written: %s", len(keys), exc)
+
+    def _write(self, group: Group, report: RunReport) -> None:
+        """Write a group's facts in one signed change with their signed fields and the
+        supersede marks. Ordered like the batches; nothing of a group is written if this
+        raises (its batches are tried again at the next run)."""
+        if not group.seen:
+            return
         at = now_iso()
         items, extra, fields_of = [], {}, {}
-        for i, p in enumerate(keep):
-            new_id = new_entry_id("fact")
-            fields: dict[str, Any] = {"sources": list(p.sources), "cortex": cortex,
-                                      "model": model, "valid_from": at}
-            if scores is not None:
-                fields[IMPORTANCE] = scores[i]
-            fields_of[new_id] = fields
-            item: dict[str, Any] = {"id": new_id, "text": p.text, "kind": "fact",
+        for s in group.facts:
+            p = s.proposal
+            fields: dict[str, Any] = {"sources": list(p.sources), "cortex": s.cortex,
+                                      "model": s.model, "valid_from": at}
+            if s.score is not None:
+                fields[IMPORTANCE] = s.score
+            fields_of[s.id] = fields
+            item: dict[str, Any] = {"id": s.id, "text": p.text, "kind": "fact",
                                     "tags": list(dict.fromkeys(
                                         [CONSOLIDATED, PENDING, *p.tags]))}
-            edits: list[Edit] = [set_fields(new_id, fields)]
-            extra.setdefault(shard_of(new_id), []).extend(edits)
+            edits: list[Edit] = [set_fields(s.id, fields)]
+            extra.setdefault(shard_of(s.id), []).extend(edits)
             if p.supersedes:
                 item["supersedes"] = p.supersedes
+                # after the creators in its shard's edits: the target may be a fact of this
+                # group (an earlier batch), created in this same change
                 extra.setdefault(shard_of(p.supersedes), []).append(
-                    mark_superseded(p.supersedes, new_id, at))
+                    mark_superseded(p.supersedes, s.id, at))
             items.append(item)
-        rows = self.memory.add_many(items, extra=extra)
-        rows = [{**r, **fields_of[r["id"]]} for r in rows]
-        # add_many indexed the rows without the extra fields; the log length is unchanged by
-        # them, so the index upkeep would not notice: write the full rows now.
-        index_rows(self.memory, rows)
-        self.counts["facts_written"] += len(rows)
-        log.info("consolidation: %d fact(s) written (cortex %s, model %s)", len(rows), cortex,
-                 model)
-        return rows
+        # the index rows carry the signed fields (the log length the index upkeep compares is
+        # the same without them) and are written with the node's next index write
+        rows = (self.memory.add_many(items, extra=extra, row_fields=fields_of)
+                if items else [])
+        self._unmarked.extend(group.seen)
+        report.written.extend(rows)
+        self._in_bucket += len(rows)
+        if self._in_bucket >= BUCKET_FACTS:
+            self._bucket, self._in_bucket = (self._bucket + 1) % BUCKETS, 0
+        if rows:
+            self.counts["facts_written"] += len(rows)
+            log.info("consolidation: %d fact(s) written from %d entries", len(rows),
+                     group.entries)
 
     # -- review ----------------------------------------------------------------------------------
     def pending_review(self) -> list[dict[str, Any]]:

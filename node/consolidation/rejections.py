@@ -45,6 +45,11 @@ class Rejections:
         with self._env.begin(db=self._kv) as txn:
             return txn.get(PREFIX + digest.encode()) is not None
 
+    def known(self, digests: list[str]) -> set[str]:
+        """Which of ``digests`` are rejected, in one read transaction (a batch's proposals)."""
+        with self._env.begin(db=self._kv) as txn:
+            return {d for d in digests if txn.get(PREFIX + d.encode()) is not None}
+
     def remember(self, digests: list[str]) -> None:
         with self._env.begin(write=True, db=self._kv) as txn:
             for digest in digests:

@@ -340,11 +340,14 @@ class Memory:
 
     def add_many(self, items: Iterable[dict[str, Any]], by: WriteBy | None = None,
                  extra: dict[str, list[Callable[[Transaction], None]]] | None = None,
-                 *, field_tags: bool = False) -> list[dict[str, Any]]:
+                 *, field_tags: bool = False,
+                 row_fields: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Add entries; one signed batch per shard touched, so a bulk import verifies fast.
 
         ``extra`` adds edits to the same transaction (a supersede marks the old entry in the
         change that creates the new one, so no device ever sees one without the other).
+        ``row_fields``: per new entry id, the signed fields ``extra`` sets on it (a fact's
+        sources), so its index row carries them without a Runtime write of its own.
         ``field_tags``: the tags carry a writer's structured fields (the journal's
         ``project:<id>``), not a person's words, so the tag rule does not apply to them."""
         items = list(items)
@@ -393,7 +396,7 @@ class Memory:
                 {"id": entry_id, "text": e["text"], "kind": e["kind"],
                  "tags": sorted(set(e["tags"])), "created_at": at, "author": me, "edits": 1,
                  "session": session, "agent": agent, "supersedes": e.get("supersedes") or None,
-                 "superseded_by": None}
+                 "superseded_by": None, **(row_fields or {}).get(entry_id, {})}
                 for entry_id, e in entries
             ]
             out.extend(rows)
