@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -54,6 +55,7 @@ QUERY_WAIT_HYBRID = 3.0  # seconds hybrid waits for the query's vector before an
 QUERY_WAIT_SEMANTIC = 15.0
 KEEP_OTHER_MODELS = 3  # vectors of recently used models kept for when they come back (§7.5)
 MAX_WHO = 200  # a session id or agent name longer than this is not one maia-node wrote
+READERS = 2  # connections that answer queries beside the writer's (text and vectors at once)
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -151,6 +153,12 @@ class SearchIndex:
         self.skipped = 0  # vectors an embedder gave that were not stored (SPEC-001 §7.5)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = self._open()
+        # Queries read through connections of their own (WAL: readers never wait for the
+        # writer or each other), so a hybrid search ranks text and vectors at the same time
+        # instead of one after the other behind the writer's lock (issue 13, p50/p99).
+        self._readers: queue.Queue[sqlite3.Connection] = queue.Queue()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._closed = False
         self._use_model()
         # Kept exactly as rows change, so a status poll or a search never counts 100k rows.
         self._n_docs = self._db.execute("SELECT count(*) FROM docs").fetchone()[0]
@@ -201,6 +209,26 @@ class SearchIndex:
         for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", VEC_NAME):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection for one query; at most READERS exist, a third query waits."""
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                opened = len(self._all_readers) < READERS and not self._closed
+                if opened:
+                    db = sqlite3.connect(self.dir / DB_NAME, check_same_thread=False,
+                                         isolation_level=None)
+                    db.execute("PRAGMA query_only=1")
+                    self._all_readers.append(db)
+            if not opened:
+                db = self._readers.get()
+        try:
+            yield db
+        finally:
+            self._readers.put(db)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -280,6 +308,9 @@ class SearchIndex:
             self.repo.forget_before_evict(self._index_before_evict)
             if self.memory is not None and self.entries_written in self.memory.write_listeners:
                 self.memory.write_listeners.remove(self.entries_written)
+            self._closed = True
+            for reader in self._all_readers:
+                reader.close()
             self._db.close()
 
     # -- keeping up with Memory ------------------------------------------------------------------
@@ -740,12 +771,12 @@ class SearchIndex:
                    f"d.rowid=fts.rowid WHERE fts MATCH ? {where} ORDER BY s, d.entry_id LIMIT ?")
         else:  # the FTS table alone: three times faster than joined, measured at 100k
             sql = f"SELECT rowid, {bm25} AS s, NULL FROM fts WHERE fts MATCH ? ORDER BY s LIMIT ?"
-        with self._lock:
+        with self._reading() as db:
             try:
-                found = self._db.execute(sql, (parsed.all_terms(), *args, depth)).fetchall()
+                found = db.execute(sql, (parsed.all_terms(), *args, depth)).fetchall()
                 if len(found) < depth and len(parsed.terms) > 1:
                     seen = {r[0] for r in found}
-                    more = self._db.execute(sql, (parsed.any_term(), *args, depth)).fetchall()
+                    more = db.execute(sql, (parsed.any_term(), *args, depth)).fetchall()
                     found += [r for r in more if r[0] not in seen][: depth - len(found)]
             except sqlite3.OperationalError as exc:  # parse() makes this unreachable; a 400
                 log.warning("full-text query refused by SQLite: %s", exc)
@@ -753,14 +784,9 @@ class SearchIndex:
             if not where and len({r[1] for r in found}) < len(found):
                 # Equal scores go to the smaller entry id, so a rebuilt index (other row ids)
                 # ranks the same.
-                ids = self._entry_ids([r[0] for r in found])
+                ids = _entry_ids(db, [r[0] for r in found])
                 found = sorted(found, key=lambda r: (r[1], ids.get(r[0], "")))
         return [r[0] for r in found]
-
-    def _entry_ids(self, rowids: list[int]) -> dict[int, str]:
-        marks = ",".join("?" * len(rowids))
-        return dict(self._db.execute(
-            f"SELECT rowid, entry_id FROM docs WHERE rowid IN ({marks})", rowids).fetchall())
 
     def _semantic(self, model: tuple, query: str, where: str, args: list,
                   depth: int) -> list[int]:
@@ -775,10 +801,10 @@ class SearchIndex:
             return []
         qv = vectors[0]
         if where:
-            with self._lock:
-                n = self._db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
-                                     args).fetchone()[0]
-                rows = self._db.execute(
+            with self._reading() as db:
+                n = db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
+                               args).fetchone()[0]
+                rows = db.execute(
                     f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                     f"v.doc=d.rowid AND v.model=? WHERE v.vec IS NOT NULL {where}",
                     (model_id, *args)).fetchall() if n <= EXACT_SCAN_MAX else None
@@ -800,12 +826,12 @@ class SearchIndex:
         if not rowids:
             return []
         marks = ",".join("?" * len(rowids))
-        with self._lock:
+        with self._reading() as db:
             if not where:
-                return self._db.execute(
+                return db.execute(
                     f"SELECT doc, vec, doc FROM vectors WHERE model=? AND doc IN ({marks}) AND "
                     f"vec IS NOT NULL", (model_id, *rowids)).fetchall()
-            return self._db.execute(
+            return db.execute(
                 f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                 f"v.doc=d.rowid AND v.model=? WHERE d.rowid IN ({marks}) AND v.vec IS NOT "
                 f"NULL {where}", (model_id, *rowids, *args)).fetchall()
@@ -814,8 +840,8 @@ class SearchIndex:
         if not rowids:
             return {}
         marks = ",".join("?" * len(rowids))
-        with self._lock:
-            found = self._db.execute(
+        with self._reading() as db:
+            found = db.execute(
                 f"SELECT rowid, entry_id, text, kind, tags, author, created_at, updated_at, "
                 f"edits, session, agent FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
         return {
@@ -832,6 +858,12 @@ class SearchIndex:
             "vector_index": len(self.vecindex) if self.vecindex is not None else None,
             "shards_to_index": self.dirty_shards(),
         }
+
+
+def _entry_ids(db: sqlite3.Connection, rowids: list[int]) -> dict[int, str]:
+    marks = ",".join("?" * len(rowids))
+    return dict(db.execute(
+        f"SELECT rowid, entry_id FROM docs WHERE rowid IN ({marks})", rowids).fetchall())
 
 
 def _by_similarity(rows: list[tuple], qv: np.ndarray) -> list[int]:
