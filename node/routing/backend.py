@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from .bounded_http import bounded_client, too_large
 from .config import EMBEDDING, Cortex, RoutingSettings
 from .embedding_shapes import pack, vectors_from_openai
 from .shapes import Garbage, clean_chunk, clean_response, estimate_prompt_tokens
@@ -172,9 +171,13 @@ class LiteLLMBackend:
         if cortex.api_base:
             kwargs["api_base"] = cortex.api_base
         kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
+        # httpx and openai are loaded with litellm already; imported here so that importing
+        # the node loads neither (SPEC-006 §8.2: a node that hosts no cortex never needs them)
+        from .bounded_http import bounded_client, too_large
+
         http = None
         if _openai_compatible(cortex.model):
-            import openai  # loaded with litellm already
+            import openai
 
             http = bounded_client(max_bytes, cortex.timeout)
             kwargs["client"] = openai.AsyncOpenAI(
