@@ -171,18 +171,13 @@ class LiteLLMBackend:
         if cortex.api_base:
             kwargs["api_base"] = cortex.api_base
         kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
-        # httpx and openai are loaded with litellm already; imported here so that importing
-        # the node loads neither (SPEC-006 §8.2: a node that hosts no cortex never needs them)
-        from .bounded_http import bounded_client, too_large
+        # httpx and openai come with litellm; here so importing the node loads neither (§8.2)
+        from .bounded_http import bounded_openai_client, too_large
 
         http = None
         if _openai_compatible(cortex.model):
-            import openai
-
-            http = bounded_client(max_bytes, cortex.timeout)
-            kwargs["client"] = openai.AsyncOpenAI(
-                api_key=kwargs["api_key"] or "no-key", max_retries=0, http_client=http,
-                base_url=cortex.api_base or "https://api.openai.com/v1", timeout=cortex.timeout)
+            kwargs["client"], http = bounded_openai_client(
+                max_bytes, cortex.timeout, kwargs["api_key"] or "no-key", cortex.api_base)
         try:
             response = await litellm.aembedding(**kwargs)
         except asyncio.CancelledError:

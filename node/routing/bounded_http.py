@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 
 
 class AnswerTooLarge(Exception):
@@ -67,6 +68,15 @@ def bounded_client(limit: int, timeout: float) -> httpx.AsyncClient:
     """An httpx client whose answers stop at ``limit`` bytes; close it after use."""
     return httpx.AsyncClient(transport=BoundedTransport(limit), timeout=timeout,
                              headers={"Accept-Encoding": "identity"})
+
+
+def bounded_openai_client(limit: int, timeout: float, api_key: str,
+                          api_base: str | None) -> tuple[openai.AsyncOpenAI, httpx.AsyncClient]:
+    """An OpenAI client for litellm's ``client`` argument, reading through
+    :func:`bounded_client`; close the returned httpx client after the call."""
+    http = bounded_client(limit, timeout)
+    return openai.AsyncOpenAI(api_key=api_key, max_retries=0, http_client=http, timeout=timeout,
+                              base_url=api_base or "https://api.openai.com/v1"), http
 
 
 def too_large(exc: BaseException) -> AnswerTooLarge | None:
