@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import json
 import sys
@@ -236,6 +237,8 @@ async def embeddings(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "fake failure"}}, status=500)
     if mode == "html":
         return web.Response(text="<html>no</html>", content_type="text/html")
+    if mode in ("endless", "gzip"):
+        return await _endless(request, state, mode)
     vectors: list[list[Any]] = [fake_vector(str(t), dim) for t in inputs]
     if mode == "wrong_dim":
         vectors = [v[:-1] for v in vectors]
@@ -258,6 +261,35 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
+ENDLESS_BYTES = 512 * 1024 * 1024
+
+
+async def _endless(request: web.Request, state: dict[str, Any], mode: str) -> web.StreamResponse:
+    """A hostile embedding server: a JSON answer that never ends (chunked, no length), up to
+    512 MB, or (``gzip``) a small compressed body announced as gzip. ``emb_sent`` counts the
+    bytes the client took before it hung up, so a test can tell it stopped reading."""
+    if mode == "gzip":
+        body = gzip.compress(b'{"object": "list", "data": [' + b" " * 50_000_000 + b"]}")
+        return web.Response(body=body, headers={"Content-Encoding": "gzip",
+                                                "Content-Type": "application/json"})
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    state["emb_sent"] = 0
+    state["emb_done"] = False
+    piece = b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [' \
+        + b"0.5, " * 13_000
+    try:
+        while state["emb_sent"] < ENDLESS_BYTES:
+            await response.write(piece)
+            state["emb_sent"] += len(piece)
+    except (ConnectionError, RuntimeError):
+        pass  # the client hung up: what a bounded client does
+    finally:
+        state["emb_done"] = True
+    return response
+
+
 async def control(request: web.Request) -> web.Response:
     state = request.app[STATE]
     changes = await request.json()
@@ -274,7 +306,8 @@ async def stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
         {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user",
-                               "held", "embeddings", "inputs_seen", "emb_mode")}
+                               "held", "embeddings", "inputs_seen", "emb_mode", "emb_sent",
+                               "emb_done")}
     )
 
 
@@ -286,7 +319,8 @@ def make_app(
     app[STATE] = {"name": name, "mode": mode, "delay": delay, "chunks": chunks,
                   "requests": 0, "streams": 0, "auth_seen": [], "answer": "",
                   "last_user": "", "hold_after": 0, "held": False, "release": asyncio.Event(),
-                  "dim": dim, "emb_mode": emb_mode, "embeddings": 0, "inputs_seen": 0}
+                  "dim": dim, "emb_mode": emb_mode, "embeddings": 0, "inputs_seen": 0,
+                  "emb_sent": 0, "emb_done": True}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/control", control)

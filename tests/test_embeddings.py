@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -191,6 +192,36 @@ def test_a_hostile_answer_is_a_bad_answer_not_a_crash(fake: FakeLLM, mode: str) 
     with pytest.raises(BackendError) as caught:
         _backend_embed(fake, mode)
     assert caught.value.code == "bad_answer", caught.value
+
+
+def test_an_endless_answer_is_cut_at_max_answer_bytes(fake: FakeLLM) -> None:
+    """SPEC-006 §6.6, §13.4: a hostile embedding server answers without end (chunked, no
+    length, up to 512 MB). The node stops reading at the router's max_answer_bytes (here
+    1 MB) and fails the call as `bad_answer`; the server sees the client hang up long
+    before the end (litellm alone read every byte into memory first)."""
+    fake.control(emb_mode="endless")
+    cortex = Cortex("emb", "embedding", "openai/fake-emb", api_base=fake.api_base,
+                    timeout=60.0, dimensions=8)
+    with pytest.raises(BackendError) as caught:
+        asyncio.run(LiteLLMBackend().embed(cortex, ["one"], max_bytes=1024 * 1024))
+    assert caught.value.code == "bad_answer" and "max_answer_bytes" in caught.value.detail
+    deadline = time.monotonic() + 60
+    while not fake.stats()["emb_done"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = fake.stats()
+    assert stats["emb_done"]
+    assert stats["emb_sent"] < 64 * 1024 * 1024  # socket buffers, not the whole 512 MB
+
+
+def test_a_compressed_answer_is_refused(fake: FakeLLM) -> None:
+    """A gzip bomb (a small body announced as gzip, 50 MB once inflated) is refused before it
+    is inflated: the node asked for an uncompressed answer, whose size it can count."""
+    fake.control(emb_mode="gzip")
+    cortex = Cortex("emb", "embedding", "openai/fake-emb", api_base=fake.api_base,
+                    timeout=30.0, dimensions=8)
+    with pytest.raises(BackendError) as caught:
+        asyncio.run(LiteLLMBackend().embed(cortex, ["one"], max_bytes=1024 * 1024))
+    assert caught.value.code == "bad_answer" and "compressed" in caught.value.detail
 
 
 @pytest.mark.parametrize("mode,code", [("error", "backend"), ("html", "backend"),

@@ -427,10 +427,11 @@ def test_an_offline_peer_s_cortices_are_kept_and_shown_not_chosen() -> None:
 # -- the backend, against a real model server process ---------------------------------------------
 def test_litellm_is_not_imported_when_the_node_or_the_cli_starts() -> None:
     """SPEC-006 §8.2: importing the node, the CLI (with every command module) and the routing
-    feature loads neither litellm nor the openai SDK."""
+    feature loads neither litellm nor the openai SDK, nor httpx (the bounded embeddings client
+    is imported with the first call: at start it cost the node ~3 MB of idle memory)."""
     code = ("import sys, node.cli, node.node, node.routing.feature, node.routing.routes; "
-            "node.cli.build_parser(); "
-            "print(sorted(m for m in ('litellm', 'openai', 'tiktoken') if m in sys.modules))")
+            "node.cli.build_parser(); print(sorted(m for m in ('litellm', 'openai', "
+            "'tiktoken', 'httpx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert out.returncode == 0, out.stderr

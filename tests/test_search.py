@@ -47,7 +47,7 @@ class World:
         self.index = self.open_index(embedder)
 
     def open_index(self, embedder: Embedder | None) -> SearchIndex:
-        index = SearchIndex(self.root / "runtime" / "search", self.repo, embedder)
+        index = SearchIndex(self.root / "runtime" / "search", self.repo, embedder, self.memory)
         index.load_vectors()
         return index
 

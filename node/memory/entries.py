@@ -53,6 +53,10 @@ _TAG_RE = re.compile(rf"\S{{1,{MAX_TAG}}}")
 Tombstone = tuple[str, dict[str, Any]]
 
 
+#: See ``Memory.write_listeners``.
+WriteListener = Callable[[str, list[str], tuple[bytes, ...], tuple[bytes, ...]], None]
+
+
 class InvalidEntry(ValueError):
     """Text, kind or tags break a rule of this module (one sentence, online and offline alike)."""
 
@@ -136,6 +140,10 @@ class Memory:
         # A reader is called for every shard (re)indexed, with the heads indexed, even when the
         # shard has no deleted entry, so it can tell which shards its cache has seen.
         self.tombstone_readers: list[Callable[[str, list[Tombstone]], None]] = []
+        # Told of every local write made here: (shard, entry ids written, heads before, heads
+        # after). A derived index (search) then reads those entries alone, not the shard.
+        # A write to a shard that names no entries here (another writer) is not told.
+        self.write_listeners: list[WriteListener] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         self._mark_stale()
@@ -341,7 +349,8 @@ class Memory:
     def add_many(self, items: Iterable[dict[str, Any]], by: WriteBy | None = None,
                  extra: dict[str, list[Callable[[Transaction], None]]] | None = None,
                  *, field_tags: bool = False,
-                 row_fields: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                 row_fields: dict[str, dict[str, Any]] | None = None,
+                 extra_ids: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         """Add entries; one signed batch per shard touched, so a bulk import verifies fast.
 
         ``extra`` adds edits to the same transaction (a supersede marks the old entry in the
@@ -349,7 +358,9 @@ class Memory:
         ``row_fields``: per new entry id, the signed fields ``extra`` sets on it (a fact's
         sources), so its index row carries them without a Runtime write of its own.
         ``field_tags``: the tags carry a writer's structured fields (the journal's
-        ``project:<id>``), not a person's words, so the tag rule does not apply to them."""
+        ``project:<id>``), not a person's words, so the tag rule does not apply to them.
+        ``extra_ids``: the entries the ``extra`` edits of each shard write, for the write
+        listeners; a shard with extra edits and no ids here is not told of (read whole)."""
         items = list(items)
         by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         month = f"{datetime.now(UTC):%Y%m}"
@@ -385,7 +396,13 @@ class Memory:
         }
         for doc_id, edits in (extra or {}).items():
             changes.setdefault(doc_id, []).extend(edits)
+        before = {d: self.repo.heads(d) for d in changes} if self.write_listeners else {}
         self.repo.change_many(changes)
+        for doc_id in before:
+            if doc_id in (extra or {}) and doc_id not in (extra_ids or {}):
+                continue  # edits this layer cannot name: the listeners read the shard whole
+            self._tell(doc_id, [entry_id for entry_id, _ in by_shard.get(doc_id, ())]
+                       + (extra_ids or {}).get(doc_id, []), before[doc_id])
         rows_by_shard: dict[str, list[dict[str, Any]]] = {}
         session, agent = (by or {}).get("session") or None, (by or {}).get("agent") or None
         for doc_id, entries in by_shard.items():
@@ -404,6 +421,17 @@ class Memory:
         for doc_id in stale | set(extra or {}):
             self._dirty[doc_id] = time.monotonic()
         return out
+
+    def _tell(self, doc_id: str, entry_ids: list[str], before: tuple[bytes, ...]) -> None:
+        """Tell the write listeners that ``entry_ids`` of ``doc_id`` were written."""
+        if not self.write_listeners:
+            return
+        after = self.repo.heads(doc_id)
+        for listener in list(self.write_listeners):
+            try:
+                listener(doc_id, entry_ids, before, after)
+            except Exception:  # derived state only: its own upkeep reads the shard later
+                log.exception("a write listener failed on %s", doc_id)
 
     def _hold_rows(self, rows_by_shard: dict[str, list[dict[str, Any]]], *,
                    current: set[str]) -> None:
@@ -512,10 +540,10 @@ class Memory:
             tx.put(rec, "op", ScalarType.Str, "update " + "+".join(ops))
             _stamp(tx, rec, by)
 
-        stale = doc_id in self._dirty or (
-            self._heads_indexed(doc_id) != sorted(self.repo.heads(doc_id))
-        )
+        before = self.repo.heads(doc_id)
+        stale = doc_id in self._dirty or self._heads_indexed(doc_id) != sorted(before)
         self.repo.change(doc_id, edit)
+        self._tell(doc_id, [entry_id], before)
         self._dirty.pop(doc_id, None)
         entry = self.get(entry_id)
         self._hold_rows({doc_id: [entry]}, current=set() if stale else {doc_id})
@@ -539,7 +567,9 @@ class Memory:
             tx.put(rec, "op", ScalarType.Str, "delete")
             _stamp(tx, rec, by)
 
+        before = self.repo.heads(doc_id)
         self.repo.change(doc_id, edit)
+        self._tell(doc_id, [entry_id], before)
         self._dirty[doc_id] = time.monotonic()
         return {"id": entry_id, "deleted_at": at}
 
@@ -567,7 +597,8 @@ class Memory:
             _stamp(tx, rec, by)
 
         item = {"id": new_id, "text": text, "kind": kind, "tags": tags, "supersedes": old_id}
-        return self.add_many([item], by=by, extra={shard_of(old_id): [mark]})[0]
+        return self.add_many([item], by=by, extra={shard_of(old_id): [mark]},
+                             extra_ids={shard_of(old_id): [old_id]})[0]
 
     def unsupersede(self, entry_id: str) -> dict[str, Any]:
         """Undo a supersede (the owner's remedy, SPEC-004 §2.12): the entry surfaces again;
@@ -586,7 +617,9 @@ class Memory:
             tx.put(rec, "op", ScalarType.Str, "restored (was superseded by "
                    f"{entry['superseded_by']})")
 
+        before = self.repo.heads(doc_id)
         self.repo.change(doc_id, edit)
+        self._tell(doc_id, [entry_id], before)
         self._dirty[doc_id] = time.monotonic()
         return self.get(entry_id)
 

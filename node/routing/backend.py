@@ -42,6 +42,7 @@ FAILURES_TO_UNHEALTHY = 3
 FAILURE_WINDOW = 60.0
 CHUNK_IDLE_LIMIT = 60.0
 QUEUE_FACTOR = 4
+DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024  # RoutingSettings.max_answer_bytes by default
 _QUIET_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx", "httpcore", "openai")
 
 _litellm: Any = None
@@ -157,20 +158,40 @@ class LiteLLMBackend:
                 with contextlib.suppress(Exception):
                     await closer()
 
-    async def embed(self, cortex: Cortex, inputs: list[str]) -> dict[str, Any]:
-        """Vectors from an embedding cortex, checked (SPEC-006 §13.4) and packed for the wire."""
+    async def embed(self, cortex: Cortex, inputs: list[str],
+                    max_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> dict[str, Any]:
+        """Vectors from an embedding cortex, checked (SPEC-006 §13.4) and packed for the wire.
+
+        An OpenAI-compatible server is read through a client that stops at ``max_bytes``
+        (the router's ``max_answer_bytes``, SPEC-006 §6.6): litellm would otherwise read a
+        hostile server's whole answer into memory before any check (bounded_http)."""
         litellm = await self.ready()
         kwargs: dict[str, Any] = {"model": cortex.model, "input": inputs,
                                   "timeout": cortex.timeout, "max_retries": 0}
         if cortex.api_base:
             kwargs["api_base"] = cortex.api_base
         kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
+        # httpx and openai come with litellm; here so importing the node loads neither (§8.2)
+        from .bounded_http import bounded_openai_client, too_large
+
+        http = None
+        if _openai_compatible(cortex.model):
+            kwargs["client"], http = bounded_openai_client(
+                max_bytes, cortex.timeout, kwargs["api_key"] or "no-key", cortex.api_base)
         try:
             response = await litellm.aembedding(**kwargs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            big = too_large(exc)
+            if big is not None:
+                log.warning("cortex %s: embeddings answer cut: %s", cortex.name, big)
+                raise BackendError("bad_answer", f"{big} (max_answer_bytes)") from None
             raise _backend_error(exc, cortex) from None
+        finally:
+            if http is not None:
+                with contextlib.suppress(Exception):
+                    await http.aclose()
         try:
             dump = getattr(response, "model_dump", None)
             # warnings=False: a hostile answer must not turn into one log line per number
@@ -186,6 +207,11 @@ class LiteLLMBackend:
         return await asyncio.to_thread(
             litellm.token_counter, model=cortex.model, messages=body["messages"]
         )
+
+
+def _openai_compatible(model: str) -> bool:
+    """litellm calls these through the OpenAI client, which takes the HTTP client to use."""
+    return model.startswith("openai/") or "/" not in model
 
 
 def _as_dict(obj: Any) -> Any:
@@ -304,7 +330,8 @@ class LocalCortices:
         slot.in_flight += 1
         try:
             if op == "embed":
-                answer = await self.backend.embed(slot.cortex, body["input"])
+                answer = await self.backend.embed(slot.cortex, body["input"],
+                                                  self.settings.max_answer_bytes)
                 self._succeeded(slot)
                 yield ("end", answer)
                 return

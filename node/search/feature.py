@@ -106,7 +106,8 @@ class SearchFeature(FeatureBase):
             choice = self._embeddings.choose() if self._embeddings is not None else None
             if choice is not None and choice.name != DEFAULT_EMBEDDING:
                 embedder = self._embedder_for(choice)  # this node's own embedding cortex
-        self.index = SearchIndex(node.paths.root / "runtime" / "search", node.repo, embedder)
+        self.index = SearchIndex(node.paths.root / "runtime" / "search", node.repo, embedder,
+                                 memory=node.memory)
         node.repo.subscribe(self._on_change)
 
     def _embedder_for(self, choice: Choice) -> Embedder | None:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
@@ -34,6 +35,9 @@ from ..memory import ENTRY_ID_RE
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from ..memory import Memory
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ QUERY_WAIT_HYBRID = 3.0  # seconds hybrid waits for the query's vector before an
 QUERY_WAIT_SEMANTIC = 15.0
 KEEP_OTHER_MODELS = 3  # vectors of recently used models kept for when they come back (§7.5)
 MAX_WHO = 200  # a session id or agent name longer than this is not one maia-node wrote
+READERS = 2  # connections that answer queries beside the writer's (text and vectors at once)
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -129,19 +134,31 @@ def _entry_row(entry_id: str, e: dict[str, Any], edits: int) -> dict[str, Any]:
 class SearchIndex:
     """Ranked and semantic search over one node's memory entries."""
 
-    def __init__(self, directory: Path, repo: Repo, embedder: Embedder | None) -> None:
+    def __init__(self, directory: Path, repo: Repo, embedder: Embedder | None,
+                 memory: Memory | None = None) -> None:
         self.dir = Path(directory)
         self.repo = repo
+        self.memory = memory  # names the entries of its writes (entries_written), if given
         self.embedder = embedder
         self.model_id = embedder.model_id if embedder is not None else None
         self._lock = threading.RLock()
-        self._dirty: dict[str, float] = {}
+        self._dirty: dict[str, float] = {}  # shards to read whole: synced, or written unnamed
+        # Shards Memory wrote since they were indexed: the entries written and the heads
+        # reached, while those writes are the only change (see entries_written).
+        self._touched: dict[str, tuple[set[str], list[bytes]]] = {}
+        self._heads: dict[str, list[bytes]] = {}  # the heads each shard's rows cover, sorted
         self._embed_cursor = 0
         self._pool: ThreadPoolExecutor | None = None  # vector ranking beside the text ranking
         self._vectors_changed = 0  # since the vector file was last saved
         self.skipped = 0  # vectors an embedder gave that were not stored (SPEC-001 §7.5)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = self._open()
+        # Queries read through connections of their own (WAL: readers never wait for the
+        # writer or each other), so a hybrid search ranks text and vectors at the same time
+        # instead of one after the other behind the writer's lock (issue 13, p50/p99).
+        self._readers: queue.Queue[sqlite3.Connection] = queue.Queue()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._closed = False
         self._use_model()
         # Kept exactly as rows change, so a status poll or a search never counts 100k rows.
         self._n_docs = self._db.execute("SELECT count(*) FROM docs").fetchone()[0]
@@ -151,6 +168,8 @@ class SearchIndex:
         self.vecindex: VectorIndex | None = None  # loaded by load_vectors (it may take a while)
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
+        if memory is not None:
+            memory.write_listeners.append(self.entries_written)
         self._mark_stale()
 
     # -- the database ----------------------------------------------------------------------------
@@ -190,6 +209,26 @@ class SearchIndex:
         for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", VEC_NAME):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection for one query; at most READERS exist, a third query waits."""
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                opened = len(self._all_readers) < READERS and not self._closed
+                if opened:
+                    db = sqlite3.connect(self.dir / DB_NAME, check_same_thread=False,
+                                         isolation_level=None)
+                    db.execute("PRAGMA query_only=1")
+                    self._all_readers.append(db)
+            if not opened:
+                db = self._readers.get()
+        try:
+            yield db
+        finally:
+            self._readers.put(db)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -267,32 +306,66 @@ class SearchIndex:
         with self._lock:
             self.repo.unsubscribe(self._on_change)
             self.repo.forget_before_evict(self._index_before_evict)
+            if self.memory is not None and self.entries_written in self.memory.write_listeners:
+                self.memory.write_listeners.remove(self.entries_written)
+            self._closed = True
+            for reader in self._all_readers:
+                reader.close()
             self._db.close()
 
     # -- keeping up with Memory ------------------------------------------------------------------
     def _on_change(self, doc_id: str, local: bool) -> None:
         if doc_id.startswith("memory/"):
-            # A local write is indexed at the next pass; a synced shard once it is quiet.
+            # A local write is indexed at the next pass; a synced shard once it is quiet. A
+            # write through Memory then names its entries (entries_written), which clears
+            # this mark when it can: only those entries are read, not the whole shard.
             self._dirty[doc_id] = 0.0 if local else time.monotonic()
+
+    def entries_written(self, doc_id: str, entry_ids: Iterable[str],
+                        before: Sequence[bytes], after: Sequence[bytes]) -> None:
+        """Memory wrote ``entry_ids`` of ``doc_id`` locally, taking its heads from ``before``
+        to ``after`` (``Memory.write_listeners``).
+
+        If the index covers exactly ``before`` (its rows, plus entries already noted this
+        way), this write is the whole difference between the index and the shard: the next
+        pass reads only these entries, not the 2,500 of a shard at 100,000 entries, where
+        the scan of every entry on each POST made the event loop the bottleneck (issue 17).
+        Otherwise the shard keeps its mark and is read whole, as for a synced change.
+        """
+        if not doc_id.startswith("memory/"):
+            return
+        held = self._touched.get(doc_id)
+        covered = held[1] if held is not None else self._heads.get(doc_id, [])
+        if covered != sorted(before):
+            return
+        ids = held[0] if held is not None else set()
+        ids.update(entry_ids)
+        self._touched[doc_id] = (ids, sorted(after))
+        self._dirty.pop(doc_id, None)
 
     def _index_before_evict(self, doc_id: str, doc: Any) -> None:
         """Index a changed shard while it is still in memory, as Memory does (SPEC-005 §7.7):
         a catch-up evicts each shard after applying it, and indexing it later meant loading
         it again from its change log, the highest moment of a 100k catch-up's memory (issue
         17). The vectors follow in the worker, from the rows written here."""
-        if doc_id not in self._dirty:
+        if doc_id not in self._dirty and doc_id not in self._touched:
             return
-        at = self._dirty.pop(doc_id)
+        at = self._dirty.pop(doc_id, None)
+        held = self._touched.pop(doc_id, None)
         try:
-            self._reindex(doc_id, doc)
+            if at is None and held is not None:
+                self._reindex_entries(doc_id, *held, doc=doc)
+            else:
+                self._reindex(doc_id, doc)
         except sqlite3.Error as exc:  # Runtime only: the next pass loads it and tries again
             log.warning("search index of %s not brought up to date: %s", doc_id, exc)
-            self._dirty[doc_id] = at
+            self._dirty[doc_id] = at if at is not None else 0.0
 
     def _mark_stale(self) -> None:
         with self._lock:
             indexed = {d: sorted(msgpack.unpackb(h)) for d, h in
                        self._db.execute("SELECT doc_id, heads FROM shards")}
+        self._heads = indexed
         stored = set(self.repo.store.doc_ids("memory"))
         for doc_id in stored | set(indexed):
             if indexed.get(doc_id) != sorted(self.repo.heads(doc_id)) or doc_id not in stored:
@@ -301,13 +374,32 @@ class SearchIndex:
             log.info("search index: %d shard(s) to (re)index", len(self._dirty))
 
     def dirty_shards(self) -> int:
-        return len(self._dirty)
+        return len(self._dirty.keys() | self._touched.keys())
 
     def flush(self, quiet: float = 0.0, max_shards: int | None = None) -> int:
-        """Index shards that changed (with ``quiet`` > 0, only those unchanged that long)."""
+        """Index shards that changed (with ``quiet`` > 0, only synced shards unchanged that
+        long); entries Memory named as written come first and are read alone."""
         now = time.monotonic()
-        due = [d for d, at in self._dirty.items() if now - at >= quiet][:max_shards]
         done = 0
+        for doc_id in list(self._touched)[:max_shards]:
+            ids, heads = self._touched.pop(doc_id)
+            if doc_id in self._dirty:
+                continue  # changed by another writer or a peer too: read whole below
+            was_loaded = self.repo.is_loaded(doc_id)
+            try:
+                self._reindex_entries(doc_id, ids, heads)
+            except sqlite3.Error as exc:  # Runtime only (a full disk): try again next pass
+                log.warning("search index of %s not brought up to date: %s", doc_id, exc)
+                self._dirty[doc_id] = now
+                return done
+            finally:
+                if not was_loaded:
+                    self.repo.evict(doc_id)
+            done += 1
+        if max_shards is not None and done >= max_shards:
+            return done
+        due = [d for d, at in self._dirty.items() if now - at >= quiet]
+        due = due[: None if max_shards is None else max_shards - done]
         for doc_id in due:
             self._dirty.pop(doc_id, None)
             was_loaded = self.repo.is_loaded(doc_id)
@@ -324,42 +416,84 @@ class SearchIndex:
         return done
 
     def _reindex(self, doc_id: str, doc: Any = None) -> None:
+        """Bring every entry of one shard up to date (a synced change, a start)."""
         with self._lock:
             indexed = {e: (rowid, edits) for e, rowid, edits in self._db.execute(
                 "SELECT entry_id, rowid, edits FROM docs WHERE shard=?", (doc_id,))}
         if doc is None and self.repo.store.doc_meta(doc_id) is None and not \
                 self.repo.is_loaded(doc_id):
-            changed, present, heads = [], set(), b""
-        else:
-            doc = doc if doc is not None else self.repo.open(doc_id).doc
-            changed, present = [], set()
-            for entry_id in doc.keys(ROOT):
-                got = doc.get(ROOT, entry_id)
-                if got is None or got[0] != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
-                    continue
-                obj = got[1]
-                if doc.get(obj, "deleted_at") is not None:
-                    continue
-                if doc.get(obj, "superseded_by") is not None:
-                    continue  # a correction replaced it: it never surfaces (SPEC-004 §2.12)
-                present.add(entry_id)
-                log_obj = doc.get(obj, "log")
-                edits = doc.length(log_obj[1]) if log_obj is not None else 0
-                if indexed.get(entry_id, (None, None))[1] != edits:
-                    changed.append(_entry_row(entry_id, extract(doc, obj), edits))
-            heads = msgpack.packb(sorted(doc.get_heads()))
+            self._apply(doc_id, indexed, [], set(), None)
+            return
+        doc = doc if doc is not None else self.repo.open(doc_id).doc
+        changed, present = [], set()
+        # keys and values of the root in one call each: the shard's scan is per entry
+        for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
+            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
+                continue
+            self._read_entry(doc, entry_id, obj, indexed, changed, present)
+        self._apply(doc_id, indexed, changed, present, sorted(doc.get_heads()))
+
+    def _reindex_entries(self, doc_id: str, ids: set[str], heads: list[bytes],
+                         doc: Any = None) -> None:
+        """Bring only ``ids`` of one shard up to date: the shard went from the heads the
+        index covers to ``heads`` by writes to these entries alone (entries_written)."""
+        doc = doc if doc is not None else self.repo.open(doc_id).doc
+        if sorted(doc.get_heads()) != heads:  # changed since in a way no write named
+            self._reindex(doc_id, doc)
+            return
+        wanted = sorted(ids)
+        indexed: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for at in range(0, len(wanted), 500):
+                part = wanted[at : at + 500]
+                indexed.update((e, (rowid, edits)) for e, rowid, edits in self._db.execute(
+                    f"SELECT entry_id, rowid, edits FROM docs WHERE shard=? AND entry_id IN "
+                    f"({','.join('?' * len(part))})", (doc_id, *part)))
+        changed, present = [], set()
+        for entry_id in wanted:
+            got = doc.get(ROOT, entry_id) if ENTRY_ID_RE.match(entry_id) else None
+            if got is not None and got[0] == ObjType.Map:
+                self._read_entry(doc, entry_id, got[1], indexed, changed, present)
+        self._apply(doc_id, indexed, changed, present, heads)
+
+    @staticmethod
+    def _read_entry(doc: Any, entry_id: str, obj: Any, indexed: dict[str, tuple[int, int]],
+                    changed: list[dict[str, Any]], present: set[str]) -> None:
+        """Note one entry map as present (unless deleted or superseded) and as changed when
+        its edit count differs from the indexed one."""
+        fields = doc.keys(obj)
+        if "deleted_at" in fields:
+            return
+        if "superseded_by" in fields:
+            return  # a correction replaced it: it never surfaces (SPEC-004 §2.12)
+        present.add(entry_id)
+        log_obj = doc.get(obj, "log") if "log" in fields else None
+        edits = doc.length(log_obj[1]) if log_obj is not None else 0
+        if indexed.get(entry_id, (None, None))[1] != edits:
+            changed.append(_entry_row(entry_id, extract(doc, obj), edits))
+
+    def _apply(self, doc_id: str, indexed: dict[str, tuple[int, int]],
+               changed: list[dict[str, Any]], present: set[str],
+               heads: list[bytes] | None) -> None:
+        """Write the rows read from one shard: ``indexed`` rows not ``present`` go, and the
+        shard is marked as covering ``heads`` (None: the shard is gone)."""
         gone = [indexed[e][0] for e in set(indexed) - present]
         with self._write() as db:
             for row in changed:
                 self._put(db, doc_id, row, indexed.get(row["id"], (None, None))[0])
             for rowid in gone:
                 self._remove(db, rowid)
-            if heads:
-                db.execute("INSERT OR REPLACE INTO shards VALUES(?, ?)", (doc_id, heads))
+            if heads is not None:
+                db.execute("INSERT OR REPLACE INTO shards VALUES(?, ?)",
+                           (doc_id, msgpack.packb(heads)))
             else:
                 db.execute("DELETE FROM shards WHERE doc_id=?", (doc_id,))
             if changed or gone:
                 db.execute("UPDATE meta SET value=value+1 WHERE key='vec_gen'")
+        if heads is not None:
+            self._heads[doc_id] = heads
+        else:
+            self._heads.pop(doc_id, None)
         if self.vecindex is not None:
             self.vecindex.remove(
                 gone + [indexed[r["id"]][0] for r in changed if r["id"] in indexed])
@@ -637,12 +771,12 @@ class SearchIndex:
                    f"d.rowid=fts.rowid WHERE fts MATCH ? {where} ORDER BY s, d.entry_id LIMIT ?")
         else:  # the FTS table alone: three times faster than joined, measured at 100k
             sql = f"SELECT rowid, {bm25} AS s, NULL FROM fts WHERE fts MATCH ? ORDER BY s LIMIT ?"
-        with self._lock:
+        with self._reading() as db:
             try:
-                found = self._db.execute(sql, (parsed.all_terms(), *args, depth)).fetchall()
+                found = db.execute(sql, (parsed.all_terms(), *args, depth)).fetchall()
                 if len(found) < depth and len(parsed.terms) > 1:
                     seen = {r[0] for r in found}
-                    more = self._db.execute(sql, (parsed.any_term(), *args, depth)).fetchall()
+                    more = db.execute(sql, (parsed.any_term(), *args, depth)).fetchall()
                     found += [r for r in more if r[0] not in seen][: depth - len(found)]
             except sqlite3.OperationalError as exc:  # parse() makes this unreachable; a 400
                 log.warning("full-text query refused by SQLite: %s", exc)
@@ -650,14 +784,9 @@ class SearchIndex:
             if not where and len({r[1] for r in found}) < len(found):
                 # Equal scores go to the smaller entry id, so a rebuilt index (other row ids)
                 # ranks the same.
-                ids = self._entry_ids([r[0] for r in found])
+                ids = _entry_ids(db, [r[0] for r in found])
                 found = sorted(found, key=lambda r: (r[1], ids.get(r[0], "")))
         return [r[0] for r in found]
-
-    def _entry_ids(self, rowids: list[int]) -> dict[int, str]:
-        marks = ",".join("?" * len(rowids))
-        return dict(self._db.execute(
-            f"SELECT rowid, entry_id FROM docs WHERE rowid IN ({marks})", rowids).fetchall())
 
     def _semantic(self, model: tuple, query: str, where: str, args: list,
                   depth: int) -> list[int]:
@@ -672,10 +801,10 @@ class SearchIndex:
             return []
         qv = vectors[0]
         if where:
-            with self._lock:
-                n = self._db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
-                                     args).fetchone()[0]
-                rows = self._db.execute(
+            with self._reading() as db:
+                n = db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
+                               args).fetchone()[0]
+                rows = db.execute(
                     f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                     f"v.doc=d.rowid AND v.model=? WHERE v.vec IS NOT NULL {where}",
                     (model_id, *args)).fetchall() if n <= EXACT_SCAN_MAX else None
@@ -697,12 +826,12 @@ class SearchIndex:
         if not rowids:
             return []
         marks = ",".join("?" * len(rowids))
-        with self._lock:
+        with self._reading() as db:
             if not where:
-                return self._db.execute(
+                return db.execute(
                     f"SELECT doc, vec, doc FROM vectors WHERE model=? AND doc IN ({marks}) AND "
                     f"vec IS NOT NULL", (model_id, *rowids)).fetchall()
-            return self._db.execute(
+            return db.execute(
                 f"SELECT d.rowid, v.vec, d.entry_id FROM docs d JOIN vectors v ON "
                 f"v.doc=d.rowid AND v.model=? WHERE d.rowid IN ({marks}) AND v.vec IS NOT "
                 f"NULL {where}", (model_id, *rowids, *args)).fetchall()
@@ -711,8 +840,8 @@ class SearchIndex:
         if not rowids:
             return {}
         marks = ",".join("?" * len(rowids))
-        with self._lock:
-            found = self._db.execute(
+        with self._reading() as db:
+            found = db.execute(
                 f"SELECT rowid, entry_id, text, kind, tags, author, created_at, updated_at, "
                 f"edits, session, agent FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
         return {
@@ -727,8 +856,14 @@ class SearchIndex:
         return self.counts() | {
             "model": self.model_id,
             "vector_index": len(self.vecindex) if self.vecindex is not None else None,
-            "shards_to_index": len(self._dirty),
+            "shards_to_index": self.dirty_shards(),
         }
+
+
+def _entry_ids(db: sqlite3.Connection, rowids: list[int]) -> dict[int, str]:
+    marks = ",".join("?" * len(rowids))
+    return dict(db.execute(
+        f"SELECT rowid, entry_id FROM docs WHERE rowid IN ({marks})", rowids).fetchall())
 
 
 def _by_similarity(rows: list[tuple], qv: np.ndarray) -> list[int]:
