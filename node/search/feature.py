@@ -45,7 +45,7 @@ ROUTED_TIMEOUT = 120.0  # one batch through the router, all attempts (the worker
 RETRY_AFTER = 10.0  # a model that could not answer a batch is asked again after this long
 #: Embedding waits while peers' changes keep arriving (a catch-up): the worker's memory adds to
 #: the catch-up's at its peak otherwise (issue 17). It resumes this long after the last one...
-CATCH_UP_QUIET = 2.0
+CATCH_UP_QUIET = 5.0
 #: ...or, if peers' changes never stop, embeds one batch after waiting this long.
 MAX_EMBED_PAUSE = 30.0
 
