@@ -26,9 +26,10 @@ if TYPE_CHECKING:
 
 def _build_manager() -> Any:
     """Import the SDK and build its stateless session manager (blocking: a worker thread)."""
+    # the SDK (and the tools built on it) only when a request needs it: about 30 MB
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-    from .tools import build_server
+    from .tools import build_server  # imports the SDK too
 
     server = build_server()
     return StreamableHTTPSessionManager(

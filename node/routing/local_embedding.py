@@ -65,6 +65,7 @@ class WordLlamaEmbedder:
     def _load(self) -> tuple[Any, np.ndarray]:
         with self._lock:
             if self._tokenizer is None:
+                # with the first text, not with the node (see __init__)
                 from tokenizers import Tokenizer
 
                 table = _map_safetensor(self._weights, "embedding.weight", self.dim)

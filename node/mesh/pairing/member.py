@@ -66,6 +66,7 @@ def pake(code: str, *, new_key: bytes, member_key: bytes, member: bool) -> SPAKE
 
     spake2 is imported here, not with the module: it pulls in ``cryptography`` (about 10 MB
     resident), which a node that is not pairing does not need (issue 17)."""
+    # only when pairing: see above
     from spake2 import SPAKE2_A, SPAKE2_B
 
     side = SPAKE2_B if member else SPAKE2_A
@@ -75,8 +76,9 @@ def pake(code: str, *, new_key: bytes, member_key: bytes, member: bool) -> SPAKE
 
 def pake_finish(state: SPAKE2_A | SPAKE2_B, peer_message: object) -> bytes | None:
     """The shared key, or None for a malformed peer message."""
+    # only when pairing, like pake()
     from spake2.ed25519_basic import NotOnCurve
-    from spake2.spake2 import SPAKEError
+    from spake2.spake2 import SPAKEError  # (the same)
 
     if not isinstance(peer_message, bytes) or len(peer_message) != PAKE_BYTES:
         return None
