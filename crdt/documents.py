@@ -42,8 +42,12 @@ ChangeListener = Callable[[str, bool], None]
 EvictHook = Callable[[str, Document], None]
 #: Documents loaded only to apply a peer's changes that stay in memory at once: a catch-up
 #: of a large store loads, applies and evicts its shards in turn instead of holding all of
-#: them (issue 17: a 100k catch-up peaked near 10x the idle memory).
-MAX_REMOTE_LOADED = 2
+#: them (issue 17: a 100k catch-up peaked near 10x the idle memory). The one being applied
+#: counts (room is made before it loads): one, since the answer to a shard's message is
+#: generated before the next message is read (node/mesh/peers.py yields to its sender after
+#: each frame), so a shard is not loaded again to answer it; a shard of 6,000 entries holds
+#: about 30 MB in Automerge, and the second one was an eighth of a 100k catch-up's peak.
+MAX_REMOTE_LOADED = 1
 #: Bytes of peers' changes applied between two hand-backs of freed memory to the system
 #: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
 #: runs, not only once the node goes idle (SPEC-005 §7.7).

@@ -9,12 +9,14 @@ is unchanged: every change still passes a signed batch by a roster member (SPEC-
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from crdt import documents
 from crdt.documents import MAX_REMOTE_LOADED
 from node.memory import Memory
+from node.search import feature as search_feature
 from node.search.index import SearchIndex
 from tests.trust_helpers import Device, pump
 
@@ -124,3 +126,28 @@ def test_shards_a_catch_up_evicts_are_searchable_without_loading_them_again(
         index.close()
         a.close()
         b.close()
+
+
+def test_embedding_waits_while_peers_changes_arrive_but_is_never_starved(monkeypatch) -> None:
+    """Issue 17: the embedding worker's memory (the tokenizer, the model's pages, its batches)
+    added to a catch-up's peak; it now waits until peers' changes to memory stop for
+    CATCH_UP_QUIET seconds. A peer that never stops cannot starve it: after MAX_EMBED_PAUSE
+    one batch goes. Local writes and other documents do not pause it."""
+    now = [1000.0]
+    monkeypatch.setattr(search_feature, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    feature = search_feature.SearchFeature()
+    assert not feature.embedding_paused()
+    feature._on_change("memory/note/2026-12/0", True)  # a local write
+    feature._on_change("identity", False)  # a peer's change to another document
+    assert not feature.embedding_paused()
+    feature._on_change("memory/note/2026-12/0", False)
+    assert feature.embedding_paused()
+    now[0] += search_feature.CATCH_UP_QUIET
+    assert not feature.embedding_paused(), "resumes once peers' changes stop"
+    # a peer writing without end: paused, but one batch after MAX_EMBED_PAUSE, then again
+    went = 0
+    for _ in range(int(3 * search_feature.MAX_EMBED_PAUSE)):
+        feature._on_change("memory/note/2026-12/0", False)
+        went += not feature.embedding_paused()
+        now[0] += 1.0
+    assert 2 <= went <= 4, went
