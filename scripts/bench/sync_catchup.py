@@ -380,7 +380,7 @@ def section(result: dict[str, Any], info: dict[str, Any]) -> tuple[str, str]:
             ("B's peak RSS (VmHWM) over the catch-up and indexing, highest run",
              f"{harness.mb(peak)} (target < 250 MB: {harness.verdict(peak * 1024 / 1e6 < 250)})"),
             ("B's peak RSS, median (min, max) of the runs",
-             ceilings.fmt_spread(ceilings.spread([r["peak_rss_kib"] / 1024 for r in done]),
+             ceilings.fmt_spread(ceilings.spread([r["peak_rss_kib"] * 1024 / 1e6 for r in done]),
                                  "{:.1f}") + " MB"),
         ]
         if all(r.get("idle_rss_kib") for r in done):
@@ -390,7 +390,7 @@ def section(result: dict[str, Any], info: dict[str, Any]) -> tuple[str, str]:
                  ceilings.fmt_spread(ceilings.spread(
                      [r["peak_rss_kib"] / r["idle_rss_kib"] for r in done])) + "x (idle "
                  + ceilings.fmt_spread(ceilings.spread(
-                     [r["idle_rss_kib"] / 1024 for r in done]), "{:.1f}") + " MB)")]
+                     [r["idle_rss_kib"] * 1024 / 1e6 for r in done]), "{:.1f}") + " MB)")]
     body = method + "\n\n" + table(rows, ("figure", "value"))
     if len(runs) > 1:
         body += (
