@@ -46,8 +46,9 @@ RETRY_AFTER = 10.0  # a model that could not answer a batch is asked again after
 #: Embedding waits while peers' changes keep arriving (a catch-up): the worker's memory adds to
 #: the catch-up's at its peak otherwise (issue 17). It resumes this long after the last one...
 CATCH_UP_QUIET = 5.0
-#: ...or, if peers' changes never stop, embeds one batch after waiting this long.
-MAX_EMBED_PAUSE = 30.0
+#: ...or, if peers' changes never stop, embeds one batch after waiting this long (a 100k
+#: catch-up on a loaded machine ran past 30 s, and the batch then loaded the model mid-way).
+MAX_EMBED_PAUSE = 120.0
 
 
 class RoutedEmbedder:
