@@ -42,8 +42,12 @@ ChangeListener = Callable[[str, bool], None]
 EvictHook = Callable[[str, Document], None]
 #: Documents loaded only to apply a peer's changes that stay in memory at once: a catch-up
 #: of a large store loads, applies and evicts its shards in turn instead of holding all of
-#: them (issue 17: a 100k catch-up peaked near 10x the idle memory).
-MAX_REMOTE_LOADED = 2
+#: them (issue 17: a 100k catch-up peaked near 10x the idle memory). The one being applied
+#: counts (room is made before it loads): one, since the answer to a shard's message is
+#: generated before the next message is read (node/mesh/peers.py yields to its sender after
+#: each frame), so a shard is not loaded again to answer it; a shard of 6,000 entries holds
+#: about 30 MB in Automerge, and the second one was an eighth of a 100k catch-up's peak.
+MAX_REMOTE_LOADED = 1
 #: Bytes of peers' changes applied between two hand-backs of freed memory to the system
 #: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
 #: runs, not only once the node goes idle (SPEC-005 §7.7).
@@ -335,6 +339,7 @@ class Repo:
         answering every shard of a catch-up does not leave them all resident (SPEC-005 §7.7).
         One a local reader or writer holds stays under the general bound."""
         held_locally = doc_id in self._loaded and doc_id not in self._remote
+        self._make_room_for_remote(doc_id)
         handle = self.open(doc_id)
         if not held_locally and doc_id not in self._written:
             self._remote[doc_id] = None
@@ -342,9 +347,19 @@ class Repo:
             self._evict_remote_over_limit()
         return handle
 
-    def _evict_remote_over_limit(self) -> None:
+    def _make_room_for_remote(self, doc_id: str) -> None:
+        """Before a document is loaded for a peer's sake, evict the least recently applied
+        remote documents so that it makes the bound, not one more: a catch-up then holds at
+        most ``max_remote_loaded`` shards at its peak, the one being applied included (before,
+        the oldest left only after the new one was in memory; with shards of 6,000 entries,
+        about 30 MB each, that one extra was a tenth of a 100k catch-up's peak, issue 17)."""
+        if doc_id not in self._loaded and doc_id not in self._written:
+            self._evict_remote_over_limit(max(self.max_remote_loaded - 1, 0))
+
+    def _evict_remote_over_limit(self, keep: int | None = None) -> None:
+        keep = self.max_remote_loaded if keep is None else keep
         evicted = False
-        while len(self._remote) > self.max_remote_loaded:
+        while len(self._remote) > keep:
             self._unload(next(iter(self._remote)))
             evicted = True
         if evicted and self.on_release is not None and (
@@ -560,6 +575,7 @@ class Repo:
         written before anyone is told, and if it fails the document is dropped from memory
         and reloaded from the store, so memory never runs ahead of it (SPEC-005 §7.1).
         """
+        self._make_room_for_remote(doc_id)
         if doc_id not in self._written:
             self._remote[doc_id] = None
             self._remote.move_to_end(doc_id)

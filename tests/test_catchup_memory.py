@@ -9,16 +9,22 @@ is unchanged: every change still passes a signed batch by a roster member (SPEC-
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from crdt import documents
 from crdt.documents import MAX_REMOTE_LOADED
 from node.memory import Memory
+from node.search import feature as search_feature
 from node.search.index import SearchIndex
 from tests.trust_helpers import Device, pump
 
+KINDS_IN_ORDER = ("note", "fact", "conversation", "journal", "skill")
+
 
 def _items(n: int) -> list[dict]:
-    kinds = ("note", "fact", "conversation", "journal", "skill")
+    kinds = KINDS_IN_ORDER
     return [{"text": f"entry {i} walnut", "kind": kinds[i % 5], "tags": ["t"]} for i in range(n)]
 
 
@@ -54,36 +60,41 @@ def test_a_catch_up_holds_few_documents_and_leaves_every_entry_listable(
         b.close()
 
 
+@pytest.mark.parametrize("kinds", [1, 5])  # 8 shards, then 40: the bound stays the same
 def test_documents_resident_during_a_catch_up_never_exceed_the_remote_bound(
-    tmp_path: Path, monkeypatch,
+    tmp_path: Path, monkeypatch, kinds: int,
 ) -> None:
     """SPEC-005 §7.7: shards loaded to answer the peer (our next sync message) count against
     the remote bound too. Before, each shard the catch-up answered stayed loaded under the
     general bound of 64, so a catch-up ended holding every shard it received, and the peak
-    grew with the number of shards. Counted at every load, not only when changes apply."""
+    grew with the number of shards. Counted at every load, not only when changes apply, and
+    with the shard being loaded: room is made before it loads (before, the oldest left only
+    after, so a catch-up held one shard more than the bound at its peak, issue 17)."""
     monkeypatch.setattr(documents, "RELEASE_EVERY_BYTES", 4096)
     a = Device.found(tmp_path, "a")
     b = a.admit(tmp_path, "b")
     try:
-        Memory(a.repo).add_many(_items(600))
+        Memory(a.repo).add_many([i for i in _items(120 * kinds * 5) if
+                                 i["kind"] in KINDS_IN_ORDER[:kinds]][:600])
         shards = a.store.doc_ids("memory")
         assert len(shards) > 3 * MAX_REMOTE_LOADED
         Memory(b.repo)
         most, releases = 0, []
         b.repo.on_release = lambda: releases.append(len(b.repo.loaded_ids()))
-        real_open = b.repo.open
+        real_load = b.repo._load
 
-        def counting_open(doc_id: str):
+        def counting_load(doc_id: str):
             nonlocal most
-            handle = real_open(doc_id)
-            most = max(most, len(b.repo.loaded_ids()))
+            handle = real_load(doc_id)  # in memory now, beside every document still loaded
+            resident = [d for d in b.repo.loaded_ids() if d.startswith("memory/")]
+            most = max(most, len(resident) + (doc_id not in resident))
             return handle
 
-        b.repo.open = counting_open
+        b.repo._load = counting_load
         pump(a, b)
         assert sorted(b.store.doc_ids("memory")) == sorted(shards)
+        assert most <= MAX_REMOTE_LOADED, most
         bound = MAX_REMOTE_LOADED + 1  # and the identity document
-        assert most <= bound + 1, most  # the one being opened, before the oldest goes
         assert len(b.repo.loaded_ids()) <= bound, b.repo.loaded_ids()
         assert releases, "freed memory is handed back during the catch-up, not only when idle"
     finally:
@@ -115,3 +126,28 @@ def test_shards_a_catch_up_evicts_are_searchable_without_loading_them_again(
         index.close()
         a.close()
         b.close()
+
+
+def test_embedding_waits_while_peers_changes_arrive_but_is_never_starved(monkeypatch) -> None:
+    """Issue 17: the embedding worker's memory (the tokenizer, the model's pages, its batches)
+    added to a catch-up's peak; it now waits until peers' changes to memory stop for
+    CATCH_UP_QUIET seconds. A peer that never stops cannot starve it: after MAX_EMBED_PAUSE
+    one batch goes. Local writes and other documents do not pause it."""
+    now = [1000.0]
+    monkeypatch.setattr(search_feature, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    feature = search_feature.SearchFeature()
+    assert not feature.embedding_paused()
+    feature._on_change("memory/note/2026-12/0", True)  # a local write
+    feature._on_change("identity", False)  # a peer's change to another document
+    assert not feature.embedding_paused()
+    feature._on_change("memory/note/2026-12/0", False)
+    assert feature.embedding_paused()
+    now[0] += search_feature.CATCH_UP_QUIET
+    assert not feature.embedding_paused(), "resumes once peers' changes stop"
+    # a peer writing without end: paused, but one batch after MAX_EMBED_PAUSE, then again
+    went = 0
+    for _ in range(int(3 * search_feature.MAX_EMBED_PAUSE)):
+        feature._on_change("memory/note/2026-12/0", False)
+        went += not feature.embedding_paused()
+        now[0] += 1.0
+    assert 2 <= went <= 4, went

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -108,3 +109,8 @@ def _qs(value: Any) -> str:
 
 def _type(answer: Any) -> str:
     return str(answer.get("type", "")) if isinstance(answer, dict) else ""
+
+
+# The API client of the current caller: set once for the stdio server, per request for /v1/mcp.
+# Here rather than beside the tools, so /v1/mcp can set it without importing the MCP SDK.
+CURRENT_API: ContextVar[NodeAPI] = ContextVar("maia_mcp_api")

@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from ..api.auth import bearer_token
 from ..api.middleware import BODY_KEY, PRINCIPAL_KEY
 from ..api.problem import Problem
 from ..api.routes import RouteTable
-from .client import NodeAPI
-from .tools import CURRENT_API
+from .client import CURRENT_API, NodeAPI
+
+if TYPE_CHECKING:
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    from .feature import LazyManager
 
 log = logging.getLogger(__name__)
 
 mcp_routes = RouteTable("mcp")
-MANAGER_KEY: web.AppKey[StreamableHTTPSessionManager] = web.AppKey(
-    "maia_mcp_manager", StreamableHTTPSessionManager)
+# The SDK's session manager, started by the first request (node/mcp/feature.py: LazyManager).
+MANAGER_KEY: web.AppKey[LazyManager] = web.AppKey("maia_mcp_manager")
 # A JSON-RPC message or batch; the SDK validates the rest and answers JSON-RPC errors.
 MESSAGE_SCHEMA: dict[str, Any] = {"type": ["object", "array"]}
 
@@ -95,7 +98,8 @@ async def mcp_endpoint(request: web.Request) -> web.Response:
     reset = CURRENT_API.set(api)
     try:
         body = json.dumps(request[BODY_KEY]).encode()
-        status, headers, raw = await asgi_exchange(request.app[MANAGER_KEY], request, body)
+        manager = await request.app[MANAGER_KEY].get()
+        status, headers, raw = await asgi_exchange(manager, request, body)
     finally:
         CURRENT_API.reset(reset)
         await api.close()

@@ -11,7 +11,6 @@ argument is an MCP error before any request is made.
 from __future__ import annotations
 
 import json
-from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -21,10 +20,7 @@ from pydantic import Field
 
 from ..memory import KINDS
 from ..sessions.journal import JOURNAL_KINDS
-from .client import NodeAPI, Refused
-
-# The API client of the current caller: set once for the stdio server, per request for /v1/mcp.
-CURRENT_API: ContextVar[NodeAPI] = ContextVar("maia_mcp_api")
+from .client import CURRENT_API, NodeAPI, Refused
 
 Kind = Literal["note", "conversation", "fact", "skill", "journal"]
 assert set(Kind.__args__) == set(KINDS)  # one list of kinds (crdt.docids)

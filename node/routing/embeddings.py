@@ -20,7 +20,7 @@ import numpy as np
 from .config import DEFAULT_EMBEDDING, EMBEDDING
 from .embedding_shapes import unpack
 from .errors import BadUpstreamAnswer, NoRoute, RouteTimeout, RoutingError, UnknownCortex
-from .local_embedding import WordLlamaEmbedder
+from .local_embedding import EmbedderUnavailable, WordLlamaEmbedder
 from .router import Router
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,10 @@ class Embeddings:
             raise UnknownCortex("the local default embedding model is not installed",
                                 available=self.router.available())
         self.counts["local_default"] += 1
-        raw = np.asarray(await asyncio.to_thread(model.embed, inputs), dtype=np.float32)
+        try:
+            raw = np.asarray(await asyncio.to_thread(model.embed, inputs), dtype=np.float32)
+        except EmbedderUnavailable as exc:  # its files load with the first text (issue 17)
+            raise UnknownCortex(str(exc), available=self.router.available()) from None
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         raw = np.divide(raw, norms, out=np.zeros_like(raw), where=norms > 0)  # unit, as OpenAI's
         tokens = sum(math.ceil(len(t.encode()) / 4) for t in inputs)

@@ -15,7 +15,9 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,26 +48,44 @@ class WordLlamaEmbedder:
     dim = 256
 
     def __init__(self) -> None:
-        # the tokenizer library only once the model loads (an unavailable model costs nothing)
-        from tokenizers import Tokenizer
-
         base = _package_dir("wordllama")
-        weights = base / "weights" / f"{self.CONFIG}_{self.dim}.safetensors"
-        tokenizer = base / "tokenizers" / f"{self.CONFIG}_tokenizer_config.json"
-        if not weights.is_file() or not tokenizer.is_file():
+        self._weights = base / "weights" / f"{self.CONFIG}_{self.dim}.safetensors"
+        self._tokenizer_file = base / "tokenizers" / f"{self.CONFIG}_tokenizer_config.json"
+        if not self._weights.is_file() or not self._tokenizer_file.is_file():
             raise EmbedderUnavailable(f"the wordllama model files are missing under {base}")
-        self._table = _map_safetensor(weights, "embedding.weight", self.dim)
-        self._tokenizer = Tokenizer.from_file(str(tokenizer))
-        self._tokenizer.no_padding()
-        self._tokenizer.no_truncation()
-        # This tokenizer has no pre-tokenizer, so its BPE cache is keyed by whole texts: it
-        # kept up to 10,000 of them, about 60 MB after a 100k catch-up was embedded, and
-        # never hits for distinct entries (issue 17). A few, for repeated queries.
-        resize = getattr(self._tokenizer.model, "_resize_cache", None)
-        if resize is not None:
-            resize(TOKENIZER_CACHE_TEXTS)
         version = importlib.metadata.version("wordllama")
         self.model_id = f"wordllama-{version}/{self.CONFIG}-{self.dim}"
+        # The tokenizer (its library and a 128k-token vocabulary: about 25 MB resident) and
+        # the mapped weights load with the first text to embed, not with the node: a node
+        # catching up a peer embeds nothing until the catch-up ends (issue 17).
+        self._lock = threading.Lock()
+        self._table: np.ndarray | None = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> tuple[Any, np.ndarray]:
+        with self._lock:
+            if self._tokenizer is None:
+                # with the first text, not with the node (see __init__)
+                from tokenizers import Tokenizer
+
+                table = _map_safetensor(self._weights, "embedding.weight", self.dim)
+                try:
+                    tokenizer = Tokenizer.from_file(str(self._tokenizer_file))
+                except Exception as exc:  # a damaged install: callers fall back or retry
+                    raise EmbedderUnavailable(f"the wordllama tokenizer does not load: {exc}"
+                                              ) from exc
+                tokenizer.no_padding()
+                tokenizer.no_truncation()
+                # This tokenizer has no pre-tokenizer, so its BPE cache is keyed by whole
+                # texts: it kept up to 10,000 of them, about 60 MB after a 100k catch-up was
+                # embedded, and never hits for distinct entries (issue 17). A few, for
+                # repeated queries.
+                resize = getattr(tokenizer.model, "_resize_cache", None)
+                if resize is not None:
+                    resize(TOKENIZER_CACHE_TEXTS)
+                self._table, self._tokenizer = table, tokenizer
+            assert self._table is not None
+            return self._tokenizer, self._table
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Mean of the token vectors of each text; a text with no token gives a zero row."""
@@ -75,7 +95,8 @@ class WordLlamaEmbedder:
         return out
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        encoded = self._tokenizer.encode_batch(
+        tokenizer, table = self._load()
+        encoded = tokenizer.encode_batch(
             [t[:MAX_EMBED_CHARS] for t in texts], add_special_tokens=False
         )
         lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(texts))
@@ -83,8 +104,8 @@ class WordLlamaEmbedder:
         if not lengths.sum():
             return out
         ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encoded if e.ids])
-        np.clip(ids, 0, self._table.shape[0] - 1, out=ids)
-        rows = self._table[ids]  # float16, gathered from the mapped file
+        np.clip(ids, 0, table.shape[0] - 1, out=ids)
+        rows = table[ids]  # float16, gathered from the mapped file
         nonempty = lengths > 0
         starts = np.concatenate(([0], np.cumsum(lengths[nonempty])[:-1]))
         sums = np.add.reduceat(rows, starts, axis=0, dtype=np.float32)

@@ -43,6 +43,12 @@ SAVE_EVERY = 60.0  # seconds between two writes of the vector file while vectors
 CHOOSE_EVERY = 10.0  # seconds between two looks at which embedding cortex to use (§13.6)
 ROUTED_TIMEOUT = 120.0  # one batch through the router, all attempts (the worker waits this long)
 RETRY_AFTER = 10.0  # a model that could not answer a batch is asked again after this long
+#: Embedding waits while peers' changes keep arriving (a catch-up): the worker's memory adds to
+#: the catch-up's at its peak otherwise (issue 17). It resumes this long after the last one...
+CATCH_UP_QUIET = 5.0
+#: ...or, if peers' changes never stop, embeds one batch after waiting this long (a 100k
+#: catch-up on a loaded machine ran past 30 s, and the batch then loaded the model mid-way).
+MAX_EMBED_PAUSE = 120.0
 
 
 class RoutedEmbedder:
@@ -92,6 +98,8 @@ class SearchFeature(FeatureBase):
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._retry_at = 0.0
+        self._remote_at = float("-inf")  # when a peer's change to a memory shard last came
+        self._paused_from: float | None = None
         self.index: SearchIndex | None = None
 
     def setup(self, node: Node) -> None:
@@ -129,8 +137,27 @@ class SearchFeature(FeatureBase):
         self._retry_at = 0.0
 
     def _on_change(self, doc_id: str, local: bool) -> None:
-        if self._wake is not None and doc_id.startswith("memory/"):
-            self._wake.set()
+        if doc_id.startswith("memory/"):
+            if not local:
+                self._remote_at = time.monotonic()
+            if self._wake is not None:
+                self._wake.set()
+
+    def embedding_paused(self) -> bool:
+        """Whether embedding waits for a catch-up to end: peers' changes came within
+        CATCH_UP_QUIET seconds, and the pause has not yet lasted MAX_EMBED_PAUSE (then one
+        batch goes, so a peer that never stops writing cannot starve it). Indexing by text
+        goes on meanwhile: entries are found by text at once, by meaning once embedded."""
+        now = time.monotonic()
+        if now - self._remote_at >= CATCH_UP_QUIET:
+            self._paused_from = None
+            return False
+        if self._paused_from is None:
+            self._paused_from = now
+        if now - self._paused_from < MAX_EMBED_PAUSE:
+            return True
+        self._paused_from = now
+        return False
 
     def route_tables(self) -> Sequence[RouteTable]:
         return [search_routes]
@@ -160,7 +187,8 @@ class SearchFeature(FeatureBase):
                     await self._follow_choice()
                 while index.flush(quiet=QUIET, max_shards=1):
                     await asyncio.sleep(0)  # one shard at a time: the API stays responsive
-                while time.monotonic() >= self._retry_at and await self._embed_slice():
+                while (time.monotonic() >= self._retry_at and not self.embedding_paused()
+                       and await self._embed_slice()):
                     if index.flush(quiet=QUIET, max_shards=1):
                         continue  # new entries first, so they are embedded in this run
                 if time.monotonic() - last_save >= SAVE_EVERY:

@@ -39,6 +39,21 @@ def smaps(pid: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:5]}
 
 
+def top_files(pid: int, k: int = 6) -> dict[str, float]:
+    """Resident MB of B's largest mapped files (code, libraries, model weights)."""
+    out: dict[str, float] = {}
+    name = ""
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                name = parts[5] if len(parts) > 5 else ""
+            elif parts[0] == "Rss:" and name.startswith("/") and not name.endswith(".mdb"):
+                key = "/".join(name.split("/")[-2:])
+                out[key] = out.get(key, 0.0) + int(parts[1]) / 1024
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:k]}
+
+
 def prepare(root: Path, n: int) -> None:
     if (root / "b.pristine").exists():
         return
@@ -63,6 +78,7 @@ def run(n: int, after: float, b_env: dict[str, str]) -> None:
     b.start()
     api = Api(b)
     try:
+        idle = harness.memory_kib(b.proc.pid)["VmRSS"] / 1024
         t0 = time.time()
         api.request("POST", "/v1/peers", {"address": f"127.0.0.1:{a.peer_port}"})
         pid, accepted, reached, next_poll, next_split = b.proc.pid, 0, None, 0.0, 0.0
@@ -83,13 +99,13 @@ def run(n: int, after: float, b_env: dict[str, str]) -> None:
             if reached is None and accepted >= n:
                 reached = now
                 say(f"caught up at {now:.1f} s, B's CPU {harness.cpu_seconds(pid) - cpu0:.1f} s;"
-                    f" {smaps(pid)}")
+                    f" {smaps(pid)}; largest files {top_files(pid)}")
             if (reached is not None and now - reached > after) or now > 900:
                 break
             time.sleep(0.05)
         hwm = harness.memory_kib(pid)["VmHWM"] / 1024
         say(f"peak RSS {peak[0]:.1f} MB at {peak[1]:.1f} s ({peak[2]:,} changes accepted); "
-            f"VmHWM {hwm:.1f} MB")
+            f"VmHWM {hwm:.1f} MB; idle before {idle:.1f} MB; VmHWM / idle {hwm / idle:.2f}x")
     finally:
         api.close()
         b.stop()

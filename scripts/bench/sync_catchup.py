@@ -18,6 +18,7 @@ import argparse
 import collections
 import contextlib
 import linecache
+import os
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def series(a: NodeProc, bs: list[NodeProc], n: int, *, cap: float,
                                    "first_changes_s", "other_load", "complete", "searchable_s",
                                    "searchable_rate", "binding_sync", "binding_load", "ratio",
                                    "searchable_ratio", "binding_sync_cpu", "cpu_ratio")}
-            | {"peak_rss_kib": r.get("b_rss_kib", {}).get("VmHWM")}
+            | {"peak_rss_kib": r.get("b_rss_kib", {}).get("VmHWM"),
+               "idle_rss_kib": r.get("b_idle_rss_kib"), "loadavg": r.get("loadavg")}
             for r in results]
     return {**chosen, "runs": runs}
 
@@ -120,6 +122,9 @@ def measure(
     cpu_b0, cpu_a0 = harness.cpu_seconds(b.proc.pid), harness.cpu_seconds(a.proc.pid)
     others = harness.OtherLoad([a.proc.pid, b.proc.pid])
     other_load = None
+    # B's own idle RSS before the catch-up: the reference its peak is reported against
+    idle_kib = harness.memory_kib(b.proc.pid)["VmRSS"]
+    loadavg = os.getloadavg()[0]
     t_add = time.time()
     status, _ = api.request("POST", "/v1/peers", {"address": f"127.0.0.1:{a.peer_port}"})
     if status >= 300:
@@ -182,6 +187,8 @@ def measure(
         "net": net,
         "poll_interval_s": POLL,
         "other_load": other_load,
+        "b_idle_rss_kib": idle_kib,
+        "loadavg": loadavg,
     })
     t0 = time.perf_counter()
     status, st = api.request("GET", "/v1/status")  # brings B's memory index up to date
@@ -372,7 +379,18 @@ def section(result: dict[str, Any], info: dict[str, Any]) -> tuple[str, str]:
                         for k in ("binding_sync", "binding_load"))),
             ("B's peak RSS (VmHWM) over the catch-up and indexing, highest run",
              f"{harness.mb(peak)} (target < 250 MB: {harness.verdict(peak * 1024 / 1e6 < 250)})"),
+            ("B's peak RSS, median (min, max) of the runs",
+             ceilings.fmt_spread(ceilings.spread([r["peak_rss_kib"] * 1024 / 1e6 for r in done]),
+                                 "{:.1f}") + " MB"),
         ]
+        if all(r.get("idle_rss_kib") for r in done):
+            rows[2:2] = [
+                ("B's peak RSS as a ratio to its own idle RSS just before the catch-up "
+                 "(a fresh node, nothing loaded)",
+                 ceilings.fmt_spread(ceilings.spread(
+                     [r["peak_rss_kib"] / r["idle_rss_kib"] for r in done])) + "x (idle "
+                 + ceilings.fmt_spread(ceilings.spread(
+                     [r["idle_rss_kib"] * 1024 / 1e6 for r in done]), "{:.1f}") + " MB)")]
     body = method + "\n\n" + table(rows, ("figure", "value"))
     if len(runs) > 1:
         body += (
@@ -382,10 +400,12 @@ def section(result: dict[str, Any], info: dict[str, Any]) -> tuple[str, str]:
                   f"{r.get('searchable_s') or 0:.2f} s",
                   f"{r.get('binding_sync') or 0:,.0f}", f"{r.get('searchable_ratio') or 0:.2f}x",
                   f"{r['cpu_b_s']:.2f} s", f"{r['cpu_a_s']:.2f} s",
-                  harness.mb(r.get("peak_rss_kib") or 0), f"{r.get('other_load') or 0:.0%}")
+                  harness.mb(r.get("peak_rss_kib") or 0), harness.mb(r.get("idle_rss_kib") or 0),
+                  f"{r.get('other_load') or 0:.0%}", f"{r.get('loadavg') or 0:.1f}")
                  for i, r in enumerate(runs) if r.get("complete")],
                 ("run", "stored", "changes/s", "searchable", "binding sync/s",
-                 "ratio (searchable)", "B CPU", "A CPU", "B peak RSS", "other CPU load")))
+                 "ratio (searchable)", "B CPU", "A CPU", "B peak RSS", "B idle RSS before",
+                 "other CPU load", "load average (1 min) at start")))
     return title, body
 
 

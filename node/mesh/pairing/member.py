@@ -25,15 +25,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from spake2 import SPAKE2_A, SPAKE2_B
-from spake2.ed25519_basic import NotOnCurve
-from spake2.spake2 import SPAKEError
 
 from crdt import device_id, enrol_device
 
 from ...transport import HandshakeError, TransportError, accept
 
 if TYPE_CHECKING:
+    from spake2 import SPAKE2_A, SPAKE2_B
+
     from ...node import Node
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,13 @@ PAKE_BYTES = 33  # a SPAKE2 message: one side byte and a compressed Ed25519 poin
 
 
 def pake(code: str, *, new_key: bytes, member_key: bytes, member: bool) -> SPAKE2_A | SPAKE2_B:
-    """One side of SPAKE2 over the code, bound to both device keys (SPEC-005 §12.5)."""
+    """One side of SPAKE2 over the code, bound to both device keys (SPEC-005 §12.5).
+
+    spake2 is imported here, not with the module: it pulls in ``cryptography`` (about 10 MB
+    resident), which a node that is not pairing does not need (issue 17)."""
+    # only when pairing: see above
+    from spake2 import SPAKE2_A, SPAKE2_B
+
     side = SPAKE2_B if member else SPAKE2_A
     password = b"maia-pair-v2:" + normalize_code(code).encode()
     return side(password, idA=new_key, idB=member_key)
@@ -71,6 +76,10 @@ def pake(code: str, *, new_key: bytes, member_key: bytes, member: bool) -> SPAKE
 
 def pake_finish(state: SPAKE2_A | SPAKE2_B, peer_message: object) -> bytes | None:
     """The shared key, or None for a malformed peer message."""
+    # only when pairing, like pake()
+    from spake2.ed25519_basic import NotOnCurve
+    from spake2.spake2 import SPAKEError  # (the same)
+
     if not isinstance(peer_message, bytes) or len(peer_message) != PAKE_BYTES:
         return None
     try:
