@@ -204,7 +204,8 @@ async def test_the_http_transport_is_authenticated_and_scoped(pair, tmp_path: Pa
     assert status == 401 and answer["status"] == 401
     reader = register(a, tmp_path, scopes=["memory:read"])
     headers = {"Authorization": f"Bearer {reader['token']}"}
-    async with (httpx2.AsyncClient(headers=headers) as hc,
+    # 30 s, not 5: the first /v1/mcp request loads the MCP SDK (lazily, to keep an idle node small)
+    async with (httpx2.AsyncClient(headers=headers, timeout=30) as hc,
                 Client(streamable_http_client(a.base + "/v1/mcp", http_client=hc)) as client):
         assert len((await client.list_tools()).tools) == 13
         failed, text = await call(client, "memory_add", text="over http")

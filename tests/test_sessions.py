@@ -209,15 +209,22 @@ def test_expiry_ends_the_session_its_token_and_its_leases(quick, tmp_path) -> No
     repo = make_repo(tmp_path / "r", "git@github.com:acme/expiry.git")
     idle = register(quick, repo)
     alive = register(quick, repo)
+    started = time.monotonic()  # the idle session's last call begins now
     status, lease, _ = api(quick, "POST", "/v1/leases", {"pattern": "src/**", "ttl_s": 600},
                            token=idle["token"])
     assert status == 201
-    deadline = time.monotonic() + 3.5
-    while time.monotonic() < deadline:
+    # Until the idle one has ended (2 s, swept every 0.3 s; later on a loaded machine), the
+    # other heartbeats every 0.4 s (a fixed 3.5 s wait failed under load)
+    deadline = time.monotonic() + 30
+    while True:
         assert api(quick, "POST", f"/v1/sessions/{alive['session_id']}/heartbeat",
                    token=alive["token"])[0] == 200
+        status, body, _ = api(quick, "GET", f"/v1/sessions/{idle['session_id']}",
+                              token=idle["token"])
+        if status != 200 or time.monotonic() > deadline:
+            break
         time.sleep(0.4)
-    status, body, _ = api(quick, "GET", f"/v1/sessions/{idle['session_id']}", token=idle["token"])
+    assert time.monotonic() - started >= 2.0  # not before expires_after_s
     assert status == 401 and body["type"] == "urn:maia-node:problem:session-ended"
     assert api(quick, "GET", f"/v1/sessions/{alive['session_id']}")[0] == 200
     assert lease["id"] not in {x["id"] for x in quick.request("GET", "/v1/leases")["leases"]}
