@@ -199,12 +199,8 @@ def test_an_endless_answer_is_cut_at_max_answer_bytes(fake: FakeLLM) -> None:
     length, up to 512 MB). The node stops reading at the router's max_answer_bytes (here
     1 MB) and fails the call as `bad_answer`; the server sees the client hang up long
     before the end (litellm alone read every byte into memory first)."""
-    fake.control(emb_mode="endless")
-    cortex = Cortex("emb", "embedding", "openai/fake-emb", api_base=fake.api_base,
-                    timeout=60.0, dimensions=8)
-    with pytest.raises(BackendError) as caught:
-        asyncio.run(LiteLLMBackend().embed(cortex, ["one"], max_bytes=1024 * 1024))
-    assert caught.value.code == "bad_answer" and "max_answer_bytes" in caught.value.detail
+    refused = _refused_embedding(fake, "endless", timeout=60.0)
+    assert refused.code == "bad_answer" and "max_answer_bytes" in refused.detail
     deadline = time.monotonic() + 60
     while not fake.stats()["emb_done"] and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -216,12 +212,18 @@ def test_an_endless_answer_is_cut_at_max_answer_bytes(fake: FakeLLM) -> None:
 def test_a_compressed_answer_is_refused(fake: FakeLLM) -> None:
     """A gzip bomb (a small body announced as gzip, 50 MB once inflated) is refused before it
     is inflated: the node asked for an uncompressed answer, whose size it can count."""
-    fake.control(emb_mode="gzip")
+    refused = _refused_embedding(fake, "gzip", timeout=30.0)
+    assert refused.code == "bad_answer" and "compressed" in refused.detail
+
+
+def _refused_embedding(fake: FakeLLM, mode: str, timeout: float) -> BackendError:
+    """The error of one embedding call to the fake server in ``mode``, answers held to 1 MB."""
+    fake.control(emb_mode=mode)
     cortex = Cortex("emb", "embedding", "openai/fake-emb", api_base=fake.api_base,
-                    timeout=30.0, dimensions=8)
+                    timeout=timeout, dimensions=8)
     with pytest.raises(BackendError) as caught:
         asyncio.run(LiteLLMBackend().embed(cortex, ["one"], max_bytes=1024 * 1024))
-    assert caught.value.code == "bad_answer" and "compressed" in caught.value.detail
+    return caught.value
 
 
 @pytest.mark.parametrize("mode,code", [("error", "backend"), ("html", "backend"),

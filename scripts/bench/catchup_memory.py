@@ -23,34 +23,35 @@ import harness
 from harness import SCRATCH, Api, NodeProc, make_mesh, say
 
 
-def smaps(pid: int) -> dict[str, float]:
-    """Resident MB of B by kind of mapping."""
-    out: dict[str, float] = {}
-    kind = "[anon]"
-    with open(f"/proc/{pid}/smaps") as fh:
-        for line in fh:
-            parts = line.split()
-            if "-" in parts[0] and not parts[0].endswith(":"):
-                name = parts[5] if len(parts) > 5 else "[anon]"
-                kind = name if name.startswith("[") else (
-                    "lmdb" if name.endswith(".mdb") else "files")
-            elif parts[0] == "Rss:":
-                out[kind] = out.get(kind, 0.0) + int(parts[1]) / 1024
-    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:5]}
-
-
-def top_files(pid: int, k: int = 6) -> dict[str, float]:
-    """Resident MB of B's largest mapped files (code, libraries, model weights)."""
-    out: dict[str, float] = {}
+def _mappings(pid: int):
+    """(mapped file name or "", resident KiB) of each mapping of ``pid``, from smaps."""
     name = ""
     with open(f"/proc/{pid}/smaps") as fh:
         for line in fh:
             parts = line.split()
             if "-" in parts[0] and not parts[0].endswith(":"):
                 name = parts[5] if len(parts) > 5 else ""
-            elif parts[0] == "Rss:" and name.startswith("/") and not name.endswith(".mdb"):
-                key = "/".join(name.split("/")[-2:])
-                out[key] = out.get(key, 0.0) + int(parts[1]) / 1024
+            elif parts[0] == "Rss:":
+                yield name, int(parts[1])
+
+
+def smaps(pid: int) -> dict[str, float]:
+    """Resident MB of B by kind of mapping."""
+    out: dict[str, float] = {}
+    for name, kb in _mappings(pid):
+        kind = (name or "[anon]") if not name or name.startswith("[") else (
+            "lmdb" if name.endswith(".mdb") else "files")
+        out[kind] = out.get(kind, 0.0) + kb / 1024
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:5]}
+
+
+def top_files(pid: int, k: int = 6) -> dict[str, float]:
+    """Resident MB of B's largest mapped files (code, libraries, model weights)."""
+    out: dict[str, float] = {}
+    for name, kb in _mappings(pid):
+        if name.startswith("/") and not name.endswith(".mdb"):
+            key = "/".join(name.split("/")[-2:])
+            out[key] = out.get(key, 0.0) + kb / 1024
     return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:k]}
 
 
