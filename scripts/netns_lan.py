@@ -37,7 +37,9 @@ def namespaces_available() -> tuple[bool, str]:
         return False, "network namespaces need root"
     if shutil.which("ip") is None:
         return False, "iproute2 ('ip') is not installed"
-    probe = "maia-probe-ns"
+    # one name per process: two test workers probing at once under one name made the second
+    # fail ("File exists") and skip every namespace test of its files
+    probe = f"maia-probe-{os.getpid()}"
     res = _ip("netns", "add", probe, check=False)
     if res.returncode != 0:
         return False, f"cannot create a network namespace: {res.stderr.strip()}"
