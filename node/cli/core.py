@@ -22,6 +22,7 @@ from crdt import (
 
 from ..config import NodeConfig, Paths
 from ..datadir import DataDirBusy, locked_store
+from ..devices.cli import human_bytes
 from .common import Target, UserError, on_target, print_json, say
 
 log = logging.getLogger("maia")
@@ -185,8 +186,7 @@ def cmd_status(args: argparse.Namespace, target: Target) -> int:
         say(f"Dropped    {held_back['dropped_documents']} document(s) nobody saw, dropped "
             "here by the owner (maia device storage)")
     for row in st.get("storage_by_device", [])[:5]:  # who fills this disk (SPEC-005 §6.6)
-        size = row["bytes"] / 1024
-        say(f"Stored by  {row['device_id']}  {size:.0f} KiB  ({row['roster']})")
+        say(f"Stored by  {row['device_id']}  {human_bytes(row['bytes'])}  ({row['roster']})")
     if len(st.get("storage_by_device", [])) > 5:
         say("Stored by  ... (all devices: maia device storage)")
     for p in st.get("peers", []):

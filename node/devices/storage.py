@@ -39,13 +39,20 @@ def _authors(repo: Repo, doc_id: str) -> frozenset[bytes]:
     return frozenset(bytes(a[:32]) for a in repo.store.doc_actors(doc_id))
 
 
-def family(repo: Repo, key: bytes) -> frozenset[bytes]:
-    """``key`` and every device it admitted, directly or down a chain: a flooder that admits a
-    second key to write into its dropped documents only makes them droppable again."""
+def _admissions(repo: Repo) -> dict[bytes, set[bytes]]:
+    """Who admitted whom: each endorsing key and the device keys it endorsed."""
     admitted: dict[bytes, set[bytes]] = {}
     for c in repo.roster.certs.values():
         if c.kind == "endorse":
             admitted.setdefault(c.signer, set()).add(c.body["subject"])
+    return admitted
+
+
+def family(repo: Repo, key: bytes,
+           admitted: dict[bytes, set[bytes]] | None = None) -> frozenset[bytes]:
+    """``key`` and every device it admitted, directly or down a chain: a flooder that admits a
+    second key to write into its dropped documents only makes them droppable again."""
+    admitted = _admissions(repo) if admitted is None else admitted
     out, frontier = {key}, [key]
     while frontier:
         nxt = [s for k in frontier for s in admitted.get(k, ()) if s not in out]
@@ -75,13 +82,14 @@ def storage_by_device(repo: Repo, memory: Memory | None = None) -> list[dict[str
     authors = ({d: _authors(repo, d) for d in repo.store.doc_ids("memory")}
                if memory is not None else {})
     seen: dict[str, bool] = {}
+    admitted = _admissions(repo)
     rows = []
     for key, size in sorted(held.items(), key=lambda kv: (-kv[1], device_id(kv[0]))):
         row: dict[str, Any] = {"device_id": device_id(key), "name": names.get(key, ""),
                                "roster": _standing(repo, key), "bytes": size,
                                "this_device": key == repo.key.public_key}
         if memory is not None:
-            kin = family(repo, key)
+            kin = family(repo, key, admitted)
             docs = [d for d, a in authors.items() if _droppable(a, key, kin)]
             for d in docs:
                 if d not in seen:
