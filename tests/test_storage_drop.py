@@ -13,7 +13,7 @@ from automerge.core import ROOT, Document, ScalarType
 
 from crdt.batches import SignedBatch
 from crdt.chunks import ChangeInfo, parse_change
-from crdt.identity import accept_invitation, enrol_device
+from crdt.identity import accept_invitation, enrol_device, revoke_device
 from crdt.keys import DeviceKey
 from crdt.store import Store
 from crdt.sync import MAX_PART_BYTES, PeerSync
@@ -304,3 +304,18 @@ def test_a_dropped_document_is_refused_before_any_signature_is_checked(mesh, mon
         founder.repo.verify(JUNK[0], [c.chunk for c in more], batches)
     assert caught.value.code == "dropped" and checked == []
     assert caught.value.authors == {flooder.key.public_key}
+
+
+def test_a_revoked_key_cannot_lift_a_drop(mesh):
+    """Only a member's signed change makes a dropped document shared work again: a revoked
+    key (a stolen laptop) writing into it changes nothing, and its change is refused."""
+    founder, flooder, honest = mesh
+    sent = _flood(founder, flooder)
+    drop_unseen(founder.repo, Memory(founder.repo), flooder.key.device_id)
+    revoke_device(founder.repo, honest.key.public_key, keep=[])
+    founder.after_identity()
+    with pytest.raises(Rejected) as caught:
+        _receive(founder, JUNK[0], honest, [*sent[JUNK[0]], *_junk(honest.repo.actor, "lift")])
+    assert caught.value.code != "dropped"  # verified, and refused for its author
+    assert founder.store.dropped_keys(JUNK[0]) == {flooder.key.public_key}
+    assert JUNK[0] not in founder.store.doc_ids()
