@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 MAX_PART_BYTES = 4 << 20
 MAX_STAGED_BYTES = 32 << 20
+#: Messages of heads alone held until the next generate (SPEC-005 §8.3a): each at most this
+#: size, all of one peer's at most the second.
+MAX_HELD_MESSAGE = 64 << 10
+MAX_HELD_BYTES = 4 << 20
 #: Refusals about an author, not about the peer that relays its changes: an honest member may
 #: hold a revoked author's changes because it has not yet seen the tombstone, or relay a
 #: flooding author's documents that it accepted within its own budget.
@@ -52,6 +56,13 @@ class PeerSync:
         # read, and the documents reset since (what it holds of them is no longer known).
         self._summary_read = False
         self._unsure: set[str] = set()
+        # The peer's latest message without changes, per document, not yet applied to the
+        # sync state, and the heads our last message for each document carried (SPEC-005
+        # §8.3a): a message of heads alone is applied when we next generate, so a document
+        # the peer reports at our heads is answered with nothing, without being loaded.
+        self._held: dict[str, bytes] = {}
+        self._held_bytes = 0
+        self._sent_heads: dict[str, list[bytes]] = {}
 
     # -- summary: which documents differ ---------------------------------------------------------
     def summary_frame(self) -> dict[str, Any]:
@@ -85,6 +96,8 @@ class PeerSync:
         self.their_heads.pop(doc_id, None)
         self._unsure.add(doc_id)
         self._staged.pop(doc_id, None)
+        self._forget_held(doc_id)
+        self._sent_heads.pop(doc_id, None)
 
     def _state(self, doc_id: str) -> SyncState:
         state = self._states.get(doc_id)
@@ -120,16 +133,65 @@ class PeerSync:
         return state
 
     # -- outgoing --------------------------------------------------------------------------------
+    def _nothing_to_answer(self, doc_id: str) -> bool:
+        """True when the peer's held message (§8.3a) leaves nothing to say: it reports our
+        heads, needs nothing, and our last message carried these heads too. Automerge would
+        generate no message then either; deciding it from the store's heads spares loading
+        the document (a server loaded each shard of a catch-up three times, issue 17)."""
+        held = self._held.get(doc_id)
+        if held is None or self._need.get(doc_id):
+            return False
+        try:
+            parsed, _ = parse_sync_message(held)
+        except Exception:  # it parsed when it arrived; be safe and let Automerge decide
+            return False
+        ours = sorted(self.repo.heads(doc_id))
+        return not parsed.need and sorted(parsed.heads) == ours \
+            and self._sent_heads.get(doc_id) == ours
+
+    def _may_hold(self, doc_id: str, parsed: Any, raw: bytes) -> bool:
+        """Whether a final message may wait unapplied (§8.3a): it carries no change, is small,
+        names a document this node stores, and the held messages stay within their bound (a
+        member sending heads for thousands of documents must not grow this node's memory)."""
+        return (not parsed.changes and len(raw) <= MAX_HELD_MESSAGE
+                and self._held_bytes + len(raw) <= MAX_HELD_BYTES
+                and self.repo.store.doc_meta(doc_id) is not None)
+
+    def _forget_held(self, doc_id: str) -> bytes | None:
+        held = self._held.pop(doc_id, None)
+        if held is not None:
+            self._held_bytes -= len(held)
+        return held
+
+    def _apply_held(self, doc_id: str, doc: Any, state: SyncState) -> SyncState:
+        """Apply the peer's held message of heads alone to ``state`` (§8.3a); returns the
+        state to go on with."""
+        held = self._forget_held(doc_id)
+        if held is None:
+            return state
+        try:
+            doc.receive_sync_message(state, Message.decode(held))
+        except Exception:  # only a hint of where the peer stands: start this document afresh
+            log.info("a held sync message for %s did not apply; starting its sync afresh",
+                     doc_id)
+            self.reset(doc_id)
+            state = self._states[doc_id] = SyncState()
+        return state
+
     def generate(self, doc_id: str) -> list[dict[str, Any]]:
         """Frames to send for ``doc_id`` now (empty when the peer is believed in sync)."""
+        if self._nothing_to_answer(doc_id):
+            return []
         handle = self.repo.open_for_peer(doc_id)
-        msg = handle.doc.generate_sync_message(self._state_to_send(doc_id, handle.doc))
+        state = self._apply_held(doc_id, handle.doc, self._state_to_send(doc_id, handle.doc))
+        msg = handle.doc.generate_sync_message(state)
         if msg is None:
             return []
         # Encoded once and parsed once: the message goes out as the binding encoded it, less
         # the capabilities that would steer the peer to v2, unless it is changed or split.
         encoded = msg.encode()
         parsed, rest = parse_sync_message(encoded)
+        self._sent_heads[doc_id] = sorted(parsed.heads)
         raw: bytes | None = encoded[: len(encoded) - len(rest)] if rest else encoded
         need = self._need.pop(doc_id, None)
         if need:
@@ -177,6 +239,7 @@ class PeerSync:
         (the Identity change with the tombstone first), the peer re-checks and both converge
         (SPEC-005 §8.6)."""
         parsed.changes = []
+        self._forget_held(doc_id)  # this envelope is newer
         try:
             self.repo.open_for_peer(doc_id).doc.receive_sync_message(
                 self._state(doc_id), Message.decode(parsed.encode())
@@ -220,6 +283,18 @@ class PeerSync:
                     raise Rejected("too_large", "parts held for a cutoff head exceed the bound")
                 self._staged[doc_id] = (chunks, records)
                 return 0
+            if final and staged is None and self._may_hold(doc_id, parsed, raw):
+                # Heads, need and have alone: held until we next generate (§8.3a). A newer
+                # one replaces it: each carries the peer's whole view, and none carries
+                # changes, so applying the last alone leaves the state where both would.
+                self._held_bytes += len(raw) - len(self._held.get(doc_id, b""))
+                self._held[doc_id] = raw
+                self.their_heads[doc_id] = tuple(parsed.heads)
+                return 0
+            if final and doc_id in self._held:
+                # In order: the held message first, then this one with its changes.
+                handle = self.repo.open_for_peer(doc_id)
+                self._apply_held(doc_id, handle.doc, self._state(doc_id))
             if final and staged is not None:
                 # The held parts and this one as ONE message: applied once, committed once.
                 parsed.changes = chunks

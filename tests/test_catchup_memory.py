@@ -14,7 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from crdt import documents
+from crdt import sync as sync_module
 from crdt.documents import MAX_REMOTE_LOADED
+from crdt.sync import PeerSync
 from node.memory import Memory
 from node.search import feature as search_feature
 from node.search.index import SearchIndex
@@ -151,3 +153,90 @@ def test_embedding_waits_while_peers_changes_arrive_but_is_never_starved(monkeyp
         went += not feature.embedding_paused()
         now[0] += 1.0
     assert 2 <= went <= 4, went
+
+
+def _exchange_as_a_node_does(a: Device, b: Device) -> int:
+    """Sync ``a`` to a fresh ``b`` in the order of node/mesh/peers.py: summaries, the side
+    lacking a document opens it, and each side reads every frame that arrived before its
+    sender answers the documents they named (a burst of 40 openings is read in one go).
+    Returns how many frames went across."""
+    for src, dst in ((a, b), (b, a)):
+        if dst.repo.add_certs([c.encode() for c in src.repo.roster.certs.values()]):
+            dst.after_identity()
+    sa, sb = PeerSync(a.repo, b.key.public_key), PeerSync(b.repo, a.key.public_key)
+    sa.docs_to_sync(sb.summary_frame())
+    opening = sb.docs_to_sync(sa.summary_frame())
+    to_a = [f for d in opening for f in sb.generate(d)]
+    to_b: list[dict] = []
+    frames = len(to_a)
+    for _ in range(20):
+        if not to_a and not to_b:
+            break
+        named = list(dict.fromkeys(f["doc"] for f in to_a if f.get("final", True)))
+        for f in to_a:
+            sa.receive(f)
+        to_b = [f for d in named for f in sa.generate(d)]
+        named = list(dict.fromkeys(f["doc"] for f in to_b if f.get("final", True)))
+        for f in to_b:
+            sb.receive(f)
+        to_a = [f for d in named for f in sb.generate(d)]
+        frames += len(to_b) + len(to_a)
+    return frames
+
+
+def test_a_server_loads_each_shard_once_to_serve_a_catch_up(tmp_path: Path) -> None:
+    """SPEC-005 §8.3a: the peer's messages of heads alone (its opening, its answer once it
+    holds everything) wait unapplied until this side next generates, and a document the peer
+    reports at our heads is answered with nothing, from the store's heads. Before, the server
+    of a 100k catch-up loaded each shard three times (to read the opening, to answer it after
+    the next opening evicted it, to read the final answer): 55% of its CPU."""
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    try:
+        added = Memory(a.repo).add_many(_items(400))
+        shards = a.store.doc_ids("memory")
+        for doc_id in list(a.repo.loaded_ids()):
+            a.repo.evict(doc_id)  # a server restarted: nothing in memory
+        loads: list[str] = []
+        real_load = a.repo._load
+        a.repo._load = lambda doc_id: loads.append(doc_id) or real_load(doc_id)
+        _exchange_as_a_node_does(a, b)
+        assert sorted(b.store.doc_ids("memory")) == sorted(shards)
+        assert sorted(e["id"] for e in Memory(b.repo).list(limit=1000)) == \
+            sorted(e["id"] for e in added)
+        served = [d for d in loads if d.startswith("memory/")]
+        assert sorted(served) == sorted(shards), f"{len(served)} loads for {len(shards)} shards"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_held_messages_of_heads_alone_stay_within_their_bound(
+    tmp_path: Path, monkeypatch,
+) -> None:
+    """SPEC-005 §8.3a: a member that sends heads alone for many documents cannot grow the
+    messages a node holds past MAX_HELD_BYTES; past it they are applied at once, as before,
+    and the exchange still converges."""
+    monkeypatch.setattr(sync_module, "MAX_HELD_BYTES", 600)
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    try:
+        Memory(a.repo).add_many(_items(400))
+        shards = a.store.doc_ids("memory")
+        most = 0
+        real_receive = PeerSync.receive
+
+        def watching(self: PeerSync, frame: dict) -> int:
+            nonlocal most
+            n = real_receive(self, frame)
+            assert self._held_bytes == sum(map(len, self._held.values()))
+            most = max(most, self._held_bytes)
+            return n
+
+        monkeypatch.setattr(PeerSync, "receive", watching)
+        _exchange_as_a_node_does(a, b)
+        assert sorted(b.store.doc_ids("memory")) == sorted(shards)
+        assert 0 < most <= 600, most
+    finally:
+        a.close()
+        b.close()
