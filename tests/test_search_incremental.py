@@ -26,7 +26,7 @@ from tests.trust_helpers import Device, pump
 
 WORDS = ["heron", "egret", "plover", "tern", "avocet", "stilt", "curlew", "dunlin"]
 OPS = ("add", "add_many", "edit", "tag", "delete", "supersede", "restore", "raw", "remote",
-       "both", "flush", "evict")
+       "both", "flush", "evict", "memflush")
 
 
 def snapshot(index: SearchIndex) -> dict[str, Any]:
@@ -135,6 +135,8 @@ def test_incremental_index_equals_a_rebuild(ops: list[tuple[str, int]]) -> None:
                     index.flush()  # sometimes between writes, so named entries pile up
                 elif op == "evict":
                     a.repo.evict_idle(0.0)  # the eviction hook indexes the shard
+                elif op == "memflush":
+                    mine.flush_index()  # Memory's pass hands its reads on (scan_listeners)
                 else:
                     step(op, n, mine, theirs, a, b)
                     if n % 3 == 0:

@@ -7,8 +7,8 @@ signed history (show at, restore, undelete, the deleted list); ``routes`` and
 commands, thin callers of the two. The names below are the package's public interface.
 """
 
-from .entries import Memory
+from .entries import Memory, ShardScan
 from .ids import ENTRY_ID_RE, KINDS, MAX_TEXT, EntryNotFound, new_entry_id, now_iso, shard_of
 
-__all__ = ["ENTRY_ID_RE", "KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "new_entry_id",
-           "now_iso", "shard_of"]
+__all__ = ["ENTRY_ID_RE", "KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "ShardScan",
+           "new_entry_id", "now_iso", "shard_of"]

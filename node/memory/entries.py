@@ -15,6 +15,8 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +57,27 @@ Tombstone = tuple[str, dict[str, Any]]
 
 #: See ``Memory.write_listeners``.
 WriteListener = Callable[[str, list[str], tuple[bytes, ...], tuple[bytes, ...]], None]
+
+
+@dataclass
+class ShardScan:
+    """What one pass of the index upkeep over a shard read, for ``Memory.scan_listeners``.
+
+    ``edits``: every entry that is not deleted, with its edit count (its ``log`` length);
+    ``superseded``: those of them a correction replaced; ``entries``: the fields read of the
+    entries whose count differed from Memory's own index (as ``extract`` gives them, ``log``
+    records with their ``at`` stamps). A derived index compares the counts with its own and
+    reads from the document only what Memory did not (issue 17).
+    """
+
+    heads: list[bytes]
+    edits: dict[str, int] = dataclass_field(default_factory=dict)
+    superseded: set[str] = dataclass_field(default_factory=set)
+    entries: dict[str, dict[str, Any]] = dataclass_field(default_factory=dict)
+
+
+#: See ``Memory.scan_listeners``.
+ScanListener = Callable[[str, Any, ShardScan], None]
 
 
 class InvalidEntry(ValueError):
@@ -144,6 +167,11 @@ class Memory:
         # after). A derived index (search) then reads those entries alone, not the shard.
         # A write to a shard that names no entries here (another writer) is not told.
         self.write_listeners: list[WriteListener] = []
+        # Told of every shard the index upkeep read whole (a peer's changes, a rebuild), with
+        # the document and what was read of it (ShardScan): the search index then compares
+        # edit counts instead of reading every entry through the binding a second time (a
+        # catch-up read each shard twice, once per index, issue 17).
+        self.scan_listeners: list[ScanListener] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         self._mark_stale()
@@ -167,6 +195,11 @@ class Memory:
         except lmdb.Error as exc:
             log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
             self._dirty[doc_id] = at
+
+    def will_scan(self, doc_id: str) -> bool:
+        """Whether the index upkeep reads ``doc_id`` whole at its next pass or eviction (and
+        tells ``scan_listeners``): a derived index can leave the shard to it."""
+        return doc_id in self._dirty
 
     def _indexed_heads(self, txn, doc_id: str) -> list[bytes] | None:
         raw = txn.get(b"heads:" + doc_id.encode(), db=self._kv)
@@ -287,6 +320,7 @@ class Memory:
         rows: list[tuple[bytes, bytes]] = []
         tombstones: list[Tombstone] = []
         deleted = 0
+        scan = ShardScan(sorted(doc.get_heads())) if self.scan_listeners else None
         # keys and values of a map in two calls each: per entry, 3 calls to the binding when
         # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
         for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
@@ -302,11 +336,18 @@ class Memory:
             present.add(entry_id)
             log_obj = fields.get("log")
             edits = doc.length(log_obj[1]) if log_obj is not None else 0
+            if scan is not None:
+                scan.edits[entry_id] = edits
+                if "superseded_by" in fields:
+                    scan.superseded.add(entry_id)
             if indexed.get(entry_id) == edits:
                 continue
-            entry = _entry_fields(doc, fields, edits)
-            rows.append((_row_key(doc_id, entry_id), _index_row(
-                doc_id, entry_id, entry if entry is not None else extract(doc, obj))))
+            entry = _entry_fields(doc, fields, edits, stamps=scan is not None)
+            if entry is None:
+                entry = extract(doc, obj)
+            if scan is not None:
+                scan.entries[entry_id] = entry
+            rows.append((_row_key(doc_id, entry_id), _index_row(doc_id, entry_id, entry)))
             if txn_rows and len(rows) >= txn_rows:
                 self._put_rows(rows)
         # The heads are written last, with the deletions: until then the shard still counts
@@ -330,6 +371,11 @@ class Memory:
                 reader(doc_id, tombstones)
             except Exception:  # a reader's cache is Runtime: it must never stop the index
                 log.exception("a tombstone reader failed on %s", doc_id)
+        for listener in list(self.scan_listeners) if scan is not None else ():
+            try:
+                listener(doc_id, doc, scan)
+            except Exception:  # a derived index is Runtime: it catches up at its own pass
+                log.exception("a scan listener failed on %s", doc_id)
 
     def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Write index rows in a transaction of their own and empty ``rows``: a write
@@ -723,10 +769,12 @@ SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until"
                        "name", "when_to_use", "steps", "importance")
 
 
-def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any] | None:
+def _entry_fields(doc: Any, fields: dict[str, Any], edits: int,
+                  *, stamps: bool = False) -> dict[str, Any] | None:
     """What :func:`_public` reads of an entry, from its map's values, the way ``extract``
     would give it; None for a shape other than the one maia-node writes (a peer's odd
-    entry), which is then extracted whole."""
+    entry), which is then extracted whole. ``stamps``: the ``log`` records carry their
+    ``at`` (for the search index's ``updated_at``); otherwise only their number is read."""
     if any(f in fields for f in SIGNED_EXTRA_FIELDS):
         return None  # a fact, skill or pin (SPEC-006 §12): extracted whole, with its fields
     out: dict[str, Any] = {"log": [None] * edits}
@@ -750,6 +798,15 @@ def _entry_fields(doc: Any, fields: dict[str, Any], edits: int) -> dict[str, Any
     log_obj = fields.get("log")
     if log_obj is not None and log_obj[0] != ObjType.List:
         return None
+    if stamps and log_obj is not None and edits:
+        records = []
+        for kind, rec in doc.values(log_obj[1]):
+            if kind != ObjType.Map:
+                return None
+            at = doc.get(rec, "at")
+            records.append({"at": at[0][1]} if at is not None and
+                           not isinstance(at[0], ObjType) else {})
+        out["log"] = records
     return out
 
 

@@ -31,7 +31,7 @@ from automerge.core import ROOT, ObjType, extract
 
 from crdt import Repo
 
-from ..memory import ENTRY_ID_RE
+from ..memory import ENTRY_ID_RE, ShardScan
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
@@ -170,6 +170,7 @@ class SearchIndex:
         repo.before_evict(self._index_before_evict)
         if memory is not None:
             memory.write_listeners.append(self.entries_written)
+            memory.scan_listeners.append(self.shard_scanned)
         self._mark_stale()
 
     # -- the database ----------------------------------------------------------------------------
@@ -308,6 +309,8 @@ class SearchIndex:
             self.repo.forget_before_evict(self._index_before_evict)
             if self.memory is not None and self.entries_written in self.memory.write_listeners:
                 self.memory.write_listeners.remove(self.entries_written)
+            if self.memory is not None and self.shard_scanned in self.memory.scan_listeners:
+                self.memory.scan_listeners.remove(self.shard_scanned)
             self._closed = True
             for reader in self._all_readers:
                 reader.close()
@@ -343,6 +346,40 @@ class SearchIndex:
         self._touched[doc_id] = (ids, sorted(after))
         self._dirty.pop(doc_id, None)
 
+    def shard_scanned(self, doc_id: str, doc: Any, scan: ShardScan) -> None:
+        """Memory's index upkeep read a whole shard (``Memory.scan_listeners``): bring this
+        index to the same heads from what it read, comparing edit counts with this index's
+        own rows as :meth:`_reindex` does, and reading from the document only entries whose
+        count differs here but not in Memory's index (rare: the two indexes normally move
+        together). A catch-up's shards were read through the binding once per index; the
+        second read was 40% of the receiver's CPU (issue 17)."""
+        if not doc_id.startswith("memory/") or (
+                doc_id not in self._dirty and doc_id not in self._touched):
+            return
+        at = self._dirty.pop(doc_id, None)
+        held = self._touched.pop(doc_id, None)
+        try:
+            with self._lock:
+                indexed = {e: (rowid, edits) for e, rowid, edits in self._db.execute(
+                    "SELECT entry_id, rowid, edits FROM docs WHERE shard=?", (doc_id,))}
+            changed, present = [], set()
+            for entry_id, edits in scan.edits.items():
+                if entry_id in scan.superseded:
+                    continue  # a correction replaced it: it never surfaces (SPEC-004 §2.12)
+                present.add(entry_id)
+                if indexed.get(entry_id, (None, None))[1] == edits:
+                    continue
+                entry = scan.entries.get(entry_id)
+                if entry is None:
+                    entry = extract(doc, doc.get(ROOT, entry_id)[1])
+                changed.append(_entry_row(entry_id, entry, edits))
+            self._apply(doc_id, indexed, changed, present, scan.heads)
+        except sqlite3.Error as exc:  # Runtime only: the next pass reads the shard itself
+            log.warning("search index of %s not brought up to date: %s", doc_id, exc)
+            self._dirty[doc_id] = at if at is not None else 0.0
+            if held is not None:
+                self._touched[doc_id] = held
+
     def _index_before_evict(self, doc_id: str, doc: Any) -> None:
         """Index a changed shard while it is still in memory, as Memory does (SPEC-005 §7.7):
         a catch-up evicts each shard after applying it, and indexing it later meant loading
@@ -350,6 +387,8 @@ class SearchIndex:
         17). The vectors follow in the worker, from the rows written here."""
         if doc_id not in self._dirty and doc_id not in self._touched:
             return
+        if self.memory is not None and self.memory.will_scan(doc_id):
+            return  # Memory's own hook reads it and hands the reads on (shard_scanned)
         at = self._dirty.pop(doc_id, None)
         held = self._touched.pop(doc_id, None)
         try:
@@ -398,7 +437,11 @@ class SearchIndex:
             done += 1
         if max_shards is not None and done >= max_shards:
             return done
-        due = [d for d, at in self._dirty.items() if now - at >= quiet]
+        # In the background pass, a synced shard Memory's upkeep will read whole is left to
+        # it: its reads come here (shard_scanned), so the shard is read once, not twice.
+        defer = self.memory.will_scan if quiet and self.memory is not None else None
+        due = [d for d, at in self._dirty.items()
+               if now - at >= quiet and not (defer is not None and defer(d))]
         due = due[: None if max_shards is None else max_shards - done]
         for doc_id in due:
             self._dirty.pop(doc_id, None)
