@@ -734,6 +734,13 @@ def test_a_stranger_with_the_mesh_id_learns_nothing_of_the_roster(mesh: Mesh) ->
     assert_mesh_still_works(mesh, "stranger")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_certificate_floods_do_not_stall_the_node(mesh: Mesh) -> None:
     """SPEC-005 005.5.1, 005.9.8: eight strangers at once, each with 10,000 certificates in its
     AUTH and 10,000 in its chain frame. Nothing is verified before the peer is known, the chain
@@ -764,13 +771,22 @@ def test_certificate_floods_do_not_stall_the_node(mesh: Mesh) -> None:
             await asyncio.sleep(0.01)
         return times, [f.result() for f in floods]
 
+    assert mesh.victim.proc is not None
+    pid = mesh.victim.proc.pid
     quiet = max(probe() for _ in range(10))  # this machine's own noise, same run
+    cpu_before = _cpu_seconds(pid)
     times, closes = run(scenario())
+    cpu = _cpu_seconds(pid) - cpu_before
     assert times, "no /health probe ran during the floods"
-    bound = 0.25 + 3 * quiet
-    assert max(times) < bound, (
-        f"/health took up to {max(times) * 1000:.0f} ms during the floods "
-        f"(bound {bound * 1000:.0f} ms; {quiet * 1000:.0f} ms at most when quiet)")
+    # The node's own CPU for the floods, not wall time: other work on the machine (the other
+    # test worker, a benchmark) stretched /health past a wall-clock bound (429 ms once in a
+    # full run) though the node did nothing wrong. Checking the 160,000 signatures of the
+    # floods costs about 8 s of CPU; receiving and refusing them, a fraction of a second.
+    print(f"victim CPU during the floods: {cpu:.2f} s; /health max "
+          f"{max(times) * 1000:.0f} ms ({quiet * 1000:.0f} ms quiet)")
+    assert cpu < 2.0, f"the victim spent {cpu:.2f} s of CPU on the floods"
+    assert max(times) < 2.0 + 3 * quiet, (
+        f"/health took up to {max(times) * 1000:.0f} ms during the floods")
     for code, reason, frames in closes:
         assert (code, reason) == (1008, "malformed"), (code, reason, frames)
     assert_mesh_still_works(mesh, "certificate flood")
