@@ -1,0 +1,107 @@
+"""After a link change, a connection must prove its path within a few round trips (SPEC-005
+§9.14), not a fixed 2 s.
+
+Real parts: two members' PeerManagers on loopback (real stores, keys, handshake and sync), the
+dialler reaching the other through a TCP relay that can stop forwarding one direction, the way
+a peer's TCP holds its data in retransmission backoff after a tunnel drop: pings still go out,
+no pong comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from node.mesh import peers as peers_module
+from node.mesh.peers import PeerManager
+from tests.trust_helpers import Device
+
+
+async def _listen(peers: PeerManager) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_get("/v1/peer", peers.handle_incoming)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
+async def _relay(target: int) -> tuple[asyncio.Server, int, asyncio.Event]:
+    """Forwards to ``target``; while the returned event is set, nothing goes back."""
+    frozen = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   hold: asyncio.Event | None) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                while hold is not None and hold.is_set():
+                    await asyncio.sleep(0.01)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pipe(reader, up_w, None), pipe(up_r, writer, frozen))
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], frozen
+
+
+async def _until(predicate, timeout: float) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s")
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+def test_a_link_change_probe_waits_a_few_round_trips_not_two_seconds(tmp_path: Path) -> None:
+    home = Device.found(tmp_path, "home")
+    laptop = home.admit(tmp_path, "laptop")
+
+    async def main() -> None:
+        server = PeerManager(home.repo, liveness_interval=0.1, liveness_timeout=30.0)
+        client = PeerManager(laptop.repo, liveness_interval=0.1, liveness_timeout=30.0)
+        await server.start()
+        await client.start()
+        runner, port = await _listen(server)
+        relay, relay_port, frozen = await _relay(port)
+        try:
+            client.add_static(f"127.0.0.1:{relay_port}")
+            await _until(lambda: home.key.public_key in client.connections, 20)
+            conn = client.connections[home.key.public_key]
+            # idle pings measured the path (the smallest sample counts: a busy machine
+            # delays some)
+            await _until(lambda: conn.rtt is not None and conn.rtt < 0.1, 10)
+            wait = conn.probe_time()
+            assert peers_module.PROBE_MIN <= wait < 1.0, wait
+
+            client.probe_all()  # a link changed, the path still works: the pong comes back
+            await asyncio.sleep(wait + 0.3)
+            assert client.connections.get(home.key.public_key) is conn
+
+            frozen.set()  # the other side's answers now wait (TCP retransmission backoff)
+            client.probe_all()
+            took = await _until(lambda: client.connections.get(home.key.public_key)
+                                is not conn, 5)
+            # given up after its probe time: before, a fixed 2 s (PROBE_TIMEOUT)
+            assert wait - 0.05 < took < (wait + peers_module.PROBE_TIMEOUT) / 2, (took, wait)
+        finally:
+            frozen.clear()
+            await client.stop()
+            await server.stop()
+            relay.close()
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        home.close()
+        laptop.close()
