@@ -81,6 +81,8 @@ def test_a_link_change_probe_waits_a_few_round_trips_not_two_seconds(tmp_path: P
             # delays some)
             await _until(lambda: conn.rtt is not None and conn.rtt < 0.1, 10)
             wait = conn.probe_time()
+            shown = [r for r in client.status() if r.get("connected")]
+            assert [r["rtt_ms"] for r in shown] == [round(conn.rtt * 1000, 1)]  # maia peers
             assert peers_module.PROBE_MIN <= wait < 1.0, wait
 
             client.probe_all()  # a link changed, the path still works: the pong comes back

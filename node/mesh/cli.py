@@ -52,6 +52,8 @@ def cmd_peers(args: argparse.Namespace, target: Target) -> int:
     for p in peers:
         state = "connected" if p.get("connected") else "not connected"
         path = f" via {p['path']}" if p.get("path") and p.get("connected") else ""
+        if p.get("connected") and p.get("rtt_ms") is not None:
+            path += f", round trip {p['rtt_ms']:g} ms"
         heard = (f", last traffic {_ago(now - p['last_traffic'])}"
                  if p.get("last_traffic") else "")
         retry = (f", next try in {max(0.0, p['next_retry'] - now):.1f} s"

@@ -653,6 +653,7 @@ class PeerManager:
                 row["documents_differing"] = sum(
                     1 for d, h in theirs.items() if sorted(h) != sorted(self.repo.heads(d))
                 )
+                row["rtt_ms"] = None if conn.rtt is None else round(conn.rtt * 1000, 1)
             out.append(row)
         targets = {sp.expected_id or device_id_or_none(sp.peer_key): sp
                    for sp in [*self.static.values(), *self.recorded.values(),
