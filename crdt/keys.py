@@ -61,6 +61,11 @@ class DeviceKey:
         finally:
             os.close(fd)
         os.chmod(path, KEY_FILE_MODE)
+        dir_fd = os.open(path.parent, os.O_RDONLY)  # the new name survives a power loss
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     @classmethod
     def load(cls, path: Path) -> DeviceKey:

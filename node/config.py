@@ -15,6 +15,8 @@ from typing import Any
 
 import tomli_w
 
+from .files import write_atomic
+
 DEFAULT_PORT = 7411
 DEFAULT_PEER_PORT = 7412
 ENV_DATA_DIR = "MAIA_DATA_DIR"
@@ -113,13 +115,7 @@ class NodeConfig:
             **self.extra,
         }
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # SPEC-001 §4.6
-        with os.fdopen(fd, "w") as fh:
-            fh.write(tomli_w.dumps(data))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, tomli_w.dumps(data))  # 0600 (SPEC-001 §4.6), fsynced (§9.4)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

@@ -35,6 +35,7 @@ from .api.middleware import HostPolicy, Limits
 from .config import NodeConfig, Paths
 from .datadir import DataDirLock
 from .features import Feature, load_features, local_api_tables
+from .files import write_atomic
 from .memory import Memory
 from .memtrim import release
 from .mesh.peers import PeerManager
@@ -195,11 +196,7 @@ class Node:
             "started_at": self.started_at,
         }
         path = self.paths.node_info
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(info))
 
     def _on_change(self, doc_id: str, local: bool) -> None:
         if doc_id != IDENTITY_DOC:

@@ -21,6 +21,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from crdt import fsync_path
+
 log = logging.getLogger(__name__)
 
 PrincipalKind = Literal["local", "session"]
@@ -169,6 +171,7 @@ def _publish_token(path: Path, token: str) -> bool:
         finally:
             os.close(fd)
         os.link(tmp, path)
+        fsync_path(path.parent)  # the new name survives a power loss (SPEC-001 §9.4)
         return True
     except FileExistsError:
         return False

@@ -28,6 +28,8 @@ from nacl.exceptions import CryptoError
 from crdt import fsync_path as fsync_dir  # one fsync helper: files and directories
 
 from ..cli.client import pid_alive
+from ..files import write_all
+from ..files import write_atomic as write_file_atomic
 from .crypto import KDF_LIMITS, RepoKeys, check_kdf_limits, derive_kek, new_master, unwrap, wrap
 from .format import (
     CHUNK_RAW,
@@ -67,31 +69,17 @@ class RepoLocked(BackupError):
 
 # -- the file-writing seam ------------------------------------------------------------------------
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    write_all(fd, data)
 
 
 def write_atomic(
     path: Path, data: bytes, *, tmp: Path | None = None, sync_dir: bool = True
 ) -> None:
     """Write ``data`` to ``tmp``, fsync, rename over ``path``; the temporary file never
-    survives a failure (SPEC-001 §9.4, SPEC-002 §4.3, §11.3)."""
-    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
+    survives a failure (SPEC-001 §9.4, SPEC-002 §4.3, §11.3). Through this module's
+    ``_write_all``, which the fault tests replace."""
+    write_file_atomic(path, data, tmp=tmp, sync_dir=sync_dir,
+                      write=lambda fd, chunk: _write_all(fd, chunk))
 
 
 def _check(info: dict[str, Any]) -> str:

@@ -7,7 +7,6 @@ A wrong type or an out-of-range value is refused at start, naming the key (SPEC-
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
 import stat
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, NodeConfig, Paths
-from .repository import fsync_dir
+from ..files import write_atomic
 from .retention import RetentionRule
 
 DEFAULT_INTERVAL = 24 * 3600
@@ -114,17 +113,7 @@ def save_cached_key(paths: Paths, repo_id: str, master: bytes) -> Path:
     """Atomically write ``keys/backup.key`` (0600), replacing a key for another repository."""
     path = cache_path(paths)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".backup.key.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # a leftover could carry looser permissions
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, _CACHE_MAGIC + repo_id.encode() + b" " + base64.b64encode(master) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, _CACHE_MAGIC + repo_id.encode() + b" " + base64.b64encode(master) + b"\n")
     return path
 
 

@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_atomic
+
 UNIT_NAME = "maia-node.service"
 MARKER = "# Written by 'maia service install'; 'maia service uninstall' removes it."
 
@@ -103,9 +105,7 @@ def install(plan: UnitPlan) -> str:
     else:
         state = "created"
     plan.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.path.with_suffix(".tmp")
-    tmp.write_text(plan.text)
-    os.replace(tmp, plan.path)
+    write_atomic(plan.path, plan.text, mode=0o644)
     return state
 
 

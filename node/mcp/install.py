@@ -17,12 +17,12 @@ text: one delimited block appended, the same bytes removed, every other byte kep
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from ..sessions.install import (
     Change,
     InstallError,
@@ -74,9 +74,7 @@ def _records(data_dir: Path) -> list[dict[str, Any]]:
 
 def _save(data_dir: Path, records: list[dict[str, Any]]) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = data_dir / (RECORD_FILE + ".tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    os.replace(tmp, data_dir / RECORD_FILE)
+    write_atomic(data_dir / RECORD_FILE, json.dumps(records, indent=2) + "\n")
 
 
 # -- install -----------------------------------------------------------------------------------
@@ -146,14 +144,7 @@ def _write_text(path: Path, text: str, existed: bool) -> None:
     backup = path.with_name(path.name + ".maia-bak")
     if existed and not backup.exists():
         backup.write_bytes(path.read_bytes())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if existed:
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=0o644, keep_mode=existed)
 
 
 # -- uninstall ---------------------------------------------------------------------------------

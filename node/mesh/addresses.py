@@ -28,6 +28,8 @@ import msgpack
 
 from crdt import DeviceKey, device_id, verify_signature
 
+from ..files import write_atomic
+
 log = logging.getLogger(__name__)
 
 DOMAIN = b"maia-addr-v1"
@@ -219,10 +221,8 @@ class AddressBook:
         records = [r.wire() for r in self.records.values()]
         if own is not None:
             records.append(own)
-        tmp = self.path.with_suffix(".tmp")
-        with contextlib.suppress(OSError):
-            tmp.write_bytes(msgpack.packb(records, use_bin_type=True))
-            os.replace(tmp, self.path)
+        with contextlib.suppress(OSError):  # Runtime: a cache, verified again on load
+            write_atomic(self.path, msgpack.packb(records, use_bin_type=True), durable=False)
 
     def load(self, is_member) -> None:
         if self.path is None or not self.path.exists():

@@ -21,6 +21,8 @@ from pathlib import Path
 from node.sessions import localhttp
 from node.sessions.adapters import adapter
 
+from ..files import write_atomic
+
 # typing costs ~2.5 ms to import and annotations are never evaluated here
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,11 +127,7 @@ def read_cache(path: Path) -> dict[str, Any] | None:
 
 def write_cache(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 def remove_cache(path: Path, session_id: str) -> None:

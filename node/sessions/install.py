@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from .adapters import CLIS, adapter
 
 RECORD_FILE = "hooks-installed.json"
@@ -113,14 +114,10 @@ def _write(path: Path, doc: dict[str, Any], indent: str, existed: bool) -> None:
     backup = path.with_name(path.name + ".maia-bak")
     if existed and not backup.exists():
         shutil.copy2(path, backup)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(doc, indent=indent, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    if existed:
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
+    # an agent's own file: a new one is readable like the agent's others, an old one keeps
+    # its mode
+    write_atomic(path, json.dumps(doc, indent=indent, ensure_ascii=False) + "\n",
+                 mode=0o644, keep_mode=existed)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -139,9 +136,7 @@ def _records(data_dir: Path) -> list[dict[str, Any]]:
 def _save_records(data_dir: Path, records: list[dict[str, Any]]) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / RECORD_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(records, indent=2) + "\n")  # 0600 (SPEC-001 §4.6)
 
 
 def _hooks_object(doc: dict[str, Any], path: Path) -> dict[str, Any]:

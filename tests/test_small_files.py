@@ -1,0 +1,94 @@
+"""Files outside LMDB are written whole and private (SPEC-001 §4.6, §9.4): node/files.py.
+
+Real files in a real directory; a failure is a write that raises part-way (a full disk), the
+way the backup's fault tests inject it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from node import files
+from node.files import write_atomic
+from node.sessions.install import RECORD_FILE
+from tests.nodes import cli
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_private_file_is_0600_from_its_first_byte_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_atomic(tmp_path / "node.json", b"{}")
+        write_atomic(tmp_path / "unit.service", "x", mode=0o644)
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "node.json") == 0o600
+    assert _mode(tmp_path / "unit.service") == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.json", "unit.service"]
+
+
+def test_an_existing_file_keeps_its_mode_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text("{}")
+    os.chmod(path, 0o640)
+    write_atomic(path, '{"a": 1}', mode=0o600, keep_mode=True)
+    assert _mode(path) == 0o640
+    assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_a_write_that_fails_part_way_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "config.toml"
+    write_atomic(path, "old = 1\n")
+
+    def half_then_fail(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_atomic(path, "new = 2\n" * 100, write=half_then_fail)
+    assert path.read_text() == "old = 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_the_file_and_its_directory_are_fsynced(tmp_path: Path, monkeypatch) -> None:
+    """A rename is durable only once the directory is fsynced (§9.4); a cache asks for none."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", spy)
+    monkeypatch.setattr("crdt.store.os.fsync", spy)
+    write_atomic(tmp_path / "node.json", b"{}")
+    assert len(synced) == 2 and synced[1] == str(tmp_path), synced
+    assert synced[0].startswith(str(tmp_path / ".node.json."))
+    synced.clear()
+    write_atomic(tmp_path / "addresses.cache", b"x", durable=False)
+    assert synced == []
+
+
+def test_hooks_installed_json_is_private(tmp_path: Path, monkeypatch) -> None:
+    """001.4.6 lists hooks-installed.json as 0600; it was written with the umask's mode."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MAIA_DATA_DIR", raising=False)
+    data = tmp_path / "data"
+    old = os.umask(0o022)
+    try:
+        assert cli(data, "hooks", "install", "claude") == 0
+    finally:
+        os.umask(old)
+    assert _mode(data / RECORD_FILE) == 0o600
