@@ -262,6 +262,11 @@ class Store:
         target = format_version(layer)
         with env.begin(db=meta) as txn:
             raw = txn.get(b"format_version")
+            stored_layer = bytes(txn.get(b"layer") or b"").decode()
+        if raw is not None and stored_layer and stored_layer != layer:
+            # SPEC-001 §5.4: a directory copied or restored into the wrong place
+            raise StoreError(f"{self.data_dir / layer} holds the {stored_layer} layer, not "
+                             f"{layer}; move it back to {self.data_dir / stored_layer}")
         if raw is not None and int(raw) < target and layer != "runtime":
             self._copy_before_migration(layer, env, int(raw))
         with env.begin(write=True, db=meta) as txn:

@@ -92,3 +92,20 @@ def test_hooks_installed_json_is_private(tmp_path: Path, monkeypatch) -> None:
     finally:
         os.umask(old)
     assert _mode(data / RECORD_FILE) == 0o600
+
+
+def test_a_layer_in_the_wrong_directory_is_refused_naming_both(tmp_path: Path) -> None:
+    """SPEC-001 §5.4 on a writable open (it was checked only read-only): the memory store
+    copied over the identity directory is refused, nothing written to it."""
+    import shutil
+
+    from crdt.store import Store, StoreError
+
+    Store(tmp_path / "a").close()
+    shutil.rmtree(tmp_path / "a" / "identity")
+    shutil.copytree(tmp_path / "a" / "memory", tmp_path / "a" / "identity")
+    before = (tmp_path / "a" / "identity" / "data.mdb").read_bytes()
+    with pytest.raises(StoreError) as err:
+        Store(tmp_path / "a")
+    assert "memory" in str(err.value) and "identity" in str(err.value)
+    assert (tmp_path / "a" / "identity" / "data.mdb").read_bytes() == before
