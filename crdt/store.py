@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -245,6 +246,27 @@ class Store:
         if self.readonly:
             self._open_layer_readonly(layer)
             return
+        try:
+            self._open_layer_writable(layer)
+        except StoreError as exc:
+            if layer != "runtime":
+                raise
+            # SPEC-001 §7.3: Runtime is derived from the other layers; a damaged one, or one a
+            # newer version wrote, is set aside and rebuilt rather than stopping the node.
+            env = self.envs.pop(layer, None)
+            self.dbs.pop(layer, None)
+            if env is not None:
+                env.close()
+            aside = self.data_dir / time.strftime("runtime.broken-%Y%m%dT%H%M%SZ", time.gmtime())
+            try:
+                os.replace(self.data_dir / layer, aside)
+            except OSError as move:
+                raise StoreError(f"{exc}; moving it aside to {aside} failed too: {move}") from exc
+            log.warning("the runtime store could not be used (%s); moved it to %s and starting "
+                        "a new one (it is rebuilt from identity and memory)", exc, aside)
+            self._open_layer_writable(layer)
+
+    def _open_layer_writable(self, layer: str) -> None:
         path = self.data_dir / layer
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         names = _RUNTIME_DBS if layer == "runtime" else _DOC_DBS

@@ -109,3 +109,38 @@ def test_a_layer_in_the_wrong_directory_is_refused_naming_both(tmp_path: Path) -
         Store(tmp_path / "a")
     assert "memory" in str(err.value) and "identity" in str(err.value)
     assert (tmp_path / "a" / "identity" / "data.mdb").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "newer"])
+def test_a_broken_runtime_is_set_aside_and_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
+    """SPEC-001 §7.3: a runtime store that fails to open, or that a newer version wrote, is
+    moved to runtime.broken-<UTC time>/ with a warning, and the node starts with a new one
+    rebuilt from Memory (it used to refuse to start)."""
+    import lmdb
+
+    from node.memory import Memory
+    from tests.trust_helpers import Device
+
+    dev = Device.found(tmp_path, "a")
+    added = Memory(dev.repo).add_many([{"text": f"kept {i}", "kind": "note", "tags": []}
+                                        for i in range(20)])
+    dev.store.close()
+    runtime = dev.path / "runtime"
+    if damage == "garbage":
+        (runtime / "data.mdb").write_bytes(b"not an lmdb file" * 512)
+    else:
+        env = lmdb.open(str(runtime), max_dbs=16)
+        meta = env.open_db(b"meta")
+        with env.begin(write=True, db=meta) as txn:
+            txn.put(b"format_version", b"999")
+        env.close()
+    with caplog.at_level("WARNING"):
+        dev.reopen()
+    try:
+        aside = sorted(p.name for p in dev.path.iterdir() if p.name.startswith("runtime.broken-"))
+        assert len(aside) == 1, aside
+        assert any("moved it to" in r.getMessage() for r in caplog.records)
+        listed = Memory(dev.repo).list(limit=100)
+        assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in added)
+    finally:
+        dev.close()
