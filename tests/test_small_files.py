@@ -1,7 +1,9 @@
-"""Files outside LMDB are written whole and private (SPEC-001 §4.6, §9.4): node/files.py.
+"""What the node keeps on disk besides the documents: files outside LMDB are written whole and
+private (SPEC-001 §4.6, §9.4: node/files.py), a layer in the wrong directory is refused
+(§5.4), and a broken Runtime is set aside and rebuilt (§7.3).
 
-Real files in a real directory; a failure is a write that raises part-way (a full disk), the
-way the backup's fault tests inject it.
+Real files, real stores; a failure is a write that raises part-way (a full disk), the way the
+backup's fault tests inject it.
 """
 
 from __future__ import annotations
