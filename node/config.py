@@ -58,6 +58,46 @@ class Paths:
         return self.root / "runtime" / "node.json"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass
+class _Reader:
+    """Typed reads of config.toml values: a wrong type names the file and the key (SPEC-001
+    §3.6), where ``str()`` and ``int()`` used to turn ``port = "x"`` into a traceback and
+    ``static = "host:1"`` into a list of characters."""
+
+    path: Path
+
+    def _wrong(self, where: str, key: str, want: str, got: Any) -> ConfigError:
+        return ConfigError(f"{self.path}: {where}.{key} must be {want}, not "
+                           f"{type(got).__name__} {got!r}"[:300])
+
+    def table(self, data: dict[str, Any], name: str) -> dict[str, Any]:
+        got = data.get(name, {})
+        if not isinstance(got, dict):
+            raise ConfigError(f"{self.path}: [{name}] must be a table, not {type(got).__name__}")
+        return got
+
+    def text(self, table: dict[str, Any], where: str, key: str, default: str) -> str:
+        got = table.get(key, default)
+        if not isinstance(got, str):
+            raise self._wrong(where, key, "a string", got)
+        return got
+
+    def integer(self, table: dict[str, Any], where: str, key: str, default: int) -> int:
+        got = table.get(key, default)
+        if not isinstance(got, int) or isinstance(got, bool):
+            raise self._wrong(where, key, "a whole number", got)
+        return got
+
+    def texts(self, table: dict[str, Any], where: str, key: str) -> list[str]:
+        got = table.get(key, [])
+        if not isinstance(got, list) or not all(isinstance(v, str) for v in got):
+            raise self._wrong(where, key, "a list of strings", got)
+        return got
+
+
 @dataclass
 class NodeConfig:
     name: str = field(default_factory=lambda: socket.gethostname() or "device")
@@ -80,17 +120,21 @@ class NodeConfig:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
-        node = data.get("node", {})
-        peers = data.get("peers", {})
+        read = _Reader(path)
+        node, peers = read.table(data, "node"), read.table(data, "peers")
+        level = read.text(node, "node", "log_level", "INFO")
+        if level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"{path}: node.log_level {level!r} is not one of "
+                              f"{', '.join(LOG_LEVELS)}")
         cfg = cls(
-            name=str(node.get("name") or cls().name),
-            listen=str(node.get("listen", "127.0.0.1")),
-            port=int(node.get("port", DEFAULT_PORT)),
-            static_peers=[str(p) for p in peers.get("static", [])],
-            advertise=[str(p) for p in peers.get("advertise", [])],
-            peer_listen=str(peers.get("listen", "0.0.0.0")),
-            peer_port=int(peers.get("port", DEFAULT_PEER_PORT)),
-            log_level=str(node.get("log_level", "INFO")),
+            name=read.text(node, "node", "name", "") or cls().name,
+            listen=read.text(node, "node", "listen", "127.0.0.1"),
+            port=read.integer(node, "node", "port", DEFAULT_PORT),
+            static_peers=read.texts(peers, "peers", "static"),
+            advertise=read.texts(peers, "peers", "advertise"),
+            peer_listen=read.text(peers, "peers", "listen", "0.0.0.0"),
+            peer_port=read.integer(peers, "peers", "port", DEFAULT_PEER_PORT),
+            log_level=level.upper(),
             extra={k: v for k, v in data.items() if k not in ("node", "peers")},
         )
         for name, port in (("node.port", cfg.port), ("peers.port", cfg.peer_port)):
