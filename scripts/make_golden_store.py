@@ -69,7 +69,8 @@ def build(work: Path) -> dict:
                         "remove_tags": ["nature"]})
         desk.request("DELETE", f"/v1/memory/{ids['A note that is deleted later']}")
         phone_id = DeviceKey.load(phone.data_dir / "keys" / "device.key").device_id
-        desk.request("POST", f"/v1/devices/{phone_id}/revoke", {"reason": "lost on a train"})
+        desk.request("POST", f"/v1/devices/{phone_id}/revoke", {"reason": "lost on a train",
+                                                                 "confirm": phone_id})
 
         def same() -> bool:
             a = desk.request("GET", "/v1/memory?limit=100")["entries"]

@@ -154,7 +154,8 @@ def test_revoked_node_is_cut_off_and_cannot_come_back(hosts):
     ids = {h: n.device_id() for h, n in hosts.items()}
     wait_for(lambda: {ids["b"], ids["c"]} <= a.connected() and ids["c"] in b.connected(),
              timeout=20, what="mesh formed")
-    a.request("POST", f"/v1/devices/{ids['c']}/revoke", {"reason": "lost on a train"})
+    a.request("POST", f"/v1/devices/{ids['c']}/revoke",
+              {"reason": "lost on a train", "confirm": ids["c"]})
     wait_for(lambda: ids["c"] not in a.connected() and ids["c"] not in b.connected(),
              timeout=20, what="c cut off by a and b")
     # c was told (with the signed tombstone, SPEC-005 §9.8) and refuses to write at all

@@ -27,7 +27,12 @@ def test_revoked_device_is_cut_off_and_its_new_writes_never_spread(mesh_factory)
     wait_for(lambda: before in _ids(a) and before in _ids(b), what="c's early write spread")
     c_id = c.device_id()
 
-    res = a.request("POST", f"/v1/devices/{c_id}/revoke", {"reason": "stolen"})
+    # SPEC-003 §6.5: revoking cannot be undone, so the body names the device again
+    for body in ({"reason": "stolen"}, {"reason": "stolen", "confirm": b.device_id()}):
+        code, problem = _problem(a, "POST", f"/v1/devices/{c_id}/revoke", body)
+        assert code == 400 and problem["status"] == 400, problem
+    assert c_id in a.connected()
+    res = a.request("POST", f"/v1/devices/{c_id}/revoke", {"reason": "stolen", "confirm": c_id})
     assert res["revoked"]
     wait_for(lambda: c_id not in a.connected() and c_id not in b.connected(),
              what="c disconnected by a and (after the tombstone synced) by b")
@@ -50,12 +55,12 @@ def test_revoked_device_cannot_be_reintroduced(mesh_factory):
     c.add_peer(a)
     wait_for(lambda: a.connected(), what="connected")
     c_id = c.device_id()
-    a.request("POST", f"/v1/devices/{c_id}/revoke", {})
+    a.request("POST", f"/v1/devices/{c_id}/revoke", {"confirm": c_id})
     wait_for(lambda: not a.connected(), what="c cut off")
     # a second revocation is refused (SPEC-005 §5.7)
     import urllib.error
     try:
-        a.request("POST", f"/v1/devices/{c_id}/revoke", {})
+        a.request("POST", f"/v1/devices/{c_id}/revoke", {"confirm": c_id})
         raise AssertionError("a second tombstone was issued")
     except urllib.error.HTTPError as exc:
         assert exc.code == 409
@@ -86,7 +91,7 @@ def test_changes_accepted_before_the_tombstone_arrived_are_quarantined(mesh_fact
     wait_for(lambda: first in _ids(a), what="c's first write reached a via b")
     b.stop()  # partition: a cannot tell b
     c_id = c.device_id()
-    a.request("POST", f"/v1/devices/{c_id}/revoke", {})
+    a.request("POST", f"/v1/devices/{c_id}/revoke", {"confirm": c_id})
     c.stop()
     assert cli(c.data_dir, "memory", "add", "c sneaks one in") == 0
     sneaky = None
@@ -128,7 +133,7 @@ def test_a_revoked_device_is_told_and_refuses_to_write(mesh_factory, online):
     a_id, c_id = a.device_id(), c.device_id()
     if not online:
         c.stop()
-    a.request("POST", f"/v1/devices/{c_id}/revoke", {"reason": "left on a train"})
+    a.request("POST", f"/v1/devices/{c_id}/revoke", {"reason": "left on a train", "confirm": c_id})
     if not online:
         c.start()
     status = wait_for(lambda: c.request("GET", "/v1/status").get("revoked"), timeout=20,

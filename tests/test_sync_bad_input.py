@@ -857,7 +857,11 @@ def test_a_members_unseen_documents_are_shown_then_dropped_on_one_node(mesh: Mes
     listed = cli_out(mesh.victim.data_dir, "device", "storage")
     assert dropper.device_id in listed and "3 document(s) nobody sees" in listed
 
-    dropped = mesh.victim.request("POST", f"/v1/devices/{dropper.device_id}/drop-unseen")
+    with pytest.raises(urllib.error.HTTPError) as refused:  # SPEC-003 §6.5: named twice
+        mesh.victim.request("POST", f"/v1/devices/{dropper.device_id}/drop-unseen", {})
+    assert refused.value.code == 400 and dropper_row()["unseen_documents"] == 3
+    dropped = mesh.victim.request("POST", f"/v1/devices/{dropper.device_id}/drop-unseen",
+                                   {"confirm": dropper.device_id})
     assert dropped["documents"] == 3 and dropped["bytes"] > 0
     assert not set(docs) & set(StoreView(mesh.victim.data_dir).doc_ids())
     assert set(docs) <= set(StoreView(mesh.honest.data_dir).doc_ids())  # dropping is local

@@ -561,7 +561,7 @@ def test_a_revoked_device_s_page_says_who_revoked_it(busy_mesh: dict[str, Any],
     a, b = busy_mesh["a"], busy_mesh["b"]
     b_id = next(d["device_id"] for d in a.request("GET", "/v1/devices")["devices"]
                 if d["name"] == "b")
-    a.request("POST", f"/v1/devices/{b_id}/revoke", {"keep": [], "reason": "sold"})
+    a.request("POST", f"/v1/devices/{b_id}/revoke", {"keep": [], "reason": "sold", "confirm": b_id})
     b.start()
     b.add_peer(a)
     wait_for(lambda: b.request("GET", "/v1/status").get("revoked"), timeout=30,

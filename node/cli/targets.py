@@ -125,13 +125,15 @@ class OnlineTarget:
         return self._call("POST", "/v1/devices", {"request": request, "name": name})
 
     def device_revoke(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", f"/v1/devices/{quote(device, safe='')}/revoke", body)
+        return self._call("POST", f"/v1/devices/{quote(device, safe='')}/revoke",
+                          {**body, "confirm": device})
 
     def device_storage(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/devices/storage")["devices"]
 
     def device_drop_unseen(self, device: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/devices/{quote(device, safe='')}/drop-unseen")
+        return self._call("POST", f"/v1/devices/{quote(device, safe='')}/drop-unseen",
+                          {"confirm": device})
 
     def close(self) -> None:
         pass
