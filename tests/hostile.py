@@ -96,9 +96,11 @@ class HostilePeer:
             self._send_counter += 1
             await self.ws.send_bytes(sealed.ciphertext)
 
-    async def keep_alive(self, every: float = 2.0) -> None:
+    async def keep_alive(self, every: float = 0.5) -> None:
         """Send a frame every ``every`` seconds, as a live link does: the node closes a peer
-        silent for 8 s (SPEC-005 §9.14), which a test of something else must not run into."""
+        silent for 8 s (SPEC-005 §9.14), and one that answers nothing within its probe time
+        after any link change on this machine (another test's network namespaces make them),
+        which a test of something else must not run into."""
         with contextlib.suppress(Exception):
             while True:
                 await asyncio.sleep(every)
@@ -215,7 +217,7 @@ async def hostile_peer(
     keepalive: bool = False,
 ) -> AsyncIterator[HostilePeer]:
     """Connect to a node's /v1/peer and complete a real handshake as ``key``; with
-    ``keepalive``, a frame every 2 s keeps the node from closing it as silent."""
+    ``keepalive``, a frame every 0.5 s keeps the node from closing it as silent."""
     async with raw_socket(port) as ws:
         peer = await handshake(ws, key, mesh_id, certs)
         reply = await peer.recv()

@@ -39,10 +39,12 @@ LIVENESS_TIMEOUT = 8.0
 ADDRESS_BACKOFF_MAX = 300.0
 #: After a link change every connection is pinged and must answer within its probe time
 #: (§9.14): PROBE_MIN plus four of its measured round trips, at most PROBE_TIMEOUT;
-#: PROBE_UNMEASURED before any round trip was measured on it.
+#: PROBE_UNMEASURED before any round trip was measured on it (a peer that never idled: it
+#: may be busy applying a large message, and a link change elsewhere on the machine, a
+#: container's veth, must not cut it off).
 PROBE_TIMEOUT = 2.0
-PROBE_MIN = 0.5
-PROBE_UNMEASURED = 1.0
+PROBE_MIN = 0.75
+PROBE_UNMEASURED = PROBE_TIMEOUT
 #: For this long after a link change, a dial that fails is tried again within URGENT_RETRY
 #: rather than after its backoff (§9.13): a link that just came back often fails the first
 #: attempt (a neighbour entry still failing, a tunnel still handshaking) and works a moment later.
