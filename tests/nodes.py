@@ -95,6 +95,9 @@ class NodeProc:
         """Start ``maia up`` and return once this process serves (not merely once something
         answers on its port). Ports this call picks are picked again if another process on
         the machine (another test run) took one before the node bound it."""
+        if self.proc is not None and self.proc.poll() is None:
+            # a second process would fail on the data dir's lock and orphan this one
+            raise AssertionError(f"node {self.name} is already running (pid {self.proc.pid})")
         picked = (not self.port, not self.peer_port)
         for attempt in range(3):
             if attempt:
