@@ -15,7 +15,16 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from crdt import fsync_path
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename in it is durable). Here, not
+    imported from ``crdt``: the agent hook writes its cache through this module and imports
+    only the standard library (SPEC-004 §12: it runs on every tool call)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:

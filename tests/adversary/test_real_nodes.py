@@ -258,7 +258,8 @@ class RealNodes(RuleBasedStateMachine):
     def revoke(self, who: str) -> str:
         try:
             res = self.nodes["a"].request(
-                "POST", f"/v1/devices/{who}/revoke", {"keep": [], "reason": "stolen"})
+                "POST", f"/v1/devices/{who}/revoke",
+                {"keep": [], "reason": "stolen", "confirm": who})
         except urllib.error.HTTPError as exc:
             return f"HTTP {exc.code}"
         if who == self.attacker.device_id:
