@@ -107,3 +107,76 @@ def test_a_link_change_probe_waits_a_few_round_trips_not_two_seconds(tmp_path: P
     finally:
         home.close()
         laptop.close()
+
+
+async def _dead_relay(target: int) -> tuple[asyncio.Server, int, asyncio.Event]:
+    """Forwards to ``target`` both ways; once the event is set, nothing crosses either way
+    and nothing is closed (a path that died: a tunnel down, a Wi-Fi gone)."""
+    dead = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                if dead.is_set():
+                    continue  # swallowed
+                writer.write(data)
+                await writer.drain()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], dead
+
+
+def test_a_stale_connection_is_replaced_whoever_dialled_it(tmp_path: Path) -> None:
+    """SPEC-005 §9.12: home dialled the laptop; the path died, and the laptop, which noticed,
+    dials home afresh on another path. By the initiator rule home would keep its own
+    connection and refuse the new one as a duplicate (until its liveness timeout, 30 s here);
+    because nothing was heard on it for more than twice the liveness interval, it is stale
+    and the new connection replaces it at once."""
+    from crdt.keys import DeviceKey
+
+    home = Device.found(tmp_path, "home")
+    key = DeviceKey.generate()
+    while key.public_key < home.key.public_key:  # the initiator rule favours home's dial
+        key = DeviceKey.generate()
+    laptop = home.admit(tmp_path, "laptop", key=key)
+
+    async def main() -> None:
+        kw = {"liveness_interval": 0.1, "liveness_timeout": 30.0}
+        at_home, on_laptop = PeerManager(home.repo, **kw), PeerManager(laptop.repo, **kw)
+        await at_home.start()
+        await on_laptop.start()
+        home_runner, home_port = await _listen(at_home)
+        laptop_runner, laptop_port = await _listen(on_laptop)
+        relay, relay_port, dead = await _dead_relay(laptop_port)
+        try:
+            at_home.add_static(f"127.0.0.1:{relay_port}")  # home dials the laptop
+            await _until(lambda: laptop.key.public_key in at_home.connections, 20)
+            old = at_home.connections[laptop.key.public_key]
+            assert old.initiator
+            await _until(lambda: home.key.public_key in on_laptop.connections, 20)
+            dead.set()
+            await asyncio.sleep(0.5)  # nothing heard for more than 2 x 0.1 s: stale
+            # the laptop noticed (its probe, in life) and dials home on another path
+            on_laptop.abandon(on_laptop.connections[home.key.public_key], "test: path died")
+            on_laptop.add_static(f"127.0.0.1:{home_port}")
+            took = await _until(
+                lambda: at_home.connections.get(laptop.key.public_key) not in (None, old), 10)
+            assert not at_home.connections[laptop.key.public_key].initiator
+            assert took < 5.0, took  # not the 30 s liveness timeout
+        finally:
+            dead.clear()
+            await on_laptop.stop()
+            await at_home.stop()
+            relay.close()
+            await home_runner.cleanup()
+            await laptop_runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    finally:
+        home.close()
+        laptop.close()
