@@ -3,9 +3,9 @@
 One real node holding a corpus of memory entries; the official ``mcp`` client starts
 ``maia mcp`` exactly as an agent CLI does and calls ``memory_search``; the reference, measured in
 the same run on the same node with the same session token and the same queries, is a direct
-HTTP call of the search the tool makes (``GET /v1/memory?q=…``, keep-alive). The ratio MCP/HTTP
-is the figure that travels between machines; the absolute milliseconds say whether the target
-holds here. Median, min and max are over the runs' p50s.
+HTTP call of the search the tool makes (``GET /v1/memory/search?q=…&mode=hybrid``,
+keep-alive). The ratio MCP/HTTP is the figure that travels between machines; the absolute
+milliseconds say whether the target holds here. Median, min and max are over the runs' p50s.
 
     python scripts/bench/mcp_bench.py [--entries 2000] [--runs 5] [--calls 200]
 """
@@ -57,7 +57,8 @@ def http_run(base: str, session: dict, queries: list[str], limit: int) -> list[f
     conn.getresponse().read()  # a session without heartbeats expires (SPEC-004 §2.6)
     out = []
     for q in queries:
-        path = "/v1/memory?" + urllib.parse.urlencode({"q": q, "limit": limit})
+        path = "/v1/memory/search?" + urllib.parse.urlencode(
+            {"q": q, "limit": limit, "mode": "hybrid"})
         t0 = time.perf_counter()
         conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         resp = conn.getresponse()
@@ -125,7 +126,7 @@ def main() -> int:
     rows = [
         ("MCP memory_search over stdio, p50 (ms)", f"{statistics.median(mcp_p50):.2f}",
          f"{min(mcp_p50):.2f}", f"{max(mcp_p50):.2f}", "< 30"),
-        ("direct HTTP GET /v1/memory?q= (reference), p50 (ms)",
+        ("direct HTTP GET /v1/memory/search?q= (reference), p50 (ms)",
          f"{statistics.median(http_p50):.2f}", f"{min(http_p50):.2f}", f"{max(http_p50):.2f}",
          ""),
         ("ratio MCP / HTTP (p50 of each run)", f"{statistics.median(ratios):.2f}",
@@ -145,9 +146,8 @@ def main() -> int:
         + "\n\n" + table(rows, ("what", "median", "min", "max", "target"))
         + "\n\nThe MCP figure includes the SDK's JSON-RPC framing and pydantic validation on "
         "both ends, and the server's own HTTP call to the node; the ratio is what MCP adds to "
-        "the search itself. Today's search is the Memory layer's substring scan over every "
-        "entry, so the absolute figure grows with the store; the ranked search (node/search/) "
-        "replaces it behind the same tool."
+        "the search itself: the node's ranked hybrid search (node/search/, the same call the "
+        "tool makes)."
     )
     say(body)
     if not args.no_write:
