@@ -160,6 +160,10 @@ class StoreError(Exception):
     """The store cannot be opened or used (user-facing: says what to do)."""
 
 
+class WrongLayer(StoreError):
+    """A layer's directory holds another layer's environment (SPEC-001 §5.4)."""
+
+
 def _nearly_full(path: Path, margin: int = 4 << 20) -> bool:
     try:
         return shutil.disk_usage(path).free < margin
@@ -248,6 +252,8 @@ class Store:
             return
         try:
             self._open_layer_writable(layer)
+        except WrongLayer:
+            raise  # another layer's data: never moved aside as a broken Runtime (§5.4)
         except StoreError as exc:
             if layer != "runtime":
                 raise
@@ -276,19 +282,34 @@ class Store:
             )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the {layer} store at {path}: {exc}") from exc
-        dbs = {name: env.open_db(name) for name in names}
+        try:
+            # the layer is checked before anything is created in the environment (§5.4)
+            self._check_layer(layer, env, env.open_db(b"meta"))
+            dbs = {name: env.open_db(name) for name in names}
+        except WrongLayer:
+            env.close()
+            raise
+        except (lmdb.Error, ValueError) as exc:
+            env.close()
+            raise StoreError(f"cannot open the {layer} store at {path}: {exc}") from exc
         self.envs[layer], self.dbs[layer] = env, dbs
-        self._migrate(layer, env, dbs[b"meta"])
+        try:
+            self._migrate(layer, env, dbs[b"meta"])
+        except (lmdb.Error, ValueError) as exc:  # a damaged meta record: said, not a traceback
+            raise StoreError(f"cannot read the {layer} store at {path}: {exc}") from exc
+
+    def _check_layer(self, layer: str, env: lmdb.Environment, meta: object) -> None:
+        with env.begin(db=meta) as txn:
+            stored_layer = bytes(txn.get(b"layer") or b"").decode(errors="replace")
+        if stored_layer and stored_layer != layer:
+            # SPEC-001 §5.4: a directory copied or restored into the wrong place
+            raise WrongLayer(f"{self.data_dir / layer} holds the {stored_layer} layer, not "
+                             f"{layer}; move it back to {self.data_dir / stored_layer}")
 
     def _migrate(self, layer: str, env: lmdb.Environment, meta: object) -> None:
         target = format_version(layer)
         with env.begin(db=meta) as txn:
             raw = txn.get(b"format_version")
-            stored_layer = bytes(txn.get(b"layer") or b"").decode()
-        if raw is not None and stored_layer and stored_layer != layer:
-            # SPEC-001 §5.4: a directory copied or restored into the wrong place
-            raise StoreError(f"{self.data_dir / layer} holds the {stored_layer} layer, not "
-                             f"{layer}; move it back to {self.data_dir / stored_layer}")
         if raw is not None and int(raw) < target and layer != "runtime":
             self._copy_before_migration(layer, env, int(raw))
         with env.begin(write=True, db=meta) as txn:

@@ -118,7 +118,7 @@ class NodeConfig:
             return cls()
         try:
             data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
         read = _Reader(path)
         node, peers = read.table(data, "node"), read.table(data, "peers")

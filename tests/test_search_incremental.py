@@ -218,3 +218,43 @@ def test_a_local_write_after_a_merge_still_reads_the_merge(tmp_path: Path) -> No
         index.close()
         a.close()
         b.close()
+
+
+def test_odd_entries_a_member_writes_index_as_a_rebuild_does(tmp_path: Path) -> None:
+    """Found by a review of Memory's hand-off to the search index (SPEC-001 §7.5): a log
+    record whose `at` is Automerge Text (read as a string by a rebuild, once dropped by the
+    hand-off), and an entry put under another shard's id (its UNIQUE id made the whole shard
+    fail to index, on every pass). After Memory's pass, the index equals a rebuild and the
+    shard's honest entries are found."""
+    a = Device.found(tmp_path, "a")
+    mine = Memory(a.repo)
+    index = SearchIndex(tmp_path / "search", a.repo, None, mine)
+    try:
+        honest = mine.add_many([{"text": f"avocet {i}", "kind": "note"} for i in range(40)])
+        index.flush()
+        target = honest[0]["id"]
+        shard = shard_of(target)
+        elsewhere = next(e["id"] for e in honest if shard_of(e["id"]) != shard)
+
+        def odd(tx: Any) -> None:
+            obj = tx.get(ROOT, target)[1]
+            log_list = tx.get(obj, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            text = tx.put_object(rec, "at", ObjType.Text)
+            for i, char in enumerate("9999-12-31T00:00:00Z"):  # the binding has no splice
+                tx.insert(text, i, ScalarType.Str, char)
+            tx.put(obj, "text", ScalarType.Str, "avocet with a text stamp")
+            stray = tx.put_object(ROOT, elsewhere, ObjType.Map)  # another shard's id
+            tx.put(stray, "text", ScalarType.Str, "stray avocet")
+            tx.put(stray, "kind", ScalarType.Str, "note")
+
+        a.repo.change(shard, odd)
+        mine.flush_index()  # Memory's pass hands its reads on (scan_listeners)
+        index.flush()
+        assert index.dirty_shards() == 0
+        assert snapshot(index) == rebuilt(a, tmp_path / "rebuilt")
+        found = [e["id"] for e in index.search("avocet", mode="text", limit=100)["entries"]]
+        assert sorted(found) == sorted(e["id"] for e in honest)
+    finally:
+        index.close()
+        a.close()

@@ -146,3 +146,24 @@ def test_a_broken_runtime_is_set_aside_and_rebuilt(tmp_path: Path, damage: str, 
         assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in added)
     finally:
         dev.close()
+
+
+def test_another_layer_in_the_runtime_directory_is_refused_not_set_aside(
+    tmp_path: Path,
+) -> None:
+    """SPEC-001 §5.4 before §7.3 (found by review): the memory layer restored into runtime/ is
+    refused naming both layers, not moved aside as a broken Runtime with a warning, and
+    nothing is created inside it."""
+    import shutil
+
+    from crdt.store import Store, StoreError
+
+    Store(tmp_path / "a").close()
+    shutil.rmtree(tmp_path / "a" / "runtime")
+    shutil.copytree(tmp_path / "a" / "memory", tmp_path / "a" / "runtime")
+    before = (tmp_path / "a" / "runtime" / "data.mdb").read_bytes()
+    with pytest.raises(StoreError) as err:
+        Store(tmp_path / "a")
+    assert "memory" in str(err.value) and "runtime" in str(err.value)
+    assert not list((tmp_path / "a").glob("runtime.broken-*"))
+    assert (tmp_path / "a" / "runtime" / "data.mdb").read_bytes() == before

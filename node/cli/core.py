@@ -100,7 +100,11 @@ def cmd_init(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _has_mesh(paths: Paths) -> bool:
-    store = Store(paths.root)
+    """Read-only and without the data-dir lock: a running node may hold it, and a writable
+    open could set its Runtime aside (SPEC-001 §7.3) under it."""
+    if not (paths.root / "identity" / "data.mdb").is_file():
+        return False
+    store = Store(paths.root, readonly=True, layers=("identity",))
     try:
         return stored_mesh_id(store) is not None
     finally:

@@ -804,8 +804,9 @@ def _entry_fields(doc: Any, fields: dict[str, Any], edits: int,
             if kind != ObjType.Map:
                 return None
             at = doc.get(rec, "at")
-            records.append({"at": at[0][1]} if at is not None and
-                           not isinstance(at[0], ObjType) else {})
+            if at is not None and isinstance(at[0], ObjType):
+                return None  # a Text or other object: extract reads it as a rebuild does
+            records.append({"at": at[0][1]} if at is not None else {})
         out["log"] = records
     return out
 

@@ -196,6 +196,7 @@ class PeerConnection:
         # a few of them, not a fixed 2 s (§9.14).
         self._ping_at: float | None = None
         self.rtt: float | None = None
+        self.synced_at = 0.0  # monotonic: the last sync frame received
 
     def probe_time(self) -> float:
         """How long a probe after a link change waits for this connection's answer (§9.14).
@@ -204,7 +205,8 @@ class PeerConnection:
         in TCP's retransmission backoff, so its pong waits behind it for up to seconds; a
         fresh connection is ready in a few round trips (the largest tunnel reconnect in the
         heal benchmark, 2.8 s, was that wait)."""
-        if self.rtt is None:
+        if self.rtt is None or time.monotonic() - self.synced_at < PROBE_TIMEOUT:
+            # unmeasured, or sync messages moved just now: the peer may be busy applying one
             return PROBE_UNMEASURED
         return min(PROBE_TIMEOUT, PROBE_MIN + 4 * self.rtt)
 
@@ -315,6 +317,7 @@ class PeerConnection:
             if self.manager.repo.add_certs(certs) and self.manager.on_roster_change is not None:
                 self.manager.on_roster_change()
         elif kind == "sync":
+            self.synced_at = time.monotonic()
             doc_id = frame.get("doc")
             try:
                 n = self.sync.receive(frame)

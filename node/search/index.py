@@ -31,7 +31,7 @@ from automerge.core import ROOT, ObjType, extract
 
 from crdt import Repo
 
-from ..memory import ENTRY_ID_RE, ShardScan
+from ..memory import ENTRY_ID_RE, ShardScan, shard_of
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
@@ -364,8 +364,8 @@ class SearchIndex:
                     "SELECT entry_id, rowid, edits FROM docs WHERE shard=?", (doc_id,))}
             changed, present = [], set()
             for entry_id, edits in scan.edits.items():
-                if entry_id in scan.superseded:
-                    continue  # a correction replaced it: it never surfaces (SPEC-004 §2.12)
+                if entry_id in scan.superseded or shard_of(entry_id) != doc_id:
+                    continue  # replaced by a correction (SPEC-004 §2.12), or not of this shard
                 present.add(entry_id)
                 if indexed.get(entry_id, (None, None))[1] == edits:
                     continue
@@ -374,7 +374,7 @@ class SearchIndex:
                     entry = extract(doc, doc.get(ROOT, entry_id)[1])
                 changed.append(_entry_row(entry_id, entry, edits))
             self._apply(doc_id, indexed, changed, present, scan.heads)
-        except sqlite3.Error as exc:  # Runtime only: the next pass reads the shard itself
+        except Exception as exc:  # Runtime only: the next pass reads the shard itself
             log.warning("search index of %s not brought up to date: %s", doc_id, exc)
             self._dirty[doc_id] = at if at is not None else 0.0
             if held is not None:
@@ -439,9 +439,11 @@ class SearchIndex:
             return done
         # In the background pass, a synced shard Memory's upkeep will read whole is left to
         # it: its reads come here (shard_scanned), so the shard is read once, not twice.
+        # Not for ever: if Memory's pass keeps failing (its Runtime full), read it here.
         defer = self.memory.will_scan if quiet and self.memory is not None else None
         due = [d for d, at in self._dirty.items()
-               if now - at >= quiet and not (defer is not None and defer(d))]
+               if now - at >= quiet and not (defer is not None and defer(d)
+                                             and now - at < 3 * quiet)]
         due = due[: None if max_shards is None else max_shards - done]
         for doc_id in due:
             self._dirty.pop(doc_id, None)
@@ -471,8 +473,9 @@ class SearchIndex:
         changed, present = [], set()
         # keys and values of the root in one call each: the shard's scan is per entry
         for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
-            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
-                continue
+            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id) or \
+                    shard_of(entry_id) != doc_id:
+                continue  # a member's entry under another shard's id: never indexed twice
             self._read_entry(doc, entry_id, obj, indexed, changed, present)
         self._apply(doc_id, indexed, changed, present, sorted(doc.get_heads()))
 
@@ -494,7 +497,8 @@ class SearchIndex:
                     f"({','.join('?' * len(part))})", (doc_id, *part)))
         changed, present = [], set()
         for entry_id in wanted:
-            got = doc.get(ROOT, entry_id) if ENTRY_ID_RE.match(entry_id) else None
+            got = doc.get(ROOT, entry_id) if ENTRY_ID_RE.match(entry_id) and \
+                shard_of(entry_id) == doc_id else None
             if got is not None and got[0] == ObjType.Map:
                 self._read_entry(doc, entry_id, got[1], indexed, changed, present)
         self._apply(doc_id, indexed, changed, present, heads)

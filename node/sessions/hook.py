@@ -127,7 +127,7 @@ def read_cache(path: Path) -> dict[str, Any] | None:
 
 def write_cache(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(data))
+    write_atomic(path, json.dumps(data), durable=False)  # a cache: no fsync under the flock
 
 
 def remove_cache(path: Path, session_id: str) -> None:
