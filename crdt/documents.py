@@ -40,14 +40,21 @@ INCARNATION_BYTES = 8
 ChangeListener = Callable[[str, bool], None]
 #: ``hook(doc_id, doc)`` runs just before a document leaves memory (see Repo.before_evict).
 EvictHook = Callable[[str, Document], None]
-#: Documents loaded only to apply a peer's changes that stay in memory at once: a catch-up
-#: of a large store loads, applies and evicts its shards in turn instead of holding all of
-#: them (issue 17: a 100k catch-up peaked near 10x the idle memory). The one being applied
-#: counts (room is made before it loads): one, since the answer to a shard's message is
-#: generated before the next message is read (node/mesh/peers.py yields to its sender after
-#: each frame), so a shard is not loaded again to answer it; a shard of 6,000 entries holds
-#: about 30 MB in Automerge, and the second one was an eighth of a 100k catch-up's peak.
+#: Documents in a peer's bulk transfer (a catch-up: a message brings at least as many changes
+#: as the document held) that stay in memory at once, the one being loaded included: a catch-up of a
+#: large store loads, applies and evicts its shards in turn instead of holding all of them
+#: (issue 17: a 100k catch-up peaked near 10x the idle memory). One, since the answer to a
+#: shard's message is generated before the next message is read (node/mesh/peers.py yields to
+#: its sender after each frame), so a shard is not loaded again to answer it; a shard of 2,500
+#: entries holds about 16 MB in Automerge (SPEC-005 §7.7).
 MAX_REMOTE_LOADED = 1
+#: Stored bytes (change log and snapshot) of the documents kept in memory for a peer's live
+#: traffic (messages that add less than the document held), least recently applied to out first. A
+#: document in memory holds about 11x its stored bytes (measured: 2.9 MB stored, 32 MB
+#: loaded), so this is about 90 MB at most, gone once idle. Without it every live write from a
+#: peer to a shard not resident paid a load and a re-index (21 + 13 ms for 1,250 entries):
+#: live propagation p50 went from 8.7 to 27.7 ms (issue 14).
+MAX_LIVE_BYTES = 8 << 20
 #: Bytes of peers' changes applied between two hand-backs of freed memory to the system
 #: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
 #: runs, not only once the node goes idle (SPEC-005 §7.7).
@@ -116,13 +123,16 @@ class AuthorBudget:
 class DocHandle:
     """One loaded document. Read through ``doc``; write only through :meth:`Repo.change`."""
 
-    __slots__ = ("doc", "doc_id", "last_used", "meta")
+    __slots__ = ("doc", "doc_id", "last_used", "meta", "size")
 
-    def __init__(self, doc_id: str, doc: Document, meta: DocMeta | None) -> None:
+    def __init__(self, doc_id: str, doc: Document, meta: DocMeta | None, size: int = 0) -> None:
         self.doc_id = doc_id
         self.doc = doc
         self.meta = meta
         self.last_used = time.monotonic()
+        # stored bytes it was loaded from plus those applied or written since: what the
+        # remote bounds weigh it by (SPEC-005 §7.7)
+        self.size = size
 
 
 class Repo:
@@ -136,7 +146,8 @@ class Repo:
         *,
         max_loaded: int = 64,
         compact_after: int = COMPACT_AFTER,
-        max_remote_loaded: int = MAX_REMOTE_LOADED,
+        max_remote_loaded: int | None = None,
+        max_live_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.key = key
@@ -145,10 +156,14 @@ class Repo:
         # test's stand-in for a modified, hostile client turns it off.
         self.refuse_when_revoked = True
         self.max_loaded = max_loaded
-        self.max_remote_loaded = max_remote_loaded
-        # Loaded documents a peer's changes were applied to and that were not written here
-        # since they were loaded, least recently applied to first; and those written here.
-        self._remote: OrderedDict[str, None] = OrderedDict()
+        self.max_remote_loaded = (MAX_REMOTE_LOADED if max_remote_loaded is None
+                                  else max_remote_loaded)
+        self.max_live_bytes = MAX_LIVE_BYTES if max_live_bytes is None else max_live_bytes
+        # Loaded documents a peer's changes were applied to (or loaded to answer a peer) and
+        # not written here since they were loaded, least recently applied to first, each with
+        # whether it is in a bulk transfer (True), kept for live traffic (False) or loaded for
+        # the protocol alone (None: bounded as bulk); and the documents written here.
+        self._remote: OrderedDict[str, bool | None] = OrderedDict()
         self._written: set[str] = set()
         # Called (when set) once RELEASE_EVERY_BYTES of peers' changes were applied and a
         # document went out for the remote bound: the node hands freed memory back there.
@@ -298,7 +313,7 @@ class Repo:
         data = snapshot + b"".join(chunks)
         doc = Document.load(data) if data else Document(actor_id=self.actor)
         doc.set_actor(self.actor)
-        return DocHandle(doc_id, doc, self.store.doc_meta(doc_id))
+        return DocHandle(doc_id, doc, self.store.doc_meta(doc_id), len(data))
 
     def is_loaded(self, doc_id: str) -> bool:
         return doc_id in self._loaded
@@ -335,33 +350,59 @@ class Repo:
 
     def open_for_peer(self, doc_id: str) -> DocHandle:
         """:meth:`open` for a peer's sake (its next sync message): a document loaded for this
-        alone counts against the remote bound like one loaded to apply a peer's changes, so
-        answering every shard of a catch-up does not leave them all resident (SPEC-005 §7.7).
-        One a local reader or writer holds stays under the general bound."""
+        alone counts as part of a bulk transfer, so answering every shard of a catch-up does
+        not leave them all resident (SPEC-005 §7.7). One a local reader or writer holds stays
+        under the general bound."""
         held_locally = doc_id in self._loaded and doc_id not in self._remote
-        self._make_room_for_remote(doc_id)
+        if held_locally or doc_id in self._written:
+            return self.open(doc_id)
+        bulk = self._remote.get(doc_id)  # loaded for the protocol alone: None, as bulk
+        self._make_room_for_remote(doc_id, bulk is not False)
         handle = self.open(doc_id)
-        if not held_locally and doc_id not in self._written:
-            self._remote[doc_id] = None
-            self._remote.move_to_end(doc_id)
-            self._evict_remote_over_limit()
+        self._remote[doc_id] = bulk
+        self._remote.move_to_end(doc_id)
+        self._evict_remote_over_limit(doc_id)
         return handle
 
-    def _make_room_for_remote(self, doc_id: str) -> None:
+    def _make_room_for_remote(self, doc_id: str, bulk: bool) -> None:
         """Before a document is loaded for a peer's sake, evict the least recently applied
-        remote documents so that it makes the bound, not one more: a catch-up then holds at
-        most ``max_remote_loaded`` shards at its peak, the one being applied included (before,
-        the oldest left only after the new one was in memory; with shards of 6,000 entries,
-        about 30 MB each, that one extra was a tenth of a 100k catch-up's peak, issue 17)."""
-        if doc_id not in self._loaded and doc_id not in self._written:
-            self._evict_remote_over_limit(max(self.max_remote_loaded - 1, 0))
+        remote documents so that it makes the bounds, not one more: a catch-up then holds at
+        most ``max_remote_loaded`` shards of its bulk transfer at its peak, the one being
+        applied included (before, the oldest left only after the new one was in memory; with
+        shards of 6,000 entries, about 30 MB each, that one extra was a tenth of a 100k
+        catch-up's peak, issue 17)."""
+        if doc_id in self._loaded or doc_id in self._written:
+            return
+        self._evict_remote(doc_id, max(self.max_remote_loaded - 1, 0) if bulk else None)
 
-    def _evict_remote_over_limit(self, keep: int | None = None) -> None:
-        keep = self.max_remote_loaded if keep is None else keep
+    def _evict_remote_over_limit(self, current: str | None = None) -> None:
+        self._evict_remote(current, None)
+
+    def _evict_remote(self, current: str | None, bulk_keep: int | None) -> None:
+        """Evict remote documents over the bounds, least recently applied to first, never
+        ``current``: documents in a bulk transfer over ``max_remote_loaded`` (or
+        ``bulk_keep``), those kept for live traffic over ``max_live_bytes`` stored bytes."""
+        bulk_keep = self.max_remote_loaded if bulk_keep is None else bulk_keep
+        bulk = [d for d, b in self._remote.items() if b is not False]
+        live = [d for d, b in self._remote.items() if b is False]
         evicted = False
-        while len(self._remote) > keep:
-            self._unload(next(iter(self._remote)))
-            evicted = True
+        excess = len(bulk) - bulk_keep
+        for doc_id in bulk:
+            if excess <= 0:
+                break
+            if doc_id != current:
+                self._unload(doc_id)
+                evicted = True
+                excess -= 1
+        live_bytes = sum(self._loaded[d].size for d in live if d in self._loaded)
+        for doc_id in live:
+            if live_bytes <= self.max_live_bytes:
+                break
+            if doc_id != current:
+                handle = self._loaded.get(doc_id)
+                live_bytes -= handle.size if handle is not None else 0
+                self._unload(doc_id)
+                evicted = True
         if evicted and self.on_release is not None and (
                 self._applied_since_release >= RELEASE_EVERY_BYTES):
             self._applied_since_release = 0
@@ -446,6 +487,7 @@ class Repo:
                 batch = SignedBatch.sign(self.key, self.mesh_id, doc_id, [i.hash for i in infos])
                 writes.append((doc_id, infos, [batch], handle.doc.get_heads()))
                 out[doc_id] = infos
+                handle.size += sum(len(i.chunk) for i in infos)
             metas = self.store.commit_many(writes) if writes else {}
         except BaseException:
             for doc_id in touched:
@@ -575,9 +617,19 @@ class Repo:
         written before anyone is told, and if it fails the document is dropped from memory
         and reloaded from the store, so memory never runs ahead of it (SPEC-005 §7.1).
         """
-        self._make_room_for_remote(doc_id)
+        # A message that brings at least as many changes as the document held before is a
+        # transfer of its content (a catch-up): bounded as bulk. One that adds less to it is
+        # live traffic, kept within the live bytes. One with no change leaves the class as it
+        # was: None (bounded as bulk) for a document loaded for the protocol alone.
+        prior = self._remote.get(doc_id, None if doc_id not in self._loaded else False)
+        bulk: bool | None = prior
+        if verified.changes:
+            held = self._loaded[doc_id].meta if doc_id in self._loaded else \
+                self.store.doc_meta(doc_id)
+            bulk = len(verified.changes) >= (held.changes if held is not None else 0)
+        self._make_room_for_remote(doc_id, bulk is not False)
         if doc_id not in self._written:
-            self._remote[doc_id] = None
+            self._remote[doc_id] = bulk
             self._remote.move_to_end(doc_id)
         handle = self.open(doc_id)
         try:
@@ -592,9 +644,11 @@ class Repo:
             self.evict(doc_id)
             raise Rejected("malformed", f"Automerge refused the changes: {exc}") from exc
         if not verified.changes:
-            self._evict_remote_over_limit()
+            self._evict_remote_over_limit(doc_id)
             return
-        self._applied_since_release += sum(len(c.chunk) for c in verified.changes)
+        applied = sum(len(c.chunk) for c in verified.changes)
+        self._applied_since_release += applied
+        handle.size += applied
         try:
             handle.meta = self.store.commit_changes(
                 doc_id, verified.changes, verified.batches, handle.doc.get_heads()
@@ -603,7 +657,7 @@ class Repo:
             self.evict(doc_id)
             raise
         self._notify(doc_id, False)
-        self._evict_remote_over_limit()
+        self._evict_remote_over_limit(doc_id)
 
     # -- roster changes --------------------------------------------------------------------------
     def recheck(self, doc_ids: Iterable[str] | None = None) -> dict[str, int]:

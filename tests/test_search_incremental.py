@@ -57,6 +57,19 @@ def rebuilt(device: Device, where: Path) -> dict[str, Any]:
         fresh.close()
 
 
+def count_reads(index: SearchIndex) -> list[str]:
+    """The ids the index reads through the binding from now on, one per read."""
+    read: list[str] = []
+    real = SearchIndex._read_entry
+
+    def counting(doc, entry_id, *rest):
+        read.append(entry_id)
+        return real(doc, entry_id, *rest)
+
+    index._read_entry = counting  # type: ignore[method-assign]
+    return read
+
+
 def raw_edit(memory: Memory, entry_id: str, text: str) -> None:
     """A write that bypasses Memory (as consolidation's pins do): a signed change with a log
     record, so only the shard's notice tells the index."""
@@ -161,14 +174,7 @@ def test_a_named_write_reads_only_its_entries(tmp_path: Path) -> None:
         first = mine.add_many([{"text": f"curlew {i}", "kind": "note"} for i in range(300)])
         index.flush()
         shard = shard_of(first[0]["id"])
-        read: list[str] = []
-        real = SearchIndex._read_entry
-
-        def counting(doc, entry_id, *rest):
-            read.append(entry_id)
-            return real(doc, entry_id, *rest)
-
-        index._read_entry = counting  # type: ignore[method-assign]
+        read = count_reads(index)
         same_shard = next(e["id"] for e in first if shard_of(e["id"]) == shard)
         mine.update(same_shard, text="curlew moved")
         index.flush()
@@ -255,6 +261,44 @@ def test_odd_entries_a_member_writes_index_as_a_rebuild_does(tmp_path: Path) -> 
         assert snapshot(index) == rebuilt(a, tmp_path / "rebuilt")
         found = [e["id"] for e in index.search("avocet", mode="text", limit=100)["entries"]]
         assert sorted(found) == sorted(e["id"] for e in honest)
+    finally:
+        index.close()
+        a.close()
+
+
+def test_a_consolidation_group_is_read_by_its_entries(tmp_path: Path) -> None:
+    """Issue 14 (SPEC-001 §7.5): a consolidation group's facts, their signed fields and a
+    supersede mark in another fact are named to the search index, which reads those entries
+    alone, not their shards (a whole fact shard re-read on each group held the event loop
+    100-190 ms while live writes waited); the index still equals a rebuild."""
+    from node.consolidation.answer import Proposal
+    from node.consolidation.config import ConsolidationConfig
+    from node.consolidation.job import Consolidator, Group, RunReport, Staged, fact_id_in_bucket
+
+    a = Device.found(tmp_path, "a")
+    mine = Memory(a.repo)
+    index = SearchIndex(tmp_path / "search", a.repo, None, mine)
+    try:
+        notes = mine.add_many([{"text": f"dunlin note {i}", "kind": "note"} for i in range(40)])
+        older = mine.add_many([{"id": fact_id_in_bucket(b % 2), "text": f"old fact {b} stilt",
+                                "kind": "fact"} for b in range(120)])
+        index.flush()
+        job = Consolidator(mine, None, ConsolidationConfig(cortex="c"))
+        group = Group(0.0)
+        target = older[1]["id"]  # bucket 1: another shard than the new facts'
+        group.facts = [Staged(fact_id_in_bucket(0), Proposal(
+            f"new fact {i} avocet", (notes[i]["id"],), target if i == 0 else None, ()),
+            "c", "m", None) for i in range(10)]
+        group.seen = [n["id"] for n in notes[:10]]
+        group.entries = 10
+        read = count_reads(index)
+        report = RunReport(False)
+        job._write(group, report)
+        index.flush()
+        assert sorted(set(read)) == sorted([s.id for s in group.facts] + [target])
+        assert snapshot(index) == rebuilt(a, tmp_path / "fresh")
+        found = index.search("avocet", mode="text", limit=50)["entries"]
+        assert sorted(h["id"] for h in found) == sorted(s.id for s in group.facts)
     finally:
         index.close()
         a.close()

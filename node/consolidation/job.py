@@ -373,8 +373,17 @@ class Consolidator:
             items.append(item)
         # the index rows carry the signed fields (the log length the index upkeep compares is
         # the same without them) and are written with the node's next index write
-        rows = (self.memory.add_many(items, extra=extra, row_fields=fields_of)
-                if items else [])
+        # the entries the extra edits write, so the search index reads those alone instead of
+        # the whole shard on each group (issue 14: 100-190 ms on the event loop per group)
+        # (the new facts' own signed fields: named already as the entries created)
+        extra_ids: dict[str, list[str]] = {}
+        for s in group.facts:
+            extra_ids.setdefault(shard_of(s.id), [])
+            if s.proposal.supersedes:
+                extra_ids.setdefault(shard_of(s.proposal.supersedes), []).append(
+                    s.proposal.supersedes)
+        rows = (self.memory.add_many(items, extra=extra, row_fields=fields_of,
+                                     extra_ids=extra_ids) if items else [])
         self._unmarked.extend(group.seen)
         report.written.extend(rows)
         self._in_bucket += len(rows)

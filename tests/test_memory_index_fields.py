@@ -1,0 +1,74 @@
+"""The memory index reads an entry's fields through a few calls to the binding
+(``_entry_fields``) instead of ``extract``; for every shape a member can sign, what it gives
+must read as ``extract``'s would, or it must give up (None) and let ``extract`` read it
+(SPEC-001 §7.5; issue 14 added facts', skills' and pins' signed fields to the fast path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType, extract
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.memory.entries import SIGNED_EXTRA_FIELDS, _entry_fields, _public
+
+FIELDS = ("text", "kind", "created_at", "author", "session", "agent", "supersedes",
+          "superseded_by", "tags", "log", *SIGNED_EXTRA_FIELDS)
+
+scalars = st.one_of(
+    st.tuples(st.just(ScalarType.Str), st.text(max_size=8)),
+    st.tuples(st.just(ScalarType.Int), st.integers(-5, 5)),
+    st.tuples(st.just(ScalarType.F64), st.floats(allow_nan=False, allow_infinity=False)),
+    st.tuples(st.just(ScalarType.Boolean), st.booleans()),
+)
+# a field: a scalar, a list (of scalars, or holding a map), a map of scalars, a Text
+values = st.one_of(
+    st.tuples(st.just("scalar"), scalars),
+    st.tuples(st.just("list"), st.lists(scalars, max_size=3)),
+    st.tuples(st.just("list_with_map"), st.lists(scalars, max_size=2)),
+    st.tuples(st.just("map"), st.dictionaries(st.text(min_size=1, max_size=4), scalars,
+                                               max_size=3)),
+    st.tuples(st.just("text"), st.none()),
+)
+
+
+def _write(tx: Any, obj: Any, key: str, shape: str, value: Any) -> None:
+    if shape == "scalar":
+        tx.put(obj, key, *value)
+    elif shape in ("list", "list_with_map"):
+        lst = tx.put_object(obj, key, ObjType.List)
+        for i, item in enumerate(value):
+            tx.insert(lst, i, *item)
+        if shape == "list_with_map":
+            rec = tx.insert_object(lst, len(value), ObjType.Map)
+            tx.put(rec, "at", ScalarType.Str, "2026-12-04T00:00:00Z")
+    elif shape == "map":
+        m = tx.put_object(obj, key, ObjType.Map)
+        for k, v in value.items():
+            tx.put(m, k, *v)
+    else:  # an (empty) Text object: the binding's transactions have no splice
+        tx.put_object(obj, key, ObjType.Text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), values, max_size=8), st.booleans())
+def test_fast_read_of_an_entry_equals_extract(fields: dict[str, Any], stamps: bool) -> None:
+    doc = Document()
+    with doc.transaction() as tx:
+        entry = tx.put_object(ROOT, "note-202612-AAAAAAAAAA", ObjType.Map)
+        for key, (shape, value) in fields.items():
+            _write(tx, entry, key, shape, value)
+    obj = doc.get(ROOT, "note-202612-AAAAAAAAAA")[1]
+    raw = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
+    log_obj = raw.get("log")
+    edits = doc.length(log_obj[1]) if log_obj is not None and log_obj[0] == ObjType.List else 0
+    fast = _entry_fields(doc, raw, edits, stamps=stamps)
+    if fast is None:
+        return  # gave up: extract reads it
+    slow = extract(doc, obj)
+    try:
+        expected = _public("x", slow)
+    except Exception:  # an odd shape _public cannot read either way
+        return
+    assert _public("x", fast) == expected
