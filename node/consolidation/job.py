@@ -141,7 +141,9 @@ class Consolidator:
         """One pass over the Memory index, a slice per event-loop turn (a scan of 10,000
         rows in one go would stall sync and the API for hundreds of ms): the entries to
         consolidate, oldest first (§12.2.1), and the current facts to show, newest first."""
-        self.memory.flush_index()
+        # a shard at a time: a live write's shard, indexed whole, is tens of ms (issue 14)
+        while self.memory.flush_index(limit=1):
+            await asyncio.sleep(0)
         env, db = self.memory._env, self.memory._index_db
         rows: list[dict[str, Any]] = []
         after = b""
@@ -162,10 +164,10 @@ class Consolidator:
             if not more:
                 break
             await asyncio.sleep(0)
-        return self._select(rows)
+        return await self._select(rows)
 
-    def _select(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
-                                                          list[dict[str, Any]]]:
+    async def _select(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                                list[dict[str, Any]]]:
         authors = {self.me, *self.config.authors}
         cited: dict[str, str] = {}
         facts = []
@@ -181,19 +183,23 @@ class Consolidator:
                 if isinstance(src, str):
                     cited.setdefault(src, fact.get("author", ""))
         out = []
-        with self._env.begin(db=self._kv) as txn:
-            for row in rows:
-                if row.get("kind") not in SOURCE_KINDS or row.get("superseded_by"):
-                    continue
-                if row.get("author") not in authors or txn.get(SEEN + row["id"].encode()):
-                    continue
-                if row["id"] in cited:
-                    if cited[row["id"]] != self.me:
-                        log.warning("consolidation: %s is cited by a fact of %s already; "
-                                    "skipped (overlapping [consolidation] authors?)",
-                                    row["id"], cited[row["id"]])
-                    continue
-                out.append({k: v for k, v in row.items() if k != "doc"})
+        for start in range(0, len(rows), SCAN_SLICE):  # a slice per event-loop turn
+            if start:
+                await asyncio.sleep(0)
+            with self._env.begin(db=self._kv) as txn:
+                for row in rows[start:start + SCAN_SLICE]:
+                    if row.get("kind") not in SOURCE_KINDS or row.get("superseded_by"):
+                        continue
+                    if row.get("author") not in authors or txn.get(
+                            SEEN + row["id"].encode()):
+                        continue
+                    if row["id"] in cited:
+                        if cited[row["id"]] != self.me:
+                            log.warning("consolidation: %s is cited by a fact of %s already; "
+                                        "skipped (overlapping [consolidation] authors?)",
+                                        row["id"], cited[row["id"]])
+                        continue
+                    out.append({k: v for k, v in row.items() if k != "doc"})
         out.sort(key=lambda r: (r.get("created_at", ""), r["id"]))
         facts.sort(key=lambda r: r.get("created_at", ""), reverse=True)
         return out, [{k: v for k, v in f.items() if k != "doc"}
