@@ -48,12 +48,12 @@ EvictHook = Callable[[str, Document], None]
 #: its sender after each frame), so a shard is not loaded again to answer it; a shard of 2,500
 #: entries holds about 16 MB in Automerge (SPEC-005 §7.7).
 MAX_REMOTE_LOADED = 1
-#: Stored bytes (change log and snapshot) of the documents kept in memory for a peer's live
-#: traffic (messages that add less than the document held), least recently applied to out first. A
-#: document in memory holds about 11x its stored bytes (measured: 2.9 MB stored, 32 MB
-#: loaded), so this is about 90 MB at most, gone once idle. Without it every live write from a
-#: peer to a shard not resident paid a load and a re-index (21 + 13 ms for 1,250 entries):
-#: live propagation p50 went from 8.7 to 27.7 ms (issue 14).
+#: Bytes of changes (as accepted, before any compaction) of the documents kept in memory for a
+#: peer's live traffic (messages that add less than the document held), least recently
+#: applied to out first. A document in memory holds about 11x those bytes (measured: 2.9 MB of
+#: changes, 32 MB loaded), so this is about 90 MB at most, gone once idle. Without it every
+#: live write from a peer to a shard not resident paid a load and a re-index (21 + 13 ms for
+#: 1,250 entries): live propagation p50 went from 8.7 to 27.7 ms (issue 14).
 MAX_LIVE_BYTES = 8 << 20
 #: Bytes of peers' changes applied between two hand-backs of freed memory to the system
 #: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
@@ -130,8 +130,8 @@ class DocHandle:
         self.doc = doc
         self.meta = meta
         self.last_used = time.monotonic()
-        # stored bytes it was loaded from plus those applied or written since: what the
-        # remote bounds weigh it by (SPEC-005 §7.7)
+        # bytes of its changes as accepted when it loaded, plus those applied or written
+        # since: what the live bound weighs it by (SPEC-005 §7.7)
         self.size = size
 
 
@@ -313,7 +313,10 @@ class Repo:
         data = snapshot + b"".join(chunks)
         doc = Document.load(data) if data else Document(actor_id=self.actor)
         doc.set_actor(self.actor)
-        return DocHandle(doc_id, doc, self.store.doc_meta(doc_id), len(data))
+        # weighed by its changes' bytes as accepted: a compacted snapshot is about 7x smaller
+        # than the log it folds, the memory it loads into is not (SPEC-005 §7.7)
+        size = max(len(data), self.store.doc_bytes(doc_id)) if data else 0
+        return DocHandle(doc_id, doc, self.store.doc_meta(doc_id), size)
 
     def is_loaded(self, doc_id: str) -> bool:
         return doc_id in self._loaded

@@ -475,6 +475,21 @@ class Store:
                     out[bytes(k[len(prefix):])] = _actor_seq(v)
         return out
 
+    def doc_bytes(self, doc_id: str) -> int:
+        """Bytes of every change held in ``doc_id`` as accepted, compacted or not: what a
+        loaded document's memory follows (a compacted snapshot is several times smaller)."""
+        env, db = self._db(doc_id, b"actors")
+        prefix = _key(doc_id)
+        total = 0
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    total += _actor_size(v)
+        return total
+
     def bytes_by_key(self) -> dict[bytes, int]:
         """Bytes of changes held per device key (the first 32 bytes of each actor), over every
         document: who fills this node's disk (``maia status``, issue 18.5)."""

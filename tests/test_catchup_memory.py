@@ -361,3 +361,22 @@ def test_a_shard_peers_keep_changing_is_indexed_in_slices(tmp_path: Path, monkey
     finally:
         a.close()
         b.close()
+
+
+def test_a_compacted_shard_weighs_what_its_changes_weigh(tmp_path: Path) -> None:
+    """SPEC-005 §7.7: the live bound weighs a document by its changes' bytes as accepted. A
+    compacted snapshot is several times smaller than the memory it loads into, so weighing by
+    what was read let about 7x more shards stay loaded than the bound means."""
+    a = Device.found(tmp_path, "a")
+    try:
+        Memory(a.repo).add_many(_items(300))
+        shard = next(iter(a.store.doc_ids("memory")))
+        a.repo.compact_after = 1
+        assert a.repo.compact(shard)
+        a.repo.evict(shard)
+        snapshot, chunks = a.store.load_doc(shard)
+        assert snapshot and not chunks
+        handle = a.repo.open(shard)
+        assert handle.size == a.store.doc_bytes(shard) > 2 * len(snapshot)
+    finally:
+        a.close()
