@@ -62,6 +62,9 @@ class ChangeInfo:
     seq: int
     deps: tuple[bytes, ...]
     chunk: bytes
+    # bytes of the change once inflated (0: not read, the chunk is stored uncompressed): what
+    # a document's memory follows, a compressed chunk being several times smaller
+    size: int = 0
 
 
 def inflate_change(chunk: bytes) -> bytes:
@@ -115,7 +118,8 @@ def parse_change(chunk: bytes) -> ChangeInfo:
         raise ChunkError("truncated actor id")
     pos += alen
     seq, pos = read_uleb(body, pos)
-    return ChangeInfo(hash=digest, actor=actor, seq=seq, deps=tuple(deps), chunk=bytes(chunk))
+    return ChangeInfo(hash=digest, actor=actor, seq=seq, deps=tuple(deps), chunk=bytes(chunk),
+                      size=len(body))
 
 
 @dataclass(slots=True)

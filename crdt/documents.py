@@ -55,6 +55,10 @@ MAX_REMOTE_LOADED = 1
 #: live write from a peer to a shard not resident paid a load and a re-index (21 + 13 ms for
 #: 1,250 entries): live propagation p50 went from 8.7 to 27.7 ms (issue 14).
 MAX_LIVE_BYTES = 8 << 20
+#: ...and at most this many of them: bytes do not bound memory for a member who signs dense
+#: changes (a compressed or run-length encoded change of many operations), so the live class
+#: holds at most 16 such documents where the single bound held one.
+MAX_LIVE_DOCS = 16
 #: Bytes of peers' changes applied between two hand-backs of freed memory to the system
 #: (``Repo.on_release``): a catch-up's heap and the store pages it read stay bounded while it
 #: runs, not only once the node goes idle (SPEC-005 §7.7).
@@ -384,7 +388,8 @@ class Repo:
     def _evict_remote(self, current: str | None, bulk_keep: int | None) -> None:
         """Evict remote documents over the bounds, least recently applied to first, never
         ``current``: documents in a bulk transfer over ``max_remote_loaded`` (or
-        ``bulk_keep``), those kept for live traffic over ``max_live_bytes`` stored bytes."""
+        ``bulk_keep``), those kept for live traffic over ``max_live_bytes`` bytes of changes
+        or ``MAX_LIVE_DOCS`` documents."""
         bulk_keep = self.max_remote_loaded if bulk_keep is None else bulk_keep
         bulk = [d for d, b in self._remote.items() if b is not False]
         live = [d for d, b in self._remote.items() if b is False]
@@ -398,12 +403,14 @@ class Repo:
                 evicted = True
                 excess -= 1
         live_bytes = sum(self._loaded[d].size for d in live if d in self._loaded)
+        live_docs = len(live)
         for doc_id in live:
-            if live_bytes <= self.max_live_bytes:
+            if live_bytes <= self.max_live_bytes and live_docs <= MAX_LIVE_DOCS:
                 break
             if doc_id != current:
                 handle = self._loaded.get(doc_id)
                 live_bytes -= handle.size if handle is not None else 0
+                live_docs -= 1
                 self._unload(doc_id)
                 evicted = True
         if evicted and self.on_release is not None and (
@@ -649,7 +656,7 @@ class Repo:
         if not verified.changes:
             self._evict_remote_over_limit(doc_id)
             return
-        applied = sum(len(c.chunk) for c in verified.changes)
+        applied = sum(c.size or len(c.chunk) for c in verified.changes)
         self._applied_since_release += applied
         handle.size += applied
         try:

@@ -315,6 +315,30 @@ def test_shards_of_live_writes_stay_resident_within_the_live_byte_bound(
             live_round(n)
         assert loads, "four shards over a bound of two took turns"
         assert most <= b.repo.max_live_bytes, (most, b.repo.max_live_bytes)
+
+        # and at most MAX_LIVE_DOCS of them, whatever their bytes: a member's dense changes
+        # (many operations in few bytes) must not fill memory under a byte bound
+        b.repo.max_live_bytes = 1 << 40
+        documents.MAX_LIVE_DOCS, kept = 2, documents.MAX_LIVE_DOCS
+        try:
+            loads.clear()
+            most_docs = 0
+
+            def counting_docs(doc_id: str):
+                nonlocal most_docs
+                handle = real_load(doc_id)
+                live = [d for d, bulk in b.repo._remote.items() if not bulk and d != doc_id]
+                most_docs = max(most_docs, len(live))
+                loads.append(doc_id)
+                return handle
+
+            b.repo._load = counting_docs
+            for n in range(8, 12):
+                live_round(n)
+            assert loads, "four shards over a bound of two documents took turns"
+            assert most_docs <= 2, most_docs
+        finally:
+            documents.MAX_LIVE_DOCS = kept
     finally:
         a.close()
         b.close()
@@ -380,3 +404,20 @@ def test_a_compacted_shard_weighs_what_its_changes_weigh(tmp_path: Path) -> None
         assert handle.size == a.store.doc_bytes(shard) > 2 * len(snapshot)
     finally:
         a.close()
+
+
+def test_a_compressed_change_weighs_its_inflated_bytes() -> None:
+    """SPEC-005 §7.7: a peer may send its changes deflated; the live bound weighs what they
+    inflate to, which is what the document holds in memory."""
+    from automerge.core import ROOT, Document, ScalarType
+
+    from crdt.chunks import parse_change
+
+    doc = Document()
+    with doc.transaction() as tx:
+        tx.put(ROOT, "text", ScalarType.Str, "walnut " * 4000)
+    change = doc.get_changes([])[0]
+    compressed, raw = bytes(change.bytes), bytes(change.raw_bytes)
+    assert len(compressed) * 10 < len(raw)  # deflated on the wire
+    info = parse_change(compressed)
+    assert info.size >= len(raw) - 16 and info.hash == parse_change(raw).hash
