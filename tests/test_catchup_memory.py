@@ -382,6 +382,23 @@ def test_a_shard_peers_keep_changing_is_indexed_in_slices(tmp_path: Path, monkey
         assert entries.REMOTE_INDEX_BACKLOG <= rows < writes + 1, rows
         theirs.flush_index()
         assert indexed_rows() == writes + 1
+
+        # a large shard is compared less often: every quarter of its changes at least, so a
+        # member who grows a shard without end cannot make each batch of changes re-read it
+        mine.add_many([{"id": fact_id_in_bucket(0), "text": f"bulk {i}", "kind": "fact"}
+                       for i in range(400)])
+        while _deliver(sa, sb, b, shard) + _deliver(sb, sa, a, shard):
+            pass
+        theirs.flush_index()
+        held = b.store.doc_meta(shard).changes
+        assert held // 4 > entries.REMOTE_INDEX_BACKLOG + 20
+        before = indexed_rows()
+        for i in range(entries.REMOTE_INDEX_BACKLOG + 20):
+            mine.add_many([{"id": fact_id_in_bucket(0), "text": f"late {i}", "kind": "fact"}])
+            while _deliver(sa, sb, b, shard) + _deliver(sb, sa, a, shard):
+                pass
+        assert b.repo.is_loaded(shard)
+        assert indexed_rows() == before, "a large shard was compared every backlog"
     finally:
         a.close()
         b.close()

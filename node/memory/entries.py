@@ -43,10 +43,11 @@ UNREAD_TOMBSTONES = b"unread-tombstones:"  # kv: shards whose deleted entries no
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 #: Index rows of local writes held before they are written in one Runtime transaction.
 PENDING_ROWS = 5000
-#: A shard in memory that peers' changes keep changing is indexed once this many changes came
-#: since it was last indexed, without waiting for it to go quiet or leave memory: the work
-#: comes in slices of about this size on the event loop. Waiting made it one piece per shard
-#: (1,000 new facts: 150 ms during a consolidation run, issue 14).
+#: A shard in memory that peers' changes keep changing is indexed once this many changes (or a
+#: quarter of the shard's, if more) came since it was last indexed, without waiting for it to
+#: go quiet or leave memory: the work comes in slices of about this size on the event loop.
+#: Waiting made it one piece per shard (1,000 new facts: 150 ms during a consolidation run,
+#: issue 14).
 REMOTE_INDEX_BACKLOG = 1000
 
 
@@ -195,7 +196,10 @@ class Memory:
         if meta is None:
             return
         since = self._indexed_changes.setdefault(doc_id, meta.changes)
-        if meta.changes - since >= REMOTE_INDEX_BACKLOG:
+        # a quarter of the shard at least: each pass compares every entry, so a member who
+        # grows a shard to a million entries makes it no more often than every 250,000
+        # changes (amortized, a few entries compared per change)
+        if meta.changes - since >= max(REMOTE_INDEX_BACKLOG, meta.changes // 4):
             self._index_before_evict(doc_id, self.repo.open(doc_id).doc)
 
     def _index_before_evict(self, doc_id: str, doc: Any) -> None:
