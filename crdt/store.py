@@ -461,34 +461,28 @@ class Store:
         wanted = set(actors)
         return {a: seq for a, seq in self.doc_actors(doc_id).items() if a in wanted}
 
-    def doc_actors(self, doc_id: str) -> dict[bytes, int]:
-        """Every actor with changes held in ``doc_id`` and its highest seq."""
+    def _actor_rows(self, doc_id: str) -> list[tuple[bytes, bytes]]:
+        """(actor, ``actors`` row) of every actor with changes held in ``doc_id``."""
         env, db = self._db(doc_id, b"actors")
         prefix = _key(doc_id)
-        out = {}
+        out = []
         with env.begin(db=db) as txn:
             cur = txn.cursor()
             if cur.set_range(prefix):
                 for k, v in cur:
                     if not k.startswith(prefix):
                         break
-                    out[bytes(k[len(prefix):])] = _actor_seq(v)
+                    out.append((bytes(k[len(prefix):]), bytes(v)))
         return out
+
+    def doc_actors(self, doc_id: str) -> dict[bytes, int]:
+        """Every actor with changes held in ``doc_id`` and its highest seq."""
+        return {actor: _actor_seq(row) for actor, row in self._actor_rows(doc_id)}
 
     def doc_bytes(self, doc_id: str) -> int:
         """Bytes of every change held in ``doc_id`` as accepted, compacted or not: what a
         loaded document's memory follows (a compacted snapshot is several times smaller)."""
-        env, db = self._db(doc_id, b"actors")
-        prefix = _key(doc_id)
-        total = 0
-        with env.begin(db=db) as txn:
-            cur = txn.cursor()
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    total += _actor_size(v)
-        return total
+        return sum(_actor_size(row) for _, row in self._actor_rows(doc_id))
 
     def bytes_by_key(self) -> dict[bytes, int]:
         """Bytes of changes held per device key (the first 32 bytes of each actor), over every
