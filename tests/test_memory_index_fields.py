@@ -72,3 +72,32 @@ def test_fast_read_of_an_entry_equals_extract(fields: dict[str, Any], stamps: bo
     except Exception:  # an odd shape _public cannot read either way
         return
     assert _public("x", fast) == expected
+
+
+def test_a_member_s_timestamp_field_does_not_hide_the_shard(tmp_path) -> None:
+    """A member signs an entry whose field is an Automerge Timestamp (read back as a
+    ``datetime``, which msgpack cannot write): before, indexing the shard failed on every
+    pass, and every honest entry beside it stayed missing from listings."""
+    from datetime import UTC, datetime
+
+    from node.memory import Memory, shard_of
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path, "a")
+    try:
+        memory = Memory(a.repo)
+        honest = memory.add_many([{"text": f"heron {i}", "kind": "note"} for i in range(40)])
+        target = honest[0]["id"]
+
+        def odd(tx: Any) -> None:
+            obj = tx.get(ROOT, target)[1]
+            tx.put(obj, "session", ScalarType.Timestamp, datetime(2026, 12, 4, tzinfo=UTC))
+            log_list = tx.get(obj, "log")[1]
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "op", ScalarType.Str, "odd")
+
+        a.repo.change(shard_of(target), odd)
+        listed = {e["id"] for e in memory.list(query="heron", limit=100)}
+        assert listed == {e["id"] for e in honest}
+    finally:
+        a.close()

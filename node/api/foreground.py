@@ -10,6 +10,7 @@ a moment while someone else's request is being answered.
 from __future__ import annotations
 
 import asyncio
+import time
 
 #: Longest a job waits for requests at one step: a steady stream of requests slows a job,
 #: it never stops it.
@@ -28,8 +29,9 @@ class Foreground:
     async def yield_to_requests(self, own: int = 0, most: float = MAX_YIELD) -> float:
         """Wait while more than ``own`` requests (the caller's own, if it runs inside one)
         are in flight, at most ``most`` seconds; returns how long it waited."""
+        start = time.monotonic()
         waited = 0.0
         while self.in_flight > own and waited < most:
             await asyncio.sleep(_POLL)
-            waited += _POLL
+            waited = time.monotonic() - start  # real time: a busy loop wakes late
         return waited

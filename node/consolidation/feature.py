@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..api import IN_FLIGHT_KEY
 from ..features import FeatureBase, cancel_and_wait
 from .config import load_consolidation_config
 from .job import Busy, Consolidator
@@ -49,7 +48,9 @@ class ConsolidationFeature(FeatureBase):
     def configure_app(self, app: web.Application) -> None:
         assert self.job is not None
         app[CONSOLIDATOR_KEY] = self.job
-        self.job.foreground = app[IN_FLIGHT_KEY]  # a run yields to requests (SPEC-003 §7.5a)
+        # a run yields to the local API's requests (SPEC-003 §7.5a): set by the node when it
+        # built that app, before this is called for it (and again for the peer listener's)
+        self.job.foreground = getattr(self.node, "foreground", None)
 
     async def start(self) -> None:
         if self.job is not None and self.job.config.enabled and self.job.router is not None:

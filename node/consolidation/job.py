@@ -141,8 +141,12 @@ class Consolidator:
         """One pass over the Memory index, a slice per event-loop turn (a scan of 10,000
         rows in one go would stall sync and the API for hundreds of ms): the entries to
         consolidate, oldest first (§12.2.1), and the current facts to show, newest first."""
-        # a shard at a time: a live write's shard, indexed whole, is tens of ms (issue 14)
-        while self.memory.flush_index(limit=1):
+        # a shard at a time: a live write's shard, indexed whole, is tens of ms (issue 14);
+        # only as many as were due when the scan began, or a member whose changes keep some
+        # shard dirty between two turns would hold the scan (and the run's lock) for ever
+        for _ in range(self.memory.dirty_shards()):
+            if not self.memory.flush_index(limit=1):
+                break
             await asyncio.sleep(0)
         env, db = self.memory._env, self.memory._index_db
         rows: list[dict[str, Any]] = []

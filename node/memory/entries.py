@@ -154,9 +154,9 @@ class Memory:
         self.repo = repo
         # shard -> when it last changed; upkeep waits for a shard to go quiet before indexing
         self._dirty: dict[str, float] = {}
-        # change count of each shard when it was last indexed (or first changed by a peer
-        # since this process started): REMOTE_INDEX_BACKLOG
-        self._indexed_changes: dict[str, int] = {}
+        # change count and entries of each shard when it was last indexed (or first changed
+        # by a peer since this process started, entries then unknown): REMOTE_INDEX_BACKLOG
+        self._indexed_changes: dict[str, tuple[int, int]] = {}
         self._last_flush = 0.0
         env, self._index_db = repo.store.runtime_db("entries")
         self._env = env
@@ -195,11 +195,11 @@ class Memory:
         meta = self.repo.store.doc_meta(doc_id)
         if meta is None:
             return
-        since = self._indexed_changes.setdefault(doc_id, meta.changes)
-        # a quarter of the shard at least: each pass compares every entry, so a member who
-        # grows a shard to a million entries makes it no more often than every 250,000
-        # changes (amortized, a few entries compared per change)
-        if meta.changes - since >= max(REMOTE_INDEX_BACKLOG, meta.changes // 4):
+        since, entries = self._indexed_changes.setdefault(doc_id, (meta.changes, 0))
+        # a quarter of the shard at least, in changes or in entries (a member can sign many
+        # entries in one change): each pass compares every entry, so a shard of a million
+        # entries is compared no more often than every 250,000 changes
+        if meta.changes - since >= max(REMOTE_INDEX_BACKLOG, max(meta.changes, entries) // 4):
             self._index_before_evict(doc_id, self.repo.open(doc_id).doc)
 
     def _index_before_evict(self, doc_id: str, doc: Any) -> None:
@@ -216,6 +216,10 @@ class Memory:
         except lmdb.Error as exc:
             log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
             self._dirty[doc_id] = at
+
+    def dirty_shards(self) -> int:
+        """How many shards the index has yet to bring up to date."""
+        return len(self._dirty) + len(self._pending)
 
     def will_scan(self, doc_id: str) -> bool:
         """Whether the index upkeep reads ``doc_id`` whole at its next pass or eviction (and
@@ -386,7 +390,7 @@ class Memory:
                     db=self._kv)
             meta = self.repo.store.doc_meta(doc_id)
             if meta is not None:
-                self._indexed_changes[doc_id] = meta.changes
+                self._indexed_changes[doc_id] = (meta.changes, len(present) + deleted)
             # deleted entries no tombstone reader saw (``maia`` offline has none): the node
             # shows them to its readers at start (``revisit_unread_tombstones``)
             unread = UNREAD_TOMBSTONES + doc_id.encode()
@@ -865,7 +869,16 @@ def _row_key(doc_id: str, entry_id: str) -> bytes:
 def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
     row = _public(entry_id, e)
     row["doc"] = doc_id
-    return msgpack.packb(row, use_bin_type=True)
+    return msgpack.packb(row, use_bin_type=True, default=_as_text)
+
+
+def _as_text(value: Any) -> Any:
+    """A value msgpack cannot write, as text: a member can sign a field as an Automerge
+    Timestamp (read back as a ``datetime``) or a counter, and its row must not fail the whole
+    shard's indexing on every pass, hiding every honest entry beside it."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
 
 
 _STR, _BOOL, _MAP, _LIST = ScalarType.Str, ScalarType.Boolean, ObjType.Map, ObjType.List
