@@ -31,8 +31,7 @@ from crdt import (
 from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token
 from .api.core import listener_routes
-from .api.foreground import Foreground
-from .api.middleware import IN_FLIGHT_KEY, HostPolicy, Limits
+from .api.middleware import HostPolicy, Limits
 from .config import NodeConfig, Paths
 from .datadir import DataDirLock
 from .features import Feature, load_features, local_api_tables
@@ -60,8 +59,6 @@ class Node:
         self.started_at = 0.0
         self.port = 0
         self._runner: web.AppRunner | None = None
-        # the local API's requests in flight, once it is built (SPEC-003 §7.5a)
-        self.foreground: Foreground | None = None
         self._peer_runner: web.AppRunner | None = None
         self.peer_port = 0
         self._tasks: list[asyncio.Task] = []
@@ -120,9 +117,6 @@ class Node:
             authenticators=[a for f in self.features for a in f.authenticators()],
             host_policy=api_host_policy(self.config, host),
         )
-        # the local API's requests in flight: what background work yields to (SPEC-003
-        # §7.5a); not the peer listener's, whose app the features configure after this one
-        self.foreground = app[IN_FLIGHT_KEY]
         for feature in self.features:
             feature.configure_app(app)
         app.on_response_prepare.append(self._say_if_revoked)

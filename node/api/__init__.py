@@ -8,30 +8,19 @@ from .auth import (
     TokenFileError,
     load_or_create_token,
 )
-from .foreground import Foreground
-from .middleware import (
-    BODY_KEY,
-    IN_FLIGHT_KEY,
-    MIDDLEWARES,
-    PRINCIPAL_KEY,
-    QUERY_KEY,
-    HostPolicy,
-    Limits,
-)
+from .middleware import BODY_KEY, MIDDLEWARES, PRINCIPAL_KEY, QUERY_KEY, HostPolicy, Limits
 from .problem import PROBLEM_CONTENT_TYPE, Problem
 from .routes import RouteSpec, RouteTable, route_spec, route_specs
 from .services import SERVICES_KEY, NodeServices
 
 __all__ = [
     "BODY_KEY",
-    "IN_FLIGHT_KEY",
     "MIDDLEWARES",
     "PRINCIPAL_KEY",
     "PROBLEM_CONTENT_TYPE",
     "QUERY_KEY",
     "SERVICES_KEY",
     "Authenticator",
-    "Foreground",
     "HostPolicy",
     "Limits",
     "LocalTokenAuthenticator",

@@ -19,7 +19,6 @@ from aiohttp.web_protocol import RequestHandler
 
 from .auth import Authenticator, LocalTokenAuthenticator
 from .core import core_routes
-from .foreground import Foreground
 from .middleware import (
     AUTHENTICATORS_KEY,
     HOST_POLICY_KEY,
@@ -62,7 +61,7 @@ def build_app(
     app[SERVICES_KEY] = services
     app[LIMITS_KEY] = limits
     app[HOST_POLICY_KEY] = host_policy or HostPolicy()
-    app[IN_FLIGHT_KEY] = Foreground()
+    app[IN_FLIGHT_KEY] = [0]
     app[AUTHENTICATORS_KEY] = (LocalTokenAuthenticator(token), *authenticators)
     app[RATE_LIMITER_KEY] = RateLimiter(
         limits.rate_per_second, limits.rate_burst, max_clients=limits.rate_max_clients

@@ -33,7 +33,6 @@ from jsonschema import Draft202012Validator
 from crdt import DeviceRevoked, SchemaTooNew, StorageFull
 
 from .auth import Authenticator
-from .foreground import Foreground
 from .problem import (
     TYPE_FORBIDDEN_HOST,
     TYPE_FORBIDDEN_ORIGIN,
@@ -105,7 +104,7 @@ class Limits:
 
 
 LIMITS_KEY: web.AppKey[Limits] = web.AppKey("maia_limits", Limits)
-IN_FLIGHT_KEY: web.AppKey[Foreground] = web.AppKey("maia_in_flight", Foreground)
+IN_FLIGHT_KEY: web.AppKey[list[int]] = web.AppKey("maia_in_flight", list)
 AUTHENTICATORS_KEY: web.AppKey[tuple[Authenticator, ...]] = web.AppKey(
     "maia_authenticators", tuple
 )
@@ -276,11 +275,11 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     spec = route_spec(request)
     if spec is not None and spec.streaming:
         return await handler(request)
-    foreground = request.app[IN_FLIGHT_KEY]
-    if foreground.in_flight >= limits.max_in_flight:  # SPEC-003 §7.5: shed load, do not queue it
+    in_flight = request.app[IN_FLIGHT_KEY]
+    if in_flight[0] >= limits.max_in_flight:  # SPEC-003 §7.5: shed load, do not queue it
         raise Problem(503, "Overloaded", f"more than {limits.max_in_flight} requests at once",
                       type=TYPE_OVERLOADED, headers={"Retry-After": "1"})
-    foreground.in_flight += 1
+    in_flight[0] += 1
     deadline = asyncio.timeout(limits.handler_timeout)
     try:
         async with deadline:
@@ -301,7 +300,7 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
             type=TYPE_TIMEOUT,
         ) from None
     finally:
-        foreground.in_flight -= 1
+        in_flight[0] -= 1
 
 
 # --- 3. authentication ------------------------------------------------------

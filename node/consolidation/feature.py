@@ -48,9 +48,6 @@ class ConsolidationFeature(FeatureBase):
     def configure_app(self, app: web.Application) -> None:
         assert self.job is not None
         app[CONSOLIDATOR_KEY] = self.job
-        # a run yields to the local API's requests (SPEC-003 §7.5a): set by the node when it
-        # built that app, before this is called for it (and again for the peer listener's)
-        self.job.foreground = getattr(self.node, "foreground", None)
 
     async def start(self) -> None:
         if self.job is not None and self.job.config.enabled and self.job.router is not None:

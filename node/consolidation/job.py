@@ -29,7 +29,6 @@ from typing import Any
 import lmdb
 import msgpack
 
-from ..api.foreground import Foreground
 from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
 from ..memory.ids import _B32, BUCKETS
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
@@ -120,9 +119,6 @@ class Consolidator:
         self.me = memory.repo.key.device_id
         self._env, self._kv = memory.repo.store.runtime_db("kv")
         self._lock = asyncio.Lock()
-        # the API's requests in flight: a run yields to them between its batches (SPEC-003
-        # §7.5a); none when the node serves no API (``maia`` offline, tests)
-        self.foreground: Foreground | None = None
         # rejections are signed tombstones; their Runtime cache is filled by the index upkeep
         self.rejections = Rejections(memory.repo.store)
         memory.tombstone_readers.append(self.rejections.note_tombstones)
@@ -214,9 +210,7 @@ class Consolidator:
         return asyncio.run(self.scan())[0]
 
     # -- one run ---------------------------------------------------------------------------------
-    async def run(self, *, dry_run: bool = False, in_request: bool = False) -> RunReport:
-        """Consolidate the entries not yet seen. ``in_request``: the run answers an API
-        request, which counts among those in flight but is not one to yield to."""
+    async def run(self, *, dry_run: bool = False) -> RunReport:
         if not self.config.enabled:
             raise RuntimeError("consolidation is not configured ([consolidation] cortex)")
         if self._lock.locked():
@@ -242,8 +236,6 @@ class Consolidator:
                         if len(self._unmarked) >= MARK_EVERY:
                             self._mark_seen()
                     await asyncio.sleep(0)  # sync and the API go on between batches
-                    if self.foreground is not None:
-                        await self.foreground.yield_to_requests(own=int(in_request))
                 self._write(group, report)
             finally:
                 self._mark_seen()  # the groups written, also when the run stops part-way

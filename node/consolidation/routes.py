@@ -56,7 +56,7 @@ async def run_consolidation(request: web.Request) -> web.Response:
     """Consolidate new entries into facts now (or show what it would write, with dry_run)."""
     job = _consolidator(request)
     try:
-        report = await job.run(dry_run=bool(request[BODY_KEY].get("dry_run")), in_request=True)
+        report = await job.run(dry_run=bool(request[BODY_KEY].get("dry_run")))
     except Busy as exc:
         raise Problem(409, "Consolidation is running", str(exc),
                       type="https://maia-node.dev/problems/consolidation-busy") from None
