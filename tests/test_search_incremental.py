@@ -302,3 +302,43 @@ def test_a_consolidation_group_is_read_by_its_entries(tmp_path: Path) -> None:
     finally:
         index.close()
         a.close()
+
+
+def test_memory_s_slice_of_a_peer_s_shard_is_read_once(tmp_path: Path, monkeypatch) -> None:
+    """SPEC-001 §7.5, SPEC-005 §7.7: when Memory indexes a slice of a shard peers keep
+    changing (it hears of the change first), the search index takes Memory's reads and does
+    not mark the shard to read again itself (before, it heard of the change after the scan
+    and read the whole shard once more)."""
+    from crdt.sync import PeerSync
+    from node.consolidation.job import fact_id_in_bucket
+    from node.memory import entries
+    from tests.trust_helpers import _deliver
+
+    monkeypatch.setattr(entries, "REMOTE_INDEX_BACKLOG", 30)
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    mine, theirs = Memory(a.repo), Memory(b.repo)
+    index = SearchIndex(tmp_path / "search", b.repo, None, theirs)  # after Memory, as in a node
+    try:
+        first = mine.add_many([{"id": fact_id_in_bucket(0), "text": "start", "kind": "fact"}])
+        shard = shard_of(first[0]["id"])
+        pump(a, b)
+        theirs.flush_index()
+        index.flush()
+        sa, sb = PeerSync(a.repo, b.key.public_key), PeerSync(b.repo, a.key.public_key)
+        sliced = False
+        for i in range(80):
+            mine.add_many([{"id": fact_id_in_bucket(0), "text": f"egret {i}", "kind": "fact"}])
+            while _deliver(sa, sb, b, shard) + _deliver(sb, sa, a, shard):
+                pass
+            if shard not in theirs._dirty:  # Memory indexed a slice just now
+                sliced = True
+                break
+        assert sliced
+        assert shard not in index._dirty
+        assert index._heads.get(shard) == sorted(b.repo.heads(shard))
+        assert len(index.search("egret", mode="text", limit=200)["entries"]) == i + 1
+    finally:
+        index.close()
+        a.close()
+        b.close()

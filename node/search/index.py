@@ -322,6 +322,8 @@ class SearchIndex:
             # A local write is indexed at the next pass; a synced shard once it is quiet. A
             # write through Memory then names its entries (entries_written), which clears
             # this mark when it can: only those entries are read, not the whole shard.
+            if not local and self._heads.get(doc_id) == sorted(self.repo.heads(doc_id)):
+                return  # indexed at these heads already: Memory's scan came first
             self._dirty[doc_id] = 0.0 if local else time.monotonic()
 
     def entries_written(self, doc_id: str, entry_ids: Iterable[str],
@@ -354,8 +356,9 @@ class SearchIndex:
         together). A catch-up's shards were read through the binding once per index; the
         second read was 40% of the receiver's CPU (issue 17)."""
         if not doc_id.startswith("memory/") or (
-                doc_id not in self._dirty and doc_id not in self._touched):
-            return
+                doc_id not in self._dirty and doc_id not in self._touched
+                and self._heads.get(doc_id) == scan.heads):
+            return  # nothing new here (a scan can come before this index hears of a change)
         at = self._dirty.pop(doc_id, None)
         held = self._touched.pop(doc_id, None)
         try:
