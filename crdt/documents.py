@@ -41,12 +41,12 @@ ChangeListener = Callable[[str, bool], None]
 #: ``hook(doc_id, doc)`` runs just before a document leaves memory (see Repo.before_evict).
 EvictHook = Callable[[str, Document], None]
 #: Documents in a peer's bulk transfer (a catch-up: a message brings at least as many changes
-#: as the document held) that stay in memory at once, the one being loaded included: a catch-up of a
-#: large store loads, applies and evicts its shards in turn instead of holding all of them
-#: (issue 17: a 100k catch-up peaked near 10x the idle memory). One, since the answer to a
-#: shard's message is generated before the next message is read (node/mesh/peers.py yields to
-#: its sender after each frame), so a shard is not loaded again to answer it; a shard of 2,500
-#: entries holds about 16 MB in Automerge (SPEC-005 §7.7).
+#: as the document held) that stay in memory at once, the one being loaded included: a
+#: catch-up of a large store loads, applies and evicts its shards in turn instead of holding
+#: all of them (issue 17: a 100k catch-up peaked near 10x the idle memory). One, since the
+#: answer to a shard's message is generated before the next message is read
+#: (node/mesh/peers.py yields to its sender after each frame), so a shard is not loaded again
+#: to answer it; a shard of 2,500 entries holds about 16 MB in Automerge (SPEC-005 §7.7).
 MAX_REMOTE_LOADED = 1
 #: Bytes of changes (as accepted, before any compaction) of the documents kept in memory for a
 #: peer's live traffic (messages that add less than the document held), least recently
@@ -150,8 +150,7 @@ class Repo:
         *,
         max_loaded: int = 64,
         compact_after: int = COMPACT_AFTER,
-        max_remote_loaded: int | None = None,
-        max_live_bytes: int | None = None,
+        max_remote_loaded: int = MAX_REMOTE_LOADED,
     ) -> None:
         self.store = store
         self.key = key
@@ -160,9 +159,8 @@ class Repo:
         # test's stand-in for a modified, hostile client turns it off.
         self.refuse_when_revoked = True
         self.max_loaded = max_loaded
-        self.max_remote_loaded = (MAX_REMOTE_LOADED if max_remote_loaded is None
-                                  else max_remote_loaded)
-        self.max_live_bytes = MAX_LIVE_BYTES if max_live_bytes is None else max_live_bytes
+        self.max_remote_loaded = max_remote_loaded
+        self.max_live_bytes = MAX_LIVE_BYTES
         # Loaded documents a peer's changes were applied to (or loaded to answer a peer) and
         # not written here since they were loaded, least recently applied to first, each with
         # whether it is in a bulk transfer (True), kept for live traffic (False) or loaded for
@@ -368,7 +366,7 @@ class Repo:
         handle = self.open(doc_id)
         self._remote[doc_id] = bulk
         self._remote.move_to_end(doc_id)
-        self._evict_remote_over_limit(doc_id)
+        self._evict_remote(doc_id)
         return handle
 
     def _make_room_for_remote(self, doc_id: str, bulk: bool) -> None:
@@ -382,10 +380,7 @@ class Repo:
             return
         self._evict_remote(doc_id, max(self.max_remote_loaded - 1, 0) if bulk else None)
 
-    def _evict_remote_over_limit(self, current: str | None = None) -> None:
-        self._evict_remote(current, None)
-
-    def _evict_remote(self, current: str | None, bulk_keep: int | None) -> None:
+    def _evict_remote(self, current: str | None, bulk_keep: int | None = None) -> None:
         """Evict remote documents over the bounds, least recently applied to first, never
         ``current``: documents in a bulk transfer over ``max_remote_loaded`` (or
         ``bulk_keep``), those kept for live traffic over ``max_live_bytes`` bytes of changes
@@ -654,7 +649,7 @@ class Repo:
             self.evict(doc_id)
             raise Rejected("malformed", f"Automerge refused the changes: {exc}") from exc
         if not verified.changes:
-            self._evict_remote_over_limit(doc_id)
+            self._evict_remote(doc_id)
             return
         applied = sum(c.size or len(c.chunk) for c in verified.changes)
         self._applied_since_release += applied
@@ -667,7 +662,7 @@ class Repo:
             self.evict(doc_id)
             raise
         self._notify(doc_id, False)
-        self._evict_remote_over_limit(doc_id)
+        self._evict_remote(doc_id)
 
     # -- roster changes --------------------------------------------------------------------------
     def recheck(self, doc_ids: Iterable[str] | None = None) -> dict[str, int]:

@@ -362,6 +362,10 @@ class Consolidator:
             return
         at = now_iso()
         items, extra, fields_of = [], {}, {}
+        # the entries the extra edits write, per shard, so the search index reads those alone
+        # instead of the whole shard on each group (issue 14: 100-190 ms on the event loop);
+        # the new facts' own signed fields need no name: they are the entries created
+        extra_ids: dict[str, list[str]] = {}
         for s in group.facts:
             p = s.proposal
             fields: dict[str, Any] = {"sources": list(p.sources), "cortex": s.cortex,
@@ -374,24 +378,17 @@ class Consolidator:
                                         [CONSOLIDATED, PENDING, *p.tags]))}
             edits: list[Edit] = [set_fields(s.id, fields)]
             extra.setdefault(shard_of(s.id), []).extend(edits)
+            extra_ids.setdefault(shard_of(s.id), [])
             if p.supersedes:
                 item["supersedes"] = p.supersedes
                 # after the creators in its shard's edits: the target may be a fact of this
                 # group (an earlier batch), created in this same change
                 extra.setdefault(shard_of(p.supersedes), []).append(
                     mark_superseded(p.supersedes, s.id, at))
+                extra_ids.setdefault(shard_of(p.supersedes), []).append(p.supersedes)
             items.append(item)
         # the index rows carry the signed fields (the log length the index upkeep compares is
         # the same without them) and are written with the node's next index write
-        # the entries the extra edits write, so the search index reads those alone instead of
-        # the whole shard on each group (issue 14: 100-190 ms on the event loop per group)
-        # (the new facts' own signed fields: named already as the entries created)
-        extra_ids: dict[str, list[str]] = {}
-        for s in group.facts:
-            extra_ids.setdefault(shard_of(s.id), [])
-            if s.proposal.supersedes:
-                extra_ids.setdefault(shard_of(s.proposal.supersedes), []).append(
-                    s.proposal.supersedes)
         rows = (self.memory.add_many(items, extra=extra, row_fields=fields_of,
                                      extra_ids=extra_ids) if items else [])
         self._unmarked.extend(group.seen)

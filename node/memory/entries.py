@@ -182,7 +182,7 @@ class Memory:
         # catch-up read each shard twice, once per index, issue 17).
         self.scan_listeners: list[ScanListener] = []
         repo.subscribe(self._on_change)
-        repo.before_evict(self._index_before_evict)
+        repo.before_evict(self._index_loaded)
         self._mark_stale()
 
     # -- index upkeep ----------------------------------------------------------------------------
@@ -200,10 +200,11 @@ class Memory:
         # entries in one change): each pass compares every entry, so a shard of a million
         # entries is compared no more often than every 250,000 changes
         if meta.changes - since >= max(REMOTE_INDEX_BACKLOG, max(meta.changes, entries) // 4):
-            self._index_before_evict(doc_id, self.repo.open(doc_id).doc)
+            self._index_loaded(doc_id, self.repo.open(doc_id).doc)
 
-    def _index_before_evict(self, doc_id: str, doc: Any) -> None:
-        """Index a changed shard while it is still in memory: after a catch-up (which loads,
+    def _index_loaded(self, doc_id: str, doc: Any) -> None:
+        """Index a changed shard while it is in memory: before it leaves (a ``before_evict``
+        hook), or once peers' changes to it reach the backlog. After a catch-up (which loads,
         applies and evicts shards in turn) it would otherwise be loaded again to be indexed."""
         if doc_id not in self._dirty:
             return
