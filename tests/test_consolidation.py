@@ -25,7 +25,7 @@ from node.config import ConfigError
 from node.consolidation.answer import BadAnswer, parse_answer
 from node.consolidation.config import load_consolidation_config
 from node.consolidation.fields import set_fields, set_pin
-from node.consolidation.job import fact_id_in_bucket
+from node.consolidation.job import Consolidator, fact_id_in_bucket
 from node.consolidation.salience import Salience, score
 from node.consolidation.skills import add_skill, get_skill, list_skills
 from node.mcp.relevance import relevant_entries
@@ -811,3 +811,40 @@ def test_a_group_s_fact_ids_name_its_shard_and_its_rows_carry_the_signed_fields(
         txn.drop(memory._index_db, delete=False)
     memory.revisit_all()
     assert {r["id"]: r for r in memory.list(kind="fact", limit=1000)} == held
+
+
+async def test_a_member_s_churn_cannot_hold_the_scan(tmp_path: Path) -> None:
+    """Consolidation's scan indexes only the shards that were due when it began. A member
+    whose signed changes reach a shard between every two event-loop turns keeps it dirty; the
+    scan, which went on until nothing was dirty, then never returned and held the run's lock,
+    so every later run answered Busy. Real store and Memory; the member's change between
+    turns is a second device's change applied at each ``flush_index`` call."""
+    from tests.trust_helpers import Device, pump
+
+    a = Device.found(tmp_path, "a")
+    m = a.admit(tmp_path, "m")
+    try:
+        memory, theirs = Memory(a.repo), Memory(m.repo)
+        memory.add_many([{"text": f"plover {i}", "kind": "note"} for i in range(20)])
+        target = theirs.add_many([{"text": "churn", "kind": "note"}])[0]["id"]
+        pump(a, m)
+        job = Consolidator(memory, None, load_consolidation_config({"consolidation": {
+            "cortex": "c"}}))
+        real, calls = memory.flush_index, [0]
+
+        def flush_with_churn(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] > 1000:
+                raise AssertionError("the scan kept indexing a shard a member keeps changing")
+            done = real(*args, **kwargs)
+            theirs.update(target, text=f"churn {calls[0]}")  # the member, between two turns
+            pump(a, m)
+            return done
+
+        memory.flush_index = flush_with_churn  # type: ignore[method-assign]
+        sources, _ = await job.scan()
+        assert calls[0] < 1000
+        assert {s["text"] for s in sources} >= {f"plover {i}" for i in range(20)}
+    finally:
+        a.close()
+        m.close()
