@@ -36,6 +36,7 @@ from .config import NodeConfig, Paths
 from .datadir import DataDirLock
 from .features import Feature, load_features, local_api_tables
 from .files import write_atomic
+from .heap import freeze_settled
 from .memory import Memory
 from .memtrim import release
 from .mesh.peers import PeerManager
@@ -80,6 +81,7 @@ class Node:
             self._write_node_info()
             self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
             await self._start_features()
+            freeze_settled("node started")
             log.info(
                 "node %s (%s): local API on http://%s:%d, peers on %s:%d",
                 self.key.device_id, self.config.name, self.host, self.port,

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
@@ -49,6 +49,11 @@ PENDING_ROWS = 5000
 #: Waiting made it one piece per shard (1,000 new facts: 150 ms during a consolidation run,
 #: issue 14).
 REMOTE_INDEX_BACKLOG = 1000
+#: Entries a sliced re-index reads per slice, and the sliced re-indexes held at once, each with
+#: its document in memory until done (SPEC-005 005.7.7): a node drives them between other work
+#: on its event loop, so a live write from a peer does not wait behind a whole shard's re-index.
+INDEX_SLICE = 128
+MAX_INDEX_JOBS = 2
 
 
 MAX_TAG = 64
@@ -147,6 +152,17 @@ def _entries_obj(doc: Any) -> bytes:
     return ROOT
 
 
+@dataclass(slots=True)
+class _IndexJob:
+    """A sliced re-index in progress: the document it reads, and its remaining slices."""
+
+    doc: Any
+    steps: Iterator[None]
+
+
+_DONE = object()
+
+
 class Memory:
     """Memory entries of one node, over its document repository."""
 
@@ -158,6 +174,11 @@ class Memory:
         # by a peer since this process started, entries then unknown): REMOTE_INDEX_BACKLOG
         self._indexed_changes: dict[str, tuple[int, int]] = {}
         self._last_flush = 0.0
+        # Sliced re-indexes in progress (SPEC-005 005.7.7), oldest first, and who drives them:
+        # set by a running node to wake its background indexer; without one (``maia`` offline,
+        # a test over Memory alone), a shard is re-indexed in one piece as it leaves memory.
+        self._jobs: dict[str, _IndexJob] = {}
+        self.wake_indexer: Callable[[], None] | None = None
         env, self._index_db = repo.store.runtime_db("entries")
         self._env = env
         self._kv = repo.store.runtime_db("kv")[1]
@@ -206,9 +227,16 @@ class Memory:
         """Index a changed shard while it is in memory: before it leaves (a ``before_evict``
         hook), or once peers' changes to it reach the backlog. After a catch-up (which loads,
         applies and evicts shards in turn) it would otherwise be loaded again to be indexed."""
-        if doc_id not in self._dirty:
+        if doc_id not in self._dirty or doc_id in self._jobs:
             return
         self.write_pending()
+        if self.wake_indexer is not None:
+            self._jobs[doc_id] = _IndexJob(doc, self._reindex_steps(
+                doc_id, doc, txn_rows=0, slice_size=INDEX_SLICE))
+            while len(self._jobs) > MAX_INDEX_JOBS:
+                self._finish_job(next(iter(self._jobs)))
+            self.wake_indexer()
+            return
         at = self._dirty.pop(doc_id)
         try:
             # One transaction for the shard (its rows are adjacent keys, so few pages): an
@@ -217,6 +245,47 @@ class Memory:
         except lmdb.Error as exc:
             log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
             self._dirty[doc_id] = at
+
+    def index_slice(self) -> bool:
+        """Advance the oldest sliced re-index by one slice; True while any remains (the
+        node's indexer calls it between other work on its event loop)."""
+        if not self._jobs:
+            return False
+        doc_id = next(iter(self._jobs))
+        job = self._jobs[doc_id]
+        try:
+            done = next(job.steps, _DONE) is _DONE
+        except lmdb.Error as exc:  # still dirty: indexed again at a later pass
+            log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+            done = True
+        except Exception:
+            log.exception("memory index of %s: a slice failed", doc_id)
+            done = True
+        if done:
+            self._jobs.pop(doc_id, None)
+        return bool(self._jobs)
+
+    def index_in_one_piece(self) -> None:
+        """Stop slicing (the node's indexer is stopping): slices not yet done are dropped,
+        their shards stay dirty and are read again, whole, by the next pass."""
+        self.wake_indexer = None
+        self._jobs.clear()
+
+    def _finish_job(self, doc_id: str) -> None:
+        job = self._jobs.pop(doc_id)
+        try:
+            for _ in job.steps:
+                pass
+        except lmdb.Error as exc:
+            log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+
+    def _doc_to_index(self, doc_id: str) -> Any:
+        """The shard to read: the repository's copy if it is in memory (the newest), else a
+        sliced re-index's copy (evicted since, and so not changed since), else loaded."""
+        job = self._jobs.pop(doc_id, None)
+        if job is not None and not self.repo.is_loaded(doc_id):
+            return job.doc
+        return self.repo.open(doc_id).doc
 
     def dirty_shards(self) -> int:
         """How many shards the index has yet to bring up to date."""
@@ -303,7 +372,7 @@ class Memory:
             self._dirty.pop(doc_id, None)
             was_loaded = self.repo.is_loaded(doc_id)
             try:
-                self._reindex(doc_id)
+                self._reindex(doc_id, self._doc_to_index(doc_id))
             except lmdb.Error as exc:
                 # Runtime only (a full disk, say): reads go on from the index as it is, and
                 # the shard is indexed again at a later pass (issue 18.4).
@@ -325,14 +394,28 @@ class Memory:
 
     def _reindex(self, doc_id: str, doc: Any = None,
                  txn_rows: int = REINDEX_TXN_ROWS) -> None:
-        """Bring one shard's index rows up to date, extracting only entries that changed.
+        """Bring one shard's index rows up to date, in one piece."""
+        if doc is None:
+            doc = self.repo.open(doc_id).doc
+        for _ in self._reindex_steps(doc_id, doc, txn_rows=txn_rows):
+            pass
+
+    def _reindex_steps(self, doc_id: str, doc: Any, *, txn_rows: int,
+                       slice_size: int = 0) -> Iterator[None]:
+        """Bring one shard's index rows up to date, extracting only entries that changed;
+        with ``slice_size``, pausing (a ``yield``) after every that many entries and before
+        the derived indexes are told.
 
         Every write to an entry appends to its ``log`` (SPEC-005 §10.6), so comparing the log
         length with the indexed edit count finds changed entries without extracting all of
         them: a shard of thousands of entries is refreshed in milliseconds during a catch-up.
+        Sliced, the shard may change between slices (the same document object takes a peer's
+        next changes): the heads and change count marked are those read at the start, so a
+        change since leaves the shard dirty and it is read again.
         """
-        if doc is None:
-            doc = self.repo.open(doc_id).doc
+        at = self._dirty.get(doc_id)
+        heads = list(doc.get_heads())
+        meta = self.repo.store.doc_meta(doc_id)
         prefix = _row_prefix(doc_id)
         indexed: dict[str, int] = {}
         with self._env.begin() as txn:
@@ -346,10 +429,13 @@ class Memory:
         rows: list[tuple[bytes, bytes]] = []
         tombstones: list[Tombstone] = []
         deleted = 0
-        scan = ShardScan(sorted(doc.get_heads())) if self.scan_listeners else None
+        scan = ShardScan(sorted(heads)) if self.scan_listeners else None
         # keys and values of a map in two calls each: per entry, 3 calls to the binding when
         # it is unchanged and 5 when it is indexed, not the ~20 of ``extract`` (issue 17).
-        for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
+        for n, (entry_id, (kind, obj)) in enumerate(
+                zip(doc.keys(ROOT), doc.values(ROOT), strict=True)):
+            if slice_size and n and n % slice_size == 0:
+                yield
             if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
                 continue
             # the keys and the log's length tell an unchanged entry; its values (the text,
@@ -387,9 +473,7 @@ class Memory:
                 txn.put(key, value, db=self._index_db)
             for gone in set(indexed) - present:  # deleted, or quarantined (SPEC-005 §5.10)
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
-            txn.put(b"heads:" + doc_id.encode(), msgpack.packb(list(doc.get_heads())),
-                    db=self._kv)
-            meta = self.repo.store.doc_meta(doc_id)
+            txn.put(b"heads:" + doc_id.encode(), msgpack.packb(heads), db=self._kv)
             if meta is not None:
                 self._indexed_changes[doc_id] = (meta.changes, len(present) + deleted)
             # deleted entries no tombstone reader saw (``maia`` offline has none): the node
@@ -399,6 +483,8 @@ class Memory:
                 txn.put(unread, b"1", db=self._kv)
             elif self.tombstone_readers:
                 txn.delete(unread, db=self._kv)
+        if slice_size:
+            yield
         for reader in self.tombstone_readers:
             try:
                 reader(doc_id, tombstones)
@@ -409,6 +495,8 @@ class Memory:
                 listener(doc_id, doc, scan)
             except Exception:  # a derived index is Runtime: it catches up at its own pass
                 log.exception("a scan listener failed on %s", doc_id)
+        if slice_size and self._dirty.get(doc_id) == at:  # unchanged since the first slice
+            self._dirty.pop(doc_id, None)
 
     def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Write index rows in a transaction of their own and empty ``rows``: a write

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from ..heap import freeze_settled
 from .config import EMBEDDING, Cortex, RoutingSettings
 from .embedding_shapes import pack, vectors_from_openai
 from .shapes import Garbage, clean_chunk, clean_response, estimate_prompt_tokens
@@ -84,6 +85,7 @@ def load_litellm() -> Any:
                 logging.getLogger(name).setLevel(logging.WARNING)
             _litellm = litellm
             log.info("litellm loaded in %.1f s", time.monotonic() - started)
+            freeze_settled("litellm imported")
     return _litellm
 
 
@@ -92,6 +94,7 @@ class LiteLLMBackend:
 
     def __init__(self) -> None:
         self._loading: asyncio.Future | None = None
+        self._answered = False  # litellm builds more of its models on its first answer
 
     async def ready(self) -> Any:
         """``litellm``, imported in a thread the first time (concurrent callers share it)."""
@@ -120,7 +123,11 @@ class LiteLLMBackend:
         litellm = await self.ready()
         try:
             response = await litellm.acompletion(**self._kwargs(cortex, body, False))
-            return clean_response(_as_dict(response), cortex.name)
+            answer = clean_response(_as_dict(response), cortex.name)
+            if not self._answered:
+                self._answered = True
+                freeze_settled("litellm's first answer")
+            return answer
         except Garbage as exc:
             raise BackendError("backend", f"the model answered garbage: {exc}") from None
         except asyncio.CancelledError:
