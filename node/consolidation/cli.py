@@ -79,11 +79,14 @@ def cmd_consolidate(args: argparse.Namespace, paths: Paths) -> int:
         print_json(report)
         return 0
     facts = report["proposed"] if args.dry_run else report["written"]
+    count = report["proposed_count"] if args.dry_run else report["written_count"]
     verb = "Would write" if args.dry_run else "Wrote"
-    say(f"{verb} {len(facts)} fact(s) from {report['considered']} new entries "
+    say(f"{verb} {count} fact(s) from {report['considered']} new entries "
         f"({report['batches']} request(s), {report['skipped']} already known or rejected).")
     for f in facts:
         say(_fact_line(f))
+    if count > len(facts):
+        say(f"... and {count - len(facts)} more (the first {len(facts)} are shown).")
     for why in report["rejected_answers"]:
         say(f"Rejected a cortex answer (nothing written): {why}")
     if not args.dry_run and facts:

@@ -61,8 +61,8 @@ class ConsolidationFeature(FeatureBase):
             await asyncio.sleep(self.job.config.interval_s)
             try:
                 report = await self.job.run()
-                if report.written:
-                    log.info("consolidation wrote %d fact(s)", len(report.written))
+                if report.written_count:
+                    log.info("consolidation wrote %d fact(s)", report.written_count)
             except Busy:
                 pass  # a run asked for by the owner is in progress
             except Exception:

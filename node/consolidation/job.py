@@ -58,6 +58,7 @@ GROUP_SECONDS = 1.0  # ... or the batches answered within this long (a slow cort
 # (re-indexing it whole) a shard per group; every 1,000 facts the 8 buckets still fill evenly.
 BUCKET_FACTS = 1000
 MARK_EVERY = 1000  # entries whose watermark is written in one Runtime transaction
+REPORT_FACTS = 200  # facts a run's report shows (all are counted), SPEC-006 006.12.4.3
 
 
 def fact_id_in_bucket(bucket: int) -> str:
@@ -97,17 +98,33 @@ class Busy(RuntimeError):
 
 @dataclass
 class RunReport:
+    """What a run did. The facts written (or, in a dry run, proposed) are counted, and the
+    first REPORT_FACTS of them kept to show (SPEC-006 006.12.4.3): the answer of a run over
+    10,000 entries was 3.9 MB of JSON, encoded in one 80 ms step of the event loop."""
+
     dry_run: bool
     considered: int = 0
     batches: int = 0
     written: list[dict[str, Any]] = field(default_factory=list)
     proposed: list[dict[str, Any]] = field(default_factory=list)
+    written_count: int = 0
+    proposed_count: int = 0
     skipped: int = 0
     rejected_answers: list[str] = field(default_factory=list)
 
+    def add_written(self, facts: list[dict[str, Any]]) -> None:
+        self.written_count += len(facts)
+        self.written.extend(facts[:max(0, REPORT_FACTS - len(self.written))])
+
+    def add_proposed(self, facts: list[dict[str, Any]]) -> None:
+        self.proposed_count += len(facts)
+        self.proposed.extend(facts[:max(0, REPORT_FACTS - len(self.proposed))])
+
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "considered": self.considered,
-                "batches": self.batches, "written": self.written, "proposed": self.proposed,
+                "batches": self.batches, "written": self.written,
+                "written_count": self.written_count, "proposed": self.proposed,
+                "proposed_count": self.proposed_count,
                 "skipped": self.skipped, "rejected_answers": self.rejected_answers}
 
 
@@ -266,10 +283,10 @@ class Consolidator:
         keep = self._new_only(proposals, facts, report)
         scores = await self._scores(keep, first)
         if report.dry_run:
-            report.proposed.extend(
+            report.add_proposed([
                 {"text": p.text, "sources": list(p.sources), "supersedes": p.supersedes,
                  "cortex": cortex, "model": model,
-                 **({IMPORTANCE: scores[i]} if scores else {})} for i, p in enumerate(keep))
+                 **({IMPORTANCE: scores[i]} if scores else {})} for i, p in enumerate(keep)])
             return []
         # one bucket for a group and the next ones: one change to one shard (§12.4.5)
         bucket = self._bucket
@@ -392,7 +409,7 @@ class Consolidator:
         rows = (self.memory.add_many(items, extra=extra, row_fields=fields_of,
                                      extra_ids=extra_ids) if items else [])
         self._unmarked.extend(group.seen)
-        report.written.extend(rows)
+        report.add_written(rows)
         self._in_bucket += len(rows)
         if self._in_bucket >= BUCKET_FACTS:
             self._bucket, self._in_bucket = (self._bucket + 1) % BUCKETS, 0
