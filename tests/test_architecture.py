@@ -27,7 +27,7 @@ FEATURES = ("node.memory", "node.devices", "node.mesh", "node.routing", "node.ba
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ground", ("crdt",)),
     ("machinery", ("node.transport", "node.api", "node.config", "node.logs", "node.memtrim",
-                   "node.datadir", "node.scopes", "node.files", "node.cli.common",
+                   "node.heap", "node.datadir", "node.scopes", "node.files", "node.cli.common",
                    "node.cli.client")),
     ("features", ("node.features", "node.status", *FEATURES)),
     ("process", ("node.node", "node.cli", "node.apidoc")),
