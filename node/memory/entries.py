@@ -227,8 +227,10 @@ class Memory:
         """Index a changed shard while it is in memory: before it leaves (a ``before_evict``
         hook), or once peers' changes to it reach the backlog. After a catch-up (which loads,
         applies and evicts shards in turn) it would otherwise be loaded again to be indexed."""
-        if doc_id not in self._dirty or doc_id in self._jobs:
+        job = self._jobs.get(doc_id)
+        if doc_id not in self._dirty or (job is not None and job.doc is doc):
             return
+        self._jobs.pop(doc_id, None)  # it read a copy since evicted and loaded again: stale
         self.write_pending()
         if self.wake_indexer is not None:
             self._jobs[doc_id] = _IndexJob(doc, self._reindex_steps(
@@ -281,9 +283,11 @@ class Memory:
 
     def _doc_to_index(self, doc_id: str) -> Any:
         """The shard to read: the repository's copy if it is in memory (the newest), else a
-        sliced re-index's copy (evicted since, and so not changed since), else loaded."""
+        sliced re-index's copy if it holds what the store holds (evicted, and not loaded and
+        changed since), else loaded."""
         job = self._jobs.pop(doc_id, None)
-        if job is not None and not self.repo.is_loaded(doc_id):
+        if job is not None and not self.repo.is_loaded(doc_id) and \
+                sorted(job.doc.get_heads()) == sorted(self.repo.heads(doc_id)):
             return job.doc
         return self.repo.open(doc_id).doc
 
@@ -409,13 +413,18 @@ class Memory:
         Every write to an entry appends to its ``log`` (SPEC-005 §10.6), so comparing the log
         length with the indexed edit count finds changed entries without extracting all of
         them: a shard of thousands of entries is refreshed in milliseconds during a catch-up.
-        Sliced, the shard may change between slices (the same document object takes a peer's
-        next changes): the heads and change count marked are those read at the start, so a
-        change since leaves the shard dirty and it is read again.
+
+        Sliced, the shard may change before the last slice: the same document object takes a
+        peer's next changes, or it leaves memory and a fresh copy takes them. What is marked
+        (heads, change count) is read now, when the work is set up, not at its first slice,
+        and the shard stays dirty unless it still stands at those heads when the work ends.
         """
-        at = self._dirty.get(doc_id)
         heads = list(doc.get_heads())
-        meta = self.repo.store.doc_meta(doc_id)
+        return self._reindex_slices(doc_id, doc, heads, self.repo.store.doc_meta(doc_id),
+                                    txn_rows, slice_size)
+
+    def _reindex_slices(self, doc_id: str, doc: Any, heads: list[bytes], meta: Any,
+                        txn_rows: int, slice_size: int) -> Iterator[None]:
         prefix = _row_prefix(doc_id)
         indexed: dict[str, int] = {}
         with self._env.begin() as txn:
@@ -495,8 +504,8 @@ class Memory:
                 listener(doc_id, doc, scan)
             except Exception:  # a derived index is Runtime: it catches up at its own pass
                 log.exception("a scan listener failed on %s", doc_id)
-        if slice_size and self._dirty.get(doc_id) == at:  # unchanged since the first slice
-            self._dirty.pop(doc_id, None)
+        if slice_size and sorted(self.repo.heads(doc_id)) == sorted(heads):
+            self._dirty.pop(doc_id, None)  # nothing came since the work was set up
 
     def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Write index rows in a transaction of their own and empty ``rows``: a write
