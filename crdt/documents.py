@@ -337,15 +337,21 @@ class Repo:
 
     def _unload(self, doc_id: str) -> None:
         handle = self._loaded.pop(doc_id, None)
-        self._remote.pop(doc_id, None)
         self._written.discard(doc_id)
         if handle is None:
+            self._remote.pop(doc_id, None)
             return
-        for hook in list(self._evict_hooks):
+        for hook in list(self._evict_hooks):  # they may ask held_for_live
             try:
                 hook(doc_id, handle.doc)
             except Exception:
                 log.exception("eviction hook failed for %s", doc_id)
+        self._remote.pop(doc_id, None)
+
+    def held_for_live(self, doc_id: str) -> bool:
+        """Whether ``doc_id`` is (or, in a ``before_evict`` hook, was) held for peers' live
+        traffic rather than a bulk transfer or local use (SPEC-005 §7.7)."""
+        return self._remote.get(doc_id) is False
 
     def _evict_over_limit(self) -> None:
         while len(self._loaded) > self.max_loaded:

@@ -232,7 +232,11 @@ class Memory:
             return
         self._jobs.pop(doc_id, None)  # it read a copy since evicted and loaded again: stale
         self.write_pending()
-        if self.wake_indexer is not None:
+        # Sliced for a shard that stays in memory (the backlog) or was held for live traffic;
+        # one leaving a bulk transfer is read at once, so a catch-up's peak memory holds no
+        # shard for later (SPEC-005 005.7.7)
+        if self.wake_indexer is not None and (
+                self.repo.is_loaded(doc_id) or self.repo.held_for_live(doc_id)):
             self._jobs[doc_id] = _IndexJob(doc, self._reindex_steps(
                 doc_id, doc, txn_rows=0, slice_size=INDEX_SLICE))
             while len(self._jobs) > MAX_INDEX_JOBS:
