@@ -11,8 +11,10 @@ on where the slices stand.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from automerge.core import ROOT, ObjType, extract
 from hypothesis import given, settings
@@ -162,6 +164,125 @@ def test_a_job_on_an_older_copy_leaves_the_shard_dirty(tmp_path: Path) -> None:
         assert mine.will_scan(shard)  # still dirty: the job's copy lacked the new changes
         assert listed(mine) == truth(a) and len(truth(a)) == 304
     finally:
+        a.close()
+        b.close()
+
+
+def test_a_write_that_was_never_stored_is_never_listed(tmp_path: Path, monkeypatch) -> None:
+    """005.7.7 with SPEC-001 §5.9: a job on the live copy of a shard; a local write to it
+    fails to commit (the store is full) after Automerge applied it in memory. The job must
+    not index what the store does not hold: the entry is listed nowhere, also after a
+    restart, and a retry of the write adds it once. (Found by review: the job wrote the row and
+    marked the shard indexed, since the store's heads had not moved.)"""
+    from crdt.store import StorageFull
+
+    monkeypatch.setattr(entries_mod, "REMOTE_INDEX_BACKLOG", 3)
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    theirs = Memory(b.repo)
+    mine, _ = sliced_memory(a)
+    index = SearchIndex(tmp_path / "search-a", a.repo, None, mine)
+    shard = shard_of(fact_id_in_bucket(0))
+    try:
+        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
+                         for j in range(8)])
+        pump(a, b)
+        mine.flush_index()
+        for i in range(6):  # live writes until the backlog starts a job on the live copy
+            theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"live {i}", "kind": "fact"}])
+            pump(a, b)
+            if shard in mine._jobs:
+                break
+        assert mine._jobs[shard].doc is a.repo.open(shard).doc
+
+        def full(*args: Any, **kw: Any) -> None:
+            raise StorageFull(a.store.data_dir, "map full")
+
+        real = a.store.commit_many
+        monkeypatch.setattr(a.store, "commit_many", full)
+        with contextlib.suppress(StorageFull):
+            mine.add_many([{"id": fact_id_in_bucket(0), "text": "phantom", "kind": "fact"}])
+        monkeypatch.setattr(a.store, "commit_many", real)
+        while mine.index_slice():
+            pass
+        index.flush()
+        assert listed(mine) == truth(a)
+        assert "phantom" not in {t for t, _ in listed(mine).values()}
+        assert not index.search("phantom", mode="text", limit=5)["entries"]
+        assert "phantom" not in {t for t, _ in listed(Memory(a.repo)).values()}  # restarted
+        mine.add_many([{"id": fact_id_in_bucket(0), "text": "phantom", "kind": "fact"}])
+        assert [t for t, _ in listed(mine).values()].count("phantom") == 1
+    finally:
+        index.close()
+        a.close()
+        b.close()
+
+
+def test_tombstone_readers_see_a_shard_before_it_counts_as_indexed(tmp_path: Path) -> None:
+    """005.7.7, SPEC-006 §12.4.4: a job stopped between its last slices (the node stops) must
+    not leave the shard marked indexed with its tombstones unread: after a restart the
+    readers (consolidation's rejections cache) see the deleted entry."""
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    theirs = Memory(b.repo)
+    mine, _ = sliced_memory(a)
+    shard = shard_of(fact_id_in_bucket(0))
+    try:
+        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
+                         for j in range(20)])
+        pump(a, b)
+        mine.flush_index()
+        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "live", "kind": "fact"}])
+        pump(a, b)
+        victim = sorted(e["id"] for e in theirs.list(limit=100))[0]
+        theirs.delete(victim)
+        pump(a, b)  # a tombstone, as live traffic
+        a.repo.evict_idle(0.0)
+        assert shard in mine._jobs
+        for _ in range(2):  # the job's slices up to its last one (the shard is small)
+            mine.index_slice()
+        assert shard in mine._jobs
+        mine.index_in_one_piece()  # the node stops before the last slice
+        seen: list[str] = []
+        again = Memory(a.repo)  # the node starts again; its reader registers
+        again.tombstone_readers.append(lambda d, tombs: seen.extend(e for e, _ in tombs))
+        again.revisit_unread_tombstones()
+        again.flush_index()
+        assert victim in seen
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_job_overtaken_by_a_newer_copy_does_not_roll_search_back(tmp_path: Path) -> None:
+    """005.7.7: a job on an evicted copy ends after the search index already read a newer
+    copy: the job's older view must not replace the newer one (the search would miss the
+    change until Memory's next pass)."""
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    theirs = Memory(b.repo)
+    mine, _ = sliced_memory(a)
+    index = SearchIndex(tmp_path / "search-a", a.repo, None, mine)
+    shard = shard_of(fact_id_in_bucket(0))
+    try:
+        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
+                         for j in range(20)])
+        pump(a, b)
+        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "live", "kind": "fact"}])
+        pump(a, b)
+        a.repo.evict_idle(0.0)  # a job on this copy
+        assert shard in mine._jobs
+        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "curlew", "kind": "fact"}])
+        pump(a, b)  # a newer copy loads with it
+        index.flush()  # the search index reads the newer copy (a search with refresh)
+        assert index.search("curlew", mode="text", limit=5)["entries"]
+        while mine.index_slice():
+            pass
+        assert index.search("curlew", mode="text", limit=5)["entries"]
+        index.flush()
+        assert index.search("curlew", mode="text", limit=5)["entries"]
+    finally:
+        index.close()
         a.close()
         b.close()
 

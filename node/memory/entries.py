@@ -267,8 +267,8 @@ class Memory:
         except Exception:
             log.exception("memory index of %s: a slice failed", doc_id)
             done = True
-        if done:
-            self._jobs.pop(doc_id, None)
+        if done and self._jobs.get(doc_id) is job:
+            del self._jobs[doc_id]
         return bool(self._jobs)
 
     def index_in_one_piece(self) -> None:
@@ -282,8 +282,10 @@ class Memory:
         try:
             for _ in job.steps:
                 pass
-        except lmdb.Error as exc:
+        except lmdb.Error as exc:  # still dirty: indexed again at a later pass
             log.warning("memory index of %s not brought up to date: %s", doc_id, exc)
+        except Exception:
+            log.exception("memory index of %s: re-index failed", doc_id)
 
     def _doc_to_index(self, doc_id: str) -> Any:
         """The shard to read: the repository's copy if it is in memory (the newest), else a
@@ -479,6 +481,14 @@ class Memory:
             rows.append((_row_key(doc_id, entry_id), _index_row(doc_id, entry_id, entry)))
             if txn_rows and len(rows) >= txn_rows:
                 self._put_rows(rows)
+        if slice_size:
+            yield
+            # Read over several turns, the document object may now hold what the store does
+            # not (a write applied in memory whose commit failed, changes quarantined since):
+            # then nothing is written, and the shard stays dirty to be read from the store.
+            own = list(doc.get_heads())
+            if len(self.repo.store.known_hashes(doc_id, own)) != len(own):
+                return
         # The heads are written last, with the deletions: until then the shard still counts
         # as stale, so a crash part-way leaves it to be indexed again, never half-marked.
         with self._env.begin(write=True) as txn:
@@ -486,18 +496,17 @@ class Memory:
                 txn.put(key, value, db=self._index_db)
             for gone in set(indexed) - present:  # deleted, or quarantined (SPEC-005 §5.10)
                 txn.delete(_row_key(doc_id, gone), db=self._index_db)
-            txn.put(b"heads:" + doc_id.encode(), msgpack.packb(heads), db=self._kv)
-            if meta is not None:
-                self._indexed_changes[doc_id] = (meta.changes, len(present) + deleted)
-            # deleted entries no tombstone reader saw (``maia`` offline has none): the node
-            # shows them to its readers at start (``revisit_unread_tombstones``)
-            unread = UNREAD_TOMBSTONES + doc_id.encode()
-            if deleted and not self.tombstone_readers:
-                txn.put(unread, b"1", db=self._kv)
-            elif self.tombstone_readers:
-                txn.delete(unread, db=self._kv)
+            if not slice_size:
+                self._mark_indexed(txn, doc_id, heads, deleted)
+        if meta is not None:  # the rows hold at least this much: the remote backlog counts on
+            self._indexed_changes[doc_id] = (meta.changes, len(present) + deleted)
         if slice_size:
             yield
+            if sorted(self.repo.heads(doc_id)) != sorted(heads):
+                # it moved on since the work was set up: the rows stand, but the shard is not
+                # marked, nor shown to readers and listeners (an older view than theirs may
+                # be): it stays dirty and is read again
+                return
         for reader in self.tombstone_readers:
             try:
                 reader(doc_id, tombstones)
@@ -508,8 +517,24 @@ class Memory:
                 listener(doc_id, doc, scan)
             except Exception:  # a derived index is Runtime: it catches up at its own pass
                 log.exception("a scan listener failed on %s", doc_id)
-        if slice_size and sorted(self.repo.heads(doc_id)) == sorted(heads):
-            self._dirty.pop(doc_id, None)  # nothing came since the work was set up
+        if slice_size:
+            # marked once the readers have seen it: a node stopped before would otherwise
+            # leave its tombstones unread for good
+            with self._env.begin(write=True) as txn:
+                self._mark_indexed(txn, doc_id, heads, deleted)
+            self._dirty.pop(doc_id, None)
+
+    def _mark_indexed(self, txn: Any, doc_id: str, heads: list[bytes], deleted: int) -> None:
+        """Record ``heads`` as the shard's indexed heads, and whether its deleted entries
+        still wait for a tombstone reader."""
+        txn.put(b"heads:" + doc_id.encode(), msgpack.packb(heads), db=self._kv)
+        # deleted entries no tombstone reader saw (``maia`` offline has none): the node shows
+        # them to its readers at start (``revisit_unread_tombstones``)
+        unread = UNREAD_TOMBSTONES + doc_id.encode()
+        if deleted and not self.tombstone_readers:
+            txn.put(unread, b"1", db=self._kv)
+        elif self.tombstone_readers:
+            txn.delete(unread, db=self._kv)
 
     def _put_rows(self, rows: list[tuple[bytes, bytes]]) -> None:
         """Write index rows in a transaction of their own and empty ``rows``: a write
