@@ -50,11 +50,15 @@ EvictHook = Callable[[str, Document], None]
 MAX_REMOTE_LOADED = 1
 #: Bytes of changes (as accepted, before any compaction) of the documents kept in memory for a
 #: peer's live traffic (messages that add less than the document held), least recently
-#: applied to out first. A document in memory holds about 11x those bytes (measured: 2.9 MB of
-#: changes, 32 MB loaded), so this is about 90 MB at most, gone once idle. Without it every
-#: live write from a peer to a shard not resident paid a load and a re-index (21 + 13 ms for
-#: 1,250 entries): live propagation p50 went from 8.7 to 27.7 ms (issue 14).
-MAX_LIVE_BYTES = 8 << 20
+#: applied to out first. A document in memory holds 11-12x those bytes (measured: 2.9 MB of
+#: changes, 32 MB loaded; 6.1 MB, 76 MB), so this is about 150 MB at most, gone once idle.
+#: Without it every live write from a peer to a shard not resident paid a load and a
+#: re-index (21 + 13 ms for 1,250 entries): live propagation p50 went from 8.7 to 27.7 ms.
+#: 12 MiB holds 16 shards of a month of 10,000 entries of each of two kinds (a month's notes
+#: and the facts a consolidation run writes beside them); at 8 MiB the fact shards pushed the
+#: note shards out in the run's second half and live notes paid a load on the peer again: p99
+#: during a run 111-113 ms, against 92 ms at 12 MiB and 88 ms at 16 MiB (issue 14).
+MAX_LIVE_BYTES = 12 << 20
 #: ...and at most this many of them: bytes do not bound memory for a member who signs dense
 #: changes (a compressed or run-length encoded change of many operations), so the live class
 #: holds at most 16 such documents where the single bound held one.
