@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from automerge.core import ROOT, ObjType, extract
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,6 +59,42 @@ def sliced_memory(device: Device) -> tuple[Memory, list[int]]:
     wakes: list[int] = []
     memory.wake_indexer = lambda: wakes.append(1)
     return memory, wakes
+
+
+@dataclass
+class Pair:
+    """Device ``a`` (its Memory sliced as in a node) and ``b``, whose writes reach ``a``."""
+
+    a: Device
+    b: Device
+    theirs: Memory
+    mine: Memory
+    wakes: list[int]
+
+    def write(self, texts: list[str], bucket: int = 0) -> str:
+        """``b`` writes facts into one shard and syncs them to ``a``; returns the shard."""
+        self.theirs.add_many([{"id": fact_id_in_bucket(bucket), "text": t, "kind": "fact"}
+                              for t in texts])
+        pump(self.a, self.b)
+        return shard_of(fact_id_in_bucket(bucket))
+
+    def live_shard(self, entries: int, bucket: int = 0) -> str:
+        """A shard of ``entries`` facts sent whole, then one live write: held for live
+        traffic on ``a``."""
+        self.write([f"dunlin {j}" for j in range(entries)], bucket)
+        return self.write(["live"], bucket)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    mine, wakes = sliced_memory(a)
+    try:
+        yield Pair(a, b, Memory(b.repo), mine, wakes)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_a_shard_leaving_memory_is_read_in_slices(tmp_path: Path) -> None:
@@ -136,39 +175,25 @@ def test_jobs_held_are_bounded(tmp_path: Path) -> None:
         b.close()
 
 
-# a peer's writes and syncs more often than the rest: jobs start from live traffic
-def test_a_job_on_an_older_copy_leaves_the_shard_dirty(tmp_path: Path) -> None:
+def test_a_job_on_an_older_copy_leaves_the_shard_dirty(pair: Pair) -> None:
     """005.7.7: a job reads the copy of the shard it was given; if the shard leaves memory
     and a fresh copy takes a peer's new changes before the job ends, the job must not mark
     the shard indexed (its copy lacks them): the listing shows the new entries too. (The
     first version read the dirty mark at the job's first slice and lost them.)"""
-    a = Device.found(tmp_path, "a")
-    b = a.admit(tmp_path, "b")
-    theirs = Memory(b.repo)
-    mine, _ = sliced_memory(a)
-    try:
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
-                         for j in range(300)])
-        pump(a, b)
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "live", "kind": "fact"}])
-        pump(a, b)
-        shard = shard_of(fact_id_in_bucket(0))
-        a.repo.evict_idle(0.0)  # a job on this copy
-        assert shard in mine._jobs
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"stilt {j}", "kind": "fact"}
-                         for j in range(3)])
-        pump(a, b)  # a fresh copy loads and takes them; the job still holds the older one
-        assert a.repo.is_loaded(shard) and mine._jobs[shard].doc is not a.repo.open(shard).doc
-        while mine.index_slice():
-            pass
-        assert mine.will_scan(shard)  # still dirty: the job's copy lacked the new changes
-        assert listed(mine) == truth(a) and len(truth(a)) == 304
-    finally:
-        a.close()
-        b.close()
+    a, mine = pair.a, pair.mine
+    shard = pair.live_shard(300)
+    a.repo.evict_idle(0.0)  # a job on this copy
+    assert shard in mine._jobs
+    pair.write([f"stilt {j}" for j in range(3)])  # a fresh copy loads and takes them
+    assert a.repo.is_loaded(shard) and mine._jobs[shard].doc is not a.repo.open(shard).doc
+    while mine.index_slice():
+        pass
+    assert mine.will_scan(shard)  # still dirty: the job's copy lacked the new changes
+    assert listed(mine) == truth(a) and len(truth(a)) == 304
 
 
-def test_a_write_that_was_never_stored_is_never_listed(tmp_path: Path, monkeypatch) -> None:
+def test_a_write_that_was_never_stored_is_never_listed(pair: Pair, tmp_path: Path,
+                                                        monkeypatch) -> None:
     """005.7.7 with SPEC-001 §5.9: a job on the live copy of a shard; a local write to it
     fails to commit (the store is full) after Automerge applied it in memory. The job must
     not index what the store does not hold: the entry is listed nowhere, also after a
@@ -177,20 +202,13 @@ def test_a_write_that_was_never_stored_is_never_listed(tmp_path: Path, monkeypat
     from crdt.store import StorageFull
 
     monkeypatch.setattr(entries_mod, "REMOTE_INDEX_BACKLOG", 3)
-    a = Device.found(tmp_path, "a")
-    b = a.admit(tmp_path, "b")
-    theirs = Memory(b.repo)
-    mine, _ = sliced_memory(a)
+    a, mine = pair.a, pair.mine
     index = SearchIndex(tmp_path / "search-a", a.repo, None, mine)
-    shard = shard_of(fact_id_in_bucket(0))
     try:
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
-                         for j in range(8)])
-        pump(a, b)
+        shard = pair.write([f"dunlin {j}" for j in range(8)])
         mine.flush_index()
         for i in range(6):  # live writes until the backlog starts a job on the live copy
-            theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"live {i}", "kind": "fact"}])
-            pump(a, b)
+            pair.write([f"live {i}"])
             if shard in mine._jobs:
                 break
         assert mine._jobs[shard].doc is a.repo.open(shard).doc
@@ -214,66 +232,43 @@ def test_a_write_that_was_never_stored_is_never_listed(tmp_path: Path, monkeypat
         assert [t for t, _ in listed(mine).values()].count("phantom") == 1
     finally:
         index.close()
-        a.close()
-        b.close()
 
 
-def test_tombstone_readers_see_a_shard_before_it_counts_as_indexed(tmp_path: Path) -> None:
+def test_tombstone_readers_see_a_shard_before_it_counts_as_indexed(pair: Pair) -> None:
     """005.7.7, SPEC-006 §12.4.4: a job stopped between its last slices (the node stops) must
     not leave the shard marked indexed with its tombstones unread: after a restart the
     readers (consolidation's rejections cache) see the deleted entry."""
-    a = Device.found(tmp_path, "a")
-    b = a.admit(tmp_path, "b")
-    theirs = Memory(b.repo)
-    mine, _ = sliced_memory(a)
-    shard = shard_of(fact_id_in_bucket(0))
-    try:
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
-                         for j in range(20)])
-        pump(a, b)
-        mine.flush_index()
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "live", "kind": "fact"}])
-        pump(a, b)
-        victim = sorted(e["id"] for e in theirs.list(limit=100))[0]
-        theirs.delete(victim)
-        pump(a, b)  # a tombstone, as live traffic
-        a.repo.evict_idle(0.0)
-        assert shard in mine._jobs
-        for _ in range(2):  # the job's slices up to its last one (the shard is small)
-            mine.index_slice()
-        assert shard in mine._jobs
-        mine.index_in_one_piece()  # the node stops before the last slice
-        seen: list[str] = []
-        again = Memory(a.repo)  # the node starts again; its reader registers
-        again.tombstone_readers.append(lambda d, tombs: seen.extend(e for e, _ in tombs))
-        again.revisit_unread_tombstones()
-        again.flush_index()
-        assert victim in seen
-    finally:
-        a.close()
-        b.close()
+    a, mine = pair.a, pair.mine
+    shard = pair.live_shard(20)
+    victim = sorted(e["id"] for e in pair.theirs.list(limit=100))[0]
+    pair.theirs.delete(victim)
+    pump(a, pair.b)  # a tombstone, as live traffic
+    a.repo.evict_idle(0.0)
+    assert shard in mine._jobs
+    for _ in range(2):  # the job's slices up to its last one (the shard is small)
+        mine.index_slice()
+    assert shard in mine._jobs
+    mine.index_in_one_piece()  # the node stops before the last slice
+    seen: list[str] = []
+    again = Memory(a.repo)  # the node starts again; its reader registers
+    again.tombstone_readers.append(lambda d, tombs: seen.extend(e for e, _ in tombs))
+    again.revisit_unread_tombstones()
+    again.flush_index()
+    assert victim in seen
 
 
-def test_a_job_overtaken_by_a_newer_copy_does_not_roll_search_back(tmp_path: Path) -> None:
+def test_a_job_overtaken_by_a_newer_copy_does_not_roll_search_back(pair: Pair,
+                                                                    tmp_path: Path) -> None:
     """005.7.7: a job on an evicted copy ends after the search index already read a newer
     copy: the job's older view must not replace the newer one (the search would miss the
     change until Memory's next pass)."""
-    a = Device.found(tmp_path, "a")
-    b = a.admit(tmp_path, "b")
-    theirs = Memory(b.repo)
-    mine, _ = sliced_memory(a)
+    a, mine = pair.a, pair.mine
     index = SearchIndex(tmp_path / "search-a", a.repo, None, mine)
-    shard = shard_of(fact_id_in_bucket(0))
     try:
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": f"dunlin {j}", "kind": "fact"}
-                         for j in range(20)])
-        pump(a, b)
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "live", "kind": "fact"}])
-        pump(a, b)
+        shard = pair.live_shard(20)
         a.repo.evict_idle(0.0)  # a job on this copy
         assert shard in mine._jobs
-        theirs.add_many([{"id": fact_id_in_bucket(0), "text": "curlew", "kind": "fact"}])
-        pump(a, b)  # a newer copy loads with it
+        pair.write(["curlew"])  # a newer copy loads with it
         index.flush()  # the search index reads the newer copy (a search with refresh)
         assert index.search("curlew", mode="text", limit=5)["entries"]
         while mine.index_slice():
@@ -283,10 +278,9 @@ def test_a_job_overtaken_by_a_newer_copy_does_not_roll_search_back(tmp_path: Pat
         assert index.search("curlew", mode="text", limit=5)["entries"]
     finally:
         index.close()
-        a.close()
-        b.close()
 
 
+# a peer's writes and syncs more often than the rest: jobs start from live traffic
 OPS = ("mine", "theirs", "live", "live", "edit_theirs", "delete_theirs", "pump", "evict",
        "evict", "slice", "slices", "list", "flush")
 
