@@ -165,6 +165,7 @@ class Repo:
         self.max_loaded = max_loaded
         self.max_remote_loaded = max_remote_loaded
         self.max_live_bytes = MAX_LIVE_BYTES
+        self.peer_changed_at = float("-inf")  # monotonic: when a peer's change last applied
         # Loaded documents a peer's changes were applied to (or loaded to answer a peer) and
         # not written here since they were loaded, least recently applied to first, each with
         # whether it is in a bulk transfer (True), kept for live traffic (False) or loaded for
@@ -294,6 +295,8 @@ class Repo:
 
     def _notify(self, doc_id: str, local: bool) -> None:
         self._changed_at[doc_id] = time.monotonic()
+        if not local:
+            self.peer_changed_at = self._changed_at[doc_id]
         for listener in list(self._listeners):
             try:
                 listener(doc_id, local)
@@ -814,7 +817,7 @@ class Repo:
             self.evict(doc_id)
         return True
 
-    def compact_loaded(self, quiet: float = 0.0) -> list[str]:
+    def compact_loaded(self, quiet: float = 0.0, limit: int | None = None) -> list[str]:
         """Compact the documents already in memory whose change log has grown.
 
         Only loaded documents: saving one in memory is cheap, while loading one from a long
@@ -823,7 +826,13 @@ class Repo:
         disk only, and is folded after its next use; so a node started on a large import does
         no work proportional to it (issue 18.8).
         """
-        return [d for d in self.loaded_ids() if self.compact(d, quiet)]
+        done: list[str] = []
+        for doc_id in self.loaded_ids():
+            if limit is not None and len(done) >= limit:
+                break
+            if self.compact(doc_id, quiet):
+                done.append(doc_id)
+        return done
 
     def loaded_ids(self) -> list[str]:
         """Ids of the documents in memory now (a copy: callers may load or evict)."""

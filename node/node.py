@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 5.0
 IDLE_EVICT_SECONDS = 30.0
+#: Peers' changes within this long count as live traffic: upkeep then compacts one document
+#: a pass, not every one that grew.
+COMPACT_QUIET = 5.0
 INDEX_SHARDS_PER_TURN = 8  # memory index shards per event-loop turn in upkeep
 
 
@@ -245,12 +248,20 @@ class Node:
                     + self.repo.add_certs(self.repo.take_cert_backlog())
                 ):
                     self.roster_changed()  # the rest of a large batch of certificates
-                # only documents already in memory (Repo.compact_loaded says why)
-                for doc_id in self.repo.loaded_ids():
-                    if self.repo.compact(doc_id, quiet=2.0):
-                        log.info("compacted %s", doc_id)
-                        release(self.paths.root)
+                # only documents already in memory (Repo.compact_loaded says why); while
+                # peers' changes keep coming, one a pass: each is one step of the loop (a
+                # shard of 1,250 entries: 25-40 ms), and three in a row made a live write
+                # from a peer wait behind them (issue 14)
+                live = time.monotonic() - self.repo.peer_changed_at < COMPACT_QUIET
+                compacted = 0
+                while done := self.repo.compact_loaded(quiet=2.0, limit=1):
+                    log.info("compacted %s", done[0])
+                    compacted += 1
+                    if live:
+                        break
                     await asyncio.sleep(0)
+                if compacted:
+                    release(self.paths.root)
                 indexed = 0
                 while True:  # a few shards a turn: the node keeps answering meanwhile
                     done = self.memory.flush_index(quiet=2.0, limit=INDEX_SHARDS_PER_TURN)

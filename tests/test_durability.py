@@ -147,6 +147,45 @@ def test_sigint_and_sigterm_stop_cleanly(mesh_factory):
     assert [e["text"] for e in node.entries()] == ["before stop"]
 
 
+def test_while_peers_changes_come_upkeep_compacts_one_document_a_pass(tmp_path):
+    """Issue 14: a compaction is one step of the node's loop (a 1,250-entry shard: 25-40
+    ms), and three in one upkeep pass made a live write from a peer wait behind them. The
+    repository tells when a peer's change last applied (not a local one), and a pass can
+    compact at most ``limit`` documents; the node's upkeep asks for one at a time and stops
+    after the first while peers' changes came within COMPACT_QUIET."""
+    import time
+
+    from automerge.core import ROOT, ScalarType
+
+    from node.memory import Memory
+    from node.node import COMPACT_QUIET
+    from tests.trust_helpers import Device, pump
+
+    a = Device.found(tmp_path, "a")
+    b = a.admit(tmp_path, "b")
+    try:
+        assert a.repo.peer_changed_at == float("-inf")
+        Memory(a.repo).add_many([{"text": f"note {i}"} for i in range(40)])
+        assert a.repo.peer_changed_at == float("-inf")  # local writes are not peers' changes
+        Memory(b.repo).add_many([{"text": f"theirs {i}"} for i in range(40)])
+        before = time.monotonic()
+        pump(a, b)
+        assert before <= a.repo.peer_changed_at <= time.monotonic()
+        assert time.monotonic() - a.repo.peer_changed_at < COMPACT_QUIET
+        a.repo.compact_after = 1
+        for doc_id in a.repo.store.doc_ids("memory"):
+            a.repo.open(doc_id)
+            a.repo.change(doc_id, lambda tx: tx.put(ROOT, "touched", ScalarType.Int, 1))
+        grown = [d for d in a.repo.loaded_ids() if a.store.doc_meta(d).pending >= 1]
+        assert len(grown) >= 3
+        assert len(a.repo.compact_loaded(limit=1)) == 1
+        assert len(a.repo.compact_loaded(limit=2)) == 2
+        assert len(a.repo.compact_loaded()) == len(grown) - 3
+    finally:
+        a.close()
+        b.close()
+
+
 def test_only_documents_in_memory_are_compacted(tmp_path):
     """Issue 18.8: upkeep folds the change log of documents already loaded, never loads one
     just to fold it (a long log costs several times the document's size at load), and the
