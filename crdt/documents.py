@@ -506,7 +506,7 @@ class Repo:
                 writes.append((doc_id, infos, [batch], handle.doc.get_heads()))
                 out[doc_id] = infos
                 handle.size += sum(len(i.chunk) for i in infos)
-            metas = self.store.commit_many(writes) if writes else {}
+            metas = self.store.commit_many(writes, fresh=True) if writes else {}
         except BaseException:
             for doc_id in touched:
                 self.evict(doc_id)

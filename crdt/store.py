@@ -524,10 +524,16 @@ class Store:
     def commit_many(
         self,
         writes: Sequence[tuple[str, Sequence[ChangeInfo], Sequence[SignedBatch], Sequence[bytes]]],
+        *, fresh: bool = False,
     ) -> dict[str, DocMeta]:
         """Persist changes to several documents of ONE layer in one transaction: a bulk write
         that touches many shards is stored whole or not at all (issue 18.4). A full disk
-        raises :class:`StorageFull` and leaves the store as it was."""
+        raises :class:`StorageFull` and leaves the store as it was.
+
+        ``fresh``: the changes were just made on this device (each depends on the heads of
+        a document loaded from this store, so none can be held yet): their hashes are not
+        looked up one by one first. Should one be held after all, the whole transaction is
+        refused (:class:`StoreError`), nothing written."""
         layers = {layer_of(doc_id) for doc_id, *_ in writes}
         if len(layers) != 1:
             raise ValueError("one transaction covers documents of one layer")
@@ -537,7 +543,8 @@ class Store:
         try:
             with env.begin(write=True) as txn:
                 for doc_id, changes, batches, heads in writes:
-                    out[doc_id] = self._commit_in(txn, dbs, doc_id, changes, batches, heads)
+                    out[doc_id] = self._commit_in(txn, dbs, doc_id, changes, batches, heads,
+                                                  fresh=fresh)
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise StorageFull(self.data_dir, str(exc)) from exc
         except lmdb.Error as exc:
@@ -554,7 +561,8 @@ class Store:
 
     @staticmethod
     def _commit_in(txn, dbs, doc_id: str, changes: Sequence[ChangeInfo],
-                   batches: Sequence[SignedBatch], heads: Sequence[bytes]) -> DocMeta:
+                   batches: Sequence[SignedBatch], heads: Sequence[bytes],
+                   *, fresh: bool = False) -> DocMeta:
         """One document's share of a write transaction (see :meth:`commit_many`)."""
         raw = txn.get(doc_id.encode(), db=dbs[b"docs"])
         meta = DocMeta.decode(doc_id, raw) if raw else DocMeta(doc_id, (), 0, 0)
@@ -569,7 +577,7 @@ class Store:
         index_db = dbs[b"index"]
         for change in changes:
             ikey = prefix + change.hash
-            if ikey in seen or get(ikey, db=index_db) is not None:
+            if ikey in seen or (not fresh and get(ikey, db=index_db) is not None):
                 continue  # already held: idempotent
             seen.add(ikey)
             index_rows.append((ikey, by_hash[change.hash]))
@@ -578,7 +586,9 @@ class Store:
             change_rows.append((prefix + seqno.to_bytes(8, "big"), change.chunk))
             seqno += 1
         # Rows in bulk: per row, ``put`` costs more Python than LMDB (issue 17).
-        txn.cursor(db=index_db).putmulti(index_rows)
+        _, added = txn.cursor(db=index_db).putmulti(index_rows, overwrite=False)
+        if added != len(index_rows):  # only when ``fresh`` was wrong: abort the transaction
+            raise StoreError(f"{doc_id}: a change said to be new is held already")
         txn.cursor(db=dbs[b"changes"]).putmulti(change_rows)
         for actor, (seq, size) in top.items():
             akey = _key(doc_id, actor)

@@ -17,8 +17,11 @@ point it walks only what came since (the first one, at start, 50-100 ms before a
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import threading
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -30,3 +33,34 @@ def freeze_settled(why: str) -> int:
     frozen = gc.get_freeze_count()
     log.debug("heap settled (%s): %d objects frozen", why, frozen)
     return frozen
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic collection while a bulk write runs (issue 17).
+
+    A bulk write allocates tens of thousands of short-lived containers (closures, rows,
+    change records) that die by reference counting; each 700 of them start a young
+    collection, and every hundredth of those a full one that walks every object the caller
+    holds (an import's whole corpus, say). That was a tenth of ``Memory.add_many``'s CPU.
+    The pause is bounded by the one call; whatever cycles it made are collected after.
+    Nested and concurrent pauses (threads) count: collection resumes when the last ends,
+    and only if it was on before the first began."""
+    global _pauses, _was_enabled
+    with _pause_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()

@@ -249,3 +249,32 @@ def test_a_compacted_copy_is_taken_before_a_memory_migration(tmp_path, monkeypat
     assert tuple(store.doc_meta(NOTE_DOC).heads) == tuple(heads)
     store.close()
     assert not (device.path / "pre-migration" / "identity-v1").exists()  # no migration there
+
+
+def test_a_fresh_commit_that_holds_a_known_change_writes_nothing(tmp_path):
+    """Issue 17: a local write skips looking up each new change's hash first (it was just
+    made on a document loaded from this store, so none can be held). Should one be held all
+    the same, the whole transaction is refused: nothing of it written, the log unchanged;
+    a peer's delivery of the same changes (not fresh) stays idempotent."""
+    from automerge.core import ROOT, ScalarType
+
+    from crdt.batches import SignedBatch
+    from crdt.chunks import parse_change
+    from tests.trust_helpers import NOTE_DOC, Device
+
+    device = Device.found(tmp_path, "laptop")
+    try:
+        for i in range(3):
+            device.repo.change(NOTE_DOC, lambda tx, i=i: tx.put(ROOT, f"k{i}", ScalarType.Int, i))
+        store = device.store
+        meta = store.doc_meta(NOTE_DOC)
+        held = device.repo.open(NOTE_DOC).doc.get_changes([])[-1]
+        info = parse_change(bytes(held.raw_bytes))
+        batch = SignedBatch.sign(device.key, device.repo.mesh_id, NOTE_DOC, [info.hash])
+        heads = list(device.repo.heads(NOTE_DOC))
+        with pytest.raises(StoreError):
+            store.commit_many([(NOTE_DOC, [info], [batch], heads)], fresh=True)
+        assert store.doc_meta(NOTE_DOC) == meta
+        assert store.commit_many([(NOTE_DOC, [info], [batch], heads)])[NOTE_DOC] == meta
+    finally:
+        device.close()

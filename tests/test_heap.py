@@ -62,3 +62,57 @@ def test_litellm_s_first_answer_settles_the_heap() -> None:
         first, second = asyncio.run(ask_twice())
     assert first > 10_000  # litellm's models and everything else alive then
     assert second == 0  # once per backend: later answers do not freeze their garbage
+
+
+def test_a_bulk_write_runs_without_collections_and_restores_the_collector(tmp_path) -> None:
+    """Issue 17: ``Memory.add_many`` pauses cyclic collection for its one call (a tenth of
+    its CPU went to young and full passes over the caller's objects); nested and threaded
+    pauses resume it only when the last ends, and never turn on a collector that was off."""
+    import threading
+
+    from node.heap import gc_paused
+    from node.memory import Memory
+    from tests.trust_helpers import Device
+
+    seen: list[bool] = []
+    device = Device.found(tmp_path, "laptop")
+    memory = Memory(device.repo)
+    real = device.repo.change_many
+
+    def watched(*a, **k):
+        seen.append(gc.isenabled())
+        return real(*a, **k)
+
+    device.repo.change_many = watched  # type: ignore[method-assign]
+    try:
+        assert gc.isenabled()
+        memory.add_many([{"text": f"note {i}"} for i in range(50)])
+        assert seen == [False] and gc.isenabled()
+
+        inside = threading.Event()
+        release = threading.Event()
+
+        def other() -> None:
+            with gc_paused():
+                inside.set()
+                release.wait(5)
+
+        t = threading.Thread(target=other)
+        t.start()
+        assert inside.wait(5)
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the thread's pause still runs
+        release.set()
+        t.join()
+        assert gc.isenabled()
+
+        gc.disable()
+        try:
+            with gc_paused():
+                pass
+            assert not gc.isenabled()  # it was off before: left off
+        finally:
+            gc.enable()
+    finally:
+        device.close()

@@ -148,3 +148,41 @@ def test_held_rows_equal_the_rows_a_rebuild_reads_from_the_documents(
     for entry_id, row in held.items():
         if entry_id != old:  # the old one was superseded after its row was returned
             assert row == rebuilt[entry_id]
+
+
+@given(row=st.dictionaries(
+    st.text(min_size=1, max_size=12).filter(lambda k: k != "doc"),
+    st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.text(max_size=40),
+              st.lists(st.text(max_size=5))),
+    max_size=40),
+    doc=st.text(min_size=1, max_size=30))
+def test_a_row_packed_with_its_shard_reads_back_as_the_row_and_the_shard(row, doc):
+    """Issue 17: the index row's shard is added to the packed map by rewriting its header
+    (no copy of the row); every size of map, across the fixmap/map16 border, reads back
+    as the row with ``doc`` added, byte for byte what packing the copy gave."""
+    import msgpack
+
+    from node.memory.entries import _packed_with
+
+    pack = msgpack.Packer(use_bin_type=True).pack
+    out = _packed_with(pack, row, pack("doc") + pack(doc))
+    assert msgpack.unpackb(out, raw=False) == {**row, "doc": doc}
+    assert out == msgpack.packb({**row, "doc": doc}, use_bin_type=True)
+
+
+def test_random_id_parts_are_base32_and_use_every_letter_evenly():
+    """Issue 17: the random parts of entry ids are drawn in C (one byte per letter, its low 5
+    bits); they stay 10 base32 letters with every letter about equally likely, so the shard
+    an id falls in (its first letter) spreads writes evenly."""
+    from collections import Counter
+
+    from node.memory.entries import _random_parts
+    from node.memory.ids import _B32
+
+    parts = _random_parts(20_000)
+    assert len(parts) == 20_000 and len(set(parts)) == 20_000
+    assert all(len(p) == 10 and set(p) <= set(_B32) for p in parts)
+    counts = Counter("".join(parts))
+    assert set(counts) == set(_B32)
+    expected = 200_000 / 32
+    assert all(abs(c - expected) < 0.1 * expected for c in counts.values())

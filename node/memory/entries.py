@@ -8,7 +8,6 @@ documents whenever it is missing or stale (SPEC-001: deleting Runtime loses noth
 
 from __future__ import annotations
 
-import base64
 import itertools
 import logging
 import os
@@ -25,6 +24,7 @@ import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
 
 from crdt import Repo
+from node.heap import gc_paused
 
 from .ids import (
     ENTRY_ID_RE,
@@ -134,11 +134,16 @@ def _stamp(tx: Transaction, obj: Any, by: WriteBy | None) -> None:
             tx.put(obj, field, ScalarType.Str, by[field])
 
 
+# each random byte to the base32 letter of its low 5 bits: 256 is a multiple of 32, so every
+# letter is equally likely (5 random bits per character, as base32 encoding gives)
+_TO_B32 = bytes(ord("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"[b & 31]) for b in range(256))
+
+
 def _random_parts(n: int) -> list[str]:
     """``n`` random 10-character base32 parts of entry ids (50 random bits each), drawn with
-    one system call: per id, ``urandom`` and ``b32encode`` cost a third of what Automerge
-    spends writing the entry (issue 17)."""
-    chars = base64.b32encode(os.urandom(((10 * n + 7) // 8) * 5)).decode()
+    one system call and mapped in C: per id, ``urandom`` and ``b32encode`` cost a third of
+    what Automerge spends writing the entry, and ``b32encode`` is a Python loop (issue 17)."""
+    chars = os.urandom(10 * n).translate(_TO_B32).decode()
     return [chars[i : i + 10] for i in range(0, 10 * n, 10)]
 
 
@@ -566,7 +571,14 @@ class Memory:
         ``project:<id>``), not a person's words, so the tag rule does not apply to them.
         ``extra_ids``: the entries the ``extra`` edits of each shard write, for the write
         listeners; a shard with extra edits and no ids here is not told of (read whole)."""
-        items = list(items)
+        with gc_paused():  # thousands of short-lived containers: see node.heap
+            return self._add_many(list(items), by, extra, field_tags=field_tags,
+                                  row_fields=row_fields, extra_ids=extra_ids)
+
+    def _add_many(self, items: list[dict[str, Any]], by: WriteBy | None,
+                  extra: dict[str, list[Callable[[Transaction], None]]] | None,
+                  *, field_tags: bool, row_fields: dict[str, dict[str, Any]] | None,
+                  extra_ids: dict[str, list[str]] | None) -> list[dict[str, Any]]:
         by_shard: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         month = f"{datetime.now(UTC):%Y%m}"
         for item, rand in zip(items, _random_parts(len(items)), strict=True):
@@ -698,7 +710,8 @@ class Memory:
             cur = txn.cursor(db=self._index_db)
             for doc_id, (rows, heads) in pending.items():
                 prefix = _row_prefix(doc_id)
-                cur.putmulti([(prefix + row["id"].encode(), pack({**row, "doc": doc_id}))
+                tail = pack("doc") + pack(doc_id)
+                cur.putmulti([(prefix + row["id"].encode(), _packed_with(pack, row, tail))
                               for row in rows])
                 if heads is not None:
                     txn.put(b"heads:" + doc_id.encode(), packb(heads), db=self._kv)
@@ -997,6 +1010,18 @@ def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
     row = _public(entry_id, e)
     row["doc"] = doc_id
     return msgpack.packb(row, use_bin_type=True, default=_as_text)
+
+
+def _packed_with(pack: Callable[[Any], bytes], row: dict[str, Any], tail: bytes) -> bytes:
+    """msgpack of ``row`` with one more key, ``tail`` (that key and its value, packed), added
+    by rewriting the map's header: copying each row to add its shard cost more than packing
+    it (issue 17). ``row`` must not hold that key already."""
+    n, body = len(row), pack(row)
+    if n < 15:  # fixmap stays a fixmap
+        return bytes((0x80 | (n + 1),)) + body[1:] + tail
+    if n == 15:  # a fixmap of 15 becomes a map16 of 16
+        return b"\xde\x00\x10" + body[1:] + tail
+    return b"\xde" + (n + 1).to_bytes(2, "big") + body[3:] + tail  # map16 (rows hold < 65,535)
 
 
 def _as_text(value: Any) -> Any:
