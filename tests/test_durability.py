@@ -252,10 +252,10 @@ def test_a_compacted_copy_is_taken_before_a_memory_migration(tmp_path, monkeypat
 
 
 def test_a_fresh_commit_that_holds_a_known_change_writes_nothing(tmp_path):
-    """Issue 17: a local write skips looking up each new change's hash first (it was just
-    made on a document loaded from this store, so none can be held). Should one be held all
-    the same, the whole transaction is refused: nothing of it written, the log unchanged;
-    a peer's delivery of the same changes (not fresh) stays idempotent."""
+    """SPEC-001 001.9.6, issue 17: a local write skips looking up each new change's hash
+    first (it was just made on a document loaded from this store, so none can be held).
+    Should one be held all the same, the whole transaction is refused: nothing of it written,
+    the log unchanged; a peer's delivery of the same changes (not fresh) stays idempotent."""
     from automerge.core import ROOT, ScalarType
 
     from crdt.batches import SignedBatch
