@@ -48,19 +48,24 @@ def gc_paused() -> Iterator[None]:
     change records) that die by reference counting; each 700 of them start a young
     collection, and every hundredth of those a full one that walks every object the caller
     holds (an import's whole corpus, say). That was a tenth of ``Memory.add_many``'s CPU.
-    The pause is bounded by the one call; whatever cycles it made are collected after.
+    The pause is bounded by the one call (with what runs inside it: change listeners, the
+    hooks of documents it evicts, a write of held index rows: data freed by reference
+    counting too); whatever cycles it made are collected after.
     Nested and concurrent pauses (threads) count: collection resumes when the last ends,
     and only if it was on before the first began."""
     global _pauses, _was_enabled
-    with _pause_lock:
-        if _pauses == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _pauses += 1
+    counted = False
     try:
+        with _pause_lock:
+            if _pauses == 0:
+                _was_enabled = gc.isenabled()
+                gc.disable()
+            _pauses += 1
+            counted = True
         yield
     finally:
         with _pause_lock:
-            _pauses -= 1
+            if counted:
+                _pauses -= 1
             if _pauses == 0 and _was_enabled:
                 gc.enable()

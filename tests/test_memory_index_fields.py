@@ -101,3 +101,41 @@ def test_a_member_s_timestamp_field_does_not_hide_the_shard(tmp_path) -> None:
         assert listed == {e["id"] for e in honest}
     finally:
         a.close()
+
+
+def test_an_update_of_an_entry_with_a_member_s_timestamp_field_is_indexed(tmp_path) -> None:
+    """A member signs a fact's ``importance`` as an Automerge Timestamp; the owner then edits
+    the entry. The edit's index row is held to be written with later ones (``write_pending``),
+    and that writer packed rows without the text fallback ``_index_row`` has: every later
+    ``write_pending`` failed, no held row of any shard reached the index, and the held rows
+    grew with every write until a restart. The rows are written, the field as text."""
+    from datetime import UTC, datetime
+
+    from node.memory import Memory, shard_of
+    from node.memory.entries import _row_key
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path, "a")
+    try:
+        memory = Memory(a.repo)
+        entry = memory.add("heron at the weir", kind="note")
+        memory.write_pending()
+
+        def stamped(tx: Any) -> None:  # what a member may sign
+            obj = tx.get(ROOT, entry["id"])[1]
+            tx.put(obj, "importance", ScalarType.Timestamp, datetime(2026, 12, 4, tzinfo=UTC))
+
+        a.repo.change(shard_of(entry["id"]), stamped)
+        memory.list(limit=5)  # the index catches up with the member's change
+        memory.update(entry["id"], add_tags=["birds"])
+        other = memory.add("kingfisher", kind="note")
+        memory.write_pending()
+        assert memory._pending == {}  # nothing left held: both rows reached the index
+        with memory._env.begin() as txn:
+            for e in (entry, other):
+                assert txn.get(_row_key(shard_of(e["id"]), e["id"]),
+                               db=memory._index_db) is not None
+        shown = memory.get(entry["id"])
+        assert shown["tags"] == ["birds"]
+    finally:
+        a.close()

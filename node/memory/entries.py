@@ -704,14 +704,16 @@ class Memory:
     ) -> None:
         """Write index rows of several shards in one transaction; a shard with heads was up
         to date before its writes, so its indexed heads move on to those heads."""
-        pack = msgpack.Packer(use_bin_type=True).pack
+        # the fallback of _index_row: a member may sign a field msgpack cannot write (a
+        # Timestamp); without it one such row failed every later write of held rows
+        pack = msgpack.Packer(use_bin_type=True, default=_as_text).pack
         packb = msgpack.packb
         with self._env.begin(write=True) as txn:
             cur = txn.cursor(db=self._index_db)
             for doc_id, (rows, heads) in pending.items():
                 prefix = _row_prefix(doc_id)
                 tail = pack("doc") + pack(doc_id)
-                cur.putmulti([(prefix + row["id"].encode(), _packed_with(pack, row, tail))
+                cur.putmulti([(prefix + row["id"].encode(), _packed_with(pack, row, doc_id, tail))
                               for row in rows])
                 if heads is not None:
                     txn.put(b"heads:" + doc_id.encode(), packb(heads), db=self._kv)
@@ -1012,16 +1014,21 @@ def _index_row(doc_id: str, entry_id: str, e: dict[str, Any]) -> bytes:
     return msgpack.packb(row, use_bin_type=True, default=_as_text)
 
 
-def _packed_with(pack: Callable[[Any], bytes], row: dict[str, Any], tail: bytes) -> bytes:
-    """msgpack of ``row`` with one more key, ``tail`` (that key and its value, packed), added
-    by rewriting the map's header: copying each row to add its shard cost more than packing
-    it (issue 17). ``row`` must not hold that key already."""
-    n, body = len(row), pack(row)
+def _packed_with(pack: Callable[[Any], bytes], row: dict[str, Any], doc_id: str,
+                 tail: bytes) -> bytes:
+    """msgpack of ``row`` with ``"doc": doc_id`` added (``tail``: that pair, packed), by
+    rewriting the map's header: copying each row to add its shard cost more than packing
+    it (issue 17). A row that holds the key already, or too many keys for a map16, is
+    packed from a copy instead."""
+    n = len(row)
+    if n >= 0xFFFF or "doc" in row:
+        return pack({**row, "doc": doc_id})
+    body = pack(row)
     if n < 15:  # fixmap stays a fixmap
         return bytes((0x80 | (n + 1),)) + body[1:] + tail
     if n == 15:  # a fixmap of 15 becomes a map16 of 16
         return b"\xde\x00\x10" + body[1:] + tail
-    return b"\xde" + (n + 1).to_bytes(2, "big") + body[3:] + tail  # map16 (rows hold < 65,535)
+    return b"\xde" + (n + 1).to_bytes(2, "big") + body[3:] + tail
 
 
 def _as_text(value: Any) -> Any:
