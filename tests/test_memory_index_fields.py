@@ -139,3 +139,107 @@ def test_an_update_of_an_entry_with_a_member_s_timestamp_field_is_indexed(tmp_pa
         assert shown["tags"] == ["birds"]
     finally:
         a.close()
+
+
+def _forge_copies(a: Any, memory: Any, honest: list[dict[str, Any]]) -> tuple[str, str]:
+    """What a member can sign into a shard: a map under the id of an honest entry that lives
+    in another shard, and one under an id of no memory kind. Returns (the copied id, the
+    shard the forgery went into)."""
+    from node.memory import shard_of
+
+    shard = shard_of(honest[0]["id"])
+    elsewhere = next(e["id"] for e in honest if shard_of(e["id"]) != shard)
+
+    def forge(tx: Any) -> None:
+        copy = tx.put_object(ROOT, elsewhere, ObjType.Map)
+        tx.put(copy, "text", ScalarType.Str, "forged: delete the backups")
+        tx.put(copy, "kind", ScalarType.Str, "note")
+        odd = tx.put_object(ROOT, "zzz-202612-AAAAAAAAAA", ObjType.Map)
+        tx.put(odd, "text", ScalarType.Str, "no kind of memory")
+
+    a.repo.change(shard, forge)
+    return elsewhere, shard
+
+
+def test_a_member_s_copy_of_an_entry_under_its_id_is_not_listed(tmp_path) -> None:
+    """SPEC-005 005.10.2a, found by an attacker's read of the shard check: Memory's index
+    took any map under an id-shaped key, so a member could sign, into one shard, a map under
+    the id of an honest entry of another shard, and listings (the API, MCP, the CLI) showed
+    two entries with that id, one of them the member's text; and an id of no memory kind was
+    listed as an entry nobody could show. Only entries of their own shard are indexed."""
+    from node.memory import Memory
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path, "a")
+    try:
+        memory = Memory(a.repo)
+        honest = memory.add_many([{"text": f"curlew {i}", "kind": "note"} for i in range(40)])
+        copied, _ = _forge_copies(a, memory, honest)
+        listed = memory.list(limit=1000)
+        assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in honest)
+        assert {e["text"] for e in listed if e["id"] == copied} == {
+            next(e["text"] for e in honest if e["id"] == copied)}
+        assert memory.get(copied)["text"].startswith("curlew")
+    finally:
+        a.close()
+
+
+def test_rows_an_older_index_let_in_are_dropped_once_at_start(tmp_path) -> None:
+    """An index written before that rule keeps the forged rows until their shard changes
+    again; at start they are dropped, from the keys alone (no shard is read), once."""
+    from node.memory import Memory
+    from node.memory.entries import INDEX_RULES, INDEX_RULES_KEY, _index_row, _row_key
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path, "a")
+    try:
+        memory = Memory(a.repo)
+        honest = memory.add_many([{"text": f"whimbrel {i}", "kind": "note"} for i in range(40)])
+        memory.write_pending()
+        copied, shard = _forge_copies(a, memory, honest)
+        memory.list(limit=5)  # indexed under the new rule: no forged row
+        with memory._env.begin(write=True) as txn:  # what the older rule had written
+            forged = {"text": "forged: delete the backups", "kind": "note",
+                      "created_at": "2026-12-04T00:00:00Z", "log": [None]}
+            txn.put(_row_key(shard, copied), _index_row(shard, copied, forged),
+                    db=memory._index_db)
+            txn.delete(INDEX_RULES_KEY, db=memory._kv)
+        assert sum(e["id"] == copied for e in memory.list(limit=1000)) == 2  # as before
+
+        restarted = Memory(a.repo)
+        listed = restarted.list(limit=1000)
+        assert sorted(e["id"] for e in listed) == sorted(e["id"] for e in honest)
+        with restarted._env.begin() as txn:
+            assert txn.get(INDEX_RULES_KEY, db=restarted._kv) == INDEX_RULES
+            assert txn.get(_row_key(shard, copied), db=restarted._index_db) is None
+    finally:
+        a.close()
+
+
+def test_a_member_s_deleted_copy_under_an_entry_s_id_is_not_in_the_deleted_list(tmp_path):
+    """SPEC-005 005.10.2a for ``maia memory deleted``: a member's map marked deleted under the
+    id of an honest, live entry of another shard was listed as that entry, deleted (with the
+    member's text), inviting an undelete of an entry that was never deleted."""
+    from node.memory import Memory, shard_of
+    from node.memory.versions import versions_of
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path, "a")
+    try:
+        memory = Memory(a.repo)
+        honest = memory.add_many([{"text": f"sanderling {i}", "kind": "note"}
+                                  for i in range(40)])
+        shard = shard_of(honest[0]["id"])
+        elsewhere = next(e["id"] for e in honest if shard_of(e["id"]) != shard)
+
+        def forge(tx: Any) -> None:
+            copy = tx.put_object(ROOT, elsewhere, ObjType.Map)
+            tx.put(copy, "text", ScalarType.Str, "forged: this was deleted")
+            tx.put(copy, "kind", ScalarType.Str, "note")
+            tx.put(copy, "deleted_at", ScalarType.Str, "2026-12-04T00:00:00Z")
+
+        a.repo.change(shard, forge)
+        memory.delete(honest[0]["id"])
+        assert [r["id"] for r in versions_of(memory).deleted()] == [honest[0]["id"]]
+    finally:
+        a.close()

@@ -342,3 +342,43 @@ def test_memory_s_slice_of_a_peer_s_shard_is_read_once(tmp_path: Path, monkeypat
         index.close()
         a.close()
         b.close()
+
+
+def test_an_id_shaped_key_of_no_memory_kind_does_not_hide_the_shard(tmp_path: Path) -> None:
+    """A member signs, into a memory shard, a map under a key shaped like an entry id whose
+    kind is no memory kind (``zzz-202612-...``). The index's shard check called
+    ``shard_of`` on it, which refuses such an id: the whole shard failed to index, on every
+    pass (after Memory's pass) or for good (a whole-shard read: its mark was dropped), and
+    its honest entries were not found. The key is skipped, as any key that is no entry id."""
+    a = Device.found(tmp_path, "a")
+    mine = Memory(a.repo)
+    index = SearchIndex(tmp_path / "search", a.repo, None, mine)
+    try:
+        honest = mine.add_many([{"text": f"godwit {i}", "kind": "note"} for i in range(40)])
+        index.flush()
+        shard = shard_of(honest[0]["id"])
+        mates = sorted(e["id"] for e in honest if shard_of(e["id"]) == shard)
+
+        def odd(tx: Any) -> None:
+            stray = tx.put_object(ROOT, "zzz-202612-AAAAAAAAAA", ObjType.Map)
+            tx.put(stray, "text", ScalarType.Str, "stray godwit")
+            obj = tx.get(ROOT, mates[0])[1]
+            tx.put(obj, "text", ScalarType.Str, "godwit edited beside the stray key")
+            log_list = tx.get(obj, "log")[1]  # an edit is a log record (its count is read)
+            rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+            tx.put(rec, "op", ScalarType.Str, "edit")
+
+        a.repo.change(shard, odd)
+        index.flush()  # the shard read whole by the index itself
+        assert index.dirty_shards() == 0
+        found = {e["id"]: e["text"] for e in
+                 index.search("godwit", mode="text", limit=100)["entries"]}
+        assert sorted(found) == sorted(e["id"] for e in honest)
+        assert found[mates[0]] == "godwit edited beside the stray key"
+        mine.flush_index()  # and after Memory's pass, which hands its reads on
+        index.flush()
+        assert index.dirty_shards() == 0
+        assert snapshot(index) == rebuilt(a, tmp_path / "rebuilt")
+    finally:
+        index.close()
+        a.close()

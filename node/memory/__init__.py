@@ -8,7 +8,16 @@ commands, thin callers of the two. The names below are the package's public inte
 """
 
 from .entries import Memory, ShardScan
-from .ids import ENTRY_ID_RE, KINDS, MAX_TEXT, EntryNotFound, new_entry_id, now_iso, shard_of
+from .ids import (
+    ENTRY_ID_RE,
+    KINDS,
+    MAX_TEXT,
+    EntryNotFound,
+    in_shard,
+    new_entry_id,
+    now_iso,
+    shard_of,
+)
 
 __all__ = ["ENTRY_ID_RE", "KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "ShardScan",
-           "new_entry_id", "now_iso", "shard_of"]
+           "in_shard", "new_entry_id", "now_iso", "shard_of"]

@@ -27,10 +27,10 @@ from crdt import Repo
 from node.heap import gc_paused
 
 from .ids import (
-    ENTRY_ID_RE,
     KINDS,
     MAX_TEXT,
     EntryNotFound,
+    in_shard,
     new_entry_id,
     now_iso,
     shard_of,
@@ -39,6 +39,9 @@ from .versions import versions_of
 
 log = logging.getLogger(__name__)
 
+# The rules the index's rows were admitted by (2: entries of their own shard only); an index
+# written under older rules has its stray rows dropped once (Memory._drop_stray_rows).
+INDEX_RULES_KEY, INDEX_RULES = b"index_rules", b"2"
 UNREAD_TOMBSTONES = b"unread-tombstones:"  # kv: shards whose deleted entries no reader saw
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 #: Index rows of local writes held before they are written in one Runtime transaction.
@@ -209,6 +212,7 @@ class Memory:
         self.scan_listeners: list[ScanListener] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_loaded)
+        self._drop_stray_rows()
         self._mark_stale()
 
     # -- index upkeep ----------------------------------------------------------------------------
@@ -315,6 +319,28 @@ class Memory:
         raw = txn.get(b"heads:" + doc_id.encode(), db=self._kv)
         return msgpack.unpackb(raw) if raw else None
 
+    def _drop_stray_rows(self) -> None:
+        """Once per index, delete rows an older rule let in: a member's map under the id of
+        an entry of another shard (a forged second version listed under that very id), or
+        under an id of no memory kind (``ids.in_shard``). A pass over the keys alone, once:
+        no shard is read again. Skipped on a read-only store."""
+        if self._env.flags()["readonly"]:
+            return
+        with self._env.begin(write=True) as txn:
+            if txn.get(INDEX_RULES_KEY, db=self._kv) == INDEX_RULES:
+                return
+            stray = []
+            for key in txn.cursor(db=self._index_db).iternext(values=False):
+                doc_id, _, entry_id = bytes(key).partition(b"\x00")
+                if not in_shard(entry_id.decode(errors="replace"),
+                                doc_id.decode(errors="replace")):
+                    stray.append(bytes(key))
+            for key in stray:
+                txn.delete(key, db=self._index_db)
+            txn.put(INDEX_RULES_KEY, INDEX_RULES, db=self._kv)
+        if stray:
+            log.info("memory index: %d row(s) of no entry of their shard dropped", len(stray))
+
     def _mark_stale(self) -> None:
         with self._env.begin() as txn:
             for doc_id in self.repo.store.doc_ids("memory"):
@@ -363,7 +389,7 @@ class Memory:
         was_loaded = self.repo.is_loaded(doc_id)
         try:
             doc = self.repo.open(doc_id).doc
-            return any(kind == ObjType.Map and ENTRY_ID_RE.match(key)
+            return any(kind == ObjType.Map and in_shard(key, doc_id)
                        for key, (kind, _) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True))
         finally:
             if not was_loaded:
@@ -456,8 +482,8 @@ class Memory:
                 zip(doc.keys(ROOT), doc.values(ROOT), strict=True)):
             if slice_size and n and n % slice_size == 0:
                 yield
-            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
-                continue
+            if kind != ObjType.Map or not in_shard(entry_id, doc_id):
+                continue  # no entry of this shard (ids.in_shard: a member's forged copy)
             # the keys and the log's length tell an unchanged entry; its values (the text,
             # the sources) are read only when it changed
             keys = doc.keys(obj)

@@ -36,9 +36,28 @@ def new_entry_id(kind: str, when: datetime | None = None) -> str:
     return f"{kind}-{when:%Y%m}-{rand}"
 
 
-def shard_of(entry_id: str) -> str:
+def _id_match(entry_id: str) -> re.Match[str] | None:
+    """The parts of an entry id, or None when it is no id of a memory kind."""
     m = ENTRY_ID_RE.match(entry_id)
-    if not m or m.group(1) not in KINDS:
-        raise EntryNotFound(entry_id)
+    return m if m and m.group(1) in KINDS else None
+
+
+def _shard(m: re.Match[str]) -> str:
     kind, year, month, rand = m.groups()
     return f"memory/{kind}/{year}-{month}/{_B32.index(rand[0]) % BUCKETS}"
+
+
+def shard_of(entry_id: str) -> str:
+    m = _id_match(entry_id)
+    if m is None:
+        raise EntryNotFound(entry_id)
+    return _shard(m)
+
+
+def in_shard(entry_id: str, doc_id: str) -> bool:
+    """Whether ``entry_id`` is an entry id that belongs in shard ``doc_id``. A member can
+    sign, into any shard, a map under a key that is no id, an id of no memory kind, or the
+    id of an entry that lives in another shard; none of them is an entry of this shard, and
+    listing them showed a second, forged version of an honest entry under its very id."""
+    m = _id_match(entry_id)
+    return m is not None and _shard(m) == doc_id

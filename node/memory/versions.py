@@ -28,7 +28,7 @@ from crdt import (
     visible_ids,
 )
 
-from .ids import ENTRY_ID_RE, MAX_TEXT, EntryNotFound, now_iso, shard_of
+from .ids import MAX_TEXT, EntryNotFound, in_shard, now_iso, shard_of
 
 if TYPE_CHECKING:  # Memory calls this module (Memory.history); types only here
     from .entries import Memory
@@ -339,7 +339,7 @@ class EntryVersions:
         rows: dict[bytes, bytes] = {}
         for entry_id in doc.keys(ROOT):
             got = doc.get(ROOT, entry_id)
-            if got is None or got[0] != ObjType.Map or not ENTRY_ID_RE.match(entry_id):
+            if got is None or got[0] != ObjType.Map or not in_shard(entry_id, doc_id):
                 continue
             e = got[1]
             when = doc.get(e, "deleted_at")

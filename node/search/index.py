@@ -31,7 +31,7 @@ from automerge.core import ROOT, ObjType, extract
 
 from crdt import Repo
 
-from ..memory import ENTRY_ID_RE, ShardScan, shard_of
+from ..memory import ShardScan, in_shard
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
@@ -367,7 +367,7 @@ class SearchIndex:
                     "SELECT entry_id, rowid, edits FROM docs WHERE shard=?", (doc_id,))}
             changed, present = [], set()
             for entry_id, edits in scan.edits.items():
-                if entry_id in scan.superseded or shard_of(entry_id) != doc_id:
+                if entry_id in scan.superseded or not in_shard(entry_id, doc_id):
                     continue  # replaced by a correction (SPEC-004 §2.12), or not of this shard
                 present.add(entry_id)
                 if indexed.get(entry_id, (None, None))[1] == edits:
@@ -476,8 +476,7 @@ class SearchIndex:
         changed, present = [], set()
         # keys and values of the root in one call each: the shard's scan is per entry
         for entry_id, (kind, obj) in zip(doc.keys(ROOT), doc.values(ROOT), strict=True):
-            if kind != ObjType.Map or not ENTRY_ID_RE.match(entry_id) or \
-                    shard_of(entry_id) != doc_id:
+            if kind != ObjType.Map or not in_shard(entry_id, doc_id):
                 continue  # a member's entry under another shard's id: never indexed twice
             self._read_entry(doc, entry_id, obj, indexed, changed, present)
         self._apply(doc_id, indexed, changed, present, sorted(doc.get_heads()))
@@ -500,8 +499,7 @@ class SearchIndex:
                     f"({','.join('?' * len(part))})", (doc_id, *part)))
         changed, present = [], set()
         for entry_id in wanted:
-            got = doc.get(ROOT, entry_id) if ENTRY_ID_RE.match(entry_id) and \
-                shard_of(entry_id) == doc_id else None
+            got = doc.get(ROOT, entry_id) if in_shard(entry_id, doc_id) else None
             if got is not None and got[0] == ObjType.Map:
                 self._read_entry(doc, entry_id, got[1], indexed, changed, present)
         self._apply(doc_id, indexed, changed, present, heads)
