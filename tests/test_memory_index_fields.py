@@ -185,8 +185,8 @@ def test_a_member_s_copy_of_an_entry_under_its_id_is_not_listed(tmp_path) -> Non
 
 
 def test_rows_an_older_index_let_in_are_dropped_once_at_start(tmp_path) -> None:
-    """An index written before that rule keeps the forged rows until their shard changes
-    again; at start they are dropped, from the keys alone (no shard is read), once."""
+    """SPEC-005 005.10.2a: an index written before that rule keeps the forged rows until
+    their shard changes again; at start it is rebuilt, once, under the current rules."""
     from node.memory import Memory
     from node.memory.entries import INDEX_RULES, INDEX_RULES_KEY, _index_row, _row_key
     from tests.trust_helpers import Device
@@ -241,5 +241,75 @@ def test_a_member_s_deleted_copy_under_an_entry_s_id_is_not_in_the_deleted_list(
         a.repo.change(shard, forge)
         memory.delete(honest[0]["id"])
         assert [r["id"] for r in versions_of(memory).deleted()] == [honest[0]["id"]]
+    finally:
+        a.close()
+
+
+_ODD_VALUES = st.one_of(
+    st.tuples(st.just("scalar"), st.one_of(
+        st.tuples(st.just(ScalarType.Int), st.integers(-3, 3)),
+        st.tuples(st.just(ScalarType.F64), st.floats(allow_nan=False, allow_infinity=False)),
+        st.tuples(st.just(ScalarType.Boolean), st.booleans()),
+        st.tuples(st.just(ScalarType.Null), st.none()),
+        st.tuples(st.just(ScalarType.Str), st.text(max_size=6)),
+        st.tuples(st.just(ScalarType.Timestamp), st.just("ts")),
+        st.tuples(st.just(ScalarType.Bytes), st.binary(max_size=4)),
+    )),
+    st.tuples(st.just("list"), st.lists(scalars, max_size=3)),
+    st.tuples(st.just("map"), st.dictionaries(st.text(min_size=1, max_size=4), scalars,
+                                               max_size=3)),
+    st.tuples(st.just("text"), st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(odd=st.dictionaries(st.sampled_from(FIELDS), _ODD_VALUES, min_size=1, max_size=6),
+       kind=st.sampled_from(["note", "skill", "fact"]))
+def test_any_field_of_any_type_a_member_signs_leaves_every_reader_answering(
+        tmp_path_factory, odd: dict[str, Any], kind: str) -> None:
+    """SPEC-005 005.10.2b, found by an attacker's read of the readers of index rows: a member
+    signed an entry whose ``created_at`` was an Int (every listing's sort raised, on every
+    device, for good), whose ``text`` was no string (every word search raised), whose
+    ``tags`` was a list (its whole shard stopped being indexed), or a Timestamp field (show
+    answered 500). For any value of any type under any field, listings, word search, show
+    and skills answer, JSON can carry what they give, and every honest entry is listed."""
+    import json
+    from datetime import UTC, datetime
+
+    from node.consolidation.skills import list_skills
+    from node.memory import Memory, shard_of
+    from tests.trust_helpers import Device
+
+    root = tmp_path_factory.mktemp("odd")
+    a = Device.found(root, "a")
+    try:
+        memory = Memory(a.repo)
+        honest = memory.add_many([{"text": f"turnstone {i}", "kind": kind} for i in range(6)])
+        memory.list(limit=5)
+        forged_id = honest[0]["id"][:-1] + ("A" if honest[0]["id"][-1] != "A" else "B")
+        shard = shard_of(forged_id)
+
+        def forge(tx: Any) -> None:
+            got = tx.get(ROOT, forged_id)
+            obj = got[1] if got is not None else tx.put_object(ROOT, forged_id, ObjType.Map)
+            for key, (shape, value) in odd.items():
+                if shape == "scalar" and value[0] == ScalarType.Timestamp:
+                    tx.put(obj, key, ScalarType.Timestamp, datetime(2026, 12, 4, tzinfo=UTC))
+                else:
+                    _write(tx, obj, key, shape, value)
+
+        a.repo.change(shard, forge)
+        listed = memory.list(limit=100)
+        json.dumps(listed)
+        assert {e["id"] for e in honest} <= {e["id"] for e in listed}
+        json.dumps(memory.list(query="turnstone", limit=100))
+        json.dumps(memory.list(kind=kind, since="2000", until="9999", limit=100))
+        for e in honest:
+            json.dumps(memory.get(e["id"]))
+        try:
+            json.dumps(memory.get(forged_id))
+        except Exception as exc:  # absent or deleted is a clear answer; a crash is not
+            assert type(exc).__name__ == "EntryNotFound"
+        json.dumps(list_skills(memory))
     finally:
         a.close()

@@ -39,9 +39,10 @@ from .versions import versions_of
 
 log = logging.getLogger(__name__)
 
-# The rules the index's rows were admitted by (2: entries of their own shard only); an index
-# written under older rules has its stray rows dropped once (Memory._drop_stray_rows).
-INDEX_RULES_KEY, INDEX_RULES = b"index_rules", b"2"
+# The rules the index's rows were written by (3: entries of their own shard only, SPEC-005
+# 005.10.2a; fields in the types maia-node writes, 005.10.2b); an index written under older
+# rules is rebuilt once (Memory._apply_index_rules).
+INDEX_RULES_KEY, INDEX_RULES = b"index_rules", b"3"
 UNREAD_TOMBSTONES = b"unread-tombstones:"  # kv: shards whose deleted entries no reader saw
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 #: Index rows of local writes held before they are written in one Runtime transaction.
@@ -212,7 +213,7 @@ class Memory:
         self.scan_listeners: list[ScanListener] = []
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_loaded)
-        self._drop_stray_rows()
+        self._apply_index_rules()
         self._mark_stale()
 
     # -- index upkeep ----------------------------------------------------------------------------
@@ -319,27 +320,25 @@ class Memory:
         raw = txn.get(b"heads:" + doc_id.encode(), db=self._kv)
         return msgpack.unpackb(raw) if raw else None
 
-    def _drop_stray_rows(self) -> None:
-        """Once per index, delete rows an older rule let in: a member's map under the id of
-        an entry of another shard (a forged second version listed under that very id), or
-        under an id of no memory kind (``ids.in_shard``). A pass over the keys alone, once:
-        no shard is read again. Skipped on a read-only store."""
+    def _apply_index_rules(self) -> None:
+        """Rebuild, once, an index written under older rules (``INDEX_RULES``): its rows may
+        hold a member's map under another shard's entry id (a forged second version listed
+        under that very id, 005.10.2a) or fields of types no reader expects (005.10.2b). The
+        rows and indexed heads are dropped, so every shard is read again (on a node, in
+        slices in the background). Skipped on a read-only store."""
         if self._env.flags()["readonly"]:
             return
         with self._env.begin(write=True) as txn:
             if txn.get(INDEX_RULES_KEY, db=self._kv) == INDEX_RULES:
                 return
-            stray = []
-            for key in txn.cursor(db=self._index_db).iternext(values=False):
-                doc_id, _, entry_id = bytes(key).partition(b"\x00")
-                if not in_shard(entry_id.decode(errors="replace"),
-                                doc_id.decode(errors="replace")):
-                    stray.append(bytes(key))
-            for key in stray:
-                txn.delete(key, db=self._index_db)
+            txn.drop(self._index_db, delete=False)
+            heads = [bytes(k) for k in txn.cursor(db=self._kv).iternext(values=False)
+                     if bytes(k).startswith(b"heads:")]
+            for key in heads:
+                txn.delete(key, db=self._kv)
             txn.put(INDEX_RULES_KEY, INDEX_RULES, db=self._kv)
-        if stray:
-            log.info("memory index: %d row(s) of no entry of their shard dropped", len(stray))
+        if heads:
+            log.info("memory index: rebuilt under its current rules (%d shards)", len(heads))
 
     def _mark_stale(self) -> None:
         with self._env.begin() as txn:
@@ -946,22 +945,49 @@ class Memory:
 
 
 def _public(entry_id: str, e: dict[str, Any]) -> dict[str, Any]:
-    tags = e.get("tags") or {}
+    """An entry as every reader gets it (index rows, ``get``, the API, MCP, skills, the
+    consolidation), its fields in the types maia-node writes. A member can sign any value
+    under any field (an Int ``created_at``, a list of ``tags``, a Timestamp ``importance``):
+    passed through, one such entry made every listing's sort raise, every word search, every
+    consolidation run and skill lookup, or stopped its whole shard from being indexed
+    (SPEC-005 005.10.2b). A field of another type reads as absent."""
+    tags = e.get("tags")
+    log_list = e.get("log")
     return {
         "id": entry_id,
-        "text": e.get("text", ""),
-        "kind": e.get("kind", ""),
-        "tags": sorted(t for t, on in tags.items() if on),
-        "created_at": e.get("created_at", ""),
-        "author": e.get("author", ""),
-        "edits": len(e.get("log") or []),
-        "session": e.get("session") or None,
-        "agent": e.get("agent") or None,
-        "supersedes": e.get("supersedes") or None,
-        "superseded_by": e.get("superseded_by") or None,
+        "text": _str_or(e.get("text"), ""),
+        "kind": _str_or(e.get("kind"), ""),
+        "tags": sorted(t for t, on in tags.items() if on is True and isinstance(t, str))
+        if isinstance(tags, dict) else [],
+        "created_at": _str_or(e.get("created_at"), ""),
+        "author": _str_or(e.get("author"), ""),
+        "edits": len(log_list) if isinstance(log_list, list) else 0,
+        "session": _str_or(e.get("session"), None) or None,
+        "agent": _str_or(e.get("agent"), None) or None,
+        "supersedes": _str_or(e.get("supersedes"), None) or None,
+        "superseded_by": _str_or(e.get("superseded_by"), None) or None,
         # signed fields of facts, skills and pins (SPEC-006 §12), only when the entry has them
-        **{f: e[f] for f in SIGNED_EXTRA_FIELDS if e.get(f) not in (None, "", [])},
+        **{f: v for f in SIGNED_EXTRA_FIELDS
+           if (v := _plain(e.get(f))) not in (None, "", [])},
     }
+
+
+def _str_or(value: Any, default: Any) -> Any:
+    return value if isinstance(value, str) else default
+
+
+def _plain(value: Any) -> Any:
+    """A signed extra field as JSON can carry it: scalars as they are, a Timestamp as its
+    ISO text, a list of those; anything else (a map, bytes, a counter) as absent. Readers
+    of each field still check its meaning (``importance`` a score, ``sources`` ids)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list):
+        items = [_plain(v) for v in value]
+        return items if all(i is not None and not isinstance(i, list) for i in items) else None
+    return None
 
 
 # Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
