@@ -489,3 +489,20 @@ def test_only_a_majority_of_peers_can_call_our_clock_the_outlier() -> None:
     assert own_clock_is_outlier([30.0, 31.0, 0.1])
     assert not own_clock_is_outlier([30.0, -30.0])  # they disagree with each other
     assert not own_clock_is_outlier([30.0, 0.2, 0.1])
+
+
+def test_a_session_s_tags_stay_bounded_however_many_paths_an_agent_posts() -> None:
+    """SPEC-004 §5.3, found by an attacker's read: an agent's session token posting thousands
+    of distinct paths grew the session's tag map without end (every hook sorted all of it:
+    192,000 tags cost 211 ms a hook and 800 MB). At most 256 are kept, the newest."""
+    from node.sessions.registry import MAX_TAGS, Session
+
+    s = Session(id="s1", agent="claude", pid=1, cwd="/r", repository="r", branch="main",
+                task="", cli_session_id="c", device="d", device_name="laptop",
+                started_ns=0, last_seen_ns=0)
+    for step in range(40):
+        s.touch_tags([f"file:src/m{step}_{i}.py" for i in range(64)], now=step + 1)
+    assert len(s.tags) == MAX_TAGS
+    newest = {f"file:src/m39_{i}.py" for i in range(64)}
+    assert newest <= set(s.effective_tags(now=41))
+    assert len(s.effective_tags(now=41)) <= MAX_TAGS

@@ -77,9 +77,14 @@ class Session:
     inbox: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_INBOX))
 
     def touch_tags(self, tags: list[str], now: int) -> None:
+        """Bounded like ``modified`` (SPEC-004 §5.3 keeps at most 256): an agent posting
+        thousands of distinct paths grew the map without end, and every hook sorted it all
+        (192,000 tags: 211 ms a hook, 800 MB; found by an attacker's read)."""
         for tag in tags:
             self.tags[tag] = now
             self.tags.move_to_end(tag)
+        while len(self.tags) > MAX_TAGS:
+            self.tags.popitem(last=False)
 
     def touch_modified(self, files: list[str], now: int) -> None:
         for f in files:
