@@ -501,7 +501,9 @@ class Coordinator:
         self.index.drop(sid)
 
     def _drop_stale_origins(self) -> None:
-        """§4.5: an origin not refreshed for ``live_stale_s`` has no live sessions here."""
+        """§4.5: an origin not refreshed for ``live_stale_s`` has no live sessions here; an
+        origin no longer a member (revoked) has no sessions and no leases here at all."""
+        self._drop_departed_origins()
         for key, state in self.live.origins.items():
             ids = self._origin_sessions.get(key)
             if ids and not state.fresh(self.cfg.live_stale_s):
@@ -510,10 +512,28 @@ class Coordinator:
                     self._forget_remote(sid)
                 self._origin_sessions[key] = set()
 
+    def _drop_departed_origins(self) -> None:
+        """SPEC-004 004.4.7: the live state of an origin the roster no longer counts a member
+        (a revoked device) is forgotten: its sessions, and its leases, which would otherwise
+        deny every edit they cover for up to 24 h after the revocation (found by an attacker's
+        read: a stolen laptop's exclusive lease on ``**`` outlived its revocation)."""
+        roster = self.live.repo.roster
+        gone = [key for key in self.live.origins if not roster.is_member(key)]
+        for key in gone:
+            state = self.live.origins.pop(key)
+            log.info("live state of %s dropped: no longer a member", state.device_id)
+            for sid in self._origin_sessions.pop(key, set()):
+                self._forget_remote(sid)
+        if gone:
+            self._settle_leases(mono_ns())
+
     # -- leases (§8, §9) -------------------------------------------------------------------------
     def _known_leases(self) -> list[Lease]:
         known = list(self.local_leases.values())
-        for state in self.live.origins.values():
+        roster = self.live.repo.roster
+        for key, state in self.live.origins.items():
+            if not roster.is_member(key):
+                continue  # revoked since: forgotten at the next tick (_drop_departed_origins)
             # remembered even when the origin is unreachable (§9.2), unless the owner dropped
             # one here (§8.2)
             known.extend(x for x in state.leases if x.id not in self.dropped_remote)

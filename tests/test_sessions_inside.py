@@ -1,0 +1,94 @@
+"""What a member's key can do to another device's coordination (SPEC-004), in process.
+
+A real coordinator over a real store and roster; the peer manager is reduced to the frame
+handlers it registers, so a test hands it signed ``live`` frames as a connection would.
+Found by an attacker's read of the sessions feature from inside the mesh.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+
+from crdt.identity import create_mesh, record_certs
+from crdt.keys import DeviceKey, device_id
+from crdt.roster import new_endorsement, new_tombstone
+from crdt.store import Store
+from node.memory import Memory
+from node.sessions.clock import iso, now_ns
+from node.sessions.config import SessionsConfig
+from node.sessions.coordinator import Coordinator
+from node.sessions.mesh import LIVE_DOMAIN
+from tests.sessions_helpers import make_repo
+
+
+class _Peers:
+    """The peer manager as the live mesh sees it: frame handlers and a broadcast."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+        self.on_connected: list[Any] = []
+        self.connections: dict[bytes, Any] = {}
+
+    def register(self, kind: str, handler: Any) -> None:
+        self.handlers[kind] = handler
+
+    async def broadcast(self, frame: dict[str, Any]) -> int:
+        return 0
+
+
+class _Conn:
+    def __init__(self, key: DeviceKey) -> None:
+        self.peer_key = key.public_key
+        self.peer_device_id = device_id(key.public_key)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        pass
+
+
+def _coordinator(root: Path, members: list[tuple[DeviceKey, str]]) -> tuple[Coordinator, Any]:
+    store = Store(root / "node")
+    key = DeviceKey.generate()
+    repo = create_mesh(store, key, "home", "laptop")
+    record_certs(repo, [new_endorsement(key, repo.mesh_id, k.public_key, n) for k, n in members])
+    node = SimpleNamespace(key=key, repo=repo, config=SimpleNamespace(name="laptop"),
+                           store=store, memory=Memory(repo), peers=_Peers())
+    coordinator = Coordinator(node, SessionsConfig())
+    coordinator.setup()
+    return coordinator, node
+
+
+def _live(key: DeviceKey, mesh_id: bytes, seq: int, sessions: list, leases: list) -> dict:
+    body = msgpack.packb({"v": 1, "origin": key.public_key, "seq": seq, "sessions": sessions,
+                         "leases": leases}, use_bin_type=True)
+    return {"t": "live", "body": body, "sig": key.sign(LIVE_DOMAIN + mesh_id + body)}
+
+
+async def test_a_revoked_device_s_leases_end_with_its_membership(tmp_path: Path) -> None:
+    """SPEC-004 004.4.7: a stolen laptop announced an exclusive lease on ``**`` for 24 h; once
+    revoked, its live state was still held, and the lease denied every edit in the repository
+    until it expired. The revocation ends its sessions and leases here."""
+    thief = DeviceKey.generate()
+    coordinator, node = _coordinator(tmp_path, [(thief, "stolen-laptop")])
+    repo = make_repo(tmp_path / "work", "git@github.com:acme/mesh.git")
+    lease = {"id": secrets.token_hex(16), "repository": "github.com/acme/mesh",
+             "pattern": "**", "mode": "exclusive", "session": "m" * 26,
+             "device": device_id(thief.public_key), "device_name": "stolen-laptop",
+             "agent": "claude", "task": "freeze", "granted_at": iso(now_ns()),
+             "expires_at": iso(now_ns()), "ttl_ms": 86_400_000}
+    await coordinator.live._on_live(_Conn(thief), _live(thief, node.repo.mesh_id, 1, [], [lease]))
+    mine = coordinator.register({"agent": "codex", "pid": 0, "cwd": str(repo)})
+    edit = {"event": "pre_tool", "action": "edit", "paths": [str(repo / "src/app.py")]}
+    assert coordinator.hook(mine["session_id"], edit).get("decision") == "deny"  # a member's
+
+    record_certs(node.repo, [new_tombstone(node.key, node.repo.mesh_id, thief.public_key, {},
+                                           reason="stolen")])
+    assert not node.repo.roster.is_member(thief.public_key)
+    assert coordinator.hook(mine["session_id"], edit).get("decision") != "deny"
+    coordinator._drop_stale_origins()  # the housekeeping tick
+    assert thief.public_key not in coordinator.live.origins
+    assert coordinator.leases_in_force() == []
