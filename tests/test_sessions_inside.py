@@ -92,3 +92,49 @@ async def test_a_revoked_device_s_leases_end_with_its_membership(tmp_path: Path)
     coordinator._drop_stale_origins()  # the housekeeping tick
     assert thief.public_key not in coordinator.live.origins
     assert coordinator.leases_in_force() == []
+
+
+def _lease(key: DeviceKey, n: int) -> dict[str, Any]:
+    return {"id": secrets.token_hex(16), "repository": "github.com/acme/mesh",
+            "pattern": f"src/m{n}.py", "mode": "exclusive", "session": "m" * 26,
+            "device": device_id(key.public_key), "device_name": "desktop", "agent": "claude",
+            "task": "t", "granted_at": iso(now_ns()), "expires_at": iso(now_ns()),
+            "ttl_ms": 3_600_000}
+
+
+async def test_a_live_body_of_more_leases_than_a_node_may_hold_is_refused(tmp_path) -> None:
+    """SPEC-004 004.8.7: every lease is compared with every other on each frame and each
+    pre-edit hook; a member's 1 MiB frame of 3,447 leases held the loop 8.9 s a frame and
+    10 s a hook. A body may announce at most 256 (what a node may hold), and a node's own
+    sessions cannot hold more."""
+    import pytest
+
+    from crdt import Rejected
+    from node.sessions import leases
+
+    member = DeviceKey.generate()
+    coordinator, node = _coordinator(tmp_path, [(member, "desktop")])
+    mesh_id = node.repo.mesh_id
+    await coordinator.live._on_live(
+        _Conn(member), _live(member, mesh_id, 1, [], [_lease(member, n) for n in range(256)]))
+    assert len(coordinator.leases_in_force()) == 256
+    with pytest.raises(Rejected) as refused:
+        await coordinator.live._on_live(
+            _Conn(member),
+            _live(member, mesh_id, 2, [], [_lease(member, n) for n in range(257)]))
+    assert refused.value.code == "too_large"
+
+    repo = make_repo(tmp_path / "work", "git@github.com:acme/mine.git")
+    sessions = [coordinator.register({"agent": "codex", "pid": 0, "cwd": str(repo)})
+                for _ in range(2)]
+    held = 0
+    original = leases.MAX_PER_NODE
+    leases.MAX_PER_NODE = 5  # the rule, at a size a test can reach quickly
+    try:
+        with pytest.raises(Exception) as full:
+            for n in range(10):
+                coordinator.acquire(sessions[n % 2]["session_id"], {"pattern": f"lib/f{n}.py"})
+                held += 1
+        assert held == 5 and "most a device may hold" in str(full.value)
+    finally:
+        leases.MAX_PER_NODE = original

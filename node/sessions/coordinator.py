@@ -484,10 +484,12 @@ class Coordinator:
             self.records[sid] = r
             self.index.put(sid, r.tags)
             new_ids.add(sid)
-            for f in r.modified:
-                for lid in list(self.index.by_tag.get(f, ())):
-                    local = self.registry.get(lid)
-                    if local is not None and f in local.modified:
+            # our sessions' files against theirs: walking the tag index visited every
+            # remote session sharing a file too (a member's 557 sessions on the same 256
+            # files cost seconds a frame)
+            if r.modified:
+                for local in list(self.registry.sessions.values()):
+                    for f in r.modified & local.modified.keys():
                         self._record_conflict(local, r, f, now)
         for sid in self._origin_sessions.get(state.key, set()) - new_ids:
             self._forget_remote(sid)
@@ -606,9 +608,12 @@ class Coordinator:
             raise ClockSkew(
                 "this device's clock differs by more than 5 s from most of its peers' "
                 f"(offsets: {self._offsets_text()}); fix the clock before taking leases")
-        held = [x for x in self.local_leases.values() if x.session == s.id and x.in_force(now)]
-        if len(held) >= leases.MAX_PER_SESSION:
+        in_force = [x for x in self.local_leases.values() if x.in_force(now)]
+        if sum(x.session == s.id for x in in_force) >= leases.MAX_PER_SESSION:
             raise Invalid(f"a session may hold at most {leases.MAX_PER_SESSION} leases")
+        if len(in_force) >= leases.MAX_PER_NODE:
+            raise Invalid(f"this device's sessions hold {leases.MAX_PER_NODE} leases, the most "
+                          "a device may hold; release some first")
         ttl = int(body.get("ttl_s", leases.DEFAULT_TTL_S))
         candidate = Lease(
             id=leases.new_lease_id(), repository=repository, pattern=pattern,

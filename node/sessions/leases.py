@@ -29,6 +29,7 @@ MAX_NOTE = 200
 MAX_TTL_S = 86_400
 DEFAULT_TTL_S = 900
 MAX_PER_SESSION = 64
+MAX_PER_NODE = 256  # what a live body may carry (SPEC-004 004.8.7)
 _WILDCARDS = re.compile(r"[*?]")
 
 
