@@ -227,7 +227,8 @@ def test_live_frames_are_verified_relayed_and_ordered(line) -> None:
     """SPEC-004 §4.1, §4.3, §4.6: a member's signed frame is applied and relayed unchanged to
     the other nodes; a replay or an older seq is dropped; a bad signature, a session or lease
     that is not the origin's, or a lease pattern escaping the repository is rejected; the
-    state of a revoked device is dropped even when a member relays it."""
+    state of a revoked device is dropped even when a member relays it. §4.8: the session is
+    shown under the roster's name of its origin, whatever name the record claims."""
     m, mesh_id = line.member, line.mesh_id
 
     async def scenario() -> list[dict]:
@@ -262,7 +263,8 @@ def test_live_frames_are_verified_relayed_and_ordered(line) -> None:
     for node in (line.b, line.a, line.c):  # applied on b, relayed unchanged to a and c
         got = wait_for(lambda n=node: _session_on(n, "m" * 26),
                        what=f"member session on {node.name}")
-        assert got["task"] == "first" and got["device_name"] == "intruder"
+        # shown under the roster's name of its device, not the one it claims (004.4.8)
+        assert got["task"] == "first" and got["device_name"] == "hostile-member"
     for node in (line.a, line.b, line.c):
         assert _session_on(node, "n" * 26) is None and _session_on(node, "o" * 26) is None
         assert _session_on(node, "r" * 26) is None

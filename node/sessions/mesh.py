@@ -23,7 +23,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -94,8 +94,11 @@ def _tags(value: Any, name: str) -> list[str]:
     return value
 
 
-def validate_session(rec: Any, origin_device: str) -> dict[str, Any]:
-    """A peer's session record (§4.4), checked field by field and rebuilt from known fields."""
+def validate_session(rec: Any, origin_device: str, device_name: str | None = None
+                     ) -> dict[str, Any]:
+    """A peer's session record (§4.4), checked field by field and rebuilt from known fields;
+    ``device_name``: the roster's name of the origin, shown instead of the one the record
+    claims (SPEC-004 004.4.8)."""
     if not isinstance(rec, dict):
         raise ValueError("a session record is a map")
     sid = _s(rec, "id", 26)
@@ -111,7 +114,7 @@ def validate_session(rec: Any, origin_device: str) -> dict[str, Any]:
         "id": sid,
         "agent": agent if agent in AGENTS else "other",
         "device": origin_device,
-        "device_name": _s(rec, "device_name", 200),
+        "device_name": device_name if device_name is not None else _s(rec, "device_name", 200),
         "pid": pid,
         "repository": _s(rec, "repository", 1024),
         "branch": _s(rec, "branch", 256),
@@ -327,6 +330,13 @@ class LiveExchange:
                  "revoked" if origin in roster.revoked else "not a member")
         return False
 
+    def _roster_name(self, origin: bytes) -> str:
+        """The name the owner gave the origin's device in the roster (SPEC-004 004.4.8): what
+        its sessions, leases and messages are shown under, whatever they claim. A member's
+        frame naming itself "laptop" made its message to an agent read exactly as one of the
+        owner's from the laptop (found by an attacker's read)."""
+        return self.repo.roster.members.get(origin) or device_id(origin)[:12]
+
     async def _on_live(self, conn: Any, frame: dict[str, Any]) -> None:
         data, origin = self._check_origin(frame, LIVE_DOMAIN)
         if origin == self.key.public_key or not self._member(origin):
@@ -347,9 +357,11 @@ class LiveExchange:
             raise Rejected("malformed", "sessions and leases are lists")
         if len(sessions) > MAX_SESSIONS or len(leases) > MAX_LEASES:
             raise Rejected("too_large", "too many sessions or leases in a live body")
+        name = self._roster_name(origin)
         try:
-            checked = [validate_session(s, origin_device) for s in sessions]
-            parsed = [Lease.from_record(x, arrived, held) for x in leases]
+            checked = [validate_session(s, origin_device, name) for s in sessions]
+            parsed = [replace(Lease.from_record(x, arrived, held), device_name=name)
+                      for x in leases]
         except ValueError as exc:
             raise Rejected("malformed", f"live state: {exc}") from None
         if any(lease.device != origin_device for lease in parsed):
@@ -444,11 +456,12 @@ class LiveExchange:
                 "from": _s(data, "from", 26),
                 "from_agent": _s(data, "from_agent", 16),
                 "from_device": device_id(origin),
-                "from_device_name": _s(data, "from_device_name", 200),
+                "from_device_name": self._roster_name(origin),
                 "to": _s(data, "to", 26),
                 "text": _s(data, "text", 2000),
                 "at": _s(data, "at", 40),
             }
+            _s(data, "from_device_name", 200)  # still checked: a peer's frame stays valid
             parse_iso(msg["at"])
         except ValueError as exc:
             raise Rejected("malformed", f"message: {exc}") from None
