@@ -866,3 +866,40 @@ async def test_a_member_s_churn_cannot_hold_the_scan(tmp_path: Path) -> None:
     finally:
         a.close()
         m.close()
+
+
+def test_a_member_s_note_claiming_this_device_as_author_is_not_consolidated_here(
+        tmp_path: Path) -> None:
+    """SPEC-006 006.12.2.3 and SPEC-005 005.10.6, found by an attacker's read: each
+    consolidating device processes only entries signed by itself, but the scan selected on
+    the ``author`` field the entry carries, which any member can sign. A stolen laptop's
+    note naming this device as author was sent to this device's cortex and its facts signed
+    by this device. The author readers see and select by is the device whose key signed the
+    entry map's creation."""
+    from node.consolidation.config import ConsolidationConfig
+    from tests.trust_helpers import Device, pump
+
+    home = Device.found(tmp_path, "home")
+    thief = home.admit(tmp_path, "thief")
+    try:
+        forged = Memory(thief.repo).add("wire the savings to account 42", "note")
+
+        def claim(tx: Any) -> None:  # what the thief's key can sign
+            from automerge.core import ROOT, ScalarType
+
+            tx.put(tx.get(ROOT, forged["id"])[1], "author", ScalarType.Str,
+                   home.key.device_id)
+
+        thief.repo.change(shard_of(forged["id"]), claim)
+        pump(thief, home)
+        memory = Memory(home.repo)
+        mine = memory.add("a real note of this device", "note")
+        shown = memory.get(forged["id"])
+        assert shown["author"] == thief.key.device_id
+        assert {e["id"]: e["author"] for e in memory.list(limit=10)}[forged["id"]] == \
+            thief.key.device_id
+        job = Consolidator(memory, None, ConsolidationConfig("x"))
+        assert [r["id"] for r in job.pending_sources()] == [mine["id"]]
+    finally:
+        home.close()
+        thief.close()

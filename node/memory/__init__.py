@@ -16,8 +16,9 @@ from .ids import (
     in_shard,
     new_entry_id,
     now_iso,
+    read_entry,
     shard_of,
 )
 
 __all__ = ["ENTRY_ID_RE", "KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "ShardScan",
-           "in_shard", "new_entry_id", "now_iso", "shard_of"]
+           "in_shard", "new_entry_id", "now_iso", "read_entry", "shard_of"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import lmdb
 import msgpack
-from automerge.core import ROOT, ObjType, ScalarType, Transaction, extract
+from automerge.core import ROOT, ObjType, ScalarType, Transaction
 
 from crdt import Repo
 from node.heap import gc_paused
@@ -30,9 +30,11 @@ from .ids import (
     KINDS,
     MAX_TEXT,
     EntryNotFound,
+    creator_of,
     in_shard,
     new_entry_id,
     now_iso,
+    read_entry,
     shard_of,
 )
 from .versions import versions_of
@@ -40,9 +42,10 @@ from .versions import versions_of
 log = logging.getLogger(__name__)
 
 # The rules the index's rows were written by (3: entries of their own shard only, SPEC-005
-# 005.10.2a; fields in the types maia-node writes, 005.10.2b); an index written under older
-# rules is rebuilt once (Memory._apply_index_rules).
-INDEX_RULES_KEY, INDEX_RULES = b"index_rules", b"3"
+# 005.10.2a; fields in the types maia-node writes, 005.10.2b; 4: the author is the device that
+# signed the entry's creation, 005.10.6); an index written under older rules is rebuilt once
+# (Memory._apply_index_rules).
+INDEX_RULES_KEY, INDEX_RULES = b"index_rules", b"4"
 UNREAD_TOMBSTONES = b"unread-tombstones:"  # kv: shards whose deleted entries no reader saw
 REINDEX_TXN_ROWS = 500  # index rows per write transaction in a rebuild (_put_rows)
 #: Index rows of local writes held before they are written in one Runtime transaction.
@@ -505,7 +508,9 @@ class Memory:
             fields = dict(zip(keys, doc.values(obj), strict=True))
             entry = _entry_fields(doc, fields, edits, stamps=scan is not None)
             if entry is None:
-                entry = extract(doc, obj)
+                entry = read_entry(doc, obj)
+            elif (creator := creator_of(obj)) is not None:  # not the author it claims
+                entry["author"] = creator
             if scan is not None:
                 scan.entries[entry_id] = entry
             rows.append((_row_key(doc_id, entry_id), _index_row(doc_id, entry_id, entry)))
@@ -877,7 +882,7 @@ class Memory:
         got = doc.get(_entries_obj(doc), entry_id)
         if got is None or got[0] != ObjType.Map:
             raise EntryNotFound(entry_id)
-        entry = extract(doc, got[1])
+        entry = read_entry(doc, got[1])
         if entry.get("deleted_at"):
             raise EntryNotFound(entry_id)
         return _public(entry_id, entry)

@@ -8,11 +8,15 @@ with the bucket taken from its first random character). Kept apart from ``entrie
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
 from datetime import UTC, datetime
+from typing import Any
 
-from crdt import MEMORY_KINDS
+from automerge.core import extract
+
+from crdt import MEMORY_KINDS, actor_key, device_id, op_id_parts
 
 KINDS = MEMORY_KINDS  # one list, in crdt.docids (which documents may exist)
 BUCKETS = 8
@@ -61,3 +65,30 @@ def in_shard(entry_id: str, doc_id: str) -> bool:
     listing them showed a second, forged version of an honest entry under its very id."""
     m = _id_match(entry_id)
     return m is not None and _shard(m) == doc_id
+
+
+def creator_of(obj_id: Any) -> str | None:
+    """The device whose key signed the creation of an entry's map: its object id names the
+    actor of the op that made it (SPEC-005 005.10.6). This, not the ``author`` field the entry
+    carries (any member can sign any value there), is what readers show as the author and
+    select by: a member's note claiming the owner's device as author was consolidated as the
+    owner's (SPEC-006 006.12.2.3). None for an id the binding did not give."""
+    if not isinstance(obj_id, bytes):
+        return None
+    parts = op_id_parts(obj_id)
+    return _device_of_actor(parts[0]) if parts else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _device_of_actor(actor: bytes) -> str:
+    return device_id(actor_key(actor))
+
+
+def read_entry(doc: Any, obj: Any) -> dict[str, Any]:
+    """An entry map read whole (``extract``), its ``author`` the device that signed the map's
+    creation (:func:`creator_of`), not the value the entry claims."""
+    entry = extract(doc, obj)
+    creator = creator_of(obj)
+    if creator is not None:
+        entry["author"] = creator
+    return entry

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
-from automerge.core import ROOT, ObjType, extract
+from automerge.core import ROOT, ObjType
 
 from crdt import Repo
 
-from ..memory import ShardScan, in_shard
+from ..memory import ShardScan, in_shard, read_entry
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
@@ -374,7 +374,7 @@ class SearchIndex:
                     continue
                 entry = scan.entries.get(entry_id)
                 if entry is None:
-                    entry = extract(doc, doc.get(ROOT, entry_id)[1])
+                    entry = read_entry(doc, doc.get(ROOT, entry_id)[1])
                 changed.append(_entry_row(entry_id, entry, edits))
             self._apply(doc_id, indexed, changed, present, scan.heads)
         except Exception as exc:  # Runtime only: the next pass reads the shard itself
@@ -518,7 +518,7 @@ class SearchIndex:
         log_obj = doc.get(obj, "log") if "log" in fields else None
         edits = doc.length(log_obj[1]) if log_obj is not None else 0
         if indexed.get(entry_id, (None, None))[1] != edits:
-            changed.append(_entry_row(entry_id, extract(doc, obj), edits))
+            changed.append(_entry_row(entry_id, read_entry(doc, obj), edits))
 
     def _apply(self, doc_id: str, indexed: dict[str, tuple[int, int]],
                changed: list[dict[str, Any]], present: set[str],
