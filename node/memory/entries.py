@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lmdb
@@ -933,7 +933,12 @@ class Memory:
                     if not (any if any_words else all)(w in hay for w in words):
                         continue
                 out.append(row)
-        out.sort(key=lambda r: r["created_at"], reverse=True)
+        # newest first by the time an entry claims, but never one dated ahead of now (a day
+        # of clock skew allowed): any member can sign "9999-..." and an entry so dated led
+        # every listing and won every "newest" choice (a skill's name) for good
+        latest = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+        out.sort(key=lambda r: r["created_at"] if r["created_at"] <= latest else "",
+                 reverse=True)
         return [
             {k: v for k, v in r.items() if k != "doc"} for r in out[: max(1, limit)]
         ]
