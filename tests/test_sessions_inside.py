@@ -170,3 +170,33 @@ async def test_a_member_s_message_shows_its_own_device_s_name(tmp_path) -> None:
         _Conn(thief), _live(thief, node.repo.mesh_id, 1, [record], [_lease(thief, 1)]))
     assert coordinator.session_view("m" * 26)["device_name"] == "old-tablet"
     assert [x.device_name for x in coordinator.leases_in_force()] == ["old-tablet"]
+
+
+def _record(key: DeviceKey, sid: str, task: str, modified: list[str]) -> dict[str, Any]:
+    return {"id": sid, "agent": "claude", "device": device_id(key.public_key),
+            "device_name": "x", "pid": 1, "repository": "github.com/acme/mesh",
+            "branch": "main", "cwd": "/w", "task": task, "started_at": iso(now_ns()),
+            "last_seen": iso(now_ns()), "status": "active", "tags": list(modified),
+            "modified": list(modified), "recent_action": ""}
+
+
+async def test_a_session_id_a_member_copies_first_does_not_hide_the_real_session(
+        tmp_path) -> None:
+    """Found by an attacker's read (SPEC-004 §4, §7): the first origin to announce a session
+    id owned it here for good, so a member that announced another device's session id first
+    silenced that session: its modified files no longer raised a pre-edit warning here. Both
+    claims are kept; the real session's files still warn."""
+    desktop, thief = DeviceKey.generate(), DeviceKey.generate()
+    coordinator, node = _coordinator(tmp_path, [(desktop, "desktop"), (thief, "stolen")])
+    mesh_id = node.repo.mesh_id
+    f = "file:github.com/acme/mesh:src/app.py"
+    sid = "b" * 26
+    await coordinator.live._on_live(
+        _Conn(thief), _live(thief, mesh_id, 1, [_record(thief, sid, "docs only", [])], []))
+    await coordinator.live._on_live(
+        _Conn(desktop), _live(desktop, mesh_id, 1, [_record(desktop, sid, "refactor", [f])], []))
+    repo = make_repo(tmp_path / "work", "git@github.com:acme/mesh.git")
+    mine = coordinator.register({"agent": "codex", "pid": 0, "cwd": str(repo)})
+    answer = coordinator.hook(mine["session_id"], {
+        "event": "pre_tool", "action": "edit", "paths": [str(repo / "src/app.py")]})
+    assert "refactor" in str(answer) and "desktop" in str(answer), answer

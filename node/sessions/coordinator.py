@@ -471,7 +471,14 @@ class Coordinator:
                 continue  # never let a peer shadow a local session
             owner = self._owner.get(sid)
             if owner is not None and owner != state.key:
-                continue
+                # Another origin announced this id first. A session id is drawn by its own
+                # origin, so one of the two is a member's copy; the first claim no longer
+                # silences the second (a copied id hid the real session's files from
+                # conflicts here): the second is kept too, under the id and its device.
+                sid = f"{sid}@{rec['device'][:7].lower()}"
+                rec = {**rec, "id": sid}
+                if self._owner.get(sid, state.key) != state.key:
+                    continue
             self._owner[sid] = state.key
             self.remote[sid] = rec
             r = Record(
