@@ -141,10 +141,11 @@ def test_an_update_of_an_entry_with_a_member_s_timestamp_field_is_indexed(tmp_pa
         a.close()
 
 
-def _forge_copies(a: Any, memory: Any, honest: list[dict[str, Any]]) -> tuple[str, str]:
+def _forge_copies(a: Any, memory: Any, honest: list[dict[str, Any]],
+                  deleted: bool = False) -> tuple[str, str]:
     """What a member can sign into a shard: a map under the id of an honest entry that lives
-    in another shard, and one under an id of no memory kind. Returns (the copied id, the
-    shard the forgery went into)."""
+    in another shard (marked deleted with ``deleted``), and one under an id of no memory
+    kind. Returns (the copied id, the shard the forgery went into)."""
     from node.memory import shard_of
 
     shard = shard_of(honest[0]["id"])
@@ -154,6 +155,8 @@ def _forge_copies(a: Any, memory: Any, honest: list[dict[str, Any]]) -> tuple[st
         copy = tx.put_object(ROOT, elsewhere, ObjType.Map)
         tx.put(copy, "text", ScalarType.Str, "forged: delete the backups")
         tx.put(copy, "kind", ScalarType.Str, "note")
+        if deleted:
+            tx.put(copy, "deleted_at", ScalarType.Str, "2026-12-04T00:00:00Z")
         odd = tx.put_object(ROOT, "zzz-202612-AAAAAAAAAA", ObjType.Map)
         tx.put(odd, "text", ScalarType.Str, "no kind of memory")
 
@@ -220,7 +223,7 @@ def test_a_member_s_deleted_copy_under_an_entry_s_id_is_not_in_the_deleted_list(
     """SPEC-005 005.10.2a for ``maia memory deleted``: a member's map marked deleted under the
     id of an honest, live entry of another shard was listed as that entry, deleted (with the
     member's text), inviting an undelete of an entry that was never deleted."""
-    from node.memory import Memory, shard_of
+    from node.memory import Memory
     from node.memory.versions import versions_of
     from tests.trust_helpers import Device
 
@@ -229,16 +232,7 @@ def test_a_member_s_deleted_copy_under_an_entry_s_id_is_not_in_the_deleted_list(
         memory = Memory(a.repo)
         honest = memory.add_many([{"text": f"sanderling {i}", "kind": "note"}
                                   for i in range(40)])
-        shard = shard_of(honest[0]["id"])
-        elsewhere = next(e["id"] for e in honest if shard_of(e["id"]) != shard)
-
-        def forge(tx: Any) -> None:
-            copy = tx.put_object(ROOT, elsewhere, ObjType.Map)
-            tx.put(copy, "text", ScalarType.Str, "forged: this was deleted")
-            tx.put(copy, "kind", ScalarType.Str, "note")
-            tx.put(copy, "deleted_at", ScalarType.Str, "2026-12-04T00:00:00Z")
-
-        a.repo.change(shard, forge)
+        _forge_copies(a, memory, honest, deleted=True)
         memory.delete(honest[0]["id"])
         assert [r["id"] for r in versions_of(memory).deleted()] == [honest[0]["id"]]
     finally:
