@@ -307,3 +307,73 @@ def test_any_field_of_any_type_a_member_signs_leaves_every_reader_answering(
         json.dumps(list_skills(memory))
     finally:
         a.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(odd=st.dictionaries(st.sampled_from((*FIELDS, "deleted_at")), _ODD_VALUES,
+                           max_size=5))
+def test_show_reads_an_entry_as_reading_it_whole_does(tmp_path_factory, odd) -> None:
+    """``Memory.get`` reads an entry's fields and the number of its log records, not the
+    records (a member's 100,000 records appended to an honest entry made each show read
+    them all: 394 ms a call). For any fields a member signs, it answers what reading the
+    entry whole answers, or EntryNotFound for both."""
+    from datetime import UTC, datetime
+
+    from node.memory import EntryNotFound, Memory, read_entry, shard_of
+    from node.memory.entries import _public
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path_factory.mktemp("show"), "a")
+    try:
+        memory = Memory(a.repo)
+        entry = memory.add("dotterel on the shore")
+
+        def forge(tx: Any) -> None:
+            obj = tx.get(ROOT, entry["id"])[1]
+            for key, (shape, value) in odd.items():
+                if shape == "scalar" and value[0] == ScalarType.Timestamp:
+                    tx.put(obj, key, ScalarType.Timestamp, datetime(2026, 12, 4, tzinfo=UTC))
+                else:
+                    _write(tx, obj, key, shape, value)
+
+        a.repo.change(shard_of(entry["id"]), forge)
+        doc = a.repo.open(shard_of(entry["id"])).doc
+        whole = read_entry(doc, doc.get(ROOT, entry["id"])[1])
+        try:
+            shown = memory.get(entry["id"])
+        except EntryNotFound:
+            assert whole.get("deleted_at")
+            return
+        assert not whole.get("deleted_at")
+        assert shown == _public(entry["id"], whole)
+    finally:
+        a.close()
+
+
+def test_show_does_not_read_the_log_records_of_a_plain_entry(tmp_path, monkeypatch) -> None:
+    """The record-by-record read is only for shapes maia-node does not write."""
+    import node.memory.entries as entries
+    from node.memory import Memory, shard_of
+    from tests.trust_helpers import Device
+
+    a = Device.found(tmp_path, "a")
+    try:
+        memory = Memory(a.repo)
+        entry = memory.add("stint at dusk", tags=["birds"])
+
+        def grow(tx: Any) -> None:  # a member appends records to an honest entry
+            log_list = tx.get(tx.get(ROOT, entry["id"])[1], "log")[1]
+            for _ in range(2000):
+                rec = tx.insert_object(log_list, tx.length(log_list), ObjType.Map)
+                tx.put(rec, "op", ScalarType.Str, "x")
+
+        a.repo.change(shard_of(entry["id"]), grow)
+
+        def whole(*_a: Any) -> None:
+            raise AssertionError("read whole")
+
+        monkeypatch.setattr(entries, "read_entry", whole)
+        shown = memory.get(entry["id"])
+        assert shown["edits"] == 2001 and shown["tags"] == ["birds"]
+    finally:
+        a.close()
