@@ -179,6 +179,10 @@ def test_tiers_for_none_notice_detail_and_conflict_through_real_hooks(solo, tmp_
     assert {(sid_a, sid_e), (sid_e, sid_a)} <= pairs
     overlaps = solo.request("GET", f"/v1/sessions/{sid_a}/overlaps")["overlaps"]
     assert {o["session"]: o["tier"] for o in overlaps}[sid_e] == "conflict"
+    # the listing carries each listed session's overlaps, computed for its page only
+    listed = solo.request("GET", "/v1/sessions?limit=500")["sessions"]
+    assert {o["session"]: o["tier"] for o in next(
+        v for v in listed if v["id"] == sid_a)["overlaps"]}[sid_e] == "conflict"
     for cli_name, sid in (("claude", "A"), ("codex", "B"), ("gemini", "C"), ("claude", "D"),
                           ("codex", "E")):
         api(solo, "DELETE", f"/v1/sessions/{cached_session(dd, cli_name, sid)['session_id']}")

@@ -200,3 +200,35 @@ async def test_a_session_id_a_member_copies_first_does_not_hide_the_real_session
     answer = coordinator.hook(mine["session_id"], {
         "event": "pre_tool", "action": "edit", "paths": [str(repo / "src/app.py")]})
     assert "refactor" in str(answer) and "desktop" in str(answer), answer
+
+
+async def test_a_listing_computes_overlaps_for_its_page_only(tmp_path, monkeypatch) -> None:
+    """Found by an attacker's read: the sessions listing computed every session's overlaps
+    before taking its page of 50, so a member's hundreds of sessions sharing 256 files made
+    one listing (an agent's ``sessions_list``) cost seconds of the loop. The route pages the
+    sessions first and computes that page's overlaps."""
+    from node.sessions import routes
+
+    member = DeviceKey.generate()
+    coordinator, node = _coordinator(tmp_path, [(member, "desktop")])
+    files = [f"file:github.com/acme/mesh:src/m{i}.py" for i in range(20)]
+    ids = {"".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(26))
+           for _ in range(100)}
+    sessions = [_record(member, sid, f"task {n}", files) for n, sid in enumerate(ids)]
+    await coordinator.live._on_live(
+        _Conn(member), _live(member, node.repo.mesh_id, 1, sessions, []))
+    assert len(coordinator.records) == len(ids) == 100
+    computed: list[str] = []
+    real = coordinator.overlaps_of
+    monkeypatch.setattr(coordinator, "overlaps_of",
+                        lambda sid: computed.append(sid) or real(sid))
+    class _Request(dict):
+        """What the route reads of a request: the app's coordinator and the checked query."""
+
+        def __init__(self, query: dict[str, Any]) -> None:
+            super().__init__({routes.QUERY_KEY: query})
+            self.app = {routes.SESSIONS_KEY: coordinator}
+
+    answer = await routes.list_sessions(_Request({"limit": 10}))
+    assert answer.status == 200
+    assert len(computed) == 10

@@ -744,7 +744,7 @@ class Coordinator:
             raise NotFound(session_id)
         return [o.as_dict() for o in overlaps(rec, self.records, self.index) if o.tier > NONE]
 
-    def session_view(self, session_id: str) -> dict[str, Any]:
+    def session_view(self, session_id: str, *, overlaps: bool = True) -> dict[str, Any]:
         now = mono_ns()
         if session_id in self.registry.sessions:
             view = {**self.registry.sessions[session_id].record(now), "local": True}
@@ -753,11 +753,16 @@ class Coordinator:
             view["local"] = False
         else:
             raise NotFound(session_id)
-        view["overlaps"] = self.overlaps_of(session_id) if session_id in self.records else []
+        view["overlaps"] = (self.overlaps_of(session_id)
+                            if overlaps and session_id in self.records else [])
         return view
 
-    def sessions_view(self) -> list[dict[str, Any]]:
-        out = [self.session_view(sid) for sid in self.records]
+    def sessions_view(self, *, overlaps: bool = True) -> list[dict[str, Any]]:
+        """Every session, sorted; ``overlaps=False`` leaves them out, for a caller that adds
+        them to one page only: computing every session's overlaps before paging made one
+        listing cost seconds with a member's hundreds of sessions (found by an attacker's
+        read)."""
+        out = [self.session_view(sid, overlaps=overlaps) for sid in self.records]
         out.sort(key=lambda v: (not v["local"], v["device_name"], v["started_at"]))
         return out
 

@@ -222,7 +222,11 @@ async def register_session(request: web.Request) -> web.Response:
 async def list_sessions(request: web.Request) -> web.Response:
     """Every live session of the mesh, with tags and overlaps (SPEC-004 §2.10); a session reads
     it too (MCP sessions_list): it is what the tiers already tell it, in full."""
-    items, cursor = _page(_coordinator(request).sessions_view(), request[QUERY_KEY])
+    coordinator = _coordinator(request)
+    items, cursor = _page(coordinator.sessions_view(overlaps=False), request[QUERY_KEY])
+    for item in items:  # this page's overlaps only
+        if item["id"] in coordinator.records:
+            item["overlaps"] = coordinator.overlaps_of(item["id"])
     return web.json_response({"sessions": items, "cursor": cursor})
 
 
