@@ -329,11 +329,12 @@ class Memory:
         under that very id, 005.10.2a) or fields of types no reader expects (005.10.2b). The
         rows and indexed heads are dropped, so every shard is read again (on a node, in
         slices in the background). Skipped on a read-only store."""
+        with self._env.begin(db=self._kv) as txn:  # at every start: no writer's lock
+            if txn.get(INDEX_RULES_KEY) == INDEX_RULES:
+                return
         if self._env.flags()["readonly"]:
             return
         with self._env.begin(write=True) as txn:
-            if txn.get(INDEX_RULES_KEY, db=self._kv) == INDEX_RULES:
-                return
             txn.drop(self._index_db, delete=False)
             heads = [bytes(k) for k in txn.cursor(db=self._kv).iternext(values=False)
                      if bytes(k).startswith(b"heads:")]
@@ -506,11 +507,7 @@ class Memory:
             if indexed.get(entry_id) == edits:
                 continue
             fields = dict(zip(keys, doc.values(obj), strict=True))
-            entry = _entry_fields(doc, fields, edits, stamps=scan is not None)
-            if entry is None:
-                entry = read_entry(doc, obj)
-            elif (creator := creator_of(obj)) is not None:  # not the author it claims
-                entry["author"] = creator
+            entry = _entry_from(doc, obj, fields, edits, stamps=scan is not None)
             if scan is not None:
                 scan.entries[entry_id] = entry
             rows.append((_row_key(doc_id, entry_id), _index_row(doc_id, entry_id, entry)))
@@ -882,34 +879,24 @@ class Memory:
         got = doc.get(_entries_obj(doc), entry_id)
         if got is None or got[0] != ObjType.Map:
             raise EntryNotFound(entry_id)
-        entry = self._read_fast(doc, got[1])
-        if entry is None:  # a shape maia-node does not write: read whole
-            entry = read_entry(doc, got[1])
-        if entry.get("deleted_at"):
-            raise EntryNotFound(entry_id)
-        return _public(entry_id, entry)
-
-    @staticmethod
-    def _read_fast(doc: Any, obj: Any) -> dict[str, Any] | None:
-        """An entry as :func:`read_entry` gives it for what :func:`_public` shows, without
-        reading its log records (only their number): a member could append 100,000 records
-        to an honest entry, and each show of it read them all (394 ms a call)."""
+        # the entry's fields and the number of its log records, not the records: a member
+        # could append 100,000 records to an honest entry, and each show read them all
+        # (394 ms a call)
+        obj = got[1]
         fields = dict(zip(doc.keys(obj), doc.values(obj), strict=True))
         deleted = fields.get("deleted_at")
         if deleted is not None and isinstance(deleted[0], ObjType):
-            return None
-        log_obj = fields.get("log")
-        edits = doc.length(log_obj[1]) if log_obj is not None and \
-            log_obj[0] == ObjType.List else 0
-        entry = _entry_fields(doc, fields, edits)
-        if entry is None:
-            return None
-        if deleted is not None:
-            entry["deleted_at"] = deleted[0][1]
-        creator = creator_of(obj)
-        if creator is not None:
-            entry["author"] = creator
-        return entry
+            entry = read_entry(doc, obj)  # a shape maia-node does not write: read whole
+        else:
+            log_obj = fields.get("log")
+            edits = doc.length(log_obj[1]) if log_obj is not None and \
+                log_obj[0] == ObjType.List else 0
+            entry = _entry_from(doc, obj, fields, edits)
+            if deleted is not None:
+                entry["deleted_at"] = deleted[0][1]
+        if entry.get("deleted_at"):
+            raise EntryNotFound(entry_id)
+        return _public(entry_id, entry)
 
     def history(self, entry_id: str) -> list[dict[str, Any]]:
         """Every version with its values and verified device, also once deleted (SPEC-005
@@ -1027,6 +1014,20 @@ def _plain(value: Any) -> Any:
 # Fields some entries carry besides the common ones (SPEC-006 §12.4.1, §12.5.2, §12.6.1).
 SIGNED_EXTRA_FIELDS = ("sources", "cortex", "model", "valid_from", "valid_until", "pinned",
                        "name", "when_to_use", "steps", "importance")
+
+
+def _entry_from(doc: Any, obj: Any, fields: dict[str, Any], edits: int,
+                *, stamps: bool = False) -> dict[str, Any]:
+    """An entry read from its map's ``fields`` (:func:`_entry_fields`), or whole
+    (:func:`read_entry`) for a shape maia-node does not write; its author, either way, the
+    device that signed the map's creation, not the one it claims (SPEC-005 005.10.6)."""
+    entry = _entry_fields(doc, fields, edits, stamps=stamps)
+    if entry is None:
+        return read_entry(doc, obj)
+    creator = creator_of(obj)
+    if creator is not None:
+        entry["author"] = creator
+    return entry
 
 
 def _entry_fields(doc: Any, fields: dict[str, Any], edits: int,

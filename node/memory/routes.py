@@ -128,21 +128,22 @@ def _may_change(request: web.Request, entry_id: str) -> WriteBy | None:
     return by
 
 
-def _kind_of(request: web.Request, entry_id: str) -> str | None:
-    """The kind of an existing entry (None when there is none: the route answers 404)."""
-    try:
-        return _memory(request).get(entry_id).get("kind")
-    except EntryNotFound:
-        return None
-
-
-def _not_the_journal(request: web.Request, kind: str | None) -> None:
+def _not_the_journal(request: web.Request, kind: str | None = None, *,
+                     entry_id: str | None = None) -> None:
     """SPEC-004 004.10.2: a session appends to the journal only through ``POST /v1/journal``,
     where the node sets the entry's project and session; journal edits are the owner's. A
     session writing kind ``journal`` here chose its own ``project:``, ``session:`` and
     ``agent:`` tags: a "blocker" with a command to run, in another project's digest, under
-    another session's name (found by an attacker's read)."""
-    if kind == "journal" and request[PRINCIPAL_KEY].kind == "session":
+    another session's name (found by an attacker's read). ``entry_id``: judge by that
+    existing entry's kind, read only for a session (a missing one: the route answers 404)."""
+    if request[PRINCIPAL_KEY].kind != "session":
+        return
+    if entry_id is not None:
+        try:
+            kind = _memory(request).get(entry_id).get("kind")
+        except EntryNotFound:
+            return
+    if kind == "journal":
         raise Problem(403, "Journal entries come through the journal",
                       "a session adds to its project's journal with POST /v1/journal; "
                       "journal entries are edited by the owner (maia journal)")
@@ -216,7 +217,7 @@ async def edit_entry(request: web.Request) -> web.Response:
     """Change an entry's text or tags; concurrent edits on other devices merge."""
     entry_id, body = request.match_info["entry_id"], request[BODY_KEY]
     by = _may_change(request, entry_id)
-    _not_the_journal(request, _kind_of(request, entry_id))
+    _not_the_journal(request, entry_id=entry_id)
     try:
         entry = _memory(request).update(
             entry_id,
@@ -238,7 +239,7 @@ async def supersede_entry(request: web.Request) -> web.Response:
     entry_id, body = request.match_info["entry_id"], request[BODY_KEY]
     by = _writer(request)
     _not_the_journal(request, body.get("kind"))
-    _not_the_journal(request, _kind_of(request, entry_id))
+    _not_the_journal(request, entry_id=entry_id)
     try:
         entry = _memory(request).supersede(entry_id, body["text"], body.get("kind"),
                                            body.get("tags"), by=by)
