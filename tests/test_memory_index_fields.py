@@ -377,3 +377,41 @@ def test_show_does_not_read_the_log_records_of_a_plain_entry(tmp_path, monkeypat
         assert shown["edits"] == 2001 and shown["tags"] == ["birds"]
     finally:
         a.close()
+
+
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_kinds = st.sampled_from(["note", "fact", "skill", "session", "journal", "nokind", "x"])
+_ids = st.one_of(
+    st.builds(lambda k, y, m, r, tail: f"{k}-{y:04d}{m:02d}-{r}{tail}", _kinds,
+              st.integers(0, 9999), st.integers(0, 99),
+              st.text(alphabet=_B32 + "a01", min_size=9, max_size=11),
+              st.sampled_from(["", "", "", "\n", " ", "\u0662"])),
+    st.text(max_size=24),
+)
+_shards = st.builds(lambda k, y, m, b: f"memory/{k}/{y}-{m}/{b}", _kinds,
+                    st.sampled_from(["2026", "0001", "\u0662\u0660\u0662\u0666", "26"]),
+                    st.sampled_from(["11", "01", "1", "\u0661\u0661"]),
+                    st.sampled_from(["0", "3", "7", "8", "a"]))
+
+
+@settings(max_examples=800, deadline=None)
+@given(entry_id=_ids, doc_id=_shards, same=st.booleans())
+def test_the_shard_check_is_the_id_rule(entry_id: str, doc_id: str, same: bool) -> None:
+    """SPEC-005 005.10.2a: ``in_shard`` (one compiled pattern per shard, issue 17) says yes
+    exactly for an id of a memory kind, in ASCII digits, with nothing after it, whose
+    shard is ``doc_id``: the rule spelt out here character by character."""
+    from node.memory.ids import KINDS, in_shard, shard_of
+
+    if same:
+        try:
+            doc_id = shard_of(entry_id)
+        except KeyError:
+            pass
+    parts = entry_id.split("-")
+    expected = (
+        len(parts) == 3 and parts[0] in KINDS and len(parts[1]) == 6
+        and all(c in "0123456789" for c in parts[1])
+        and len(parts[2]) == 10 and all(c in _B32 for c in parts[2])
+        and doc_id == f"memory/{parts[0]}/{parts[1][:4]}-{parts[1][4:]}/"
+                      f"{_B32.index(parts[2][0]) % 8}")
+    assert in_shard(entry_id, doc_id) is expected

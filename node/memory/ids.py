@@ -20,7 +20,7 @@ from crdt import MEMORY_KINDS, actor_key, device_id, op_id_parts
 
 KINDS = MEMORY_KINDS  # one list, in crdt.docids (which documents may exist)
 BUCKETS = 8
-ENTRY_ID_RE = re.compile(r"^([a-z]+)-(\d{4})(\d{2})-([A-Z2-7]{10})$")
+ENTRY_ID_RE = re.compile(r"^([a-z]+)-([0-9]{4})([0-9]{2})-([A-Z2-7]{10})\Z")
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 MAX_TEXT = 256 * 1024
 
@@ -63,8 +63,26 @@ def in_shard(entry_id: str, doc_id: str) -> bool:
     sign, into any shard, a map under a key that is no id, an id of no memory kind, or the
     id of an entry that lives in another shard; none of them is an entry of this shard, and
     listing them showed a second, forged version of an honest entry under its very id."""
-    m = _id_match(entry_id)
-    return m is not None and _shard(m) == doc_id
+    pattern = _ids_of_shard(doc_id)
+    return pattern is not None and pattern.fullmatch(entry_id) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ids_of_shard(doc_id: str) -> re.Pattern[str] | None:
+    """The entry ids shard ``doc_id`` holds, as one pattern: a catch-up checks every entry
+    of every shard it indexes (twice: Memory's index and search), and matching the general
+    id pattern then building the shard's name cost 3.7 µs a check, 7.6% of a receiver's CPU
+    (issue 17). ``fullmatch`` and ASCII digits only: ``$`` let an id with a trailing newline
+    through, and ``\\d`` any script's digits. None for a name that is no memory shard."""
+    m = _SHARD_RE.fullmatch(doc_id)
+    if m is None or m.group(1) not in KINDS:
+        return None
+    kind, year, month, bucket = m.groups()
+    firsts = "".join(c for i, c in enumerate(_B32) if i % BUCKETS == int(bucket))
+    return re.compile(f"{kind}-{year}{month}-[{firsts}][A-Z2-7]{{9}}")
+
+
+_SHARD_RE = re.compile(r"memory/([a-z]+)/([0-9]{4})-([0-9]{2})/([0-7])")
 
 
 def creator_of(obj_id: Any) -> str | None:
