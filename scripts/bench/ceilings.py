@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import os
+import sqlite3
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -102,6 +104,123 @@ def sync_rates(doc: Document) -> dict[str, float]:
     took, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert sorted(fresh.get_heads()) == sorted(doc.get_heads())
     return {"wall": n / took, "cpu": n / max(cpu, 1e-9)}
+
+
+def write_shards(items: list[dict[str, Any]], docs: int = 40) -> list[Document]:
+    """The entries spread over ``docs`` documents as a month's shards, one change each."""
+    ids = entry_ids(items)
+    at = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    shards = [Document(actor_id=os.urandom(40)) for _ in range(docs)]
+    for j, (item, entry_id) in enumerate(zip(items, ids, strict=True)):
+        write_entry(shards[j % docs], item, entry_id, at)
+    return shards
+
+
+def catchup_floor(shards: list[Document]) -> dict[str, float]:
+    """The least a receiver must do before the entries of ``shards`` are listable and
+    searchable, in this process, with nothing of maia-node's own: the binding's receiving
+    half of the sync protocol into a fresh document per shard (the sending half runs on the
+    peer), reading each entry's fields back through the binding (text, kind, created_at,
+    tags, its log's length: what a listing and a search show), and inserting them into
+    SQLite with the search index's own schema (FTS5 and its tables, one transaction per
+    shard, as a catch-up's shards arrive).
+
+    No verification, durable storage, transport or Memory index: a floor, not a design.
+    Its ``floor_s`` over the time of the binding's whole single-document sync of the same
+    entries (the ceiling) is the highest "until searchable" ratio any receiver written over
+    this binding and this index could reach (issue 17)."""
+    from node.search.index import _SCHEMA  # the schema the node's search index creates
+
+    receive = 0.0
+    fresh_docs = []
+    for doc in shards:
+        fresh = Document()
+        s_a, s_b = SyncState(), SyncState()
+        for _ in range(10_000):
+            quiet = True
+            msg = doc.generate_sync_message(s_a)
+            if msg is not None:
+                wire = msg.encode()
+                t1 = time.perf_counter()
+                fresh.receive_sync_message(s_b, Message.decode(wire))
+                receive += time.perf_counter() - t1
+                quiet = False
+            msg = fresh.generate_sync_message(s_b)
+            if msg is not None:
+                doc.receive_sync_message(s_a, Message.decode(msg.encode()))
+                quiet = False
+            if quiet:
+                break
+        fresh_docs.append(fresh)
+    t0 = time.perf_counter()
+    shard_rows = []
+    for fresh in fresh_docs:
+        rows = []
+        for entry_id, (_, obj) in zip(fresh.keys(ROOT), fresh.values(ROOT), strict=True):
+            fields = dict(zip(fresh.keys(obj), fresh.values(obj), strict=True))
+            tags = fresh.keys(fields["tags"][1])
+            edits = fresh.length(fields["log"][1])
+            rows.append((entry_id, fields["text"][0][1], fields["kind"][0][1],
+                         fields["created_at"][0][1], tags, edits))
+        shard_rows.append(rows)
+    read = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "search.db"), isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        t0 = time.perf_counter()
+        first = 1
+        for rows in shard_rows:
+            part = list(enumerate(rows, first))
+            first += len(rows)
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO docs(rowid, entry_id, shard, kind, author, created_at, updated_at,"
+                " edits, tags, text) VALUES(?, ?, 'memory/note/2026-12/0', ?, ?, ?, ?, ?, ?, ?)",
+                [(i, r[0], r[2], AUTHOR, r[3], r[3], r[5], "\x1f".join(r[4]), r[1])
+                 for i, r in part])
+            db.executemany("INSERT INTO fts(rowid, text, tags) VALUES(?, ?, ?)",
+                           [(i, r[1], "\x1f".join(r[4])) for i, r in part])
+            db.executemany("INSERT OR IGNORE INTO doc_tags VALUES(?, ?)",
+                           [(t, i) for i, r in part for t in r[4]])
+            db.execute("COMMIT")
+        index = time.perf_counter() - t0
+        db.close()
+    return {"receive_s": receive, "read_s": read, "index_s": index,
+            "floor_s": receive + read + index}
+
+
+def durable_write_floor(items: list[dict[str, Any]], docs: int = 40, per_call: int = 1000,
+                        where: str | None = None) -> dict[str, float]:
+    """The least a durable write of these entries costs over this binding, in this process:
+    the same transactions (one change per entry) spread over ``docs`` documents as a
+    month's shards, each call's new changes read back (hash and bytes), and stored in LMDB,
+    one synced transaction per ``per_call`` entries. No signature, id, check or index.
+    ``best_ratio`` is the binding's write into one document (the ceiling) over this floor:
+    the highest ratio a durable writer of one change per entry could reach (issue 17)."""
+    import lmdb
+
+    ids = entry_ids(items)
+    at = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    _, ceiling = write_doc(items)
+    with tempfile.TemporaryDirectory(dir=where) as tmp:  # ``where``: the disk measured
+        env = lmdb.open(tmp, map_size=1 << 32)
+        shards = [Document(actor_id=os.urandom(40)) for _ in range(docs)]
+        t0 = time.perf_counter()
+        for start in range(0, len(items), per_call):
+            stored = []
+            for k in range(docs):
+                doc = shards[k]
+                before = doc.get_heads()
+                for j in range(start + k, min(start + per_call, len(items)), docs):
+                    write_entry(doc, items[j], ids[j], at)
+                stored += [(c.hash, c.raw_bytes) for c in doc.get_changes(before)]
+            with env.begin(write=True) as txn:
+                txn.cursor().putmulti(stored)
+        floor = time.perf_counter() - t0
+        env.close()
+    return {"ceiling_s": ceiling, "floor_s": floor, "best_ratio": ceiling / floor}
 
 
 def spread(values: list[float]) -> dict[str, float]:
