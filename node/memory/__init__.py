@@ -13,6 +13,7 @@ from .ids import (
     KINDS,
     MAX_TEXT,
     EntryNotFound,
+    creator_of,
     in_shard,
     new_entry_id,
     now_iso,
@@ -21,4 +22,4 @@ from .ids import (
 )
 
 __all__ = ["ENTRY_ID_RE", "KINDS", "MAX_TEXT", "EntryNotFound", "Memory", "ShardScan",
-           "in_shard", "new_entry_id", "now_iso", "read_entry", "shard_of"]
+           "creator_of", "in_shard", "new_entry_id", "now_iso", "read_entry", "shard_of"]

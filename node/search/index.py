@@ -31,7 +31,7 @@ from automerge.core import ROOT, ObjType
 
 from crdt import Repo
 
-from ..memory import ShardScan, in_shard, read_entry
+from ..memory import ShardScan, creator_of, in_shard, read_entry
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: docs carry the session and agent of an agent's write
+#: Rows' ``author`` is the device that signed their entry map's creation (SPEC-005 005.10.6);
+#: an index without this mark in ``meta`` may hold rows written before that rule.
+AUTHOR_RULE = "1"
 DB_NAME = "index.sqlite3"
 VEC_NAME = "vectors.npz"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al.): damps the top ranks' weight
@@ -166,6 +169,7 @@ class SearchIndex:
             "SELECT count(vec), count(*) - count(vec) FROM vectors WHERE model IS ?",
             (self.model_id,)).fetchone()
         self.vecindex: VectorIndex | None = None  # loaded by load_vectors (it may take a while)
+        self._author_pass = self._shards_before_author_rule()
         repo.subscribe(self._on_change)
         repo.before_evict(self._index_before_evict)
         if memory is not None:
@@ -250,6 +254,45 @@ class SearchIndex:
             self._n_vectors, self._n_skipped = self._db.execute(
                 "SELECT count(vec), count(*) - count(vec) FROM vectors WHERE model IS ?",
                 (self.model_id,)).fetchone()
+
+    def _shards_before_author_rule(self) -> set[str] | None:
+        """The shards whose rows may carry the author their entry claimed rather than the
+        device that signed it (written before SPEC-005 005.10.6): each is read once more, and
+        only such rows' ``author`` is set right (their text, tags and vectors are sound, so
+        nothing is embedded again). None when there are none (a new index is marked at once).
+        """
+        if self._meta("author_rule") == AUTHOR_RULE:
+            return None
+        with self._lock:
+            shards = {s for (s,) in self._db.execute("SELECT DISTINCT shard FROM docs")}
+        if not shards:
+            with self._write() as db:
+                db.execute("INSERT OR REPLACE INTO meta VALUES('author_rule', ?)", (AUTHOR_RULE,))
+            return None
+        log.info("search index: authors of %d shard(s) to check against their signers",
+                 len(shards))
+        return shards
+
+    def _author_fixes(self, doc_id: str, doc: Any, present: set[str],
+                      changed: list[dict[str, Any]]) -> list[tuple[str, int]]:
+        """(signer, rowid) for this shard's rows whose ``author`` is not the device that signed
+        their entry's creation, while the author pass covers the shard (rows written whole
+        now, or going, are left to that)."""
+        if self._author_pass is None or doc_id not in self._author_pass or doc is None:
+            return []
+        rewritten = {row["id"] for row in changed}
+        with self._lock:
+            rows = self._db.execute("SELECT entry_id, rowid, author FROM docs WHERE shard=?",
+                                    (doc_id,)).fetchall()
+        fixes = []
+        for entry_id, rowid, author in rows:
+            if entry_id not in present or entry_id in rewritten:
+                continue
+            got = doc.get(ROOT, entry_id)
+            signer = creator_of(got[1]) if got is not None and got[0] == ObjType.Map else None
+            if signer is not None and signer != author:
+                fixes.append((signer, rowid))
+        return fixes
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -337,8 +380,9 @@ class SearchIndex:
         the scan of every entry on each POST made the event loop the bottleneck (issue 17).
         Otherwise the shard keeps its mark and is read whole, as for a synced change.
         """
-        if not doc_id.startswith("memory/"):
-            return
+        if not doc_id.startswith("memory/") or (
+                self._author_pass is not None and doc_id in self._author_pass):
+            return  # a shard the author pass has yet to read stays marked to be read whole
         held = self._touched.get(doc_id)
         covered = held[1] if held is not None else self._heads.get(doc_id, [])
         if covered != sorted(before):
@@ -376,7 +420,8 @@ class SearchIndex:
                 if entry is None:
                     entry = read_entry(doc, doc.get(ROOT, entry_id)[1])
                 changed.append(_entry_row(entry_id, entry, edits))
-            self._apply(doc_id, indexed, changed, present, scan.heads)
+            self._apply(doc_id, indexed, changed, present, scan.heads,
+                        self._author_fixes(doc_id, doc, present, changed))
         except Exception as exc:  # Runtime only: the next pass reads the shard itself
             log.warning("search index of %s not brought up to date: %s", doc_id, exc)
             self._dirty[doc_id] = at if at is not None else 0.0
@@ -412,6 +457,8 @@ class SearchIndex:
         for doc_id in stored | set(indexed):
             if indexed.get(doc_id) != sorted(self.repo.heads(doc_id)) or doc_id not in stored:
                 self._dirty[doc_id] = 0.0
+        for doc_id in self._author_pass or ():
+            self._dirty.setdefault(doc_id, 0.0)  # read once more: its authors (005.10.6)
         if self._dirty:
             log.info("search index: %d shard(s) to (re)index", len(self._dirty))
 
@@ -479,7 +526,8 @@ class SearchIndex:
             if kind != ObjType.Map or not in_shard(entry_id, doc_id):
                 continue  # a member's entry under another shard's id: never indexed twice
             self._read_entry(doc, entry_id, obj, indexed, changed, present)
-        self._apply(doc_id, indexed, changed, present, sorted(doc.get_heads()))
+        self._apply(doc_id, indexed, changed, present, sorted(doc.get_heads()),
+                    self._author_fixes(doc_id, doc, present, changed))
 
     def _reindex_entries(self, doc_id: str, ids: set[str], heads: list[bytes],
                          doc: Any = None) -> None:
@@ -522,12 +570,19 @@ class SearchIndex:
 
     def _apply(self, doc_id: str, indexed: dict[str, tuple[int, int]],
                changed: list[dict[str, Any]], present: set[str],
-               heads: list[bytes] | None) -> None:
+               heads: list[bytes] | None, authors: Sequence[tuple[str, int]] = ()) -> None:
         """Write the rows read from one shard: ``indexed`` rows not ``present`` go, and the
-        shard is marked as covering ``heads`` (None: the shard is gone)."""
+        shard is marked as covering ``heads`` (None: the shard is gone). ``authors``: rows
+        whose author the author pass sets right; the shard leaves that pass once written."""
         gone = [indexed[e][0] for e in set(indexed) - present]
         new = [row for row in changed if row["id"] not in indexed]
+        in_pass = self._author_pass is not None and doc_id in self._author_pass
         with self._write() as db:
+            if authors:
+                db.executemany("UPDATE docs SET author=? WHERE rowid=?", authors)
+            if in_pass and self._author_pass == {doc_id}:  # the last one: the index is sound
+                db.execute("INSERT OR REPLACE INTO meta VALUES('author_rule', ?)",
+                           (AUTHOR_RULE,))
             for row in changed:
                 if row["id"] in indexed:
                     self._put(db, doc_id, row, indexed[row["id"]][0])
@@ -546,6 +601,11 @@ class SearchIndex:
             self._heads[doc_id] = heads
         else:
             self._heads.pop(doc_id, None)
+        if in_pass and self._author_pass is not None:
+            self._author_pass.discard(doc_id)
+            if not self._author_pass:
+                self._author_pass = None
+                log.info("search index: every row's author is its entry's signer")
         if self.vecindex is not None:
             self.vecindex.remove(
                 gone + [indexed[r["id"]][0] for r in changed if r["id"] in indexed])
