@@ -605,9 +605,10 @@ class Repo:
             return
         new_doc = self.store.doc_meta(doc_id) is None
         costs: dict[bytes, tuple[int, int]] = {}
-        for c in verified.changes:
+        for c in verified.changes:  # by weight (§6.6): a dense change is not a small one
             size = costs.get(actor_key(c.actor), (0, 0))[1]
-            costs[actor_key(c.actor)] = (1 if new_doc else 0, size + len(c.chunk))
+            costs[actor_key(c.actor)] = (1 if new_doc else 0,
+                                         size + max(c.size, len(c.chunk)))
         now = time.monotonic()
         buckets = []
         for key, (docs, size) in costs.items():
@@ -664,7 +665,7 @@ class Repo:
         if not verified.changes:
             self._evict_remote(doc_id)
             return
-        applied = sum(c.size or len(c.chunk) for c in verified.changes)
+        applied = sum(max(c.size, len(c.chunk)) for c in verified.changes)  # weight (§6.6)
         self._applied_since_release += applied
         handle.size += applied
         try:

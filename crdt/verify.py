@@ -16,6 +16,10 @@ from .roster import ACTOR_BYTES, CutoffHead, Roster, actor_key
 from .store import Store
 
 MAX_CHANGES_PER_MESSAGE = 200_000
+#: Operations in one change (SPEC-005 005.6.1 c): a change applies whole, and run-length
+#: encoding lets a few bytes hold millions of operations (634 MB for a million list
+#: insertions in 182 bytes). maia-node's own largest change is a few hundred.
+MAX_OPS_PER_CHANGE = 65_536
 EXTRA_BATCHES = 16
 
 
@@ -90,6 +94,10 @@ def verify_changes(
         except ChunkError as exc:
             code = "hash_mismatch" if "checksum" in str(exc) else "malformed"
             raise Rejected(code, str(exc)) from exc
+        if infos[-1].ops > MAX_OPS_PER_CHANGE:
+            raise Rejected("too_large", f"change {infos[-1].hash.hex()[:16]} holds "
+                                        f"{infos[-1].ops:,} operations (at most "
+                                        f"{MAX_OPS_PER_CHANGE:,})")
 
     known = store.known_hashes(doc_id, [i.hash for i in infos] + [d for i in infos for d in i.deps])
     seen: set[bytes] = set(known)

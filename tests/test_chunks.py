@@ -3,14 +3,20 @@ bytes equal the binding's, for plain and compressed chunks; damaged bytes are re
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crdt.chunks import (
     CHUNK_COMPRESSED,
     ChunkError,
     change_hash,
     changes_message,
+    count_ops,
+    inflate_change,
     parse_change,
     parse_sync_message,
     strip_capabilities,
@@ -63,3 +69,78 @@ def test_sync_messages_parse_strip_and_carry_changes():
     assert other.get_heads() == []  # queued: its dependency is missing
     other.receive_sync_message(SyncState(), Message.decode(changes_message([changes[0].bytes])))
     assert other.get_heads() == doc.get_heads()
+
+
+_steps = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.text(max_size=4), st.integers(0, 3)),
+    st.tuples(st.just("list"), st.integers(0, 300), st.sampled_from(["null", "int", "str"])),
+    st.tuples(st.just("map"), st.integers(0, 40), st.just("")),
+    st.tuples(st.just("delete"), st.text(max_size=4), st.just(0)),
+    st.tuples(st.just("text"), st.text(max_size=200), st.just(0)),
+), min_size=1, max_size=6)
+
+
+@settings(max_examples=120, deadline=None)
+@given(changes=st.lists(_steps, min_size=1, max_size=4))
+def test_operations_are_counted_as_automerge_counts_them(changes) -> None:
+    """SPEC-005 005.6.1 c: the operations read from a change's bytes (its action column's
+    rows) are those the binding reports (``max_op - start_op + 1``), for run-length encoded
+    runs of insertions, literal runs, nested objects, deletions and text, plain and
+    compressed."""
+    doc = Document(actor_id=b"\x09" * 32)
+    for steps in changes:
+        with doc.transaction() as tx:
+            for n, (what, a, b) in enumerate(steps):
+                key = f"k{n}"
+                if what == "put":
+                    tx.put(ROOT, a or key, ScalarType.Int, b)
+                elif what == "list":
+                    lst = tx.put_object(ROOT, key, ObjType.List)
+                    for i in range(a):
+                        if b == "null":
+                            tx.insert(lst, i, ScalarType.Null, None)
+                        elif b == "int":
+                            tx.insert(lst, i, ScalarType.Int, i % 3)
+                        else:
+                            tx.insert(lst, i, ScalarType.Str, "ab"[i % 2])
+                elif what == "map":
+                    obj = tx.put_object(ROOT, key, ObjType.Map)
+                    for i in range(a):
+                        tx.put(obj, f"f{i}", ScalarType.Boolean, True)
+                elif what == "delete":
+                    if tx.get(ROOT, a or "k0") is not None:
+                        tx.delete(ROOT, a or "k0")
+                else:
+                    text = tx.put_object(ROOT, key, ObjType.Text)
+                    for i, ch in enumerate(a):
+                        tx.insert(text, i, ScalarType.Str, ch)
+    for c in doc.get_changes([]):
+        want = c.max_op - c.start_op + 1
+        assert parse_change(c.raw_bytes).ops == want
+        assert parse_change(c.bytes).ops == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_damaged_operation_count_is_refused_cleanly(data) -> None:
+    """Bytes after a change's header are a member's to choose: counting its operations on
+    any of them returns a number or raises ChunkError, never another error."""
+    _, changes = _changes()
+    original = inflate_change(changes[1].raw_bytes)
+    header = parse_change(changes[1].raw_bytes)
+    pos = 1
+    for _ in range(2):  # the body's length, the dependency count
+        while original[pos] & 0x80:
+            pos += 1
+        pos += 1
+    pos += 32 * len(header.deps) + 1 + len(header.actor)
+    while original[pos] & 0x80:  # seq
+        pos += 1
+    pos += 1
+    assert count_ops(original, pos) == 2  # the map and its text
+    raw = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(pos, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    body = bytes(raw[:data.draw(st.integers(pos, len(raw)))])
+    with contextlib.suppress(ChunkError):
+        assert count_ops(body, pos) >= 0

@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from automerge.core import ROOT, Document, ScalarType
+from automerge.core import ROOT, Document, ObjType, ScalarType
 
+import crdt.documents
 import crdt.roster
 from crdt.batches import SignedBatch
 from crdt.chunks import ChangeInfo, parse_change
@@ -439,3 +440,42 @@ def test_a_document_of_a_newer_schema_is_stored_and_forwarded_but_never_written(
         assert refused.value.schema == DOC_SCHEMA + 1 and "upgrade" in str(refused.value)
     assert b.store.doc_meta(NOTE_DOC).changes == held
     assert b.repo.open(NOTE_DOC).doc.get(ROOT, "late") is None
+
+
+def _dense_change(member: Device, doc_id: str, inserts: int) -> ChangeInfo:
+    """One change of ``member`` creating a list of ``inserts`` nulls: run-length encoded, a
+    couple of hundred bytes whatever the count."""
+    doc = Document(actor_id=member.repo.actor)
+    with doc.transaction() as tx:
+        lst = tx.put_object(ROOT, "note-202611-AAAAAAAAAA", ObjType.List)
+        for i in range(inserts):
+            tx.insert(lst, i, ScalarType.Null, None)
+    return parse_change(bytes(doc.get_changes([])[0].raw_bytes))
+
+
+def test_a_member_s_dense_change_is_refused_before_it_is_applied(devices):
+    """SPEC-005 005.6.1 c, found by an attacker's read: a member's change of a few hundred
+    bytes holding a million list insertions took 634 MB on every node that applied it (and
+    again at every load), and was charged as a few hundred bytes. A change of more than
+    65,536 operations is refused whole before Automerge sees it; one under the bound counts
+    by its weight, 64 bytes an operation, against the author's budget and the live bound."""
+    from crdt.verify import MAX_OPS_PER_CHANGE
+
+    founder, thief = devices("founder", "thief")
+    pump(founder, thief)
+    doc_id = "memory/note/2026-11/0"
+    bomb = _dense_change(thief, doc_id, MAX_OPS_PER_CHANGE + 10)
+    assert len(bomb.chunk) < 400 and bomb.ops == MAX_OPS_PER_CHANGE + 11
+    with pytest.raises(Rejected) as refused:
+        receive_signed(founder, doc_id, thief.key, [bomb])
+    assert refused.value.code == "too_large"
+    assert doc_id not in founder.store.doc_ids() and not founder.repo.is_loaded(doc_id)
+
+    founder.repo._budgets.clear()
+    heavy = _dense_change(thief, doc_id, 20_000)
+    receive_signed(founder, doc_id, thief.key, [heavy])
+    assert founder.repo._loaded[doc_id].size >= 20_000 * 64
+    budget = founder.repo._budgets[thief.key.public_key]
+    assert crdt.documents.AUTHOR_BYTES_BURST - budget.bytes >= 20_000 * 64
+    founder.write("note", "still fine", "memory/note/2026-11/1")
+    assert founder.read("note", "memory/note/2026-11/1") == "still fine"
