@@ -309,8 +309,11 @@ class PeerSync:
         except Rejected as exc:
             self.rejected += 1
             self.reset(doc_id)
-            if exc.code == "missing_dependency" and exc.missing:
-                self._need.setdefault(doc_id, set()).update(exc.missing[:1024])
+            if exc.code == "missing_dependency" and (exc.missing or exc.refused):
+                # the missing hashes and the refused changes' own (SPEC-005 §8.6), bounded
+                need = self._need.setdefault(doc_id, set())
+                need.update(exc.missing[:1024])
+                need.update(exc.refused[: max(0, 2048 - len(need))])
             if final and exc.code in ROSTER_CODES:
                 self._take_envelope(doc_id, parsed)
             raise

@@ -21,18 +21,25 @@ MAX_CHANGES_PER_MESSAGE = 200_000
 #: insertions in 182 bytes). maia-node's own largest change is a few hundred.
 MAX_OPS_PER_CHANGE = 65_536
 EXTRA_BATCHES = 16
+#: Hashes a refusal for missing dependencies names for the next ``need`` (SPEC-005 §8.6).
+MAX_ASKED = 1024
 
 
 class Rejected(Exception):
     """An incoming message failed verification. ``code`` is machine-readable (SPEC-005)."""
 
     def __init__(self, code: str, detail: str, missing: Sequence[bytes] = (),
-                 authors: frozenset[bytes] = frozenset()) -> None:
+                 authors: frozenset[bytes] = frozenset(),
+                 refused: Sequence[bytes] = ()) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         #: With ``missing_dependency``: the hashes to ask for (SPEC-005 §8.6).
         self.missing = list(missing)
+        #: With ``missing_dependency``: the message's changes not held here, asked for again
+        #: with the missing ones (§8.6: the peer's state was reset, and a Bloom filter that
+        #: left out a dependency may leave these out too).
+        self.refused = list(refused)
         #: With ``dropped``: the device keys the document was dropped as (SPEC-005 §11.3: a
         #: peer sending its own dropped documents again is misbehaving; a relay is not).
         self.authors = authors
@@ -101,6 +108,10 @@ def verify_changes(
 
     known = store.known_hashes(doc_id, [i.hash for i in infos] + [d for i in infos for d in i.deps])
     seen: set[bytes] = set(known)
+
+    def refused() -> list[bytes]:
+        return [i.hash for i in infos if i.hash not in known][:MAX_ASKED]
+
     fresh: list[ChangeInfo] = []
     used: dict[bytes, SignedBatch] = {}
     top = store.actor_seqs(doc_id, {i.actor for i in infos if i.hash not in seen})
@@ -144,7 +155,7 @@ def verify_changes(
                 "missing_dependency",
                 f"change {info.seq} of {device_id(actor_key(info.actor))} in {doc_id} comes "
                 f"before its change {expected}, not held",
-                [d for d in info.deps if d not in seen],
+                [d for d in info.deps if d not in seen], refused=refused(),
             )
         head = verdict.needs
         if head is not None:
@@ -157,7 +168,7 @@ def verify_changes(
             raise Rejected(
                 "missing_dependency",
                 f"change {info.hash.hex()[:16]} depends on {missing[0].hex()[:16]}, not held",
-                missing,
+                missing, refused=refused(),
             )
         top[info.actor] = info.seq
         seen.add(info.hash)

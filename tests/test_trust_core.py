@@ -365,9 +365,11 @@ def test_a_member_flooding_new_documents_is_bounded_and_shown(devices, monkeypat
 def test_a_change_the_peer_left_out_is_asked_for_by_hash(devices):
     """SPEC-005 §8.6: when a message lacks a dependency (a Bloom filter false positive makes an
     honest peer leave out a change, and it would again on every retry), the receiver puts the
-    missing hashes in the `need` list of its next message and gets them."""
+    missing hashes and those of the changes it refused in the `need` list of its next message
+    and gets them; its `reject` frame lists the missing ones."""
     from crdt.chunks import parse_sync_message
     from crdt.sync import PeerSync
+    from node.mesh.peers import reject_frame
 
     founder, phone = devices("founder", "phone")
     pump(founder, phone)
@@ -384,9 +386,13 @@ def test_a_change_the_peer_left_out_is_asked_for_by_hash(devices):
     with pytest.raises(Rejected) as caught:
         b.receive({**frame, "msg": parsed.encode()})
     assert caught.value.code == "missing_dependency" and first.hash in caught.value.missing
+    sent = {parse_change(c).hash for c in parsed.changes}
+    assert set(caught.value.refused) == sent  # the refused changes' own hashes too
+    frame_sent = reject_frame(NOTE_DOC, caught.value)
+    assert frame_sent["missing"] == [first.hash] and frame_sent["code"] == "missing_dependency"
     a.reset(NOTE_DOC)
     (ask,) = b.generate(NOTE_DOC)
-    assert first.hash in parse_sync_message(ask["msg"])[0].need
+    assert {first.hash, *sent} <= set(parse_sync_message(ask["msg"])[0].need)
     a.receive(ask)
     for _ in range(5):
         for f in a.generate(NOTE_DOC):

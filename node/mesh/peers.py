@@ -388,10 +388,7 @@ class PeerConnection:
             if len(recent) <= ROSTER_RETRIES:
                 self.mark_dirty(doc_id)
         with contextlib.suppress(TransportError):
-            await self.channel.send(
-                {"t": "reject", "doc": doc_id if _short(doc_id) else None, "code": exc.code,
-                 "detail": exc.detail[:500]}  # SPEC-005 §11.1: a reject never echoes a flood
-            )
+            await self.channel.send(reject_frame(doc_id, exc))
         if len(self._rejects) > MAX_REJECTS:  # SPEC-005 005.11.3: "more than 8"
             await self._error("too_many_rejections", "too many rejected messages")
             return False
@@ -1023,6 +1020,21 @@ class PeerManager:
                          n, doc_id, channel.peer_device_id)
             log.info("peer %s disconnected", channel.peer_device_id)
         return conn
+
+
+#: Missing hashes a ``reject`` frame lists (SPEC-005 §8.6): enough to say what went astray,
+#: bounded so that a reject never grows with the message it refuses (§11.1).
+REJECT_MISSING = 64
+
+
+def reject_frame(doc_id: str | None, exc: Rejected) -> dict[str, Any]:
+    """The ``reject`` frame for ``exc``: its code, a detail cut to 500 characters, and for
+    ``missing_dependency`` the first missing hashes (SPEC-005 §8.6, §11.1)."""
+    frame: dict[str, Any] = {"t": "reject", "doc": doc_id if _short(doc_id) else None,
+                             "code": exc.code, "detail": exc.detail[:500]}
+    if exc.code == "missing_dependency":
+        frame["missing"] = [bytes(h) for h in exc.missing[:REJECT_MISSING]]
+    return frame
 
 
 def _short(doc_id: object) -> bool:
