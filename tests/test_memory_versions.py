@@ -164,6 +164,41 @@ def test_a_member_writing_without_a_log_record_still_shows_in_history(pair):
     assert mb.get(e["id"])["text"] == "honest text"
 
 
+def test_a_member_rewriting_another_device_s_log_record_is_shown_as_altering_it(
+        pair, monkeypatch):
+    """SPEC-005 005.10.6, attacker view: a member key that overwrites the ``at`` and ``op`` of
+    the owner's log record (backdating it, calling an edit a creation) leaves the version
+    under the owner's verified device, so the rewritten claim read as the owner's. History
+    says ``altered by`` the member's device, in the API, the CLI and the web page; records
+    nobody touched say nothing."""
+    from node.memory.versions_cli import print_history
+
+    a, b, ma, mb = pair
+    e = ma.add("honest text")
+    ma.update(e["id"], text="honest edit")
+    pump(a, b)
+
+    def backdate(tx):
+        obj = tx.get(ROOT, e["id"])[1]
+        rec = tx.get(tx.get(obj, "log")[1], 1)[1]
+        tx.put(rec, "at", ScalarType.Str, "2001-01-01T00:00:00Z")
+        tx.put(rec, "op", ScalarType.Str, "create")
+
+    b.repo.change(shard_of(e["id"]), backdate)
+    pump(a, b)
+    hist = ma.history(e["id"])
+    assert [(h["op"], h["device_id"]) for h in hist] == [
+        ("create", ma.repo.key.device_id), ("create", ma.repo.key.device_id)]
+    assert hist[0]["altered_by"] == []
+    assert hist[1]["altered_by"] == [{"device_id": mb.repo.key.device_id, "device_name": "d1"}]
+    assert hist[1]["at"] == "2001-01-01T00:00:00Z"
+    lines: list[str] = []
+    monkeypatch.setattr("node.memory.versions_cli.say", lines.append)
+    print_history(hist)
+    assert [line for line in lines if "altered by d1" in line] and not any(
+        "altered" in line for line in lines if line.startswith("  1 "))
+
+
 def test_an_entry_written_in_the_old_layout_still_reads(pair):
     """Migration: an entry without ``log`` or ``tags`` (older writers, hand-made maps) loads,
     shows one version, and can be restored and deleted without error."""

@@ -73,6 +73,9 @@ class Version:
     past: set[bytes] = field(default_factory=set)  # log record ids visible at this version
     record_id: bytes = b""
     creation: bool = False  # the change that created the entry's map (no log record)
+    # device keys, other than the record's writer, that set a field of its log record since
+    # (SPEC-005 005.10.6: its ``at`` or ``op`` as shown is then theirs, not the writer's)
+    altered_by: tuple[bytes, ...] = ()
 
 
 def _hex(h: bytes) -> str:
@@ -117,9 +120,12 @@ class EntryVersions:
             if ref is None or ref.hash in seen:
                 continue  # (one change writing two records is one version)
             seen.add(ref.hash)
-            record = _record(doc, rec_id)
-            out.append(self._version(doc, e, log_obj, index, ref.hash, ref.actor, record,
-                                     rec_id, need_past))
+            record, setters = _record(doc, rec_id)
+            version = self._version(doc, e, log_obj, index, ref.hash, ref.actor, record,
+                                    rec_id, need_past)
+            writer = actor_key(ref.actor)
+            version.altered_by = tuple(sorted(k for k in setters if k != writer))
+            out.append(version)
         # Writes without a log record (an entry made by hand or by an older writer, a member
         # key rewriting a field) are still versions: the change that created the entry object
         # comes first, and nothing the entry shows now may come from nowhere (SPEC-005 §10.7).
@@ -180,6 +186,8 @@ class EntryVersions:
         }
         if isinstance(rec.get("from"), str):
             row["from"] = rec["from"]
+        row["altered_by"] = [{"device_id": _device_id(k), "device_name": roster.members.get(k, "")}
+                             for k in v.altered_by]
         return row
 
     def resolve(self, entry_id: str, ref: str) -> Version:
@@ -398,13 +406,20 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _record(doc: Document, rec_id: bytes) -> dict[str, Any]:
+def _record(doc: Document, rec_id: bytes) -> tuple[dict[str, Any], set[bytes]]:
+    """A log record's scalar fields, and the device keys whose operations set the values it
+    holds now (the actor in each value's op id: a member key can overwrite another device's
+    record, SPEC-005 005.10.6)."""
     out: dict[str, Any] = {}
+    setters: set[bytes] = set()
     for k in doc.keys(rec_id):
         got = doc.get(rec_id, k)
         if got is not None and not isinstance(got[0], ObjType):
             out[k] = got[0][1]
-    return out
+            setter = _actor_of_op(got[1]) if isinstance(got[1], bytes) else None
+            if setter is not None:
+                setters.add(setter)
+    return out, setters
 
 
 def _supersedes(w: Version, v: Version) -> bool:

@@ -84,7 +84,10 @@ def deleted(args: argparse.Namespace, target: Target) -> None:
 def _who(r: dict[str, Any]) -> str:
     name = f" ({r['device_name']})" if r.get("device_name") else ""
     mark = "verified" if r.get("verified") else "UNVERIFIED"
-    return f"{r.get('device_id') or '?'}{name} {mark}, {r.get('signer_status', '?')}"
+    altered = "".join(
+        f", altered by {a.get('device_name') or (a.get('device_id') or '?')[:15]}"
+        for a in r.get("altered_by") or [] if isinstance(a, dict))
+    return f"{r.get('device_id') or '?'}{name} {mark}, {r.get('signer_status', '?')}{altered}"
 
 
 def print_history(rows: list[dict[str, Any]], full: bool = False) -> None:

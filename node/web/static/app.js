@@ -539,6 +539,7 @@ async function refreshHistory() {
         el("strong", {text: `v${v.n} ${v.op}`}), " ",
         badge(v.verified ? "verified" : "unverified", v.verified ? "good" : "bad"),
         concurrent.has(v.version) ? badge("concurrent", "warn") : null,
+        ...(v.altered_by || []).map((a) => badge(`altered by ${a.device_name || shortId(a.device_id)}`, "bad")),
         v.deleted ? badge("deleted", "off") : null),
       el("div", {class: "meta"}, el("code", {text: v.version.slice(0, 12)}), " · ",
         v.device_name || shortId(v.device_id), " · ", timeEl(v.at),
