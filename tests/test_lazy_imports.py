@@ -43,7 +43,7 @@ def test_an_idle_node_loads_the_mcp_sdk_spake2_and_the_tokenizer_only_when_used(
         idle = _mapped(a)
         assert MCP_SDK not in idle and SPAKE2 not in idle and TOKENIZER not in idle
         # first use of each: MCP over HTTP, then an entry to embed for memory search
-        assert len(_mcp_tools_list(a)["result"]["tools"]) == 13
+        assert len(_mcp_tools_list(a)["result"]["tools"]) == 14
         assert MCP_SDK in _mapped(a)
         a.add_memory("a walnut tree by the river")
         wait_for(lambda: TOKENIZER in _mapped(a), timeout=60, what="the tokenizer loaded")

@@ -49,7 +49,8 @@ async def test_an_entry_added_through_mcp_on_a_is_found_by_mcp_search_on_b(pair)
     a, b = pair
     async with mcp_client(a, "--agent", "claude") as client:
         names = {t.name for t in (await client.list_tools()).tools}
-        assert names == {"memory_search", "memory_get", "memory_add", "memory_update",
+        assert names == {"memory_search", "memory_get", "memory_history", "memory_add",
+                         "memory_update",
                          "memory_supersede", "memory_delete", "journal_add", "sessions_list",
                          "lease_claim", "lease_release", "ask", "skills_list", "skill_get"}
         resources = {str(r.uri) for r in (await client.list_resources()).resources}
@@ -63,7 +64,15 @@ async def test_an_entry_added_through_mcp_on_a_is_found_by_mcp_search_on_b(pair)
     async with mcp_client(b, "--agent", "codex") as client:
         failed, found = await call(client, "memory_search", query="staging kestrel",
                                    kinds=["fact"], tags=["infra"])
+        failed_h, versions = await call(client, "memory_history", entry_id=added["id"])
     assert not failed, found
+    # SPEC-005 §10.7 over MCP: the version, its verified device, session and agent
+    assert not failed_h, versions
+    assert versions["versions"] == 1 and len(versions["shown"]) == 1
+    shown = versions["shown"][0]
+    assert shown["device_id"] == a.device_id() and shown["verified"] and shown["op"] == "create"
+    assert shown["agent"] == "claude" and shown["text"] == "the staging cluster is kestrel"
+    assert shown["altered_by"] == []
     assert [r["id"] for r in found["results"]] == [added["id"]]
     hit = found["results"][0]
     assert hit["score"] > 0 and hit["author_device"] == a.device_id()  # ranked (SPEC-003 §12)
@@ -191,7 +200,7 @@ async def test_hostile_arguments_are_mcp_errors_and_the_server_goes_on(pair) -> 
         for tool, args in cases:
             failed, text = await call(client, tool, **args)
             assert failed, (tool, args, text)
-        assert len((await client.list_tools()).tools) == 13
+        assert len((await client.list_tools()).tools) == 14
         failed, _ = await call(client, "memory_search", query="still alive")
         assert not failed
 
@@ -207,7 +216,7 @@ async def test_the_http_transport_is_authenticated_and_scoped(pair, tmp_path: Pa
     # 30 s, not 5: the first /v1/mcp request loads the MCP SDK (lazily, to keep an idle node small)
     async with (httpx2.AsyncClient(headers=headers, timeout=30) as hc,
                 Client(streamable_http_client(a.base + "/v1/mcp", http_client=hc)) as client):
-        assert len((await client.list_tools()).tools) == 13
+        assert len((await client.list_tools()).tools) == 14
         failed, text = await call(client, "memory_add", text="over http")
         assert failed and "memory:write" in text
         a.add_memory("the http transport reads this")

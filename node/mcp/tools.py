@@ -31,6 +31,7 @@ EntryId = Annotated[str, Field(pattern=r"^[a-z]+-\d{6}-[A-Z2-7]{10}$", max_lengt
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=262_144)]
 MAX_SEARCH_FETCH = 1000
+HISTORY_TEXT = 4000  # characters of each version's text memory_history returns
 
 INSTRUCTIONS = """\
 maia-node is the owner's own memory, synced and signed across their devices. Search it before \
@@ -124,6 +125,34 @@ def build_server() -> MCPServer:
         """Read one memory entry by id, with who wrote it and, if it was corrected, the id of
         the entry that supersedes it (superseded_by)."""
         return result(await call("GET", f"/v1/memory/{entry_id}"))
+
+    @server.tool(annotations=read_only)
+    async def memory_history(
+        entry_id: EntryId,
+        limit: Annotated[int, Field(ge=1, le=100, description=(
+            "the most recent versions to return"))] = 20,
+    ) -> dict[str, Any]:
+        """Every version of one entry, oldest first, read from its signed history on this
+        node: what it said and its tags at each edit, the device that signed each version
+        (verified against the owner's devices), when that device says it wrote it, and
+        ``altered_by`` when another device later rewrote a version's record. Use it to see
+        what an entry said before, or who changed it. Long texts are cut (text_truncated)."""
+        answer = await call("GET", f"/v1/memory/{entry_id}/history")
+        rows = answer.get("history", [])
+        out = []
+        for r in rows[-limit:]:
+            text = r.get("text") or ""
+            out.append({
+                "n": r.get("n"), "version": r.get("version"), "at": r.get("at"),
+                "op": r.get("op"), "device_id": r.get("device_id"),
+                "device_name": r.get("device_name"), "verified": r.get("verified"),
+                "signer_status": r.get("signer_status"),
+                "altered_by": r.get("altered_by") or [], "session": r.get("session"),
+                "agent": r.get("agent"), "text": text[:HISTORY_TEXT],
+                "text_truncated": len(text) > HISTORY_TEXT, "tags": r.get("tags", []),
+                "deleted": bool(r.get("deleted")),
+            })
+        return {"id": entry_id, "versions": len(rows), "shown": out}
 
     @server.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=False))
     async def memory_add(
