@@ -18,7 +18,7 @@ from ..api.middleware import BODY_KEY, PRINCIPAL_KEY, QUERY_KEY
 from ..api.pagination import page as _page
 from ..api.problem import Problem
 from ..api.routes import RouteTable
-from ..api.scopes import SCOPES
+from ..api.scopes import SCOPES, require_scope
 from ..memory import EntryNotFound
 from .clock import mono_ns
 from .coordinator import (
@@ -375,6 +375,9 @@ async def add_journal_entry(request: web.Request) -> web.Response:
     principal = _principal(request)
     session = agent = None
     if principal.kind == "session":
+        # signed, synced and shown to every later session of the project (SPEC-003 §6.7):
+        # a session granted only reads must not plant instructions there
+        require_scope(request, "memory:write")
         if "project" in body:
             raise Problem(400, "Invalid request",
                           "a session writes to its own project; 'project' is set by the node")
