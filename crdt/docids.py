@@ -13,7 +13,7 @@ import re
 MEMORY_KINDS = ("note", "conversation", "fact", "skill", "journal")
 _MONTH = r"(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])"  # 1970-01 to 2999-12
 _KIND = "(" + "|".join(MEMORY_KINDS) + ")"
-DOC_ID_RE = re.compile(r"^(identity|memory/" + _KIND + "/" + _MONTH + r"/[0-7])$")
+DOC_ID_RE = re.compile(r"^(identity|memory/" + _KIND + "/" + _MONTH + r"/[0-7])\Z")
 
 
 def valid_doc_id(doc_id: object) -> bool:

@@ -49,7 +49,7 @@ MAX_SEQ = (1 << 32) - 1
 #: Admissions deeper than this many endorsements from the founder are ignored (a person's mesh
 #: is a handful of levels deep; a chain of thousands is an attack on derivation time).
 MAX_DEPTH = 64
-_CERT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_CERT_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class CertError(ValueError):

@@ -31,6 +31,7 @@ from crdt import (
 from .api.app import build_app, make_runner
 from .api.auth import load_or_create_token
 from .api.core import listener_routes
+from .api.headers import header_text
 from .api.middleware import HostPolicy, Limits
 from .config import NodeConfig, Paths
 from .datadir import DataDirLock
@@ -230,7 +231,7 @@ class Node:
         command and client can say so (issue 15.6); a dict lookup when it is not revoked."""
         info = self.repo.roster.revocation(self.key.public_key)
         if info is not None:
-            response.headers["X-Maia-Device-Revoked"] = (
+            response.headers["X-Maia-Device-Revoked"] = header_text(  # a member's text
                 f"by {info['by_name'] or info['by']} at {info['at']}")
 
     async def _upkeep(self) -> None:

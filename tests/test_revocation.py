@@ -170,3 +170,48 @@ def test_a_stranger_s_tombstone_does_not_make_a_device_believe_it_is_revoked(tmp
     assert device.repo.roster.revocation(device.key.public_key) is None
     device.repo.change(NOTE_DOC, lambda tx: tx.put(ROOT, "still", ScalarType.Str, "writes"))
     device.close()
+
+
+async def test_a_member_s_control_characters_in_a_tombstone_do_not_take_the_api_down(tmp_path):
+    """SPEC-003 003.10.4, found by an attacker's read: a revoked device says who revoked it on
+    every answer (``X-Maia-Device-Revoked``), from the tombstone's signed ``at`` and the
+    issuer's name; a thief that revoked the owner's device first with ``at = "...\\r\\n..."``
+    made the HTTP server refuse every response, ``/health`` included. The value is
+    percent-encoded, the answer goes out, and the CLI reads the words back."""
+    from types import SimpleNamespace
+    from urllib.parse import unquote
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from crdt.roster import _issue, now_iso
+    from node.node import Node
+    from tests.trust_helpers import Device
+
+    home = Device.found(tmp_path, "home")
+    thief = home.admit(tmp_path, "thief")
+    try:
+        body = {"t": "revoke", "v": 2, "mesh": home.repo.mesh_id,
+                "subject": home.key.public_key, "issuer": thief.key.public_key,
+                "at": now_iso() + "\r\nX-Injected: 1", "cutoff": {}, "kept": [], "reason": ""}
+        home.repo.add_certs([_issue(thief.key, body).encode()])
+        assert home.repo.roster.revocation(home.key.public_key) is not None
+        node = SimpleNamespace(repo=home.repo, key=home.key)
+
+        async def health(_request: web.Request) -> web.Response:
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_get("/health", health)
+        app.on_response_prepare.append(
+            lambda request, response: Node._say_if_revoked(node, request, response))
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/health")
+            assert resp.status == 200 and (await resp.json()) == {"ok": True}
+            said = resp.headers["X-Maia-Device-Revoked"]
+            assert "X-Injected" not in resp.headers
+            assert "\r" not in said and "\n" not in said
+            assert unquote(said).endswith("\r\nX-Injected: 1") and "by " in unquote(said)
+    finally:
+        home.close()
+        thief.close()

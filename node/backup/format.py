@@ -26,9 +26,9 @@ CHUNK_ZLIB = 1
 
 BACKED_UP_LAYERS = ("identity", "memory")  # SPEC-002 §1: Substrate and Runtime never are
 
-_MANIFEST_NAME = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{64})\.manifest$")
-_RECORD_NAME = re.compile(r"^([0-9a-f]{64})\.(\d{8}T\d{6}Z)\.record$")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MANIFEST_NAME = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{64})\.manifest\Z")
+_RECORD_NAME = re.compile(r"^([0-9a-f]{64})\.(\d{8}T\d{6}Z)\.record\Z")
+HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ VERIFIED_SCHEMA = {
     "additionalProperties": False,
     "required": ["manifest", "verified_at"],
     "properties": {
-        "manifest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "manifest": {"type": "string", "pattern": "^[0-9a-f]{64}$", "maxLength": 64},
         "verified_at": {
             "type": "string",
             "maxLength": 40,

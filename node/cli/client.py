@@ -9,6 +9,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+from urllib.parse import unquote
 
 from ..config import Paths
 
@@ -80,6 +81,8 @@ class NodeClient:
     def _say_if_revoked(self, headers: Any) -> None:
         """Once per command: a revoked device says so, whatever was asked (issue 15.6)."""
         revoked = headers.get("X-Maia-Device-Revoked") if headers is not None else None
+        if revoked:  # percent-encoded by the node (node.api.headers); shown printable only
+            revoked = "".join(c if c.isprintable() else "?" for c in unquote(revoked))
         if revoked and not self._warned:
             self._warned = True
             print(f"Warning: this device was revoked {revoked}; it can no longer change the "

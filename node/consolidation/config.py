@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import ConfigError
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{4,128}$")
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{4,128}\Z")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 PREFIX = b"consolidation:rejected:"
 FIELD = "rejected"
 DIGEST_LEN = 64
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def is_digest(value: Any) -> bool:

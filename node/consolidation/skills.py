@@ -13,7 +13,7 @@ from typing import Any
 from ..memory import Memory, new_entry_id, now_iso, shard_of
 from .fields import index_rows, mark_superseded, set_fields
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\Z")
 MAX_WHEN = 500
 MAX_STEPS = 50
 MAX_STEP = 1000

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # Memory calls this module (Memory.history); types only here
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"^[0-9a-f]{8,64}$")
+VERSION_RE = re.compile(r"^[0-9a-f]{8,64}\Z")
 MIN_PREFIX = 8
 PREVIEW = 200
 #: Log records looked at for concurrent text (SPEC-005 §10.8).

@@ -13,6 +13,7 @@ import json
 import sys
 import urllib.parse
 from typing import Any
+from urllib.parse import unquote
 
 from ..cli.client import ApiError, NodeNotRunning
 from ..cli.common import UserError, print_json, running_node, say
@@ -99,7 +100,8 @@ def cmd_ask(args: argparse.Namespace, paths: Paths) -> int:
         resp = conn.getresponse()
         if resp.status != 200:
             raise UserError(_problem_sentence(resp.status, resp.read()))
-        host, cortex = resp.getheader("X-Maia-Cortex-Host"), resp.getheader("X-Maia-Cortex")
+        host, cortex = (unquote(resp.getheader(h) or "") or None  # node.api.headers
+                        for h in ("X-Maia-Cortex-Host", "X-Maia-Cortex"))
         _print_stream(resp)
     except OSError as exc:
         raise UserError(f"the node stopped answering: {exc}") from None

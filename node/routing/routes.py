@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..api.headers import header_text
 from ..api.middleware import BODY_KEY
 from ..api.problem import Problem
 from ..api.routes import RouteTable
@@ -159,9 +160,12 @@ def _problem(exc: RoutingError) -> Problem:
 
 
 def _headers(plan: Plan, candidate: Candidate) -> dict[str, str]:
-    headers = {"X-Maia-Cortex-Host": candidate.where, "X-Maia-Cortex": candidate.cortex.name}
+    """Who answered and why; a peer names its cortex and a model's answer can shape the
+    decision's note, so each value is made safe for a header (node.api.headers)."""
+    headers = {"X-Maia-Cortex-Host": header_text(candidate.where),
+               "X-Maia-Cortex": header_text(candidate.cortex.name)}
     if plan.decision_header:
-        headers["X-Maia-Decision"] = plan.decision_header
+        headers["X-Maia-Decision"] = header_text(plan.decision_header)
     return headers
 
 

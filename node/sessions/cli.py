@@ -23,9 +23,9 @@ from .gitinfo import find_repo
 from .install import InstallError, install, uninstall
 from .runwrap import run
 
-SESSION_ID = re.compile(r"^[a-z2-7]{26}$")
-LEASE_ID = re.compile(r"^[0-9a-f]{32}$")
-_TTL = re.compile(r"^(\d+)([smhd]?)$")
+SESSION_ID = re.compile(r"^[a-z2-7]{26}\Z")
+LEASE_ID = re.compile(r"^[0-9a-f]{32}\Z")
+_TTL = re.compile(r"^(\d+)([smhd]?)\Z")
 
 
 def register(sub: Any) -> None:

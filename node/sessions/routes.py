@@ -85,7 +85,7 @@ REGISTER_SCHEMA = {
         "mcp": {"type": "boolean"},  # SPEC-004 §15.2: the agent's MCP server registers
     },
 }
-_SESSION_FIELD = {**_STR, "pattern": "^[a-z2-7]{26}$"}
+_SESSION_FIELD = {**_STR, "pattern": "^[a-z2-7]{26}$", "maxLength": 26}
 _TTL = {"type": "integer", "minimum": 1, "maximum": MAX_TTL_S}
 ACQUIRE_SCHEMA = {
     "type": "object",
@@ -152,7 +152,7 @@ MESSAGE_SCHEMA = {
     "additionalProperties": False,
     "required": ["to", "text"],
     "properties": {
-        "to": {**_STR, "pattern": "^([a-z2-7]{26}|owner)$"},
+        "to": {**_STR, "pattern": "^([a-z2-7]{26}|owner)$", "maxLength": 26},
         "text": {**_STR, "minLength": 1, "maxLength": 2000},
     },
 }
