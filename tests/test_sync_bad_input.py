@@ -647,6 +647,38 @@ def test_stalled_handshakes_are_closed_within_the_timeout(mesh: Mesh) -> None:
     assert_mesh_still_works(mesh, "stalled handshakes")
 
 
+def test_connections_waiting_to_prove_membership_are_bounded(mesh: Mesh) -> None:
+    """SPEC-005 005.9.10a, found by an attacker's read: aiohttp buffers a whole WebSocket
+    message (up to the 8 MiB frame) before the handshake reads it, so a stranger's hundreds of
+    connections each holding a 7 MiB "HELLO" held gigabytes. At most 16 connections are
+    between upgrade and proven membership; the next is answered 503 before its upgrade, the
+    node keeps answering, and a slot is free again once a stalled one times out."""
+    from node.transport.gate import MAX_UNPROVEN
+
+    async def scenario():
+        held: list[aiohttp.ClientWebSocketResponse] = []
+        refused: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{mesh.peer_port}/v1/peer"
+            for _ in range(MAX_UNPROVEN + 4):
+                try:
+                    held.append(await session.ws_connect(url, compress=0, autoping=False))
+                except aiohttp.WSServerHandshakeError as exc:
+                    refused.append(exc.status)
+            during = await asyncio.to_thread(mesh.victim.request, "GET", "/v1/status")
+            for ws in held:
+                await ws.close()
+            await asyncio.sleep(0.5)  # the node notices the closes and gives the slots back
+            later = await session.ws_connect(url, compress=0, autoping=False)
+            await later.close()
+        return len(held), refused, during
+
+    opened, refused, during = run(scenario())
+    assert opened == MAX_UNPROVEN and refused == [503] * 4
+    assert during["device_id"] == mesh.victim_key.device_id
+    assert_mesh_still_works(mesh, "connections waiting to prove membership")
+
+
 # -- 9. flooding -------------------------------------------------------------------------------
 def test_flooding_peer_is_disconnected(mesh: Mesh) -> None:
     """SPEC-005 005.9.10, 005.9.11: a member that sends frames faster than the per-connection

@@ -21,7 +21,14 @@ from aiohttp import web
 
 from crdt import ROSTER_CODES, PeerSync, Rejected, Repo, StorageFull, device_id
 
-from ..transport import ChannelClosed, SecureChannel, TransportError, accept, connect
+from ..transport import (
+    ChannelClosed,
+    HandshakeGate,
+    SecureChannel,
+    TransportError,
+    accept,
+    connect,
+)
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +454,8 @@ class PeerManager:
         self.frame_rate = frame_rate
         self.frame_burst = frame_burst
         self.handshake_timeout = handshake_timeout
+        # incoming connections not yet proven members, peers and pairing alike (005.9.10a)
+        self.handshakes = HandshakeGate()
         self.connections: dict[bytes, PeerConnection] = {}
         self.peers: dict[bytes, PeerState] = {}
         self.static: dict[str, DialTarget] = {}
@@ -933,25 +942,35 @@ class PeerManager:
 
     # -- incoming --------------------------------------------------------------------------------
     async def handle_incoming(self, request: web.Request) -> web.StreamResponse:
+        slot = self.handshakes.take(request.remote)
+        if slot is None:  # SPEC-005 005.9.10a: nothing of it is read
+            return busy_response()
         try:
-            ws, channel = await accept(
-                request, key=self.repo.key, mesh_id=self.repo.mesh_id,
-                timeout=self.handshake_timeout,
-            )
-        except TransportError as exc:
-            log.info("incoming peer from %s failed the handshake: %s", request.remote, exc)
-            response = getattr(exc, "response", None)
-            if response is None:
-                raise
-            return response
-        await self._serve(channel, initiator=False, address=request.remote or "", path="incoming")
-        return ws
+            try:
+                ws, channel = await accept(
+                    request, key=self.repo.key, mesh_id=self.repo.mesh_id,
+                    timeout=self.handshake_timeout,
+                )
+            except TransportError as exc:
+                log.info("incoming peer from %s failed the handshake: %s", request.remote, exc)
+                response = getattr(exc, "response", None)
+                if response is None:
+                    raise
+                return response
+            await self._serve(channel, initiator=False, address=request.remote or "",
+                              path="incoming", proven=slot.release)
+            return ws
+        finally:
+            slot.release()
 
     # -- one session ------------------------------------------------------------------------------
     async def _serve(
-        self, channel: SecureChannel, *, initiator: bool, address: str, path: str = ""
+        self, channel: SecureChannel, *, initiator: bool, address: str, path: str = "",
+        proven: Callable[[], None] | None = None,
     ) -> PeerConnection | None:
-        """Run one authenticated session; the connection object, or None when refused."""
+        """Run one authenticated session; the connection object, or None when refused.
+        ``proven`` is called once the peer is known a member or refused (its slot of the
+        handshake gate, SPEC-005 005.9.10a)."""
         key = channel.peer_key
         wait = self.penalised(key)
         if wait:
@@ -961,6 +980,8 @@ class PeerManager:
             await channel.close(1008, "backoff")
             return None
         code = await self._exchange_chains(channel, initiator=initiator)
+        if proven is not None:
+            proven()
         if code.startswith("remote:"):
             log.info("%s refused us: %s", channel.peer_device_id, code[7:])
             self.note_error(key, code[7:])
@@ -1035,6 +1056,13 @@ def reject_frame(doc_id: str | None, exc: Rejected) -> dict[str, Any]:
     if exc.code == "missing_dependency":
         frame["missing"] = [bytes(h) for h in exc.missing[:REJECT_MISSING]]
     return frame
+
+
+def busy_response() -> web.Response:
+    """The answer to a connection that found no slot of the handshake gate (SPEC-005
+    005.9.10a): before the upgrade, so nothing of it is read."""
+    return web.Response(status=503, headers={"Retry-After": "2"},
+                        text="too many connections waiting to prove membership; try again")
 
 
 def _short(doc_id: object) -> bool:

@@ -8,6 +8,7 @@ whose ``peer_key`` and ``peer_certs`` the caller checks against the roster befor
 from .channel import SecureChannel
 from .errors import ChannelClosed, ChannelError, HandshakeError, TransportError
 from .frames import FrameSocket
+from .gate import HandshakeGate, Slot
 from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, PROTOCOL_VERSION, handshake
 from .websocket import accept, connect
 
@@ -19,7 +20,9 @@ __all__ = [
     "ChannelError",
     "FrameSocket",
     "HandshakeError",
+    "HandshakeGate",
     "SecureChannel",
+    "Slot",
     "TransportError",
     "accept",
     "connect",

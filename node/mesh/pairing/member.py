@@ -29,6 +29,7 @@ from aiohttp import web
 from crdt import device_id, enrol_device
 
 from ...transport import HandshakeError, TransportError, accept
+from ..peers import busy_response
 
 if TYPE_CHECKING:
     from spake2 import SPAKE2_A, SPAKE2_B
@@ -223,10 +224,15 @@ class Pairing:
     async def handle_socket(self, request: web.Request) -> web.StreamResponse:
         node = self.node
         assert node is not None
+        slot = node.peers.handshakes.take(request.remote)  # SPEC-005 005.9.10a
+        if slot is None:
+            return busy_response()
         try:
             ws, channel = await accept(request, key=node.key, mesh_id=PAIRING_MESH)
         except HandshakeError as exc:
             return exc.response or web.Response(status=400)
+        finally:
+            slot.release()  # the pairing itself proves nothing yet, but is bounded by its window
         try:
             async with asyncio.timeout(self._time_left() + 5):
                 await self._pair(channel)
