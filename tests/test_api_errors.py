@@ -509,3 +509,101 @@ async def test_a_table_missing_its_state_answers_503_after_authentication() -> N
         assert (await client.get("/v1/test/things/kettle")).status == 401
         body = await problem_of(await client.get("/v1/test/things/kettle", headers=AUTH), 503)
         assert body["title"] == "Things unavailable"
+
+
+# -- streaming routes: a cap of their own, the body in time, the scope before the body ----------
+stream_routes = RouteTable("test-streams")
+SESSION_TOKEN = "session-token-" + secrets.token_urlsafe(16)
+ECHO_SCHEMA = {"type": "object", "additionalProperties": False,
+               "properties": {"n": {"type": "integer"}}}
+
+
+@stream_routes.post("/v1/test/stream", body_schema=ECHO_SCHEMA, streaming=True,
+                    principal_kinds=("local", "session"), scope="models:ask")
+async def slow_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await asyncio.sleep(1.0)
+    await response.write(b"done")
+    return response
+
+
+class ScopelessSession:
+    """A session principal granted nothing beyond its own objects."""
+
+    async def authenticate(self, request: web.Request):
+        from node.api.auth import Principal
+
+        if request.headers.get("Authorization") == f"Bearer {SESSION_TOKEN}":
+            return Principal("session", "s1", frozenset())
+        return None
+
+
+@asynccontextmanager
+async def serve_streams(limits: Limits) -> AsyncIterator[TestClient]:
+    app = build_app(DictServices(), token=TOKEN, limits=limits, extra_tables=[stream_routes],
+                    authenticators=[ScopelessSession()])
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        yield client
+
+
+async def test_streaming_routes_are_capped_of_their_own() -> None:
+    """SPEC-003 §7.5, found by an attacker's read: streaming routes skip the handler time
+    limit and were outside the in-flight cap, so an agent's thousands of open chat streams
+    held memory and descriptors unbounded. Past ``max_streams`` the next is a 503."""
+    async with serve_streams(Limits(max_streams=2)) as client:
+        async def one() -> int:
+            async with client.post("/v1/test/stream", json={"n": 1}, headers=AUTH) as resp:
+                await resp.read()
+                return resp.status
+
+        first = [asyncio.create_task(one()) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        async with client.post("/v1/test/stream", json={"n": 1}, headers=AUTH) as resp:
+            body = await problem_of(resp, 503)
+            assert "streams" in body["detail"]
+        assert await asyncio.gather(*first) == [200, 200]
+        async with client.post("/v1/test/stream", json={"n": 1}, headers=AUTH) as resp:
+            assert resp.status == 200  # the slots came back
+        await assert_still_serving(client)
+
+
+async def test_a_stalled_body_is_cut_off_even_on_a_streaming_route() -> None:
+    """SPEC-003 §7: the body is read within the handler time limit; a streaming route has
+    no handler limit, and a sender that declared 1 KiB and stalled held it open for ever."""
+    async with serve_streams(Limits(handler_timeout=0.5)) as client:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(
+                b"POST /v1/test/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"n\": ")
+            await writer.drain()
+            started = time.monotonic()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 408"), head
+            assert time.monotonic() - started < 3
+        finally:
+            writer.close()
+        await assert_still_serving(client)
+
+
+async def test_a_route_s_scope_is_checked_before_its_body_is_read() -> None:
+    """SPEC-003 §6.7, found by an attacker's read: the chat route checked ``models:ask`` in
+    its handler, after the body was read, so a session without it could still make the node
+    wait for and hold a body. A route that declares its scope refuses at once."""
+    async with serve_streams(Limits(handler_timeout=30)) as client:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(
+                b"POST /v1/test/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer " + SESSION_TOKEN.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 403"), head
+            rest = await asyncio.wait_for(reader.read(4096), 5)
+            assert b"models:ask" in rest
+        finally:
+            writer.close()
+        await assert_still_serving(client)

@@ -26,6 +26,7 @@ from .middleware import (
     LIMITS_KEY,
     MIDDLEWARES,
     RATE_LIMITER_KEY,
+    STREAMS_KEY,
     HostPolicy,
     Limits,
     expectation_problem,
@@ -62,6 +63,7 @@ def build_app(
     app[LIMITS_KEY] = limits
     app[HOST_POLICY_KEY] = host_policy or HostPolicy()
     app[IN_FLIGHT_KEY] = [0]
+    app[STREAMS_KEY] = [0]
     app[AUTHENTICATORS_KEY] = (LocalTokenAuthenticator(token), *authenticators)
     app[RATE_LIMITER_KEY] = RateLimiter(
         limits.rate_per_second, limits.rate_burst, max_clients=limits.rate_max_clients

@@ -44,6 +44,9 @@ class Principal:
     # SPEC-003 §6.7: what a session may do beyond its own objects; the local kind holds all
     scopes: frozenset[str] = frozenset()
 
+    def holds(self, scope: str) -> bool:
+        return self.kind == "local" or scope in self.scopes
+
 
 @runtime_checkable
 class Authenticator(Protocol):

@@ -42,6 +42,7 @@ from .problem import (
     TYPE_TIMEOUT,
     TYPE_VALIDATION,
     Problem,
+    insufficient_scope,
     problem_from_http_exception,
 )
 from .ratelimit import RateLimiter
@@ -85,6 +86,7 @@ class Limits:
     max_json_array: int = 10_000
     max_reported_errors: int = 20
     max_in_flight: int = 64
+    max_streams: int = 64
 
     def __post_init__(self) -> None:
         for name in (
@@ -98,6 +100,7 @@ class Limits:
             "max_json_array",
             "max_reported_errors",
             "max_in_flight",
+            "max_streams",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")
@@ -105,6 +108,7 @@ class Limits:
 
 LIMITS_KEY: web.AppKey[Limits] = web.AppKey("maia_limits", Limits)
 IN_FLIGHT_KEY: web.AppKey[list[int]] = web.AppKey("maia_in_flight", list)
+STREAMS_KEY: web.AppKey[list[int]] = web.AppKey("maia_streams", list)
 AUTHENTICATORS_KEY: web.AppKey[tuple[Authenticator, ...]] = web.AppKey(
     "maia_authenticators", tuple
 )
@@ -274,7 +278,17 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise Problem(413, detail=f"request body exceeds {limits.max_body_bytes} bytes")
     spec = route_spec(request)
     if spec is not None and spec.streaming:
-        return await handler(request)
+        # no handler time limit (they own their idle timeouts), but a cap of their own: an
+        # agent's thousands of stalled chat streams held memory and descriptors unbounded
+        streams = request.app[STREAMS_KEY]
+        if streams[0] >= limits.max_streams:
+            raise Problem(503, "Overloaded", f"more than {limits.max_streams} streams at once",
+                          type=TYPE_OVERLOADED, headers={"Retry-After": "1"})
+        streams[0] += 1
+        try:
+            return await handler(request)
+        finally:
+            streams[0] -= 1
     in_flight = request.app[IN_FLIGHT_KEY]
     if in_flight[0] >= limits.max_in_flight:  # SPEC-003 §7.5: shed load, do not queue it
         raise Problem(503, "Overloaded", f"more than {limits.max_in_flight} requests at once",
@@ -375,6 +389,9 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
 async def validation_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Parse and check what the route declared, so handlers only see valid input."""
     spec = route_spec(request)
+    if spec is not None and spec.scope is not None and not request[PRINCIPAL_KEY].holds(
+            spec.scope):
+        raise insufficient_scope(spec.scope)  # before a byte of the body is read (§6.7)
     await _continue_if_expected(request)  # SPEC-003 §4.3: only once limits and auth passed
     if spec is not None:
         if any(key not in request.app for key in spec.requires):
@@ -393,7 +410,14 @@ async def _validated_body(
 ) -> Any:
     if not _is_json_media_type(request.content_type):
         raise Problem(415, detail="the request body must be application/json")
-    raw = await request.read()  # bounded by client_max_size -> 413
+    try:
+        # bounded by client_max_size (413) and in time: a streaming route has no handler
+        # time limit, and a sender that declared a body and stalled held it open for ever
+        async with asyncio.timeout(limits.handler_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise Problem(408, "Request timeout", f"the request body did not arrive within "
+                      f"{limits.handler_timeout:g} s", type=TYPE_TIMEOUT) from None
     try:
         # RFC 8259 §8.1: JSON exchanged between systems is UTF-8.
         data = json.loads(

@@ -25,6 +25,7 @@ TYPE_VALIDATION = "urn:maia-node:problem:validation"
 TYPE_TIMEOUT = "urn:maia-node:problem:timeout"
 TYPE_RATE_LIMITED = "urn:maia-node:problem:rate-limited"
 TYPE_OVERLOADED = "urn:maia-node:problem:overloaded"
+TYPE_INSUFFICIENT_SCOPE = "urn:maia-node:problem:insufficient-scope"
 TYPE_FORBIDDEN_HOST = "urn:maia-node:problem:forbidden-host"
 TYPE_FORBIDDEN_ORIGIN = "urn:maia-node:problem:forbidden-origin"
 
@@ -112,3 +113,14 @@ def problem_from_http_exception(exc: web.HTTPException) -> Problem:
     elif isinstance(exc, web.HTTPRequestEntityTooLarge):
         detail = "request body exceeds the size limit"
     return Problem(status, exc.reason or None, detail, headers=headers)
+
+
+def insufficient_scope(scope: str) -> Problem:
+    """The 403 for a session token that lacks ``scope`` (SPEC-003 §6.7): it names the scope,
+    so an agent (and the person reading its transcript) learns exactly which grant it lacks."""
+    return Problem(
+        403, "Insufficient scope",
+        f"this session token was not granted the scope {scope!r}; the owner grants it "
+        f"when the session registers (maia mcp --scopes)",
+        type=TYPE_INSUFFICIENT_SCOPE, scope=scope,
+    )

@@ -53,6 +53,8 @@ class RouteSpec:
     query_schema: JSONSchema | None = None
     streaming: bool = False
     principal_kinds: frozenset[PrincipalKind] = frozenset({"local"})
+    # a scope the principal must hold, checked before the body is read (SPEC-003 §6.7)
+    scope: str | None = None
     summary: str = ""
     errors: ErrorMap = field(default_factory=dict)
     requires: tuple[web.AppKey, ...] = ()
@@ -118,6 +120,7 @@ class RouteTable:
         query_schema: JSONSchema | None = None,
         streaming: bool = False,
         principal_kinds: Iterable[PrincipalKind] = ("local",),
+        scope: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering ``handler`` for ``method path``.
 
@@ -153,6 +156,7 @@ class RouteTable:
                     query_schema=query_schema,
                     streaming=streaming,
                     principal_kinds=kinds,
+                    scope=scope,
                     summary=((handler.__doc__ or "").strip().splitlines() or [""])[0],
                     errors=self.errors,
                     requires=self.requires,

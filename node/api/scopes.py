@@ -20,23 +20,16 @@ from ..scopes import (  # noqa: F401  (re-exported for the routes)
 )
 from .auth import Principal
 from .middleware import PRINCIPAL_KEY
-from .problem import Problem
-
-TYPE_INSUFFICIENT_SCOPE = "urn:maia-node:problem:insufficient-scope"
+from .problem import TYPE_INSUFFICIENT_SCOPE, insufficient_scope  # noqa: F401 (re-exported)
 
 
 def has_scope(principal: Principal, scope: str) -> bool:
-    return principal.kind == "local" or scope in principal.scopes
+    return principal.holds(scope)
 
 
 def require_scope(request: web.Request, scope: str) -> Principal:
     """The request's principal, if it holds ``scope``; else the 403 ``insufficient-scope``."""
     principal: Principal = request[PRINCIPAL_KEY]
-    if not has_scope(principal, scope):
-        raise Problem(
-            403, "Insufficient scope",
-            f"this session token was not granted the scope {scope!r}; the owner grants it "
-            f"when the session registers (maia mcp --scopes)",
-            type=TYPE_INSUFFICIENT_SCOPE, scope=scope,
-        )
+    if not principal.holds(scope):
+        raise insufficient_scope(scope)
     return principal
