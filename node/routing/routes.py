@@ -174,7 +174,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 @openai_routes.post("/v1/chat/completions", body_schema=CHAT_SCHEMA, streaming=True,
-                     principal_kinds=("local", "session"))
+                     principal_kinds=("local", "session"), scope=MODELS_ASK)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """An OpenAI chat completion, answered by the cortex the request names (or auto)."""
     require_scope(request, MODELS_ASK)  # a session asks a cortex only when granted (SPEC-003 §6.7)
@@ -246,5 +246,5 @@ async def embeddings(request: web.Request) -> web.Response:
         got = await request.app[EMBEDDINGS_KEY].embed(body["model"], inputs)
     except RoutingError as exc:
         raise _problem(exc) from None
-    return web.json_response(openai_answer(got), headers={
-        "X-Maia-Cortex-Host": got.host, "X-Maia-Cortex": got.name})
+    return web.json_response(openai_answer(got), headers={  # a peer's words (003.10.4)
+        "X-Maia-Cortex-Host": header_text(got.host), "X-Maia-Cortex": header_text(got.name)})
