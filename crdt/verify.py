@@ -149,6 +149,7 @@ def verify_changes(
                 "duplicate_seq",
                 f"device {device_id(actor_key(info.actor))} signed a second, different change "
                 f"numbered {info.seq} in {doc_id}",
+                authors=frozenset({actor_key(info.actor)}),
             )
         if info.seq > expected:
             raise Rejected(

@@ -285,6 +285,8 @@ class Node:
             "peer_listener": f"{self.config.peer_listen}:{self.peer_port}",
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "peers": self.peers.status(),
+            # SPEC-005 §6.1 f: devices seen signing two different changes with one number
+            "equivocations": self.peers.equivocation_status(),
             "memory_entries": self.memory.count(),
         } | {f.name: section for f in self.features if (section := f.status())}
 

@@ -679,6 +679,37 @@ def test_connections_waiting_to_prove_membership_are_bounded(mesh: Mesh) -> None
     assert_mesh_still_works(mesh, "connections waiting to prove membership")
 
 
+def test_a_device_signing_two_changes_with_one_number_is_shown_by_status(mesh: Mesh) -> None:
+    """SPEC-005 §6.1 f: a second, different change with a number its author already used (a
+    copied key, a forked data dir) is refused ``duplicate_seq``; the owner learned it only from
+    the log. ``/v1/status`` and ``maia status`` name the device, the document and what to do."""
+    doc = doc_for(11)
+    first = entry_changes(mesh.member, entry_for(11), ["the member's first change"])
+    fork = entry_changes(mesh.member, entry_for(11), ["the same number, other text"])
+    assert first[0].seq == fork[0].seq == 1 and first[0].hash != fork[0].hash
+    view = StoreView(mesh.victim.data_dir)
+
+    async def scenario():
+        async with hostile_peer(mesh.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+            await p.send(sync_frame(doc, chunks_of(first),
+                                    [sign(mesh.member, mesh.mesh_id, doc, first)]))
+            async with asyncio.timeout(10):
+                while not view.known(doc, hashes_of(first)):
+                    await asyncio.sleep(0.05)
+            await p.send(sync_frame(doc, chunks_of(fork),
+                                    [sign(mesh.member, mesh.mesh_id, doc, fork)]))
+            return await p.answer()
+
+    answer = run(scenario())
+    assert is_reject(answer, doc, "duplicate_seq"), answer
+    forked = mesh.victim.request("GET", "/v1/status")["equivocations"]
+    (row,) = [r for r in forked if r["device_id"] == mesh.member.device_id]
+    assert row["document"] == doc and row["roster"] == "member" and row["refusals"] >= 1
+    out = cli_out(mesh.victim.data_dir, "status")
+    assert "FORKED" in out and mesh.member.device_id[:15] in out and "revoke" in out
+    assert_mesh_still_works(mesh, "a forked member")
+
+
 # -- 9. flooding -------------------------------------------------------------------------------
 def test_flooding_peer_is_disconnected(mesh: Mesh) -> None:
     """SPEC-005 005.9.10, 005.9.11: a member that sends frames faster than the per-connection

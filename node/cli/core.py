@@ -189,6 +189,11 @@ def cmd_status(args: argparse.Namespace, target: Target) -> int:
     if held_back.get("dropped_documents"):
         say(f"Dropped    {held_back['dropped_documents']} document(s) nobody saw, dropped "
             "here by the owner (maia device storage)")
+    for e in st.get("equivocations") or []:  # SPEC-005 §6.1 f: a copied key or a forked dir
+        who = f"{e.get('name') or 'a device'} ({str(e.get('device_id'))[:15]}, {e.get('roster')})"
+        say(f"FORKED     {who} signed two different changes with one number in "
+            f"{e.get('document') or 'a document'}: its key is copied or its data dir was forked; "
+            f"if you did not restore it from a copy, revoke it (maia device revoke)")
     for row in st.get("storage_by_device", [])[:5]:  # who fills this disk (SPEC-005 §6.6)
         say(f"Stored by  {row['device_id']}  {human_bytes(row['bytes'])}  ({row['roster']})")
     if len(st.get("storage_by_device", [])) > 5:

@@ -375,6 +375,8 @@ class PeerConnection:
             "rejected a message from %s for %s: %s", self.channel.peer_device_id, doc_id, exc
         )
         self.manager.note_rejected(self.peer_key, f"{exc.code}: {exc.detail}")
+        if exc.code == "duplicate_seq":
+            self.manager.note_equivocation(self.peer_key, exc, doc_id)
         now = time.monotonic()
         self._rejects = [t for t in self._rejects if now - t < REJECT_WINDOW]
         if ((exc.code not in ("missing_dependency", "dropped") and exc.code not in ROSTER_CODES)
@@ -456,6 +458,8 @@ class PeerManager:
         self.handshake_timeout = handshake_timeout
         # incoming connections not yet proven members, peers and pairing alike (005.9.10a)
         self.handshakes = HandshakeGate()
+        # devices seen signing two different changes with one number (note_equivocation)
+        self.equivocations: dict[bytes, dict[str, Any]] = {}
         self.connections: dict[bytes, PeerConnection] = {}
         self.peers: dict[bytes, PeerState] = {}
         self.static: dict[str, DialTarget] = {}
@@ -551,6 +555,30 @@ class PeerManager:
         state = self._peer(key)
         state.rejected += 1
         state.last_error = why
+
+    def note_equivocation(self, relay: bytes, exc: Rejected, doc_id: str | None) -> None:
+        """A device signed two different changes with one number (a copied key or a forked
+        data dir, SPEC-005 §6.1 f): shown by ``maia status`` until this node restarts, so the
+        owner learns which device to look at and revoke, not only the log. Kept per author,
+        the latest refusal each, for at most MAX_EQUIVOCATIONS authors."""
+        for author in exc.authors:
+            if author not in self.equivocations and len(self.equivocations) >= \
+                    MAX_EQUIVOCATIONS:
+                return
+            seen = self.equivocations.get(author)
+            self.equivocations[author] = {
+                "device_id": device_id(author),
+                "document": doc_id, "detail": exc.detail[:300],
+                "relayed_by": device_id(relay), "at": time.time(),
+                "refusals": (seen["refusals"] if seen else 0) + 1,
+            }
+
+    def equivocation_status(self) -> list[dict[str, Any]]:
+        roster = self.repo.roster
+        return [{**row, "name": str(roster.members.get(key, "")),
+                 "roster": "member" if key in roster.members else
+                 "revoked" if key in roster.revoked else "unknown"}
+                for key, row in self.equivocations.items()]
 
     def note_error(self, key: bytes, why: str) -> None:
         self._peer(key).last_error = why
@@ -1043,6 +1071,8 @@ class PeerManager:
         return conn
 
 
+#: Devices whose equivocation ``maia status`` shows (the first seen since start).
+MAX_EQUIVOCATIONS = 64
 #: Missing hashes a ``reject`` frame lists (SPEC-005 §8.6): enough to say what went astray,
 #: bounded so that a reject never grows with the message it refuses (§11.1).
 REJECT_MISSING = 64
