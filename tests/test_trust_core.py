@@ -485,3 +485,28 @@ def test_a_member_s_dense_change_is_refused_before_it_is_applied(devices):
     assert crdt.documents.AUTHOR_BYTES_BURST - budget.bytes >= 20_000 * 64
     founder.write("note", "still fine", "memory/note/2026-11/1")
     assert founder.read("note", "memory/note/2026-11/1") == "still fine"
+
+
+def test_a_device_endorsed_again_gets_its_quarantined_changes_back(devices):
+    """SPEC-005 §5.10: a device the thief admitted loses its changes everywhere once the thief
+    is revoked; if the owner then endorses that device itself (it was the owner's after all),
+    what was quarantined is verified again and taken back, on every node alike."""
+    from crdt import enrol_device
+
+    founder, thief, desktop = devices("founder", "thief", "desktop")
+    root = founder.path.parent
+    accomplice = thief.admit(root, "accomplice")
+    pump(thief, accomplice)
+    accomplice.write("note", "written by a device the thief admitted")
+    pump(accomplice, thief)
+    pump(thief, desktop)
+    pump(thief, founder)
+    revoke_device(founder.repo, thief.key.public_key, keep=[])
+    pump(founder, desktop)
+    assert founder.read("note") is None and desktop.read("note") is None
+    enrol_device(founder.repo, accomplice.key.public_key, "accomplice, now the owner's")
+    founder.after_identity()
+    pump(founder, desktop)
+    for d in (founder, desktop):
+        assert d.read("note") == "written by a device the thief admitted", d.name
+    assert founder.heads() == desktop.heads()
