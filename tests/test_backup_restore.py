@@ -89,18 +89,22 @@ def test_restore_refuses_a_data_dir_in_use(taken, tmp_path, capsys, present):
 
 
 def test_force_moves_the_existing_data_aside_and_keeps_the_key(taken, capsys):
-    """SPEC-002 §8.1: with --force the existing identity, memory, config and runtime move to
-    pre-restore-<time>/ (never deleted) and the device keeps its key."""
+    """SPEC-002 §8.1, §8.6: with --force the existing identity, memory and runtime move to
+    pre-restore-<time>/ (never deleted), config.toml stays, and the device keeps its key."""
     data, _ = taken
     old_entries = entries_of(data)
     later = add_entries(data, 5, prefix="after the backup")
     key_before = _key_id(data)
+    config = (data / "config.toml").read_bytes()
     assert backup(data, "restore", "--to", str(data), "--force") == 0
     assert _key_id(data) == key_before
     assert entries_of(data) == old_entries and not set(later) & set(entries_of(data))
     (aside,) = [p for p in data.iterdir() if p.name.startswith("pre-restore-")]
-    assert {p.name for p in aside.iterdir()} == {"identity", "memory", "config.toml", "runtime"}
+    assert {p.name for p in aside.iterdir()} == {"identity", "memory", "runtime"}
+    assert (data / "config.toml").read_bytes() == config
     assert set(later) <= set(entries_of(aside))  # the newer data is kept, not deleted
+    assert backup(data, "restore", "--to", str(data), "--force") == 0  # within the second
+    assert len([p for p in data.iterdir() if p.name.startswith("pre-restore-")]) == 2
 
 
 def test_restore_refused_while_a_node_runs_on_the_target(taken, capsys):

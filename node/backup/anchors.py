@@ -22,14 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .format import Corrupt, Manifest, iso, parse_iso, utcnow
-from .repository import Catalog, Repository, write_atomic
+from .format import MAX_FUTURE, Corrupt, Manifest, iso, parse_iso, utcnow
+from .repository import Catalog, Repository, read_regular, write_atomic
 
 log = logging.getLogger(__name__)
 
 ANCHORS_FILE = "backup-anchors.json"
 ANCHORS_FORMAT = "maia-backup-anchors"
 ANCHORS_VERSION = 1
+MAX_ANCHORS_FILE = 1 << 20  # SPEC-002 §2.9: one small entry per repository
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,11 @@ def load_anchors(root: Path) -> tuple[dict[str, Anchor], str | None]:
     """repo id -> Anchor, and a problem (an unreadable file) to report instead of guessing."""
     path = anchors_path(root)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return {}, None
-    except OSError as exc:
-        return {}, f"{path} cannot be read ({exc.strerror or exc})"
+        raw = read_regular(path, MAX_ANCHORS_FILE, "backup anchors file")
+    except Corrupt as exc:
+        if exc.check == "presence check":
+            return {}, None
+        return {}, f"{path} cannot be read ({exc})"
     try:
         data = json.loads(raw)
         if data.get("format") != ANCHORS_FORMAT:
@@ -94,18 +95,28 @@ def remember(root: Path, repo: Repository, manifest: Manifest) -> bool:
     if not root.is_dir():
         return False
     new = Anchor(manifest.id, manifest.created_at, manifest.device, str(repo.path))
+    if _in_future(new):  # never pushed ahead: it would hide every later rollback (§5.2)
+        log.warning("not remembering backup %s: created at %s, in the future", manifest.id[:12],
+                    manifest.created_at)
+        return False
     with _locked(root):
         anchors, problem = load_anchors(root)
         if problem:
             log.warning("rewriting the backup anchors: %s", problem)
         old = anchors.get(repo.repo_id)
-        if old is not None and old.order() >= new.order():
+        if old is not None and old.order() >= new.order() and not _in_future(old):
             return False
         anchors[repo.repo_id] = new
         body = {"format": ANCHORS_FORMAT, "v": ANCHORS_VERSION, "updated_at": iso(utcnow()),
                 "repos": {k: asdict(v) for k, v in sorted(anchors.items())}}
         write_atomic(anchors_path(root), json.dumps(body, indent=1).encode() + b"\n")
     return True
+
+
+def _in_future(anchor: Anchor) -> bool:
+    """An anchor more than a day ahead of this clock: only a forged manifest (or a clock that
+    was far ahead) puts one there, and an entry that only moves forward would stay stuck."""
+    return parse_iso(anchor.created_at) > utcnow() + MAX_FUTURE
 
 
 @dataclass

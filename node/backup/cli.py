@@ -102,6 +102,8 @@ def register(subparsers: Any) -> None:
                    help="unseal the backed-up device key to hand over to a new key (no member "
                    "reachable)")
     p.add_argument("--device-key-passphrase-file", metavar="FILE")
+    p.add_argument("--allow-other-mesh", action="store_true",
+                   help="with --force: replace a data dir of another mesh than the backup's")
     p.add_argument("--allow-rollback", action="store_true",
                    help="restore even though the repository lost backups this data dir "
                    "remembers (newer ones deleted, or an older copy of the target)")
@@ -468,6 +470,7 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
                         f"target, then add --allow-rollback to restore from what is left")
     passphrase = _device_key_passphrase(args, confirm=False) if args.with_device_key else None
     result = restore_backup(repo, ref, target, force=args.force,
+                            allow_other_mesh=args.allow_other_mesh,
                             device_key_passphrase=passphrase, progress=_Progress("restoring"))
     if args.json:
         print_json({"id": result.manifest_id, "target": str(result.target),
@@ -476,6 +479,8 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
                     "kept_existing_key": result.kept_existing_key,
                     "moved_aside": str(result.moved_aside) if result.moved_aside else None,
                     "config_restored": result.config_restored,
+                    "config_kept": result.config_kept, "merged_certs": result.merged_certs,
+                    "quarantined": result.quarantined,
                     "refused": _refused_json(catalog), "rollback": rollback.as_json()})
         return 0
     c = result.counts
@@ -483,6 +488,7 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
         f"document(s), {c['changes']} change(s), every signature and head checked.")
     if result.moved_aside:
         say(f"The data that was there is kept in {result.moved_aside}.")
+    _say_what_the_target_kept(result)
     if result.handed_over:
         say(f"The backed-up key endorsed this device's new key {result.device_id}, revoked "
             "itself and was discarded. Run 'maia up' to sync with the mesh.")
@@ -495,6 +501,20 @@ def _restore(args: argparse.Namespace, paths: Paths) -> int:
         say(f"Then, on a member, revoke the lost device: maia device revoke {result.lost_device} "
             "--keep-all (or --keep ID for each device it admitted that stays).")
     return 0
+
+
+def _say_what_the_target_kept(result) -> None:
+    """SPEC-002 §8.6, §8.7: what of the data dir survived the restore, so nobody wonders why
+    the backup's config or a device it still lists did not come back."""
+    if result.config_kept:
+        say("This data dir keeps its own config.toml; the backup's was not restored (it is "
+            "restored only into a data dir without one).")
+    if result.merged_certs:
+        say(f"{result.merged_certs} roster certificate(s) this data dir held and the backup "
+            "did not were kept (revocations stay in force).")
+    if result.quarantined:
+        say(f"{result.quarantined} restored change(s) are not allowed by that roster (a "
+            "revoked device's) and were quarantined.")
 
 
 def _prune(args: argparse.Namespace, paths: Paths) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,16 @@ RECORD_VERSION = 1
 
 MAX_CHUNK_PLAINTEXT = 8 << 20  # SPEC-002 §2.5
 MAX_PACKS = 16  # SPEC-002 §3.3
+# SPEC-002 §2.9: the most a reader takes of each file of a repository (or of the data dir's
+# anchors file); anything larger is refused before it is read, so a planted sparse file or a
+# device node cannot exhaust memory.
+MAX_CHUNK_FILE = MAX_CHUNK_PLAINTEXT + 4096  # format byte, nonce, MAC and zlib's overhead
+MAX_MANIFEST_FILE = 32 << 20
+MAX_RECORD_FILE = 64 << 10
+MAX_REPO_JSON = 64 << 10
+MAX_LOCK_FILE = 4 << 10
+# SPEC-002 §5.2: a manifest created more than this ahead of the reader's clock is refused.
+MAX_FUTURE = timedelta(days=1)
 CHUNK_RAW = 0
 CHUNK_ZLIB = 1
 

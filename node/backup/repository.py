@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import time
 import zlib
 from collections.abc import Iterator
@@ -34,7 +35,13 @@ from .crypto import KDF_LIMITS, RepoKeys, check_kdf_limits, derive_kek, new_mast
 from .format import (
     CHUNK_RAW,
     CHUNK_ZLIB,
+    MAX_CHUNK_FILE,
     MAX_CHUNK_PLAINTEXT,
+    MAX_FUTURE,
+    MAX_LOCK_FILE,
+    MAX_MANIFEST_FILE,
+    MAX_RECORD_FILE,
+    MAX_REPO_JSON,
     REPO_FORMAT,
     REPO_VERSION,
     BackupError,
@@ -80,6 +87,41 @@ def write_atomic(
     ``_write_all``, which the fault tests replace."""
     write_file_atomic(path, data, tmp=tmp, sync_dir=sync_dir,
                       write=lambda fd, chunk: _write_all(fd, chunk))
+
+
+def read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else
+    :class:`Corrupt` ("file check"; "presence check" when absent). Anyone who can write to the
+    target can put a directory, a FIFO, a symlink to ``/dev/zero`` or a huge sparse file under
+    a name the reader lists: it is never followed, never waited on and never read whole
+    (SPEC-002 §2.9)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Corrupt(path, "presence check", f"the {what} is missing") from None
+    except OSError as exc:  # ELOOP: a symlink; others: unreadable
+        kind = "a symbolic link" if os.path.islink(path) else (exc.strerror or str(exc))
+        raise Corrupt(path, "file check", f"not a regular file: {kind}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Corrupt(path, "file check", f"the {what} is not a regular file")
+        if st.st_size > limit:
+            raise Corrupt(path, "file check",
+                          f"{st.st_size} bytes, more than a {what} may hold ({limit})")
+        data = bytearray()
+        while len(data) <= limit:
+            piece = os.read(fd, min(1 << 20, limit + 1 - len(data)))
+            if not piece:
+                break
+            data += piece
+        if len(data) > limit:  # it grew while read
+            raise Corrupt(path, "file check", f"more than a {what} may hold ({limit} bytes)")
+        return bytes(data)
+    except OSError as exc:
+        raise Corrupt(path, "file check", exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 def _check(info: dict[str, Any]) -> str:
@@ -202,13 +244,14 @@ class Repository:
                 f"backup repository {path} does not exist (is the drive mounted?)"
             )
         f = path / REPO_JSON
-        if not f.exists():
+        if not f.exists() and not f.is_symlink():
             raise BackupError(f"{path} is not a maia-node backup repository (no {REPO_JSON}); "
                               f"create one with: maia backup init --to {path}")
+        raw = read_regular(f, MAX_REPO_JSON, "repository description")
         try:
-            info = json.loads(f.read_bytes())
+            info = json.loads(raw)
             version = info["v"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise Corrupt(f, "format check", str(exc)) from None
         if not isinstance(info, dict) or info.get("format") != REPO_FORMAT:
             raise Corrupt(f, "format check", "not a maia-node repository description")
@@ -289,11 +332,15 @@ class Repository:
         return names, sizes
 
     def check_chunk_file(self, name: str, size: int) -> None:
+        """Present, a regular file (a symlink is not followed) and of the listed size."""
         path = self.chunk_path(name)
         try:
-            actual = path.stat().st_size
+            st = path.lstat()
         except FileNotFoundError:
             raise Corrupt(path, "presence check", "the chunk is missing") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise Corrupt(path, "file check", "the chunk is not a regular file")
+        actual = st.st_size
         if actual != size:
             raise Corrupt(path, "size check", f"{actual} bytes, the manifest lists {size}")
 
@@ -301,8 +348,11 @@ class Repository:
         """A chunk's content, after checking its size, its MAC and its name."""
         path = self.chunk_path(name)
         self.check_chunk_file(name, size)
+        sealed = read_regular(path, min(size, MAX_CHUNK_FILE), "chunk")
+        if len(sealed) != size:
+            raise Corrupt(path, "size check", f"{len(sealed)} bytes, the manifest lists {size}")
         try:
-            plain = self.keys.open(path.read_bytes())
+            plain = self.keys.open(sealed)
         except CryptoError:
             raise Corrupt(path, "MAC check", "the file was altered or damaged") from None
         fmt, body = plain[:1], plain[1:]
@@ -382,10 +432,8 @@ class Repository:
         return refs[0]
 
     def load_manifest(self, ref: ManifestRef) -> Manifest:
-        try:
-            sealed = ref.path.read_bytes()
-        except FileNotFoundError:
-            raise Corrupt(ref.path, "presence check", "the manifest is missing") from None
+        """Read and check one manifest; every failure is a refusal (SPEC-002 §5.2, §5.6)."""
+        sealed = read_regular(ref.path, MAX_MANIFEST_FILE, "manifest")
         try:
             plain = self.keys.open(sealed)
         except CryptoError:
@@ -405,6 +453,12 @@ class Repository:
             raise Corrupt(ref.path, "repository check",
                           f"it belongs to repository {manifest.repo[:12]}, not "
                           f"{self.repo_id[:12]}; refused")
+        # SPEC-002 §5.2: a manifest from the future would be "the newest" (restored, the parent,
+        # the rollback anchor) for as long as it pleases whoever holds the key.
+        if manifest.created > utcnow() + MAX_FUTURE:
+            raise Corrupt(ref.path, "time check",
+                          f"it was created at {manifest.created_at}, more than a day ahead of "
+                          "this clock; refused")
         return manifest
 
     def write_manifest(self, manifest: Manifest) -> ManifestRef:
@@ -448,7 +502,8 @@ class Repository:
         """A manifest is verified iff a record that decrypts names it (SPEC-002 §7.3)."""
         for path in files if files is not None else self.record_files().get(manifest_id, []):
             try:
-                rec = decode_record(self.keys.open(path.read_bytes()), path)
+                sealed = read_regular(path, MAX_RECORD_FILE, "verification record")
+                rec = decode_record(self.keys.open(sealed), path)
             except (CryptoError, Corrupt, OSError):
                 log.warning("ignoring an unreadable verification record %s", path)
                 continue
@@ -528,10 +583,11 @@ class Repository:
 
 
 def _read_lock(path: Path) -> dict[str, Any]:
+    """The lock's holder, or {} when the lock is unreadable (or not a small regular file)."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_regular(path, MAX_LOCK_FILE, "lock"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (Corrupt, ValueError):
         return {}
 
 

@@ -26,10 +26,12 @@ from crdt import (
     Store,
     cutoff_heads,
     decode_cert,
+    device_id,
     format_version,
     layer_of,
     new_endorsement,
     new_tombstone,
+    open_repo,
     record_certs,
     valid_doc_id,
     verify_changes,
@@ -139,6 +141,8 @@ def _rebuild_doc(
     report: RebuildReport,
 ) -> None:
     seqs = report.max_seq.setdefault(doc_id, {})
+    deferred: dict[bytes, bytes] = {}  # cutoff head -> its actor, for heads a slice deferred
+    where = ref.path
     for names in packs:
         where = repo.chunk_path(names[0])
         pack = Pack.decode(repo.get_content(names, manifest.chunks), where)
@@ -162,6 +166,8 @@ def _rebuild_doc(
             except Rejected as exc:
                 raise Corrupt(where, "signature check",
                               f"{doc_id}: {exc.code}: {exc.detail}") from None
+            if verified.unsettled:
+                deferred |= _cutoffs_needed(roster, doc_id, verified.changes)
             store.commit_changes(doc_id, verified.changes, verified.batches, ())
             report.changes += len(verified.changes)
             report.batches += len(verified.batches)
@@ -173,6 +179,7 @@ def _rebuild_doc(
             # restored node then loads it at once instead of replaying every change.
             meta = store.doc_meta(doc_id)
             store.write_snapshot(doc_id, pack.snapshot, meta.changes if meta else 0, ())
+    _check_cutoffs(store, doc_id, deferred, where)
     # (b) the document loads from what was stored, at exactly the manifest's heads.
     snapshot, stored = store.load_doc(doc_id)
     try:
@@ -188,6 +195,32 @@ def _rebuild_doc(
         store.write_snapshot(doc_id, doc.save(), meta.changes, got)
 
 
+def _cutoffs_needed(roster: Roster, doc_id: str, changes: list) -> dict[bytes, bytes]:
+    """The cutoff heads (hash -> actor) that let a revoked device's changes of one slice in
+    (SPEC-005 §5.4)."""
+    out: dict[bytes, bytes] = {}
+    for info in changes:
+        head = roster.may_author(info.actor, doc_id, info.seq).needs
+        if head is not None:
+            out[head.hash] = head.actor
+    return out
+
+
+def _check_cutoffs(store: Store, doc_id: str, deferred: dict[bytes, bytes],
+                   where: Path) -> None:
+    """After every pack of a document: a revoked device's changes count only as ancestors of
+    its cutoff head, so each head a slice deferred must now be held (SPEC-002 §7.1 c)."""
+    if not deferred:
+        return
+    held = store.known_hashes(doc_id, list(deferred))
+    missing = [h for h in deferred if h not in held]
+    if missing:
+        raise Corrupt(where, "signature check",
+                      f"{doc_id}: revoked: changes of revoked device "
+                      f"{device_id(deferred[missing[0]][:32])} without its cutoff head "
+                      f"{missing[0].hex()[:16]}")
+
+
 # -- restore into a data dir -------------------------------------------------------------------
 @dataclass
 class RestoreResult:
@@ -200,6 +233,18 @@ class RestoreResult:
     handed_over: bool
     moved_aside: Path | None
     config_restored: bool
+    config_kept: bool = False  # the target's own config.toml stayed; the backup held one too
+    merged_certs: int = 0  # certificates of the target's roster the backup did not hold
+    quarantined: int = 0  # restored changes the grown roster no longer allows
+
+
+@dataclass
+class ExistingIdentity:
+    """What the target data dir already knows about its mesh: the mesh id and every roster
+    certificate it holds (tombstones included). A backup must not make it forget them."""
+
+    mesh_id: bytes | None
+    certs: list[bytes]
 
 
 def occupied(target: Path) -> list[str]:
@@ -212,11 +257,14 @@ def restore_backup(
     target: Path,
     *,
     force: bool = False,
+    allow_other_mesh: bool = False,
     device_key_passphrase: bytes | None = None,
     progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore ``ref`` into the data dir ``target`` (SPEC-002 §8). Nothing is written to the
-    target unless every check passed; an existing data dir is only moved aside, with force."""
+    target unless every check passed; an existing data dir is only moved aside, with force.
+    The target's roster only grows (§8.7): its certificates join the restored ones and the
+    restored documents are re-checked against them, as the node does at start."""
     target = Path(target).absolute()
     manifest = repo.load_manifest(ref)
     _refuse_occupied(target, force)
@@ -225,12 +273,15 @@ def restore_backup(
     lock = _lock(target)
     staging = target.parent / f".{target.name}.restore-{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        existing = _existing_identity(target)
+        _refuse_other_mesh(target, existing, manifest, allow_other_mesh)
         staging.mkdir(mode=0o700)
         report = rebuild(repo, manifest, ref, staging, progress=progress)
         new_key, kept_key = _device_key(staging, target, force)
+        merged, quarantined = _merge_roster(staging, report.mesh_id, existing, new_key)
         if old_key is not None:
             _hand_over(staging, report, old_key, new_key)
-        config_restored = _restore_config(repo, manifest, staging, target, force)
+        config_restored = _restore_config(repo, manifest, staging, target)
         aside = _move_aside(target) if force else None
         for name in ("identity", "memory", "config.toml", "keys"):
             if (staging / name).exists():
@@ -260,6 +311,9 @@ def restore_backup(
         handed_over=old_key is not None,
         moved_aside=aside,
         config_restored=config_restored,
+        config_kept=bool(manifest.config) and not config_restored,
+        merged_certs=merged,
+        quarantined=quarantined,
     )
 
 
@@ -306,10 +360,66 @@ def _device_key(staging: Path, target: Path, force: bool) -> tuple[DeviceKey, bo
     return new_key, False
 
 
-def _restore_config(repo: Repository, manifest, staging: Path, target: Path,
-                    force: bool) -> bool:
-    """Stage the backed-up config.toml unless the target keeps its own."""
-    if not manifest.config or (not force and (target / "config.toml").exists()):
+def _existing_identity(target: Path) -> ExistingIdentity | None:
+    """The target's mesh and roster certificates, read before anything moves (None when it
+    holds no identity). One that cannot be read is refused rather than dropped: its tombstones
+    are what keeps a revoked device out (SPEC-002 §8.7)."""
+    if not (target / "identity").exists():
+        return None
+    try:
+        store = Store(target, readonly=True, layers=("identity",))
+        try:
+            with store.read_layer("identity") as view:
+                return ExistingIdentity(view.identity_value("mesh_id"), view.certs())
+        finally:
+            store.close()
+    except Exception as exc:  # a damaged or foreign store: say so, never a traceback
+        raise BackupError(
+            f"cannot read the roster of the data dir {target} ({exc}); restore will not replace "
+            f"an identity whose revocations it cannot carry over: move {target / 'identity'} "
+            "away yourself first") from None
+
+
+def _refuse_other_mesh(target: Path, existing: ExistingIdentity | None, manifest: Manifest,
+                       allow: bool) -> None:
+    """SPEC-002 §8.7: a data dir of one mesh is not silently turned into a member of another
+    (whoever holds the repository key could otherwise swap the mesh with its roster)."""
+    if existing is None or existing.mesh_id is None or allow:
+        return
+    if existing.mesh_id.hex() != manifest.mesh:
+        raise BackupError(
+            f"backup {manifest.id[:12]} is of mesh {manifest.mesh[:16]}, but {target} belongs "
+            f"to mesh {existing.mesh_id.hex()[:16]}; restore refused, nothing was written (add "
+            "--allow-other-mesh to replace this data dir's mesh)")
+
+
+def _merge_roster(staging: Path, mesh_id: bytes, existing: ExistingIdentity | None,
+                  key: DeviceKey) -> tuple[int, int]:
+    """Add the target's certificates of the same mesh to the restored roster (it only grows:
+    a tombstone there still counts), then re-check every restored document against it exactly
+    as the node does at start, quarantining what it no longer allows (SPEC-002 §8.7,
+    SPEC-005 §5.10). Returns (certificates added, changes quarantined)."""
+    store = Store(staging, layers=BACKED_UP_LAYERS)
+    try:
+        added = 0
+        if existing is not None and existing.mesh_id == mesh_id:
+            rows = []
+            for raw in existing.certs:
+                try:
+                    rows.append((decode_cert(raw).cert_id, raw))
+                except CertError:  # unreadable here too; the node ignores it as well
+                    continue
+            added = store.put_certs(rows)
+        removed = open_repo(store, key).recheck()
+        return added, sum(removed.values())
+    finally:
+        store.close()
+
+
+def _restore_config(repo: Repository, manifest, staging: Path, target: Path) -> bool:
+    """Stage the backed-up config.toml only for a target without one: a data dir's own config
+    (its peers, its API) is never replaced by what the repository holds (SPEC-002 §8.6)."""
+    if not manifest.config or (target / "config.toml").exists():
         return False
     fd = os.open(staging / "config.toml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -320,13 +430,20 @@ def _restore_config(repo: Repository, manifest, staging: Path, target: Path,
 
 
 def _move_aside(target: Path) -> Path | None:
-    """With --force: the existing layers, config and runtime go to pre-restore-<time>/.
-    Runtime goes too because its index describes the old data; it is rebuilt at start."""
-    present = [n for n in ("identity", "memory", "config.toml", "runtime") if (target / n).exists()]
+    """With --force: the existing layers and runtime go to pre-restore-<time>/ (config.toml
+    stays, §8.6). Runtime goes too because its index describes the old data; it is rebuilt."""
+    present = [n for n in ("identity", "memory", "runtime") if (target / n).exists()]
     if not present:
         return None
-    aside = target / f"pre-restore-{stamp(utcnow())}"
-    aside.mkdir(mode=0o700)
+    base = target / f"pre-restore-{stamp(utcnow())}"
+    aside, n = base, 1
+    while True:  # two restores within one second each keep what they moved
+        try:
+            aside.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            n += 1
+            aside = base.with_name(f"{base.name}-{n}")
     for name in present:
         os.rename(target / name, aside / name)
     return aside

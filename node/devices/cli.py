@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -78,7 +79,20 @@ def cmd_revoke(args: argparse.Namespace, target: Target) -> int:
     result = target.device_revoke(args.device, body)
     say(f"Revoked {result['device_id']}. It is cut off now and can never rejoin; its "
         "changes after this point are refused by every device.")
+    sys.stderr.write(f"maia: warning: {backup_key_warning(result['device_id'])}\n")
     return 0
+
+
+def backup_key_warning(device: str) -> str:
+    """SPEC-002 §2.10: revocation cuts a device off the mesh, not off a backup repository it
+    shared: it still holds the repository's master key, which a passphrase change only
+    re-wraps, and maia-node cannot rotate that key yet."""
+    return (f"if {device} backed up into a shared backup repository, it still holds that "
+            "repository's key: it can read those backups and write new ones into it, and "
+            "'maia backup change-passphrase' does not take the key away (it only re-wraps it). "
+            "Start a new repository with a new passphrase (maia backup init --to NEW_DIR, then "
+            "set [backup] target), and stop using the old one once the new one holds a verified "
+            "backup.")
 
 
 def cmd_list(args: argparse.Namespace, target: Target) -> int:
