@@ -7,7 +7,10 @@ can tell which host answered. Behaviour is set at start and can be changed while
 
 - ``mode``: ``ok`` (answers), ``garbage`` (HTTP 200 with bytes that are not the API's shape),
   ``error`` (HTTP 500), ``hang`` (accepts and never answers), ``endless`` (a stream that never
-  ends: a numbered chunk every ``delay`` seconds, forever);
+  ends: a numbered chunk every ``delay`` seconds, forever), ``huge`` (an answer that never
+  ends, up to 64 MB with no length: a JSON answer, or in a stream one SSE line that never
+  ends; ``chat_sent`` in ``/stats`` counts the bytes the client took before it hung up),
+  ``gzip`` (a small gzip body announced as such that inflates to 50 MB: a compression bomb);
 - ``delay``: seconds to wait before each streamed chunk (and once before a whole answer);
 - ``chunks``: how many extra numbered chunks a streamed answer carries after the greeting.
 - ``hold_after``: a streamed answer stops after that many content pieces until ``/control
@@ -140,6 +143,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
             {"error": {"message": "fake failure", "type": "server"}}, status=500
         )
     stream = bool(body.get("stream"))
+    if mode in ("huge", "gzip"):
+        return await _huge_chat(request, state, mode, stream)
     if mode == "garbage":
         if stream:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -212,6 +217,33 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _huge_chat(request: web.Request, state: dict[str, Any], mode: str,
+                     stream: bool) -> web.StreamResponse:
+    """A hostile chat model: an answer that never ends (chunked, no length) or a gzip bomb.
+    A stream's is one ``data:`` line that never ends, so no SSE event is ever complete."""
+    kind = "text/event-stream" if stream else "application/json"
+    if mode == "gzip":
+        head = b'data: {"choices": [' if stream else b'{"choices": ['
+        return web.Response(body=gzip.compress(head + b" " * 50_000_000 + b"]}"),
+                            headers={"Content-Encoding": "gzip", "Content-Type": kind})
+    response = web.StreamResponse(headers={"Content-Type": kind})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    state["chat_sent"], state["chat_done"] = 0, False
+    head = b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "'
+    piece = b"ha" * 32_768
+    try:
+        await response.write(b"data: " + head if stream else head)
+        while state["chat_sent"] < HUGE_CHAT_BYTES:
+            await response.write(piece)
+            state["chat_sent"] += len(piece)
+    except (ConnectionError, RuntimeError):
+        pass  # the client hung up: what a bounded client does
+    finally:
+        state["chat_done"] = True
+    return response
+
+
 def fake_vector(text: str, dim: int) -> list[float]:
     """A deterministic vector for ``text``: SHA-256 stretched to ``dim`` numbers in [-1, 1]."""
     out: list[float] = []
@@ -262,6 +294,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 ENDLESS_BYTES = 512 * 1024 * 1024
+HUGE_CHAT_BYTES = 64 * 1024 * 1024  # enough to tell a bounded reader; an unbounded one survives
 
 
 async def _endless(request: web.Request, state: dict[str, Any], mode: str) -> web.StreamResponse:
@@ -307,7 +340,7 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(
         {k: state[k] for k in ("name", "requests", "streams", "auth_seen", "mode", "last_user",
                                "held", "embeddings", "inputs_seen", "emb_mode", "emb_sent",
-                               "emb_done")}
+                               "emb_done", "chat_sent", "chat_done")}
     )
 
 
@@ -320,7 +353,7 @@ def make_app(
                   "requests": 0, "streams": 0, "auth_seen": [], "answer": "",
                   "last_user": "", "hold_after": 0, "held": False, "release": asyncio.Event(),
                   "dim": dim, "emb_mode": emb_mode, "embeddings": 0, "inputs_seen": 0,
-                  "emb_sent": 0, "emb_done": True}
+                  "emb_sent": 0, "emb_done": True, "chat_sent": 0, "chat_done": True}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/control", control)
@@ -403,7 +436,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default="ok",
                         choices=["ok", "garbage", "error", "hang", "endless", "text", "facts",
-                                 "scores"])
+                                 "scores", "huge", "gzip"])
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=0)
     parser.add_argument("--dim", type=int, default=8)

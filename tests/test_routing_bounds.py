@@ -23,6 +23,8 @@ from tests.routing_helpers import chat, configure, models, wait_for_cortices
 
 pytestmark = pytest.mark.slow
 
+FAKES: dict[str, FakeLLM] = {}  # the model servers of the module's pair, by name
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, NodeProc]]:
@@ -32,6 +34,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, N
         "fast": FakeLLM("fast", mode="endless", delay=0.005),
         "slow": FakeLLM("slow", mode="endless", delay=0.5),
         "wordy": FakeLLM("wordy", chunks=1000),
+        "huge": FakeLLM("huge", mode="huge"),
+        "bomb": FakeLLM("bomb", mode="gzip"),
+        "bhuge": FakeLLM("bhuge", mode="huge"),
     }
     for f in fakes.values():
         f.start()
@@ -42,10 +47,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, N
         "endless": {"kind": "chat", "model": "openai/e", "api_base": fakes["fast"].api_base},
         "slow": {"kind": "chat", "model": "openai/s", "api_base": fakes["slow"].api_base},
         "wordy": {"kind": "chat", "model": "openai/w", "api_base": fakes["wordy"].api_base},
+        "huge": {"kind": "chat", "model": "openai/h", "api_base": fakes["huge"].api_base},
+        "bomb": {"kind": "chat", "model": "openai/g", "api_base": fakes["bomb"].api_base},
     }, routing={"max_answer_chunks": 20, "max_answer_seconds": 2, "max_answer_bytes": 4096})
     configure(b, cortex={
         "claude": {"kind": "chat", "model": "openai/local-pretender",
                    "api_base": fakes["fb"].api_base},
+        "b-huge": {"kind": "chat", "model": "openai/bh", "api_base": fakes["bhuge"].api_base},
     })
     try:
         a.start()
@@ -53,11 +61,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc, N
         b.add_peer(a)
         wait_for(lambda: len(models(a)["claude"]["maia"]["hosts"]) == 2,
                  what="a to see b's claude")
-        wait_for_cortices(a, {"endless", "slow", "wordy"})
+        wait_for_cortices(a, {"endless", "slow", "wordy", "b-huge"})
         # A loads litellm in the background after start; on a slow machine that can outlast
         # the 2 s answer bound set here. One plain answer waits for it, so the bounds below
         # measure the backends, not the import.
         assert chat(a, "claude", "warm up", timeout=120).status == 200
+        FAKES.update(fakes)
         yield a, b
     finally:
         a.stop()
@@ -130,3 +139,40 @@ def test_answers_over_max_answer_bytes_are_refused(pair) -> None:
     assert problem["type"] == "urn:maia-node:problem:answer-limit"
     assert problem["max_answer_bytes"] == 4096
     assert plain.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_huge_or_compressed_answer_is_cut_at_max_answer_bytes(pair) -> None:
+    """SPEC-006 §8.4, §6.6, §10.5: a model server answering without end (a JSON answer, or one
+    SSE line that never ends) or with a gzip bomb is read only up to max_answer_bytes (4096
+    here): each request, plain or streamed, answers 502 answer-limit, the server sees the node
+    hang up long before its 64 MB are sent, and the node still answers."""
+    a, _ = pair
+    for name in ("huge", "bomb"):
+        for stream in (False, True):
+            answer = chat(a, name, "say everything", stream=stream, timeout=60)
+            assert answer.status == 502, (name, stream, answer.status, answer.body[:300])
+            problem = answer.json()
+            assert problem["type"] == "urn:maia-node:problem:answer-limit", problem
+            assert problem["max_answer_bytes"] == 4096
+            if name == "huge":
+                wait_for(lambda: FAKES["huge"].stats()["chat_done"], timeout=10,
+                         what="the huge server to see the node hang up")
+                assert FAKES["huge"].stats()["chat_sent"] < 32 * 1024 * 1024
+    assert chat(a, "claude", "still here?").status == 200
+
+
+def test_a_peer_that_cut_its_models_answer_says_so(pair) -> None:
+    """SPEC-006 §8.4, §7.2 (`err answer_limit`), §6.6: B hosts a cortex whose server answers
+    without end; B stops at its own max_answer_bytes (16 MiB by default) and tells A, which
+    answers 502 answer-limit (not a 503 for a peer answering garbage) and leaves (B, b-huge)
+    out for cooldown_seconds."""
+    a, _ = pair
+    answer = chat(a, "b-huge", "say everything", stream=True, timeout=60)
+    assert answer.status == 502, (answer.status, answer.body[:300])
+    assert answer.json()["type"] == "urn:maia-node:problem:answer-limit"
+    wait_for(lambda: FAKES["bhuge"].stats()["chat_done"], timeout=10,
+             what="the server to see b hang up")
+    assert FAKES["bhuge"].stats()["chat_sent"] < 48 * 1024 * 1024
+    again = chat(a, "b-huge", "say everything")
+    assert again.status == 503 and "cooling down" in again.body.decode(), again.body[:300]
+    assert FAKES["bhuge"].stats()["requests"] == 1

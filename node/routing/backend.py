@@ -25,7 +25,13 @@ from typing import Any
 from ..heap import freeze_settled
 from .config import EMBEDDING, Cortex, RoutingSettings
 from .embedding_shapes import pack, vectors_from_openai
-from .shapes import Garbage, clean_chunk, clean_response, estimate_prompt_tokens
+from .shapes import (
+    Garbage,
+    clean_chunk,
+    clean_response,
+    estimate_prompt_tokens,
+    needed_capabilities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,51 @@ class LiteLLMBackend:
     def __init__(self) -> None:
         self._loading: asyncio.Future | None = None
         self._answered = False  # litellm builds more of its models on its first answer
+        # cortex name -> (what the client was built for, OpenAI client, httpx client)
+        self._clients: dict[str, tuple[tuple[Any, ...], Any, Any]] = {}
+        self._retired: list[Any] = []  # replaced httpx clients, maybe still in use: closed last
+        self._speaks_openai: dict[tuple[str, str | None], bool] = {}
+
+    def _bounded_client(self, litellm: Any, cortex: Cortex, api_key: str | None,
+                        max_bytes: int) -> Any:
+        """An OpenAI client that stops reading an answer past ``max_bytes`` (SPEC-006 §8.4),
+        for a cortex litellm calls through the OpenAI client; None for other providers.
+
+        litellm would otherwise read a hostile server's whole answer (or one endless SSE line,
+        or a gzip bomb's inflated bytes) into memory before the router's bound is checked.
+        Built once per cortex and reused: making one costs ~20 ms of the event loop (an SSL
+        context), too much for every call; a changed key or bound builds a new one."""
+        probe = (cortex.model, cortex.api_base)
+        if probe not in self._speaks_openai:
+            try:
+                provider = litellm.get_llm_provider(cortex.model, api_base=cortex.api_base)[1]
+            except Exception:  # litellm cannot place the model; the call will say why
+                provider = None
+            self._speaks_openai[probe] = provider == "openai"
+        if not self._speaks_openai[probe]:
+            return None
+        want = (api_key, cortex.api_base, cortex.timeout, max_bytes)
+        held = self._clients.get(cortex.name)
+        if held is not None and held[0] == want:
+            return held[1]
+        # httpx and openai come with litellm; here so importing the node loads neither (§8.2)
+        from .bounded_http import bounded_openai_client
+
+        client, http = bounded_openai_client(max_bytes, cortex.timeout, api_key or "no-key",
+                                             cortex.api_base)
+        if held is not None:
+            self._retired.append(held[2])
+        self._clients[cortex.name] = (want, client, http)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the bounded HTTP clients (when the node stops)."""
+        https = [h for _, _, h in self._clients.values()] + self._retired
+        self._clients.clear()
+        self._retired = []
+        for http in https:
+            with contextlib.suppress(Exception):
+                await http.aclose()
 
     async def ready(self) -> Any:
         """``litellm``, imported in a thread the first time (concurrent callers share it)."""
@@ -104,7 +155,8 @@ class LiteLLMBackend:
             self._loading = asyncio.ensure_future(asyncio.to_thread(load_litellm))
         return await asyncio.shield(self._loading)
 
-    def _kwargs(self, cortex: Cortex, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    def _kwargs(self, litellm: Any, cortex: Cortex, body: dict[str, Any], stream: bool,
+                max_bytes: int) -> dict[str, Any]:
         kwargs = {k: body[k] for k in PASS_THROUGH if k in body}
         kwargs.update(
             model=cortex.model,
@@ -117,12 +169,19 @@ class LiteLLMBackend:
             kwargs["api_base"] = cortex.api_base
         # Local model servers need no key, but OpenAI-style clients insist on one.
         kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
+        client = self._bounded_client(litellm, cortex, kwargs["api_key"], max_bytes)
+        if client is not None:
+            kwargs["client"] = client
         return kwargs
 
-    async def complete(self, cortex: Cortex, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, cortex: Cortex, body: dict[str, Any],
+                       max_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> dict[str, Any]:
+        """The whole answer; an OpenAI-compatible server's is read only up to ``max_bytes``
+        (the router's ``max_answer_bytes``): past it the call fails as ``answer_limit``."""
         litellm = await self.ready()
         try:
-            response = await litellm.acompletion(**self._kwargs(cortex, body, False))
+            response = await litellm.acompletion(
+                **self._kwargs(litellm, cortex, body, False, max_bytes))
             answer = clean_response(_as_dict(response), cortex.name)
             if not self._answered:
                 self._answered = True
@@ -135,10 +194,14 @@ class LiteLLMBackend:
         except Exception as exc:
             raise _backend_error(exc, cortex) from None
 
-    async def stream(self, cortex: Cortex, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, cortex: Cortex, body: dict[str, Any],
+                     max_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> AsyncIterator[dict[str, Any]]:
+        """Chunks as they come; an OpenAI-compatible server's stream is read only up to
+        ``max_bytes`` bytes in all (SSE framing included), so one endless line costs no more."""
         litellm = await self.ready()
         try:
-            response = await litellm.acompletion(**self._kwargs(cortex, body, True))
+            response = await litellm.acompletion(
+                **self._kwargs(litellm, cortex, body, True, max_bytes))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -221,6 +284,16 @@ def _openai_compatible(model: str) -> bool:
     return model.startswith("openai/") or "/" not in model
 
 
+def _too_large(exc: BaseException) -> Exception | None:
+    """The bounded client's AnswerTooLarge behind ``exc``; None if litellm was never loaded
+    (then no bounded client was either, and httpx need not be imported for the answer)."""
+    if _litellm is None:
+        return None
+    from .bounded_http import too_large
+
+    return too_large(exc)
+
+
 def _as_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return obj
@@ -229,6 +302,11 @@ def _as_dict(obj: Any) -> Any:
 
 
 def _backend_error(exc: Exception, cortex: Cortex) -> BackendError:
+    # the bounded client's cut, wrapped by the OpenAI client and litellm (SPEC-006 §8.4)
+    big = _too_large(exc)
+    if big is not None:
+        log.warning("cortex %s: answer cut: %s", cortex.name, big)
+        return BackendError("answer_limit", f"{big} (max_answer_bytes)")
     name = type(exc).__name__
     text = redact(f"{name}: {exc}", [cortex.api_key()])
     code = "backend"
@@ -322,6 +400,11 @@ class LocalCortices:
         if (slot.cortex.kind == EMBEDDING) != (op == "embed"):
             raise BackendError("bad_request", f"{name} is a {slot.cortex.kind} cortex; it does "
                                f"not answer {'embeddings' if op == 'embed' else 'chat'}")
+        if op == "chat" and not (needs := needed_capabilities(body)) <= slot.cortex.capabilities:
+            # the requester's router checks this too, but a peer's request is checked here
+            # against this node's own config, never the peer's view of it (SPEC-006 §7.8)
+            missing = " or ".join(sorted(needs - slot.cortex.capabilities))
+            raise BackendError("bad_request", f"cortex {name} does not take {missing} input")
         why = self.health(name)
         if why is not None:
             raise BackendError("backend", f"cortex {name} is unhealthy: {why}")
@@ -343,15 +426,18 @@ class LocalCortices:
                 yield ("end", answer)
                 return
             await self._check_window(slot.cortex, body)
+            limit = self.settings.max_answer_bytes
             if stream:
-                async with contextlib.aclosing(self.backend.stream(slot.cortex, body)) as chunks:
+                async with contextlib.aclosing(
+                        self.backend.stream(slot.cortex, body, limit)) as chunks:
                     async for chunk in chunks:
                         yield ("chunk", chunk)
                 yield ("end", None)
             else:
-                yield ("end", await self.backend.complete(slot.cortex, body))
+                yield ("end", await self.backend.complete(slot.cortex, body, limit))
             self._succeeded(slot)
         except BackendError as exc:
+            # an answer cut at a bound (answer_limit) costs that request only (SPEC-006 §6.6)
             if exc.code in ("backend", "timeout", "bad_answer"):
                 self._failed(slot, exc.detail)
             raise

@@ -1,11 +1,12 @@
 """An HTTP client for model calls that stops reading an answer past a size bound.
 
-``litellm.aembedding`` reads a model server's whole answer into memory before anything here
-sees it, so a hostile or broken embedding server (a member's cortex config can point
-anywhere) could answer gigabytes and the node would hold them all before the router's
-``max_answer_bytes`` (SPEC-006 §6.6) is checked. For OpenAI-compatible servers litellm
-accepts the client to use: this one counts the bytes as they arrive and stops at the bound,
-and refuses compressed answers (it asks for none), whose decoded size the count would miss.
+``litellm.acompletion`` and ``litellm.aembedding`` read a model server's whole answer (or a
+whole SSE line of a stream) into memory before anything here sees it, so a hostile or broken
+model server (a member's cortex config can point anywhere) could answer gigabytes and the node
+would hold them all before the router's ``max_answer_bytes`` (SPEC-006 §6.6) is checked. For
+OpenAI-compatible servers litellm accepts the client to use: this one counts the bytes as they
+arrive and stops at the bound (for a stream, all of its bytes; SPEC-006 §8.4, §13.4), and
+refuses compressed answers (it asks for none), whose decoded size the count would miss.
 """
 
 from __future__ import annotations

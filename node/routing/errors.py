@@ -22,6 +22,7 @@ HOST_CODES = {
     "malformed": BLAME_NONE,
     "backend": BLAME_CORTEX,
     "bad_answer": BLAME_CORTEX,  # the model's answer failed the checks (SPEC-006 §13.4)
+    "answer_limit": BLAME_CORTEX,  # the host cut its model's answer at its bound (§8.4)
     "timeout": BLAME_CORTEX,
     "internal": BLAME_CORTEX,
 }

@@ -94,6 +94,7 @@ class RoutingFeature(FeatureBase):
         self._tasks.clear()
         await self.registry.stop()
         await self.protocol.stop()
+        await self.local.backend.aclose()  # the bounded model clients (SPEC-006 §8.4)
 
     def status(self) -> dict[str, Any]:
         """Hosted cortices and routing counters; never a key or an api_base."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,15 +44,68 @@ KEEPALIVE = 15.0  # a host says "still working" this often until its first chunk
 IDLE_LIMIT = 60.0  # SPEC-003 §7.2: no stream sits silent longer
 
 
-def _well_formed(op: Any, body: dict[str, Any], stream: bool) -> bool:
-    """A peer's request body has the shape its ``op`` needs (SPEC-006 §7.2)."""
+_peer_chat_validator: Any = None
+
+
+def _chat_body_problem(body: dict[str, Any]) -> str | None:
+    """Why a peer's chat body is not one this node's own route would accept, or None.
+
+    A member's node is trusted with the prompt, not with the shape of what reaches the model:
+    without this check a peer could pass ``n`` = 10,000, a huge ``max_tokens`` or tools the
+    route refuses straight to this node's backend (SPEC-006 §7.8). So the body is held to the
+    same JSON bounds and the same schema as ``POST /v1/chat/completions`` (routes.CHAT_SCHEMA),
+    less the fields the requester removes (``model``, ``stream``, ``metadata``)."""
+    global _peer_chat_validator
+    # the API's schema and bounds; imported here, when a peer first asks, to keep the
+    # protocol module free of the API at import time
+    from jsonschema import Draft202012Validator
+
+    from ..api.middleware import Limits, json_bound_errors, json_pointer
+    from .router import RESERVED_BODY_KEYS
+    from .routes import CHAT_SCHEMA
+
+    if _peer_chat_validator is None:
+        schema = {**CHAT_SCHEMA, "required": ["messages"], "properties": {
+            k: v for k, v in CHAT_SCHEMA["properties"].items() if k not in RESERVED_BODY_KEYS}}
+        _peer_chat_validator = Draft202012Validator(schema)
+    try:
+        for error in json_bound_errors(body, Limits()):
+            return f"{error['path'] or 'body'}: {error['message']}"
+        if not _finite(body):  # the route's JSON parser refuses NaN and Infinity
+            return "a number is NaN or infinite"
+        for err in _peer_chat_validator.iter_errors(body):
+            return f"{json_pointer(err.absolute_path) or 'body'}: {err.message}"
+    except Exception as exc:  # e.g. a map key that is not a string (msgpack allows them)
+        return f"the body is not JSON-shaped ({type(exc).__name__})"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (msgpack carries them; JSON does not).
+    Iterative, so a deep value costs no stack."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return True
+
+
+def _body_problem(op: Any, body: dict[str, Any], stream: bool) -> str | None:
+    """Why a peer's request body does not have the shape its ``op`` needs (SPEC-006 §7.2)."""
     if op == "chat":
-        return isinstance(body.get("messages"), list)
+        return _chat_body_problem(body)
     if op == "embed":
         items = body.get("input")
-        return (not stream and isinstance(items, list) and 1 <= len(items) <= MAX_EMBED_INPUTS
-                and all(isinstance(t, str) and 0 < len(t) <= MAX_EMBED_CHARS for t in items))
-    return False
+        if (not stream and isinstance(items, list) and 1 <= len(items) <= MAX_EMBED_INPUTS
+                and all(isinstance(t, str) and 0 < len(t) <= MAX_EMBED_CHARS for t in items)):
+            return None
+        return "body.input must be 1 to 256 strings, not streamed"
+    return f"unknown op {str(op)[:20]!r}"
 
 
 class Outbox:
@@ -318,15 +372,18 @@ class RoutingProtocol:
         box = self.outbox(conn)
         cortex, body, stream = msg.get("cortex"), msg.get("body"), msg.get("stream")
         op = msg.get("op", "chat")
-        if (
-            not isinstance(cortex, str)
-            or not isinstance(body, dict)
-            or not isinstance(stream, bool)
-            or not _well_formed(op, body, stream)
-        ):
+        if not isinstance(cortex, str) or not isinstance(body, dict) or not isinstance(
+                stream, bool):
             box.put_nowait({"k": "err", "s": sid, "code": "malformed",
                             "detail": "req needs cortex, stream and body.messages (chat) or "
                                       "body.input, 1 to 256 strings (embed)"})
+            return
+        problem = _body_problem(op, body, stream)
+        if problem is not None:
+            log.info("refused a %s request from %s: %s", str(op)[:20], conn.peer_device_id,
+                     problem[:200])
+            box.put_nowait({"k": "err", "s": sid, "code": "malformed",
+                            "detail": f"the request body is refused: {problem}"[:300]})
             return
         if (conn, sid) in self._serving:
             box.put_nowait({"k": "err", "s": sid, "code": "malformed",

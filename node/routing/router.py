@@ -54,7 +54,8 @@ LOAD_WEIGHT_MS = 25.0
 UNKNOWN_RTT_MS = 10.0
 MAX_COOLDOWNS = 4096
 RETRY_SOON_S = 10.0  # SPEC-006 §10.4: beyond this a client is told not to retry
-_RESERVED_BODY_KEYS = ("model", "stream", "metadata")
+# what a request body carries for this node only; the rest is sent to the host (§7.2)
+RESERVED_BODY_KEYS = ("model", "stream", "metadata")
 
 
 class Cooldowns:
@@ -244,7 +245,7 @@ class Router:
     def plan(self, body: dict[str, Any]) -> Plan:
         model = body["model"]
         stream = bool(body.get("stream", False))
-        call_body = {k: v for k, v in body.items() if k not in _RESERVED_BODY_KEYS}
+        call_body = {k: v for k, v in body.items() if k not in RESERVED_BODY_KEYS}
         needs = needed_capabilities(body)
         estimate = estimate_prompt_tokens(body)
         plan = Plan(model, call_body, stream, [])
@@ -415,18 +416,20 @@ class Router:
         started = time.monotonic()
         for n, candidate in enumerate(plan.candidates):
             events = None
+            limit = self.settings.first_chunk_timeout
             try:
                 self._check_still_ok(candidate)
+                limit = self._first_chunk_limit(candidate, started)
                 events = await self._attempt(candidate, plan)
-                # a peer's stream keeps its own liveness clock (its "wait" messages count)
-                limit = self.settings.first_chunk_timeout if candidate.host.local else None
                 async with asyncio.timeout(limit):
                     first = await anext(events)
             except (AttemptFailed, TimeoutError, StopAsyncIteration) as raw:
-                exc = self._as_failure(candidate, raw)
-                self._record(plan, candidate, exc, failures)
+                exc = self._as_failure(candidate, raw, limit)
                 if events is not None:
                     await self._release(candidate, events)
+                if exc.code == "answer_limit":  # the host cut its model's answer (§8.4)
+                    raise self._answer_cut(candidate, exc) from None
+                self._record(plan, candidate, exc, failures)
                 continue
             except BaseException:  # the client left (cancelled): stop the call, free its slot
                 if events is not None:
@@ -466,7 +469,10 @@ class Router:
                                 f"max_answer_bytes ({self.settings.max_answer_bytes})",
                                 max_answer_bytes=self.settings.max_answer_bytes)
                     except (AttemptFailed, StopAsyncIteration) as raw:
-                        self._record(plan, candidate, self._as_failure(candidate, raw), failures)
+                        exc = self._as_failure(candidate, raw)
+                        if exc.code == "answer_limit":  # the host cut its model's answer (§8.4)
+                            raise self._answer_cut(candidate, exc) from None
+                        self._record(plan, candidate, exc, failures)
                         continue
                     finally:
                         if events is not None:
@@ -481,6 +487,29 @@ class Router:
                 reasons=plan.reasons,
             ) from None
         raise self._no_route(plan, failures)
+
+    def _first_chunk_limit(self, candidate: Candidate, started: float) -> float:
+        """Seconds a stream's attempt may take to its first chunk (SPEC-006 §6.4).
+
+        This node's cortex: ``first_chunk_timeout``. A peer's ``wait`` messages say its model
+        is still working, so it gets longer, as a whole non-streaming answer does
+        (``request_timeout``), but never past the answer's ``max_answer_seconds``: ``wait``
+        proves a peer alive, not that an answer will come, and a rogue peer sending it forever
+        must not hold the request (and its task) forever; past the limit the next candidate
+        is tried."""
+        if candidate.host.local:
+            return self.settings.first_chunk_timeout
+        left = started + self.settings.max_answer_seconds - time.monotonic()
+        return max(0.0, min(self.settings.request_timeout, left))
+
+    def _answer_cut(self, candidate: Candidate, exc: AttemptFailed) -> AnswerLimit:
+        """A host stopped reading its model's answer at ``max_answer_bytes`` (SPEC-006 §6.6,
+        §8.4): the request fails like an answer over the bound, without trying another host
+        (it asked for the answer this one's model gives), and the (host, cortex) cools down."""
+        self.counts["failed"] += 1
+        self.note_failure(candidate, exc)
+        return AnswerLimit(f"the answer of {candidate.cortex.name} was cut: {exc.detail}",
+                           max_answer_bytes=self.settings.max_answer_bytes)
 
     def _check_still_ok(self, candidate: Candidate) -> None:
         # Another request may have put this candidate into cooldown since the plan was made.
@@ -525,14 +554,14 @@ class Router:
             with contextlib.suppress(Exception):
                 await closer()
 
-    def _as_failure(self, candidate: Candidate, raw: BaseException) -> AttemptFailed:
+    def _as_failure(self, candidate: Candidate, raw: BaseException,
+                    limit: float | None = None) -> AttemptFailed:
         if isinstance(raw, AttemptFailed):
             return raw
         blame = BLAME_CORTEX if candidate.host.local else BLAME_PEER
         if isinstance(raw, TimeoutError):
-            return AttemptFailed(
-                "timeout", f"no first chunk within {self.settings.first_chunk_timeout:g} s", blame
-            )
+            limit = self.settings.first_chunk_timeout if limit is None else limit
+            return AttemptFailed("timeout", f"no first chunk within {limit:g} s", blame)
         return AttemptFailed("garbage", "the answer ended before it began", blame)
 
     def _record(
