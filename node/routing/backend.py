@@ -128,11 +128,8 @@ class LiteLLMBackend:
         held = self._clients.get(cortex.name)
         if held is not None and held[0] == want:
             return held[1]
-        # httpx and openai come with litellm; here so importing the node loads neither (§8.2)
-        from .bounded_http import bounded_openai_client
-
-        client, http = bounded_openai_client(max_bytes, cortex.timeout, api_key or "no-key",
-                                             cortex.api_base)
+        client, http = _bounded_http().bounded_openai_client(
+            max_bytes, cortex.timeout, api_key or "no-key", cortex.api_base)
         if held is not None:
             self._retired.append(held[2])
         self._clients[cortex.name] = (want, client, http)
@@ -241,12 +238,10 @@ class LiteLLMBackend:
         if cortex.api_base:
             kwargs["api_base"] = cortex.api_base
         kwargs["api_key"] = cortex.api_key() or ("no-key" if not cortex.api_key_env else None)
-        # httpx and openai come with litellm; here so importing the node loads neither (§8.2)
-        from .bounded_http import bounded_openai_client, too_large
-
+        too_large = _bounded_http().too_large
         http = None
         if _openai_compatible(cortex.model):
-            kwargs["client"], http = bounded_openai_client(
+            kwargs["client"], http = _bounded_http().bounded_openai_client(
                 max_bytes, cortex.timeout, kwargs["api_key"] or "no-key", cortex.api_base)
         try:
             response = await litellm.aembedding(**kwargs)
@@ -289,9 +284,16 @@ def _too_large(exc: BaseException) -> Exception | None:
     (then no bounded client was either, and httpx need not be imported for the answer)."""
     if _litellm is None:
         return None
-    from .bounded_http import too_large
+    return _bounded_http().too_large(exc)
 
-    return too_large(exc)
+
+def _bounded_http() -> Any:
+    """The bounded HTTP client's module: httpx and openai come with litellm, so it is imported
+    with the first call that needs it and importing the node loads neither (§8.2)."""
+    # lazily: httpx and openai load with it (SPEC-006 §8.2)
+    from . import bounded_http
+
+    return bounded_http
 
 
 def _as_dict(obj: Any) -> Any:

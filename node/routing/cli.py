@@ -24,9 +24,16 @@ STREAM_READ_TIMEOUT = 120.0
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cortex", help="cortices in the mesh: what runs where, health and load")
-    csub = p.add_subparsers(dest="cortex_cmd", required=True, metavar="list")
+    csub = p.add_subparsers(dest="cortex_cmd", required=True, metavar="list|allow")
     x = csub.add_parser("list", help="every cortex reachable from this node")
     x.add_argument("--json", action="store_true")
+    w = csub.add_parser("allow", help="let this node send prompts to a peer's cortex "
+                        "(a peer's cortex first seen after the node's first 10 minutes waits "
+                        "for this)")
+    w.add_argument("device", help="the device id (or its start) of the peer, as `maia cortex "
+                   "list` shows it")
+    w.add_argument("name", nargs="?", help="the cortex; without it, every cortex the device "
+                   "offers now")
     p.set_defaults(func=cmd_cortex)
 
     a = sub.add_parser("ask", help="send a prompt to a cortex and print the answer as it streams")
@@ -40,6 +47,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
     client = running_node(paths)
+    if args.cortex_cmd == "allow":
+        body = {"device_id": args.device} | ({"name": args.name} if args.name else {})
+        try:
+            done = client.request("POST", "/v1/cortices/allow", body)
+        except (ApiError, NodeNotRunning) as exc:
+            raise UserError(str(exc)) from None
+        say(f"This node now sends prompts for {', '.join(done['approved'])} to "
+            f"{done['device_id']} too (SPEC-006 §6.7).")
+        return 0
     try:
         models = client.request("GET", "/v1/models")["data"]
     except (ApiError, NodeNotRunning) as exc:
@@ -66,11 +82,16 @@ def cmd_cortex(args: argparse.Namespace, paths: Paths) -> int:
                 health = "cooling down"
             if host.get("name_conflict"):
                 health = "NAME CONFLICT"
+            if host.get("approved") is False:
+                health = "NOT APPROVED"
             rtt = f"  rtt {host['rtt_ms']:.1f} ms" if host.get("rtt_ms") is not None else ""
             load = f"{host['in_flight']}/{host['max_concurrency']}{rtt}"
             if host.get("online") is False:
                 load = f"last seen {host.get('last_seen') or 'unknown'}"
             say(f"{m['id']:<20} {kind:<21} {where:<34} {health:<13} {load}")
+            if host.get("approved") is False:
+                say(f"{'':<20} sent no prompt until you approve it: maia cortex allow "
+                    f"{host['device_id'][:15]} {m['id']}")
     for m in cortices:
         for c in m["maia"].get("conflicts", []):
             say(f"Name conflict: {c.get('name') or 'a peer'} {c['device_id'][:7]} also calls "

@@ -102,6 +102,9 @@ class RoutingSettings:
     max_answer_bytes: int = 16 * 1024 * 1024
     max_answer_chunks: int = 100_000
     max_answer_seconds: float = 900.0
+    # seconds after this node first applied host approval during which peers' cortices are
+    # approved as they are seen (SPEC-006 006.6.7); after it, a new one waits for the owner
+    learning_seconds: float = 600.0
     keywords: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: dict(DEFAULT_KEYWORDS)
     )
@@ -120,6 +123,7 @@ _CORTEX_FIELDS = frozenset({
 _ROUTING_FIELDS = frozenset({
     "default_kind", "cooldown_seconds", "first_chunk_timeout", "request_timeout",
     "remote_fallback", "keywords", "max_answer_bytes", "max_answer_chunks", "max_answer_seconds",
+    "learning_seconds",
 })
 
 
@@ -234,6 +238,7 @@ def _settings(table: Mapping[str, Any]) -> RoutingSettings:
         max_answer_bytes=_int(table, "max_answer_bytes", 16 * 1024 * 1024, 1024, 1 << 30, where),
         max_answer_chunks=_int(table, "max_answer_chunks", 100_000, 1, 10_000_000, where),
         max_answer_seconds=_number(table, "max_answer_seconds", 900.0, 1, 86_400, where),
+        learning_seconds=_number(table, "learning_seconds", 600.0, 0, 86_400, where),
         keywords=keywords,
     )
 

@@ -25,7 +25,8 @@ from .local_embedding import load_default
 from .protocol import RoutingProtocol
 from .registry import Registry
 from .router import Router, utc_iso
-from .routes import EMBEDDINGS_KEY, ROUTER_KEY, openai_routes
+from .routes import APPROVALS_KEY, EMBEDDINGS_KEY, ROUTER_KEY, openai_routes
+from .trust import HostApprovals
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -57,6 +58,10 @@ class RoutingFeature(FeatureBase):
         )
         # the local default embedding cortex (SPEC-006 §13.1), loaded on first use
         self.embeddings = Embeddings(self.router, load_default)
+        # which peers may be sent prompts (SPEC-006 006.6.7), remembered in Runtime
+        self.approvals = HostApprovals(*node.store.runtime_db("kv"),
+                                       learning_seconds=config.settings.learning_seconds)
+        self.registry.approvals = self.approvals
         self.registry.attach(node.peers)
         self.protocol.attach(node.peers)
         node.peers.on_connected.append(lambda conn: self.router.peer_back(conn.peer_key))
@@ -71,6 +76,7 @@ class RoutingFeature(FeatureBase):
 
     def configure_app(self, app: web.Application) -> None:
         app[ROUTER_KEY] = self.router
+        app[APPROVALS_KEY] = self.approvals
         app[EMBEDDINGS_KEY] = self.embeddings
 
     async def start(self) -> None:

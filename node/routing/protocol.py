@@ -20,12 +20,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from jsonschema import Draft202012Validator
+
 from crdt import Rejected
 
+from ..api.middleware import Limits, json_bound_errors, json_pointer
 from ..transport import TransportError
 from .backend import BackendError, Event, LocalCortices
 from .config import MAX_EMBED_CHARS, MAX_EMBED_INPUTS
 from .errors import BLAME_NONE, BLAME_PEER, HOST_CODES, AttemptFailed
+from .schemas import CHAT_SCHEMA, RESERVED_BODY_KEYS
 from .shapes import Garbage, clean_chunk, clean_response
 
 if TYPE_CHECKING:
@@ -53,17 +57,9 @@ def _chat_body_problem(body: dict[str, Any]) -> str | None:
     A member's node is trusted with the prompt, not with the shape of what reaches the model:
     without this check a peer could pass ``n`` = 10,000, a huge ``max_tokens`` or tools the
     route refuses straight to this node's backend (SPEC-006 §7.8). So the body is held to the
-    same JSON bounds and the same schema as ``POST /v1/chat/completions`` (routes.CHAT_SCHEMA),
+    same JSON bounds and the same schema as ``POST /v1/chat/completions`` (schemas.CHAT_SCHEMA),
     less the fields the requester removes (``model``, ``stream``, ``metadata``)."""
     global _peer_chat_validator
-    # the API's schema and bounds; imported here, when a peer first asks, to keep the
-    # protocol module free of the API at import time
-    from jsonschema import Draft202012Validator
-
-    from ..api.middleware import Limits, json_bound_errors, json_pointer
-    from .router import RESERVED_BODY_KEYS
-    from .routes import CHAT_SCHEMA
-
     if _peer_chat_validator is None:
         schema = {**CHAT_SCHEMA, "required": ["messages"], "properties": {
             k: v for k, v in CHAT_SCHEMA["properties"].items() if k not in RESERVED_BODY_KEYS}}

@@ -23,6 +23,7 @@ from crdt import Rejected
 
 from ..transport import TransportError
 from .config import CAPABILITIES, EMBEDDING, KINDS, MAX_CORTICES, MAX_DIMENSIONS, NAME_RE
+from .trust import HostApprovals
 
 if TYPE_CHECKING:
     from ..mesh.peers import PeerConnection, PeerManager
@@ -128,6 +129,8 @@ class Registry:
     ) -> None:
         self.local = local
         self.me = Host(key, device_id, name, local=True)
+        # who may be sent prompts (SPEC-006 006.6.7); None: every peer (in-process tests)
+        self.approvals: HostApprovals | None = None
         self.peers: dict[bytes, Host] = {}
         self.offline: OrderedDict[bytes, Host] = OrderedDict()  # oldest first (§3.3)
         self.known_kinds: OrderedDict[str, str] = OrderedDict()
@@ -224,6 +227,9 @@ class Registry:
         self.offline.pop(conn.peer_key, None)  # back: its advertisement replaces the old entry
         host.cortices = {c.name: c for c in cortices}
         host.updated = self._clock()
+        if self.approvals is not None:  # approved while learning, pending after (§6.7)
+            for cortex in cortices:
+                self.approvals.allows(host.key, cortex.name)
         for cortex in cortices:
             self._remember(cortex)
 
@@ -294,10 +300,24 @@ class Registry:
         yield from self.peers.values()
 
     def offers(self) -> Iterator[tuple[Host, Advertised]]:
-        """Every (host, cortex) reachable now, this node first."""
+        """Every (host, cortex) reachable now and approved here (SPEC-006 006.6.7), this node
+        first: a peer's cortex not approved is no candidate for anything, by name, by kind,
+        ``auto``, embeddings or a cortex job."""
         for host in self.hosts():
             for cortex in host.cortices.values():
-                yield host, cortex
+                if self.approved(host, cortex):
+                    yield host, cortex
+
+    def pending(self) -> Iterator[tuple[Host, Advertised]]:
+        """Connected peers' cortices waiting for the owner's approval on this node."""
+        for host in self.hosts():
+            for cortex in host.cortices.values():
+                if not self.approved(host, cortex):
+                    yield host, cortex
+
+    def approved(self, host: Host, cortex: Advertised) -> bool:
+        return host.local or self.approvals is None or self.approvals.approved(
+            host.key, cortex.name)
 
     def offline_offers(self) -> Iterator[tuple[Host, Advertised]]:
         """Every (host, cortex) of a peer that is away now, most recently seen first."""

@@ -41,6 +41,7 @@ from .errors import (
 )
 from .frontal_lobe import Decision, FrontalLobe
 from .registry import Advertised, Host, Registry
+from .schemas import RESERVED_BODY_KEYS
 from .shapes import estimate_prompt_tokens, needed_capabilities
 
 if TYPE_CHECKING:
@@ -54,8 +55,6 @@ LOAD_WEIGHT_MS = 25.0
 UNKNOWN_RTT_MS = 10.0
 MAX_COOLDOWNS = 4096
 RETRY_SOON_S = 10.0  # SPEC-006 §10.4: beyond this a client is told not to retry
-# what a request body carries for this node only; the rest is sent to the host (§7.2)
-RESERVED_BODY_KEYS = ("model", "stream", "metadata")
 
 
 class Cooldowns:
@@ -657,6 +656,16 @@ class Router:
                 "rtt_ms": None if host.rtt_ms is None else round(host.rtt_ms, 2),
                 "cooling_down": self.cooldowns.blocked(host.key, cortex.name),
                 "name_conflict": conflict, "online": True, "last_seen": None,
+                "approved": True,
+            })
+        for host, cortex in self.registry.pending():  # SPEC-006 006.6.7: shown, never used
+            entry_for(cortex)["maia"]["hosts"].append({
+                "device_id": host.device_id, "name": host.name, "local": False,
+                "healthy": cortex.healthy, "in_flight": cortex.in_flight,
+                "max_concurrency": cortex.max_concurrency,
+                "rtt_ms": None if host.rtt_ms is None else round(host.rtt_ms, 2),
+                "cooling_down": None, "name_conflict": self.name_conflict(host, cortex),
+                "online": True, "last_seen": None, "approved": False,
             })
         for host, cortex in self.registry.offline_offers():  # SPEC-006 §3.3, §4.7
             entry_for(cortex)["maia"]["hosts"].append({
@@ -664,6 +673,7 @@ class Router:
                 "healthy": False, "in_flight": 0, "max_concurrency": cortex.max_concurrency,
                 "rtt_ms": None, "cooling_down": None, "name_conflict": False,
                 "online": False, "last_seen": utc_iso(host.last_seen),
+                "approved": self.registry.approved(host, cortex),
             })
         out = [by_name[n] for n in sorted(by_name)]
         out.append({"id": "auto", "object": "model", "created": 0, "owned_by": "maia-node",

@@ -25,97 +25,24 @@ from .config import MAX_EMBED_CHARS, MAX_EMBED_INPUTS
 from .embeddings import Embeddings, openai_answer
 from .errors import AttemptFailed, NoRoute, RoutingError
 from .router import Candidate, Opened, Plan, Router
+from .schemas import CHAT_SCHEMA
+from .trust import HostApprovals
 
 log = logging.getLogger(__name__)
 
 ROUTER_KEY: web.AppKey[Router] = web.AppKey("maia_router", Router)
 EMBEDDINGS_KEY: web.AppKey[Embeddings] = web.AppKey("maia_embeddings", Embeddings)
+APPROVALS_KEY: web.AppKey[HostApprovals] = web.AppKey("maia_host_approvals", HostApprovals)
+ALLOW_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["device_id"],
+    "properties": {
+        "device_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$", "maxLength": 63},
+    },
+}
 openai_routes = RouteTable("openai", requires=[ROUTER_KEY, EMBEDDINGS_KEY])
-
-_TEXT = {"type": "string", "maxLength": 262_144}
-_OBJECT = {"type": "object"}
-_CONTENT_PART = {
-    "type": "object",
-    "required": ["type"],
-    "additionalProperties": False,
-    "properties": {
-        "type": {"type": "string", "maxLength": 64},
-        "text": _TEXT,
-        "image_url": _OBJECT,
-        "input_audio": _OBJECT,
-        "file": _OBJECT,
-        "refusal": _TEXT,
-    },
-}
-_MESSAGE = {
-    "type": "object",
-    "required": ["role"],
-    "additionalProperties": False,
-    "properties": {
-        "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-        "content": {
-            "anyOf": [
-                _TEXT,
-                {"type": "null"},
-                {"type": "array", "maxItems": 256, "items": _CONTENT_PART},
-            ]
-        },
-        "name": {"type": "string", "maxLength": 256},
-        "tool_calls": {"type": "array", "maxItems": 128, "items": _OBJECT},
-        "tool_call_id": {"type": "string", "maxLength": 256},
-        "function_call": {"type": ["object", "null"]},
-        "refusal": {"type": ["string", "null"], "maxLength": 262_144},
-        "audio": {"type": ["object", "null"]},
-        "reasoning_content": {"type": ["string", "null"], "maxLength": 262_144},
-    },
-}
-# OpenAI's chat completion request fields; fields maia-node does not pass on are accepted and
-# ignored (store, service_tier, ...), anything else is refused (SPEC-006 §4.2).
-CHAT_SCHEMA = {
-    "type": "object",
-    "required": ["model", "messages"],
-    "additionalProperties": False,
-    "properties": {
-        "model": {"type": "string", "minLength": 1, "maxLength": 200},
-        "messages": {"type": "array", "minItems": 1, "maxItems": 2048, "items": _MESSAGE},
-        "stream": {"type": ["boolean", "null"]},
-        "stream_options": {
-            "type": ["object", "null"],
-            "additionalProperties": False,
-            "properties": {"include_usage": {"type": "boolean"}},
-        },
-        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
-        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 8},
-        "stop": {"anyOf": [
-            {"type": ["string", "null"], "maxLength": 256},
-            {"type": "array", "maxItems": 4, "items": {"type": "string", "maxLength": 256}},
-        ]},
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-        "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-        "logit_bias": {"type": ["object", "null"], "maxProperties": 300},
-        "user": {"type": "string", "maxLength": 256},
-        "seed": {"type": ["integer", "null"]},
-        "tools": {"type": "array", "maxItems": 128, "items": _OBJECT},
-        "tool_choice": {"type": ["string", "object"]},
-        "parallel_tool_calls": {"type": "boolean"},
-        "response_format": _OBJECT,
-        "logprobs": {"type": ["boolean", "null"]},
-        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
-        "reasoning_effort": {"type": ["string", "null"], "maxLength": 32},
-        "modalities": {"type": ["array", "null"], "maxItems": 4,
-                       "items": {"type": "string", "maxLength": 32}},
-        "audio": {"type": ["object", "null"]},
-        "metadata": {"type": ["object", "null"], "maxProperties": 16,
-                     "additionalProperties": {"type": "string", "maxLength": 512}},
-        "store": {"type": ["boolean", "null"]},
-        "service_tier": {"type": ["string", "null"], "maxLength": 32},
-        "prediction": {"type": ["object", "null"]},
-        "web_search_options": {"type": ["object", "null"]},
-    },
-}
 
 _INPUT = {"type": "string", "minLength": 1, "maxLength": MAX_EMBED_CHARS}
 # OpenAI's embeddings request (SPEC-006 §13.5); vectors are only sent as floats, and a model's
@@ -233,6 +160,29 @@ async def list_models(request: web.Request) -> web.Response:
             data.append({"id": "cortex/embedding", "object": "model", "created": 0,
                          "owned_by": "maia-node", "maia": {"alias": "any embedding cortex"}})
     return web.json_response({"object": "list", "data": data})
+
+
+@openai_routes.post("/v1/cortices/allow", body_schema=ALLOW_SCHEMA)
+async def allow_cortex_host(request: web.Request) -> web.Response:
+    """Approve a peer's cortex (or every cortex it offers now) on this node (SPEC-006 006.6.7)."""
+    body = request[BODY_KEY]
+    registry = request.app[ROUTER_KEY].registry
+    wanted = body["device_id"]
+    hosts = [h for h in registry.hosts() if not h.local and h.device_id.startswith(wanted)]
+    if len({h.key for h in hosts}) != 1:
+        raise Problem(404 if not hosts else 409, "No such cortex host" if not hosts else
+                      "Ambiguous device", f"{'no' if not hosts else 'more than one'} connected "
+                      f"device offering cortices has an id starting {wanted!r}")
+    host = hosts[0]
+    names = [body["name"]] if "name" in body else sorted(host.cortices)
+    unknown = [n for n in names if n not in host.cortices]
+    if unknown:
+        raise Problem(404, "No such cortex", f"{host.device_id} does not offer {unknown[0]!r} now")
+    approvals = request.app[APPROVALS_KEY]
+    for name in names:
+        approvals.approve(host.key, name)
+    log.warning("cortex host approved by the owner: %s for %s", host.device_id, ", ".join(names))
+    return web.json_response({"device_id": host.device_id, "approved": names})
 
 
 @openai_routes.post("/v1/embeddings", body_schema=EMBEDDINGS_SCHEMA,
