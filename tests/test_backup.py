@@ -99,6 +99,12 @@ def test_backup_of_a_syncing_node_restores_identical(mesh_factory, tmp_path, cap
         with pytest.raises(urllib.error.HTTPError) as bad:
             a.request("POST", "/v1/backup/verified", {"manifest": "nope", "verified_at": "x"})
         assert bad.value.code == 400
+        # found by an attacker's read: a time dated 2999 silenced the old-backup warning for
+        # good (SPEC-002 §7.4); one ahead of this clock is refused
+        with pytest.raises(urllib.error.HTTPError) as ahead:
+            a.request("POST", "/v1/backup/verified",
+                      {"manifest": mid["id"], "verified_at": "2999-01-01T00:00:00Z"})
+        assert ahead.value.code == 400
         assert a.request("GET", "/v1/backup")["last_verified"] == state["last_verified"]
     finally:
         stop.set()
@@ -466,3 +472,17 @@ def test_passphrase_sources(tmp_path, capsys, monkeypatch):
     assert backup(data, "create", "--passphrase-file", str(secret), "--remember-key") == 0
     assert backup(data, "create") == 0  # the cached key, no passphrase at all
     assert len(Repository.open(repo_dir, passphrase=PASSPHRASE.encode()).manifests()) == 2
+
+
+def test_verification_times_compare_as_times_and_never_from_the_future() -> None:
+    """SPEC-002 §7.4: a newer verification replaces an older one whatever its spelling of UTC
+    (``Z`` or ``+00:00``), and a time ahead of this clock is refused."""
+    from node.backup.runtime_status import newer_verification
+
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    held = {"last_verified": "2027-01-15T07:00:00.5+00:00"}
+    assert newer_verification(held, "m", "2027-01-15T07:30:00Z", now=now)["last_verified"] \
+        == "2027-01-15T07:30:00Z"
+    assert newer_verification(held, "m", "2027-01-15T06:59:59Z", now=now) == {}
+    with pytest.raises(ValueError, match="future"):
+        newer_verification(held, "m", "2999-01-01T00:00:00Z", now=now)

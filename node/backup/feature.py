@@ -27,7 +27,7 @@ from ..config import ConfigError
 from ..features import FeatureBase, cancel_and_wait
 from .format import parse_iso, parse_manifest_filename
 from .routes import BACKUP_KEY, backup_routes
-from .runtime_status import newer_verification, read_status, update_status
+from .runtime_status import MAX_AHEAD_SECONDS, newer_verification, read_status, update_status
 from .settings import ENV_MIN_INTERVAL, BackupSettings, cache_path
 
 if TYPE_CHECKING:
@@ -151,6 +151,9 @@ class BackupFeature(FeatureBase):
             age = time.time() - parse_iso(last).timestamp()
         except ValueError:
             return "the time of the last verified backup is unreadable"
+        if age < -MAX_AHEAD_SECONDS:  # recorded before that was refused: not to be trusted
+            return (f"the last verified backup is recorded at {last}, in the future; verify "
+                    "one again (maia backup verify)")
         if age > self.settings.warn_after:
             return f"the newest verified backup is {_human(age)} old"
         return None

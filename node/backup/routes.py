@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..api.middleware import BODY_KEY
+from ..api.problem import Problem
 from ..api.routes import RouteTable
 
 BACKUP_KEY: web.AppKey[Any] = web.AppKey("maia_backup", object)
@@ -40,5 +41,8 @@ async def backup_verified(request: web.Request) -> web.Response:
     """Record that ``maia backup verify`` verified a backup (the record itself is in the
     repository; this only updates the node's status)."""
     body = request[BODY_KEY]
-    return web.json_response(request.app[BACKUP_KEY].record_verified(body["manifest"],
-                                                               body["verified_at"]))
+    try:
+        status = request.app[BACKUP_KEY].record_verified(body["manifest"], body["verified_at"])
+    except ValueError as exc:  # a time ahead of this clock (SPEC-002 §7.4)
+        raise Problem(400, "Invalid request", str(exc)) from None
+    return web.json_response(status)

@@ -5,12 +5,14 @@ when the last scheduled run happened, how it ended, and when a backup was last v
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from crdt import Store
 
 from ..config import Paths
 from ..datadir import DataDirBusy, DataDirLock
+from .format import parse_iso
 
 STATUS_KEY = b"backup:status"
 
@@ -39,10 +41,26 @@ def update_status(store: Store, **fields: Any) -> dict[str, Any]:
     return current
 
 
-def newer_verification(status: dict[str, Any], manifest_id: str, verified_at: str) -> dict:
-    """The fields to store when a verification finished, unless a newer one is known."""
-    if (status.get("last_verified") or "") >= verified_at:
-        return {}
+#: How far ahead of this clock a verification time may be (clock skew between devices).
+MAX_AHEAD_SECONDS = 300.0
+
+
+def newer_verification(status: dict[str, Any], manifest_id: str, verified_at: str,
+                       now: float | None = None) -> dict:
+    """The fields to store when a verification finished, unless a newer one is known.
+
+    Raises ValueError for a time more than a few minutes ahead of this clock: one dated 2999
+    would silence the warning about old backups for good (SPEC-002 §7.4). Times are compared
+    as times, not as text (``Z`` and ``+00:00`` both occur)."""
+    when = parse_iso(verified_at)
+    if when.timestamp() > (time.time() if now is None else now) + MAX_AHEAD_SECONDS:
+        raise ValueError(f"the verification time {verified_at} is in the future")
+    held = status.get("last_verified")
+    try:
+        if held and parse_iso(held) >= when:
+            return {}
+    except ValueError:
+        pass  # an unreadable stored time is replaced
     return {"last_verified": verified_at, "last_verified_manifest": manifest_id}
 
 
