@@ -188,7 +188,7 @@ def test_batches_are_written_together_in_one_shard_and_a_refused_batch_alone_is_
 
 def test_a_fact_may_supersede_one_an_earlier_batch_of_the_same_run_proposed(pair: Pair) -> None:
     """SPEC-006 §12.4.1, §12.4.5: a batch is shown the facts the batches before it in the run
-    proposed; superseding one that is written in the same change as itself marks it too."""
+    proposed and may propose to supersede one of them; accepting the proposal marks it."""
     a, b = pair.a, pair.b
     drain(a, pair.fa)
     texts = [f"the coffee machine on floor {i} is broken" for i in range(10)]
@@ -199,10 +199,12 @@ def test_a_fact_may_supersede_one_an_earlier_batch_of_the_same_run_proposed(pair
     by_source = {f["sources"][0]: f for f in written}
     old, new = by_source[notes[4]], by_source[notes[5]]
     assert new["supersedes"] == old["id"]
+    assert a.entry(old["id"])["superseded_by"] is None  # a proposal until accepted
+    a.request("POST", f"/v1/consolidation/review/{new['id']}", {"action": "accept"})
     for node in (a, b):
         older = wait_for(lambda n=node: (e := n.entry(old["id"])) and e.get("superseded_by")
                          and e, timeout=30, what="the supersede")
-        assert older["superseded_by"] == new["id"] and older["valid_until"] == new["valid_from"]
+        assert older["superseded_by"] == new["id"] and older["valid_until"] >= new["valid_from"]
         listed = {e["id"] for e in
                   node.request("GET", "/v1/memory?kind=fact&limit=1000")["entries"]}
         assert new["id"] in listed and old["id"] not in listed
@@ -352,7 +354,8 @@ def test_a_hostile_answer_changes_nothing_and_is_logged(pair: Pair, case: str) -
 
 
 def test_a_contradicting_fact_supersedes_the_old_one_which_stays_in_history(pair: Pair) -> None:
-    """SPEC-006 §12.4.1: supersession, never deletion, with valid_from / valid_until."""
+    """SPEC-006 §12.4.1: supersession, never deletion, with valid_from / valid_until; it
+    takes effect when the proposing fact is accepted."""
     a, b = pair.a, pair.b
     drain(a, pair.fa)
     a.add_memory("the office wifi is called orchard")
@@ -363,9 +366,11 @@ def test_a_contradicting_fact_supersedes_the_old_one_which_stays_in_history(pair
          "supersedes": old["id"]}]}))
     new = run(a)["written"][0]
     assert new["supersedes"] == old["id"] and new["valid_from"]
+    assert a.entry(old["id"])["superseded_by"] is None  # a proposal until accepted
+    a.request("POST", f"/v1/consolidation/review/{new['id']}", {"action": "accept"})
     older = wait_for(lambda: (e := b.entry(old["id"])) and e.get("superseded_by") and e,
                      timeout=30, what="the supersede on b")
-    assert older["superseded_by"] == new["id"] and older["valid_until"] == new["valid_from"]
+    assert older["superseded_by"] == new["id"] and older["valid_until"] >= new["valid_from"]
     assert older["text"] == old["text"]  # kept, readable by id
     listed = {e["id"] for e in b.request("GET", "/v1/memory?kind=fact&limit=1000")["entries"]}
     assert old["id"] not in listed

@@ -135,6 +135,24 @@ def parse_answer(text: str, given: set[str], current_facts: set[str],
             if old in targets:
                 raise BadAnswer(f"two facts supersede {old}")
             targets.add(old)
+        tags = fact.get("tags") or ()
+        for value in (fact["text"], *tags):
+            if not encodes(value):
+                raise BadAnswer(f"fact {i} has text or a tag that is not valid Unicode (an "
+                                "unpaired surrogate)")
+        # a tag with ':' names a namespace the node or the owner gives (``project:<repo>``,
+        # ``review:pending``, ``journal:...``): a model's tag must not claim one (§12.3.1)
         out.append(Proposal(" ".join(fact["text"].split()), tuple(fact["sources"]), old,
-                            tuple(fact.get("tags") or ())))
+                            tuple(t for t in tags if ":" not in t)))
     return out
+
+
+def encodes(text: str) -> bool:
+    """Whether ``text`` is encodable as UTF-8. JSON's ``\\ud800`` escape gives Python a
+    lone surrogate, which no store, hash or peer can encode: ``fact_digest`` raised
+    UnicodeEncodeError outside the batch's error handling, and every run failed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -14,8 +14,8 @@ from typing import Any
 import msgpack
 from automerge.core import ROOT, ObjType, ScalarType, Transaction
 
-from ..memory import Memory, now_iso, shard_of
-from ..memory.entries import _row_key
+from ..memory import EntryNotFound, Memory, now_iso, shard_of
+from ..memory.entries import _row_key, check_text
 
 Edit = Callable[[Transaction], None]
 
@@ -59,6 +59,89 @@ def mark_superseded(old_id: str, new_id: str, at: str) -> Edit:
         _log(tx, obj, "superseded by " + new_id)
 
     return edit
+
+
+def _clear_superseded(old_id: str, by_id: str) -> Edit:
+    """Undo the mark ``mark_superseded`` put on ``old_id`` for ``by_id``."""
+
+    def edit(tx: Transaction) -> None:
+        obj = tx.get(ROOT, old_id)[1]
+        for name in ("superseded_by", "valid_until"):
+            if tx.get(obj, name) is not None:
+                tx.delete(obj, name)
+        _log(tx, obj, f"restored (was superseded by {by_id}, rejected)")
+
+    return edit
+
+
+def _current_fact(memory: Memory, entry_id: Any) -> dict[str, Any] | None:
+    """The fact ``entry_id`` if it is one and current (not deleted, not superseded)."""
+    if not isinstance(entry_id, str):
+        return None
+    try:
+        entry = memory.get(entry_id)
+    except (EntryNotFound, ValueError):  # gone, or an id of no shard (a member's value)
+        return None
+    return entry if entry["kind"] == "fact" and not entry.get("superseded_by") else None
+
+
+def _change(memory: Memory, changes: dict[str, list[Edit]], told: dict[str, list[str]]) -> None:
+    """Sign ``changes`` (one change per shard, stored together) and let the index and the
+    write listeners (search) catch up with the entries ``told`` names."""
+    before = {d: memory.repo.heads(d) for d in changes}
+    memory.repo.change_many(changes)
+    for doc_id in changes:
+        memory._tell(doc_id, told.get(doc_id, []), before[doc_id])
+        memory._dirty[doc_id] = 0.0  # re-index at the next read
+
+
+def accept_fact(memory: Memory, entry_id: str, pending: str,
+                text: str | None = None) -> dict[str, Any]:
+    """Accept a fact pending review (removing the ``pending`` tag, with ``text`` when the
+    reviewer edited it) and, if it proposes to supersede a current fact, mark that one
+    superseded in the same signed change (SPEC-006 006.12.4.1): a proposed supersession takes
+    effect only when a person accepts it, so a hostile answer cannot hide a fact."""
+    entry = memory.get(entry_id)  # EntryNotFound
+    if text is not None:
+        check_text(text)
+    at = now_iso()
+
+    def accept(tx: Transaction) -> None:
+        obj = tx.get(ROOT, entry_id)[1]
+        if text is not None:
+            tx.put(obj, "text", ScalarType.Str, text)
+        tags = tx.get(obj, "tags")
+        if tags is not None and tags[0] == ObjType.Map and tx.get(tags[1], pending) is not None:
+            tx.delete(tags[1], pending)
+        _log(tx, obj, "update text+tags" if text is not None else "update tags")
+
+    changes: dict[str, list[Edit]] = {shard_of(entry_id): [accept]}
+    told = {shard_of(entry_id): [entry_id]}
+    target = _current_fact(memory, entry.get("supersedes"))
+    if target is not None and target["id"] != entry_id:
+        changes.setdefault(shard_of(target["id"]), []).append(
+            mark_superseded(target["id"], entry_id, at))
+        told.setdefault(shard_of(target["id"]), []).append(target["id"])
+    _change(memory, changes, told)
+    return memory.get(entry_id)
+
+
+def undo_supersession(memory: Memory, entry_id: str) -> tuple[dict[str, list[Edit]],
+                                                                dict[str, list[str]]]:
+    """The edits that bring back the fact ``entry_id`` superseded when it is rejected: only
+    a fact marked superseded by this very one (one written before supersessions waited for
+    acceptance, or by a device that still writes them at once)."""
+    entry = memory.get(entry_id)
+    target = entry.get("supersedes")
+    if not isinstance(target, str):
+        return {}, {}
+    try:
+        old = memory.get(target)
+    except (EntryNotFound, ValueError):
+        return {}, {}
+    if old.get("superseded_by") != entry_id:
+        return {}, {}
+    return {shard_of(target): [_clear_superseded(target, entry_id)]}, {shard_of(target): [target]}
 
 
 def set_pin(memory: Memory, entry_id: str, pinned: bool) -> dict[str, Any]:

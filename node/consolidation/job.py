@@ -28,12 +28,13 @@ from typing import Any
 
 import lmdb
 import msgpack
+from automerge.core import ROOT, ObjType
 
 from ..memory import EntryNotFound, Memory, new_entry_id, now_iso, shard_of
-from ..memory.ids import _B32, BUCKETS
+from ..memory.ids import _B32, BUCKETS, creator_of
 from .answer import INSTRUCTIONS, BadAnswer, Proposal, fact_digest, message_text, parse_answer
 from .config import ConsolidationConfig
-from .fields import Edit, mark_superseded, set_fields
+from .fields import Edit, accept_fact, set_fields
 from .importance import FIELD as IMPORTANCE
 from .importance import INSTRUCTIONS as SCORE_INSTRUCTIONS
 from .importance import SALIENCE_KIND, parse_scores, request_payload
@@ -216,11 +217,27 @@ class Consolidator:
                                         "skipped (overlapping [consolidation] authors?)",
                                         row["id"], cited[row["id"]])
                         continue
+                    if self._text_writer(row["id"]) not in authors:
+                        continue
                     out.append({k: v for k, v in row.items() if k != "doc"})
         out.sort(key=lambda r: (r.get("created_at", ""), r["id"]))
         facts.sort(key=lambda r: r.get("created_at", ""), reverse=True)
         return out, [{k: v for k, v in f.items() if k != "doc"}
                      for f in facts[:MAX_SHOWN_FACTS]]
+
+    def _text_writer(self, entry_id: str) -> str | None:
+        """The device whose signed op set the entry's current ``text`` (the actor its op id
+        names), or None. The creator alone is not enough: a member may edit the owner's note,
+        and its text was consolidated and the facts signed by this device as the owner's
+        (SPEC-006 006.12.2.1). Read only for entries not processed yet, so a run reads it
+        once per new entry."""
+        try:
+            doc = self.memory.repo.open(shard_of(entry_id)).doc
+            obj = doc.get(ROOT, entry_id)
+            got = doc.get(obj[1], "text") if obj is not None and obj[0] == ObjType.Map else None
+        except Exception:  # a shard that cannot be read now: not consolidated this run
+            return None
+        return creator_of(got[1]) if got is not None else None
 
     def pending_sources(self) -> list[dict[str, Any]]:
         """The entries a run would consolidate now (for tests and the CLI)."""
@@ -248,12 +265,12 @@ class Consolidator:
                     facts[:] = [*shown, *(f for f in facts if f["id"] not in gone)
                                 ][:MAX_SHOWN_FACTS]
                     if group.full(time.monotonic()):
-                        self._write(group, report)
+                        self._write_group(group, report)
                         group = Group(time.monotonic())
                         if len(self._unmarked) >= MARK_EVERY:
                             self._mark_seen()
                     await asyncio.sleep(0)  # sync and the API go on between batches
-                self._write(group, report)
+                self._write_group(group, report)
             finally:
                 self._mark_seen()  # the groups written, also when the run stops part-way
             if not dry_run:
@@ -280,6 +297,21 @@ class Consolidator:
         except Exception as exc:  # the router's refusals, timeouts, no route
             self._rejected(report, first, f"the cortex did not answer: {exc}"[:300])
             return []
+        try:
+            return await self._stage(batch, proposals, facts, report, group, cortex, model)
+        except Exception as exc:  # a bug or a bad value past the parser: this batch only
+            log.exception("consolidation: the facts of the batch from %s could not be "
+                          "prepared; nothing written, tried again at the next run", first)
+            self._rejected(report, first, f"the facts could not be prepared: {exc}"[:300])
+            return []
+
+    async def _stage(self, batch: list[dict[str, Any]], proposals: list[Proposal],
+                     facts: list[dict[str, Any]], report: RunReport, group: Group,
+                     cortex: str, model: str) -> list[Staged]:
+        """A valid answer's new facts, scored, staged in ``group`` (shown in a dry run).
+        Anything this raises costs only its batch (``_batch``): an unpaired surrogate that
+        reached ``fact_digest`` here failed every run before any batch was marked."""
+        first = batch[0]["id"]
         keep = self._new_only(proposals, facts, report)
         scores = await self._scores(keep, first)
         if report.dry_run:
@@ -371,9 +403,20 @@ class Consolidator:
         except lmdb.Error as exc:
             log.warning("consolidation watermark of %d entries not written: %s", len(keys), exc)
 
+    def _write_group(self, group: Group, report: RunReport) -> None:
+        """``_write``, whose failure costs only this group: its batches stay unprocessed and
+        are asked again at the next run, and the run goes on with the next ones (§12.2.2)."""
+        try:
+            self._write(group, report)
+        except Exception as exc:
+            log.exception("consolidation: a group of %d entries from %s not written",
+                          group.entries, group.seen[0] if group.seen else "-")
+            self.counts["rejected_answers"] += 1
+            report.rejected_answers.append(f"the facts could not be written: {exc}"[:300])
+
     def _write(self, group: Group, report: RunReport) -> None:
         """Write a group's facts in one signed change with their signed fields and the
-        supersede marks. Ordered like the batches; nothing of a group is written if this
+        supersession each proposes. Ordered like the batches; nothing of a group is written if this
         raises (its batches are tried again at the next run)."""
         if not group.seen:
             return
@@ -397,12 +440,9 @@ class Consolidator:
             extra.setdefault(shard_of(s.id), []).extend(edits)
             extra_ids.setdefault(shard_of(s.id), [])
             if p.supersedes:
+                # a proposal only: the older fact is marked when a person accepts this one
+                # (accept_fact, §12.4.1), so a hostile answer cannot hide it meanwhile
                 item["supersedes"] = p.supersedes
-                # after the creators in its shard's edits: the target may be a fact of this
-                # group (an earlier batch), created in this same change
-                extra.setdefault(shard_of(p.supersedes), []).append(
-                    mark_superseded(p.supersedes, s.id, at))
-                extra_ids.setdefault(shard_of(p.supersedes), []).append(p.supersedes)
             items.append(item)
         # the index rows carry the signed fields (the log length the index upkeep compares is
         # the same without them) and are written with the node's next index write
@@ -454,12 +494,13 @@ class Consolidator:
         entry = self.memory.get(entry_id)  # EntryNotFound
         if entry["kind"] != "fact" or PENDING not in entry["tags"]:
             raise ValueError(f"{entry_id} is not a fact pending review")
+        # accepting is what makes a proposed supersession take effect (§12.4.1)
         if action == "accept":
-            return self.memory.update(entry_id, remove_tags=[PENDING])
+            return accept_fact(self.memory, entry_id, PENDING)
         if action == "edit":
             if not text:
                 raise ValueError("edit needs the new text")
-            return self.memory.update(entry_id, text=text, remove_tags=[PENDING])
+            return accept_fact(self.memory, entry_id, PENDING, text)
         if action == "reject":
             digest = fact_digest(entry["text"])
             out = reject_fact(self.memory, entry_id, digest)

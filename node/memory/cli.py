@@ -160,26 +160,56 @@ def _print_entry(e: dict[str, Any], full: bool = False) -> None:
 
 
 def _read_import(path: str, kind: str) -> list[dict[str, Any]]:
-    """JSON Lines ({"text", "kind", "tags"} per line) or plain text (one entry per line)."""
-    src = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    """JSON Lines ({"text", "kind", "tags"} per line) or plain text (one entry per line).
+
+    A file is input from anywhere (an export, a script's output, a crafted file): every way it
+    can be wrong is a UserError naming the line, never a traceback. Bytes that are not UTF-8,
+    JSON nested deeper than the parser's recursion limit, and "tags" that are not a list of
+    strings each raised (UnicodeDecodeError, RecursionError, TypeError), and a string as
+    "tags" was split into its characters ("abc" became the tags a, b and c)."""
+    # bytes, decoded line by line: a text stream decodes ahead in 8 KiB chunks, so its error
+    # would name a line before the bad one
+    src = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     items = []
     with src:
-        for n, line in enumerate(src, 1):
+        for n, raw in enumerate(src, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{n} is not UTF-8 text") from None
+            if n == 1:
+                line = line.removeprefix("\ufeff")  # a byte order mark, as utf-8-sig reads
             line = line.strip()
             if not line:
                 continue
             if line.startswith("{"):
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    raise UserError(f"{path}:{n} is not valid JSON") from None
-                if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                    raise UserError(f"{path}:{n} needs a \"text\" string")
-                items.append({"text": item["text"], "kind": item.get("kind", kind),
-                              "tags": list(item.get("tags", []))})
+                items.append(_import_object(line, f"{path}:{n}", kind))
             else:
                 items.append({"text": line, "kind": kind, "tags": []})
     return items
+
+
+def _import_object(line: str, where: str, kind: str) -> dict[str, Any]:
+    """One JSON Lines entry, its fields' types checked; Memory checks their values."""
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):
+        raise UserError(f"{where} is not valid JSON") from None
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        raise UserError(f"{where} needs a \"text\" string")
+    tags = item.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise UserError(f"{where}: \"tags\" must be a list of strings")
+    for value in (item["text"], *tags):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a "\\ud800" escape: no store can hold it
+            raise UserError(f"{where}: a text or tag is not valid Unicode (an unpaired "
+                            "surrogate)") from None
+    entry_kind = item.get("kind", kind)
+    if entry_kind not in KINDS:
+        raise UserError(f"{where}: \"kind\" must be one of {', '.join(KINDS)}")
+    return {"text": item["text"], "kind": entry_kind, "tags": tags}
 
 
 def _import(args: argparse.Namespace, target: Target) -> None:
