@@ -25,7 +25,7 @@ MAX_INFLATED = 64 << 20
 _ACTION_COLUMN = (4 << 4) | 2
 _DEFLATE = 8
 #: What one operation weighs against the byte budgets and bounds that follow memory (SPEC-005
-#: 005.6.1 i): a change counts as its inflated bytes or this much per operation, whichever is
+#: 005.6.6): a change counts as its inflated bytes or this much per operation, whichever is
 #: more. An entry's change is about 60 bytes per operation, and Automerge holds 11-12x a
 #: change's bytes in memory (SPEC-005 §7.7); a million list insertions took 634 MB, 634 bytes
 #: an operation, where 64 bytes each weigh 64 MB, about what an honest change of that memory
@@ -139,7 +139,7 @@ def parse_change(chunk: bytes) -> ChangeInfo:
 
 def count_ops(body: bytes, pos: int) -> int:
     """The number of operations of a change, from its body after ``seq``: the rows of its
-    action column, which is where Automerge's own reader stops (SPEC-005 005.6.1 i).
+    action column, which is where Automerge's own reader stops (SPEC-005 005.6.1 c).
 
     Why: the columns are run-length encoded, so a change of a few bytes can hold millions of
     operations; a member's 182-byte change of a million list insertions took 634 MB on every
@@ -230,18 +230,12 @@ def _rle_rows(column: bytes) -> int:
 
 
 def read_sleb(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ChunkError("truncated LEB128 integer")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return (result - (1 << shift) if byte & 0x40 else result), pos
-        if shift > 63:
-            raise ChunkError("LEB128 integer too long")
+    """A signed LEB128 integer: the unsigned one, less 2**bits when its last byte's bit 6
+    (the sign) is set."""
+    value, end = read_uleb(buf, pos)
+    if buf[end - 1] & 0x40:
+        value -= 1 << (7 * (end - pos))
+    return value, end
 
 
 @dataclass(slots=True)

@@ -85,15 +85,26 @@ def sync_rates(doc: Document) -> dict[str, float]:
     """:func:`sync_rate` by the clock (``wall``) and by this process's CPU time (``cpu``),
     which other work on the machine disturbs less."""
     n = len(doc.get_changes([]))
-    fresh = Document()
-    s_a, s_b = SyncState(), SyncState()
     c0 = time.process_time()
     t0 = time.perf_counter()
+    _sync_into(doc, Document())
+    took, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"wall": n / took, "cpu": n / max(cpu, 1e-9)}
+
+
+def _sync_into(doc: Document, fresh: Document) -> float:
+    """Run the sync protocol from ``doc`` into ``fresh`` in this process, messages encoded
+    and decoded as on the wire; returns the seconds ``fresh`` spent receiving."""
+    s_a, s_b = SyncState(), SyncState()
+    receive = 0.0
     for _ in range(10_000):
         quiet = True
         msg = doc.generate_sync_message(s_a)
         if msg is not None:
-            fresh.receive_sync_message(s_b, Message.decode(msg.encode()))
+            wire = msg.encode()
+            t1 = time.perf_counter()
+            fresh.receive_sync_message(s_b, Message.decode(wire))
+            receive += time.perf_counter() - t1
             quiet = False
         msg = fresh.generate_sync_message(s_b)
         if msg is not None:
@@ -101,9 +112,8 @@ def sync_rates(doc: Document) -> dict[str, float]:
             quiet = False
         if quiet:
             break
-    took, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert sorted(fresh.get_heads()) == sorted(doc.get_heads())
-    return {"wall": n / took, "cpu": n / max(cpu, 1e-9)}
+    return receive
 
 
 def write_shards(items: list[dict[str, Any]], docs: int = 40) -> list[Document]:
@@ -135,22 +145,7 @@ def catchup_floor(shards: list[Document]) -> dict[str, float]:
     fresh_docs = []
     for doc in shards:
         fresh = Document()
-        s_a, s_b = SyncState(), SyncState()
-        for _ in range(10_000):
-            quiet = True
-            msg = doc.generate_sync_message(s_a)
-            if msg is not None:
-                wire = msg.encode()
-                t1 = time.perf_counter()
-                fresh.receive_sync_message(s_b, Message.decode(wire))
-                receive += time.perf_counter() - t1
-                quiet = False
-            msg = fresh.generate_sync_message(s_b)
-            if msg is not None:
-                doc.receive_sync_message(s_a, Message.decode(msg.encode()))
-                quiet = False
-            if quiet:
-                break
+        receive += _sync_into(doc, fresh)
         fresh_docs.append(fresh)
     t0 = time.perf_counter()
     shard_rows = []
