@@ -12,6 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from crdt.identity import open_repo, record_certs
+from crdt.keys import DeviceKey
+from crdt.roster import new_endorsement
+from crdt.store import Store
 from node.config import NodeConfig
 from tests.fake_llm_server import FakeLLM
 from tests.nodes import NodeProc, wait_for
@@ -107,3 +111,33 @@ class Mesh:
     fb: FakeLLM
     fc: FakeLLM
     ids: dict[str, str]
+
+
+def endorse_member(node: NodeProc, name: str) -> tuple[DeviceKey, bytes, list[bytes]]:
+    """A new member key endorsed in ``node``'s roster while it is stopped (a hostile peer's
+    key in the tests): the key, the mesh id and every certificate, as a member presents them."""
+    founder = DeviceKey.load(node.data_dir / "keys" / "device.key")
+    member = DeviceKey.generate()
+    store = Store(node.data_dir)
+    try:
+        repo = open_repo(store, founder)
+        mesh_id = repo.mesh_id
+        record_certs(repo, [new_endorsement(founder, mesh_id, member.public_key, name)])
+        return member, mesh_id, [c.encode() for c in repo.roster.certs.values()]
+    finally:
+        store.close()
+
+
+#: A peer's advertisement of one reasoning cortex named ``big``.
+BIG_AD = {"t": "cx.ad", "v": 1, "cortices": [{
+    "name": "big", "kind": "reasoning", "model": "m", "capabilities": ["text"],
+    "context_window": 8192, "max_concurrency": 4, "remote": False, "healthy": True,
+    "in_flight": 0}]}
+
+
+def is_msg(kind: str, sid: int | None = None) -> Any:
+    """A matcher for a ``cx`` frame carrying a message of ``kind`` (for stream ``sid``)."""
+    def match(frame: Any) -> bool:
+        return isinstance(frame, dict) and frame.get("t") == "cx" and any(
+            m.get("k") == kind and (sid is None or m.get("s") == sid) for m in frame["m"])
+    return match

@@ -18,13 +18,10 @@ from typing import Any
 
 import pytest
 
-from crdt.identity import open_repo, record_certs
 from crdt.keys import DeviceKey
-from crdt.roster import new_endorsement
-from crdt.store import Store
 from tests.hostile import hostile_peer
 from tests.nodes import NodeProc, make_mesh, wait_for
-from tests.routing_helpers import configure, models, wait_for_cortices
+from tests.routing_helpers import configure, endorse_member, models, wait_for_cortices
 
 EVIL_AD = {"t": "cx.ad", "v": 1, "cortices": [{
     "name": "evil", "kind": "embedding", "model": "m", "capabilities": ["text"],
@@ -44,16 +41,7 @@ class Lone:
 def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lone]:
     root = tmp_path_factory.mktemp("embeddings-hostile")
     (a,) = make_mesh(root, ["a"])
-    founder = DeviceKey.load(a.data_dir / "keys" / "device.key")
-    member = DeviceKey.generate()
-    store = Store(a.data_dir)
-    try:
-        repo = open_repo(store, founder)
-        mesh_id = repo.mesh_id
-        record_certs(repo, [new_endorsement(founder, mesh_id, member.public_key, "odd-peer")])
-        certs = [c.encode() for c in repo.roster.certs.values()]
-    finally:
-        store.close()
+    member, mesh_id, certs = endorse_member(a, "odd-peer")
     configure(a, routing={"cooldown_seconds": 1, "first_chunk_timeout": 3})
     a.start()
     try:

@@ -14,18 +14,14 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from crdt.identity import open_repo, record_certs
 from crdt.keys import DeviceKey
-from crdt.roster import new_endorsement
-from crdt.store import Store
 from tests.fake_llm_server import FakeLLM
 from tests.hostile import HostilePeer, hostile_peer
 from tests.nodes import NodeProc, make_mesh, wait_for
-from tests.routing_helpers import chat, configure, wait_for_cortices
+from tests.routing_helpers import BIG_AD, chat, configure, endorse_member, is_msg, wait_for_cortices
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +48,7 @@ def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lone]:
     root = tmp_path_factory.mktemp("routing-rogue")
     fa = FakeLLM("fa").start()
     (a,) = make_mesh(root, ["a"])
-    founder = DeviceKey.load(a.data_dir / "keys" / "device.key")
-    member = DeviceKey.generate()
-    store = Store(a.data_dir)
-    try:
-        repo = open_repo(store, founder)
-        mesh_id = repo.mesh_id
-        record_certs(repo, [new_endorsement(founder, mesh_id, member.public_key, "rogue")])
-        certs = [c.encode() for c in repo.roster.certs.values()]
-    finally:
-        store.close()
+    member, mesh_id, certs = endorse_member(a, "rogue")
     configure(a, routing={"cooldown_seconds": 1, "first_chunk_timeout": 2,
                           "request_timeout": REQUEST_TIMEOUT},
               cortex={"cloud-a": {"kind": "reasoning", "model": "openai/cloud-a",
@@ -76,19 +63,6 @@ def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lone]:
     finally:
         a.stop()
         fa.stop()
-
-
-BIG_AD = {"t": "cx.ad", "v": 1, "cortices": [{
-    "name": "big", "kind": "reasoning", "model": "m", "capabilities": ["text"],
-    "context_window": 8192, "max_concurrency": 4, "remote": False, "healthy": True,
-    "in_flight": 0}]}
-
-
-def is_msg(kind: str, sid: int | None = None):
-    def match(frame: Any) -> bool:
-        return isinstance(frame, dict) and frame.get("t") == "cx" and any(
-            m.get("k") == kind and (sid is None or m.get("s") == sid) for m in frame["m"])
-    return match
 
 
 async def test_a_peer_sending_only_wait_cannot_hold_a_stream(lone: Lone) -> None:

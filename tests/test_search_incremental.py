@@ -268,8 +268,9 @@ def test_odd_entries_a_member_writes_index_as_a_rebuild_does(tmp_path: Path) -> 
 
 def test_a_consolidation_group_is_read_by_its_entries(tmp_path: Path) -> None:
     """Issue 14 (SPEC-001 §7.5): a consolidation group's facts and their signed fields are
-    named to the search index, which reads those entries alone, not their shards (a whole fact shard re-read on each group held the event loop
-    100-190 ms while live writes waited); the index still equals a rebuild."""
+    named to the search index, which reads those entries alone, not their shards (a whole
+    fact shard re-read on each group held the event loop 100-190 ms while live writes
+    waited); the index still equals a rebuild."""
     from node.consolidation.answer import Proposal
     from node.consolidation.config import ConsolidationConfig
     from node.consolidation.job import Consolidator, Group, RunReport, Staged, fact_id_in_bucket
