@@ -248,6 +248,36 @@ async def test_json_bounds_are_enforced_before_the_schema(
         await assert_still_serving(client)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"bio": "\\ud800"}',  # a lone high surrogate
+        b'{"bio": "ok \\udfff end"}',  # a lone low surrogate inside text
+        b'{"bio": "\\udc00\\ud800"}',  # a reversed pair is two lone halves
+        b'{"\\ud800": "x"}',  # in an object key
+    ],
+    ids=["high", "low-inside", "reversed-pair", "key"],
+)
+async def test_an_unpaired_surrogate_is_refused_at_the_json_bounds(raw: bytes) -> None:
+    """SPEC-003 §7.4: a string that is not encodable as UTF-8 (a JSON escape that
+    decodes to an unpaired surrogate) is a 400 `validation` problem, before the
+    handler: it made POST /v1/memory answer 500 and stopped the live frame."""
+    async with serve() as client:
+        async with client.patch("/v1/profile", data=raw, headers=JSON_AUTH) as resp:
+            body = await problem_of(resp, 400)
+        assert body["type"] == TYPE_VALIDATION
+        assert any("surrogate" in e["message"] for e in body["errors"]), body
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # the answer echoes none
+        async with client.get("/v1/profile", headers=AUTH) as resp:
+            assert await resp.json() == {"display_name": "Ada"}
+        # a proper pair (an astral character) is fine
+        async with client.patch("/v1/profile", data=b'{"bio": "\\ud83d\\ude00"}',
+                                headers=JSON_AUTH) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["bio"] == "\U0001f600"
+        await assert_still_serving(client)
+
+
 async def test_query_parameters_are_coerced_and_validated() -> None:
     """SPEC-003 §validation: a route's query schema sees coerced scalars; violations and
     repeated parameters -> 400 problem with errors."""

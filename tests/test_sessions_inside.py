@@ -232,3 +232,32 @@ async def test_a_listing_computes_overlaps_for_its_page_only(tmp_path, monkeypat
     answer = await routes.list_sessions(_Request({"limit": 10}))
     assert answer.status == 200
     assert len(computed) == 10
+
+
+async def test_one_unencodable_session_record_does_not_stop_the_live_frame(
+        tmp_path: Path, caplog: Any) -> None:
+    """SPEC-004 004.4.1: a hook's prompt with an unpaired surrogate became a session's task,
+    and ``msgpack.packb`` raised on every live frame: the node stopped announcing all of its
+    sessions and leases, and peers granted conflicting exclusive leases. The bad strings are
+    replaced, every other record is sent as it was, and the node says so once."""
+    import logging
+
+    coordinator, _node = _coordinator(tmp_path, [])
+    repo = make_repo(tmp_path / "work", "git@github.com:acme/mesh.git")
+    bad = coordinator.register({"agent": "claude", "pid": 0, "cwd": str(repo)})["session_id"]
+    good = coordinator.register({"agent": "codex", "pid": 0, "cwd": str(repo)})["session_id"]
+    coordinator.hook(bad, {"event": "prompt", "prompt": "fix \ud800 the bug"})
+    coordinator.hook(bad, {"event": "stop", "message": "done \udfff"})
+    held_bad = coordinator.acquire(bad, {"pattern": "src/a.py", "note": "mine \ud800"})
+    held_good = coordinator.acquire(good, {"pattern": "src/b.py"})
+
+    with caplog.at_level(logging.WARNING, logger="node.sessions.mesh"):
+        frames = [coordinator.live.own_frame() for _ in range(3)]
+    body = msgpack.unpackb(frames[-1]["body"], raw=False)
+    by_id = {s["id"]: s for s in body["sessions"]}
+    assert set(by_id) == {bad, good}
+    assert by_id[bad]["task"] == "fix ? the bug"
+    assert {x["id"] for x in body["leases"]} == {held_bad.id, held_good.id}
+    assert next(x for x in body["leases"] if x["id"] == held_bad.id)["note"] == "mine ?"
+    warned = [r for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert len(warned) == 2  # the session and the lease, once each over three frames

@@ -496,11 +496,9 @@ def json_bound_errors(value: Any, limits: Limits) -> Iterator[dict[str, str]]:
     while stack:
         node, depth, path = stack.pop()
         if isinstance(node, str):
-            if _utf8_len_exceeds(node, limits.max_json_string):
-                yield {
-                    "path": json_pointer(path),
-                    "message": f"string longer than {limits.max_json_string} bytes",
-                }
+            problem = _string_problem(node, limits.max_json_string)
+            if problem is not None:
+                yield {"path": json_pointer(path), "message": f"string {problem}"}
             continue
         if not isinstance(node, (dict, list)):
             continue
@@ -520,21 +518,32 @@ def json_bound_errors(value: Any, limits: Limits) -> Iterator[dict[str, str]]:
             stack.extend((item, depth + 1, (*path, i)) for i, item in enumerate(node))
         else:
             for key, item in node.items():
-                if _utf8_len_exceeds(key, limits.max_json_string):
-                    yield {
-                        "path": json_pointer(path),
-                        "message": f"object key longer than {limits.max_json_string} bytes",
-                    }
+                problem = _string_problem(key, limits.max_json_string)
+                if problem is not None:
+                    # the key itself is not echoed: it may not even be encodable
+                    yield {"path": json_pointer(path), "message": f"object key {problem}"}
                     continue
                 stack.append((item, depth + 1, (*path, key)))
 
 
-def _utf8_len_exceeds(text: str, limit: int) -> bool:
+def _string_problem(text: str, limit: int) -> str | None:
+    """Why ``text`` is out of bounds, or None (SPEC-003 §7.4).
+
+    A JSON ``\\ud800`` escape decodes to a lone surrogate, which no UTF-8
+    encoder accepts: such a string reached the stores and the live frame's
+    msgpack, and every write or frame that met it failed (500s, and a node
+    that stopped announcing its leases). So it is refused here, once, for
+    every body route.
+    """
     if len(text) > limit:
-        return True
-    if len(text) * 4 <= limit:  # no UTF-8 character is longer than 4 bytes
-        return False
-    return len(text.encode("utf-8", "surrogatepass")) > limit
+        return f"longer than {limit} bytes"
+    if text.isascii():
+        return None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode (it holds an unpaired surrogate such as \\ud800)"
+    return f"longer than {limit} bytes" if size > limit else None
 
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")

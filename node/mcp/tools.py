@@ -32,6 +32,9 @@ Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\s]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=262_144)]
 MAX_SEARCH_FETCH = 1000
 HISTORY_TEXT = 4000  # characters of each version's text memory_history returns
+# The most text one entry returns (the write cap): a member's synced entry may hold any length,
+# and memory_get passed 8 MiB to the model. Search results come cut already (SPEC-003 §12.3).
+GET_TEXT = 262_144
 
 INSTRUCTIONS = """\
 maia-node is the owner's own memory, synced and signed across their devices. Search it before \
@@ -58,10 +61,14 @@ async def call(method: str, path: str, body: Any = None, query: dict[str, Any] |
 
 
 def result(entry: dict[str, Any], score: float | None = None) -> dict[str, Any]:
-    """The shape every tool returns for an entry: explicit fields only (SPEC-003 §6.4)."""
+    """The shape every tool returns for an entry: explicit fields only (SPEC-003 §6.4); a
+    text longer than GET_TEXT is cut, with ``text_truncated`` (SPEC-004 §15.3)."""
+    text = entry.get("text", "")
+    text = text if isinstance(text, str) else ""
     return {
         "id": entry.get("id"),
-        "text": entry.get("text", ""),
+        "text": text[:GET_TEXT],
+        "text_truncated": bool(entry.get("text_truncated")) or len(text) > GET_TEXT,
         "kind": entry.get("kind"),
         "tags": entry.get("tags", []),
         "score": score,  # the ranked search's fused score (None where nothing ranked it)

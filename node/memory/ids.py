@@ -104,8 +104,13 @@ def _device_of_actor(actor: bytes) -> str:
 
 def read_entry(doc: Any, obj: Any) -> dict[str, Any]:
     """An entry map read whole (``extract``), its ``author`` the device that signed the map's
-    creation (:func:`creator_of`), not the value the entry claims."""
+    creation (:func:`creator_of`), not the value the entry claims. A text past MAX_TEXT (a
+    member's entry: the write cap binds only this node's writes) is cut, ``text_truncated``."""
     entry = extract(doc, obj)
+    text = entry.get("text")
+    if isinstance(text, str) and len(text) > MAX_TEXT:
+        entry["text"] = text[:MAX_TEXT]
+        entry["text_truncated"] = True
     creator = creator_of(obj)
     if creator is not None:
         entry["author"] = creator

@@ -32,6 +32,7 @@ from automerge.core import ROOT, ObjType
 from crdt import Repo
 
 from ..memory import ShardScan, creator_of, in_shard, read_entry
+from ..memory.ids import MAX_TEXT
 from .embedder import Embedder, ModelUnavailable, checked_vectors
 from .query import parse
 from .vectors import VectorIndex
@@ -59,6 +60,17 @@ QUERY_WAIT_SEMANTIC = 15.0
 KEEP_OTHER_MODELS = 3  # vectors of recently used models kept for when they come back (§7.5)
 MAX_WHO = 200  # a session id or agent name longer than this is not one maia-node wrote
 READERS = 2  # connections that answer queries beside the writer's (text and vectors at once)
+# SPEC-003 §12.4: one search's SQLite work, and its wait for a reader connection, end this
+# many seconds after it starts (a 503). A hostile query cost ~2.9 s of CPU on 100k entries, and
+# 64 of them at once held every thread the node had.
+QUERY_TIME_LIMIT = 2.0
+PROGRESS_STEPS = 1000  # SQLite virtual machine steps between two looks at the deadline
+REQUEST_THREADS = 2  # threads that run searches for the API: its own pool, not the loop's
+# SPEC-003 §12.3: a result's text is cut at RESULT_TEXT characters (``text_truncated``), and a
+# response holds entries only while their JSON fits RESULT_BUDGET bytes: a member's 8 MiB
+# entries made one search answer ~800 MiB. memory_get reads the whole entry.
+RESULT_TEXT = 2000
+RESULT_BUDGET = 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -100,6 +112,14 @@ class SearchError(ValueError):
     """A query that cannot be answered as asked (the caller's to fix: a 400)."""
 
 
+class QueryTimeout(SearchError):
+    """A query that did not finish within its time (a 503, SPEC-003 §12.4).
+
+    A SearchError so that a caller that words a refused query (the CLI) words this too; the
+    HTTP route tells it apart, since it is the node's load, not the caller's mistake.
+    """
+
+
 class SemanticUnavailable(RuntimeError):
     """Semantic ranking was asked for but no embedder is loaded (a 503, SPEC-003 §12.3)."""
 
@@ -122,7 +142,8 @@ def _entry_row(entry_id: str, e: dict[str, Any], edits: int) -> dict[str, Any]:
     stamps = [text_of(r.get("at")) for r in log_list if isinstance(r, dict)]
     return {
         "id": entry_id,
-        "text": text_of(e.get("text")),
+        # a member's entry may hold any length (8 MiB); the write cap bounds what is indexed
+        "text": text_of(e.get("text"))[:MAX_TEXT],
         "kind": text_of(e.get("kind")),
         "author": text_of(e.get("author")),
         "created_at": created,
@@ -152,6 +173,9 @@ class SearchIndex:
         self._heads: dict[str, list[bytes]] = {}  # the heads each shard's rows cover, sorted
         self._embed_cursor = 0
         self._pool: ThreadPoolExecutor | None = None  # vector ranking beside the text ranking
+        self._request_pool: ThreadPoolExecutor | None = None  # the API's searches
+        self.requests_in_flight = 0  # the API's searches queued or running (the loop counts)
+        self.time_limit: float | None = QUERY_TIME_LIMIT  # per search, SPEC-003 §12.4
         self._vectors_changed = 0  # since the vector file was last saved
         self.skipped = 0  # vectors an embedder gave that were not stored (SPEC-001 §7.5)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -216,8 +240,13 @@ class SearchIndex:
                 (self.dir / name).unlink()
 
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection for one query; at most READERS exist, a third query waits."""
+    def _reading(self, deadline: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A read-only connection for one query; at most READERS exist, a third query waits.
+
+        With a ``deadline`` (``time.monotonic()``), the wait for a connection and the SQLite
+        work on it end then, with QueryTimeout: an unbounded wait let 64 queued searches hold
+        64 threads, and SQLite's progress handler is the only way to stop a running query.
+        """
         try:
             db = self._readers.get_nowait()
         except queue.Empty:
@@ -229,11 +258,34 @@ class SearchIndex:
                     db.execute("PRAGMA query_only=1")
                     self._all_readers.append(db)
             if not opened:
-                db = self._readers.get()
+                try:
+                    db = self._readers.get(timeout=None if deadline is None
+                                           else max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise QueryTimeout("every search connection stayed busy for as long as "
+                                       "a search may take; try again") from None
+        if deadline is not None:
+            db.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
         try:
             yield db
+        except sqlite3.OperationalError as exc:
+            if deadline is not None and time.monotonic() > deadline:
+                raise QueryTimeout("the search took longer than a search may take; narrow "
+                                   "it (fewer words, longer prefix* words)") from exc
+            raise
         finally:
+            if deadline is not None:
+                db.set_progress_handler(None, 0)
             self._readers.put(db)
+
+    def request_pool(self) -> ThreadPoolExecutor:
+        """The threads the API's searches run on: their own few, so a burst of costly
+        searches waits here and never takes the loop's default pool, which routing and
+        embeddings need."""
+        if self._request_pool is None:
+            self._request_pool = ThreadPoolExecutor(max_workers=REQUEST_THREADS,
+                                                    thread_name_prefix="search-request")
+        return self._request_pool
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -344,6 +396,9 @@ class SearchIndex:
         return True
 
     def close(self) -> None:
+        if self._request_pool is not None:
+            self._request_pool.shutdown(wait=True, cancel_futures=True)
+            self._request_pool = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -820,6 +875,9 @@ class SearchIndex:
     ) -> dict[str, Any]:
         """Ranked entries for ``query`` (SPEC-003 §12); filters narrow both rankings.
 
+        The SQLite work ends ``self.time_limit`` seconds after the ranking starts
+        (QueryTimeout).
+
         ``refresh`` first indexes changed shards; it reads documents, so it must run on the
         event loop's thread: a caller that searches from another thread calls ``flush`` on
         the loop first and passes False. In hybrid mode the vector ranking runs on a second
@@ -835,6 +893,7 @@ class SearchIndex:
             raise SemanticUnavailable("no embedding model is loaded on this node")
         if refresh:
             self.flush()
+        deadline = None if self.time_limit is None else time.monotonic() + self.time_limit
         where, args = _filters(kind, tag, device, since, until)
         depth = limit if mode != "hybrid" else max(3 * limit, 50)
         parsed = parse(query)
@@ -843,12 +902,12 @@ class SearchIndex:
         pending = None
         if mode in ("semantic", "hybrid") and semantic_ready:
             pending = self._query_pool().submit(self._semantic, model, query, where, args,
-                                                depth)
+                                                depth, deadline)
         text_ranked: list[int] = []
         semantic_ranked: list[int] = []
         try:
             if mode in ("text", "hybrid") and not parsed.empty:
-                text_ranked = self._text(parsed, where, args, depth)
+                text_ranked = self._text(parsed, where, args, depth, deadline)
         finally:
             if pending is not None:
                 try:
@@ -881,15 +940,20 @@ class SearchIndex:
         never = len(scores) + 1
         top = sorted(scores, key=lambda r: (-scores[r], text_rank.get(r, never),
                                             sem_rank.get(r, never)))[:limit]
-        rows = self._rows(top)
+        rows = self._rows(top, deadline)
         entries = []
+        budget = RESULT_BUDGET
         for r in top:
             if r not in rows:
                 continue
-            entries.append(rows[r] | {
+            entry = rows[r] | {
                 "score": round(scores[r], 6),
                 "ranks": {"text": text_rank.get(r), "semantic": sem_rank.get(r)},
-            })
+            }
+            budget -= len(json.dumps(entry, ensure_ascii=False).encode("utf-8", "replace"))
+            if budget < 0:
+                break  # the best entries that fit; the rest would make the answer unbounded
+            entries.append(entry)
         counts = self.counts()
         return {"entries": entries, "count": len(entries), "mode": mode,
                 "model": model[2], "pending": counts["pending"]}
@@ -899,14 +963,15 @@ class SearchIndex:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="search-query")
         return self._pool
 
-    def _text(self, parsed, where: str, args: list, depth: int) -> list[int]:
+    def _text(self, parsed, where: str, args: list, depth: int,
+              deadline: float | None = None) -> list[int]:
         bm25 = f"bm25(fts, {BM25_WEIGHTS[0]}, {BM25_WEIGHTS[1]})"
         if where:
             sql = (f"SELECT d.rowid, {bm25} AS s, d.entry_id FROM fts JOIN docs d ON "
                    f"d.rowid=fts.rowid WHERE fts MATCH ? {where} ORDER BY s, d.entry_id LIMIT ?")
         else:  # the FTS table alone: three times faster than joined, measured at 100k
             sql = f"SELECT rowid, {bm25} AS s, NULL FROM fts WHERE fts MATCH ? ORDER BY s LIMIT ?"
-        with self._reading() as db:
+        with self._reading(deadline) as db:
             try:
                 found = db.execute(sql, (parsed.all_terms(), *args, depth)).fetchall()
                 if len(found) < depth and len(parsed.terms) > 1:
@@ -914,6 +979,8 @@ class SearchIndex:
                     more = db.execute(sql, (parsed.any_term(), *args, depth)).fetchall()
                     found += [r for r in more if r[0] not in seen][: depth - len(found)]
             except sqlite3.OperationalError as exc:  # parse() makes this unreachable; a 400
+                if deadline is not None and time.monotonic() > deadline:
+                    raise  # interrupted by the progress handler: _reading makes it a timeout
                 log.warning("full-text query refused by SQLite: %s", exc)
                 raise SearchError("the query could not be read") from exc
             if not where and len({r[1] for r in found}) < len(found):
@@ -924,7 +991,7 @@ class SearchIndex:
         return [r[0] for r in found]
 
     def _semantic(self, model: tuple, query: str, where: str, args: list,
-                  depth: int) -> list[int]:
+                  depth: int, deadline: float | None = None) -> list[int]:
         embedder, vecindex, model_id = model
         try:
             vectors, ok = checked_vectors(embedder, [query])
@@ -936,7 +1003,7 @@ class SearchIndex:
             return []
         qv = vectors[0]
         if where:
-            with self._reading() as db:
+            with self._reading(deadline) as db:
                 n = db.execute(f"SELECT count(*) FROM docs d WHERE 1=1 {where}",
                                args).fetchone()[0]
                 rows = db.execute(
@@ -945,14 +1012,14 @@ class SearchIndex:
                     (model_id, *args)).fetchall() if n <= EXACT_SCAN_MAX else None
             if rows is None:  # a broad filter: the best of all, filtered
                 rows = self._candidates(model_id, vecindex.search(qv, max(20 * depth, 2000)),
-                                        where, args)
+                                        where, args, deadline)
         else:
             rows = self._candidates(model_id, vecindex.search(qv, max(2 * depth, RERANK)),
-                                    "", [])
+                                    "", [], deadline)
         return _by_similarity(rows, qv)[:depth]
 
     def _candidates(self, model_id: str, rowids: list[int], where: str,
-                    args: list) -> list[tuple]:
+                    args: list, deadline: float | None = None) -> list[tuple]:
         """(row id, float16 vector, tie-break key) of those ``rowids`` that pass the filters.
 
         Without a filter the vectors table alone answers: a vector row exists exactly as long
@@ -961,7 +1028,7 @@ class SearchIndex:
         if not rowids:
             return []
         marks = ",".join("?" * len(rowids))
-        with self._reading() as db:
+        with self._reading(deadline) as db:
             if not where:
                 return db.execute(
                     f"SELECT doc, vec, doc FROM vectors WHERE model=? AND doc IN ({marks}) AND "
@@ -971,16 +1038,18 @@ class SearchIndex:
                 f"v.doc=d.rowid AND v.model=? WHERE d.rowid IN ({marks}) AND v.vec IS NOT "
                 f"NULL {where}", (model_id, *rowids, *args)).fetchall()
 
-    def _rows(self, rowids: list[int]) -> dict[int, dict[str, Any]]:
+    def _rows(self, rowids: list[int], deadline: float | None = None
+              ) -> dict[int, dict[str, Any]]:
         if not rowids:
             return {}
         marks = ",".join("?" * len(rowids))
-        with self._reading() as db:
+        with self._reading(deadline) as db:
             found = db.execute(
-                f"SELECT rowid, entry_id, text, kind, tags, author, created_at, updated_at, "
-                f"edits, session, agent FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
+                f"SELECT rowid, entry_id, substr(text, 1, {RESULT_TEXT}), kind, tags, author, "
+                f"created_at, updated_at, edits, session, agent, length(text) > {RESULT_TEXT} "
+                f"FROM docs WHERE rowid IN ({marks})", rowids).fetchall()
         return {
-            r[0]: {"id": r[1], "text": r[2], "kind": r[3],
+            r[0]: {"id": r[1], "text": r[2], "text_truncated": bool(r[11]), "kind": r[3],
                    "tags": r[4].split(TAG_SEP) if r[4] else [], "author": r[5],
                    "created_at": r[6], "updated_at": r[7], "edits": r[8],
                    "session": r[9], "agent": r[10]}

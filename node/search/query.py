@@ -24,6 +24,13 @@ STOPWORDS = frozenset((
     "would", "you", "your",
 ))
 MAX_TERMS = 32  # a longer query says nothing more to BM25 and costs a join per term
+# A prefix term makes FTS5 merge the posting lists of every indexed word it starts: "a*" is a
+# large share of the vocabulary. Thirty such terms (``a* b* ... 4* zzqqxx``) cost ~2.9 s of CPU
+# on 100k entries, twice (all words, then any word). So a star counts only on a word of at least
+# MIN_PREFIX characters, and on at most MAX_PREFIX_TERMS words of a query; on any other word
+# the star is dropped and the word is searched as a plain word (SPEC-003 §12.2).
+MIN_PREFIX = 3
+MAX_PREFIX_TERMS = 4
 _PHRASE = re.compile(r'"([^"]*)"')
 _WORD = re.compile(r"\w+\*?", re.UNICODE)
 
@@ -52,7 +59,9 @@ def _quote(words: list[str]) -> str:
 
 
 def parse(query: str) -> TextQuery:
-    """Phrases in balanced double quotes, then words; ``word*`` keeps its prefix star."""
+    """Phrases in balanced double quotes, then words; ``word*`` keeps its prefix star when
+    the word has at least MIN_PREFIX characters and fewer than MAX_PREFIX_TERMS prefix terms
+    came before it (otherwise it is a plain word)."""
     terms: list[str] = []
     rest: list[str] = []
     pos = 0
@@ -64,13 +73,19 @@ def parse(query: str) -> TextQuery:
             terms.append(_quote(words))
         pos = m.end()
     rest.append(query[pos:])
+    prefixes: set[str] = set()
     for chunk in rest:
         for word in _WORD.findall(chunk.replace('"', " ")):
             prefix = word.endswith("*")
             word = word.rstrip("*")
             if not word:
                 continue
-            terms.append(_quote([word]) + ("*" if prefix else ""))
+            term = _quote([word])
+            if prefix and len(word) >= MIN_PREFIX and (
+                    term in prefixes or len(prefixes) < MAX_PREFIX_TERMS):
+                prefixes.add(term)
+                term += "*"
+            terms.append(term)
     seen: dict[str, None] = {}
     for t in terms:
         seen.setdefault(t, None)

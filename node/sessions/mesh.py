@@ -149,6 +149,17 @@ class OriginState:
         return time.monotonic() - self.received_mono < stale_s
 
 
+def _replace_unencodable(value: Any) -> Any:
+    """``value`` with every string made UTF-8-encodable (a lone surrogate becomes "?")."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_replace_unencodable(k): _replace_unencodable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_unencodable(v) for v in value]
+    return value
+
+
 class LiveExchange:
     """Publishes this node's live state and keeps every other origin's latest one."""
 
@@ -185,6 +196,7 @@ class LiveExchange:
         self._periodic: asyncio.Task | None = None
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._skew_warned: dict[bytes, float] = {}
+        self._unpackable_warned: set[str] = set()
         self.published = 0
 
     # -- wiring ----------------------------------------------------------------------------------
@@ -250,6 +262,7 @@ class LiveExchange:
 
     def own_frame(self) -> dict[str, Any]:
         sessions, leases = self.build()
+        sessions, leases = self._packable(sessions), self._packable(leases)
         self._counter += 1
         self._seq = (max(self.epoch, 1) << 32) + self._counter
         body = self._pack(sessions, leases)
@@ -257,6 +270,45 @@ class LiveExchange:
             sessions = sorted(sessions, key=lambda s: s["started_at"])[1:]  # oldest go first
             body = self._pack(sessions, leases)
         return {"t": "live", "body": body, "sig": self._sign(LIVE_DOMAIN, body)}
+
+    def _packable(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``records`` as msgpack can encode them, one bad record never costing the others.
+
+        Why: a session whose task held an unpaired surrogate (a hook's prompt) made
+        ``msgpack.packb`` raise on every frame, so this node stopped announcing all of its
+        sessions and leases, and peers granted leases that conflicted with them (§4.1, §8.4).
+        A record whose strings cannot be encoded is sent with those characters replaced
+        ("?"); one that still cannot be packed is left out. Each is logged once.
+        """
+        try:
+            msgpack.packb(records, use_bin_type=True)
+            return records
+        except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
+            pass
+        kept: list[dict[str, Any]] = []
+        for record in records:
+            try:
+                msgpack.packb(record, use_bin_type=True)
+                kept.append(record)
+                continue
+            except (TypeError, ValueError, OverflowError):
+                pass
+            fixed = _replace_unencodable(record)
+            try:
+                msgpack.packb(fixed, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError):
+                fixed = None
+            name = str(record.get("id", "?"))[:64]
+            if name not in self._unpackable_warned:
+                if len(self._unpackable_warned) >= 1024:
+                    self._unpackable_warned.clear()
+                self._unpackable_warned.add(name)
+                log.warning("live record %s %s", name, "had characters that are not UTF-8; "
+                            "sent with them replaced" if fixed is not None
+                            else "cannot be encoded; left out of the live frame")
+            if fixed is not None:
+                kept.append(fixed)
+        return kept
 
     def _pack(self, sessions: list[dict[str, Any]], leases: list[dict[str, Any]]) -> bytes:
         return msgpack.packb(

@@ -307,6 +307,12 @@ async def acquire_lease(request: web.Request) -> web.Response:
         raise Problem(400, "Invalid request", "name the session that holds the lease")
     coordinator = _coordinator(request)
     try:
+        if _principal(request).kind == "session" and "repository" in body and (
+                body["repository"] != coordinator.session(sid).repository):
+            # SPEC-004 §8.2: a session token leases in its own repository only; naming
+            # another let one agent lock every repository of the owner's other agents
+            raise Problem(400, "Invalid request", "a session token leases files of its own "
+                          "session's repository only; leave 'repository' out")
         lease = coordinator.acquire(sid, body)
     except CoordinatorError as exc:
         raise _problem(exc, "session") from None
