@@ -19,6 +19,7 @@ from crdt import DeviceKey
 from node.mesh.addresses import (
     DOMAIN,
     MAX_ADDRS,
+    MAX_FRAME_BYTES,
     MAX_RECORDS_PER_FRAME,
     TTL,
     AddressBook,
@@ -29,6 +30,7 @@ from node.mesh.addresses import (
     parse_record,
     sign_record,
     usable_address,
+    usable_host,
 )
 from node.mesh.peers import ADDRESS_BACKOFF_MAX, DialTarget
 
@@ -221,9 +223,9 @@ def test_an_address_that_never_answers_is_dialled_ever_more_rarely():
     for _ in range(10):
         assert sp.may_dial("10.0.0.9:22")
         sp.failed("10.0.0.9:22")
-        waits.append(sp.not_before["10.0.0.9:22"] - time.monotonic())
+        waits.append(sp.not_before["10.0.0.9"] - time.monotonic())
         assert not sp.may_dial("10.0.0.9:22")
-        sp.not_before["10.0.0.9:22"] = 0.0  # as if the wait had passed
+        sp.not_before["10.0.0.9"] = 0.0  # as if the wait had passed
     assert 3.5 < waits[0] <= 4.0 and ADDRESS_BACKOFF_MAX - 1 < waits[-1] <= ADDRESS_BACKOFF_MAX
     sp.failed("10.0.0.9:22")
     sp.links_changed()
@@ -231,3 +233,55 @@ def test_an_address_that_never_answers_is_dialled_ever_more_rarely():
     static = DialTarget("10.0.0.9:7412")  # a configured peer keeps the dialler's own backoff
     static.failed("10.0.0.9:7412")
     assert static.may_dial("10.0.0.9:7412")
+
+
+def test_cloud_metadata_addresses_are_never_dialled():
+    """005.12.10: the metadata services outside 169.254.0.0/16 (AWS's IPv6 endpoint,
+    Alibaba's, Azure's) are refused like link-local; a named link-local mDNS interface
+    (005.12.1) admits link-local addresses but never 169.254.169.254."""
+    for host in ("fd00:ec2::254", "100.100.100.200", "168.63.129.16", "169.254.169.254",
+                 "::ffff:100.100.100.200"):
+        assert not usable_host(host), host
+        assert not usable_host(host, link_local=True), host
+    assert usable_host("100.100.100.201")  # the rest of Tailscale's range is dialled
+    assert usable_host("169.254.7.7", link_local=True) and not usable_host("169.254.7.7")
+
+
+def test_a_record_naming_this_machine_is_not_dialled_there():
+    """005.12.10: the dialler never dials its own machine, whatever port a member names."""
+    peer = _key()
+    rec = parse_record(sign_record(peer, MESH, 1, [
+        ("192.168.1.5:22", "lan"), ("192.168.1.10:7412", "lan"), ("[fd00::5]:8080", "lan")],
+        now=NOW), MESH, now=NOW)
+    nets = [ipaddress.ip_network("192.168.1.0/24")]
+    assert dial_order(rec, nets, ["192.168.1.5", "fd00::5"]) == [("192.168.1.10:7412", "lan")]
+
+
+def test_a_frame_of_copies_costs_at_most_one_signature_per_member():
+    """005.12.11: records are decoded first and only the highest `seq` above the held one of
+    each member is verified; a frame naming one member twice is refused as a whole; a bad
+    signature is counted for the caller's `bad_signature` refusal."""
+    me, peer, other = _key(), _key(), _key()
+    book = AddressBook(MESH, me.public_key)
+    record = sign_record(peer, MESH, 5, [("10.2.2.2:7412", "lan")], now=NOW)
+    with pytest.raises(BadRecord, match="two records"):
+        book.offer_frame([record] * MAX_RECORDS_PER_FRAME, _members(peer, other), now=NOW)
+    started = time.perf_counter()
+    for _ in range(50):  # a repeated frame of a record held costs no signature check
+        book.offer_frame([record], _members(peer, other), now=NOW)
+    verdict = book.offer_frame([record], _members(peer, other), now=NOW)
+    assert verdict.fresh == [] and verdict.bad_signatures == 0
+    assert book.records[peer.public_key].seq == 5
+    assert time.perf_counter() - started < 0.05
+    forged = dict(sign_record(other, MESH, 9, [], now=NOW), sig=bytes(64))
+    verdict = book.offer_frame([forged, sign_record(peer, MESH, 6, [], now=NOW)],
+                               _members(peer, other), now=NOW)
+    assert verdict.bad_signatures == 1 and [r.seq for r in verdict.fresh] == [6]
+    assert other.public_key not in book.records
+
+
+def test_an_addrs_frame_over_1_mib_is_refused():
+    """005.12.11: at most 1 MiB a frame, whatever its records hold."""
+    junk = {"body": b"x" * 4096, "sig": b"s" * 64}
+    with pytest.raises(BadRecord, match="bytes"):
+        parse_frame({"t": "addrs", "records": [junk] * (MAX_FRAME_BYTES // 4096 + 1)})

@@ -135,6 +135,29 @@ def test_an_addrs_frame_above_its_bounds_is_malformed(mesh):
     assert mesh.a.request("GET", "/health", auth=False)
 
 
+def test_an_addrs_frame_of_copies_or_forgeries_is_refused_and_costs_little(mesh):
+    """005.12.11: 512 copies of one valid record (each a signature check before) are
+    `malformed`; a record with a bad signature is `bad_signature` (both count toward §11.3);
+    /health stays fast."""
+    async def scenario() -> tuple[dict, dict, float]:
+        async with hostile_peer(mesh.a.peer_port, mesh.member, mesh.mesh_id, mesh.certs) as p:
+            one = _record(mesh.member, mesh.mesh_id, [], seq=2**41)
+            await p.send({"t": "addrs", "records": [one] * 512})
+            copies = await p.answer()
+            forged = dict(_record(mesh.member, mesh.mesh_id, [], seq=2**42), sig=bytes(64))
+            await p.send({"t": "addrs", "records": [forged]})
+            bad = await p.answer()
+            t0 = time.monotonic()
+            await asyncio.to_thread(mesh.a.request, "GET", "/health", auth=False)
+            return copies, bad, time.monotonic() - t0
+
+    copies, bad, health = asyncio.run(scenario())
+    assert copies["t"] == "reject" and copies["code"] == "malformed"
+    assert "two records" in copies["detail"]
+    assert bad["t"] == "reject" and bad["code"] == "bad_signature"
+    assert health < 1.0
+
+
 def test_a_silent_peer_is_pinged_then_dropped(mesh):
     """005.9.14: an idle connection is pinged; one that answers nothing for 8 s is closed."""
     async def scenario() -> tuple[bool, float]:

@@ -26,6 +26,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from crdt import device_id
 
 from ..features import FeatureBase
+from .addresses import usable_host
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -35,6 +36,17 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE = "_maia._tcp.local."
 PROTOCOL_VERSION = "1"
 RESOLVE_TIMEOUT_MS = 3000
+#: Bounds on what strangers on the LAN can make a node hold (SPEC-005 005.12.2): service names
+#: held (least recently seen out), nearby devices listed, names kept per device, addresses
+#: per name, and resolves in flight (each may wait RESOLVE_TIMEOUT_MS). Why: zeroconf evicts
+#: expired records without a Removed event, and anyone can announce thousands of names.
+MAX_SERVICES = 128
+MAX_NEARBY = 64
+NAMES_PER_DEVICE = 4
+ADDRESSES_PER_NAME = 4
+MAX_RESOLVES = 16
+#: A service unseen for this long and gone from zeroconf's cache is forgotten.
+SERVICE_TTL = 600.0
 
 
 def lan_addresses(interfaces: Sequence[str] = ()) -> list[str]:
@@ -64,7 +76,11 @@ class Discovery(FeatureBase):
         self.interfaces: list[str] = []
         self.addresses: list[str] = []
         self.nearby: dict[str, dict[str, Any]] = {}
-        self.members_seen: dict[str, dict[str, Any]] = {}
+        #: service name -> {device, addresses, seen}: what each announcement says, so a
+        #: goodbye removes only what that name brought (a stranger's goodbye for a forged
+        #: name claiming a member's id must not remove the member's own addresses).
+        self.services: dict[str, dict[str, Any]] = {}
+        self._resolving: set[str] = set()
         self.properties: dict[str, str] = {}
         self._azc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
@@ -173,9 +189,18 @@ class Discovery(FeatureBase):
         if state_change is ServiceStateChange.Removed:
             self._forget(name)
             return
+        if name in self._resolving or len(self._resolving) >= MAX_RESOLVES:
+            # One resolve per name at a time, MAX_RESOLVES in all: a flood of announcements
+            # must not start thousands of 3 s resolves. A dropped event of an honest node
+            # comes again (zeroconf re-queries; the node re-announces on every change).
+            log.debug("mDNS: not resolving %s now (%d resolves in flight)", name,
+                      len(self._resolving))
+            return
+        self._resolving.add(name)
         task = asyncio.get_running_loop().create_task(self._resolve(name))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._resolving.discard(name))
 
     async def _resolve(self, name: str) -> None:
         if self._azc is None:
@@ -193,49 +218,109 @@ class Discovery(FeatureBase):
         node = self.node
         if node is None or device == node.key.device_id:
             return
-        addresses = [f"{a}:{info.port}" for a in info.parsed_addresses(IPVersion.V4Only)]
+        addresses = candidate_addresses(info.parsed_addresses(IPVersion.V4Only), info.port,
+                                        link_local=bool(self.interfaces))
         if not addresses:
+            log.info("mDNS: %s announces no address this node may dial", name)
             return
         self._candidate(name, device, addresses)
 
     def _candidate(self, name: str, device: str, addresses: list[str]) -> None:
+        """Hold what the service ``name`` announces, and hand the device's addresses (of
+        every name claiming it) to the dialler when it is a member."""
+        assert self.node is not None
+        self.services.pop(name, None)  # re-inserted last: the most recently seen
+        self.services[name] = {"device": device, "addresses": addresses, "seen": time.time()}
+        self._prune()
+        self._update(device, fresh=True)
+
+    def _forget(self, name: str) -> None:
+        """A goodbye (or expiry) of ``name``: only the addresses that name announced go."""
+        entry = self.services.pop(name, None)
+        if entry is not None:
+            self._update(entry["device"], fresh=False)
+
+    def _prune(self) -> None:
+        """Forget services beyond MAX_SERVICES (least recently seen first), beyond
+        NAMES_PER_DEVICE for one device, and those unseen for SERVICE_TTL that zeroconf no
+        longer holds (it drops expired records without telling its browser)."""
+        now = time.time()
+        cache = self._azc.zeroconf.cache if self._azc is not None else None
+        per_device: dict[str, int] = {}
+        for name, entry in reversed(list(self.services.items())):  # newest first
+            if cache is not None and now - entry["seen"] > SERVICE_TTL:
+                if cache.current_entry_with_name_and_alias(SERVICE_TYPE, name) is None:
+                    self._drop(name)
+                    continue
+                entry["seen"] = now - SERVICE_TTL / 2  # still announced: check again later
+            n = per_device[entry["device"]] = per_device.get(entry["device"], 0) + 1
+            if n > NAMES_PER_DEVICE:
+                self._drop(name)
+        while len(self.services) > MAX_SERVICES:
+            self._drop(next(iter(self.services)))
+
+    def _drop(self, name: str) -> None:
+        entry = self.services.pop(name, None)
+        if entry is not None and self.node is not None:
+            self._update(entry["device"], fresh=False)
+
+    def addresses_of(self, device: str) -> list[str]:
+        """Every address announced for ``device``, the most recently seen name first."""
+        out: list[str] = []
+        for entry in reversed(list(self.services.values())):
+            if entry["device"] == device:
+                out += entry["addresses"]
+        return list(dict.fromkeys(out))
+
+    def _update(self, device: str, *, fresh: bool) -> None:
+        """Bring the dialler and the nearby list in line with what is announced for
+        ``device``; ``fresh``: a new announcement, which wakes the dialler (§12.3)."""
         node = self.node
         assert node is not None
-        entry = {"name": name, "addresses": addresses, "seen": time.time()}
+        addresses = self.addresses_of(device)
         members = {device_id(k) for k in node.repo.roster.members}
         if device in members:
             self.nearby.pop(device, None)
-            self.members_seen[device] = entry
+            if not addresses:
+                node.peers.remove_discovered(device)  # kept while connected
+                return
+            if fresh:
+                log.info("mDNS: member %s at %s", device, ", ".join(addresses))
             # Both sides discover each other: the one with the larger id waits a moment, so
             # usually only one connection is made (the manager drops a duplicate anyway).
             delay = 0.0 if node.key.device_id < device else 0.3
-            log.info("mDNS: member %s at %s", device, ", ".join(addresses))
-            node.peers.add_discovered(device, addresses, delay=delay)
-        else:
-            self.nearby[device] = entry
+            node.peers.add_discovered(device, addresses, delay=delay, wake=fresh)
+            return
+        node.peers.remove_discovered(device, keep_connected=False)  # not (or no longer) a member
+        if not addresses:
+            self.nearby.pop(device, None)
+            return
+        name = next(n for n, e in reversed(list(self.services.items()))
+                    if e["device"] == device)
+        if fresh:
             log.info("mDNS: nearby unpaired node %s at %s", device, ", ".join(addresses))
-
-    def _forget(self, name: str) -> None:
-        for table in (self.nearby, self.members_seen):
-            for device, entry in list(table.items()):
-                if entry["name"] == name:
-                    del table[device]
-                    if table is self.members_seen and self.node is not None:
-                        self.node.peers.remove_discovered(device)
+        self.nearby.pop(device, None)
+        self.nearby[device] = {"name": name, "addresses": addresses, "seen": time.time()}
+        while len(self.nearby) > MAX_NEARBY:
+            del self.nearby[next(iter(self.nearby))]  # the least recently seen
 
     def _on_doc_change(self, doc_id: str, local: bool) -> None:
         """A roster change may turn a nearby node into a member (pairing) or the reverse."""
         if doc_id != "identity" or self.node is None:
             return
-        members = {device_id(k) for k in self.node.repo.roster.members}
-        for device, entry in list(self.nearby.items()):
-            if device in members:
-                self._candidate(entry["name"], device, entry["addresses"])
-        for device in list(self.members_seen):
-            if device not in members:
-                entry = self.members_seen.pop(device)
-                self.node.peers.remove_discovered(device)
-                self.nearby[device] = entry
+        for device in {e["device"] for e in self.services.values()}:
+            self._update(device, fresh=False)
+
+
+def candidate_addresses(hosts: Sequence[str], port: int, *, link_local: bool) -> list[str]:
+    """The ``HOST:PORT`` of an announcement that a node may dial: the same filter as for
+    address records (005.12.10: no loopback, multicast, broadcast, reserved or cloud
+    metadata address), link-local only when ``[discovery] interfaces`` names interfaces
+    (005.12.1), at most ADDRESSES_PER_NAME. Why: anyone on the LAN can announce anything,
+    and an unfiltered candidate let a stranger make the node dial its own loopback."""
+    return list(dict.fromkeys(
+        f"{h}:{port}" for h in hosts if usable_host(h, link_local=link_local)
+    ))[:ADDRESSES_PER_NAME]
 
 
 def create() -> Discovery:

@@ -28,6 +28,7 @@ from ..transport import (
     TransportError,
     accept,
     connect,
+    peer_session,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,15 @@ LIVENESS_INTERVAL = 2.0
 LIVENESS_TIMEOUT = 8.0
 #: An address of a member's record that failed n times waits 4 s * 2^(n-1), at most this.
 ADDRESS_BACKOFF_MAX = 300.0
+#: Hosts whose failures one dial target remembers (SPEC-005 005.12.10). A host is forgotten
+#: only ADDRESS_BACKOFF_MAX after its backoff ended; while the table is full, a host it does
+#: not hold is not dialled. So a member publishing record after record of fresh hosts gets at
+#: most this many dialled per few minutes, and the table never grows past it.
+MAX_BACKED_OFF = 64
+#: A newer record of a member wakes its dialler at most this often (SPEC-005 005.9.13).
+RECORD_WAKE_INTERVAL = 4.0
+#: Addresses one discovered target holds (SPEC-005 005.12.2): those that proved the key first.
+MAX_TARGET_ADDRESSES = 16
 #: After a link change every connection is pinged and must answer within its probe time
 #: (§9.14): PROBE_MIN plus four of its measured round trips, at most PROBE_TIMEOUT;
 #: PROBE_UNMEASURED before any round trip was measured on it (a peer that never idled: it
@@ -130,29 +140,55 @@ class DialTarget:
     origin: str = "static"
     kinds: dict[str, str] = field(default_factory=dict)
     next_retry: float | None = None  # wall-clock time of the next dial, when waiting
-    #: Per address of a member's record: consecutive failures and when it may be dialled
-    #: again. A hostile member's record can name a host that is no peer; that host then sees
-    #: one attempt per address every ADDRESS_BACKOFF_MAX at most, not one every few seconds.
+    #: Per host (not HOST:PORT: a record naming one host with 16 ports would otherwise get
+    #: 16 dials a round) of a member's record, and per host that proved another device:
+    #: consecutive failures and when it may be dialled again. A hostile member's record can
+    #: name a host that is no peer; that host then sees one attempt every
+    #: ADDRESS_BACKOFF_MAX at most, not one every few seconds. At most MAX_BACKED_OFF hosts.
     fails: dict[str, int] = field(default_factory=dict)
     not_before: dict[str, float] = field(default_factory=dict)
     urgent_until: float = 0.0  # monotonic: the end of the quick retries after a link change
+    woken_at: float = -RECORD_WAKE_INTERVAL  # monotonic: the last wake by a newer record
 
     @property
     def urgent(self) -> bool:
         return time.monotonic() < self.urgent_until
 
     def may_dial(self, address: str) -> bool:
-        return self.origin != "address" or self.not_before.get(address, 0.0) <= time.monotonic()
+        host = _host_of(address)
+        if host in self.not_before:
+            return self.not_before[host] <= time.monotonic()
+        # A host not held while the table is full waits for room (MAX_BACKED_OFF).
+        return self.origin != "address" or len(self.not_before) < MAX_BACKED_OFF or \
+            self._prune()
 
-    def failed(self, address: str) -> None:
-        if self.origin == "address" and not self.urgent:
-            n = self.fails[address] = self.fails.get(address, 0) + 1
+    def failed(self, address: str, *, mismatch: bool = False) -> None:
+        """A dial of ``address`` failed; ``mismatch``: it answered as another device, which
+        backs the host off whatever the target's origin (a forged announcement of a member's
+        id would otherwise be dialled at the member's short backoff for ever)."""
+        if (self.origin == "address" or mismatch) and not self.urgent:
+            host = _host_of(address)
+            if host not in self.not_before and len(self.not_before) >= MAX_BACKED_OFF \
+                    and not self._prune():
+                return
+            n = self.fails[host] = self.fails.get(host, 0) + 1
             delay = min(ADDRESS_BACKOFF_MAX, MEMBER_BACKOFF_MAX * 2 ** (n - 1))
-            self.not_before[address] = time.monotonic() + delay
+            self.not_before[host] = time.monotonic() + delay
 
     def answered(self, address: str) -> None:
-        self.fails.pop(address, None)
-        self.not_before.pop(address, None)
+        """``address`` proved the device expected (only then: an address that proves another
+        member is a failure, ``failed(mismatch=True)``)."""
+        host = _host_of(address)
+        self.fails.pop(host, None)
+        self.not_before.pop(host, None)
+
+    def _prune(self) -> bool:
+        """Forget hosts whose backoff ended ADDRESS_BACKOFF_MAX ago; is there room now?"""
+        stale = time.monotonic() - ADDRESS_BACKOFF_MAX
+        for host in [h for h, t in self.not_before.items() if t <= stale]:
+            del self.not_before[host]
+            self.fails.pop(host, None)
+        return len(self.not_before) < MAX_BACKED_OFF
 
     def links_changed(self) -> None:
         """Every address may work now: forget their failures (not on a new record, which a
@@ -710,7 +746,7 @@ class PeerManager:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        self._session = peer_session()  # refuses redirects (SPEC-005 005.9.6)
 
     async def stop(self) -> None:
         self._closing = True
@@ -754,16 +790,26 @@ class PeerManager:
                 sp.wake.set()
 
     # -- discovered peers (mDNS candidates) ------------------------------------------------------
-    def add_discovered(self, device: str, addresses: list[str], *, delay: float = 0.0) -> None:
-        """Dial a discovered member at ``addresses`` (HOST:PORT), proving it is ``device``."""
+    def add_discovered(self, device: str, addresses: list[str], *, delay: float = 0.0,
+                       wake: bool = True) -> None:
+        """Dial a discovered member at ``addresses`` (HOST:PORT), proving it is ``device``.
+
+        ``addresses`` is every address discovery now holds for the id, across all service
+        names announcing it (node/mesh/discovery.py): it replaces the target's list, after
+        the address that proved the key, at most MAX_TARGET_ADDRESSES. Why not merge: a flood
+        of announcements claiming the id would grow the list without bound; the proven
+        address first means a forged one cannot displace the genuine one."""
         target = self.discovered.get(device)
         if target is not None:
-            # Keep every address seen for the id: a record claiming it elsewhere must not
-            # displace the genuine one (the handshake decides which address proves the key).
-            target.addresses = list(dict.fromkeys([*target.addresses, *addresses]))
-            target.wake.set()  # a fresh announcement: try now rather than at the next backoff
+            proven = [target.address] if target.peer_key is not None else []
+            target.addresses = list(dict.fromkeys([*proven, *addresses]))[:MAX_TARGET_ADDRESSES]
+            if wake:
+                target.wake.set()  # a fresh announcement: try now, not at the next backoff
             return
-        target = DialTarget(addresses[0], expected_id=device, addresses=list(addresses),
+        if not addresses:
+            return
+        addresses = list(dict.fromkeys(addresses))[:MAX_TARGET_ADDRESSES]
+        target = DialTarget(addresses[0], expected_id=device, addresses=addresses,
                             origin="mdns")
         self.discovered[device] = target
         target.task = self._spawn(self._dial_loop(target, delay), f"dial-mdns-{device[:7]}")
@@ -780,7 +826,13 @@ class PeerManager:
             target.task = self._spawn(self._dial_loop(target), f"dial-rec-{device[:7]}")
         target.addresses = [a for a, _k in addresses]
         target.kinds = dict(addresses)
-        target.wake.set()
+        # A newer record wakes the dialler at most every RECORD_WAKE_INTERVAL: a member that
+        # publishes a record per frame must not turn the dialler into a loop (its addresses
+        # are still the ones dialled next).
+        now = time.monotonic()
+        if now - target.woken_at >= RECORD_WAKE_INTERVAL:
+            target.woken_at = now
+            target.wake.set()
 
     def path_of(self, sp: DialTarget, address: str) -> str:
         """The path a connection to ``address`` takes (SPEC-005 §12.12): the kind the
@@ -844,9 +896,19 @@ class PeerManager:
             if (sp := table.get(device)) is not None:
                 sp.wake.set()
 
-    def remove_discovered(self, device: str) -> None:
-        target = self.discovered.pop(device, None)
-        if target and target.task:
+    def remove_discovered(self, device: str, *, keep_connected: bool = True) -> None:
+        """Stop dialling a discovered device, unless it is connected now (``keep_connected``;
+        not for one that left the roster): a goodbye, perhaps forged by a stranger for a name
+        claiming the id, must not cut off a working session's redial; the target keeps only
+        the address that proved the key."""
+        target = self.discovered.get(device)
+        if target is None:
+            return
+        if keep_connected and self._connected_to(device) and target.peer_key is not None:
+            target.addresses = [target.address]
+            return
+        del self.discovered[device]
+        if target.task:
             target.task.cancel()
 
     def _connected_to(self, device: str | None) -> bool:
@@ -888,15 +950,16 @@ class PeerManager:
                     sp.failed(address)
                     log.debug("dial %s failed: %s", address, sp.last_error)
                     continue
-                sp.answered(address)
                 if sp.expected_id and channel.peer_device_id != sp.expected_id:
                     sp.last_error = (
                         f"{address} advertised {sp.expected_id} but proved to be "
                         f"{channel.peer_device_id}"
                     )
                     log.warning("refusing %s: %s", address, sp.last_error)
+                    sp.failed(address, mismatch=True)
                     await channel.close(1008, "identity mismatch")
                     continue
+                sp.answered(address)
                 sp.peer_key = channel.peer_key
                 sp.address = address
                 served = await self._serve(channel, initiator=True, address=address,
@@ -1101,6 +1164,12 @@ def _short(doc_id: object) -> bool:
 
 def device_id_or_none(key: bytes | None) -> str | None:
     return device_id(key) if key else None
+
+
+def _host_of(address: str) -> str:
+    """The host of ``HOST:PORT`` (brackets dropped), or the whole string when it is not one."""
+    host, sep, _port = address.rpartition(":")
+    return host.strip("[]") if sep else address
 
 
 def _bracket(address: str) -> str:

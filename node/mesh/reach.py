@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 #: where the kernel's own notices (netlink, Linux) are not available; with them, at once.
 POLL_INTERVAL = 1.0
 SETTLE = 0.2
+#: A member's newer record is relayed at most this often (the newest one when the interval
+#: ends), and the Runtime copy written at most this often (SPEC-005 005.12.11). Why: a member
+#: publishing a record per frame would otherwise make every node relay one frame per frame to
+#: every member (each honest relayer then floods its peers, §9.10) and write a file per frame.
+RELAY_INTERVAL = 4.0
 
 
 class Reach:
@@ -61,6 +66,9 @@ class Reach:
         self._down: list[Any] = []  # networks of links that are down: not dialled (§9.13)
         self._task: asyncio.Task | None = None
         self.started = False
+        self._relayed_at: dict[bytes, float] = {}  # member key -> monotonic time of the relay
+        self._pending: dict[bytes, bytes | None] = {}  # member key -> the connection not sent to
+        self._save_handle: asyncio.TimerHandle | None = None
 
     def is_member(self, key: bytes) -> bool:
         return self.node.repo.roster.is_member(key)
@@ -81,6 +89,8 @@ class Reach:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="reach-watch")
 
     async def stop(self) -> None:
+        if self._save_handle is not None:
+            self._save_handle.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -136,31 +146,59 @@ class Reach:
 
     async def _on_frame(self, conn: PeerConnection, frame: dict[str, Any]) -> None:
         try:
-            records = parse_frame(frame)
+            verdict = self.book.offer_frame(parse_frame(frame), self.is_member)
         except BadRecord as exc:
             raise Rejected("malformed", f"addrs frame: {exc}") from None
-        fresh = []
-        own_seq = self.book.highest_own_seq
-        for raw in records:
-            record = self.book.offer(raw, self.is_member)
-            if record is not None:
-                fresh.append(record)
-        if self.book.highest_own_seq > own_seq:
+        if verdict.own_raised:
             # A record of ours newer than the one we hold (the clock went back, or the data
             # dir was restored): publish above it so members do not keep the stale one.
             self.publish()
-        if not fresh:
-            return
-        for record in fresh:
+        for record in verdict.fresh:
             log.info("address record of %s (seq %d): %s", record.device_id, record.seq,
                      ", ".join(a for a, _k in record.addrs) or "no usable address")
             self._dial(record)
-        self.book.save(self.own)
-        self._send_all([r.wire() for r in fresh], but=conn.peer_key)  # relay (§12.11)
+            self._relay(record.key, but=conn.peer_key)  # relay (§12.11)
+        if verdict.fresh:
+            self._save_soon()
+        if verdict.bad_signatures:
+            # Only a forger sends one: a relayer verified what it relays, and a signature
+            # verifies alike everywhere. Counted toward disconnection (§11.3).
+            raise Rejected("bad_signature",
+                           f"{verdict.bad_signatures} address record(s) with a bad signature")
+
+    def _relay(self, key: bytes, *, but: bytes | None) -> None:
+        """Send ``key``'s newest record on to every other member, at most once every
+        RELAY_INTERVAL; a record arriving sooner is relayed when the interval ends (the
+        newest then, RELAY_INTERVAL)."""
+        now = time.monotonic()
+        wait = self._relayed_at.get(key, -RELAY_INTERVAL) + RELAY_INTERVAL - now
+        if wait <= 0:
+            record = self.book.records.get(key)
+            if record is not None:
+                self._relayed_at[key] = now
+                self._send_all([record.wire()], but=but)
+            return
+        if key not in self._pending:
+            asyncio.get_running_loop().call_later(wait, self._relay_pending, key)
+        self._pending[key] = but
+
+    def _relay_pending(self, key: bytes) -> None:
+        if key in self._pending:
+            self._relay(key, but=self._pending.pop(key))
+
+    def _save_soon(self) -> None:
+        """Write the Runtime copy within RELAY_INTERVAL, once however many records came."""
+        if self._save_handle is None:
+            def save() -> None:
+                self._save_handle = None
+                self.book.save(self.own)
+
+            self._save_handle = asyncio.get_running_loop().call_later(RELAY_INTERVAL, save)
 
     def _dial(self, record) -> None:
         networks = [net for _h, _k, net in self._interfaces]
-        self.node.peers.add_recorded(record.device_id, dial_order(record, networks))
+        own = [host for host, _k, _net in self._interfaces]
+        self.node.peers.add_recorded(record.device_id, dial_order(record, networks, own))
 
     # -- watching this machine's links -----------------------------------------------------------
     async def _watch(self) -> None:
@@ -200,6 +238,8 @@ class Reach:
             log.info("network interfaces changed; republishing and redialling")
             self._interfaces = interfaces
             self.publish()
+            for record in list(self.book.records.values()):
+                self._dial(record)  # an address that became ours is no longer dialled
             self.node.peers.probe_all()
             self.node.peers.wake_all()
         elif time.time() - self.published_at > TTL / 2:
@@ -208,3 +248,5 @@ class Reach:
         self.book.prune(self.is_member)
         for key in before - set(self.book.records):
             self.node.peers.remove_recorded(device_id(key))
+        for key in [k for k in self._relayed_at if k not in self.book.records]:
+            del self._relayed_at[key]  # bounded by the book, so by the roster

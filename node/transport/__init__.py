@@ -10,7 +10,7 @@ from .errors import ChannelClosed, ChannelError, HandshakeError, TransportError
 from .frames import FrameSocket
 from .gate import HandshakeGate, Slot
 from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, PROTOCOL_VERSION, handshake
-from .websocket import accept, connect
+from .websocket import accept, connect, peer_session
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -27,4 +27,5 @@ __all__ = [
     "accept",
     "connect",
     "handshake",
+    "peer_session",
 ]

@@ -25,6 +25,31 @@ from .handshake import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_FRAME, handshake
 HEARTBEAT = 15.0
 
 
+async def _refuse_redirect(session, context, params) -> None:
+    """A peer's ``/v1/peer`` that answers with a redirect is refused before it is followed.
+
+    Why: aiohttp follows up to 10 redirects by default, so a stranger (or a member whose record
+    names it) answering ``302 Location: http://127.0.0.1:…/`` or a cloud metadata URL would make
+    the dialler GET a host its address filter refuses (SPEC-005 005.9.6, 005.12.10). A peer
+    dial speaks only the handshake, to the address it chose."""
+    location = params.response.headers.get("Location", "")[:200]
+    raise HandshakeError(
+        "redirected", f"{params.url} answered {params.response.status} to {location!r}; "
+        "a peer dial never follows a redirect"
+    )
+
+
+#: The trace that refuses redirects (``_refuse_redirect``); every session a dial uses has it.
+REFUSE_REDIRECTS = aiohttp.TraceConfig()
+REFUSE_REDIRECTS.on_request_redirect.append(_refuse_redirect)
+REFUSE_REDIRECTS.freeze()
+
+
+def peer_session() -> aiohttp.ClientSession:
+    """A client session for peer dials: it never follows a redirect (``_refuse_redirect``)."""
+    return aiohttp.ClientSession(trace_configs=[REFUSE_REDIRECTS])
+
+
 def _ws_message_limit(max_frame: int) -> int:
     """aiohttp's ``max_msg_size`` for sealed frames of up to ``max_frame`` plaintext bytes.
 
@@ -49,7 +74,11 @@ async def connect(
     The WebSocket upgrade gets its own ``timeout`` (then ``HandshakeError("handshake_timeout")``)
     and the handshake another; connection errors (refused, unreachable) propagate unchanged as
     aiohttp errors so a caller can tell "no node there" from "node failed to prove itself".
+    A redirect is refused, never followed (``HandshakeError("redirected")``), whatever session
+    the caller passes: one made without ``peer_session`` gets the refusal added here.
     """
+    if REFUSE_REDIRECTS not in session.trace_configs:
+        session.trace_configs.append(REFUSE_REDIRECTS)
     try:
         async with asyncio.timeout(timeout):
             ws = await session.ws_connect(
