@@ -19,7 +19,7 @@ from .batches import BatchError, SignedBatch
 from .chunks import ChangeInfo, ChunkError, change_hash, changes_message, parse_change
 from .docids import valid_doc_id
 from .keys import DeviceKey, device_id
-from .roster import CertError, Roster, actor_key, parse_cert
+from .roster import MAX_DEPTH, CertError, Roster, actor_key, parse_cert
 from .store import DocMeta, Store, StoreError
 from .verify import Rejected, Verified, verify_changes
 
@@ -230,6 +230,9 @@ class Repo:
         fresh = []
         budget = MAX_VERIFIES_PER_CALL
         ever = set(self.roster.ever)
+        # admission distance, as the roster counts it: an endorsement deeper than MAX_DEPTH
+        # admits nobody (crdt.roster.derive), so it is not stored either
+        depth = dict(self.roster.depth)
         progress = True
         while pending and progress and budget > 0:
             progress = False
@@ -238,6 +241,8 @@ class Repo:
                     break
                 if cert.kind == "genesis" or cert.signer in ever:
                     pending.remove(cert)
+                    if cert.kind == "endorse" and depth.get(cert.signer, 0) >= MAX_DEPTH:
+                        continue  # beyond the roster's depth: never counts, not kept
                     budget -= 1
                     if not cert.verify():
                         log.info("refusing a roster certificate: signature does not verify")
@@ -245,6 +250,7 @@ class Repo:
                     fresh.append(cert)
                     if cert.kind == "endorse":
                         ever.add(cert.body["subject"])
+                        depth.setdefault(cert.body["subject"], depth.get(cert.signer, 0) + 1)
                     elif cert.kind == "genesis":
                         ever.add(cert.signer)
                     progress = True
@@ -689,6 +695,11 @@ class Repo:
         Documents whose every author is a member are skipped without loading.
         """
         out: dict[str, int] = {}
+        if self.roster.founder is None:
+            # No roster derived (none held yet, or deriving it failed): every author would
+            # look unknown and every document go to quarantine. Nothing is judged without one.
+            log.warning("no roster to re-check the documents against; they are left as they are")
+            return out
         for doc_id in self.store.doc_ids() if doc_ids is None else list(doc_ids):
             try:
                 removed = self._recheck_one(doc_id)

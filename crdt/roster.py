@@ -302,6 +302,7 @@ class Roster:
     revoked = property(lambda self: self._d.revoked)
     revoked_info = property(lambda self: self._d.revoked_info)
     ever = property(lambda self: self._d.ever)
+    depth = property(lambda self: self._d.depth)
 
     @classmethod
     def build(cls, mesh_id: bytes, certs: Iterable[Cert]) -> Roster:
@@ -444,14 +445,14 @@ def derive(mesh_id: bytes, certs: Iterable[Cert]) -> _Derived:
             # First equals that revoke each other, and self-revocations (judged together: all
             # are out), then the level's other acts, which count only if their issuer still
             # stands or was kept.
-            auth, revoked, kept = _authorise(founder, by_issuer, counted)
+            auth, revoked, kept = _authorise(founder, by_issuer, counted, depth)
             counted.extend(
                 t for t in at_level
                 if ((t.body["subject"], t.signer) in pairs) == mutual
                 and t.signer in auth
                 and (t.signer not in revoked or t.cert_id in kept.get(t.signer, set()))
             )
-    auth, revoked, kept = _authorise(founder, by_issuer, counted)
+    auth, revoked, kept = _authorise(founder, by_issuer, counted, depth)
     members = {k: ever[k] for k in auth if k not in revoked}
     revoked_in = {k: v for k, v in revoked.items() if k in auth}
     info = {}
@@ -464,11 +465,16 @@ def derive(mesh_id: bytes, certs: Iterable[Cert]) -> _Derived:
 
 
 def _authorise(
-    founder: bytes, by_issuer: Mapping[bytes, Sequence[Cert]], tombstones: Sequence[Cert]
+    founder: bytes, by_issuer: Mapping[bytes, Sequence[Cert]], tombstones: Sequence[Cert],
+    depth: Mapping[bytes, int],
 ) -> tuple[set[bytes], dict[bytes, Cutoff], dict[bytes, set[str]]]:
     """Auth, the combined cutoff of each revoked key, and what each revocation kept.
 
-    Auth is found breadth-first over each issuer's endorsements: linear in their number."""
+    Auth is found breadth-first over each issuer's endorsements: linear in their number, and
+    within Ever (``depth``): a member's chain of endorsements deeper than MAX_DEPTH admitted
+    keys Ever never held, and reading their names failed the whole derivation, so a node
+    that restarted had no roster and quarantined every document (found by an attacker's
+    read)."""
     by_subject: dict[bytes, list[Cert]] = {}
     for t in tombstones:
         by_subject.setdefault(t.body["subject"], []).append(t)
@@ -484,7 +490,8 @@ def _authorise(
         for issuer in frontier:
             for c in by_issuer.get(issuer, ()):
                 subject = c.body["subject"]
-                if subject not in auth and (issuer not in revoked or c.cert_id in kept[issuer]):
+                if subject not in auth and subject in depth and (
+                        issuer not in revoked or c.cert_id in kept[issuer]):
                     auth.add(subject)
                     nxt.append(subject)
         frontier = nxt

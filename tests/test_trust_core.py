@@ -510,3 +510,29 @@ def test_a_device_endorsed_again_gets_its_quarantined_changes_back(devices):
     for d in (founder, desktop):
         assert d.read("note") == "written by a device the thief admitted", d.name
     assert founder.heads() == desktop.heads()
+
+
+def test_a_members_endorsement_chain_past_the_depth_bound_leaves_the_roster_whole(devices):
+    """SPEC-005 §5.3 (MAX_DEPTH), found by an attacker's read: a member key signed a chain of
+    66 endorsements; Ever stopped at depth 64 but Auth did not, and reading the names of keys
+    Ever never held failed the whole derivation. A node that restarted then had no roster,
+    and its re-check quarantined every document. Keys past the bound are admitted by nobody,
+    not even stored, and the node restarts with its roster and its documents."""
+    from crdt.roster import MAX_DEPTH
+
+    founder, thief = devices("founder", "thief")
+    founder.write("note", "the owner's note")
+    prev, chain = thief.key, []
+    for _ in range(MAX_DEPTH + 2):
+        key = DeviceKey.generate()
+        chain.append(new_endorsement(prev, founder.repo.mesh_id, key.public_key, "deep"))
+        prev = key
+    added = founder.repo.add_certs([c.encode() for c in chain])
+    assert added == MAX_DEPTH - 1  # the thief is at depth 1: the rest are never kept
+    deepest = chain[-1].body["subject"]
+    assert deepest not in founder.repo.roster.members
+    founder.reopen()
+    assert founder.repo.roster.founder == founder.key.public_key
+    assert founder.key.public_key in founder.repo.roster.members
+    assert founder.repo.recheck() == {}
+    assert founder.read("note") == "the owner's note"
