@@ -114,3 +114,26 @@ def test_a_server_named_maia_that_we_did_not_write_is_refused(home: Path, tmp_pa
     codex.write_text("mcp_servers = { other = { command = \"x\" } }\n")
     assert cli(data, "hooks", "install", "codex") != 0
     assert codex.read_text() == "mcp_servers = { other = { command = \"x\" } }\n"
+
+
+def test_a_config_file_that_is_a_symlink_is_refused(home: Path, tmp_path: Path, capsys) -> None:
+    """SPEC-004 §13.4, §15.4: a repository whose .mcp.json or .codex/config.toml is a symbolic
+    link is refused by name; the link's target is not copied in as .maia-bak nor written."""
+    data = tmp_path / "data"
+    secret = home / "secret.txt"
+    secret.write_text("token = \"s3cret\"\n")
+    project = tmp_path / "proj"
+    (project / ".codex").mkdir(parents=True)
+    secret_json = home / "secret.json"
+    secret_json.write_text('{"token": "s3cret"}\n')
+    (project / ".mcp.json").symlink_to(secret_json)
+    (project / ".codex" / "config.toml").symlink_to(secret)
+    for agent, link in (("claude", project / ".mcp.json"),
+                        ("codex", project / ".codex" / "config.toml")):
+        capsys.readouterr()
+        assert cli(data, "hooks", "install", agent, "--project", str(project)) == 1
+        err = capsys.readouterr().err
+        assert f"{link} is a symbolic link" in err, err
+    assert not list(project.rglob("*.maia-bak")) and not list(home.rglob("*.maia-bak"))
+    assert secret.read_text() == "token = \"s3cret\"\n"
+    assert secret_json.read_text() == '{"token": "s3cret"}\n'

@@ -135,3 +135,45 @@ def test_project_scope_and_refusals(home, tmp_path, capsys) -> None:
     assert broken.read_text() == '{"theme": "x",,}'
     assert not broken.with_name("settings.json.maia-bak").exists()
     assert cli(data, "hooks", "install", "claude", "--project", str(tmp_path / "nope")) == 1
+
+
+def test_a_settings_file_that_is_a_symlink_is_refused(home, tmp_path, capsys) -> None:
+    """SPEC-004 §13.4: a repository's .claude/settings.json (or its .gemini directory) that is
+    a symbolic link is refused by name: its target is neither copied into the repository as
+    .maia-bak nor written."""
+    data = tmp_path / "data"
+    secret = home / "secret.json"
+    secret.write_text('{"token": "s3cret"}\n')
+    project = tmp_path / "proj"
+    (project / ".claude").mkdir(parents=True)
+    (project / ".claude" / "settings.json").symlink_to(secret)
+    (project / ".gemini").symlink_to(home)
+    (home / "settings.json").write_text("{}\n")
+    for agent, link in (("claude", project / ".claude" / "settings.json"),
+                        ("gemini", project / ".gemini")):
+        capsys.readouterr()
+        assert cli(data, "hooks", "install", agent, "--project", str(project)) == 1
+        err = capsys.readouterr().err
+        assert f"{link} is a symbolic link" in err, err
+    assert not list(project.rglob("*.maia-bak")) and not list(home.rglob("*.maia-bak"))
+    assert secret.read_text() == '{"token": "s3cret"}\n'
+    assert (home / "settings.json").read_text() == "{}\n"
+
+
+def test_a_users_own_settings_linked_from_dotfiles_are_written_through(home, tmp_path,
+                                                                      capsys) -> None:
+    """SPEC-004 §13.4: the refusal of links is for a repository's files. The user's own
+    ~/.claude/settings.json linked from a dotfiles checkout is the user's choice: install
+    writes the file it points to, and the link stays a link."""
+    data = tmp_path / "data"
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "claude-settings.json"
+    real.write_text('{"theme": "dark"}\n')
+    (home / ".claude").mkdir(parents=True, exist_ok=True)
+    link = home / ".claude" / "settings.json"
+    link.symlink_to(real)
+    assert cli(data, "hooks", "install", "claude") == 0, capsys.readouterr().err
+    assert link.is_symlink() and link.resolve() == real
+    written = json.loads(real.read_text())
+    assert written["theme"] == "dark" and "hooks" in written

@@ -138,3 +138,33 @@ def test_run_forwards_sigterm_and_runs_alone_without_a_node(node, tmp_path, aide
     assert lonely.returncode == 3
     assert "running the command alone" in stderr.decode()
     assert json.loads(out.read_text())["args"] == []  # no --read without a node
+
+
+def test_the_watcher_runs_no_command_the_worktree_s_git_config_names(node, tmp_path,
+                                                                     aider_bin) -> None:
+    """SPEC-004 §12.4: the worktree is untrusted; its .git/config's core.fsmonitor, a clean
+    filter its .gitattributes selects, and its post-index-change hook never run when `maia run`
+    looks at it with git."""
+    repo = make_repo(tmp_path / "r", "git@github.com:acme/runner3.git")
+    markers = {name: tmp_path / f"{name}.ran" for name in ("fsmonitor", "filter", "hook")}
+    for name, marker in markers.items():
+        script = tmp_path / f"{name}.sh"
+        script.write_text(f"#!/bin/sh\ntouch {marker}\ncat\n")
+        script.chmod(0o755)
+    (repo / "src" / "core.py").write_text("original\n")
+    (repo / "src" / "util.py").write_text("util\n")
+    git("-C", str(repo), "add", ".")
+    git("-C", str(repo), "commit", "-q", "-m", "init")
+    (repo / ".gitattributes").write_text("*.py filter=evil\n")
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "post-index-change").write_text(f"#!/bin/sh\ntouch {markers['hook']}\n")
+    (hooks / "post-index-change").chmod(0o755)
+    git("-C", str(repo), "config", "core.fsmonitor", str(tmp_path / "fsmonitor.sh"))
+    git("-C", str(repo), "config", "filter.evil.clean", str(tmp_path / "filter.sh"))
+    (repo / "src" / "util.py").touch()  # stat changed: status compares content (the filter)
+    out = tmp_path / "aider.json"
+    proc = _maia_run(node.data_dir, repo, aider_bin, out)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert [n for n, m in markers.items() if m.exists()] == []

@@ -30,6 +30,7 @@ from ..sessions.install import (
     _user_default_data_dir,
     _write,
     read_records,
+    refuse_symlink,
 )
 
 NAME = "maia"
@@ -84,6 +85,10 @@ def install(cli: str, data_dir: Path, *, home: Path | None = None,
         raise InstallError(f"unknown CLI {cli!r}: choose one of {', '.join(CLIS)}")
     home = home or Path.home()
     path = config_path(cli, home, project.resolve() if project else None)
+    if project is None:
+        path = path.resolve()  # the user's own file: one linked from dotfiles is written through
+    else:  # the repository's: never followed, no backup of a link's target
+        refuse_symlink(path, project.resolve())
     command, args = maia_command(cli, data_dir)
     shown = " ".join([command, *args])
     if cli == "codex":
@@ -140,6 +145,7 @@ def _install_toml(path: Path, data_dir: Path, command: str, args: list[str],
 
 
 def _write_text(path: Path, text: str, existed: bool) -> None:
+    refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     backup = path.with_name(path.name + ".maia-bak")
     if existed and not backup.exists():

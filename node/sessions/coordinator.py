@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -33,7 +32,18 @@ from .journal import Journal
 from .leases import Lease
 from .mesh import LiveExchange, OriginState
 from .registry import Registry, Session, new_session_id
-from .tiers import CONFLICT, DETAIL, NONE, Record, TagIndex, assemble, clip, overlaps, render
+from .tiers import (
+    CONFLICT,
+    DETAIL,
+    NONE,
+    Record,
+    TagIndex,
+    assemble,
+    clip,
+    overlaps,
+    quoted,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -386,8 +396,9 @@ class Coordinator:
         for alert in list(s.alerts):
             items.append((clip(alert, budget.conflict), lambda a=alert: s.alerts.remove(a)))
         for msg in list(s.inbox):
-            text = (f"message from {msg['from_agent']} on {msg['from_device_name']} "
-                    f"({msg['from']}): {msg['text']}")
+            # the sender's words, quoted: not a sentence of maia-node's (§14.3)
+            sender = " ".join(f"{msg['from_agent']} on {msg['from_device_name']}".split())
+            text = f"message from {sender} ({msg['from']}), quoted: {_quoted(msg['text'], 400)}"
             items.append((clip(text, MESSAGE_TOKENS), lambda m=msg: s.inbox.remove(m)))
         me = self.records.get(s.id)
         seen: set[str] = set()
@@ -447,10 +458,12 @@ class Coordinator:
                 if now - s.warned.get((oid, f), -ALERT_REPEAT_NS) < ALERT_REPEAT_NS:
                     continue
                 s.warned[(oid, f)] = now
-                name = entities.tag_label(f)
+                name = quoted(entities.tag_label(f))
+                who = " ".join(f"{o.agent} on {o.device_name}".split())
+                task = quoted(o.task) if o.task else "none given"
                 warnings.append(clip(
-                    f"{o.agent} on {o.device_name} (device {o.device}, session {o.id}) already "
-                    f"modified {name} (task: {o.task or 'none given'}). Editing it too makes a "
+                    f"{who} (device {o.device}, session {o.id}) already "
+                    f"modified {name} (task: {task}). Editing it too makes a "
                     f"conflict: coordinate first (maia send {o.id} \"...\") or claim it "
                     f"(maia claim {name}).", budget.conflict))
         text, _ = assemble(warnings, budget, header="[maia-node] before you edit:")
@@ -798,7 +811,4 @@ def deny_reason(rel: str, lease: Lease) -> str:
     )
 
 
-def _quoted(text: str, limit: int = 200) -> str:
-    """``text`` on one line, cut at ``limit`` characters, as a JSON string literal: no quote,
-    backslash or line break inside can end the quotation and speak as maia-node."""
-    return json.dumps(" ".join(text.split())[:limit], ensure_ascii=False)
+_quoted = quoted  # one rule for every other agent's words (tiers.quoted)

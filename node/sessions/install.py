@@ -80,6 +80,23 @@ def hook_entry(cli: str, command: str) -> dict[str, Any]:
 
 
 # -- files -----------------------------------------------------------------------------------------
+def refuse_symlink(path: Path, project: Path | None = None) -> None:
+    """InstallError when ``path`` (or, with ``project``, a directory between it and the project)
+    is a symbolic link (SPEC-004 §13.4).
+
+    Why: a repository can ship .mcp.json or .codex/config.toml as a link to a file of the
+    user's; the backup would copy that file into the repository as ``*.maia-bak``, and the
+    write would go wherever the link points.
+    """
+    stop = project if project is not None else path.parent
+    for p in (path, *path.parents):
+        if p == stop:
+            break
+        if p.is_symlink():
+            raise InstallError(f"{p} is a symbolic link; maia-node does not follow it "
+                               "(replace it with a regular file), nothing was changed")
+
+
 def _load(path: Path) -> tuple[dict[str, Any], bool, str]:
     """(document, existed, indent) of a settings file; InstallError when it is not a JSON object."""
     try:
@@ -110,6 +127,7 @@ def _indent_of(text: str) -> str:
 
 
 def _write(path: Path, doc: dict[str, Any], indent: str, existed: bool) -> None:
+    refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     backup = path.with_name(path.name + ".maia-bak")
     if existed and not backup.exists():
@@ -163,6 +181,10 @@ def install(cli: str, data_dir: Path, *, home: Path | None = None,
     mod = adapter(cli)
     home = home or Path.home()
     path = mod.settings_path(home, project.resolve() if project else None)
+    if project is None:
+        path = path.resolve()  # the user's own file: one linked from dotfiles is written through
+    else:
+        refuse_symlink(path, project.resolve())  # the repository's: never followed
     doc, existed, indent = _load(path)
     created_hooks = "hooks" not in doc
     if created_hooks:

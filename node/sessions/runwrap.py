@@ -26,9 +26,41 @@ MAX_WALK_FILES = 20_000
 _SKIP_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".tox"}
 
 
-def _git(cwd: str, *args: str) -> str | None:
+# Config that makes ``git status``/``diff`` run a command of the repository's choosing, switched
+# off (SPEC-004 §12.4). Why: the worktree is untrusted (an archive may bring its own .git/config
+# or .git/hooks), and the watcher runs git in it every 2 s.
+_SAFE_CONFIG = {"core.fsmonitor": "false", "core.hooksPath": "/dev/null",
+                "diff.external": "", "core.untrackedCache": "false"}
+_COMMAND_KEYS = (".clean", ".smudge", ".process", ".command", ".textconv", ".required")
+
+
+def _git_env(cwd: str) -> dict[str, str]:
+    """The environment for git in ``cwd``: :data:`_SAFE_CONFIG` plus every filter and diff
+    driver the repository's config names, emptied (a ``filter=x`` in .gitattributes runs
+    ``filter.x.clean`` on status). Passed as GIT_CONFIG_COUNT pairs: a key is never parsed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    pairs = dict(_SAFE_CONFIG)
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=10)
+        names = subprocess.run(["git", "config", "--null", "--name-only", "--list"], cwd=cwd,
+                               capture_output=True, timeout=10, env=env).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        names = b""
+    for key in names.decode("utf-8", "replace").split("\0"):
+        if key.startswith(("filter.", "diff.")) and key.endswith(_COMMAND_KEYS):
+            pairs[key] = "false" if key.endswith(".required") else ""
+    env["GIT_CONFIG_COUNT"] = str(len(pairs))
+    for i, (key, value) in enumerate(pairs.items()):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    return env
+
+
+def _git(cwd: str, *args: str) -> str | None:
+    """``git --no-optional-locks <args>`` in ``cwd`` with no repository command enabled (a status
+    that does not write the index runs no post-index-change hook either)."""
+    try:
+        done = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd,
+                              capture_output=True, timeout=10, env=_git_env(cwd))
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
@@ -57,7 +89,8 @@ class WorktreeWatcher:
                 if len(out) >= MAX_WALK_FILES:
                     break
             return out
-        status = _git(self.root, "status", "--porcelain", "-z", "--untracked-files=all") or ""
+        status = _git(self.root, "status", "--porcelain", "-z", "--untracked-files=all",
+                      "--ignore-submodules=all") or ""
         paths = []
         items = iter(status.split("\0"))
         for item in items:
@@ -82,7 +115,8 @@ class WorktreeWatcher:
         found = [p for p, sig in now.items() if self.seen.get(p) != sig]
         head = self._head()
         if self.root and head and head != self.head and self.head:
-            diff = _git(self.root, "diff", "--name-only", f"{self.head}..{head}") or ""
+            diff = _git(self.root, "diff", "--no-ext-diff", "--no-textconv", "--name-only",
+                        f"{self.head}..{head}") or ""
             found += [os.path.join(self.root, p) for p in diff.splitlines() if p]
         self.head = head
         self.seen.update(now)

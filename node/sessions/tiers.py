@@ -9,6 +9,7 @@ budgets estimated as ``ceil(characters / 4)`` (§6.5): no tokenizer on this path
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,29 @@ def clip(text: str, tokens: int) -> str:
     if len(text) <= limit:
         return text
     return text[: max(0, limit - 1)].rstrip() + "…"
+
+
+def quoted(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut at ``limit`` characters, as a JSON string literal.
+
+    Why: task, branch, recent action, file names, repository names and messages are another
+    agent's or a repository's words (a branch name comes from .git/HEAD, a file name may hold a
+    line break). Quoted, no quote, backslash or line break inside can end the quotation and
+    start a line that reads as maia-node's own (SPEC-004 §6.3).
+    """
+    return json.dumps(" ".join(text.split())[:limit], ensure_ascii=False)
+
+
+def label(tag: str) -> str:
+    """:func:`tag_label` with the repository-controlled part quoted (§6.3): ``"src/app.py"``,
+    ``repo "github.com/o/r"``, ``branch "main" of "github.com/o/r"``."""
+    kind, _, rest = tag.partition(":")
+    if kind == "file":
+        return quoted(tag_label(tag))
+    if kind == "branch":
+        repo, _, branch = rest.rpartition("@")
+        return f"branch {quoted(branch)} of {quoted(repo)}"
+    return f"{kind} {quoted(rest)}"
 
 
 @dataclass(frozen=True)
@@ -151,38 +175,42 @@ def overlaps(me: Record, records: Mapping[str, Record], index: TagIndex) -> list
 
 
 def _who(r: Record) -> str:
-    return f"{r.agent} on {r.device_name or r.device[:7]}"
+    return " ".join(f"{r.agent} on {r.device_name or r.device[:7]}".split())
 
 
 def render(me: Record, ov: Overlap, budget: Budget) -> str:
-    """One context item for ``ov`` at its tier, clipped to the tier's budget (§6.2, §6.3)."""
+    """One context item for ``ov`` at its tier, clipped to the tier's budget (§6.2, §6.3).
+
+    Every string the other agent or the repository chose goes through :func:`quoted`, so it
+    stays inside quotes on this one line and never reads as maia-node's sentence.
+    """
     o = ov.other
     if ov.tier == CONFLICT:
-        files = ", ".join(tag_label(f) for f in ov.files[:5])
+        files = ", ".join(label(f) for f in ov.files[:5])
         text = (
             f"CONFLICT: you ({_who(me)}) and {_who(o)} (device {o.device}, session {o.id}) "
             f"both modified {files}. Coordinate before editing further: maia send {o.id} "
             f"\"...\", or take a lease: maia claim <path>."
-            + (f" Their task: {o.task}." if o.task else "")
+            + (f" Their task: {quoted(o.task)}." if o.task else "")
         )
     elif ov.tier == DETAIL:
         branches = {t.split(":", 1)[1].rpartition("@")[0] for t in ov.shared
                     if t.startswith("branch:")}
-        non_files = [tag_label(t) for t in sorted(ov.shared) if not t.startswith("file:")
+        non_files = [label(t) for t in sorted(ov.shared) if not t.startswith("file:")
                      and not (t.startswith("repo:") and t[5:] in branches)]
-        shared_files = [tag_label(t) for t in sorted(ov.shared) if t.startswith("file:")][:3]
+        shared_files = [label(t) for t in sorted(ov.shared) if t.startswith("file:")][:3]
         parts = [f"{_who(o)} shares {', '.join(non_files[:2]) or 'files'} with you"]
-        parts.append(f"task: {o.task or 'none given'}")
+        parts.append(f"task: {quoted(o.task) if o.task else 'none given'}")
         if o.branch:
-            parts.append(f"branch {o.branch}")
+            parts.append(f"branch {quoted(o.branch)}")
         if o.recent_action:
-            parts.append(f"recent: {o.recent_action}")
+            parts.append(f"recent: {quoted(o.recent_action)}")
         if shared_files:
             parts.append("files: " + ", ".join(shared_files))
         text = "; ".join(parts) + "."
     else:
-        text = (f"{_who(o)} is also in {tag_label(ov.shared[0])} "
-                f"(task: {(o.task or 'none given')[:60]})")
+        text = (f"{_who(o)} is also in {label(ov.shared[0])} "
+                f"(task: {quoted(o.task, 60) if o.task else 'none given'})")
     return clip(text, budget.for_tier(ov.tier))
 
 
@@ -190,7 +218,9 @@ def assemble(items: list[str], budget: Budget, *, header: str = HEADER) -> tuple
     """Join items under ``header`` within ``budget.total``; returns (text, indexes included).
 
     Items are taken in order; one that does not fit is dropped (§6.2). When something was left
-    out and it fits, a last line points at ``maia sessions``.
+    out and it fits, a last line points at ``maia sessions``. Each item is put on one line
+    (whitespace collapsed): why, a line break that got into an item must not start a line of
+    its own that reads as the node's.
     """
     if not items:
         return "", []
@@ -198,7 +228,7 @@ def assemble(items: list[str], budget: Budget, *, header: str = HEADER) -> tuple
     used = estimate_tokens(header)
     included: list[int] = []
     for i, item in enumerate(items):
-        line = "- " + item
+        line = "- " + " ".join(item.split())
         cost = estimate_tokens(line)
         if used + cost > budget.total:
             continue
