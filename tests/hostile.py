@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import lmdb
 import msgpack
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from automerge.core import ROOT, Document, ObjType, ScalarType
 from nacl.public import PrivateKey
 from nacl.secret import SecretBox
@@ -30,6 +30,7 @@ from nacl.secret import SecretBox
 from crdt.batches import SignedBatch
 from crdt.chunks import ChangeInfo, changes_message, parse_change
 from crdt.keys import DeviceKey, verify_signature
+from node.transport import accept
 from node.transport.crypto import auth_message, frame_nonce, session_keys, transcript_hash
 
 WAIT = 5.0  # upper bound on a single wait, so a bug fails a test instead of hanging it
@@ -317,3 +318,25 @@ class StoreView:
     def cert_ids(self) -> set[str]:
         with self._db("identity", b"certs") as txn:
             return {k.decode() for k in txn.cursor().iternext(values=False)}
+
+
+async def loopback_responder(key: DeviceKey, mesh_id: bytes) -> tuple[web.AppRunner, int, list]:
+    """A transport responder on loopback proving ``key``: it completes handshakes, holds the
+    channels (the list returned, which also counts them) until their peer closes. Returns the
+    runner to clean up and the port it picked."""
+    channels: list = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws, channel = await accept(request, key=key, mesh_id=mesh_id)
+        channels.append(channel)
+        with contextlib.suppress(Exception):
+            await channel.recv()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/peer", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1], channels

@@ -9,36 +9,13 @@ member key could publish: a record per frame, 16 ports of one host, endless fres
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-
-from aiohttp import web
 
 from crdt.identity import create_mesh
 from crdt.keys import DeviceKey
 from crdt.store import Store
 from node.mesh.peers import MAX_BACKED_OFF, DialTarget, PeerManager
-from node.transport import accept
-
-
-async def _responder(key: DeviceKey, mesh_id: bytes) -> tuple[web.AppRunner, int, list]:
-    """A transport responder on loopback proving ``key``; it counts the handshakes."""
-    channels: list = []
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        ws, channel = await accept(request, key=key, mesh_id=mesh_id)
-        channels.append(channel)
-        with contextlib.suppress(Exception):
-            await channel.recv()
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/v1/peer", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1], channels
+from tests.hostile import loopback_responder
 
 
 def test_an_address_proving_another_device_backs_off_and_records_wake_at_most_every_4s(
@@ -52,7 +29,7 @@ def test_an_address_proving_another_device_backs_off_and_records_wake_at_most_ev
         peers = PeerManager(repo)
         await peers.start()
         other = DeviceKey.generate()
-        runner, port, channels = await _responder(other, repo.mesh_id)
+        runner, port, channels = await loopback_responder(other, repo.mesh_id)
         claimed = DeviceKey.generate().device_id  # what the record says lives there
         try:
             for _ in range(40):  # a thief's record per frame, each naming the address

@@ -13,35 +13,12 @@ import ipaddress
 import socket
 import struct
 
-from aiohttp import web
-
 from crdt.identity import create_mesh
 from crdt.keys import DeviceKey
 from crdt.store import Store
 from node.mesh.addresses import on_down_link
 from node.mesh.peers import PeerManager
-from node.transport import accept
-
-
-async def _responder(key: DeviceKey, mesh_id: bytes) -> tuple[web.AppRunner, int, list]:
-    """A transport responder on loopback: it completes handshakes and holds the channels."""
-    channels: list = []
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        ws, channel = await accept(request, key=key, mesh_id=mesh_id)
-        channels.append(channel)
-        with contextlib.suppress(Exception):
-            await channel.recv()
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/v1/peer", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # the port picked
-    return runner, port, channels
+from tests.hostile import loopback_responder
 
 
 async def _swallow_first(target_port: int) -> tuple[asyncio.Server, int, list]:
@@ -74,7 +51,7 @@ def test_a_dial_whose_first_attempt_goes_unanswered_is_won_by_a_fresh_one(tmp_pa
         peers = PeerManager(repo, handshake_timeout=60.0)
         await peers.start()
         other = DeviceKey.generate()
-        runner, port, channels = await _responder(other, repo.mesh_id)
+        runner, port, channels = await loopback_responder(other, repo.mesh_id)
         relay, relay_port, held = await _swallow_first(port)
         try:
             channel = await asyncio.wait_for(peers._connect(f"127.0.0.1:{relay_port}"), 20)
@@ -136,7 +113,7 @@ def test_an_abandoned_channel_is_aborted_and_the_peer_hears_the_end(tmp_path):
         peers = PeerManager(repo)
         await peers.start()
         other = DeviceKey.generate()
-        runner, port, channels = await _responder(other, repo.mesh_id)
+        runner, port, channels = await loopback_responder(other, repo.mesh_id)
         try:
             channel = await peers._connect(f"127.0.0.1:{port}")
             sock = channel._ws.get_extra_info("socket")
