@@ -6,6 +6,7 @@ exactly as any client would, including when each event arrived.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
@@ -18,6 +19,7 @@ from crdt.roster import new_endorsement
 from crdt.store import Store
 from node.config import NodeConfig
 from tests.fake_llm_server import FakeLLM
+from tests.hostile import HostilePeer, hostile_peer
 from tests.nodes import NodeProc, wait_for
 
 
@@ -141,3 +143,21 @@ def is_msg(kind: str, sid: int | None = None) -> Any:
         return isinstance(frame, dict) and frame.get("t") == "cx" and any(
             m.get("k") == kind and (sid is None or m.get("s") == sid) for m in frame["m"])
     return match
+
+
+@dataclass
+class Lone:
+    """One routing node A with its own cortex behind ``fa`` and a member key a test uses as a
+    hostile peer (``endorse_member``)."""
+
+    a: NodeProc
+    a_id: str
+    fa: FakeLLM
+    member: DeviceKey
+    mesh_id: bytes
+    certs: list[bytes]
+
+    def peer(self) -> contextlib.AbstractAsyncContextManager[HostilePeer]:
+        """A connection to A as the member, kept alive while a test takes its time."""
+        return hostile_peer(self.a.peer_port, self.member, self.mesh_id, self.certs,
+                            keepalive=True)

@@ -12,18 +12,17 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crdt.keys import DeviceKey
 from tests.fake_llm_server import FakeLLM
 from tests.hostile import hostile_peer
-from tests.nodes import NodeProc, make_mesh, wait_for
+from tests.nodes import make_mesh, wait_for
 from tests.routing_helpers import (
     BIG_AD,
+    Lone,
     Mesh,
     chat,
     configure,
@@ -154,14 +153,6 @@ def test_no_route_is_a_503_with_the_reasons(mesh: Mesh) -> None:
 
 
 # -- a peer answering garbage itself ---------------------------------------------------------------
-@dataclass
-class Lone:
-    a: NodeProc
-    a_id: str
-    fa: FakeLLM
-    member: DeviceKey
-    mesh_id: bytes
-    certs: list[bytes]
 
 
 @pytest.fixture(scope="module")

@@ -13,33 +13,26 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from crdt.keys import DeviceKey
 from tests.fake_llm_server import FakeLLM
-from tests.hostile import HostilePeer, hostile_peer
-from tests.nodes import NodeProc, make_mesh, wait_for
-from tests.routing_helpers import BIG_AD, chat, configure, endorse_member, is_msg, wait_for_cortices
+from tests.nodes import make_mesh, wait_for
+from tests.routing_helpers import (
+    BIG_AD,
+    Lone,
+    chat,
+    configure,
+    endorse_member,
+    is_msg,
+    wait_for_cortices,
+)
 
 pytestmark = pytest.mark.slow
 
 REQUEST_TIMEOUT = 3
 
 
-@dataclass
-class Lone:
-    a: NodeProc
-    a_id: str
-    fa: FakeLLM
-    member: DeviceKey
-    mesh_id: bytes
-    certs: list[bytes]
-
-    def peer(self) -> contextlib.AbstractAsyncContextManager[HostilePeer]:
-        return hostile_peer(self.a.peer_port, self.member, self.mesh_id, self.certs,
-                            keepalive=True)
 
 
 @pytest.fixture(scope="module")
