@@ -128,11 +128,12 @@ def test_partition_then_heal_gives_one_winner_and_alerts_both(pair, tmp_path) ->
         (sb["session_id"], loser["id"], winner["id"])]
     post = {"event": "post_tool", "action": "other", "tool": "x"}
     alert_b = hook_call(b, sb, {**post, "cwd": str(repo_b)})["context"]
-    assert "LEASE CONFLICT" in alert_b and "withdrawn" in alert_b and "src/**" in alert_b
+    assert "LEASE CONFLICT" in alert_b and "withdrawn" in alert_b and '"src/**"' in alert_b
+    # the other agent's words are quoted (SPEC-004 §6.3), never a sentence of the node's
     assert a.device_id() in alert_b
     alert_a = hook_call(a, sa, {**post, "cwd": str(repo_a)})["context"]
     assert "LEASE CONFLICT" in alert_a and "stays in force" in alert_a
-    assert "src/app.py" in alert_a and b.device_id() in alert_a
+    assert '"src/app.py"' in alert_a and b.device_id() in alert_a
     denied = hook_call(b, sb, edit(repo_b, repo_b / "src/app.py", event="pre_tool"))
     assert denied["decision"] == "deny" and "api cleanup" in denied["reason"]
     assert hook_call(a, sa, edit(repo_a, repo_a / "src/app.py", event="pre_tool"))[

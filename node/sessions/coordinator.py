@@ -581,10 +581,11 @@ class Coordinator:
                 holder = self.registry.get(loser.session)
                 if holder is not None:
                     holder.alerts.append(
-                        f"LEASE CONFLICT: your {loser.mode} lease on {loser.pattern} (granted "
-                        f"{iso(loser.granted_ns)}) overlapped {winner.agent} on "
-                        f"{winner.device_name} (device {winner.device})'s {winner.mode} lease on "
-                        f"{winner.pattern}, granted earlier while the devices were apart. Yours "
+                        f"LEASE CONFLICT: your {loser.mode} lease on {quoted(loser.pattern)} "
+                        f"(granted {iso(loser.granted_ns)}) overlapped {quoted(winner.agent)} on "
+                        f"{quoted(winner.device_name)} (device {winner.device})'s {winner.mode} "
+                        f"lease on {quoted(winner.pattern)}, granted earlier while the devices "
+                        f"were apart. Yours "
                         f"is withdrawn; coordinate with session {winner.session} before editing "
                         f"those files.")
             elif winner.device == self.device and (loser.id, winner.id) not in self._won_alerted:
@@ -594,9 +595,10 @@ class Coordinator:
                 holder = self.registry.get(winner.session)
                 if holder is not None:
                     holder.alerts.append(
-                        f"LEASE CONFLICT: {loser.agent} on {loser.device_name} (device "
-                        f"{loser.device}) took a {loser.mode} lease on {loser.pattern} while the "
-                        f"devices were apart; it overlaps your lease on {winner.pattern}. Yours "
+                        f"LEASE CONFLICT: {quoted(loser.agent)} on {quoted(loser.device_name)} "
+                        f"(device {loser.device}) took a {loser.mode} lease on "
+                        f"{quoted(loser.pattern)} while the devices were apart; it overlaps your "
+                        f"lease on {quoted(winner.pattern)}. Yours "
                         f"was granted first and stays in force; theirs is withdrawn. They may "
                         f"have edited those files: coordinate with session {loser.session}.")
         if changed:
