@@ -607,3 +607,37 @@ def test_the_history_panel_shows_each_version_as_a_diff_and_restores_one(
     wait_for(lambda: (x := b.entry(e["id"])) and x["text"].startswith("buy <b>milk</b>"),
              what="the restore reached b")
     assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_a_cortex_waiting_for_approval_is_approved_from_the_page(
+    tmp_path_factory: pytest.TempPathFactory, browser: BrowserContext,
+) -> None:
+    """SPEC-006 006.6.7 on the page: a peer's cortex this node has not approved reads "not
+    approved: sent no prompt" with an Approve button; the button makes the same call as
+    `maia cortex allow DEVICE NAME` (with the CSRF header), and the host reads healthy."""
+    root = tmp_path_factory.mktemp("web-ui-approve")
+    fake = FakeLLM("oracle").start()
+    a, b = make_mesh(root, ["a", "b"])
+    configure(a, routing={"learning_seconds": 0})
+    configure(b, cortex={"oracle": {"kind": "reasoning", "model": "openai/oracle-1",
+                                    "api_base": fake.api_base}})
+    try:
+        a.start()
+        b.start()
+        b.add_peer(a)
+        wait_for(lambda: "oracle" in models(a), what="a to hear of b's cortex")
+        page = new_page(browser)
+        log_in(page, a)
+        host = page.locator(f'#cortices li[data-cortex="oracle"] .host'
+                            f'[data-device-id="{b.device_id()}"]')
+        expect(host).to_contain_text("not approved: sent no prompt", timeout=15_000)
+        host.locator("button.approve").click()
+        expect(host).to_contain_text("healthy", timeout=15_000)
+        expect(host.locator("button.approve")).to_have_count(0)
+        hosts = models(a)["oracle"]["maia"]["hosts"]
+        assert [h["approved"] for h in hosts if h["device_id"] == b.device_id()] == [True]
+        assert page.script_errors == []  # type: ignore[attr-defined]
+    finally:
+        a.stop()
+        b.stop()
+        fake.stop()

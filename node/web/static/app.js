@@ -345,16 +345,17 @@ function cortexRow(m) {
     el("div", {class: "line"}, el("strong", {text: m.id}), badge(info.kind, "kind"),
       available ? null : badge("unavailable: every host is offline", "bad")),
     el("div", {class: "meta model", text: facts.filter(Boolean).join(" · ")}),
-    el("ul", {class: "hosts"}, ...info.hosts.map(hostRow)),
+    el("ul", {class: "hosts"}, ...info.hosts.map((h) => hostRow(h, m.id))),
     ...(info.conflicts || []).map((c) => el("div", {class: "meta warn",
       text: `${c.name || shortId(c.device_id)} also calls its cortex ${m.id} (${c.model}); ` +
         "this device defines that name itself and never sends it there. Rename one of them."})));
 }
 
-function hostRow(h) {
+function hostRow(h, cortex) {
   const where = h.local ? "this device" : (h.name || nameOf(h.device_id));
   let health;
   if (h.online === false) health = badge("offline", "off");
+  else if (h.approved === false) health = badge("not approved: sent no prompt", "bad");
   else if (h.name_conflict) health = badge("name conflict", "bad");
   else if (h.cooling_down) health = badge("cooling down", "warn");
   else if (!h.healthy) health = badge("unhealthy", "bad");
@@ -367,8 +368,24 @@ function hostRow(h) {
       (h.rtt_ms !== null && h.rtt_ms !== undefined ? ` · ${h.rtt_ms.toFixed(1)} ms away` : "")});
     load.title = `${h.in_flight} of ${h.max_concurrency} request slots in use`;
   }
+  // SPEC-006 §6.7: a peer's cortex first offered after this node's learning window waits for
+  // the owner; approving it here is the same call as `maia cortex allow DEVICE NAME`
+  const approve = h.approved === false && h.online !== false ? el("button", {type: "button",
+    class: "quiet approve", text: "Approve",
+    onclick: (event) => approveHost(event.currentTarget, h.device_id, cortex)}) : null;
   return el("li", {class: h.online === false ? "host offline" : "host",
-    "data-device-id": h.device_id}, el("span", {class: "where", text: where}), health, load);
+    "data-device-id": h.device_id}, el("span", {class: "where", text: where}), health, load,
+    approve);
+}
+
+async function approveHost(button, deviceId, cortex) {
+  button.disabled = true;
+  try {
+    await api("POST", "/v1/cortices/allow", {device_id: deviceId, name: cortex});
+    schedule("status");
+  } catch (err) {
+    button.textContent = `Not approved: ${err.message}`;
+  }
 }
 
 function renderBackups(backup) {
