@@ -641,3 +641,29 @@ def test_a_cortex_waiting_for_approval_is_approved_from_the_page(
         a.stop()
         b.stop()
         fake.stop()
+
+
+def test_a_deleted_entry_is_listed_and_undeleted_from_the_page(
+    mesh: tuple[NodeProc, NodeProc], browser: BrowserContext,
+) -> None:
+    """SPEC-005 §10.10 on the page: under the memory list, "Deleted entries" opens the entries
+    that can be brought back, with who deleted them and when (read only while open); Undelete
+    writes a new signed change (with the CSRF header) and the entry is back in the list, on
+    the peer too. Its text is shown as text."""
+    a, b = mesh
+    tag = secrets.token_hex(3)
+    e = a.add_memory(f"the <i>heron</i> nest is by the willow {tag}")
+    a.request("DELETE", f"/v1/memory/{e['id']}")
+    page = new_page(browser)
+    log_in(page, a)
+    page.locator("#deleted-panel summary").click()
+    row = page.locator(f"#deleted li[data-entry-id='{e['id']}']")
+    expect(row).to_contain_text(f"the <i>heron</i> nest is by the willow {tag}")
+    expect(row).to_contain_text("deleted")
+    assert page.locator("#deleted i").count() == 0
+    row.locator("button.undelete").click()
+    expect(page.locator(f"#memory li[data-entry-id='{e['id']}']")).to_be_visible(
+        timeout=10_000)
+    expect(row).to_have_count(0, timeout=10_000)
+    wait_for(lambda: b.entry(e["id"]) is not None, what="the undelete reached b")
+    assert page.script_errors == []  # type: ignore[attr-defined]

@@ -435,6 +435,33 @@ async function refreshMemory() {
   "no entries yet");
 }
 
+// Deleted entries (SPEC-005 §10.10), read only while their panel is open: the list is
+// rebuilt from the shards changed since it was last read, which a page refresh need not pay.
+async function refreshDeleted() {
+  if (!document.getElementById("deleted-panel").open) return;
+  const data = await api("GET", "/v1/memory/deleted?limit=20");
+  fill("deleted", data.entries.map((e) => el("li", {class: "entry", "data-entry-id": e.id},
+    el("p", {class: "text", text: e.text || ""}),
+    el("div", {class: "meta"},
+      badge(e.kind || "entry", "kind"), " deleted ", timeEl(e.deleted_at), " by ",
+      e.deleted_by_name || nameOf(e.deleted_by), " ",
+      el("button", {type: "button", class: "quiet undelete", text: "Undelete",
+        onclick: () => undeleteEntry(e.id)})))),
+  "no deleted entries");
+}
+
+async function undeleteEntry(id) {
+  const error = document.getElementById("deleted-error");
+  error.hidden = true;
+  try {
+    await api("POST", `/v1/memory/${encodeURIComponent(id)}/undelete`);
+    schedule("memory", "deleted", "documents", "status");
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+  }
+}
+
 const KIND_WORDS = {note: "Notes", fact: "Facts", skill: "Skills", conversation: "Conversations",
   journal: "Journal"};
 const SYNC_WORDS = {in_sync: "in sync", differs: "syncing", unknown: "not compared yet", offline: "offline"};
@@ -674,7 +701,8 @@ async function refreshActivity() {
 }
 
 const REFRESHERS = {status: refreshStatus, memory: refreshMemory, documents: refreshDocuments,
-  activity: refreshActivity, history: refreshHistory, review: refreshReview};
+  activity: refreshActivity, history: refreshHistory, review: refreshReview,
+  deleted: refreshDeleted};
 const pending = new Set();
 let timer = null;
 let running = false;
@@ -758,7 +786,7 @@ function connectLive() {
   source.addEventListener("doc", (event) => {
     const {doc} = JSON.parse(event.data);
     if (doc === "identity") schedule("status", "documents");
-    else schedule("memory", "documents", "status", "history", "review");
+    else schedule("memory", "documents", "status", "history", "review", "deleted");
   });
   source.addEventListener("peer", () => schedule("status", "documents"));
   source.addEventListener("resync", () => schedule("status", "memory", "documents", "review"));
@@ -832,6 +860,7 @@ async function start() {
   setupMemoryForm();
   setupLogout();
   document.getElementById("history-close").addEventListener("click", closeHistory);
+  document.getElementById("deleted-panel").addEventListener("toggle", () => schedule("deleted"));
   schedule("status", "memory", "documents", "review");
   connectLive();
   setInterval(tickTimes, 10000);
