@@ -121,7 +121,9 @@ def build_server() -> MCPServer:
         device. Use it before answering from assumptions: the owner may have recorded how
         things are done, decisions and preferences. Returns the best entries first with their
         id (for memory_get, memory_supersede), kind, tags, score, the device and session that
-        wrote them and when. Corrected (superseded) and deleted entries never appear."""
+        wrote them and when. Corrected (superseded) and deleted entries never appear. A fact
+        tagged review:pending was proposed by a model from the owner's notes and not yet
+        confirmed by the owner: treat it as unconfirmed."""
         found = await search_entries(query, kinds, tags, limit, mode)
         rows = found["entries"]
         return {"mode": found["mode"], "requested_mode": mode, "count": len(rows),
