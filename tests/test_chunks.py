@@ -20,6 +20,7 @@ from crdt.chunks import (
     parse_change,
     parse_sync_message,
     strip_capabilities,
+    write_uleb,
 )
 
 
@@ -144,3 +145,52 @@ def test_a_damaged_operation_count_is_refused_cleanly(data) -> None:
     body = bytes(raw[:data.draw(st.integers(pos, len(raw)))])
     with contextlib.suppress(ChunkError):
         assert count_ops(body, pos) >= 0
+
+
+def _ops_body(column: bytes, deflated: bool = False) -> bytes:
+    """What follows a change's seq: start op, time, no message, no other actor, then one
+    column, the action column, and its data."""
+    spec = 0x42 | (0x08 if deflated else 0)
+    return bytes([1, 0, 0, 0, 1, spec]) + write_uleb(len(column)) + column
+
+
+def test_counting_operations_costs_little_whatever_the_column_says() -> None:
+    """SPEC-005 005.6.1 c, found by a review of the first version: a change of 258 bytes whose
+    action column was deflated from 64 MiB of empty runs held the event loop for 9.5 s and
+    counted no operation. A deflated column inflates to at most 1 MiB, a column holds at most
+    256 runs, none empty, and a long literal run of one-byte values costs one step."""
+    import time
+    import zlib
+
+    from crdt.chunks import MAX_RUNS
+
+    def deflate(data: bytes) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush()
+
+    bomb = deflate(b"\x00\x00" * (32 << 20))
+    assert len(bomb) < 100_000
+    cases = [
+        _ops_body(bomb, deflated=True),  # 64 MiB once inflated
+        _ops_body(deflate(b"\x00\x00" * 1000), deflated=True),  # empty runs
+        _ops_body(b"\x01\x00" * (MAX_RUNS + 1)),  # runs of one operation each
+    ]
+    for body in cases:
+        started = time.perf_counter()
+        with pytest.raises(ChunkError):
+            count_ops(body, 0)
+        assert time.perf_counter() - started < 0.5
+    # a literal run of 60,000 one-byte actions: -60000 as signed LEB128, then the values
+    n = -60_000
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
+            out.append(byte)
+            break
+        out.append(byte | 0x80)
+    literal = bytes(out) + bytes(i % 3 for i in range(60_000))
+    started = time.perf_counter()
+    assert count_ops(_ops_body(literal), 0) == 60_000
+    assert time.perf_counter() - started < 0.05
