@@ -239,10 +239,10 @@ class Repo:
             for cert in list(pending):
                 if budget <= 0:
                     break
+                if cert.kind == "endorse" and depth.get(cert.signer, 0) >= MAX_DEPTH:
+                    continue  # beyond the roster's depth for now: waits for a shorter path
                 if cert.kind == "genesis" or cert.signer in ever:
                     pending.remove(cert)
-                    if cert.kind == "endorse" and depth.get(cert.signer, 0) >= MAX_DEPTH:
-                        continue  # beyond the roster's depth: never counts, not kept
                     budget -= 1
                     if not cert.verify():
                         log.info("refusing a roster certificate: signature does not verify")
@@ -250,7 +250,9 @@ class Repo:
                     fresh.append(cert)
                     if cert.kind == "endorse":
                         ever.add(cert.body["subject"])
-                        depth.setdefault(cert.body["subject"], depth.get(cert.signer, 0) + 1)
+                        subject = cert.body["subject"]  # the shortest path, as derive counts
+                        depth[subject] = min(depth.get(subject, MAX_DEPTH + 1),
+                                             depth.get(cert.signer, 0) + 1)
                     elif cert.kind == "genesis":
                         ever.add(cert.signer)
                     progress = True

@@ -963,3 +963,28 @@ def _hidden_doc(key: DeviceKey, doc_id: str) -> Document:
     with doc.transaction() as tx:
         tx.put(ROOT, "x", ScalarType.Str, f"filler for {doc_id}")
     return doc
+
+
+def test_a_pairing_socket_with_no_window_is_refused_before_its_upgrade(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SPEC-005 005.9.10a, found by a review: /v1/pair answers on the public pairing mesh, so
+    any stranger completes its handshake; with no pairing window ever opened it is now refused
+    before the upgrade (nothing of it is read), and a pairing connection keeps its slot of the
+    gate while it lasts."""
+    (solo,) = make_mesh(tmp_path_factory.mktemp("no-window"), ["solo"])
+    solo.start()
+    try:
+        async def scenario() -> int:
+            async with aiohttp.ClientSession() as session:
+                try:
+                    ws = await session.ws_connect(
+                        f"http://127.0.0.1:{getattr(solo, 'peer_port', 0) or solo.port}/v1/pair")
+                except aiohttp.WSServerHandshakeError as exc:
+                    return exc.status
+                await ws.close()
+                return 101
+
+        assert run(scenario()) == 409
+        assert solo.request("GET", "/v1/status")["device_id"]
+    finally:
+        solo.stop()

@@ -1071,8 +1071,6 @@ class PeerManager:
             await channel.close(1008, "backoff")
             return None
         code = await self._exchange_chains(channel, initiator=initiator)
-        if proven is not None:
-            proven()
         if code.startswith("remote:"):
             log.info("%s refused us: %s", channel.peer_device_id, code[7:])
             self.note_error(key, code[7:])
@@ -1090,6 +1088,8 @@ class PeerManager:
                 await channel.send(self.refusal(key, code, "not in this mesh"))
             await channel.close(1008, code)
             return None
+        if proven is not None:  # a member: its slot is free for the next (a refused
+            proven()            # connection keeps its own until it is closed)
         conn = PeerConnection(self, channel, initiator=initiator, address=address)
         existing = self.connections.get(key)
         if existing is not None:

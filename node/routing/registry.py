@@ -231,7 +231,8 @@ class Registry:
             for cortex in cortices:
                 self.approvals.allows(host.key, cortex.name)
         for cortex in cortices:
-            self._remember(cortex)
+            if self.approved(host, cortex):  # a pending peer's kinds steer nothing (§6.7)
+                self._remember(cortex)
 
     async def _on_ping(self, conn: PeerConnection, frame: dict[str, Any]) -> None:
         n = frame.get("n")

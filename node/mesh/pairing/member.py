@@ -224,27 +224,30 @@ class Pairing:
     async def handle_socket(self, request: web.Request) -> web.StreamResponse:
         node = self.node
         assert node is not None
+        if self.window is None:  # never opened: refused before the upgrade, nothing read
+            return web.Response(status=409, text="no pairing window is open on this device")
         slot = node.peers.handshakes.take(request.remote)  # SPEC-005 005.9.10a
         if slot is None:
             return busy_response()
-        try:
-            ws, channel = await accept(request, key=node.key, mesh_id=PAIRING_MESH)
-        except HandshakeError as exc:
-            return exc.response or web.Response(status=400)
+        try:  # held for the whole pairing: a stranger can reach it with the public pairing mesh
+            try:
+                ws, channel = await accept(request, key=node.key, mesh_id=PAIRING_MESH)
+            except HandshakeError as exc:
+                return exc.response or web.Response(status=400)
+            try:
+                async with asyncio.timeout(self._time_left() + 5):
+                    await self._pair(channel)
+            except PairingError as exc:
+                log.warning("pairing with %s failed: %s", channel.peer_device_id, exc.detail)
+                await _send_quietly(channel, {"t": "pair_error", "code": exc.code,
+                                              "detail": exc.detail})
+            except (TransportError, TimeoutError) as exc:
+                log.info("pairing connection ended: %s", exc)
+            finally:
+                await channel.close()
+            return ws
         finally:
-            slot.release()  # the pairing itself proves nothing yet, but is bounded by its window
-        try:
-            async with asyncio.timeout(self._time_left() + 5):
-                await self._pair(channel)
-        except PairingError as exc:
-            log.warning("pairing with %s failed: %s", channel.peer_device_id, exc.detail)
-            await _send_quietly(channel, {"t": "pair_error", "code": exc.code,
-                                          "detail": exc.detail})
-        except (TransportError, TimeoutError) as exc:
-            log.info("pairing connection ended: %s", exc)
-        finally:
-            await channel.close()
-        return ws
+            slot.release()
 
     def _time_left(self) -> float:
         return max(0.0, self.window.expires_at - time.time()) if self.window else 0.0
