@@ -12,6 +12,7 @@ from automerge.core import Document
 
 from crdt.identity import open_repo
 from crdt.keys import DeviceKey
+from crdt.roster import Roster, decode_cert
 from crdt.store import DOC_LAYERS, Store
 from node.config import NodeConfig
 from node.memory import Memory
@@ -112,3 +113,15 @@ def set_backup_config(data: Path, **values: Any) -> None:
     cfg = NodeConfig.load(path)
     cfg.extra.setdefault("backup", {}).update(values)
     cfg.save(path)
+
+
+def roster_of(data: Path) -> Roster:
+    """The roster a data dir holds, read without opening it for writing."""
+    store = Store(data, readonly=True, layers=DOC_LAYERS)
+    try:
+        with store.read_layer("identity") as view:
+            mesh = view.identity_value("mesh_id")
+            certs = [decode_cert(raw) for raw in view.certs()]
+        return Roster.build(mesh, certs)
+    finally:
+        store.close()

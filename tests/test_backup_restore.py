@@ -12,7 +12,6 @@ from automerge.core import Document
 
 from crdt.chunks import parse_change
 from crdt.keys import DeviceKey
-from crdt.roster import Roster, decode_cert
 from crdt.store import DOC_LAYERS, Store
 from node.backup.repository import Repository
 from tests.backup_util import (
@@ -23,6 +22,7 @@ from tests.backup_util import (
     doc_heads,
     entries_of,
     make_device,
+    roster_of,
     tree,
 )
 from tests.nodes import NodeProc, cli, cli_out, make_mesh
@@ -160,17 +160,6 @@ def _seqs_by(data: Path, key: bytes) -> dict[str, dict[bytes, int]]:
         store.close()
 
 
-def _roster(data: Path) -> Roster:
-    store = Store(data, readonly=True, layers=DOC_LAYERS)
-    try:
-        with store.read_layer("identity") as view:
-            mesh = view.identity_value("mesh_id")
-            certs = [decode_cert(raw) for raw in view.certs()]
-        return Roster.build(mesh, certs)
-    finally:
-        store.close()
-
-
 def test_with_device_key_the_old_key_endorses_the_new_and_revokes_itself(tmp_path, capsys,
                                                                          monkeypatch):
     """SPEC-002 §8.5, §6.1: the unsealed old key issues exactly an endorsement of the new key and
@@ -190,7 +179,7 @@ def test_with_device_key_the_old_key_endorses_the_new_and_revokes_itself(tmp_pat
     assert backup(data, "restore", "--to", str(target), "--with-device-key") == 0
     new = DeviceKey.load(target / "keys/device.key")
     assert new.public_key != old.public_key
-    roster = _roster(target)
+    roster = roster_of(target)
     assert roster.is_member(new.public_key) and not roster.is_member(old.public_key)
     cutoff = roster.revoked[old.public_key]
     assert {d: {a: h.seq for a, h in heads.items()} for d, heads in cutoff.items()} == _seqs_by(
@@ -236,7 +225,7 @@ def test_restored_device_pairs_as_new_and_the_lost_one_is_revoked(tmp_path, caps
     assert cli(c, "join", invitation) == 0
     args = revoke_cmd.split()[1:]  # "device revoke <id> --keep-all"
     assert cli(a.data_dir, *args) == 0
-    roster = _roster(a.data_dir)
+    roster = roster_of(a.data_dir)
     assert roster.is_member(DeviceKey.load(c / "keys/device.key").public_key)
     assert DeviceKey.load(b.data_dir / "keys/device.key").public_key in roster.revoked
     assert len(entries_of(c)) == 10 and os.path.isdir(c / "memory")

@@ -14,8 +14,8 @@ from automerge.core import Document
 
 from crdt.identity import open_repo
 from crdt.keys import DeviceKey
-from crdt.roster import Roster, decode_cert, new_tombstone
-from crdt.store import DOC_LAYERS, Store
+from crdt.roster import new_tombstone
+from crdt.store import Store
 from node.backup.anchors import load_anchors, remember
 from node.backup.format import Pack, iso, utcnow
 from node.backup.repository import Repository, WriteLog
@@ -28,6 +28,7 @@ from tests.backup_util import (
     backup_json,
     entries_of,
     make_device,
+    roster_of,
     tree,
 )
 from tests.nodes import cli, make_mesh
@@ -40,17 +41,6 @@ def _passphrase(passphrase_and_scratch) -> None:
 
 def _key(data: Path) -> DeviceKey:
     return DeviceKey.load(data / "keys" / "device.key")
-
-
-def _roster(data: Path) -> Roster:
-    store = Store(data, readonly=True, layers=DOC_LAYERS)
-    try:
-        with store.read_layer("identity") as view:
-            mesh = view.identity_value("mesh_id")
-            certs = [decode_cert(raw) for raw in view.certs()]
-        return Roster.build(mesh, certs)
-    finally:
-        store.close()
 
 
 def _plant_peer(data: Path, peer: str) -> None:
@@ -100,7 +90,7 @@ def test_a_revoked_devices_newest_manifest_neither_readmits_it_nor_plants_its_co
     assert (a / "config.toml").read_bytes() == config_before
     assert out["config_kept"] and not out["config_restored"]
     assert out["merged_certs"] >= 1 and out["quarantined"] >= len(planted)
-    roster = _roster(a)
+    roster = roster_of(a)
     assert _key(b).public_key in roster.revoked and not roster.is_member(_key(b).public_key)
     assert roster.is_member(_key(a).public_key)
     assert not set(planted) & set(entries_of(a))
@@ -123,7 +113,7 @@ def test_a_backup_of_another_mesh_is_refused_unless_allowed(tmp_path, capsys):
     assert backup(x, "init", "--to", str(tmp_path / "repo"), "--kdf", "interactive") == 0
     assert backup(x, "create") == 0
     a = make_device(tmp_path, "a", entries=3)
-    mesh_a = _roster(a).mesh_id
+    mesh_a = roster_of(a).mesh_id
     before = _data(a)
     capsys.readouterr()
     args = ("restore", "--repo", str(tmp_path / "repo"), "--to", str(a), "--force")
@@ -132,7 +122,7 @@ def test_a_backup_of_another_mesh_is_refused_unless_allowed(tmp_path, capsys):
     assert "belongs to mesh" in err and "--allow-other-mesh" in err and "Traceback" not in err
     assert _data(a) == before
     assert backup(a, *args, "--allow-other-mesh") == 0
-    assert _roster(a).mesh_id != mesh_a and _roster(a).mesh_id == _roster(x).mesh_id
+    assert roster_of(a).mesh_id != mesh_a and roster_of(a).mesh_id == roster_of(x).mesh_id
 
 
 def test_a_manifest_from_the_future_is_refused(tmp_path, capsys):
