@@ -83,6 +83,12 @@ class ChangeInfo:
     size: int = 0
     ops: int = 0  # its operations (0: not read)
 
+    @property
+    def weight(self) -> int:
+        """What the change counts for against budgets and memory bounds (SPEC-005 005.6.6):
+        its weight as read, or its bytes when it was not read (one this device made)."""
+        return max(self.size, len(self.chunk))
+
 
 def inflate_change(chunk: bytes) -> bytes:
     """Return the uncompressed (type 1) change chunk body from ``chunk_type`` onward."""

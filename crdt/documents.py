@@ -615,8 +615,7 @@ class Repo:
         costs: dict[bytes, tuple[int, int]] = {}
         for c in verified.changes:  # by weight (§6.6): a dense change is not a small one
             size = costs.get(actor_key(c.actor), (0, 0))[1]
-            costs[actor_key(c.actor)] = (1 if new_doc else 0,
-                                         size + max(c.size, len(c.chunk)))
+            costs[actor_key(c.actor)] = (1 if new_doc else 0, size + c.weight)
         now = time.monotonic()
         buckets = []
         for key, (docs, size) in costs.items():
@@ -673,7 +672,7 @@ class Repo:
         if not verified.changes:
             self._evict_remote(doc_id)
             return
-        applied = sum(max(c.size, len(c.chunk)) for c in verified.changes)  # weight (§6.6)
+        applied = sum(c.weight for c in verified.changes)  # (§6.6)
         self._applied_since_release += applied
         handle.size += applied
         try:

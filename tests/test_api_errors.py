@@ -598,23 +598,32 @@ async def test_streaming_routes_are_capped_of_their_own() -> None:
         await assert_still_serving(client)
 
 
+@asynccontextmanager
+async def stalled_post(client: TestClient, token: str,
+                       partial: bytes) -> AsyncIterator[asyncio.StreamReader]:
+    """A POST to the streaming test route that declares a 1,000-byte body, sends only
+    ``partial`` of it and stalls; yields the reader of the node's answer."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(
+            b"POST /v1/test/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + partial)
+        await writer.drain()
+        yield reader
+    finally:
+        writer.close()
+
+
 async def test_a_stalled_body_is_cut_off_even_on_a_streaming_route() -> None:
     """SPEC-003 §7: the body is read within the handler time limit; a streaming route has
     no handler limit, and a sender that declared 1 KiB and stalled held it open for ever."""
     async with serve_streams(Limits(handler_timeout=0.5)) as client:
-        reader, writer = await asyncio.open_connection(client.host, client.port)
-        try:
-            writer.write(
-                b"POST /v1/test/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"n\": ")
-            await writer.drain()
+        async with stalled_post(client, TOKEN, b'{"n": ') as reader:
             started = time.monotonic()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 408"), head
             assert time.monotonic() - started < 3
-        finally:
-            writer.close()
         await assert_still_serving(client)
 
 
@@ -623,17 +632,9 @@ async def test_a_route_s_scope_is_checked_before_its_body_is_read() -> None:
     its handler, after the body was read, so a session without it could still make the node
     wait for and hold a body. A route that declares its scope refuses at once."""
     async with serve_streams(Limits(handler_timeout=30)) as client:
-        reader, writer = await asyncio.open_connection(client.host, client.port)
-        try:
-            writer.write(
-                b"POST /v1/test/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Authorization: Bearer " + SESSION_TOKEN.encode() + b"\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
-            await writer.drain()
+        async with stalled_post(client, SESSION_TOKEN, b"{") as reader:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 403"), head
             rest = await asyncio.wait_for(reader.read(4096), 5)
             assert b"models:ask" in rest
-        finally:
-            writer.close()
         await assert_still_serving(client)
